@@ -1,0 +1,1 @@
+"""Command line. The only place that turns exceptions into exit codes and messages."""

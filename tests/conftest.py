@@ -1,0 +1,33 @@
+"""Fixtures shared by every test module. Helpers live in util.py (importable as `util`)."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+import util
+
+
+@pytest.fixture(scope="session")
+def user() -> util.User:
+    """The unprivileged user that hpcrun runs as in tests (created if missing; needs root)."""
+    util.require(os.geteuid() == 0, "tests create and drop to an unprivileged user: run as root")
+    return util.ensure_user()
+
+
+@pytest.fixture(scope="session")
+def busybox_rootfs() -> str:
+    """A read-only-to-the-user busybox root filesystem (owned by root, mode 755)."""
+    d = util.shared_tmpdir("hpcrun-bbroot-")
+    util.make_busybox_rootfs(d)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def user_tmp(user) -> str:
+    """A scratch directory owned by the test user, removed afterwards."""
+    d = util.shared_tmpdir("hpcrun-utmp-", owner=user)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
