@@ -27,5 +27,8 @@ if __name__ == "__main__":
     # compile() leaves the module under build/cffi/hpcrun; move it next to the package.
     import glob
     import shutil
+    # Copy then rename: running processes keep the old mapping intact.
     for so in glob.glob(os.path.join("build", "cffi", "hpcrun", "_core*.so")):
-        shutil.copy2(so, os.path.join("hpcrun", os.path.basename(so)))
+        dst = os.path.join("hpcrun", os.path.basename(so))
+        shutil.copy2(so, dst + ".new")
+        os.replace(dst + ".new", dst)
