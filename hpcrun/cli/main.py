@@ -18,12 +18,13 @@ VERBS = {
     "tag": "image", "rmi": "image", "prune": "image",
     # slurm
     "submit": "job", "render": "job", "jobs": "job", "status": "job", "cancel": "job",
-    "logs": "job", "wait": "job", "srun": "job", "schema": "job",
+    "logs": "job", "wait": "job", "schema": "job",
+    "srun": "srun", "task": "task",
     "cluster": "cluster",
 }
 
 # Verbs whose failures use Docker's run conventions (125 for hpcrun's own failure).
-CONTAINER_VERBS = {"run", "srun"}
+CONTAINER_VERBS = {"run", "srun", "task"}
 
 USAGE = """usage: hpcrun [-v|-vv] COMMAND [ARGS...]
 
@@ -32,7 +33,7 @@ Rootless containers for HPC batch jobs.
 Containers:  run, check
 Images:      pull, push, login, logout, load, save, import, export, convert,
              images, inspect, history, tag, rmi, prune
-Slurm:       submit, render, jobs, status, cancel, logs, wait, srun, schema,
+Slurm:       submit, render, jobs, status, cancel, logs, wait, srun, task, schema,
              cluster up|down|status|env
 
 Run 'hpcrun COMMAND --help' for a command's options.
