@@ -3,10 +3,15 @@
 setup.py names this file in cffi_modules; `python cext/build.py` builds in place for development.
 """
 import os
+import sys
 
 from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# setuptools wants source paths relative to setup.py (it runs from the project root);
+# `python cext/build.py` compiles inside a temporary directory, so it needs absolute ones.
+# (cffi's setuptools hook runs this file with __name__ == "__main__" too, so look at argv.)
+SRC = HERE if os.path.abspath(sys.argv[0]) == os.path.abspath(__file__) else "cext"
 
 ffi = FFI()
 with open(os.path.join(HERE, "cdef.h")) as f:
@@ -15,8 +20,8 @@ with open(os.path.join(HERE, "cdef.h")) as f:
 ffi.set_source(
     "hpcrun._core",
     '#include "core.h"',
-    sources=[os.path.join(HERE, "core.c")],
-    include_dirs=[HERE],
+    sources=[os.path.join(SRC, "core.c")],
+    include_dirs=[SRC],
     extra_compile_args=["-std=gnu11", "-Wall", "-Wextra", "-Werror", "-O2",
                         "-D_FORTIFY_SOURCE=2", "-fstack-protector-strong"],
 )
