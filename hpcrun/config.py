@@ -64,6 +64,8 @@ KEYS: dict[str, Key] = {k.name: k for k in [
     Key("max_image_size", lambda: 64 << 30, _size, "refuse images that unpack to more than this (bomb guard)"),
     Key("pull_parallel", lambda: 4, int, "layers downloaded at once"),
     Key("slurm_backend", lambda: "auto", str, "auto | cli | pyslurm"),
+    Key("node_cache", lambda: os.path.join("/var/tmp", f"hpcrun-{os.getuid()}", "nodecache"), str,
+        "node-local cache where the first task of a Slurm step on a node unpacks the image"),
 ]}
 
 
