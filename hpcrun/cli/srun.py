@@ -1,0 +1,35 @@
+"""`hpcrun srun --container-image=IMG [...] [srun options] -- CMD` (pyxis spelling).
+
+Plans with hpcrun.slurm.srun, then execs ``srun ... hpcrun task ...`` so that srun
+itself gets the terminal's signals and its exit status is ours.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+
+def main(verb: str, argv: list) -> int:
+    from hpcrun.slurm import srun
+    if argv and argv[0] in ("-h", "--help"):
+        sys.stdout.write(srun.USAGE)
+        return 0
+    plan = srun.plan(argv)
+    args = plan.argv(srun.hpcrun_command())
+    if os.environ.get("HPCRUN_SRUN_DRY_RUN"):
+        # Prints the srun command instead of running it (used by the tests of the
+        # option mapping, and handy to see what would run).
+        import shlex
+        sys.stdout.write(" ".join(shlex.quote(a) for a in args) + "\n")
+        return 0
+    from hpcrun import log, proc
+    if proc.which("srun") is None:
+        from hpcrun.errors import NotFound
+        raise NotFound("srun: command not found",
+                       "run inside a Slurm allocation on a machine with Slurm, or start "
+                       "the local cluster: hpcrun cluster up; eval \"$(hpcrun cluster env)\"")
+    log.debug("exec: " + " ".join(args))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execvp("srun", args)
+    return 125  # not reached

@@ -1,0 +1,65 @@
+"""`hpcrun task [run options] IMAGE -- CMD`: one Slurm task's container.
+
+This is what ``srun`` starts once per task (``srun ... hpcrun task IMAGE -- CMD``, as
+written by ``hpcrun srun`` and by the scripts ``hpcrun submit`` renders). It is
+``hpcrun run`` plus once-per-node preparation (hpcrun.slurm.prepare): a squashfs image
+is unpacked by the first task on the node while the others wait, then every task runs
+the unpacked copy. It runs ``hpcrun run``'s code in this same process, so a task costs
+one Python start-up. Per-task hot path: import nothing heavy here.
+"""
+from __future__ import annotations
+
+import sys
+
+USAGE = """usage: hpcrun task [RUN OPTIONS] IMAGE -- COMMAND [ARG...]
+
+Run one Slurm task's command in IMAGE: 'hpcrun run' plus once-per-node preparation.
+Meant to be started by srun, once per task:
+
+  srun -N2 -n8 hpcrun task /images/app.sqfs -- ./app
+
+A squashfs IMAGE is unpacked once per node into the node-local cache (setting
+node_cache, default /var/tmp/hpcrun-$UID/nodecache); the first task on a node does it,
+the others wait and reuse it. Every 'hpcrun run' option is accepted (see
+'hpcrun run --help').
+"""
+
+# `hpcrun run` options that take a separate value; used only to find IMAGE when the
+# command line has no `--` (with `--`, IMAGE is the word just before it).
+_VALUE_OPTS = {"-v", "--volume", "-e", "--env", "--env-file", "-w", "--workdir",
+               "--network", "--pid", "--name", "--mount", "-u", "--user", "--hostname",
+               "--unpack-dir", "--tmpfs", "--cgroup", "--memory", "--cpus"}
+
+
+def image_index(argv: list[str]) -> int:
+    """Index of IMAGE in `[run options] IMAGE [--] CMD...` (-1 if there is none)."""
+    if "--" in argv:
+        i = argv.index("--") - 1
+        if i < 0 or (argv[i].startswith("-") and argv[i] != "-"):
+            return -1
+        return i
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "-" or not a.startswith("-"):
+            return i
+        if a in _VALUE_OPTS:
+            i += 1
+        i += 1
+    return -1
+
+
+def main(verb: str, argv: list[str]) -> int:
+    from hpcrun.errors import UsageError
+    if not argv or argv[0] in ("-h", "--help"):
+        (sys.stdout if argv else sys.stderr).write(USAGE)
+        return 0 if argv else 125
+    i = image_index(argv)
+    if i < 0:
+        raise UsageError("no IMAGE given",
+                         "usage: hpcrun task [RUN OPTIONS] IMAGE -- COMMAND [ARG...]")
+    from hpcrun.slurm import prepare
+    argv = list(argv)
+    argv[i] = prepare.prepare(argv[i])
+    from hpcrun.cli import run
+    return run.main("run", argv)

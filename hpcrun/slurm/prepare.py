@@ -1,0 +1,183 @@
+"""Once-per-node image preparation for the tasks of a Slurm step.
+
+Every task of a step runs ``hpcrun task IMAGE -- CMD``. An image that is a squashfs
+file must be unpacked before the runtime can use it (FUSE is often not allowed on
+compute nodes, and a per-task mount would be paid once per task). Here the first task
+on a node unpacks it into a node-local cache while holding an flock; the other tasks
+of the node block on the same lock, then find the finished directory and reuse it.
+
+Layout, under the ``node_cache`` setting (default ``/var/tmp/hpcrun-<uid>/nodecache``,
+node-local storage, never a shared filesystem)::
+
+    <node_cache>/<node>/prepare.log        one line per preparation (tests count them)
+    <node_cache>/<node>/sq-<key>.lock      the flock the tasks of the node queue on
+    <node_cache>/<node>/sq-<key>/          the unpacked image, appears by atomic rename
+
+``<node>`` is Slurm's node name (``SLURMD_NODENAME``) or the host name: on a real
+cluster it is redundant, on the one-machine local cluster (whose nodes share a
+filesystem) it keeps each node's cache apart. ``<key>`` hashes the image's path and
+identity (device, inode, size, mtime), so a replaced file is prepared again while the
+hot path never reads the image's contents.
+
+A directory image needs nothing; a store name or registry reference is passed through
+to ``hpcrun run``, which resolves it itself. This module is on the per-task hot path:
+it imports only os and fcntl at module level.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+
+from ..errors import ImageError, NotFound
+
+SQUASHFS_MAGIC = b"hsqs"   # little-endian superblock magic, squashfs(5)
+LOG_NAME = "prepare.log"
+
+
+def node_name() -> str:
+    return os.environ.get("SLURMD_NODENAME") or os.uname().nodename
+
+
+def cache_root() -> str:
+    """The node-local cache of this node (node_cache setting, then the node's name)."""
+    base = os.environ.get("HPCRUN_NODE_CACHE")
+    if not base:
+        from .. import config
+        base = str(config.get("node_cache"))
+    return os.path.join(base, node_name())
+
+
+def is_squashfs(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == SQUASHFS_MAGIC
+    except OSError:
+        return False
+
+
+def looks_like_path(image: str) -> bool:
+    """A path, as opposed to a store name or registry reference (``./x``, ``/x``, ``x.sqfs``)."""
+    return (image.startswith(("/", "./", "../", "~")) or image in (".", "..")
+            or image.endswith((".sqfs", ".squashfs", ".squash")))
+
+
+def _key(path: str, st: os.stat_result) -> str:
+    import hashlib
+    ident = f"{path}\0{st.st_dev}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}"
+    return "sq-" + hashlib.sha256(ident.encode()).hexdigest()[:20]
+
+
+def prepare(image: str) -> str:
+    """Return what ``hpcrun run`` should get for ``image`` on this node.
+
+    A squashfs file is unpacked once per node (first task under an flock, the others
+    wait and reuse); a directory, store name or registry reference is returned as is.
+    """
+    if not looks_like_path(image) and not os.path.exists(image):
+        return image                       # a store name or reference: run resolves it
+    path = os.path.abspath(os.path.expanduser(image))
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise NotFound(f"image {image!r} does not exist",
+                       "give a rootfs directory, a squashfs file or an image name from "
+                       "'hpcrun images'; paths are resolved on each compute node") from None
+    except OSError as e:
+        raise ImageError(f"cannot read image {image!r}: {e.strerror}",
+                         "the image must be readable by the job's user on every node") from None
+    import stat as _stat
+    if _stat.S_ISDIR(st.st_mode):
+        return path
+    if not is_squashfs(path):
+        raise ImageError(f"image {image!r} is neither a directory nor a squashfs file",
+                         "convert it with 'hpcrun convert' or give a rootfs directory")
+    return _unpack_once(path, st)
+
+
+def _unpack_once(path: str, st: os.stat_result) -> str:
+    root = cache_root()
+    key = _key(path, st)
+    dest = os.path.join(root, key)
+    if os.path.isdir(dest):             # fast path: another task (or job) prepared it
+        return dest
+    try:
+        os.makedirs(root, mode=0o700, exist_ok=True)
+    except OSError as e:
+        raise ImageError(f"cannot create the node cache {root}: {e.strerror}",
+                         "set node_cache (HPCRUN_NODE_CACHE) to a writable node-local "
+                         "directory") from None
+    fd = os.open(dest + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # the first task prepares, the others wait here
+        if os.path.isdir(dest):
+            return dest
+        seconds = _unpack(path, dest)
+        _log(root, path, dest, seconds)
+        return dest
+    finally:
+        os.close(fd)                     # closing releases the lock
+
+
+def _unpack(path: str, dest: str) -> float:
+    """Unpack the squashfs file into dest atomically; return the seconds it took."""
+    import time
+    from .. import proc
+    # We hold the lock: leftovers of a task killed while unpacking are ours to remove.
+    parent = os.path.dirname(dest)
+    stem = os.path.basename(dest) + ".tmp-"
+    for name in os.listdir(parent):
+        if name.startswith(stem):
+            _rmtree(os.path.join(parent, name))
+    tmp = f"{dest}.tmp-{os.getpid()}"
+    t0 = time.monotonic()
+    # -no-xattrs: an unprivileged user cannot set security.* xattrs; -ig: device nodes
+    # and the like cannot be created without root and are not needed in a container.
+    try:
+        proc.run(["unsquashfs", "-no-progress", "-quiet", "-no-xattrs", "-ignore-errors",
+                  "-no-exit-code", "-d", tmp, path],
+                 hint=f"is {path} a complete squashfs image? try 'unsquashfs -s {path}'")
+    except BaseException:
+        _rmtree(tmp)
+        raise
+    if not os.path.isdir(tmp):
+        raise ImageError(f"unsquashfs produced nothing from {path}",
+                         f"check the image with 'unsquashfs -s {path}'")
+    os.rename(tmp, dest)                 # atomic: the directory is complete or absent
+    return time.monotonic() - t0
+
+
+def _rmtree(p: str) -> None:
+    import shutil
+
+    def onerror(func, path, exc):        # unpacked read-only dirs: make writable, retry
+        try:
+            os.chmod(os.path.dirname(path), 0o700)
+            os.chmod(path, 0o700)
+            func(path)
+        except OSError:
+            pass
+    shutil.rmtree(p, onerror=onerror)
+
+
+def _log(root: str, path: str, dest: str, seconds: float) -> None:
+    import time
+    e = os.environ
+    line = (f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} node={node_name()} "
+            f"job={e.get('SLURM_JOB_ID', '-')} step={e.get('SLURM_STEP_ID', '-')} "
+            f"task={e.get('SLURM_PROCID', '-')} pid={os.getpid()} "
+            f"seconds={seconds:.3f} image={path} dest={dest}\n")
+    # O_APPEND writes of one short line are atomic with respect to each other.
+    fd = os.open(os.path.join(root, LOG_NAME), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def log_lines(root: str | None = None) -> list[str]:
+    """The preparation log of this node (or of the given node cache directory)."""
+    try:
+        with open(os.path.join(root or cache_root(), LOG_NAME)) as f:
+            return f.read().splitlines()
+    except FileNotFoundError:
+        return []
