@@ -1,0 +1,544 @@
+"""A local multi-node Slurm cluster on one machine (`hpcrun cluster up|down|status|env`).
+
+Layout (for a cluster named NAME with N nodes; all names derive from NAME, so clusters
+with different names coexist):
+
+    host ns                 switch ns "hpcrun-NAME-sw"           node ns "hpcrun-NAME-nK"
+    hpc-NAME (10.a.b.254) ── host ─┐                             (own uts + mount ns:
+                                   br0 ── ctl ── eth0 10.a.b.1    hostname NAME-ctl,
+                                   │                               private /etc/hosts)
+                                   ├── n1 ── eth0 10.a.b.11  slurmd -N NAME-n1
+                                   └── nK ── eth0 10.a.b.(10+K)  slurmd -N NAME-nK
+
+* Every node is a network namespace with a real interface (Slurm cannot resolve
+  addresses in a namespace that has only `lo`), its own hostname (uts ns) and a private
+  /etc/hosts (bind-mounted in its own mount ns, propagation "slave" so mounts made on the
+  host later are still seen inside). No namespace has a default route: nothing leaves
+  the machine. The host reaches the bridge over a single veth.
+* Daemons are entered with `nsenter --net=/run/netns/X unshare --uts --mount`, not
+  `ip netns exec`, which remounts /sys (slurmd then exits).
+* auth/none + cred/none (Slurm 22.05): no munge. Each node has its own spool and TmpFS
+  (the PMIx plugin needs a per-node TmpFS because the nodes share one filesystem).
+* Everything lives under /run/hpcrun/cluster/NAME/ (world-readable slurm.conf so that
+  unprivileged users can submit with SLURM_CONF). `down` removes processes, namespaces,
+  interfaces and that directory; `up` first cleans a stale cluster of the same name.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import time
+import zlib
+from typing import Any
+
+from .. import log, proc
+from ..errors import CommandError, HpcrunError, NotFound, SlurmError, UsageError
+
+BASE_DIR = os.environ.get("HPCRUN_CLUSTER_DIR", "/run/hpcrun/cluster")
+NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,10}$")
+MAX_NODES = 200
+NODE_CPUS = 4
+TOOLS = {"slurmctld": "slurm-wlm", "slurmd": "slurm-wlm", "sinfo": "slurm-client",
+         "ip": "iproute2", "nsenter": "util-linux", "unshare": "util-linux"}
+SLURM_SBIN = ("/usr/sbin", "/usr/local/sbin", "/sbin")
+
+
+def _which(tool: str) -> str | None:
+    p = proc.which(tool)
+    if p:
+        return p
+    for d in SLURM_SBIN:
+        c = os.path.join(d, tool)
+        if os.access(c, os.X_OK):
+            return c
+    return None
+
+
+def _host_mem_mb() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return 4096
+
+
+class LocalCluster:
+    """One named local cluster. Cheap to construct: nothing happens until up()/down()."""
+
+    def __init__(self, name: str = "hpcrun"):
+        if not NAME_RE.match(name or ""):
+            raise UsageError(f"bad cluster name {name!r}",
+                             "use 1 to 11 lowercase letters and digits, starting with a letter")
+        self.name = name
+        self.dir = os.path.join(BASE_DIR, name)
+        self.conf_path = os.path.join(self.dir, "slurm.conf")
+        self.state_path = os.path.join(self.dir, "cluster.json")
+        self.host_if = f"hpc-{name}"
+        self.sw_ns = f"hpcrun-{name}-sw"
+        self.ctl_ns = f"hpcrun-{name}-ctl"
+        self.ctl_host = f"{name}-ctl"
+
+    # ---------- naming ----------
+    def node_ns(self, i: int) -> str:
+        return f"hpcrun-{self.name}-n{i}"
+
+    def node_name(self, i: int) -> str:
+        return f"{self.name}-n{i}"
+
+    @property
+    def node_names(self) -> list[str]:
+        st = self._state()
+        return list(st["nodes"]) if st else []
+
+    def env(self) -> dict[str, str]:
+        """What a client needs to talk to this cluster (merge into a subprocess env)."""
+        return {"SLURM_CONF": self.conf_path}
+
+    # ---------- state ----------
+    def _state(self) -> dict[str, Any] | None:
+        try:
+            with open(self.state_path) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+
+    def _netns_names(self, st: dict | None) -> list[str]:
+        names = [self.sw_ns, self.ctl_ns]
+        n = len(st["nodes"]) if st else 0
+        names += [self.node_ns(i) for i in range(1, n + 1)]
+        # Also whatever is left from an earlier cluster of this name (stale, any size).
+        try:
+            for e in os.listdir("/run/netns"):
+                if e.startswith(f"hpcrun-{self.name}-") and e not in names:
+                    names.append(e)
+        except OSError:
+            pass
+        return names
+
+    def _alive(self, st: dict | None) -> bool:
+        """Controller and every slurmd running, namespaces present."""
+        if not st:
+            return False
+        for ns in [self.ctl_ns] + [self.node_ns(i) for i in range(1, len(st["nodes"]) + 1)]:
+            if not os.path.exists(f"/run/netns/{ns}"):
+                return False
+        pids = _pids_in_netns([self.ctl_ns] + [self.node_ns(i) for i in range(1, len(st["nodes"]) + 1)])
+        comms = {}
+        for pid, ns in pids:
+            comms.setdefault(ns, set()).add(_comm(pid))
+        if "slurmctld" not in comms.get(self.ctl_ns, ()):
+            return False
+        for i in range(1, len(st["nodes"]) + 1):
+            if "slurmd" not in comms.get(self.node_ns(i), ()):
+                return False
+        return True
+
+    # ---------- checks ----------
+    def _preflight(self) -> None:
+        if os.geteuid() != 0:
+            raise HpcrunError(
+                "hpcrun cluster up needs root (it creates network namespaces and starts Slurm daemons)",
+                "run it as root, e.g. 'sudo hpcrun cluster up'; users then submit without root "
+                "after 'eval $(hpcrun cluster env)'")
+        if not os.path.exists("/proc/self/ns/net"):
+            raise HpcrunError("this kernel has no network namespaces (/proc/self/ns/net is missing)",
+                              "the local cluster needs CONFIG_NET_NS; use a real Slurm cluster instead")
+        for tool, pkg in TOOLS.items():
+            if not _which(tool):
+                raise NotFound(f"{tool}: command not found (needed by hpcrun cluster)",
+                               f"install the {pkg} package")
+
+    def _subnet(self) -> str:
+        """A /24 in 10.0.0.0/8 derived from the name, avoiding every subnet in use."""
+        used = set()
+        cp = proc.run(["ip", "-4", "-o", "addr", "show"], check=False)
+        for m in re.finditer(r"inet (\d+)\.(\d+)\.(\d+)\.\d+/", cp.stdout or ""):
+            used.add(".".join(m.groups()))
+        cp = proc.run(["ip", "-4", "route", "show"], check=False)
+        for m in re.finditer(r"^(\d+)\.(\d+)\.(\d+)\.\d+/", cp.stdout or "", re.M):
+            used.add(".".join(m.groups()))
+        # Other hpcrun clusters may be half set up: reserve theirs too.
+        try:
+            for other in os.listdir(BASE_DIR):
+                if other != self.name:
+                    try:
+                        with open(os.path.join(BASE_DIR, other, "cluster.json")) as f:
+                            used.add(json.load(f)["subnet"])
+                    except (OSError, ValueError, KeyError):
+                        pass
+        except OSError:
+            pass
+        h = zlib.crc32(self.name.encode())
+        for k in range(4096):
+            v = (h + k * 2654435761) & 0xFFFFFFFF
+            net = f"10.{200 + v % 50}.{(v >> 8) % 256}"
+            if net not in used:
+                return net
+        raise HpcrunError("no free 10.x.y.0/24 subnet for the local cluster",
+                          "remove unused network interfaces or routes")
+
+    # ---------- up ----------
+    def up(self, nodes: int = 2, replace: bool = False, timeout: float = 60.0) -> bool:
+        """Start the cluster and wait until every node is idle.
+
+        Returns False (and does nothing) if a healthy cluster of this name is already
+        running and replace is false; True when it started one.
+        """
+        if not isinstance(nodes, int) or nodes < 1 or nodes > MAX_NODES:
+            raise UsageError(f"bad node count {nodes!r}", f"give a number from 1 to {MAX_NODES}")
+        self._preflight()
+        st = self._state()
+        if st and not replace and self._alive(st):
+            return False
+        if st or os.path.exists(self.dir) or self._leftovers():
+            log.info(f"cluster {self.name}: removing {'the running' if replace and st else 'a stale'} cluster first")
+            self.down()
+        t0 = time.monotonic()
+        try:
+            self._create(nodes)
+            self._wait_idle(nodes, timeout)
+        except BaseException:
+            log.info(f"cluster {self.name}: start failed, cleaning up (logs were in {self.dir}/log)")
+            self._keep_logs()
+            self.down()
+            raise
+        log.info(f"cluster {self.name}: {nodes} nodes idle in {time.monotonic() - t0:.2f}s")
+        return True
+
+    def _leftovers(self) -> bool:
+        return bool(self._netns_names(None)[2:]) or any(
+            os.path.exists(f"/run/netns/{ns}") for ns in (self.sw_ns, self.ctl_ns)) or \
+            os.path.exists(f"/sys/class/net/{self.host_if}")
+
+    def _keep_logs(self) -> None:
+        logdir = os.path.join(self.dir, "log")
+        if os.path.isdir(logdir):
+            dst = f"/tmp/hpcrun-cluster-{self.name}-failed-logs"
+            shutil.rmtree(dst, ignore_errors=True)
+            try:
+                shutil.copytree(logdir, dst)
+                log.info(f"cluster {self.name}: daemon logs copied to {dst}")
+            except OSError:
+                pass
+
+    def _create(self, n: int) -> None:
+        net = self._subnet()
+        names = [self.node_name(i) for i in range(1, n + 1)]
+        addrs = [f"{net}.{10 + i}" for i in range(1, n + 1)]
+        ctl_addr = f"{net}.1"
+        host_addr = f"{net}.254"
+        mem = max(512, min(4096, _host_mem_mb() // (2 * n)))
+        os.makedirs(self.dir, mode=0o755, exist_ok=True)
+        os.chmod(self.dir, 0o755)
+        for sub in ("log", "ctld", "spool", "tmp", "run"):
+            os.makedirs(os.path.join(self.dir, sub), mode=0o755, exist_ok=True)
+        for nm in names:
+            os.makedirs(os.path.join(self.dir, "spool", nm), mode=0o755, exist_ok=True)
+            # TmpFS: per node, world-writable with sticky bit like /tmp.
+            t = os.path.join(self.dir, "tmp", nm)
+            os.makedirs(t, exist_ok=True)
+            os.chmod(t, 0o1777)
+        st = {"name": self.name, "subnet": net, "nodes": names, "addrs": addrs,
+              "controller": self.ctl_host, "controller_addr": ctl_addr, "host_addr": host_addr,
+              "cpus": NODE_CPUS, "memory_mb": mem, "conf": self.conf_path,
+              "started": time.time()}
+        self._write(self.state_path, json.dumps(st, indent=1) + "\n")
+        self._write(self.conf_path, self._slurm_conf(st))
+        self._write(os.path.join(self.dir, "plugstack.conf"), "")
+        hosts = "127.0.0.1 localhost\n" + f"{ctl_addr} {self.ctl_host}\n" + \
+            "".join(f"{a} {nm}\n" for a, nm in zip(addrs, names))
+        self._write(os.path.join(self.dir, "hosts"), hosts)
+        self._network(n, net)
+        self._start(self.ctl_ns, self.ctl_host,
+                    [_which("slurmctld"), "-f", self.conf_path, "-i"])
+        for i, nm in enumerate(names, 1):
+            self._start(self.node_ns(i), nm, [_which("slurmd"), "-f", self.conf_path, "-N", nm])
+
+    @staticmethod
+    def _write(path: str, text: str) -> None:
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+
+    def _network(self, n: int, net: str) -> None:
+        all_ns = [self.sw_ns, self.ctl_ns] + [self.node_ns(i) for i in range(1, n + 1)]
+        _ip_batch(None, [f"netns add {ns}" for ns in all_ns],
+                  "cannot create network namespaces")
+        sw = ["link add br0 type bridge", "link set lo up", "link set br0 up",
+              f"link add ctl type veth peer name eth0 netns {self.ctl_ns}",
+              "link set ctl master br0", "link set ctl up"]
+        for i in range(1, n + 1):
+            sw += [f"link add n{i} type veth peer name eth0 netns {self.node_ns(i)}",
+                   f"link set n{i} master br0", f"link set n{i} up"]
+        _ip_batch(self.sw_ns, sw, "cannot build the cluster's bridge")
+        _ip_batch(None, [f"link add {self.host_if} type veth peer name host netns {self.sw_ns}",
+                         f"addr add {net}.254/24 dev {self.host_if}",
+                         f"link set {self.host_if} up"], "cannot connect the host to the cluster")
+        _ip_batch(self.sw_ns, ["link set host master br0", "link set host up"],
+                  "cannot connect the host to the cluster")
+        for ns, addr in [(self.ctl_ns, f"{net}.1")] + \
+                [(self.node_ns(i), f"{net}.{10 + i}") for i in range(1, n + 1)]:
+            _ip_batch(ns, ["link set lo up", f"addr add {addr}/24 dev eth0", "link set eth0 up"],
+                      f"cannot configure {ns}")
+
+    def _start(self, ns: str, hostname: str, argv: list[str]) -> None:
+        """Start a daemon in netns `ns` with its own uts + mount namespaces.
+
+        The daemon forks into the background itself (no -D), so it is not our child
+        and its parent (the nsenter/unshare/sh chain, exec'd into one process) exits.
+        """
+        hosts = os.path.join(self.dir, "hosts")
+        script = ('set -e; hostname "$1"; mount --bind "$2" /etc/hosts; shift 2; exec "$@"')
+        full = [_which("nsenter"), f"--net=/run/netns/{ns}", "--",
+                _which("unshare"), "--uts", "--mount", "--propagation", "slave", "--",
+                "/bin/sh", "-c", script, "hpcrun-node", hostname, hosts, *argv]
+        logf = os.path.join(self.dir, "log", f"start-{hostname}.log")
+        # env: a clean one, so the daemons do not inherit a client's SLURM_CONF etc.
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+        try:
+            proc.run(full, env=env, timeout=30, hint=f"see {logf} and {self.dir}/log")
+        except CommandError as e:
+            raise SlurmError(f"cannot start {os.path.basename(argv[0])} on {hostname}: "
+                             f"{e.what}", f"see the daemon logs in {self.dir}/log") from e
+
+    def _slurm_conf(self, st: dict) -> str:
+        d = self.dir
+        mem = st["memory_mb"]
+        lines = [
+            "# Written by 'hpcrun cluster up'; removed by 'hpcrun cluster down'.",
+            f"ClusterName={self.name}",
+            f"SlurmctldHost={st['controller']}({st['controller_addr']})",
+            "AuthType=auth/none",
+            "CredType=cred/none",
+            "SlurmUser=root",
+            "SlurmdUser=root",
+            f"StateSaveLocation={d}/ctld",
+            f"SlurmdSpoolDir={d}/spool/%n",
+            f"SlurmctldPidFile={d}/run/slurmctld.pid",
+            f"SlurmdPidFile={d}/run/slurmd-%n.pid",
+            f"SlurmctldLogFile={d}/log/slurmctld.log",
+            f"SlurmdLogFile={d}/log/slurmd-%n.log",
+            f"TmpFS={d}/tmp/%n",
+            f"PlugStackConfig={d}/plugstack.conf",
+            "SlurmctldParameters=enable_configless",
+            # No cgroup or systemd here: track processes through /proc.
+            "ProctrackType=proctrack/linuxproc",
+            "TaskPlugin=task/none",
+            "JobAcctGatherType=jobacct_gather/none",
+            "AccountingStorageType=accounting_storage/none",
+            "JobCompType=jobcomp/none",
+            "MpiDefault=none",
+            "SwitchType=switch/none",
+            "SchedulerType=sched/backfill",
+            "SelectType=select/cons_tres",
+            "SelectTypeParameters=CR_Core_Memory",
+            f"DefMemPerCPU={max(64, mem // NODE_CPUS // 4)}",
+            # Trust the node lines below rather than the host's real hardware.
+            "SlurmdParameters=config_overrides",
+            "ReturnToService=2",
+            # A request no node/partition can ever satisfy is refused at submission.
+            "EnforcePartLimits=ALL",
+            "KillWait=2",
+            "UnkillableStepTimeout=30",
+            "MinJobAge=600",
+            "SlurmctldTimeout=30",
+            "SlurmdTimeout=60",
+            "InactiveLimit=0",
+            "MessageTimeout=10",
+            "MailProg=/bin/true",
+            "SchedulerParameters=sched_interval=1,bf_interval=1",
+        ]
+        for nm, addr in zip(st["nodes"], st["addrs"]):
+            lines.append(f"NodeName={nm} NodeAddr={addr} NodeHostname={nm} "
+                         f"CPUs={NODE_CPUS} Boards=1 SocketsPerBoard=1 CoresPerSocket={NODE_CPUS} "
+                         f"ThreadsPerCore=1 RealMemory={mem} State=UNKNOWN")
+        lines.append(f"PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP")
+        return "\n".join(lines) + "\n"
+
+    def _sinfo(self) -> dict[str, str]:
+        cp = proc.run([_which("sinfo") or "sinfo", "-h", "-N", "-o", "%N %T"],
+                      env={**os.environ, **self.env()}, check=False, timeout=20)
+        out = {}
+        if cp.returncode == 0:
+            for line in cp.stdout.splitlines():
+                p = line.split()
+                if len(p) == 2:
+                    out[p[0]] = p[1]
+        return out
+
+    def _wait_idle(self, n: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        names = [self.node_name(i) for i in range(1, n + 1)]
+        delay = 0.05
+        last: dict[str, str] = {}
+        while True:
+            last = self._sinfo()
+            if len(last) == n and all(last.get(nm, "").rstrip("*") == "idle" for nm in names):
+                return
+            if time.monotonic() > deadline:
+                states = ", ".join(f"{k}={v}" for k, v in sorted(last.items())) or "controller not answering"
+                raise SlurmError(f"cluster {self.name}: nodes not idle after {timeout:.0f}s ({states})",
+                                 f"see the daemon logs in /tmp/hpcrun-cluster-{self.name}-failed-logs")
+            time.sleep(delay)
+            delay = min(0.25, delay * 1.5)
+
+    # ---------- down ----------
+    def down(self) -> bool:
+        """Stop everything of this cluster. Returns whether anything was there."""
+        if os.geteuid() != 0:
+            raise HpcrunError("hpcrun cluster down needs root", "run it as root, e.g. 'sudo hpcrun cluster down'")
+        st = self._state()
+        nss = [ns for ns in self._netns_names(st) if os.path.exists(f"/run/netns/{ns}")]
+        found = bool(st) or bool(nss) or os.path.exists(self.dir)
+        _kill_all(nss)
+        for ns in nss:
+            proc.run(["ip", "netns", "del", ns], check=False)
+        if os.path.exists(f"/sys/class/net/{self.host_if}"):
+            found = True
+            proc.run(["ip", "link", "del", self.host_if], check=False)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        try:
+            os.rmdir(BASE_DIR)  # only when no other cluster is left
+        except OSError:
+            pass
+        return found
+
+    # ---------- status ----------
+    def status(self) -> dict[str, Any]:
+        st = self._state()
+        if not st:
+            return {"name": self.name, "running": False, "nodes": {}, "conf": None}
+        states = self._sinfo()
+        return {
+            "name": self.name,
+            "running": bool(states) and all(s.rstrip("*~#") not in ("down", "unknown") for s in states.values()),
+            "conf": self.conf_path,
+            "controller": st["controller"],
+            "controller_addr": st["controller_addr"],
+            "subnet": st["subnet"] + ".0/24",
+            "cpus_per_node": st["cpus"],
+            "memory_mb_per_node": st["memory_mb"],
+            "partition": "debug",
+            "nodes": {nm: {"addr": a, "state": states.get(nm, "unreachable")}
+                      for nm, a in zip(st["nodes"], st["addrs"])},
+        }
+
+
+# ---------- helpers ----------
+
+def _ip_batch(ns: str | None, cmds: list[str], what: str) -> None:
+    argv = ["ip"] + (["-n", ns] if ns else []) + ["-batch", "-"]
+    try:
+        proc.run(argv, input="\n".join(cmds) + "\n", timeout=60)
+    except CommandError as e:
+        raise HpcrunError(f"{what}: {e.what}",
+                          "the local cluster needs root with CAP_NET_ADMIN and network namespaces "
+                          "(not available inside an unprivileged container)") from e
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _ns_inode(path: str) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
+
+
+def _all_pids() -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state, ppid) of a process, None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            s = f.read()
+    except OSError:
+        return None
+    rest = s[s.rfind(")") + 2:].split()
+    return rest[0], int(rest[1])
+
+
+def _pids_in_netns(names: list[str]) -> list[tuple[int, str]]:
+    inodes = {}
+    for ns in names:
+        ino = _ns_inode(f"/run/netns/{ns}")
+        if ino is not None:
+            inodes[ino] = ns
+    out = []
+    if not inodes:
+        return out
+    for pid in _all_pids():
+        ino = _ns_inode(f"/proc/{pid}/ns/net")
+        if ino in inodes:
+            out.append((pid, inodes[ino]))
+    return out
+
+
+def _targets(names: list[str]) -> set[int]:
+    """Live processes in these netns plus all their descendants (containers of a job
+    may sit in network namespaces of their own)."""
+    roots = {pid for pid, _ in _pids_in_netns(names)}
+    children: dict[int, list[int]] = {}
+    live = set()
+    for pid in _all_pids():
+        s = _stat(pid)
+        if s and s[0] != "Z":
+            children.setdefault(s[1], []).append(pid)
+            live.add(pid)
+    todo = [p for p in roots if p in live]
+    out = set()
+    while todo:
+        p = todo.pop()
+        if p in out or p == os.getpid():
+            continue
+        out.add(p)
+        todo.extend(children.get(p, ()))
+    return out
+
+
+def _kill_all(names: list[str], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        pids = _targets(names)
+        if not pids:
+            return
+        for p in pids:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        # Reap any that happen to be our children (e.g. in tests).
+        for p in pids:
+            try:
+                os.waitpid(p, os.WNOHANG)
+            except ChildProcessError:
+                pass
+        if time.monotonic() > deadline:
+            left = ", ".join(f"{p}({_comm(p)})" for p in sorted(pids))
+            raise HpcrunError(f"processes of the cluster did not die: {left}",
+                              "check for processes stuck in the D state (ps -o pid,stat,comm)")
+        time.sleep(0.05)
+
+
+def clusters() -> list[str]:
+    """Names of the clusters that have state on this machine."""
+    try:
+        return sorted(d for d in os.listdir(BASE_DIR) if os.path.isfile(os.path.join(BASE_DIR, d, "cluster.json")))
+    except OSError:
+        return []
