@@ -255,10 +255,12 @@ class LocalCluster:
             "".join(f"{a} {nm}\n" for a, nm in zip(addrs, names))
         self._write(os.path.join(self.dir, "hosts"), hosts)
         self._network(n, net)
-        self._start(self.ctl_ns, self.ctl_host,
-                    [_which("slurmctld"), "-f", self.conf_path, "-i"])
+        launch = [self._launcher(self.ctl_ns, self.ctl_host,
+                                 [_which("slurmctld"), "-f", self.conf_path, "-i"])]
         for i, nm in enumerate(names, 1):
-            self._start(self.node_ns(i), nm, [_which("slurmd"), "-f", self.conf_path, "-N", nm])
+            launch.append(self._launcher(self.node_ns(i), nm,
+                                         [_which("slurmd"), "-f", self.conf_path, "-N", nm]))
+        self._start_all(launch)
 
     @staticmethod
     def _write(path: str, text: str) -> None:
@@ -289,25 +291,43 @@ class LocalCluster:
             _ip_batch(ns, ["link set lo up", f"addr add {addr}/24 dev eth0", "link set eth0 up"],
                       f"cannot configure {ns}")
 
-    def _start(self, ns: str, hostname: str, argv: list[str]) -> None:
-        """Start a daemon in netns `ns` with its own uts + mount namespaces.
+    def _launcher(self, ns: str, hostname: str, argv: list[str]) -> dict:
+        """How to start a daemon in netns `ns` with its own uts + mount namespaces.
 
-        The daemon forks into the background itself (no -D), so it is not our child
-        and its parent (the nsenter/unshare/sh chain, exec'd into one process) exits.
+        The daemon forks into the background itself (no -D); its launcher chain
+        (nsenter, unshare and sh exec into one another) then exits.
         """
         hosts = os.path.join(self.dir, "hosts")
-        script = ('set -e; hostname "$1"; mount --bind "$2" /etc/hosts; shift 2; exec "$@"')
+        script = 'set -e; hostname "$1"; mount --bind "$2" /etc/hosts; shift 2; exec "$@"'
         full = [_which("nsenter"), f"--net=/run/netns/{ns}", "--",
                 _which("unshare"), "--uts", "--mount", "--propagation", "slave", "--",
                 "/bin/sh", "-c", script, "hpcrun-node", hostname, hosts, *argv]
-        logf = os.path.join(self.dir, "log", f"start-{hostname}.log")
-        # env: a clean one, so the daemons do not inherit a client's SLURM_CONF etc.
+        log.debug("exec (via hpcrun-reaper): " + " ".join(full))
+        return {"what": f"{os.path.basename(argv[0])} on {hostname}", "argv": full,
+                "log": os.path.join(self.dir, "log", f"start-{hostname}.log")}
+
+    def _start_all(self, launch: list[dict]) -> None:
+        """Start the daemons under one reaper process (see _REAPER)."""
+        import subprocess
+        import sys
+        spec = os.path.join(self.dir, "run", "launch.json")
+        # A clean environment: the daemons must not inherit a client's SLURM_CONF etc.
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
-        try:
-            proc.run(full, env=env, timeout=30, hint=f"see {logf} and {self.dir}/log")
-        except CommandError as e:
-            raise SlurmError(f"cannot start {os.path.basename(argv[0])} on {hostname}: "
-                             f"{e.what}", f"see the daemon logs in {self.dir}/log") from e
+        self._write(spec, json.dumps({"launch": launch, "env": env}))
+        argv = [sys.executable, "-I", "-c", _REAPER, spec]
+        log.debug("exec: " + " ".join(argv[:3]) + " <reaper> " + spec)
+        with open(os.path.join(self.dir, "log", "reaper.log"), "ab") as errf:
+            p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                 stderr=errf, start_new_session=True, close_fds=True, cwd="/")
+        self._reaper = p  # kept so that a long-lived caller (pytest) reaps it
+        line = p.stdout.readline().decode(errors="replace").strip()
+        p.stdout.close()
+        st = self._state() or {}
+        st["reaper_pid"] = p.pid
+        self._write(self.state_path, json.dumps(st, indent=1) + "\n")
+        if line != "OK":
+            what = line[5:] if line.startswith("FAIL ") else "the reaper process died"
+            raise SlurmError(f"cannot start {what}", f"see the logs in {self.dir}/log")
 
     def _slurm_conf(self, st: dict) -> str:
         d = self.dir
@@ -399,6 +419,8 @@ class LocalCluster:
         nss = [ns for ns in self._netns_names(st) if os.path.exists(f"/run/netns/{ns}")]
         found = bool(st) or bool(nss) or os.path.exists(self.dir)
         _kill_all(nss)
+        if st and st.get("reaper_pid"):
+            _stop_reaper(int(st["reaper_pid"]))
         for ns in nss:
             proc.run(["ip", "netns", "del", ns], check=False)
         if os.path.exists(f"/sys/class/net/{self.host_if}"):
@@ -433,6 +455,65 @@ class LocalCluster:
 
 
 # ---------- helpers ----------
+
+# The reaper: one small process per cluster that starts the daemons and is their
+# "child subreaper" (prctl(2) PR_SET_CHILD_SUBREAPER). Slurm daemons fork into the
+# background and slurmd double-forks every slurmstepd; orphans are re-parented to the
+# nearest subreaper instead of PID 1, which in containers often does not reap, so
+# without it every finished step would leave a zombie. It exits when its last
+# descendant is gone, i.e. after `down`. Self-contained (run with python -I -c).
+_REAPER = r"""
+import ctypes, json, os, subprocess, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.prctl(36, 1, 0, 0, 0)                  # PR_SET_CHILD_SUBREAPER
+libc.prctl(15, b"hpcrun-reaper", 0, 0, 0)   # PR_SET_NAME: visible in ps
+with open(sys.argv[1]) as f:
+    spec = json.load(f)
+result = "OK"
+for item in spec["launch"]:
+    with open(item["log"], "ab") as lf:
+        try:
+            cp = subprocess.run(item["argv"], env=spec["env"], stdin=subprocess.DEVNULL,
+                                stdout=lf, stderr=lf, timeout=60)
+            rc = cp.returncode
+        except Exception as e:
+            rc = repr(e)
+    if rc != 0:
+        result = "FAIL %s (exit status %s; see %s)" % (item["what"], rc, item["log"])
+        break
+sys.stdout.write(result + "\n")
+sys.stdout.flush()
+fd = os.open(os.devnull, os.O_RDWR)
+os.dup2(fd, 1)
+while True:
+    try:
+        os.wait()
+    except ChildProcessError:
+        break
+    except InterruptedError:
+        pass
+"""
+
+
+def _stop_reaper(pid: int, timeout: float = 5.0) -> None:
+    """The reaper exits by itself once the daemons are gone; make sure it did."""
+    deadline = time.monotonic() + timeout
+    while _comm(pid) == "hpcrun-reaper":
+        s = _stat(pid)
+        if s is None or s[0] == "Z":
+            break
+        if time.monotonic() > deadline:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            deadline = time.monotonic() + timeout
+        time.sleep(0.02)
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
 
 def _ip_batch(ns: str | None, cmds: list[str], what: str) -> None:
     argv = ["ip"] + (["-n", ns] if ns else []) + ["-batch", "-"]
