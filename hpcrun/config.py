@@ -62,6 +62,8 @@ KEYS: dict[str, Key] = {k.name: k for k in [
     Key("insecure_registries", list, _list, "registries reached over plain HTTP / unverified TLS"),
     Key("certs_dir", lambda: "/etc/hpcrun/certs.d", str, "per-registry CA directory, like Docker's certs.d"),
     Key("max_image_size", lambda: 64 << 30, _size, "refuse images that unpack to more than this (bomb guard)"),
+    Key("squashfs_compressor", lambda: "zstd:level=3", str,
+        "squashfs compressor NAME[:OPTIONS] in tar2sqfs spelling (zstd:level=3, lz4, xz)"),
     Key("pull_parallel", lambda: 4, int, "layers downloaded at once"),
     Key("slurm_backend", lambda: "auto", str, "auto | cli | pyslurm"),
     Key("node_cache", lambda: os.path.join("/var/tmp", f"hpcrun-{os.getuid()}", "nodecache"), str,

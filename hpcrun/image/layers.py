@@ -1,0 +1,598 @@
+"""Layer tars: open (gzip / zstd / plain by magic), validate, flatten, without root.
+
+The rules, applied the same way whether the layers are unpacked into a directory
+(`extract`) or streamed as one flattened tar (`flatten_stream`, for tar2sqfs and export):
+
+- Whiteouts as the OCI image spec defines them (layer.md): ``.wh.NAME`` hides NAME of
+  the lower layers, ``.wh..wh..opq`` hides every lower entry of its directory. Other
+  ``.wh..wh.*`` names (aufs bookkeeping) are ignored. A whiteout never hides an entry of
+  its own layer.
+- Regular files, directories, symlinks, hardlinks and FIFOs are kept; character and
+  block devices are skipped with one warning (an unprivileged user cannot mknod).
+- Ownership: every file becomes the caller's (directory format) or root's (squashfs,
+  like ``mksquashfs -all-root``). setuid and setgid bits are dropped. In the directory
+  format files get u+rw and directories u+rwx, so the owner can read and remove them
+  (Charliecloud does the same).
+- Hostile archives are refused as a whole (ImageError, nothing kept): an entry or a
+  hardlink target with an absolute path or a ``..`` component; any entry, hardlink target
+  or whiteout reached *through* a symlink of the image (a symlink may point anywhere, but
+  nothing is ever written or removed through one); a hardlink to a missing file or a
+  directory; more than ``max_image_size`` bytes of content (decompression-bomb guard); a
+  truncated or corrupt compressed stream.
+
+Nothing here follows a symlink on disk: parents are checked against the in-memory tree,
+files are created with O_EXCL|O_NOFOLLOW under a fresh directory the caller owns.
+"""
+from __future__ import annotations
+
+import io
+import os
+import stat
+import tarfile
+from typing import BinaryIO, Iterable, Iterator, Optional, Sequence
+
+from .. import log
+from ..errors import ImageError
+
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+XZ_MAGIC = b"\xfd7zXZ\x00"
+WH = ".wh."
+OPQ = ".wh..wh..opq"
+CHUNK = 1 << 20
+
+_UNSAFE_HINT = ("the image is unsafe to unpack; nothing was written. "
+                "Rebuild it with a standard tool (docker build, buildah, skopeo)")
+
+
+def _unsafe(what: str) -> ImageError:
+    return ImageError(f"refusing unsafe layer: {what}", _UNSAFE_HINT)
+
+
+# ---------------------------------------------------------------------------
+# Opening a layer
+
+
+def sniff(head: bytes) -> str:
+    """'gzip', 'zstd', 'xz' or 'tar' from the first bytes of a blob."""
+    if head.startswith(GZIP_MAGIC):
+        return "gzip"
+    if head.startswith(ZSTD_MAGIC):
+        return "zstd"
+    if head.startswith(XZ_MAGIC):
+        return "xz"
+    return "tar"
+
+
+class _Counted(io.RawIOBase):
+    """A reader that counts bytes and turns decompressor errors into ImageError."""
+
+    def __init__(self, inner, what: str):
+        self.inner = inner
+        self.what = what
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        try:
+            data = self.inner.read(len(b))
+        except EOFError as e:
+            raise ImageError(f"{self.what}: truncated compressed stream ({e})",
+                             "the file or download is incomplete; fetch it again") from e
+        except (OSError, ValueError) as e:
+            raise ImageError(f"{self.what}: corrupt compressed stream ({e})",
+                             "the file or download is damaged; fetch it again") from e
+        n = len(data)
+        b[:n] = data
+        self.count += n
+        return n
+
+    def close(self) -> None:
+        try:
+            self.inner.close()
+        finally:
+            super().close()
+
+
+def open_layer(path_or_file, what: str | None = None) -> BinaryIO:
+    """A binary stream of the uncompressed tar of a layer (gzip/zstd/xz/plain by magic)."""
+    if isinstance(path_or_file, (str, os.PathLike)):
+        f = open(path_or_file, "rb")
+        what = what or os.fspath(path_or_file)
+    else:
+        f = path_or_file
+        what = what or getattr(f, "name", "layer")
+    if not hasattr(f, "peek"):
+        f = io.BufferedReader(f, CHUNK)  # type: ignore[arg-type]
+    head = f.peek(8)[:8]
+    kind = sniff(head)
+    if kind == "gzip":
+        import gzip
+        inner = gzip.GzipFile(fileobj=f, mode="rb")
+    elif kind == "zstd":
+        try:
+            import zstandard  # type: ignore
+        except ImportError:
+            raise ImageError(f"{what}: zstd-compressed layer, but the zstandard module is missing",
+                             "pip install 'hpcrun[zstd]' (or zstandard)") from None
+        inner = zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True)
+    elif kind == "xz":
+        import lzma
+        inner = lzma.LZMAFile(f, "rb")
+    else:
+        return f  # type: ignore[return-value]
+    return io.BufferedReader(_Counted(inner, what), CHUNK)  # type: ignore[return-value]
+
+
+def _tar(stream: BinaryIO, what: str) -> tarfile.TarFile:
+    try:
+        return tarfile.open(fileobj=stream, mode="r|", bufsize=CHUNK)
+    except tarfile.ReadError as e:
+        raise ImageError(f"{what}: not a tar archive ({e})",
+                         "a layer must be a tar, optionally gzip or zstd compressed") from e
+
+
+def members(tf: tarfile.TarFile, what: str) -> Iterator[tarfile.TarInfo]:
+    try:
+        for m in tf:
+            yield m
+    except tarfile.TarError as e:
+        raise ImageError(f"{what}: damaged tar archive ({e})",
+                         "the file or download is damaged; fetch it again") from e
+
+
+# ---------------------------------------------------------------------------
+# Names
+
+
+def norm_name(name: str, what: str) -> str:
+    """Archive name -> relative path without '.' parts; '' is the root. Refuses .. and /."""
+    if "\x00" in name:
+        raise _unsafe(f"{what}: NUL byte in name {name!r}")
+    if name.startswith("/"):
+        raise _unsafe(f"{what}: absolute path {name!r}")
+    parts = []
+    for p in name.split("/"):
+        if p in ("", "."):
+            continue
+        if p == "..":
+            raise _unsafe(f"{what}: path with '..' {name!r}")
+        parts.append(p)
+    return "/".join(parts)
+
+
+def _parent(path: str) -> str:
+    i = path.rfind("/")
+    return path[:i] if i >= 0 else ""
+
+
+def _base(path: str) -> str:
+    return path[path.rfind("/") + 1:]
+
+
+# ---------------------------------------------------------------------------
+# The logical tree
+
+
+class Node:
+    __slots__ = ("kind", "layer", "idx", "target", "mode", "mtime")
+
+    def __init__(self, kind: str, layer: int, idx: Optional[int], mode: int = 0o755,
+                 mtime: float = 0, target: "Node | None" = None):
+        self.kind = kind        # 'd' dir, 'f' file, 'l' symlink, 'p' fifo
+        self.layer = layer
+        self.idx = idx          # member number in its layer; None = implicit directory
+        self.mode = mode
+        self.mtime = mtime
+        self.target = target    # for hardlinks: the node linked to
+
+
+class Tree:
+    """The flattened tree in memory: applies entries and whiteouts, checks safety.
+
+    Every mutating method returns the paths whose subtrees must be removed on disk.
+    """
+
+    def __init__(self, max_size: int | None = None):
+        self.nodes: dict[str, Node] = {"": Node("d", -1, None, 0o755)}
+        self.children: dict[str, set] = {"": set()}
+        self.max_size = max_size
+        self.size = 0
+        self.devices: list[str] = []
+        self.stream_ok = True      # False when a hardlink's target was replaced later
+        self.links: list[tuple[str, Node, str]] = []  # (path, node, target path)
+        self.last_target = ""      # target of the hardlink add() returned last
+
+    # -- checks
+    def check_parents(self, path: str, what: str, name: str) -> list[str]:
+        """Refuse a path reached through a symlink or a non-directory; return missing dirs."""
+        missing = []
+        if not path:
+            return missing
+        parts = path.split("/")[:-1]
+        cur = ""
+        for p in parts:
+            cur = f"{cur}/{p}" if cur else p
+            n = self.nodes.get(cur)
+            if n is None:
+                missing.append(cur)
+            elif n.kind == "l":
+                raise _unsafe(f"{what}: {name!r} goes through the symlink {cur!r}")
+            elif n.kind != "d":
+                raise _unsafe(f"{what}: {name!r} goes through {cur!r}, which is not a directory")
+        return missing
+
+    def _remove(self, path: str) -> None:
+        n = self.nodes.pop(path, None)
+        if n is None:
+            return
+        self.children.get(_parent(path), set()).discard(_base(path))
+        if n.kind == "d":
+            stack = [path]
+            while stack:
+                d = stack.pop()
+                for c in self.children.pop(d, ()):
+                    cp = f"{d}/{c}" if d else c
+                    cn = self.nodes.pop(cp, None)
+                    if cn is not None and cn.kind == "d":
+                        stack.append(cp)
+
+    def _insert(self, path: str, node: Node) -> None:
+        self.nodes[path] = node
+        self.children.setdefault(_parent(path), set()).add(_base(path))
+        if node.kind == "d":
+            self.children.setdefault(path, set())
+
+    # -- operations
+    def add(self, m: tarfile.TarInfo, layer: int, idx: int, what: str
+            ) -> tuple[str, str, list[str], list[str]]:
+        """Apply one tar member. Returns (action, path, removed, missing_dirs).
+
+        action: 'dir', 'file', 'symlink', 'hardlink', 'fifo', 'whiteout', 'skip'.
+        For 'hardlink' the target path is in self.last_target.
+        """
+        path = norm_name(m.name, what)
+        base = _base(path)
+        if base.startswith(WH):
+            missing = self.check_parents(path, what, m.name)
+            if base == OPQ:
+                return "whiteout", path, self._opaque(_parent(path), layer), []
+            if base.startswith(WH + WH):
+                return "skip", path, [], []
+            real = base[len(WH):]
+            if real in ("", ".", ".."):
+                raise _unsafe(f"{what}: whiteout {m.name!r} names no file in its directory")
+            target = f"{_parent(path)}/{real}" if _parent(path) else real
+            n = self.nodes.get(target)
+            if n is not None and n.layer < layer:
+                self._remove(target)
+                return "whiteout", target, [target], []
+            return "skip", path, [], missing
+        if path == "":
+            if not m.isdir():
+                raise _unsafe(f"{what}: the root {m.name!r} is not a directory")
+            root = self.nodes[""]
+            root.mode, root.mtime, root.layer, root.idx = m.mode, m.mtime, layer, idx
+            return "dir", "", [], []
+        missing = self.check_parents(path, what, m.name)
+        for d in missing:
+            self._insert(d, Node("d", layer, None, 0o755))
+        if m.ischr() or m.isblk():
+            self.devices.append("/" + path)
+            return "skip", path, [], missing
+        removed: list[str] = []
+        old = self.nodes.get(path)
+        if m.isdir():
+            if old is not None and old.kind == "d":
+                old.layer, old.idx, old.mode, old.mtime = layer, idx, m.mode, m.mtime
+                return "dir", path, [], missing
+            if old is not None:
+                self._remove(path)
+                removed.append(path)
+            self._insert(path, Node("d", layer, idx, m.mode, m.mtime))
+            return "dir", path, removed, missing
+        if m.islnk():
+            tpath = norm_name(m.linkname, what)
+            self.check_parents(tpath, what, m.linkname)
+            t = self.nodes.get(tpath)
+            if t is None:
+                raise _unsafe(f"{what}: hardlink {m.name!r} to {m.linkname!r}, "
+                              "which is not in the image")
+            if t.kind == "d":
+                raise _unsafe(f"{what}: hardlink {m.name!r} to the directory {m.linkname!r}")
+            if tpath == path:
+                return "skip", path, [], missing
+            node = Node(t.kind, layer, idx, t.mode, t.mtime, target=t)
+            action = "hardlink"
+            self.last_target = tpath
+        elif m.issym():
+            node = Node("l", layer, idx, 0o777, m.mtime)
+            action = "symlink"
+        elif m.isfifo():
+            node = Node("p", layer, idx, m.mode, m.mtime)
+            action = "fifo"
+        elif m.isreg():
+            self.size += m.size
+            if self.max_size is not None and self.size > self.max_size:
+                raise ImageError(
+                    f"{what}: the image unpacks to more than {_human(self.max_size)} "
+                    "(max_image_size)",
+                    "raise max_image_size in the configuration or HPCRUN_MAX_IMAGE_SIZE "
+                    "if the image is genuine")
+            node = Node("f", layer, idx, m.mode, m.mtime)
+            action = "file"
+        else:
+            log.warning(f"{what}: skipping {m.name!r} of unsupported tar type {m.type!r}")
+            return "skip", path, [], missing
+        if old is not None:
+            self._remove(path)
+            removed.append(path)
+        self._insert(path, node)
+        if action == "hardlink":
+            self.links.append((path, node, self.last_target))
+        return action, path, removed, missing
+
+    def _opaque(self, d: str, layer: int) -> list[str]:
+        removed = []
+        for c in sorted(self.children.get(d, ())):
+            cp = f"{d}/{c}" if d else c
+            n = self.nodes[cp]
+            if n.layer < layer:
+                self._remove(cp)
+                removed.append(cp)
+            elif n.kind == "d":
+                removed += self._opaque(cp, layer)
+        return removed
+
+    def finish(self) -> None:
+        """Checks after the last layer: hardlinks whose target was replaced break streaming."""
+        for path, node, tpath in self.links:
+            if self.nodes.get(path) is node and self.nodes.get(tpath) is not node.target:
+                self.stream_ok = False
+        if self.devices:
+            more = f" and {len(self.devices) - 1} more" if len(self.devices) > 1 else ""
+            log.warning(f"skipped device node {self.devices[0]}{more} "
+                        "(an unprivileged user cannot create devices; /dev is mounted at run time)")
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.3g}{unit}" if unit != "B" else f"{int(n)}B"
+        n /= 1000
+    return f"{n}B"
+
+
+def human_size(n: float) -> str:
+    """Docker's size display (decimal units)."""
+    return _human(n)
+
+
+# ---------------------------------------------------------------------------
+# Unpacking into a directory
+
+
+def _rm(p: str) -> None:
+    try:
+        st = os.lstat(p)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        import shutil
+        shutil.rmtree(p)
+    else:
+        os.unlink(p)
+
+
+def extract(layers: Iterable, dest: str, *, max_size: int | None = None) -> Tree:
+    """Unpack layers (paths or binary files, lowest first) into the empty directory dest.
+
+    Raises ImageError for a hostile or damaged layer; the caller removes dest then.
+    Returns the tree (its .size is the content size).
+    """
+    tree = Tree(max_size)
+    dirs: dict[str, tuple[int, float]] = {}
+    for li, layer in enumerate(layers):
+        what = f"layer {li + 1}"
+        stream = open_layer(layer, what)
+        try:
+            tf = _tar(stream, what)
+            for idx, m in enumerate(members(tf, what)):
+                action, path, removed, missing = tree.add(m, li, idx, what)
+                for r in removed:
+                    _rm(os.path.join(dest, r))
+                    for d in list(dirs):
+                        if d == r or d.startswith(r + "/"):
+                            del dirs[d]
+                for d in missing:
+                    os.mkdir(os.path.join(dest, d), 0o700)
+                if action in ("skip", "whiteout"):
+                    continue
+                full = os.path.join(dest, path) if path else dest
+                if action == "dir":
+                    if not os.path.lexists(full):
+                        os.mkdir(full, 0o700)
+                    dirs[path] = (m.mode, m.mtime)
+                elif action == "file":
+                    fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                                 | os.O_CLOEXEC, 0o600)
+                    try:
+                        src = tf.extractfile(m)
+                        left = m.size
+                        while left > 0:
+                            buf = src.read(min(CHUNK, left))  # type: ignore[union-attr]
+                            if not buf:
+                                raise ImageError(f"{what}: {m.name!r} is truncated",
+                                                 "the layer is damaged; fetch it again")
+                            os.write(fd, buf) if len(buf) < 65536 else _write_all(fd, buf)
+                            left -= len(buf)
+                        os.fchmod(fd, (m.mode & 0o1777) | 0o600)
+                        os.utime(fd, (m.mtime, m.mtime))
+                    finally:
+                        os.close(fd)
+                elif action == "symlink":
+                    os.symlink(m.linkname, full)
+                    os.utime(full, (m.mtime, m.mtime), follow_symlinks=False)
+                elif action == "hardlink":
+                    os.link(os.path.join(dest, tree.last_target), full, follow_symlinks=False)
+                elif action == "fifo":
+                    os.mkfifo(full, 0o600)
+                    os.chmod(full, (m.mode & 0o1777) | 0o600)
+        finally:
+            stream.close()
+    tree.finish()
+    dirs.setdefault("", (0o755, tree.nodes[""].mtime))
+    # Directory modes and times last: children change a directory's mtime, and a
+    # read-only directory would have blocked its children.
+    for path in sorted(dirs, key=len, reverse=True):
+        mode, mtime = dirs[path]
+        full = os.path.join(dest, path) if path else dest
+        os.chmod(full, (mode & 0o1777) | 0o700)
+        os.utime(full, (mtime, mtime), follow_symlinks=False)
+    return tree
+
+
+def _write_all(fd: int, buf: bytes) -> None:
+    mv = memoryview(buf)
+    while mv:
+        n = os.write(fd, mv)
+        mv = mv[n:]
+
+
+# ---------------------------------------------------------------------------
+# One flattened tar stream
+
+
+class NeedDirectory(Exception):
+    """The layers cannot be flattened as a stream (a hardlink whose target was replaced
+    by a later layer); the caller falls back to unpacking into a directory."""
+
+
+def plan(layers: list, *, max_size: int | None = None) -> Tree:
+    """First pass: read every layer's headers, apply whiteouts, check safety."""
+    tree = Tree(max_size)
+    for li, layer in enumerate(layers):
+        what = f"layer {li + 1}"
+        stream = open_layer(layer, what)
+        try:
+            for idx, m in enumerate(members(_tar(stream, what), what)):
+                tree.add(m, li, idx, what)
+        finally:
+            stream.close()
+    tree.finish()
+    return tree
+
+
+def _out_info(m: tarfile.TarInfo, path: str, root_owned: bool, kind: str) -> tarfile.TarInfo:
+    ti = tarfile.TarInfo(path + ("/" if kind == "dir" and path else "") if path else "./")
+    ti.type = tarfile.REGTYPE if m.isreg() else m.type
+    ti.mode = m.mode & 0o1777
+    ti.mtime = m.mtime
+    ti.size = m.size if m.isreg() else 0
+    ti.linkname = m.linkname
+    if root_owned:
+        ti.uid = ti.gid = 0
+        ti.uname = ti.gname = "root"
+    else:
+        ti.uid, ti.gid, ti.uname, ti.gname = m.uid, m.gid, m.uname, m.gname
+    return ti
+
+
+def flatten_stream(layers: list, out: BinaryIO, *, max_size: int | None = None,
+                   root_owned: bool = True, exclude: tuple = (".hpcrun",),
+                   single_pass_ok: bool = True, extra: Sequence = ()) -> Tree:
+    """Write the flattened image as one tar to out (tar2sqfs's stdin, an export file).
+
+    Two passes (plan, then emit) for several layers; one pass for a single layer, which
+    is checked as it streams (the caller discards the output on error). Raises
+    NeedDirectory when a stream cannot express the result.
+    """
+    if len(layers) == 1 and single_pass_ok:
+        tree = Tree(max_size)
+        emitted: set = set()
+        out_tf = tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, bufsize=CHUNK)
+        stream = open_layer(layers[0], "layer 1")
+        try:
+            tf = _tar(stream, "layer 1")
+            for idx, m in enumerate(members(tf, "layer 1")):
+                action, path, removed, _ = tree.add(m, 0, idx, "layer 1")
+                if path in emitted or removed:
+                    # a name twice in one layer: the stream cannot take it back
+                    raise NeedDirectory(path)
+                if action in ("skip", "whiteout") or _excluded(path, exclude):
+                    continue
+                emitted.add(path)
+                if action == "hardlink":
+                    m = _as_link(m, tree.last_target)
+                ti = _out_info(m, path, root_owned, action)
+                out_tf.addfile(ti, tf.extractfile(m) if ti.size else None)
+        finally:
+            stream.close()
+        tree.finish()
+        _extra(out_tf, extra)
+        out_tf.close()
+        return tree
+    tree = plan(layers, max_size=max_size)
+    if not tree.stream_ok:
+        raise NeedDirectory("hardlink target replaced by a later layer")
+    keep: dict[int, dict[int, str]] = {}
+    for path, n in tree.nodes.items():
+        if n.idx is not None and not _excluded(path, exclude):
+            keep.setdefault(n.layer, {})[n.idx] = path
+    out_tf = tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, bufsize=CHUNK)
+    for li, layer in enumerate(layers):
+        want = keep.get(li)
+        if not want:
+            continue
+        what = f"layer {li + 1}"
+        stream = open_layer(layer, what)
+        try:
+            tf = _tar(stream, what)
+            for idx, m in enumerate(members(tf, what)):
+                path = want.get(idx)
+                if path is None:
+                    continue
+                n = tree.nodes[path]
+                kind = "dir" if n.kind == "d" else "other"
+                if m.islnk():
+                    m = _as_link(m, norm_name(m.linkname, what))
+                ti = _out_info(m, path, root_owned, kind)
+                out_tf.addfile(ti, tf.extractfile(m) if ti.size else None)
+        finally:
+            stream.close()
+    _extra(out_tf, extra)
+    out_tf.close()
+    return tree
+
+
+def _extra(out_tf: tarfile.TarFile, extra: Sequence) -> None:
+    for ti, data in extra:
+        out_tf.addfile(ti, io.BytesIO(data) if data else None)
+
+
+def meta_entries(config: bytes, mtime: float | None = None) -> list:
+    """Tar entries for .hpcrun/config.json (the image config next to the root filesystem)."""
+    import time
+    t = mtime if mtime is not None else time.time()
+    d = tarfile.TarInfo(".hpcrun/")
+    d.type, d.mode, d.mtime = tarfile.DIRTYPE, 0o755, t
+    f = tarfile.TarInfo(".hpcrun/config.json")
+    f.mode, f.mtime, f.size = 0o644, t, len(config)
+    return [(d, b""), (f, config)]
+
+
+def _as_link(m: tarfile.TarInfo, target: str) -> tarfile.TarInfo:
+    import copy
+    m = copy.copy(m)
+    m.linkname = target
+    m.size = 0
+    return m
+
+
+def _excluded(path: str, exclude: tuple) -> bool:
+    for e in exclude:
+        if path == e or path.startswith(e + "/"):
+            return True
+    return False
