@@ -1,0 +1,154 @@
+"""Helpers for the per-task container tests (test_task*, test_srun*, test_jobscripts).
+
+Images for cluster tests must be readable by the test user on every node: they are
+made under util.shared_tmpdir(). Jobs are submitted as the test user; the queue is
+read as root (any user may read it).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+import util
+
+
+def make_squashfs(rootfs: str, dest: str) -> str:
+    """Pack a root filesystem directory into a squashfs file readable by everyone."""
+    util.require(bool(subprocess.run(["which", "mksquashfs"], capture_output=True).stdout),
+                 "mksquashfs is not installed (squashfs-tools)")
+    subprocess.run(["mksquashfs", rootfs, dest, "-all-root", "-noappend", "-quiet"],
+                   check=True, stdout=subprocess.DEVNULL)
+    os.chmod(dest, 0o644)
+    return dest
+
+
+def root_env(cluster) -> dict:
+    e = dict(os.environ)
+    e.update(cluster.env)
+    return e
+
+
+def sbatch(user, cluster, argv, *, cwd: str, env: dict | None = None) -> str:
+    """Submit as the user; return the job id."""
+    e = dict(cluster.env)
+    e.update(env or {})
+    cp = util.as_user(user, ["sbatch", "--parsable", *argv], env=e, cwd=cwd)
+    assert cp.returncode == 0, cp.stderr
+    return cp.stdout.strip().split(";")[0]
+
+
+def job_info(cluster, jobid: str) -> dict:
+    """`scontrol show job -o ID` as a dict (JobState, ExitCode, NodeList, ...)."""
+    cp = subprocess.run(["scontrol", "show", "job", "-o", str(jobid)], capture_output=True,
+                        text=True, env=root_env(cluster))
+    info = {}
+    for line in cp.stdout.splitlines():
+        for word in line.split():
+            k, sep, v = word.partition("=")
+            if sep and k not in info:
+                info[k] = v
+    return info
+
+
+def wait_job(cluster, jobid: str, timeout: float = 180) -> dict:
+    """Poll until the job (every array element too) has left the queue; return its info."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        cp = subprocess.run(["squeue", "-h", "-j", str(jobid), "-o", "%T"], capture_output=True,
+                            text=True, env=root_env(cluster))
+        if cp.returncode == 0 and not cp.stdout.strip():
+            return job_info(cluster, jobid)
+        time.sleep(0.25)
+    raise AssertionError(f"job {jobid} still queued after {timeout}s: {job_info(cluster, jobid)}")
+
+
+def wait_for(pred, timeout: float = 60, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def user_pids_with(user, token: str) -> list:
+    """Live (non-zombie) processes of the user whose command line contains token."""
+    out = []
+    for p in os.listdir("/proc"):
+        if not p.isdigit():
+            continue
+        try:
+            st = os.stat(f"/proc/{p}")
+            with open(f"/proc/{p}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{p}/stat") as f:
+                s = f.read()
+        except OSError:
+            continue
+        if st.st_uid != user.uid or token not in cmd:
+            continue
+        if s[s.rindex(")") + 2] in "ZX":
+            continue
+        out.append((int(p), cmd))
+    return out
+
+
+def prepare_log(cache: str) -> list:
+    """Every prepare.log line under a node cache directory, all nodes together."""
+    lines = []
+    if not os.path.isdir(cache):
+        return lines
+    for node in sorted(os.listdir(cache)):
+        p = os.path.join(cache, node, "prepare.log")
+        if os.path.exists(p):
+            with open(p) as f:
+                lines += f.read().splitlines()
+    return lines
+
+
+def field(line: str, key: str) -> str:
+    for w in line.split():
+        if w.startswith(key + "="):
+            return w[len(key) + 1:]
+    return ""
+
+
+# Fixtures shared by the task/srun/jobscript tests (imported by those modules).
+
+BIG = "/opt/big.bin"   # a file inside the test image, so that unpacking takes a while
+
+
+@pytest.fixture(scope="session")
+def task_image():
+    """A busybox image as a directory and as a squashfs file, readable by the test user.
+
+    Holds a 16 MiB file (BIG) whose sha256 is in .big_sha256: tasks that compare it
+    show that none of them saw a half-unpacked image.
+    """
+    d = util.shared_tmpdir("hpcrun-taskimg-")
+    root = os.path.join(d, "rootfs")
+    util.make_busybox_rootfs(root)
+    data = os.urandom(16 << 20)
+    os.makedirs(os.path.join(root, "opt"), exist_ok=True)
+    with open(root + BIG, "wb") as f:
+        f.write(data)
+    sq = make_squashfs(root, os.path.join(d, "busybox.sqfs"))
+    subprocess.run(["chmod", "-R", "a+rX", d], check=True)
+
+    class Img:
+        dir = root
+        sqfs = sq
+        big_sha256 = hashlib.sha256(data).hexdigest()
+    yield Img
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def node_cache(user_tmp) -> str:
+    """A fresh node cache for one test (HPCRUN_NODE_CACHE), owned by the test user."""
+    return os.path.join(user_tmp, "nodecache")
