@@ -1,7 +1,6 @@
 """The shared local cluster (the `slurm_cluster` fixture): real Slurm, jobs as hpcuser."""
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
@@ -43,3 +42,50 @@ def test_batch_job_runs_as_user_on_two_nodes(slurm_cluster, user, user_tmp):
     with open(out) as f:
         hosts = f.read().split()
     assert len(set(hosts)) == 2 and set(hosts) <= set(slurm_cluster.nodes)
+
+
+def _submit_impossible(cluster, user, *opts):
+    name = f"impossible{os.getpid()}"
+    cp = util.as_user(user, ["sbatch", "--parsable", "-J", name, "-o", "/dev/null", *opts,
+                             "--wrap", "true"], env=cluster.env, timeout=60)
+    queued = util.as_user(user, ["squeue", "-h", "-n", name, "-o", "%i"], env=cluster.env)
+    assert queued.returncode == 0, queued.stderr
+    return cp, queued.stdout.split()
+
+
+def test_more_nodes_than_the_partition_has_is_refused_at_submission(slurm_cluster, user):
+    cp, queued = _submit_impossible(slurm_cluster, user, f"-N{len(slurm_cluster.nodes) + 1}")
+    assert cp.returncode == 1
+    assert "Node count specification invalid" in cp.stderr
+    assert queued == []
+
+
+def test_more_memory_than_any_node_is_refused_at_submission(slurm_cluster, user):
+    cp, queued = _submit_impossible(slurm_cluster, user,
+                                    f"--mem={slurm_cluster.memory_mb_per_node + 1}M")
+    assert cp.returncode == 1
+    assert "Memory specification can not be satisfied" in cp.stderr
+    assert queued == []
+
+
+def test_more_cpus_than_any_node_is_refused_at_submission(slurm_cluster, user):
+    cp, queued = _submit_impossible(slurm_cluster, user,
+                                    f"--cpus-per-task={slurm_cluster.cpus_per_node + 1}")
+    assert cp.returncode == 1
+    assert "CPU count per node can not be satisfied" in cp.stderr
+    assert queued == []
+
+
+def test_a_request_that_fits_is_accepted(slurm_cluster, user):
+    cp = util.as_user(user, ["srun", "-N1",
+                             f"--mem={slurm_cluster.memory_mb_per_node}M",
+                             f"--cpus-per-task={slurm_cluster.cpus_per_node}", "true"],
+                      env=slurm_cluster.env, timeout=60)
+    assert cp.returncode == 0, cp.stderr
+
+
+def test_slurm_environment_reaches_the_tasks(slurm_cluster, user):
+    cp = util.as_user(user, ["srun", "-N2", "-n4", "sh", "-c", "echo $SLURM_PROCID $SLURM_NNODES"],
+                      env=slurm_cluster.env, timeout=60)
+    assert cp.returncode == 0, cp.stderr
+    assert sorted(cp.stdout.splitlines()) == ["0 2", "1 2", "2 2", "3 2"]

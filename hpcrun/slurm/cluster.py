@@ -83,6 +83,8 @@ class LocalCluster:
         self.sw_ns = f"hpcrun-{name}-sw"
         self.ctl_ns = f"hpcrun-{name}-ctl"
         self.ctl_host = f"{name}-ctl"
+        # Where the daemon logs of a failed `up` are kept (the cluster dir is removed).
+        self.failed_logs = f"/tmp/hpcrun-cluster-{name}-failed-logs"
 
     # ---------- naming ----------
     def node_ns(self, i: int) -> str:
@@ -201,13 +203,19 @@ class LocalCluster:
             self.down()
         t0 = time.monotonic()
         try:
-            self._create(nodes)
+            try:
+                self._create(nodes)
+            except OSError as e:
+                raise HpcrunError(f"cannot set up cluster {self.name}: {e.strerror}: {e.filename}",
+                                  "the local cluster needs real root (CAP_SYS_ADMIN, CAP_NET_ADMIN) "
+                                  "on the host, not root inside a user namespace") from e
             self._wait_idle(nodes, timeout)
         except BaseException:
             log.info(f"cluster {self.name}: start failed, cleaning up (logs were in {self.dir}/log)")
             self._keep_logs()
             self.down()
             raise
+        shutil.rmtree(self.failed_logs, ignore_errors=True)  # from an earlier failed start
         log.info(f"cluster {self.name}: {nodes} nodes idle in {time.monotonic() - t0:.2f}s")
         return True
 
@@ -219,7 +227,7 @@ class LocalCluster:
     def _keep_logs(self) -> None:
         logdir = os.path.join(self.dir, "log")
         if os.path.isdir(logdir):
-            dst = f"/tmp/hpcrun-cluster-{self.name}-failed-logs"
+            dst = self.failed_logs
             shutil.rmtree(dst, ignore_errors=True)
             try:
                 shutil.copytree(logdir, dst)
@@ -314,8 +322,10 @@ class LocalCluster:
         # A clean environment: the daemons must not inherit a client's SLURM_CONF etc.
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
         self._write(spec, json.dumps({"launch": launch, "env": env}))
-        argv = [sys.executable, "-I", "-c", _REAPER, spec]
-        log.debug("exec: " + " ".join(argv[:3]) + " <reaper> " + spec)
+        script = os.path.join(self.dir, "run", "hpcrun-reaper.py")
+        self._write(script, _REAPER)
+        argv = [sys.executable, "-I", script, spec]
+        log.debug("exec: " + " ".join(argv))
         with open(os.path.join(self.dir, "log", "reaper.log"), "ab") as errf:
             p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                  stderr=errf, start_new_session=True, close_fds=True, cwd="/")
@@ -326,8 +336,14 @@ class LocalCluster:
         st["reaper_pid"] = p.pid
         self._write(self.state_path, json.dumps(st, indent=1) + "\n")
         if line != "OK":
-            what = line[5:] if line.startswith("FAIL ") else "the reaper process died"
-            raise SlurmError(f"cannot start {what}", f"see the logs in {self.dir}/log")
+            try:
+                fail = json.loads(line)
+            except ValueError:
+                raise SlurmError("cannot start the cluster's daemons: the reaper process died",
+                                 f"see {self.failed_logs}/reaper.log") from None
+            why = _last_line(fail["log"]) or f"exit status {fail['rc']}"
+            raise SlurmError(f"cannot start {fail['what']}: {why}",
+                             f"see the daemon logs in {self.failed_logs}")
 
     def _slurm_conf(self, st: dict) -> str:
         d = self.dir
@@ -406,7 +422,7 @@ class LocalCluster:
             if time.monotonic() > deadline:
                 states = ", ".join(f"{k}={v}" for k, v in sorted(last.items())) or "controller not answering"
                 raise SlurmError(f"cluster {self.name}: nodes not idle after {timeout:.0f}s ({states})",
-                                 f"see the daemon logs in /tmp/hpcrun-cluster-{self.name}-failed-logs")
+                                 f"see the daemon logs in {self.failed_logs}")
             time.sleep(delay)
             delay = min(0.25, delay * 1.5)
 
@@ -461,7 +477,7 @@ class LocalCluster:
 # background and slurmd double-forks every slurmstepd; orphans are re-parented to the
 # nearest subreaper instead of PID 1, which in containers often does not reap, so
 # without it every finished step would leave a zombie. It exits when its last
-# descendant is gone, i.e. after `down`. Self-contained (run with python -I -c).
+# descendant is gone, i.e. after `down`. Self-contained (run with python -I).
 _REAPER = r"""
 import ctypes, json, os, subprocess, sys
 libc = ctypes.CDLL(None, use_errno=True)
@@ -479,7 +495,7 @@ for item in spec["launch"]:
         except Exception as e:
             rc = repr(e)
     if rc != 0:
-        result = "FAIL %s (exit status %s; see %s)" % (item["what"], rc, item["log"])
+        result = json.dumps({"what": item["what"], "rc": str(rc), "log": item["log"]})
         break
 sys.stdout.write(result + "\n")
 sys.stdout.flush()
@@ -520,9 +536,20 @@ def _ip_batch(ns: str | None, cmds: list[str], what: str) -> None:
     try:
         proc.run(argv, input="\n".join(cmds) + "\n", timeout=60)
     except CommandError as e:
-        raise HpcrunError(f"{what}: {e.what}",
+        lines = [ln for ln in (e.stderr or "").splitlines()
+                 if ln.strip() and not ln.startswith("Command failed")]
+        raise HpcrunError(f"{what}: " + (lines[0].strip() if lines else e.what),
                           "the local cluster needs root with CAP_NET_ADMIN and network namespaces "
                           "(not available inside an unprivileged container)") from e
+
+
+def _last_line(path: str) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            lines = [ln.strip() for ln in f if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
 
 
 def _comm(pid: int) -> str:
