@@ -1,0 +1,109 @@
+"""Render a resolved job step into the sbatch script that `hpcrun submit` sends.
+
+Pure: a Step and the hpcrun executable's path in, script text out; no clock, no
+environment, no Slurm. `#SBATCH` lines are sorted and every value is double-quoted
+(sbatch's own parser strips double quotes and honours backslash escapes inside them),
+so a rendered script is stable and diffable (the golden files in tests/golden/).
+
+Dependencies between steps are not in the script: job ids exist only once the
+earlier steps are submitted, so `submit` passes `--dependency=afterok:ID[:ID]` on the
+sbatch command line (see `sbatch_argv`).
+"""
+from __future__ import annotations
+
+import os
+import shlex
+from typing import Dict, List, Optional, Sequence
+
+from .jobfile import JobFile, Step
+
+
+def _quote(v: str) -> str:
+    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def sbatch_options(step: Step) -> Dict[str, str]:
+    """The #SBATCH options of a step, long option name (no dashes) -> value."""
+    r = step.resources
+    opts: Dict[str, Optional[object]] = {
+        "job-name": step.job_name,
+        "nodes": r.nodes,
+        "ntasks": r.ntasks,
+        "ntasks-per-node": r.ntasks_per_node,
+        "cpus-per-task": r.cpus_per_task,
+        "mem": r.mem,
+        "time": r.time,
+        "partition": r.partition,
+        "account": r.account,
+        "qos": r.qos,
+        "gpus": r.gpus,
+        "array": step.array,
+        # Always explicit, so `hpcrun logs` knows where to look.
+        "output": step.output or ("%x-%A_%a.out" if step.array else "%x-%j.out"),
+        "error": step.error,
+    }
+    return {k: str(v) for k, v in opts.items() if v is not None}
+
+
+def task_argv(step: Step, exe: str) -> List[str]:
+    """`srun [--mpi=X] HPCRUN task [run options] IMAGE -- CMD...` for one step."""
+    argv = ["srun"]
+    if step.mpi:
+        argv.append(f"--mpi={step.mpi}")
+    argv += [exe, "task"]
+    for m in step.mounts:
+        argv += ["-v", m]
+    for k, v in step.env:
+        argv += ["-e", f"{k}={v}"]
+    if step.workdir:
+        argv += ["-w", step.workdir]
+    if step.scratch:
+        argv.append("--scratch")
+    argv += [step.image, "--", *step.command]
+    return argv
+
+
+def _is_reference(image: str) -> bool:
+    """An image name or registry reference (not a path): it may need pulling."""
+    return not (image.startswith(("/", "./", "../", "~")) or
+                image.endswith((".sqfs", ".squashfs", ".squash")))
+
+
+def render(step: Step, exe: str, source: Optional[str] = None) -> str:
+    """The sbatch script for one step. `exe` is the absolute path of hpcrun."""
+    lines = ["#!/bin/sh"]
+    lines += [f"#SBATCH --{k}={_quote(v)}" for k, v in sorted(sbatch_options(step).items())]
+    what = f"job file {os.path.basename(source)}" if source else "a job file"
+    lines.append(f"# Rendered by 'hpcrun render' from {what}"
+                 + (f", step {step.name!r}." if step.name else "."))
+    lines.append("# Every task runs in its own container through 'hpcrun task', which "
+                 "prepares the image")
+    lines.append("# once per node; srun delivers SIGTERM to it on scancel or time-out.")
+    if step.depends_on:
+        lines.append("# Runs after " + ", ".join(step.depends_on) + " succeeded ('hpcrun "
+                     "submit' adds --dependency=afterok:<their job ids>).")
+    lines.append("set -eu")
+    lines.append(f"HPCRUN={shlex.quote(exe)}")
+    if _is_reference(step.image):
+        img = shlex.quote(step.image)
+        lines.append("# The image is a name: pull it into the store unless it is there.")
+        lines.append(f'"$HPCRUN" inspect {img} >/dev/null 2>&1 || "$HPCRUN" pull {img} >&2')
+    argv = task_argv(step, "$HPCRUN")
+    words = [shlex.quote(a) if a != "$HPCRUN" else '"$HPCRUN"' for a in argv]
+    lines.append("exec " + " ".join(words))
+    return "\n".join(lines) + "\n"
+
+
+def render_file(job: JobFile, exe: str) -> Dict[str, str]:
+    """Every step's script, step name -> text (name "" for a file without steps)."""
+    return {s.name: render(s, exe, job.path) for s in job.steps}
+
+
+def sbatch_argv(dependencies: Sequence[str] = (), test_only: bool = False) -> List[str]:
+    """The sbatch command line that submits a rendered script read from stdin."""
+    argv = ["sbatch", "--parsable"]
+    if test_only:
+        argv.append("--test-only")
+    if dependencies:
+        argv += ["--dependency=afterok:" + ":".join(dependencies), "--kill-on-invalid-dep=yes"]
+    return argv
