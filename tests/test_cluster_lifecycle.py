@@ -172,22 +172,26 @@ def test_env_of_absent_cluster_is_an_error(user):
 def test_down_leaves_nothing(user):
     slurm_prereqs()
     name = _name("ld")
-    cp = _root("cluster", "up", "2", "--name", name)
-    assert cp.returncode == 0, cp.stderr
-    # A job still running at `down` must go too.
-    token = str(600000 + os.getpid())
-    job = util.as_user(user, ["sbatch", "--parsable", "-N2", "-o", "/dev/null",
-                             "--wrap", f"srun sleep {token}"],
-                       env={"SLURM_CONF": f"{BASE}/{name}/slurm.conf"})
-    assert job.returncode == 0, job.stderr
-    deadline = time.time() + 30
-    while len(_sleepers(token)) < 2 and time.time() < deadline:
-        time.sleep(0.1)
-    assert len(_sleepers(token)) == 2, "the job's tasks should be running before down"
-    cp = _root("cluster", "down", "--name", name)
-    assert cp.returncode == 0, cp.stderr
-    assert _leftovers(name) == []
-    assert _sleepers(token) == []
+    try:
+        cp = _root("cluster", "up", "2", "--name", name)
+        assert cp.returncode == 0, cp.stderr
+        # A job still running at `down` must go too, and a process it left behind.
+        token = str(600000 + os.getpid())
+        job = util.as_user(user, ["sbatch", "--parsable", "-N2", "-o", "/dev/null", "--wrap",
+                                  f"setsid sleep {token} </dev/null >/dev/null 2>&1 & "
+                                  f"srun sleep {token}"],
+                           env={"SLURM_CONF": f"{BASE}/{name}/slurm.conf"})
+        assert job.returncode == 0, job.stderr
+        deadline = time.time() + 30
+        while len(_sleepers(token)) < 3 and time.time() < deadline:
+            time.sleep(0.1)
+        assert len(_sleepers(token)) == 3, "the job's processes should be running before down"
+        cp = _root("cluster", "down", "--name", name)
+        assert cp.returncode == 0, cp.stderr
+        assert _leftovers(name) == []
+        assert _sleepers(token) == []
+    finally:
+        _root("cluster", "down", "--name", name)
 
 
 def _sleepers(token: str) -> list[int]:

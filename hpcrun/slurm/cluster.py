@@ -195,12 +195,16 @@ class LocalCluster:
         if not isinstance(nodes, int) or nodes < 1 or nodes > MAX_NODES:
             raise UsageError(f"bad node count {nodes!r}", f"give a number from 1 to {MAX_NODES}")
         self._preflight()
+        with _lock():
+            return self._up(nodes, replace, timeout)
+
+    def _up(self, nodes: int, replace: bool, timeout: float) -> bool:
         st = self._state()
         if st and not replace and self._alive(st):
             return False
         if st or os.path.exists(self.dir) or self._leftovers():
             log.info(f"cluster {self.name}: removing {'the running' if replace and st else 'a stale'} cluster first")
-            self.down()
+            self._down()
         t0 = time.monotonic()
         try:
             try:
@@ -213,7 +217,7 @@ class LocalCluster:
         except BaseException:
             log.info(f"cluster {self.name}: start failed, cleaning up (logs were in {self.dir}/log)")
             self._keep_logs()
-            self.down()
+            self._down()
             raise
         shutil.rmtree(self.failed_logs, ignore_errors=True)  # from an earlier failed start
         log.info(f"cluster {self.name}: {nodes} nodes idle in {time.monotonic() - t0:.2f}s")
@@ -431,12 +435,19 @@ class LocalCluster:
         """Stop everything of this cluster. Returns whether anything was there."""
         if os.geteuid() != 0:
             raise HpcrunError("hpcrun cluster down needs root", "run it as root, e.g. 'sudo hpcrun cluster down'")
+        with _lock():
+            return self._down()
+
+    def _down(self) -> bool:
         st = self._state()
         nss = [ns for ns in self._netns_names(st) if os.path.exists(f"/run/netns/{ns}")]
         found = bool(st) or bool(nss) or os.path.exists(self.dir)
-        _kill_all(nss)
-        if st and st.get("reaper_pid"):
-            _stop_reaper(int(st["reaper_pid"]))
+        reaper = int(st["reaper_pid"]) if st and st.get("reaper_pid") else None
+        if reaper is not None and _comm(reaper) != "hpcrun-reaper":
+            reaper = None  # gone (and its pid possibly reused)
+        _kill_all(nss, reaper)
+        if reaper is not None:
+            _stop_reaper(reaper)
         for ns in nss:
             proc.run(["ip", "netns", "del", ns], check=False)
         if os.path.exists(f"/sys/class/net/{self.host_if}"):
@@ -543,6 +554,22 @@ def _ip_batch(ns: str | None, cmds: list[str], what: str) -> None:
                           "(not available inside an unprivileged container)") from e
 
 
+class _lock:
+    """Serialize `up`/`down` of all local clusters on this machine (flock on the
+    parent of the clusters' directory, which is never removed)."""
+
+    def __enter__(self):
+        import fcntl
+        parent = os.path.dirname(BASE_DIR.rstrip("/")) or "/"
+        os.makedirs(parent, mode=0o755, exist_ok=True)
+        self.fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        os.close(self.fd)  # releases the lock
+
+
 def _last_line(path: str) -> str:
     try:
         with open(path, errors="replace") as f:
@@ -598,9 +625,10 @@ def _pids_in_netns(names: list[str]) -> list[tuple[int, str]]:
     return out
 
 
-def _targets(names: list[str]) -> set[int]:
+def _targets(names: list[str], reaper: int | None = None) -> set[int]:
     """Live processes in these netns plus all their descendants (containers of a job
-    may sit in network namespaces of their own)."""
+    may sit in network namespaces of their own), plus whatever was re-parented to the
+    cluster's reaper (processes of a job that daemonized), but not the reaper itself."""
     roots = {pid for pid, _ in _pids_in_netns(names)}
     children: dict[int, list[int]] = {}
     live = set()
@@ -610,6 +638,8 @@ def _targets(names: list[str]) -> set[int]:
             children.setdefault(s[1], []).append(pid)
             live.add(pid)
     todo = [p for p in roots if p in live]
+    if reaper is not None:
+        todo += children.get(reaper, [])
     out = set()
     while todo:
         p = todo.pop()
@@ -620,10 +650,10 @@ def _targets(names: list[str]) -> set[int]:
     return out
 
 
-def _kill_all(names: list[str], timeout: float = 10.0) -> None:
+def _kill_all(names: list[str], reaper: int | None = None, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
-        pids = _targets(names)
+        pids = _targets(names, reaper)
         if not pids:
             return
         for p in pids:
