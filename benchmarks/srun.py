@@ -1,0 +1,169 @@
+#!/usr/bin/env python3
+"""srun overhead of a container per task, on the local 4-node cluster.
+
+Times `srun -N4 -n16 CMD` from start to all tasks finished, as the unprivileged test
+user, for:
+
+    bare        srun -N4 -n16 true
+    hpcrun      srun -N4 -n16 hpcrun task IMAGE.sqfs -- true   (once-per-node unpack)
+    hpcrun-dir  srun -N4 -n16 hpcrun task ROOTFS_DIR -- true   (nothing to prepare)
+    ch-run      srun -N4 -n16 ch-run ROOTFS_DIR -- true        (Charliecloud, the peer)
+
+Rounds are interleaved (the order rotates every round) so drift hits every variant
+alike; medians are reported with the ratio to bare (target for hpcrun: <= 1.2). The
+first hpcrun round is timed separately ("cold": every node unpacks the image). At the
+end the per-node preparation log (hpcrun.slurm.prepare) is read: one preparation per
+node, however many tasks ran there.
+
+Run as root (it starts its own cluster "srunbench" and removes it afterwards):
+
+    /opt/hpcrun/venv/bin/python benchmarks/srun.py [--rounds 15] [--keep]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pwd
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+from hpcrun.slurm.cluster import LocalCluster  # noqa: E402
+
+VENV_BIN = os.path.dirname(sys.executable)
+HPCRUN = os.path.join(VENV_BIN, "hpcrun")
+USER = os.environ.get("HPCRUN_TEST_USER", "hpcuser")
+NODES, TASKS = 4, 16
+
+
+def busybox_rootfs(root: str) -> None:
+    os.makedirs(root)
+    for d in ("bin", "sbin", "usr/bin", "usr/sbin", "etc", "tmp", "proc", "sys", "dev",
+              "home", "root", "var", "run", "mnt"):
+        os.makedirs(os.path.join(root, d), exist_ok=True)
+    os.chmod(os.path.join(root, "tmp"), 0o1777)
+    shutil.copy2("/bin/busybox", os.path.join(root, "bin", "busybox"))
+    applets = subprocess.run(["/bin/busybox", "--list-full"], capture_output=True, text=True,
+                             check=True).stdout.split()
+    for a in applets:
+        p = os.path.join(root, a)
+        if not os.path.lexists(p) and a != "bin/busybox":
+            os.makedirs(os.path.dirname(p), exist_ok=True)
+            os.symlink("/bin/busybox", p)
+    with open(os.path.join(root, "etc", "passwd"), "w") as f:
+        f.write("root:x:0:0:root:/root:/bin/sh\n")
+    with open(os.path.join(root, "etc", "group"), "w") as f:
+        f.write("root:x:0:\n")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--keep", action="store_true", help="leave the cluster running")
+    a = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("benchmarks/srun.py: run as root (it starts a local cluster)")
+    pw = pwd.getpwnam(USER)
+
+    work = tempfile.mkdtemp(prefix="hpcrun-bench-srun-", dir="/tmp")
+    os.chmod(work, 0o755)
+    cluster = LocalCluster("srunbench")
+    try:
+        rootfs = os.path.join(work, "rootfs")
+        busybox_rootfs(rootfs)
+        sqfs = os.path.join(work, "busybox.sqfs")
+        subprocess.run(["mksquashfs", rootfs, sqfs, "-quiet", "-noappend", "-no-progress",
+                        "-all-root"], check=True, stdout=subprocess.DEVNULL)
+        os.chmod(sqfs, 0o644)
+        cache = os.path.join(work, "nodecache")
+        os.makedirs(cache)
+        os.chown(cache, pw.pw_uid, pw.pw_gid)
+
+        t0 = time.perf_counter()
+        cluster.up(NODES, replace=True)
+        print(f"cluster: {NODES} nodes idle in {time.perf_counter() - t0:.2f} s")
+        env = {"HOME": pw.pw_dir, "USER": USER, "LOGNAME": USER, "LANG": "C.UTF-8",
+               "PATH": f"{VENV_BIN}:/usr/local/bin:/usr/bin:/bin",
+               "HPCRUN_NODE_CACHE": cache, **cluster.env()}
+        srun = ["srun", f"-N{NODES}", f"-n{TASKS}"]
+        variants = {
+            "bare": srun + ["true"],
+            "hpcrun": srun + [HPCRUN, "task", sqfs, "--", "true"],
+            "hpcrun-dir": srun + [HPCRUN, "task", rootfs, "--", "true"],
+            "ch-run": srun + ["ch-run", rootfs, "--", "true"],
+        }
+
+        def once(argv):
+            t = time.perf_counter()
+            cp = subprocess.run(argv, user=pw.pw_uid, group=pw.pw_gid, extra_groups=[],
+                                env=env, cwd=work, capture_output=True, text=True, timeout=300)
+            return time.perf_counter() - t, cp
+
+        times: dict[str, list[float]] = {}
+        broken: dict[str, str] = {}
+        cold = None
+        for name, argv in variants.items():       # warm-up; the first hpcrun round is "cold"
+            dt, cp = once(argv)
+            if cp.returncode != 0:
+                lines = (cp.stderr + cp.stdout).strip().splitlines()
+                why = [ln for ln in lines if "error:" in ln and not ln.startswith("srun:")] or \
+                    [ln for ln in lines if "Error" in ln] or lines
+                broken[name] = why[-1].strip() if why else f"exit status {cp.returncode}"
+                continue
+            times[name] = []
+            if name == "hpcrun":
+                cold = dt
+        order = list(times)
+        for r in range(a.rounds):
+            k = r % len(order)
+            for name in order[k:] + order[:k]:
+                dt, cp = once(variants[name])
+                if cp.returncode != 0:
+                    sys.exit(f"{name} failed in round {r}: {cp.stderr.strip()}")
+                times[name].append(dt)
+
+        print(f"\nsrun -N{NODES} -n{TASKS}, as {USER}, {a.rounds} interleaved rounds, medians:")
+        base = statistics.median(times["bare"]) if "bare" in times else None
+        for name in variants:
+            if name in broken:
+                print(f"  {name:<11} unavailable: {broken[name]}")
+                continue
+            m = statistics.median(times[name])
+            ratio = f"  ratio {m / base:.2f}" if base else ""
+            print(f"  {name:<11} {m * 1000:8.1f} ms  (min {min(times[name]) * 1000:.1f}, "
+                  f"max {max(times[name]) * 1000:.1f}){ratio}")
+        if cold is not None:
+            print(f"  hpcrun cold (first round, every node unpacks): {cold * 1000:.1f} ms")
+        if base and "hpcrun" in times:
+            r = statistics.median(times["hpcrun"]) / base
+            print(f"  target hpcrun/bare <= 1.2: {'met' if r <= 1.2 else 'NOT met'} ({r:.2f})")
+
+        if "hpcrun" in times:
+            runs = 1 + a.rounds
+            print(f"\nimage preparations per node ({runs} hpcrun steps, "
+                  f"{TASKS // NODES} tasks per node per step = {runs * TASKS // NODES} tasks per node):")
+            total = 0
+            for node in cluster.node_names:
+                try:
+                    with open(os.path.join(cache, node, "prepare.log")) as f:
+                        n = sum(1 for line in f if "image=" + sqfs in line)
+                except FileNotFoundError:
+                    n = 0
+                total += n
+                print(f"  {node}: {n}")
+            print(f"  total {total} for {NODES} nodes")
+        return 0 if not broken else 1
+    finally:
+        if not a.keep:
+            cluster.down()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
