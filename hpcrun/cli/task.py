@@ -61,5 +61,7 @@ def main(verb: str, argv: list[str]) -> int:
     from hpcrun.slurm import prepare
     argv = list(argv)
     argv[i] = prepare.prepare(argv[i])
+    # Slurm's PMIx directories (MPI steps only), as options before the user's own.
+    argv[:0] = prepare.slurm_binds()
     from hpcrun.cli import run
     return run.main("run", argv)

@@ -181,3 +181,45 @@ def log_lines(root: str | None = None) -> list[str]:
             return f.read().splitlines()
     except FileNotFoundError:
         return []
+
+
+def _tmpfs(environ) -> str:
+    """Slurm's TmpFS for this node (slurm.conf; %n/%h expanded), default /tmp."""
+    conf = environ.get("SLURM_CONF") or "/etc/slurm/slurm.conf"
+    value = "/tmp"
+    try:
+        with open(conf) as f:
+            for line in f:
+                k, sep, v = line.strip().partition("=")
+                if sep and k.strip().lower() == "tmpfs":
+                    value = v.split("#", 1)[0].strip()
+    except OSError:
+        pass   # configless Slurm: the default
+    node = environ.get("SLURMD_NODENAME") or os.uname().nodename
+    return value.replace("%n", node).replace("%h", os.uname().nodename)
+
+
+def slurm_binds(environ=None) -> list:
+    """`-v` options a task of a PMIx step needs: Slurm's PMIx directories, same paths.
+
+    Like enroot's 50-slurm-pmi hook. The PMIx server publishes its rendezvous files in
+    PMIX_SERVER_TMPDIR, and gives the clients a per-step directory under TmpFS
+    (spmix_appdir_<uid>_<job>.<step>) where Open MPI keeps its session files; both must
+    be visible at the same paths inside the container. Nothing for a non-PMIx step.
+    """
+    environ = os.environ if environ is None else environ
+    if "PMIX_NAMESPACE" not in environ and "PMIX_SERVER_TMPDIR" not in environ:
+        return []
+    dirs = []
+    srv = environ.get("PMIX_SERVER_TMPDIR", "").rstrip("/")
+    if srv:
+        dirs.append(srv)
+    job, step = environ.get("SLURM_JOB_ID"), environ.get("SLURM_STEP_ID")
+    if job and step:
+        dirs.append(os.path.join(_tmpfs(environ),
+                                 f"spmix_appdir_{os.getuid()}_{job}.{step}"))
+    out = []
+    for d in dirs:
+        if os.path.isdir(d):
+            out += ["-v", f"{d}:{d}"]
+    return out
