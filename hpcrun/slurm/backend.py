@@ -267,6 +267,7 @@ class CliBackend:
         if cp.returncode != 0:
             lines = [ln for ln in (cp.stderr or "").strip().splitlines() if ln.strip()]
             msg = lines[-1] if lines else f"exit status {cp.returncode}"
+            msg = re.sub(r"^sbatch: error: ", "", msg.strip())
             raise SlurmError(f"sbatch refused the job: {msg}", _sbatch_hint(cp.stderr or ""))
         out = cp.stdout.strip()
         if "--test-only" in argv:
