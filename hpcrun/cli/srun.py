@@ -23,6 +23,12 @@ def main(verb: str, argv: list) -> int:
         sys.stdout.write(" ".join(shlex.quote(a) for a in args) + "\n")
         return 0
     from hpcrun import log, proc
+    if not plan.image.startswith("/"):
+        # An image name: pull it here, once for the whole step, if the store lacks it
+        # (the tasks then find it in the store; on a cluster whose store is node-local,
+        # each node's first task pulls under the store's lock).
+        from hpcrun.image.resolve import for_run
+        for_run(plan.image, pull=True)
     if proc.which("srun") is None:
         from hpcrun.errors import NotFound
         raise NotFound("srun: command not found",
