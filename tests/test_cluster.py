@@ -89,3 +89,17 @@ def test_slurm_environment_reaches_the_tasks(slurm_cluster, user):
                       env=slurm_cluster.env, timeout=60)
     assert cp.returncode == 0, cp.stderr
     assert sorted(cp.stdout.splitlines()) == ["0 2", "1 2", "2 2", "3 2"]
+
+
+@pytest.mark.mpi
+def test_mpi_allreduce_across_nodes_with_pmix(slurm_cluster, user):
+    util.require(os.path.exists("/usr/lib/python3/dist-packages/mpi4py"), "python3-mpi4py is not installed")
+    prog = ("from mpi4py import MPI; c = MPI.COMM_WORLD; "
+            "print(c.rank, c.size, MPI.Get_processor_name(), c.allreduce(c.rank))")
+    cp = util.as_user(user, ["srun", "--mpi=pmix", "-N2", "--ntasks-per-node=2", "/usr/bin/python3", "-c", prog],
+                      env=slurm_cluster.env, timeout=120)
+    assert cp.returncode == 0, cp.stderr
+    rows = sorted(line.split() for line in cp.stdout.splitlines())
+    assert [r[0] for r in rows] == ["0", "1", "2", "3"]
+    assert {r[3] for r in rows} == {"6"}           # 0+1+2+3 summed over the network
+    assert len({r[2] for r in rows}) == 2          # on two different nodes
