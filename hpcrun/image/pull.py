@@ -108,9 +108,8 @@ def pull(ref: Union[str, Reference], *, store=None, platform: Optional[str] = No
     prog = progress or Progress(quiet=quiet)
     reg = Registry(r.registry, insecure=insecure)
     try:
-        if r.digest is None:
-            prog.line(f"{r.tag}: Pulling from {r.repository}")
         mbytes, mdigest, top = resolve(reg, r, platform)
+        prog.line(f"{r.tag or r.digest}: Pulling from {r.repository}")
         manifest = json.loads(mbytes)
         cfg_desc, layers = _validate_manifest(manifest, r.familiar)
 
