@@ -1,4 +1,7 @@
-"""cffi builder (API mode): compiles cext/*.c into hpcrun._core.
+"""cffi builder (API mode): compiles cext/*.c into hpcrun._ccore.
+
+The compiled module is hpcrun._ccore, wrapped by hpcrun/_core.py (its only importer);
+the two cannot share a name, since an extension module shadows a .py of the same name.
 
 setup.py names this file in cffi_modules; `python cext/build.py` builds in place for development.
 """
@@ -18,7 +21,7 @@ with open(os.path.join(HERE, "cdef.h")) as f:
     ffi.cdef(f.read())
 
 ffi.set_source(
-    "hpcrun._core",
+    "hpcrun._ccore",
     '#include "core.h"',
     sources=[os.path.join(SRC, "core.c")],
     include_dirs=[SRC],
@@ -33,7 +36,7 @@ if __name__ == "__main__":
     import glob
     import shutil
     # Copy then rename: running processes keep the old mapping intact.
-    for so in glob.glob(os.path.join("build", "cffi", "hpcrun", "_core*.so")):
+    for so in glob.glob(os.path.join("build", "cffi", "hpcrun", "_ccore*.so")):
         dst = os.path.join("hpcrun", os.path.basename(so))
         shutil.copy2(so, dst + ".new")
         os.replace(dst + ".new", dst)

@@ -1,3 +1,960 @@
+/* hpcrun C core: the whole path from unshare to exec. See cext/README.md for the
+ * stage diagram and hpcrun/_core.py for the only caller.
+ *
+ * Error discipline (as ch-run): every step that can fail fills the caller's message
+ * buffer with what was attempted ("can't bind /a to /b: Permission denied"), keeps
+ * errno, and returns -1. Only a failed execve in a child process exits. */
+#define _GNU_SOURCE
 #include "core.h"
 
-const char *hpcrun_core_version(void) { return "0.1.0"; }
+#include <errno.h>
+#include <fcntl.h>
+#include <net/if.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#ifndef PATH_MAX
+#define PATH_MAX 4096
+#endif
+
+/* Where the container is assembled. A private tmpfs is mounted over the host's /tmp
+ * inside our own mount namespace, then becomes the root (the host's root moves to
+ * /oldroot); the image is mounted at /newroot, which finally becomes the root and the
+ * tmpfs is detached. Nothing is ever created in the host's /tmp. */
+#define BASE "/tmp"
+#define OLDROOT "/oldroot"
+#define NEWROOT "/newroot"
+#define UPPER "/upper"   /* overlay upper / skeleton of missing mount points */
+#define WORK "/work"     /* overlay work directory */
+#define FILES "/files"   /* synthesized files (/etc/passwd, /etc/group) */
+#define SQFS "/sqfs"     /* squashfuse mount of a squashfs image */
+#define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+/* Signals a monitor or init passes on to the command (Slurm cancels with SIGTERM). */
+static const int FORWARDED[] = {SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2, SIGQUIT,
+                                SIGCONT, SIGWINCH, SIGALRM};
+
+struct ctx {
+    char *err;
+    size_t errlen;
+    int *code;
+    pid_t fuse_pid;   /* the squashfuse server, killed if entering fails */
+    int fuse_fd;      /* /dev/fuse, opened in our user namespace */
+    int fuse_log;     /* memfd holding squashfuse's stderr */
+    int in_pidns;     /* this process is PID 1 of a new pid namespace */
+};
+
+/* ---------------------------------------------------------------- errors */
+
+static int vfail(struct ctx *c, int code, int with_errno, const char *fmt, va_list ap)
+{
+    int e = errno;
+    int n = vsnprintf(c->err, c->errlen, fmt, ap);
+    if (with_errno && n >= 0 && (size_t)n < c->errlen)
+        snprintf(c->err + n, c->errlen - (size_t)n, ": %s", strerror(e));
+    *c->code = code;
+    errno = e;
+    return -1;
+}
+
+/* "can't <what>: <strerror(errno)>", code 125. */
+__attribute__((format(printf, 2, 3)))
+static int fail(struct ctx *c, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vfail(c, HPCRUN_EXIT_FAILED, 1, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+/* The same without strerror (the message says it all). */
+__attribute__((format(printf, 3, 4)))
+static int failx(struct ctx *c, int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vfail(c, code, 0, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+/* Join a and b into buf; a path that does not fit is an error, never truncated. */
+static int pjoin(struct ctx *c, char *buf, const char *a, const char *b)
+{
+    int n = snprintf(buf, PATH_MAX, "%s%s", a, b);
+    if (n < 0 || n >= PATH_MAX) {
+        errno = ENAMETOOLONG;
+        return fail(c, "path too long: %s%s", a, b);
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- small helpers */
+
+static int write_file(const char *path, const char *data, size_t len)
+{
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t n = write(fd, data, len);
+    int e = errno;
+    close(fd);
+    if (n != (ssize_t)len) {
+        errno = n < 0 ? e : EIO;
+        return -1;
+    }
+    return 0;
+}
+
+static int create_file(const char *path, const char *data, size_t len, mode_t mode)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+    if (fd < 0)
+        return -1;
+    size_t off = 0;
+    while (off < len) {
+        ssize_t n = write(fd, data + off, len - off);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            int e = errno;
+            close(fd);
+            errno = e;
+            return -1;
+        }
+        off += (size_t)n;
+    }
+    return close(fd);
+}
+
+/* mkdir -p; the path buffer is modified in place and restored. */
+static int mkdir_p(char *path, mode_t mode)
+{
+    for (char *p = path + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        int r = mkdir(path, mode);
+        int e = errno;
+        *p = '/';
+        if (r && e != EEXIST) {
+            errno = e;
+            return -1;
+        }
+    }
+    if (mkdir(path, mode) && errno != EEXIST)
+        return -1;
+    return 0;
+}
+
+static int count_threads(void)
+{
+    char buf[4096];
+    int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 1;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return 1;
+    buf[n] = '\0';
+    char *t = strstr(buf, "\nThreads:");
+    return t ? atoi(t + 9) : 1;
+}
+
+/* Mount flags a bind remount must keep: the kernel refuses (EPERM) to drop nosuid,
+ * nodev, noexec or atime flags locked on a mount inherited from a more privileged
+ * namespace (mount_namespaces(7), "restrictions on mount namespaces"). */
+static unsigned long locked_flags(const char *path)
+{
+    struct statvfs sv;
+    unsigned long f = 0;
+    if (statvfs(path, &sv))
+        return 0;
+    if (sv.f_flag & ST_NOSUID) f |= MS_NOSUID;
+    if (sv.f_flag & ST_NODEV) f |= MS_NODEV;
+    if (sv.f_flag & ST_NOEXEC) f |= MS_NOEXEC;
+    if (sv.f_flag & ST_NOATIME) f |= MS_NOATIME;
+    if (sv.f_flag & ST_NODIRATIME) f |= MS_NODIRATIME;
+    if (sv.f_flag & ST_RELATIME) f |= MS_RELATIME;
+    return f;
+}
+
+static int remount_ro(struct ctx *c, const char *path, const char *shown)
+{
+    if (mount(NULL, path, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | locked_flags(path), NULL))
+        return fail(c, "can't make %s read-only", shown);
+    return 0;
+}
+
+static const char *env_get(char *const *envp, const char *name)
+{
+    size_t n = strlen(name);
+    for (; envp && *envp; envp++)
+        if (!strncmp(*envp, name, n) && (*envp)[n] == '=')
+            return *envp + n + 1;
+    return NULL;
+}
+
+/* ---------------------------------------------------------------- identity */
+
+/* One map line is enough: an unprivileged process may map exactly its own uid and gid
+ * (user_namespaces(7)), and gid_map needs setgroups denied first. */
+static int write_maps(struct ctx *c, const char *procdir, unsigned int uid, unsigned int gid,
+                      unsigned int ouid, unsigned int ogid)
+{
+    char path[64], line[64];
+    int n;
+    snprintf(path, sizeof path, "%s/setgroups", procdir);
+    if (write_file(path, "deny", 4) && errno != ENOENT)
+        return fail(c, "can't write %s", path);
+    snprintf(path, sizeof path, "%s/uid_map", procdir);
+    n = snprintf(line, sizeof line, "%u %u 1\n", uid, ouid);
+    if (write_file(path, line, (size_t)n))
+        return fail(c, "can't write uid map %u -> %u", uid, ouid);
+    snprintf(path, sizeof path, "%s/gid_map", procdir);
+    n = snprintf(line, sizeof line, "%u %u 1\n", gid, ogid);
+    if (write_file(path, line, (size_t)n))
+        return fail(c, "can't write gid map %u -> %u", gid, ogid);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- squashfuse */
+
+/* Start squashfuse on the image. It runs in our user namespace but the host's mount
+ * namespace, so it does not keep the container's mount namespace alive: when the
+ * container's last process exits the mount goes, the FUSE connection is aborted and
+ * squashfuse exits. We open /dev/fuse here (it must be opened in the user namespace
+ * that mounts it) and hand it over as /dev/fd/N (libfuse >= 3.3), so squashfuse needs
+ * neither fusermount nor privilege. Double fork: the command must not inherit it as a
+ * child it could wait for. */
+static int fuse_spawn(struct ctx *c, const struct hpcrun_spec *s)
+{
+    int pp[2];
+    c->fuse_fd = open("/dev/fuse", O_RDWR | O_CLOEXEC);
+    if (c->fuse_fd < 0)
+        return fail(c, "can't open /dev/fuse to mount %s", s->image);
+    c->fuse_log = memfd_create("squashfuse-stderr", MFD_CLOEXEC);
+    if (c->fuse_log < 0)
+        return fail(c, "can't create memfd");
+    if (pipe2(pp, O_CLOEXEC))
+        return fail(c, "can't create pipe");
+    pid_t a = fork();
+    if (a < 0)
+        return fail(c, "can't fork");
+    if (a == 0) {
+        pid_t b = fork();
+        if (b == 0) {
+            char fdpath[32];
+            setsid();   /* not in the terminal's process group: ^C is for the command */
+            snprintf(fdpath, sizeof fdpath, "/dev/fd/%d", c->fuse_fd);
+            fcntl(c->fuse_fd, F_SETFD, 0);
+            dup2(c->fuse_log, 2);
+            int nul = open("/dev/null", O_RDWR);
+            if (nul >= 0) {
+                dup2(nul, 0);
+                dup2(nul, 1);
+            }
+            sigset_t none;
+            sigemptyset(&none);
+            sigprocmask(SIG_SETMASK, &none, NULL);
+            prctl(PR_SET_NAME, "hpcrun:sqfuse");
+            execl(s->squashfuse, "squashfuse", "-f", s->image, fdpath, (char *)NULL);
+            dprintf(2, "can't execute %s: %s\n", s->squashfuse, strerror(errno));
+            _exit(127);
+        }
+        ssize_t w = write(pp[1], &b, sizeof b);
+        _exit(w == (ssize_t)sizeof b ? 0 : 1);
+    }
+    close(pp[1]);
+    pid_t b = -1;
+    ssize_t r;
+    do
+        r = read(pp[0], &b, sizeof b);
+    while (r < 0 && errno == EINTR);
+    close(pp[0]);
+    while (waitpid(a, NULL, 0) < 0 && errno == EINTR)
+        ;
+    if (r != (ssize_t)sizeof b || b <= 0) {
+        errno = ECHILD;
+        return fail(c, "can't start %s", s->squashfuse);
+    }
+    c->fuse_pid = b;
+    return 0;
+}
+
+static int fuse_mount(struct ctx *c, const struct hpcrun_spec *s, const char *target)
+{
+    char opts[128];
+    struct stat st;
+    snprintf(opts, sizeof opts, "fd=%d,rootmode=40000,user_id=%u,group_id=%u",
+             c->fuse_fd, s->uid, s->gid);
+    if (mount("squashfuse", target, "fuse.squashfuse", MS_NOSUID | MS_NODEV | MS_RDONLY, opts))
+        return fail(c, "can't mount squashfs %s", s->image);
+    close(c->fuse_fd);   /* squashfuse's copy is now the only one: if it dies, ENOTCONN */
+    c->fuse_fd = -1;
+    if (stat(target, &st) == 0)
+        return 0;
+    int e = errno;
+    char msg[512];
+    ssize_t n = pread(c->fuse_log, msg, sizeof msg - 1, 0);
+    n = n < 0 ? 0 : n;
+    while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
+        n--;
+    msg[n] = '\0';
+    char *last = strrchr(msg, '\n');
+    errno = e;
+    if (n > 0)
+        return failx(c, HPCRUN_EXIT_FAILED, "can't mount squashfs %s: %s", s->image,
+                     last ? last + 1 : msg);
+    return fail(c, "can't mount squashfs %s", s->image);
+}
+
+/* ---------------------------------------------------------------- file system */
+
+/* Escape a path for an overlayfs option value (',' ':' '\' are separators). */
+static int ovl_escape(struct ctx *c, char *out, size_t outlen, const char *in)
+{
+    size_t j = 0;
+    for (; *in; in++) {
+        if (j + 3 >= outlen) {
+            errno = ENAMETOOLONG;
+            return fail(c, "path too long for overlay: %s", in);
+        }
+        if (*in == ',' || *in == ':' || *in == '\\')
+            out[j++] = '\\';
+        out[j++] = *in;
+    }
+    out[j] = '\0';
+    return 0;
+}
+
+/* Does the image have a usable mount point at dst (a directory, or a regular file for a
+ * file mount)? A symlink is not usable: mount(2) would follow it outside the image. */
+static int have_mountpoint(const char *lower, const char *dst, int want_file)
+{
+    char p[PATH_MAX];
+    struct stat st;
+    if (snprintf(p, sizeof p, "%s%s", lower, dst) >= (int)sizeof p)
+        return 0;
+    if (lstat(p, &st))
+        return 0;
+    return want_file ? S_ISREG(st.st_mode) : S_ISDIR(st.st_mode);
+}
+
+/* Create dst in the skeleton (the overlay layer above the image). */
+static int skeleton_add(struct ctx *c, const char *dst, int is_file)
+{
+    char p[PATH_MAX];
+    if (pjoin(c, p, UPPER, dst))
+        return -1;
+    if (is_file) {
+        char *slash = strrchr(p, '/');
+        *slash = '\0';
+        if (slash != p && mkdir_p(p, 0755))
+            return fail(c, "can't create mount point %s", dst);
+        *slash = '/';
+        if (create_file(p, "", 0, 0644))
+            return fail(c, "can't create mount point %s", dst);
+    } else if (mkdir_p(p, 0755)) {
+        return fail(c, "can't create mount point %s", dst);
+    }
+    return 0;
+}
+
+/* /etc/passwd or /etc/group: the image's file minus entries with our name or id, plus
+ * our line (src). */
+static int user_file(struct ctx *c, const char *lower, const struct hpcrun_mount *m,
+                     const char *out)
+{
+    const char *line = m->src;
+    size_t namelen = strcspn(line, ":");
+    const char *idp = line;
+    for (int i = 0; i < 2 && idp; i++) {
+        idp = strchr(idp, ':');
+        if (idp) idp++;
+    }
+    size_t idlen = idp ? strcspn(idp, ":") : 0;
+    char path[PATH_MAX];
+    char *buf = NULL;
+    size_t len = 0, cap = 0;
+    if (pjoin(c, path, lower, m->dst))
+        return -1;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        for (;;) {
+            if (len + 4096 > cap) {
+                cap = cap ? cap * 2 : 16384;
+                if (cap > (64u << 20)) break;    /* a sane bound on /etc/passwd */
+                char *nb = realloc(buf, cap);
+                if (!nb) break;
+                buf = nb;
+            }
+            ssize_t n = read(fd, buf + len, cap - len);
+            if (n <= 0) break;
+            len += (size_t)n;
+        }
+        close(fd);
+    }
+    size_t linelen = strlen(line);
+    char *outb = malloc(len + linelen + 2);
+    if (!outb) {
+        free(buf);
+        return fail(c, "can't synthesize %s", m->dst);
+    }
+    size_t o = 0;
+    for (size_t i = 0; i < len;) {
+        size_t e = i;
+        while (e < len && buf[e] != '\n') e++;
+        const char *l = buf + i;
+        size_t ll = e - i;
+        int drop = 0;
+        size_t nl = 0;
+        while (nl < ll && l[nl] != ':') nl++;
+        if (nl == namelen && !memcmp(l, line, namelen))
+            drop = 1;
+        const char *f = l;
+        const char *end = l + ll;
+        for (int k = 0; k < 2 && f < end; k++) {
+            f = memchr(f, ':', (size_t)(end - f));
+            f = f ? f + 1 : end;
+        }
+        size_t fl = 0;
+        while (f + fl < end && f[fl] != ':') fl++;
+        if (idp && f < end && fl == idlen && !memcmp(f, idp, idlen))
+            drop = 1;
+        if (!drop && ll) {
+            memcpy(outb + o, l, ll);
+            o += ll;
+            outb[o++] = '\n';
+        }
+        i = e + 1;
+    }
+    memcpy(outb + o, line, linelen);
+    o += linelen;
+    if (!linelen || line[linelen - 1] != '\n')
+        outb[o++] = '\n';
+    int r = create_file(out, outb, o, 0644);
+    free(buf);
+    free(outb);
+    if (r)
+        return fail(c, "can't synthesize %s", m->dst);
+    return 0;
+}
+
+static int do_mounts(struct ctx *c, const struct hpcrun_spec *s, const char *lower)
+{
+    char dst[PATH_MAX], src[PATH_MAX];
+    for (int i = 0; i < s->n_mounts; i++) {
+        const struct hpcrun_mount *m = &s->mounts[i];
+        if (pjoin(c, dst, NEWROOT, m->dst))
+            return -1;
+        if (m->flags & HPCRUN_M_TMPFS) {
+            if (mount("tmpfs", dst, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777"))
+                return fail(c, "can't mount tmpfs on %s", m->dst);
+            continue;
+        }
+        if ((m->flags & HPCRUN_M_PROC) && c->in_pidns) {
+            /* A new procfs shows only this pid namespace. Allowed because our user
+             * namespace owns the pid namespace and a full /proc is visible. */
+            if (mount("proc", dst, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL))
+                return fail(c, "can't mount proc on %s", m->dst);
+            continue;
+        }
+        if (m->flags & HPCRUN_M_CONTENT) {
+            snprintf(src, sizeof src, "%s/%d", FILES, i);
+            if (m->flags & HPCRUN_M_USERFILE) {
+                if (user_file(c, lower, m, src))
+                    return -1;
+            } else if (create_file(src, m->src, strlen(m->src), 0644)) {
+                return fail(c, "can't write %s", m->dst);
+            }
+        } else if (pjoin(c, src, OLDROOT, m->src)) {
+            return -1;
+        }
+        if ((m->flags & HPCRUN_M_OPTIONAL) && access(src, F_OK))
+            continue;
+        if (mount(src, dst, NULL, MS_BIND | MS_REC, NULL)) {
+            if (m->flags & HPCRUN_M_CONTENT)
+                return fail(c, "can't bind a synthesized file to %s", m->dst);
+            return fail(c, "can't bind %s to %s", m->src, m->dst);
+        }
+        if ((m->flags & (HPCRUN_M_RDONLY | HPCRUN_M_CONTENT)) && remount_ro(c, dst, m->dst))
+            return -1;
+    }
+    return 0;
+}
+
+/* Build the container's root at BASE/NEWROOT and pivot into it. */
+static int setup_fs(struct ctx *c, const struct hpcrun_spec *s)
+{
+    char lower[PATH_MAX], opts[3 * PATH_MAX + 64], esc1[2 * PATH_MAX], p[PATH_MAX];
+    static const char *const dirs[] = {OLDROOT, NEWROOT, UPPER, WORK, FILES, SQFS};
+    int writable = s->flags & HPCRUN_F_WRITABLE;
+
+    /* Nothing we mount may propagate back to the host. */
+    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL))
+        return fail(c, "can't make / private");
+    if (mount("hpcrun", BASE, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755"))
+        return fail(c, "can't mount tmpfs on %s", BASE);
+    for (size_t i = 0; i < sizeof dirs / sizeof *dirs; i++) {
+        if (pjoin(c, p, BASE, dirs[i]) || mkdir(p, 0755))
+            return fail(c, "can't create %s", p);
+    }
+    if (s->flags & HPCRUN_F_SQUASH) {
+        if (pjoin(c, p, BASE, SQFS) || fuse_mount(c, s, p))
+            return -1;
+    }
+    /* pivot_root(2) into the tmpfs: new_root is a mount point, not on the root's mount,
+     * and nothing is shared (made private above). */
+    if (chdir(BASE) || syscall(SYS_pivot_root, ".", OLDROOT + 1))
+        return fail(c, "can't pivot_root to a private tmpfs");
+    if (chdir("/"))
+        return fail(c, "can't chdir to /");
+
+    if (s->flags & HPCRUN_F_SQUASH)
+        snprintf(lower, sizeof lower, "%s", SQFS);
+    else if (pjoin(c, lower, OLDROOT, s->image))
+        return -1;
+
+    /* Mount points the image lacks go into a skeleton layered above it, so the image is
+     * never changed on disk (it may be read-only, shared, owned by root). */
+    int skeleton = 0;
+    for (int i = 0; i < s->n_mounts; i++) {
+        const struct hpcrun_mount *m = &s->mounts[i];
+        int is_file = (m->flags & (HPCRUN_M_FILE | HPCRUN_M_CONTENT)) != 0;
+        if ((m->flags & HPCRUN_M_OPTIONAL) && !(m->flags & HPCRUN_M_CONTENT)) {
+            if (pjoin(c, p, OLDROOT, m->src))
+                return -1;
+            if (access(p, F_OK))
+                continue;
+        }
+        if (have_mountpoint(lower, m->dst, is_file))
+            continue;
+        if (skeleton_add(c, m->dst, is_file))
+            return -1;
+        skeleton = 1;
+    }
+
+    if (ovl_escape(c, esc1, sizeof esc1, lower))
+        return -1;
+    if (writable) {
+        snprintf(opts, sizeof opts, "lowerdir=%s,upperdir=%s,workdir=%s", esc1, UPPER, WORK);
+        if (mount("overlay", NEWROOT, "overlay", MS_NOSUID, opts))
+            return fail(c, "can't mount a writable overlay on %s", s->image);
+    } else if (skeleton) {
+        snprintf(opts, sizeof opts, "lowerdir=%s:%s", UPPER, esc1);
+        if (mount("overlay", NEWROOT, "overlay", MS_NOSUID | MS_RDONLY, opts))
+            return fail(c, "can't mount an overlay for missing mount points on %s", s->image);
+    } else if (mount(lower, NEWROOT, NULL, MS_BIND | MS_REC, NULL)) {
+        return fail(c, "can't bind %s to /", s->image);
+    }
+
+    if (do_mounts(c, s, lower))
+        return -1;
+    if (!writable && !skeleton && remount_ro(c, NEWROOT, "the image"))
+        return -1;
+
+    /* pivot_root(".", ".") stacks the old root on top of the new one; detaching it
+     * drops the tmpfs and the host's tree together (pivot_root(2), NOTES). */
+    if (chdir(NEWROOT) || syscall(SYS_pivot_root, ".", "."))
+        return fail(c, "can't pivot_root to %s", s->image);
+    if (umount2(".", MNT_DETACH))
+        return fail(c, "can't detach the old root");
+    if (chdir("/"))
+        return fail(c, "can't chdir to /");
+    return 0;
+}
+
+static int net_lo_up(struct ctx *c)
+{
+    struct ifreq ifr;
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return fail(c, "can't create a socket to bring up lo");
+    memset(&ifr, 0, sizeof ifr);
+    strcpy(ifr.ifr_name, "lo");
+    if (ioctl(fd, SIOCGIFFLAGS, &ifr) == 0) {
+        ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+        if (ioctl(fd, SIOCSIFFLAGS, &ifr) == 0) {
+            close(fd);
+            return 0;
+        }
+    }
+    close(fd);
+    return fail(c, "can't bring up lo");
+}
+
+/* After the user namespace exists: squashfuse, the other namespaces, file system. */
+static int enter_rest(struct ctx *c, const struct hpcrun_spec *s)
+{
+    int fl = CLONE_NEWNS;
+    if (s->flags & HPCRUN_F_SQUASH && fuse_spawn(c, s))
+        return -1;
+    if (s->flags & HPCRUN_F_IPC) fl |= CLONE_NEWIPC;
+    if (s->flags & HPCRUN_F_NET) fl |= CLONE_NEWNET;
+    if (s->flags & HPCRUN_F_UTS) fl |= CLONE_NEWUTS;
+    if (unshare(fl))
+        return fail(c, "can't create mount/ipc/network/uts namespaces");
+    if ((s->flags & HPCRUN_F_NET) && net_lo_up(c))
+        return -1;
+    if ((s->flags & HPCRUN_F_UTS) && s->hostname &&
+        sethostname(s->hostname, strlen(s->hostname)))
+        return fail(c, "can't set hostname to %s", s->hostname);
+    return setup_fs(c, s);
+}
+
+/* ---------------------------------------------------------------- exec */
+
+static int chdir_work(struct ctx *c, const struct hpcrun_spec *s)
+{
+    char p[PATH_MAX];
+    if (!s->workdir || !*s->workdir || chdir(s->workdir) == 0)
+        return 0;
+    if (!s->workdir_required)
+        return chdir("/") ? fail(c, "can't chdir to /") : 0;
+    if (errno == ENOENT && snprintf(p, sizeof p, "%s", s->workdir) < (int)sizeof p) {
+        if (mkdir_p(p, 0755))
+            return fail(c, "can't create working directory %s", s->workdir);
+        if (chdir(p) == 0)
+            return 0;
+    }
+    return fail(c, "can't chdir to %s", s->workdir);
+}
+
+static void reset_signals(const sigset_t *mask)
+{
+    /* Python ignores SIGPIPE and SIGXFSZ; an ignored signal stays ignored across
+     * execve(2), and a command must start with the defaults. */
+    signal(SIGPIPE, SIG_DFL);
+    signal(SIGXFSZ, SIG_DFL);
+    sigprocmask(SIG_SETMASK, mask, NULL);
+}
+
+/* Exec argv[0], searching the container's PATH (execvpe(3) would search ours). Returns
+ * only on failure, with 126 or 127 in *code as Docker does. */
+static int do_exec(struct ctx *c, const struct hpcrun_spec *s)
+{
+    const char *file = s->argv[0];
+    char p[PATH_MAX];
+    int eacces = 0, last = ENOENT;
+    if (strchr(file, '/')) {
+        execve(file, s->argv, s->envp);
+        last = errno;
+    } else {
+        const char *path = env_get(s->envp, "PATH");
+        if (!path) path = DEFAULT_PATH;
+        while (*path) {
+            size_t n = strcspn(path, ":");
+            int len = snprintf(p, sizeof p, "%.*s/%s", (int)n, n ? path : ".", file);
+            if (len > 0 && len < (int)sizeof p) {
+                execve(p, s->argv, s->envp);
+                if (errno == EACCES)
+                    eacces = 1;
+                else if (errno != ENOENT && errno != ENOTDIR)
+                    last = errno;
+            }
+            path += n;
+            if (*path == ':') path++;
+        }
+        if (eacces && last == ENOENT)
+            last = EACCES;
+    }
+    errno = last;
+    if (last == ENOENT || last == ENOTDIR)
+        return failx(c, HPCRUN_EXIT_NOT_FOUND, "command not found in the container: %s", file);
+    return failx(c, HPCRUN_EXIT_CANNOT_EXEC, "can't execute %s: %s", file, strerror(last));
+}
+
+/* ---------------------------------------------------------------- monitor and init */
+
+static void forwarded_set(sigset_t *set)
+{
+    sigemptyset(set);
+    for (size_t i = 0; i < sizeof FORWARDED / sizeof *FORWARDED; i++)
+        sigaddset(set, FORWARDED[i]);
+    sigaddset(set, SIGCHLD);
+}
+
+static int wstatus_code(int st)
+{
+    if (WIFEXITED(st))
+        return WEXITSTATUS(st);
+    if (WIFSIGNALED(st))
+        return 128 + WTERMSIG(st);
+    return HPCRUN_EXIT_FAILED;
+}
+
+/* Wait for child with the forwarded signals blocked (they were blocked before the fork,
+ * so none is lost), pass each on (SIGTERM as the image's STOPSIGNAL when we are the
+ * command's parent), and reap. As PID 1 also reap orphans (any pid); the
+ * kernel kills the rest of the pid namespace when we return and exit. A blocked signal
+ * is queued even for a pid-namespace init (an unblocked SIG_DFL one would be dropped). */
+static int supervise(pid_t child, int init, int stopsig)
+{
+    sigset_t set;
+    forwarded_set(&set);
+    for (;;) {
+        int st;
+        pid_t p;
+        while ((p = waitpid(init ? -1 : child, &st, WNOHANG)) > 0)
+            if (p == child)
+                return wstatus_code(st);
+        if (p < 0 && errno == ECHILD)
+            return HPCRUN_EXIT_FAILED;
+        siginfo_t si;
+        int sig = sigwaitinfo(&set, &si);
+        if (sig > 0 && sig != SIGCHLD)
+            kill(child, sig == SIGTERM && stopsig > 0 ? stopsig : sig);
+    }
+}
+
+/* A child reports a failure to its parent over a close-on-exec pipe: EOF means the
+ * command was executed. */
+struct report {
+    int code;
+    int err;
+    char msg[1024];
+};
+
+static void report_and_exit(struct ctx *c, int fd)
+{
+    struct report r;
+    memset(&r, 0, sizeof r);
+    r.code = *c->code;
+    r.err = errno;
+    snprintf(r.msg, sizeof r.msg, "%s", c->err);
+    if (write(fd, &r, sizeof r) < 0) { /* the parent is gone: nothing to tell */ }
+    if (c->fuse_pid > 0)
+        kill(c->fuse_pid, SIGKILL);
+    _exit(r.code);
+}
+
+static int read_report(struct ctx *c, int fd)
+{
+    struct report r;
+    ssize_t n;
+    do
+        n = read(fd, &r, sizeof r);
+    while (n < 0 && errno == EINTR);
+    close(fd);
+    if (n != (ssize_t)sizeof r)
+        return 0;
+    r.msg[sizeof r.msg - 1] = '\0';
+    snprintf(c->err, c->errlen, "%s", r.msg);
+    *c->code = r.code;
+    errno = r.err;
+    return -1;
+}
+
+/* The default: this (single-threaded) process enters and becomes the command. */
+static int enter_in_place(struct ctx *c, const struct hpcrun_spec *s)
+{
+    sigset_t cur;
+    unsigned int ouid = geteuid(), ogid = getegid();   /* 65534 once unshared */
+    sigprocmask(SIG_SETMASK, NULL, &cur);
+    if (unshare(CLONE_NEWUSER))
+        return fail(c, "can't create a user namespace");
+    if (write_maps(c, "/proc/self", s->uid, s->gid, ouid, ogid) || enter_rest(c, s) || chdir_work(c, s)) {
+        if (c->fuse_pid > 0)
+            kill(c->fuse_pid, SIGKILL);
+        return -1;
+    }
+    reset_signals(&cur);
+    return do_exec(c, s);
+}
+
+/* --pid=private (or a multi-threaded caller): clone a child into new user (+ pid)
+ * namespaces; we write its id maps from outside, then stay as a small monitor that
+ * forwards signals and returns its status. The child is PID 1 of the pid namespace:
+ * it builds the file system (with a new /proc), forks the command and is its init. */
+static int enter_monitored(struct ctx *c, const struct hpcrun_spec *s)
+{
+    sigset_t fwd, orig;
+    int rep[2], go[2];
+    int pidns = (s->flags & HPCRUN_F_PID) != 0;
+    forwarded_set(&fwd);
+    if (pipe2(rep, O_CLOEXEC) || pipe2(go, O_CLOEXEC))
+        return fail(c, "can't create pipe");
+    sigprocmask(SIG_BLOCK, &fwd, &orig);
+    /* clone(2) without a new stack behaves like fork(2), plus the namespace flags. */
+    pid_t pid = (pid_t)syscall(SYS_clone, SIGCHLD | CLONE_NEWUSER | (pidns ? CLONE_NEWPID : 0),
+                               NULL, NULL, NULL, NULL);
+    if (pid < 0) {
+        int e = errno;
+        sigprocmask(SIG_SETMASK, &orig, NULL);
+        close(rep[0]); close(rep[1]); close(go[0]); close(go[1]);
+        errno = e;
+        return fail(c, "can't create user%s namespace", pidns ? " and pid" : "");
+    }
+    if (pid == 0) {
+        char b;
+        close(rep[0]);
+        close(go[1]);
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        prctl(PR_SET_NAME, pidns ? "hpcrun:init" : "hpcrun:child");
+        if (read(go[0], &b, 1) != 1)
+            _exit(HPCRUN_EXIT_FAILED);    /* the parent failed to map us: it reports */
+        close(go[0]);
+        c->in_pidns = pidns;
+        if (enter_rest(c, s) || chdir_work(c, s))
+            report_and_exit(c, rep[1]);
+        if (!pidns) {
+            reset_signals(&orig);
+            do_exec(c, s);
+            report_and_exit(c, rep[1]);
+        }
+        pid_t cmd = fork();
+        if (cmd < 0) {
+            fail(c, "can't fork");
+            report_and_exit(c, rep[1]);
+        }
+        if (cmd == 0) {
+            reset_signals(&orig);
+            do_exec(c, s);
+            report_and_exit(c, rep[1]);
+        }
+        close(rep[1]);
+        _exit(supervise(cmd, 1, s->stop_signal));
+    }
+    close(rep[1]);
+    close(go[0]);
+    char procdir[32];
+    snprintf(procdir, sizeof procdir, "/proc/%d", (int)pid);
+    int r = write_maps(c, procdir, s->uid, s->gid, geteuid(), getegid());
+    if (r == 0 && write(go[1], "g", 1) != 1)
+        r = fail(c, "can't start the container process");
+    close(go[1]);
+    if (r == 0)
+        r = read_report(c, rep[0]);
+    else
+        close(rep[0]);
+    if (r) {
+        int e = errno;
+        kill(pid, SIGKILL);
+        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+            ;
+        sigprocmask(SIG_SETMASK, &orig, NULL);
+        errno = e;
+        return -1;
+    }
+    prctl(PR_SET_NAME, "hpcrun:monitor");
+    int status = supervise(pid, 0, pidns ? 0 : s->stop_signal);
+    sigprocmask(SIG_SETMASK, &orig, NULL);
+    return status;
+}
+
+int hpcrun_enter(const struct hpcrun_spec *s, char *err, size_t errlen, int *code)
+{
+    struct ctx c = {err, errlen, code, -1, -1, -1, 0};
+    *code = HPCRUN_EXIT_FAILED;
+    if (errlen) err[0] = '\0';
+    if (!s->argv || !s->argv[0]) {
+        errno = EINVAL;
+        return failx(&c, HPCRUN_EXIT_FAILED, "no command given");
+    }
+    /* unshare(CLONE_NEWUSER) is EINVAL in a multi-threaded process; a clone()d child is
+     * single-threaded, so a threaded caller takes the monitored path. */
+    if ((s->flags & (HPCRUN_F_PID | HPCRUN_F_MONITOR)) || count_threads() > 1)
+        return enter_monitored(&c, s);
+    return enter_in_place(&c, s);
+}
+
+/* ---------------------------------------------------------------- join */
+
+int hpcrun_join(int pid, char *const *argv, char *const *envp, const char *workdir,
+                char *err, size_t errlen, int *code)
+{
+    struct ctx c = {err, errlen, code, -1, -1, -1, 0};
+    static const struct { const char *name; int type; } ns[] = {
+        {"user", CLONE_NEWUSER}, {"ipc", CLONE_NEWIPC}, {"uts", CLONE_NEWUTS},
+        {"net", CLONE_NEWNET}, {"pid", CLONE_NEWPID}, {"mnt", CLONE_NEWNS},
+    };
+    int fds[6];
+    char p[64];
+    *code = HPCRUN_EXIT_FAILED;
+    if (errlen) err[0] = '\0';
+    if (count_threads() > 1) {
+        errno = EINVAL;
+        return failx(&c, HPCRUN_EXIT_FAILED, "can't join a container from a multi-threaded process");
+    }
+    /* Open them all first: after setns(user) the host's /proc/PID may look different. */
+    for (int i = 0; i < 6; i++) {
+        snprintf(p, sizeof p, "/proc/%d/ns/%s", pid, ns[i].name);
+        fds[i] = open(p, O_RDONLY | O_CLOEXEC);
+        if (fds[i] < 0) {
+            fail(&c, "can't open %s", p);
+            for (int j = 0; j < i; j++) close(fds[j]);
+            return -1;
+        }
+    }
+    for (int i = 0; i < 6; i++) {
+        struct stat a, b;
+        snprintf(p, sizeof p, "/proc/self/ns/%s", ns[i].name);
+        /* Same namespace as ours already (e.g. the host's ipc): nothing to join, and
+         * setns into one's own user namespace is EINVAL. */
+        if (fstat(fds[i], &a) == 0 && stat(p, &b) == 0 && a.st_ino == b.st_ino &&
+            a.st_dev == b.st_dev) {
+            close(fds[i]);
+            continue;
+        }
+        if (setns(fds[i], ns[i].type)) {
+            fail(&c, "can't join the %s namespace of process %d", ns[i].name, pid);
+            for (int j = i; j < 6; j++) close(fds[j]);
+            return -1;
+        }
+        close(fds[i]);
+    }
+    /* setns(2) into a mount namespace already set our root and cwd to its root. */
+    struct hpcrun_spec s;
+    memset(&s, 0, sizeof s);
+    s.argv = argv;
+    s.envp = envp;
+    s.workdir = workdir;
+    s.workdir_required = 0;
+    if (chdir_work(&c, &s))
+        return -1;
+    /* A setns into a pid namespace applies to children only: fork, and be the monitor. */
+    sigset_t fwd, orig;
+    forwarded_set(&fwd);
+    sigprocmask(SIG_BLOCK, &fwd, &orig);
+    int rep[2];
+    if (pipe2(rep, O_CLOEXEC))
+        return fail(&c, "can't create pipe");
+    pid_t child = fork();
+    if (child < 0)
+        return fail(&c, "can't fork");
+    if (child == 0) {
+        close(rep[0]);
+        reset_signals(&orig);
+        do_exec(&c, &s);
+        report_and_exit(&c, rep[1]);
+    }
+    close(rep[1]);
+    if (read_report(&c, rep[0])) {
+        while (waitpid(child, NULL, 0) < 0 && errno == EINTR)
+            ;
+        sigprocmask(SIG_SETMASK, &orig, NULL);
+        return -1;
+    }
+    int status = supervise(child, 0, 0);
+    sigprocmask(SIG_SETMASK, &orig, NULL);
+    return status;
+}
+
+const char *hpcrun_core_version(void) { return "0.2.0"; }

@@ -1,4 +1,71 @@
+/* hpcrun C core: enter a container (user + mount namespaces, id maps, mounts,
+ * pivot_root, environment, exec) and, for --pid=private, a minimal init.
+ *
+ * Python reaches this only through hpcrun/_core.py. See cext/README.md for the
+ * stage diagram. Keep cdef.h in step with the declarations below. */
 #ifndef HPCRUN_CORE_H
 #define HPCRUN_CORE_H
+
+#include <stddef.h>
+
+/* Exit codes, Docker's conventions. See also hpcrun/errors.py, which mirrors them. */
+#define HPCRUN_EXIT_FAILED 125     /* hpcrun itself failed */
+#define HPCRUN_EXIT_CANNOT_EXEC 126 /* command found but cannot be executed */
+#define HPCRUN_EXIT_NOT_FOUND 127  /* command not found */
+
+/* hpcrun_spec.flags */
+#define HPCRUN_F_FAKEROOT 0x01  /* map the caller to uid/gid 0 */
+#define HPCRUN_F_WRITABLE 0x02  /* tmpfs overlay on top of the image, discarded at exit */
+#define HPCRUN_F_PID      0x04  /* new pid namespace, C init as PID 1 */
+#define HPCRUN_F_IPC      0x08  /* new ipc namespace */
+#define HPCRUN_F_NET      0x10  /* new network namespace, only lo up */
+#define HPCRUN_F_UTS      0x20  /* new uts namespace (hostname) */
+#define HPCRUN_F_SQUASH   0x40  /* image is a squashfs file: mount it with squashfuse */
+#define HPCRUN_F_MONITOR  0x80  /* keep a host-side monitor even without a pid namespace */
+
+/* hpcrun_mount.flags: the default-bind table (hpcrun/runtime/mounts.py) is data. */
+#define HPCRUN_M_RDONLY   0x01  /* remount read-only */
+#define HPCRUN_M_TMPFS    0x02  /* a fresh tmpfs (src ignored) */
+#define HPCRUN_M_OPTIONAL 0x04  /* skip silently when the source is missing */
+#define HPCRUN_M_FILE     0x08  /* the destination is a file, not a directory */
+#define HPCRUN_M_PROC     0x10  /* /proc: new one with a pid namespace, else the host's */
+#define HPCRUN_M_CONTENT  0x20  /* src is file content (bound from a private tmpfs) */
+#define HPCRUN_M_USERFILE 0x40  /* with CONTENT: the image's own file plus this line */
+
+struct hpcrun_mount {
+    const char *src;  /* absolute host path (symlinks resolved), or content */
+    const char *dst;  /* absolute path inside the container */
+    int flags;
+};
+
+struct hpcrun_spec {
+    const char *image;       /* absolute host path: root directory or squashfs file */
+    const char *squashfuse;  /* squashfuse binary (HPCRUN_F_SQUASH) */
+    int flags;               /* HPCRUN_F_* */
+    const char *hostname;    /* with HPCRUN_F_UTS */
+    unsigned int uid, gid;   /* the ids inside, mapped to the caller's (0 with --fakeroot) */
+    const struct hpcrun_mount *mounts;
+    int n_mounts;
+    const char *workdir;     /* absolute path inside */
+    int workdir_required;    /* 1: create on a writable mount or fail; 0: fall back to / */
+    char *const *argv;       /* NULL-terminated */
+    char *const *envp;       /* NULL-terminated; PATH in here is used to find argv[0] */
+    int stop_signal;         /* the image's STOPSIGNAL: what a forwarded SIGTERM becomes (0: SIGTERM) */
+};
+
+/* Enter the container described by spec and exec its command.
+ * Default options: the calling process becomes the command and this never returns on
+ * success. With HPCRUN_F_PID (or when the caller is multi-threaded) the caller stays as
+ * a small monitor and the command's status (or 128+N) is returned.
+ * On failure: -1, errno preserved, err filled ("can't bind /a to /b: Permission
+ * denied"), *code set to HPCRUN_EXIT_*. */
+int hpcrun_enter(const struct hpcrun_spec *spec, char *err, size_t errlen, int *code);
+
+/* Enter the user + mount (+ pid) namespaces of running container process pid and exec
+ * argv there with envp, in workdir. Same return convention as hpcrun_enter. */
+int hpcrun_join(int pid, char *const *argv, char *const *envp, const char *workdir,
+                char *err, size_t errlen, int *code);
+
 const char *hpcrun_core_version(void);
+
 #endif

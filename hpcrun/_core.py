@@ -1,0 +1,121 @@
+"""The only importer of the compiled C core (hpcrun._ccore, built from cext/).
+
+Turns a runtime Spec into the C structures, calls the core, and turns its errno and
+message buffer into ContainerError. Exit codes: see also cext/core.h.
+"""
+from __future__ import annotations
+
+import os
+
+from hpcrun._ccore import ffi, lib
+from hpcrun.errors import ContainerError
+
+ERRLEN = 2048
+
+# Hints for the steps the C core names in its messages (prefix -> hint).
+_HINTS = (
+    ("can't create a user namespace", "unprivileged user namespaces may be disabled here; "
+     "run 'hpcrun check' and ask the admin to enable them (user.max_user_namespaces)"),
+    ("can't open /dev/fuse", "this node does not let users mount FUSE; "
+     "use --unpack to extract the squashfs image into a node-local cache instead"),
+    ("can't mount squashfs", "the squashfs file may be corrupt or truncated; "
+     "check it with 'unsquashfs -s FILE', or rebuild it"),
+    ("can't bind", "the destination must exist in the image or be creatable: it cannot "
+     "lie inside /proc, /sys, /dev or a read-only or host-backed bind"),
+    ("can't create mount point", "the destination cannot be made inside the image; "
+     "pick another -v destination"),
+    ("can't chdir to", "the working directory does not exist in the container; "
+     "create it in the image, or give -w on a writable mount (/tmp, a -v bind)"),
+    ("can't create working directory", "the working directory must exist in the image or "
+     "lie on a writable mount (/tmp, a -v bind, or use --writable-tmpfs)"),
+    ("command not found", "check the command name and the image's PATH "
+     "(e.g. 'hpcrun run IMAGE -- ls /bin')"),
+    ("can't execute", "the file is not executable, or not a program for this machine"),
+)
+
+
+def _hint(msg: str) -> str | None:
+    for prefix, hint in _HINTS:
+        if prefix in msg:
+            return hint
+    return None
+
+
+def _raise(err, code) -> None:
+    msg = ffi.string(err).decode("utf-8", "replace") or "the container could not be entered"
+    raise ContainerError(msg, _hint(msg), code[0])
+
+
+class _Arena:
+    """Keeps the cffi buffers alive for the duration of the call."""
+
+    def __init__(self):
+        self.keep = []
+
+    def str(self, s):
+        if s is None:
+            return ffi.NULL
+        b = ffi.new("char[]", os.fsencode(s))
+        self.keep.append(b)
+        return b
+
+    def strv(self, items):
+        arr = ffi.new("char *[]", len(items) + 1)
+        for i, x in enumerate(items):
+            arr[i] = self.str(x)
+        arr[len(items)] = ffi.NULL
+        self.keep.append(arr)
+        return arr
+
+
+def enter(spec) -> int:
+    """Enter the container of a runtime Spec and run its command.
+
+    Default options: the process becomes the command (never returns). With a pid
+    namespace (or a STOPSIGNAL, or a threaded caller) a C monitor waits and the
+    command's status (128+N for signal N) is returned. Raises ContainerError.
+    """
+    a = _Arena()
+    s = ffi.new("struct hpcrun_spec *")
+    s.image = a.str(spec.image)
+    s.squashfuse = a.str(spec.squashfuse)
+    s.flags = spec.flags
+    s.hostname = a.str(spec.hostname)
+    s.uid = spec.uid
+    s.gid = spec.gid
+    mounts = ffi.new("struct hpcrun_mount[]", max(1, len(spec.mounts)))
+    for i, m in enumerate(spec.mounts):
+        mounts[i].src = a.str(m.src)
+        mounts[i].dst = a.str(m.dst)
+        mounts[i].flags = m.flags
+    s.mounts = mounts
+    s.n_mounts = len(spec.mounts)
+    s.workdir = a.str(spec.workdir)
+    s.workdir_required = 1 if spec.workdir_required else 0
+    s.argv = a.strv(spec.argv)
+    s.envp = a.strv(spec.env)
+    s.stop_signal = spec.stop_signal
+    err = ffi.new("char[]", ERRLEN)
+    code = ffi.new("int *")
+    r = lib.hpcrun_enter(s, err, ERRLEN, code)
+    if r < 0:
+        _raise(err, code)
+    return r
+
+
+def join(pid: int, argv, env, workdir: str = "/") -> int:
+    """Run argv inside the running container whose process is pid (setns into its user,
+    mount, pid, ipc, uts and network namespaces); returns its status. For ranks of a
+    node sharing one container (CMA shared memory needs one user namespace)."""
+    a = _Arena()
+    err = ffi.new("char[]", ERRLEN)
+    code = ffi.new("int *")
+    r = lib.hpcrun_join(int(pid), a.strv(list(argv)), a.strv(list(env)), a.str(workdir),
+                        err, ERRLEN, code)
+    if r < 0:
+        _raise(err, code)
+    return r
+
+
+def version() -> str:
+    return ffi.string(lib.hpcrun_core_version()).decode()

@@ -1,0 +1,1 @@
+"""The runtime: plan a container (spec, mounts, env, image config), then enter it via the C core."""

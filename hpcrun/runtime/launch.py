@@ -1,0 +1,186 @@
+"""Planning a container (options + image -> Spec) and handing it to the C core.
+
+plan() reads the host (environment, user, cwd) but changes nothing; run() does.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from hpcrun.errors import NotFound, UsageError
+from hpcrun.runtime import env as envpolicy
+from hpcrun.runtime import mounts as mnt
+from hpcrun.runtime.spec import (F_FAKEROOT, F_IPC, F_MONITOR, F_NET, F_PID, F_SQUASH, F_UTS,
+                                 F_WRITABLE, Spec)
+
+SIGNALS = {"HUP": 1, "INT": 2, "QUIT": 3, "KILL": 9, "USR1": 10, "USR2": 12, "TERM": 15,
+           "CONT": 18, "STOP": 19, "WINCH": 28, "PWR": 30}
+
+
+def stop_signal(value) -> int:
+    """STOPSIGNAL: SIGTERM, TERM, 15 or SIGRTMIN+3 -> number (0: keep SIGTERM)."""
+    if not value:
+        return 0
+    v = str(value).upper()
+    if v.isdigit():
+        return int(v)
+    v = v[3:] if v.startswith("SIG") else v
+    if v.startswith("RTMIN"):
+        import signal
+        off = v[5:].lstrip("+") or "0"
+        return int(signal.SIGRTMIN) + int(off) if off.isdigit() else 0
+    n = SIGNALS.get(v, 0)
+    return 0 if n == 15 else n
+
+
+def _user_names(uid: int, gid: int):
+    import grp
+    import pwd
+    try:
+        name = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        name = os.environ.get("USER") or f"user{os.getuid()}"
+    try:
+        group = grp.getgrgid(os.getgid()).gr_name
+    except KeyError:
+        group = name
+    return name, group
+
+
+def _image_user(value, rootfs):
+    """The image's USER as inside (uid, gid), or None for root/unset (the caller's ids:
+    a rootless container can map the caller to one id, so a non-root USER is honoured)."""
+    if not value:
+        return None
+    user, _, group = str(value).partition(":")
+    if user in ("0", "root"):
+        return None
+    uid = gid = None
+    if user.isdigit():
+        uid = int(user)
+    elif rootfs:
+        try:
+            with open(os.path.join(rootfs, "etc/passwd")) as f:
+                for line in f:
+                    p = line.rstrip("\n").split(":")
+                    if len(p) > 3 and p[0] == user and p[2].isdigit():
+                        uid, gid = int(p[2]), int(p[3]) if p[3].isdigit() else None
+                        break
+        except OSError:
+            pass
+    if uid is None:
+        return None
+    if group.isdigit():
+        gid = int(group)
+    return uid, (gid if gid is not None else uid)
+
+
+def plan(opts, image, environ=None) -> Spec:
+    environ = dict(os.environ if environ is None else environ)
+    conf = image.config or {}
+    flags = 0
+
+    # -- command: ENTRYPOINT + CMD, Docker's rules
+    entry = list(conf.get("Entrypoint") or [])
+    cmd = list(conf.get("Cmd") or [])
+    if opts.entrypoint is not None:
+        entry = [opts.entrypoint] if opts.entrypoint else []
+        cmd = []
+    if opts.command:
+        cmd = list(opts.command)
+    argv = entry + cmd
+    if not argv:
+        raise UsageError("no command given",
+                         "give a command after the image: hpcrun run IMAGE -- CMD [ARG...]")
+
+    # -- identity
+    if opts.fakeroot:
+        flags |= F_FAKEROOT
+        uid = gid = 0
+    else:
+        ids = _image_user(conf.get("User"), image.path if image.kind == "dir" else None)
+        uid, gid = ids if ids else (os.getuid(), os.getgid())
+    name, group = _user_names(uid, gid)
+    home = environ.get("HOME") or "/"
+    if opts.fakeroot:
+        passwd = "root:x:0:0:root:/root:/bin/sh"
+        group_line = "root:x:0:"
+    else:
+        passwd = f"{name}:x:{uid}:{gid}:{name}:{home}:/bin/sh"
+        group_line = f"{group}:x:{gid}:"
+
+    # -- namespaces
+    if opts.pid == "private":
+        flags |= F_PID
+    if opts.ipc == "private":
+        flags |= F_IPC
+    if opts.network == "none":
+        flags |= F_NET
+    if opts.hostname:
+        flags |= F_UTS
+    if opts.writable_tmpfs:
+        flags |= F_WRITABLE
+    squashfuse = None
+    if image.kind == "squashfs":
+        flags |= F_SQUASH
+        squashfuse = _squashfuse()
+
+    # -- mounts
+    mounts = mnt.defaults() + mnt.user_files(passwd, group_line)
+    if opts.home and home not in ("/", "") and os.path.isdir(home):
+        mounts.append(mnt.bind(home, os.path.normpath(home), what="home directory"))
+    if opts.scratch:
+        src = environ.get("SLURM_TMPDIR") or environ.get("TMPDIR")
+        if not src:
+            raise UsageError("--scratch: neither SLURM_TMPDIR nor TMPDIR is set",
+                             "set TMPDIR to a node-local directory, or drop --scratch")
+        mounts.append(mnt.bind(src, "/scratch", what="scratch directory"))
+    mounts += mnt.sort_binds([mnt.parse_volume(v) for v in opts.volumes])
+
+    # -- environment
+    env = envpolicy.compose(environ, conf.get("Env") or (), opts.env_files, opts.env,
+                            opts.cleanenv)
+
+    # -- working directory: -w, else WORKDIR, else the caller's cwd if visible, else /
+    if opts.workdir:
+        if not opts.workdir.startswith("/"):
+            raise UsageError(f"-w {opts.workdir!r} is not an absolute path",
+                             "give the working directory inside the container as /path")
+        workdir, required = opts.workdir, True
+    elif conf.get("WorkingDir"):
+        workdir, required = conf["WorkingDir"], False
+    else:
+        try:
+            workdir = os.getcwd()
+        except OSError:
+            workdir = "/"
+        required = False
+
+    stopsig = stop_signal(conf.get("StopSignal"))
+    if stopsig and not (flags & F_PID):
+        flags |= F_MONITOR      # translating SIGTERM needs a process in between
+    return Spec(image=image.path, squashfuse=squashfuse, flags=flags, hostname=opts.hostname,
+                uid=uid, gid=gid, mounts=tuple(mounts), workdir=workdir,
+                workdir_required=required, argv=tuple(argv), env=tuple(env),
+                stop_signal=stopsig)
+
+
+def _squashfuse() -> str:
+    for d in os.environ.get("PATH", "").split(":") + ["/usr/bin", "/usr/local/bin"]:
+        p = os.path.join(d or ".", "squashfuse")
+        if os.access(p, os.X_OK):
+            return p
+    raise NotFound("squashfuse is not installed, so a squashfs image can't be mounted",
+                   "install squashfuse, or use --unpack to extract the image instead")
+
+
+def fuse_allowed() -> bool:
+    return os.access("/dev/fuse", os.R_OK | os.W_OK)
+
+
+def run(spec: Spec) -> int:
+    """Enter and run. Default options: never returns (the process becomes the command)."""
+    from hpcrun import _core
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return _core.enter(spec)
