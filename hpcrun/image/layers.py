@@ -81,7 +81,9 @@ class _Counted(io.RawIOBase):
         except EOFError as e:
             raise ImageError(f"{self.what}: truncated compressed stream ({e})",
                              "the file or download is incomplete; fetch it again") from e
-        except (OSError, ValueError) as e:
+        except ImageError:
+            raise
+        except Exception as e:  # zlib.error, lzma.LZMAError, zstandard.ZstdError, OSError
             raise ImageError(f"{self.what}: corrupt compressed stream ({e})",
                              "the file or download is damaged; fetch it again") from e
         n = len(data)

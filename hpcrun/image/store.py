@@ -457,7 +457,12 @@ class Store:
             size = rec.get("size", 0) if rec else 0
             if missing:
                 layers = [self.blob_path(dg) for dg in layer_digests]
-                size = self._build_formats(hexd, layers, config, missing, rec is not None)
+                try:
+                    size = self._build_formats(hexd, layers, config, missing, rec is not None)
+                except BaseException:
+                    if rec is None:  # leave no trace of an image that failed
+                        rmtree(os.path.join(self.images_dir, hexd))
+                    raise
             if rec is None:
                 rec = {
                     "id": "sha256:" + hexd, "config_digest": cfg_digest,
