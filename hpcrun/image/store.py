@@ -497,6 +497,7 @@ class Store:
         os.makedirs(d, mode=0o700, exist_ok=True)
         size = 0
         for f in formats:
+            log.info(f"unpacking image {hexd[:12]} ({f})")
             final = os.path.join(d, "rootfs" if f == "dir" else "image.sqfs")
             if os.path.lexists(final):  # leftover of a killed commit (no record names it)
                 rmtree(final)
