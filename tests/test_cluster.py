@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
@@ -103,3 +104,23 @@ def test_mpi_allreduce_across_nodes_with_pmix(slurm_cluster, user):
     assert [r[0] for r in rows] == ["0", "1", "2", "3"]
     assert {r[3] for r in rows} == {"6"}           # 0+1+2+3 summed over the network
     assert len({r[2] for r in rows}) == 2          # on two different nodes
+
+
+def test_a_job_talks_to_the_controller_from_its_node(slurm_cluster, user, user_tmp):
+    out = os.path.join(user_tmp, "state.txt")
+    cp = util.as_user(user, ["sbatch", "--parsable", "-o", out, "--wait", "--wrap",
+                             'squeue -h -j "$SLURM_JOB_ID" -o "%T %N"'],
+                      env=slurm_cluster.env, timeout=120)
+    assert cp.returncode == 0, cp.stderr
+    with open(out) as f:
+        state, node = f.read().split()
+    assert state == "RUNNING" and node in slurm_cluster.nodes
+
+
+def test_cluster_authenticates_with_munge(slurm_cluster, user):
+    util.require(bool(shutil.which("munged", path="/usr/sbin:/usr/bin")), "munge is not installed")
+    cp = util.as_user(user, ["scontrol", "show", "config"], env=slurm_cluster.env)
+    assert cp.returncode == 0, cp.stderr
+    conf = {k.strip(): v.strip() for k, _, v in
+            (line.partition("=") for line in cp.stdout.splitlines()) if v}
+    assert conf["AuthType"] == "auth/munge"

@@ -255,6 +255,31 @@ def test_up_where_network_namespaces_cannot_be_made_says_so():
     assert lines[0].startswith("hpcrun: error: cannot create network namespaces:")
     assert lines[1].startswith("hint: the local cluster needs root with CAP_NET_ADMIN")
     assert _leftovers("nn0") == []
+    assert not os.path.exists("/tmp/hpcrun-cluster-nn0-failed-logs")
+
+
+def test_auth_none_when_asked(user):
+    slurm_prereqs()
+    name = _name("la")
+    try:
+        cp = _root("cluster", "up", "1", "--name", name, env={**os.environ, "HPCRUN_CLUSTER_AUTH": "none"})
+        assert cp.returncode == 0, cp.stderr
+        st = json.loads(util.hpcrun(user, "cluster", "status", "--name", name, "--format", "json").stdout)
+        assert st["auth"] == "none"
+        cp = util.as_user(user, ["srun", "id", "-u"], env={"SLURM_CONF": f"{BASE}/{name}/slurm.conf"})
+        assert cp.returncode == 0, cp.stderr
+        assert cp.stdout.strip() == str(user.uid)
+    finally:
+        _root("cluster", "down", "--name", name)
+
+
+def test_bad_auth_setting_is_refused():
+    slurm_prereqs()
+    cp = _root("cluster", "up", "1", "--name", "ba0", env={**os.environ, "HPCRUN_CLUSTER_AUTH": "kerberos"})
+    assert cp.returncode == 2
+    assert cp.stderr.splitlines()[0] == "hpcrun: error: bad HPCRUN_CLUSTER_AUTH 'kerberos'"
+    assert _leftovers("ba0") == []
+    assert not os.path.exists("/tmp/hpcrun-cluster-ba0-failed-logs")
 
 
 @pytest.mark.parametrize("args,msg", [

@@ -57,6 +57,28 @@ def _which(tool: str) -> str | None:
     return None
 
 
+def _auth_kind() -> str:
+    """munge (a munged of the cluster's own, with its own key) when installed, else none.
+
+    With auth/none, Slurm believes whatever uid a client claims: fine on a machine of
+    one's own, but on a shared machine any local user could run jobs as root. Set
+    HPCRUN_CLUSTER_AUTH=none to skip munge, =munge to insist on it.
+    """
+    want = os.environ.get("HPCRUN_CLUSTER_AUTH", "auto").strip().lower()
+    if want not in ("auto", "munge", "none"):
+        raise UsageError(f"bad HPCRUN_CLUSTER_AUTH {want!r}", "use auto, munge or none")
+    have = bool(_which("munged") and _which("mungekey"))
+    if want == "munge" and not have:
+        raise NotFound("munged: command not found (HPCRUN_CLUSTER_AUTH=munge)",
+                       "install the munge package")
+    if want == "none" or not have:
+        if want == "auto":
+            log.warning("munge is not installed: the local cluster uses auth/none, so any "
+                        "local user can act as any other to it (install munge to avoid this)")
+        return "none"
+    return "munge"
+
+
 def _host_mem_mb() -> int:
     try:
         with open("/proc/meminfo") as f:
@@ -83,6 +105,7 @@ class LocalCluster:
         self.sw_ns = f"hpcrun-{name}-sw"
         self.ctl_ns = f"hpcrun-{name}-ctl"
         self.ctl_host = f"{name}-ctl"
+        self.munge_socket = os.path.join(self.dir, "munge", "munge.socket")
         # Where the daemon logs of a failed `up` are kept (the cluster dir is removed).
         self.failed_logs = f"/tmp/hpcrun-cluster-{name}-failed-logs"
 
@@ -139,6 +162,15 @@ class LocalCluster:
         for i in range(1, len(st["nodes"]) + 1):
             if "slurmd" not in comms.get(self.node_ns(i), ()):
                 return False
+        if st.get("auth") == "munge":
+            try:
+                with open(os.path.join(self.dir, "munge", "munged.pid")) as f:
+                    pid = int(f.read().strip())
+            except (OSError, ValueError):
+                return False
+            s = _stat(pid)
+            if _comm(pid) != "munged" or s is None or s[0] == "Z":
+                return False
         return True
 
     # ---------- checks ----------
@@ -155,6 +187,7 @@ class LocalCluster:
             if not _which(tool):
                 raise NotFound(f"{tool}: command not found (needed by hpcrun cluster)",
                                f"install the {pkg} package")
+        self._auth = _auth_kind()
 
     def _subnet(self) -> str:
         """A /24 in 10.0.0.0/8 derived from the name, avoiding every subnet in use."""
@@ -230,7 +263,11 @@ class LocalCluster:
 
     def _keep_logs(self) -> None:
         logdir = os.path.join(self.dir, "log")
-        if os.path.isdir(logdir):
+        try:
+            nonempty = any(os.path.getsize(os.path.join(logdir, f)) for f in os.listdir(logdir))
+        except OSError:
+            nonempty = False
+        if nonempty:
             dst = self.failed_logs
             shutil.rmtree(dst, ignore_errors=True)
             try:
@@ -256,9 +293,23 @@ class LocalCluster:
             t = os.path.join(self.dir, "tmp", nm)
             os.makedirs(t, exist_ok=True)
             os.chmod(t, 0o1777)
+        auth = self._auth
+        launch = []
+        if auth == "munge":
+            mdir = os.path.join(self.dir, "munge")
+            os.makedirs(mdir, mode=0o755, exist_ok=True)
+            key = os.path.join(mdir, "munge.key")
+            proc.run([_which("mungekey"), "--create", "--force", "--keyfile", key],
+                     hint="install the munge package, or set HPCRUN_CLUSTER_AUTH=none")
+            os.chmod(key, 0o600)
+            launch.append({"what": "munged", "log": os.path.join(self.dir, "log", "start-munged.log"),
+                           "argv": [_which("munged"), f"--key-file={key}",
+                                    f"--socket={self.munge_socket}", f"--pid-file={mdir}/munged.pid",
+                                    f"--log-file={self.dir}/log/munged.log",
+                                    f"--seed-file={mdir}/munged.seed", "--num-threads=4"]})
         st = {"name": self.name, "subnet": net, "nodes": names, "addrs": addrs,
               "controller": self.ctl_host, "controller_addr": ctl_addr, "host_addr": host_addr,
-              "cpus": NODE_CPUS, "memory_mb": mem, "conf": self.conf_path,
+              "cpus": NODE_CPUS, "memory_mb": mem, "conf": self.conf_path, "auth": auth,
               "started": time.time()}
         self._write(self.state_path, json.dumps(st, indent=1) + "\n")
         self._write(self.conf_path, self._slurm_conf(st))
@@ -267,8 +318,8 @@ class LocalCluster:
             "".join(f"{a} {nm}\n" for a, nm in zip(addrs, names))
         self._write(os.path.join(self.dir, "hosts"), hosts)
         self._network(n, net)
-        launch = [self._launcher(self.ctl_ns, self.ctl_host,
-                                 [_which("slurmctld"), "-f", self.conf_path, "-i"])]
+        launch.append(self._launcher(self.ctl_ns, self.ctl_host,
+                                     [_which("slurmctld"), "-f", self.conf_path, "-i"]))
         for i, nm in enumerate(names, 1):
             launch.append(self._launcher(self.node_ns(i), nm,
                                          [_which("slurmd"), "-f", self.conf_path, "-N", nm]))
@@ -356,8 +407,10 @@ class LocalCluster:
             "# Written by 'hpcrun cluster up'; removed by 'hpcrun cluster down'.",
             f"ClusterName={self.name}",
             f"SlurmctldHost={st['controller']}({st['controller_addr']})",
-            "AuthType=auth/none",
-            "CredType=cred/none",
+            *(["AuthType=auth/munge", "CredType=cred/munge",
+               f"AuthInfo=socket={self.munge_socket}"] if st["auth"] == "munge" else
+              # Without munge any local user could claim any uid to this cluster.
+              ["AuthType=auth/none", "CredType=cred/none"]),
             "SlurmUser=root",
             "SlurmdUser=root",
             f"StateSaveLocation={d}/ctld",
@@ -475,6 +528,7 @@ class LocalCluster:
             "subnet": st["subnet"] + ".0/24",
             "cpus_per_node": st["cpus"],
             "memory_mb_per_node": st["memory_mb"],
+            "auth": st.get("auth", "none"),
             "partition": "debug",
             "nodes": {nm: {"addr": a, "state": states.get(nm, "unreachable")}
                       for nm, a in zip(st["nodes"], st["addrs"])},
