@@ -176,7 +176,10 @@ def job_from_json(j: Dict[str, Any]) -> JobInfo:
     user = j.get("user_name") or str(j.get("user_id", ""))
     nodes = j.get("nodes") or ""
     first = j.get("batch_host") or _first_node(nodes)
-    out = _expand(j.get("standard_output") or "", j, job_id, array_job, task, name, user, first)
+    default_out = ""
+    if j.get("batch_flag") and not j.get("standard_output"):
+        default_out = "slurm-%A_%a.out" if array_job else "slurm-%j.out"   # sbatch(1)
+    out = _expand(j.get("standard_output") or default_out, j, job_id, array_job, task, name, user, first)
     err = _expand(j.get("standard_error") or "", j, job_id, array_job, task, name, user, first)
     return JobInfo(
         id=ident, job_id=job_id, array_job_id=array_job, array_task=task, name=name,
@@ -246,7 +249,14 @@ class CliBackend:
                              "or run on a login node") from e
 
     def version(self) -> str:
-        cp = self._run(["sbatch", "--version"])
+        """The Slurm release of the client commands ("22.05.8"); they read the cluster's
+        configuration even for --version, so this fails where no cluster is configured."""
+        cp = self._run(["sbatch", "--version"], check=False)
+        if cp.returncode != 0 or not cp.stdout.strip():
+            msg = (cp.stderr or "").strip().splitlines()
+            raise SlurmError("Slurm's commands cannot reach a cluster: "
+                             + (msg[-1] if msg else f"exit status {cp.returncode}"),
+                             _NO_SLURM_HINT)
         return cp.stdout.strip().split()[-1]
 
     def _json(self, argv: List[str]) -> Dict[str, Any]:
@@ -274,9 +284,16 @@ class CliBackend:
             return (cp.stderr or "").strip()
         return out.split(";")[0].strip()
 
-    def query(self) -> List[JobInfo]:
-        """Every job the controller knows (squeue --json lists finished ones too)."""
-        d = self._json(["squeue", "--json"])
+    def query(self, ids: Sequence[str] = (), user: Optional[str] = None) -> List[JobInfo]:
+        """Jobs the controller knows, finished ones included. The filters narrow the
+        answer where squeue honours them with --json (22.05 ignores them and lists
+        every job), so callers filter the result again."""
+        argv = ["squeue", "--json", "--states=all"]
+        if ids:
+            argv.append("--jobs=" + ",".join(sorted({i.split("_")[0] for i in ids})))
+        if user:
+            argv.append("--user=" + user)
+        d = self._json(argv)
         return [job_from_json(j) for j in d.get("jobs", [])]
 
     def cancel(self, ids: Sequence[str], signal: Optional[str] = None) -> None:
@@ -396,9 +413,12 @@ def _safe_version(b: CliBackend) -> Optional[str]:
 def describe(env: Optional[Dict[str, str]] = None) -> str:
     """One line for `hpcrun check`: which backend and why."""
     b = CliBackend(env)
+    if proc.which("sbatch") is None:
+        return "slurm backend: none (Slurm's client commands are not installed)"
     v = _safe_version(b)
     ok, why = pyslurm_status(v)
     if v is None:
-        return "slurm backend: none (Slurm's client commands are not installed)"
+        return ("slurm backend: cli, but no cluster is configured (set SLURM_CONF, or "
+                "'hpcrun cluster up'); " + why)
     pys = (f"{why}, but hpcrun does not drive pyslurm yet" if ok else why)
     return f"slurm backend: cli (sbatch/squeue --json/scancel, Slurm {v}); {pys}"

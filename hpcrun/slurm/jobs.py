@@ -321,7 +321,7 @@ def lookup(ids: Sequence[str], be: Optional[CliBackend] = None,
     for i in ids:
         _check_id(i)
     be = be or _backend.get()
-    infos = be.query() if infos is None else infos
+    infos = be.query(ids) if infos is None else infos
     out: List[JobInfo] = []
     for want in ids:
         found = [j for j in infos if _matches(j, want)]
@@ -376,7 +376,8 @@ def user_jobs(be: Optional[CliBackend] = None, all_users: bool = False) -> List[
     import getpass
     be = be or _backend.get()
     me = getpass.getuser()
-    infos = [j for j in be.query() if all_users or j.user == me]
+    infos = [j for j in be.query(user=None if all_users else me)
+             if all_users or j.user == me]
     _remember(infos)
     return sorted(infos, key=lambda j: (j.array_job_id or j.job_id, j.id))
 
