@@ -39,7 +39,10 @@ def _parser(sub: str) -> argparse.ArgumentParser:
 
 
 def main(verb: str, argv: list[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help", "help"):
+    if not argv:
+        sys.stderr.write(USAGE)
+        return 2
+    if argv[0] in ("-h", "--help", "help"):
         sys.stdout.write(USAGE)
         return 0
     sub, rest = argv[0], argv[1:]

@@ -153,15 +153,19 @@ class LocalCluster:
         for ns in [self.ctl_ns] + [self.node_ns(i) for i in range(1, len(st["nodes"]) + 1)]:
             if not os.path.exists(f"/run/netns/{ns}"):
                 return False
-        pids = _pids_in_netns([self.ctl_ns] + [self.node_ns(i) for i in range(1, len(st["nodes"]) + 1)])
-        comms = {}
-        for pid, ns in pids:
-            comms.setdefault(ns, set()).add(_comm(pid))
-        if "slurmctld" not in comms.get(self.ctl_ns, ()):
+        # By command line, which any user may read (/proc/PID/ns/* needs privilege).
+        ctl, nodes = False, set()
+        for pid in _all_pids():
+            argv = _cmdline(pid)
+            if self.conf_path not in argv or (_stat(pid) or ("Z",))[0] == "Z":
+                continue
+            prog = os.path.basename(argv[0])
+            if prog == "slurmctld":
+                ctl = True
+            elif prog == "slurmd" and "-N" in argv:
+                nodes.add(argv[argv.index("-N") + 1])
+        if not ctl or nodes != set(st["nodes"]):
             return False
-        for i in range(1, len(st["nodes"]) + 1):
-            if "slurmd" not in comms.get(self.node_ns(i), ()):
-                return False
         if st.get("auth") == "munge":
             try:
                 with open(os.path.join(self.dir, "munge", "munged.pid")) as f:
@@ -521,7 +525,9 @@ class LocalCluster:
         states = self._sinfo()
         return {
             "name": self.name,
-            "running": bool(states) and all(s.rstrip("*~#") not in ("down", "unknown") for s in states.values()),
+            # Daemons checked directly too: Slurm notices a dead slurmd only after SlurmdTimeout.
+            "running": self._alive(st) and set(states) == set(st["nodes"])
+            and all(_healthy(s) for s in states.values()),
             "conf": self.conf_path,
             "controller": st["controller"],
             "controller_addr": st["controller_addr"],
@@ -624,6 +630,15 @@ class _lock:
         os.close(self.fd)  # releases the lock
 
 
+def _healthy(state: str) -> bool:
+    """A sinfo node state (%T) of a node that answers and can run jobs.
+
+    A trailing "*" means "not responding"; "~" powered off, "#" powering up."""
+    if state.endswith(("*", "~", "#", "!", "%")):
+        return False
+    return state.split("+")[0] in ("idle", "mixed", "allocated", "completing", "planned")
+
+
 def _last_line(path: str) -> str:
     try:
         with open(path, errors="replace") as f:
@@ -631,6 +646,14 @@ def _last_line(path: str) -> str:
     except OSError:
         return ""
     return lines[-1] if lines else ""
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().decode(errors="replace").rstrip("\0").split("\0")
+    except OSError:
+        return [""]
 
 
 def _comm(pid: int) -> str:
