@@ -269,6 +269,14 @@ def test_up_without_root_says_what_is_missing(user):
     assert not os.path.exists(f"{BASE}/nr0")
 
 
+def test_down_without_root_is_refused(cluster2, user):
+    cp = util.hpcrun(user, "cluster", "down", "--name", cluster2)
+    assert cp.returncode == 1
+    assert cp.stderr.splitlines()[0] == "hpcrun: error: hpcrun cluster down needs root"
+    assert _sinfo(user, f"{BASE}/{cluster2}/slurm.conf") == {
+        f"{cluster2}-n1": "idle", f"{cluster2}-n2": "idle"}
+
+
 def test_up_where_network_namespaces_cannot_be_made_says_so():
     """Root inside a user namespace: euid 0, but no right to create named netns on the
     host. This is the situation of an unprivileged container."""
