@@ -294,8 +294,9 @@ class FaultProxy:
     """A plain-HTTP proxy to a registry that counts requests and injects failures.
 
     ``behave(method, path, n)`` -> None (forward), "500", "truncate" (send half the
-    body, then drop the connection), "wrong" (same length, other bytes); n counts
-    requests to that path so far (1-based).
+    body, then drop the connection), "wrong" (same length, other bytes), or a number
+    (wait that many seconds, then forward); n counts requests to that path so far
+    (1-based).
     """
 
     def __init__(self, upstream: RegistryServer, behave=None):
@@ -321,6 +322,9 @@ class FaultProxy:
                         outer.seen.get((self.command, path.split("?")[0]), 0) + 1
                     outer.lines.append(f"{self.command} {path} {self.headers.get('Range', '')}")
                 what = outer.behave(self.command, path, n)
+                if isinstance(what, (int, float)):
+                    time.sleep(what)      # "slow": answer after this many seconds
+                    what = None
                 if what == "500":
                     body = b'{"errors":[{"code":"UNKNOWN","message":"injected failure"}]}'
                     self.send_response(500)
@@ -365,6 +369,11 @@ class FaultProxy:
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
+
+    def lines_for(self, part: str) -> list[str]:
+        """The request lines ("METHOD PATH RANGE") that contain `part`."""
+        with self.lock:
+            return [ln.strip() for ln in self.lines if part in ln]
 
     def count(self, method: str, part: str) -> int:
         with self.lock:
