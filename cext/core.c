@@ -457,6 +457,21 @@ static int user_file(struct ctx *c, const char *lower, const struct hpcrun_mount
     return 0;
 }
 
+/* Does dst lie under the destination of a tmpfs mount listed before index i? Mount
+ * points there are made in that tmpfs when it is mounted, not in the skeleton. */
+static int under_tmpfs(const struct hpcrun_spec *s, int i)
+{
+    const char *dst = s->mounts[i].dst;
+    for (int j = 0; j < i; j++) {
+        const struct hpcrun_mount *m = &s->mounts[j];
+        size_t n = strlen(m->dst);
+        if ((m->flags & HPCRUN_M_TMPFS) && !strncmp(dst, m->dst, n) &&
+            (dst[n] == '/' || (n == 1 && m->dst[0] == '/')))
+            return 1;
+    }
+    return 0;
+}
+
 static int do_mounts(struct ctx *c, const struct hpcrun_spec *s, const char *lower)
 {
     char dst[PATH_MAX], src[PATH_MAX];
@@ -489,6 +504,15 @@ static int do_mounts(struct ctx *c, const struct hpcrun_spec *s, const char *low
         }
         if ((m->flags & HPCRUN_M_OPTIONAL) && access(src, F_OK))
             continue;
+        if (under_tmpfs(s, i) && access(dst, F_OK)) {
+            int is_file = (m->flags & (HPCRUN_M_FILE | HPCRUN_M_CONTENT)) != 0;
+            char *slash = strrchr(dst, '/');
+            *slash = '\0';
+            int r = mkdir_p(dst, 0755);
+            *slash = '/';
+            if (r || (is_file ? create_file(dst, "", 0, 0644) : mkdir(dst, 0755)))
+                return fail(c, "can't create mount point %s", m->dst);
+        }
         if (mount(src, dst, NULL, MS_BIND | MS_REC, NULL)) {
             if (m->flags & HPCRUN_M_CONTENT)
                 return fail(c, "can't bind a synthesized file to %s", m->dst);
@@ -544,7 +568,7 @@ static int setup_fs(struct ctx *c, const struct hpcrun_spec *s)
             if (access(p, F_OK))
                 continue;
         }
-        if (have_mountpoint(lower, m->dst, is_file))
+        if (under_tmpfs(s, i) || have_mountpoint(lower, m->dst, is_file))
             continue;
         if (skeleton_add(c, m->dst, is_file))
             return -1;

@@ -1,0 +1,93 @@
+"""hpcrun run: exit statuses (the command's, 126, 127, 128+N) and signal delivery."""
+from __future__ import annotations
+
+import signal
+import subprocess
+
+import pytest
+
+import util
+from fixtures_runtime import run
+
+pytestmark = [pytest.mark.userns, pytest.mark.root]
+
+PIDS = ["host", "private"]
+
+
+@pytest.mark.parametrize("pid", PIDS)
+def test_exit_0(user, rt_image, pid):
+    assert run(user, f"--pid={pid}", rt_image, "true").returncode == 0
+
+
+@pytest.mark.parametrize("pid", PIDS)
+def test_exit_42(user, rt_image, pid):
+    assert run(user, f"--pid={pid}", rt_image, "sh", "-c", "exit 42").returncode == 42
+
+
+@pytest.mark.parametrize("pid", PIDS)
+def test_not_executable_is_126(user, rt_image, pid):
+    cp = run(user, f"--pid={pid}", rt_image, "/etc/passwd")
+    assert cp.returncode == 126
+    assert cp.stderr.splitlines()[0] == "hpcrun: error: can't execute /etc/passwd: Permission denied"
+
+
+@pytest.mark.parametrize("pid", PIDS)
+def test_not_found_is_127(user, rt_image, pid):
+    cp = run(user, f"--pid={pid}", rt_image, "no-such-command")
+    assert cp.returncode == 127
+    assert cp.stderr.splitlines()[0] == \
+        "hpcrun: error: command not found in the container: no-such-command"
+
+
+@pytest.mark.parametrize("pid", PIDS)
+def test_killed_by_signal_is_128_plus_n(user, rt_image, pid):
+    # As a job script sees it ($?): with default options hpcrun *is* the command, so the
+    # process itself dies of the signal; with a monitor, it exits 128+N.
+    cp = util.as_user(user, ["sh", "-c", f"{util.HPCRUN} run --pid={pid} {rt_image} "
+                                         "sh -c 'kill -KILL $$'; echo $?"])
+    assert cp.stdout.strip() == "137"
+
+
+def _start(user, *args):
+    p = subprocess.Popen([util.HPCRUN, "run", *args], user=user.uid, group=user.gid,
+                         extra_groups=[], env=util.user_env(user), cwd="/",
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "ready", p.stderr.read()
+    return p
+
+
+@pytest.mark.parametrize("pid", PIDS)
+@pytest.mark.parametrize("sig", ["TERM", "INT", "HUP", "USR1", "USR2"])
+def test_signal_reaches_the_command(user, rt_image, pid, sig):
+    p = _start(user, f"--pid={pid}", rt_image, "sh", "-c",
+               f"trap 'echo got; exit 7' {sig}; echo ready; while :; do sleep 0.1; done")
+    p.send_signal(getattr(signal, "SIG" + sig))
+    rest, err = p.communicate(timeout=30)
+    assert (p.returncode, rest.strip()) == (7, "got"), err
+
+
+def test_default_runs_no_launcher_process(user, rt_image):
+    # With default options the command replaces the launcher: the pid we started is
+    # the command itself (no Python stays resident).
+    p = _start(user, rt_image, "sh", "-c", "echo ready; sleep 30")
+    try:
+        with open(f"/proc/{p.pid}/cmdline", "rb") as f:
+            assert f.read().split(b"\0")[0] == b"sh"
+    finally:
+        p.kill()
+        p.communicate()
+
+
+def test_sigkill_of_monitor_ends_the_container(user, rt_image):
+    import os
+    import time
+    token = f"hpcrun-rt-orphan-{os.getpid()}"
+    p = _start(user, "--pid=private", rt_image, "sh", "-c", f"echo ready; sleep 300; : {token}")
+    p.kill()
+    p.communicate()
+    from fixtures_runtime import processes_with
+    for _ in range(100):           # bounded wait for the kernel to tear the pid ns down
+        if not processes_with(token):
+            break
+        time.sleep(0.05)
+    assert processes_with(token) == []
