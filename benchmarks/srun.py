@@ -66,6 +66,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--keep", action="store_true", help="leave the cluster running")
+    ap.add_argument("--tasks", type=int, default=TASKS, help=f"srun -n (default {TASKS})")
     a = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("benchmarks/srun.py: run as root (it starts a local cluster)")
@@ -91,7 +92,8 @@ def main() -> int:
         env = {"HOME": pw.pw_dir, "USER": USER, "LOGNAME": USER, "LANG": "C.UTF-8",
                "PATH": f"{VENV_BIN}:/usr/local/bin:/usr/bin:/bin",
                "HPCRUN_NODE_CACHE": cache, **cluster.env()}
-        srun = ["srun", f"-N{NODES}", f"-n{TASKS}"]
+        tasks = a.tasks
+        srun = ["srun", f"-N{NODES}", f"-n{tasks}"]
         variants = {
             "bare": srun + ["true"],
             "hpcrun": srun + [HPCRUN, "task", sqfs, "--", "true"],
@@ -128,7 +130,8 @@ def main() -> int:
                     sys.exit(f"{name} failed in round {r}: {cp.stderr.strip()}")
                 times[name].append(dt)
 
-        print(f"\nsrun -N{NODES} -n{TASKS}, as {USER}, {a.rounds} interleaved rounds, medians:")
+        print(f"\nsrun -N{NODES} -n{tasks}, as {USER}, {a.rounds} interleaved rounds, medians "
+              f"(this host has {os.cpu_count()} CPUs for {tasks} tasks):")
         base = statistics.median(times["bare"]) if "bare" in times else None
         for name in variants:
             if name in broken:
@@ -147,7 +150,7 @@ def main() -> int:
         if "hpcrun" in times:
             runs = 1 + a.rounds
             print(f"\nimage preparations per node ({runs} hpcrun steps, "
-                  f"{TASKS // NODES} tasks per node per step = {runs * TASKS // NODES} tasks per node):")
+                  f"{tasks // NODES} tasks per node per step = {runs * tasks // NODES} tasks per node):")
             total = 0
             for node in cluster.node_names:
                 try:
