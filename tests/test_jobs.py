@@ -96,6 +96,24 @@ def _job_pids(jid: str) -> list:
     return out
 
 
+def _started(jid: str, timeout: float = 60) -> None:
+    """Wait until the job's containers run (so 'none left' below means something)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if any(_comm(p) == "sleep" for p in _job_pids(jid)):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no 'sleep' process of job {jid} appeared")
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
 def _no_job_pids(jid: str, timeout: float = 30) -> list:
     end = time.monotonic() + timeout
     pids = _job_pids(jid)
@@ -202,6 +220,7 @@ steps:
 def test_cancel_leaves_no_process_on_any_node(jobs, containers):
     [jid] = jobs.submit("image: IMAGE\ncommand: sleep 600\nresources: {nodes: 2, ntasks: 4}\n")
     jobs.running(jid)
+    _started(jid)
     assert jobs.hpcrun("cancel", jid).returncode == 0
     cp = jobs.wait(jid)
     assert (cp.returncode, jobs.status(jid)[0]["state"]) == (143, "CANCELLED")
@@ -211,6 +230,7 @@ def test_cancel_leaves_no_process_on_any_node(jobs, containers):
 def test_time_limit_kills_job_with_timeout_state(jobs, containers):
     [jid] = jobs.submit("image: IMAGE\ncommand: sleep 600\n"
                         "resources: {nodes: 2, time: 1}\n")
+    _started(jid)
     cp = jobs.wait(jid, timeout=180)
     assert (cp.returncode, jobs.status(jid)[0]["state"]) == (124, "TIMEOUT")
     assert _no_job_pids(jid) == []
