@@ -46,4 +46,12 @@ struct hpcrun_spec {
 int hpcrun_enter(const struct hpcrun_spec *spec, char *err, size_t errlen, int *code);
 int hpcrun_join(int pid, char *const *argv, char *const *envp, const char *workdir,
                 char *err, size_t errlen, int *code);
+#define HPCRUN_PROBE_USERNS 1
+#define HPCRUN_PROBE_MOUNT 2
+#define HPCRUN_PROBE_OVERLAY 3
+#define HPCRUN_PROBE_FUSE 4
+#define HPCRUN_PROBE_PID 5
+#define HPCRUN_PROBE_NET 6
+int hpcrun_probe(int what, char *err, size_t errlen);
+
 const char *hpcrun_core_version(void);

@@ -981,4 +981,86 @@ int hpcrun_join(int pid, char *const *argv, char *const *envp, const char *workd
     return status;
 }
 
+/* ---------------------------------------------------------------- probes */
+
+/* One probe in a forked child (the caller's namespaces never change). */
+static int probe_child(struct ctx *c, int what)
+{
+    unsigned int ouid = geteuid(), ogid = getegid();
+    char opts[256];
+    if (unshare(CLONE_NEWUSER))
+        return fail(c, "can't create a user namespace");
+    if (write_maps(c, "/proc/self", ouid, ogid, ouid, ogid))
+        return -1;
+    if (what == HPCRUN_PROBE_USERNS)
+        return 0;
+    if (unshare(CLONE_NEWNS | (what == HPCRUN_PROBE_NET ? CLONE_NEWNET : 0)))
+        return fail(c, "can't create a mount namespace");
+    if (what == HPCRUN_PROBE_NET)
+        return net_lo_up(c);
+    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL))
+        return fail(c, "can't make / private");
+    if (mount("probe", BASE, "tmpfs", 0, NULL))
+        return fail(c, "can't mount tmpfs in a user namespace");
+    if (what == HPCRUN_PROBE_MOUNT)
+        return 0;
+    if (what == HPCRUN_PROBE_OVERLAY) {
+        if (mkdir(BASE "/l", 0755) || mkdir(BASE "/u", 0755) || mkdir(BASE "/w", 0755) ||
+            mkdir(BASE "/m", 0755))
+            return fail(c, "can't create directories");
+        if (mount("overlay", BASE "/m", "overlay", 0,
+                  "lowerdir=" BASE "/l,upperdir=" BASE "/u,workdir=" BASE "/w"))
+            return fail(c, "can't mount overlayfs in a user namespace");
+        return 0;
+    }
+    if (what == HPCRUN_PROBE_FUSE) {
+        int fd = open("/dev/fuse", O_RDWR | O_CLOEXEC);
+        if (fd < 0)
+            return fail(c, "can't open /dev/fuse");
+        snprintf(opts, sizeof opts, "fd=%d,rootmode=40000,user_id=%u,group_id=%u", fd, ouid, ogid);
+        if (mount("probe", BASE, "fuse.probe", MS_NOSUID | MS_NODEV, opts))
+            return fail(c, "can't mount FUSE in a user namespace");
+        return 0;
+    }
+    if (what == HPCRUN_PROBE_PID) {
+        pid_t p = (pid_t)syscall(SYS_clone, SIGCHLD | CLONE_NEWPID, NULL, NULL, NULL, NULL);
+        if (p < 0)
+            return fail(c, "can't create a pid namespace");
+        if (p == 0)
+            _exit(mount("proc", BASE, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) ? 1 : 0);
+        int st;
+        if (waitpid(p, &st, 0) < 0 || !WIFEXITED(st) || WEXITSTATUS(st)) {
+            errno = EPERM;
+            return fail(c, "can't mount proc in a new pid namespace");
+        }
+        return 0;
+    }
+    errno = EINVAL;
+    return fail(c, "unknown probe %d", what);
+}
+
+int hpcrun_probe(int what, char *err, size_t errlen)
+{
+    int code;
+    struct ctx c = {err, errlen, &code, -1, -1, -1, 0};
+    int rep[2];
+    if (errlen) err[0] = '\0';
+    if (pipe2(rep, O_CLOEXEC))
+        return fail(&c, "can't create pipe");
+    pid_t pid = fork();
+    if (pid < 0)
+        return fail(&c, "can't fork");
+    if (pid == 0) {
+        close(rep[0]);
+        if (probe_child(&c, what))
+            report_and_exit(&c, rep[1]);
+        _exit(0);
+    }
+    close(rep[1]);
+    int r = read_report(&c, rep[0]);
+    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+        ;
+    return r;
+}
+
 const char *hpcrun_core_version(void) { return "0.2.0"; }

@@ -66,6 +66,16 @@ int hpcrun_enter(const struct hpcrun_spec *spec, char *err, size_t errlen, int *
 int hpcrun_join(int pid, char *const *argv, char *const *envp, const char *workdir,
                 char *err, size_t errlen, int *code);
 
+/* hpcrun_probe: what `hpcrun check` asks the kernel, each in a forked child. */
+#define HPCRUN_PROBE_USERNS 1
+#define HPCRUN_PROBE_MOUNT 2
+#define HPCRUN_PROBE_OVERLAY 3
+#define HPCRUN_PROBE_FUSE 4
+#define HPCRUN_PROBE_PID 5
+#define HPCRUN_PROBE_NET 6
+/* 0 if it works; -1 with errno and err filled otherwise. */
+int hpcrun_probe(int what, char *err, size_t errlen);
+
 const char *hpcrun_core_version(void);
 
 #endif

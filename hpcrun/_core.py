@@ -119,3 +119,16 @@ def join(pid: int, argv, env, workdir: str = "/") -> int:
 
 def version() -> str:
     return ffi.string(lib.hpcrun_core_version()).decode()
+
+
+PROBES = {"userns": lib.HPCRUN_PROBE_USERNS, "mount": lib.HPCRUN_PROBE_MOUNT,
+          "overlay": lib.HPCRUN_PROBE_OVERLAY, "fuse": lib.HPCRUN_PROBE_FUSE,
+          "pid": lib.HPCRUN_PROBE_PID, "net": lib.HPCRUN_PROBE_NET}
+
+
+def probe(what: str):
+    """Ask the kernel whether a container step works here (in a forked child):
+    (True, "") or (False, "can't ...: reason")."""
+    err = ffi.new("char[]", ERRLEN)
+    r = lib.hpcrun_probe(PROBES[what], err, ERRLEN)
+    return r == 0, ffi.string(err).decode("utf-8", "replace")

@@ -1,0 +1,167 @@
+"""`hpcrun check [--format text|json]`: what this host lets an unprivileged user do,
+and what to ask the admin for when something is missing.
+
+Each kernel probe runs in a forked child through the C core (hpcrun_probe), so the
+answers are the same steps `hpcrun run` takes, not guesses from config files.
+Exit status: 0 when containers can run here (user namespaces work), 1 otherwise.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from hpcrun.errors import UsageError
+
+USAGE = "usage: hpcrun check [--format text|json]\n"
+
+
+def _read(path: str):
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _which(name: str):
+    from shutil import which
+    return which(name)
+
+
+def _userns(results):
+    from hpcrun import _core
+    maxns = _read("/proc/sys/user/max_user_namespaces")
+    ok, why = _core.probe("userns")
+    detail = f"max_user_namespaces={maxns}" if maxns is not None else ""
+    ask = None
+    if not ok:
+        ask = ("enable unprivileged user namespaces: sysctl user.max_user_namespaces=15000"
+               + (" (it is 0 now)" if maxns == "0" else "")
+               + "; on Debian/Ubuntu also kernel.unprivileged_userns_clone=1"
+               + " or an AppArmor profile allowing userns")
+        detail = why
+    results.append(("user namespaces", ok, detail, ask, True))
+    return ok
+
+
+def _kernel(results, userns_ok):
+    from hpcrun import _core
+    rows = (
+        ("mount namespace + tmpfs", "mount", True,
+         "allow mounts in user namespaces (a kernel >= 3.8 with user namespaces)"),
+        ("overlayfs in user namespace", "overlay", True,
+         "a kernel >= 5.11 (overlayfs in user namespaces); needed for missing mount points "
+         "and --writable-tmpfs"),
+        ("pid namespace + /proc", "pid", False, "needed for --pid=private"),
+        ("network namespace", "net", False, "needed for --network none"),
+    )
+    for label, what, essential, ask in rows:
+        if not userns_ok:
+            results.append((label, False, "needs user namespaces", None, essential))
+            continue
+        ok, why = _core.probe(what)
+        results.append((label, ok, "" if ok else why, None if ok else ask, essential))
+
+
+def _fuse(results, userns_ok):
+    from hpcrun import _core
+    sqf = _which("squashfuse")
+    access = os.access("/dev/fuse", os.R_OK | os.W_OK)
+    if not os.path.exists("/dev/fuse"):
+        ok, detail = False, "/dev/fuse does not exist"
+    elif not access:
+        ok, detail = False, "/dev/fuse is not readable and writable by you"
+    elif not userns_ok:
+        ok, detail = False, "needs user namespaces"
+    else:
+        ok, detail = _core.probe("fuse")
+    results.append(("FUSE in user namespace", ok, detail if not ok else "/dev/fuse",
+                    None if ok else "let users open /dev/fuse (mode 0666, the default of the "
+                    "fuse package); until then use 'hpcrun run --unpack' for squashfs images",
+                    False))
+    results.append(("squashfuse", bool(sqf), sqf or "not found",
+                    None if sqf else "install squashfuse (with libfuse3 >= 3.3)", False))
+    uns = _which("unsquashfs")
+    results.append(("unsquashfs (--unpack)", bool(uns), uns or "not found",
+                    None if uns else "install squashfs-tools", False))
+
+
+def _cgroups(results):
+    own = _read("/proc/self/cgroup") or ""
+    if os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+        path = next((l[3:] for l in own.splitlines() if l.startswith("0::")), "/")
+        d = os.path.join("/sys/fs/cgroup", path.lstrip("/"))
+        ctrl = _read(os.path.join(d, "cgroup.controllers")) or ""
+        ok = os.access(d, os.W_OK) and os.access(os.path.join(d, "cgroup.procs"), os.W_OK)
+        detail = f"v2 {d} ({ctrl or 'no controllers'})" + ("" if ok else ": not writable")
+    else:
+        path = next((l.split(":", 2)[2] for l in own.splitlines() if ":memory:" in l), "/")
+        d = os.path.join("/sys/fs/cgroup/memory", path.lstrip("/"))
+        ok = os.path.isdir(d) and os.access(d, os.W_OK)
+        detail = f"v1 {d}" + ("" if ok else ": not writable (cgroup v1 is not delegated)")
+    results.append(("cgroup delegation", ok, detail,
+                    None if ok else "delegate a cgroup v2 subtree to users (systemd "
+                    "Delegate=yes, or Slurm's cgroup plugin); only needed for CPU/memory "
+                    "limits inside hpcrun", False))
+
+
+def _slurm_line() -> str:
+    sbatch = _which("sbatch")
+    try:
+        import importlib.util
+        has_pyslurm = importlib.util.find_spec("pyslurm") is not None
+    except (ImportError, ValueError):
+        has_pyslurm = False
+    if has_pyslurm:
+        return "slurm backend: pyslurm (importable)" + (" and cli (sbatch found)" if sbatch else "")
+    if sbatch:
+        return "slurm backend: cli (sbatch found)"
+    return "slurm backend: none (sbatch not found)"
+
+
+def collect() -> list:
+    results: list = []
+    ok = _userns(results)
+    _kernel(results, ok)
+    _fuse(results, ok)
+    _cgroups(results)
+    return results
+
+
+def main(verb: str, argv: list) -> int:
+    fmt = "text"
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a in ("-h", "--help"):
+            sys.stdout.write(USAGE)
+            return 0
+        if a.startswith("--format="):
+            fmt = a.split("=", 1)[1]
+        elif a == "--format" and i + 1 < len(argv):
+            fmt = argv[i + 1]
+            i += 1
+        else:
+            raise UsageError(f"unknown argument {a!r} for check", USAGE.strip())
+        i += 1
+    if fmt not in ("text", "json"):
+        raise UsageError(f"unknown --format value {fmt!r}", "use --format text or --format json")
+    results = collect()
+    slurm = _slurm_line()
+    can_run = all(ok for _, ok, _, _, essential in results if essential)
+    if fmt == "json":
+        import json
+        doc = {"can_run": can_run, "slurm_backend": slurm.split(": ", 1)[1],
+               "checks": [{"name": n, "ok": ok, "detail": d, "ask_admin": a,
+                           "essential": e} for n, ok, d, a, e in results]}
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    else:
+        w = max(len(n) for n, *_ in results)
+        for n, ok, d, a, _ in results:
+            sys.stdout.write(f"{n:<{w}}  {'works' if ok else 'no':<5}  {d}\n")
+            if a:
+                sys.stdout.write(f"{'':<{w}}  {'':<5}  ask the admin: {a}\n")
+        sys.stdout.write(slurm + "\n")
+        sys.stdout.write("containers can run here\n" if can_run else
+                         "containers cannot run here: see 'ask the admin' above\n")
+    return 0 if can_run else 1

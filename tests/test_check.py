@@ -1,0 +1,67 @@
+"""hpcrun check: real probes as the unprivileged user."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import util
+
+pytestmark = [pytest.mark.userns, pytest.mark.root]
+
+
+def check(user, *args):
+    return util.hpcrun(user, "check", *args)
+
+
+def doc(user):
+    cp = check(user, "--format", "json")
+    return cp, json.loads(cp.stdout)
+
+
+def by_name(d):
+    return {c["name"]: c for c in d["checks"]}
+
+
+def test_user_namespaces_work(user, rt_userns):
+    cp, d = doc(user)
+    assert (cp.returncode, d["can_run"]) == (0, True)
+    assert by_name(d)["user namespaces"]["ok"] is True
+
+
+def test_overlay_in_userns_reported(user, rt_userns):
+    _, d = doc(user)
+    assert by_name(d)["overlayfs in user namespace"]["ok"] is True
+
+
+def test_fuse_closed_says_what_to_ask(user, rt_userns, rt_fuse_closed):
+    _, d = doc(user)
+    fuse = by_name(d)["FUSE in user namespace"]
+    assert fuse["ok"] is False
+    assert "/dev/fuse" in fuse["ask_admin"] and "--unpack" in fuse["ask_admin"]
+
+
+def test_fuse_open_works(user, rt_userns, rt_fuse_open):
+    _, d = doc(user)
+    assert by_name(d)["FUSE in user namespace"]["ok"] is True
+
+
+def test_text_output_names_each_check(user, rt_userns):
+    cp = check(user)
+    assert cp.returncode == 0
+    first = [l.split("  ")[0] for l in cp.stdout.splitlines()]
+    for name in ("user namespaces", "overlayfs in user namespace", "FUSE in user namespace",
+                 "squashfuse", "cgroup delegation"):
+        assert name in first
+
+
+def test_slurm_backend_line(user, rt_userns):
+    import shutil
+    util.require(shutil.which("sbatch") is not None, "slurm is not installed")
+    assert "slurm backend: cli (sbatch found)" in check(user).stdout.splitlines()
+
+
+def test_bad_format(user):
+    cp = check(user, "--format", "xml")
+    assert cp.returncode == 2
+    assert cp.stderr.splitlines()[0] == "hpcrun: error: unknown --format value 'xml'"
