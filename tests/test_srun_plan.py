@@ -88,3 +88,21 @@ def test_container_env_names(user, busybox_rootfs):
                  "--", "true")
     _, task = _task_part(argv)
     assert task[:4] == ["-e", "FOO", "-e", "BAR"]
+
+
+def test_no_container_mount_home(user, busybox_rootfs):
+    argv = _plan(user, f"--container-image={busybox_rootfs}", "--no-container-mount-home",
+                 "--", "true")
+    assert _task_part(argv)[1][0] == "--no-home"
+
+
+def test_home_mount_off_from_environment(user, busybox_rootfs):
+    argv = _plan(user, f"--container-image={busybox_rootfs}", "--", "true",
+                 env={"PYXIS_CONTAINER_MOUNT_HOME": "0"})
+    assert _task_part(argv)[1][0] == "--no-home"
+
+
+def test_container_remap_root(user, busybox_rootfs):
+    argv = _plan(user, f"--container-image={busybox_rootfs}", "--container-remap-root",
+                 "--", "true")
+    assert _task_part(argv)[1][0] == "--fakeroot"

@@ -54,14 +54,20 @@ def main(verb: str, argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         (sys.stdout if argv else sys.stderr).write(USAGE)
         return 0 if argv else 125
-    i = image_index(argv)
-    if i < 0:
+    if image_index(argv) < 0:
         raise UsageError("no IMAGE given",
                          "usage: hpcrun task [RUN OPTIONS] IMAGE -- COMMAND [ARG...]")
     from hpcrun.slurm import prepare
-    argv = list(argv)
-    argv[i] = prepare.prepare(argv[i])
     # Slurm's PMIx directories (MPI steps only), as options before the user's own.
-    argv[:0] = prepare.slurm_binds()
+    argv = prepare.slurm_binds() + list(argv)
     from hpcrun.cli import run
-    return run.main("run", argv)
+    from hpcrun.runtime import image as img
+    from hpcrun.runtime import launch
+    opts = run.parse(argv)
+    image = img.resolve(opts.image)
+    if image.kind == "squashfs":
+        # Once per node: the first task unpacks, the others wait for it and reuse it.
+        root = prepare.unpack_once(image.path)
+        image = img.Image(path=root, kind="dir", name=image.name,
+                          config=image.config if image.config else img.dir_config(root))
+    return launch.run(launch.plan(opts, image))

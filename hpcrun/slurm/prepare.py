@@ -15,13 +15,14 @@ node-local storage, never a shared filesystem)::
 
 ``<node>`` is Slurm's node name (``SLURMD_NODENAME``) or the host name: on a real
 cluster it is redundant, on the one-machine local cluster (whose nodes share a
-filesystem) it keeps each node's cache apart. ``<key>`` hashes the image's path and
-identity (device, inode, size, mtime), so a replaced file is prepared again while the
-hot path never reads the image's contents.
+filesystem) it keeps each node's cache apart. ``<key>`` is the image file's identity
+(device, inode, size, mtime), so a replaced file is prepared again while the hot path
+never reads the image's contents.
 
-A directory image needs nothing; a store name or registry reference is passed through
-to ``hpcrun run``, which resolves it itself. This module is on the per-task hot path:
-it imports only os and fcntl at module level.
+A directory image needs nothing. ``hpcrun task`` resolves an image name through the
+runtime (hpcrun.runtime.image.resolve) and gives a squashfs file, named or not, to
+unpack_once(). This module is on the per-task hot path: it imports only os and fcntl
+at module level.
 """
 from __future__ import annotations
 
@@ -61,10 +62,9 @@ def looks_like_path(image: str) -> bool:
             or image.endswith((".sqfs", ".squashfs", ".squash")))
 
 
-def _key(path: str, st: os.stat_result) -> str:
-    import hashlib
-    ident = f"{path}\0{st.st_dev}\0{st.st_ino}\0{st.st_size}\0{st.st_mtime_ns}"
-    return "sq-" + hashlib.sha256(ident.encode()).hexdigest()[:20]
+def _key(st: os.stat_result) -> str:
+    # The file's identity, no hashing (hashlib costs milliseconds to import per task).
+    return f"sq-{st.st_dev:x}-{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}"
 
 
 def prepare(image: str) -> str:
@@ -91,12 +91,16 @@ def prepare(image: str) -> str:
     if not is_squashfs(path):
         raise ImageError(f"image {image!r} is neither a directory nor a squashfs file",
                          "convert it with 'hpcrun convert' or give a rootfs directory")
-    return _unpack_once(path, st)
+    return unpack_once(path, st)
 
 
-def _unpack_once(path: str, st: os.stat_result) -> str:
+def unpack_once(path: str, st: os.stat_result | None = None) -> str:
+    """The unpacked copy of squashfs file `path` on this node, made by the first caller
+    (under an flock; the others wait here) and logged in prepare.log."""
+    if st is None:
+        st = os.stat(path)
     root = cache_root()
-    key = _key(path, st)
+    key = _key(st)
     dest = os.path.join(root, key)
     if os.path.isdir(dest):             # fast path: another task (or job) prepared it
         return dest

@@ -34,7 +34,7 @@ Container options (pyxis names; each also read from PYXIS_CONTAINER_<NAME> when 
                                 environment, over the image's
   --container-writable          writable root filesystem (a tmpfs overlay; discarded)
   --container-readonly          read-only root filesystem (the default)
-  --[no-]container-mount-home   [do not] bind-mount $HOME (default: not mounted)
+  --[no-]container-mount-home   [do not] bind-mount $HOME (default: mounted)
   --[no-]container-remap-root   [do not] appear as root inside (default: your uid)
   --container-scratch           per-task scratch directory (hpcrun run --scratch)
 
@@ -283,10 +283,8 @@ def plan(argv: list, environ: Optional[Mapping[str, str]] = None,
     run: list = []
     if "container-mounts" in container:
         run += _mounts(str(container["container-mounts"]), cwd)
-    if container.get("container-mount-home") and not container.get("no-container-mount-home"):
-        home = environ.get("HOME")
-        if home and os.path.isdir(home):
-            run += ["-v", f"{home}:{home}"]
+    if container.get("no-container-mount-home") and not container.get("container-mount-home"):
+        run.append("--no-home")           # hpcrun run binds $HOME unless told not to
     if "container-workdir" in container:
         wd = str(container["container-workdir"])
         if not wd.startswith("/"):
@@ -305,7 +303,7 @@ def plan(argv: list, environ: Optional[Mapping[str, str]] = None,
     if container.get("container-writable") and not container.get("container-readonly"):
         run.append("--writable-tmpfs")
     if container.get("container-remap-root") and not container.get("no-container-remap-root"):
-        run.append("--root")
+        run.append("--fakeroot")
     if container.get("container-scratch"):
         run.append("--scratch")
     image = image_arg(str(container["container-image"]), cwd)
