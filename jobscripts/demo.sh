@@ -13,7 +13,8 @@
 # cluster it must be visible from every node), HPCRUN (the hpcrun command).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-say() { printf '\033[1mdemo:\033[0m %s\n' "$*" >&2; }
+if [ -t 2 ]; then b=$'\033[1m' n=$'\033[0m'; else b= n=; fi
+say() { printf '%sdemo:%s %s\n' "$b" "$n" "$*" >&2; }
 die() { printf 'demo: error: %s\n' "$*" >&2; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "run as root (it may start the local cluster and create a user); try: sudo $0"

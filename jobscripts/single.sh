@@ -19,4 +19,4 @@ srun hpcrun task "$IMAGE" -- sh -c \
   'echo "task $SLURM_PROCID of $SLURM_NTASKS on $(hostname) uid=$(id -u)"'
 
 # The image's own files, from one task:
-srun --ntasks=1 hpcrun task "$IMAGE" -- cat /etc/os-release
+srun --nodes=1 --ntasks=1 hpcrun task "$IMAGE" -- cat /etc/os-release
