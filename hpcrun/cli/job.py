@@ -68,10 +68,10 @@ def main(verb: str, argv: List[str]) -> int:
         out.write(schema_text())
         return 0
     if verb == "render":
-        from hpcrun.slurm import jobfile, jobs, render
+        from hpcrun.slurm import jobfile, render
         job = jobfile.load(a.file)
         steps = [job.step(a.step)] if a.step else list(job.steps)
-        exe = jobs.hpcrun_exe()
+        exe = render.hpcrun_exe()
         for i, s in enumerate(steps):
             if len(steps) > 1:
                 out.write(("\n" if i else "") + f"# ==> step {s.name} <==\n")

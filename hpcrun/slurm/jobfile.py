@@ -151,7 +151,8 @@ def _load_yaml(text: str, path: str) -> Tuple[Any, _Doc]:
 
     doc = _Doc(path)
     try:
-        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)   # libyaml when present
+        nodes = list(yaml.compose_all(text, Loader=loader))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         line = mark.line + 1 if mark else 1

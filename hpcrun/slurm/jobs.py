@@ -25,28 +25,11 @@ from ..errors import HpcrunError, JobFileError, NotFound, SlurmError
 from . import backend as _backend
 from .backend import CliBackend, JobInfo
 from .jobfile import JobFile, Step
-from .render import render, sbatch_argv
+from .render import hpcrun_exe, render, sbatch_argv  # noqa: F401 (hpcrun_exe re-exported)
 
 # `hpcrun wait` exit status for a job that did not complete (see README, slurm-jobs).
 STATE_CODES = {"TIMEOUT": 124, "CANCELLED": 143, "OUT_OF_MEMORY": 137, "PREEMPTED": 143}
 WAIT_FAILED = 125   # wait itself could not tell (unknown job, --timeout ran out)
-
-
-def hpcrun_exe() -> str:
-    """The absolute path of the running hpcrun, so batch jobs on nodes find the same one.
-
-    HPCRUN_EXE overrides it (golden tests, or a site install at another path)."""
-    env = os.environ.get("HPCRUN_EXE")
-    if env:
-        return env
-    a0 = sys.argv[0] if sys.argv else ""
-    if os.path.basename(a0) == "hpcrun" and os.path.exists(a0):
-        return os.path.abspath(a0)
-    cand = os.path.join(os.path.dirname(sys.executable), "hpcrun")
-    if os.path.exists(cand):
-        return cand
-    from shutil import which
-    return which("hpcrun") or "hpcrun"
 
 
 # ---------------------------------------------------------------------------

@@ -13,9 +13,27 @@ from __future__ import annotations
 
 import os
 import shlex
+import sys
 from typing import Dict, List, Optional, Sequence
 
 from .jobfile import JobFile, Step
+
+
+def hpcrun_exe() -> str:
+    """The absolute path of the running hpcrun, so batch jobs on nodes find the same one.
+
+    HPCRUN_EXE overrides it (golden tests, or a site install at another path)."""
+    env = os.environ.get("HPCRUN_EXE")
+    if env:
+        return env
+    a0 = sys.argv[0] if sys.argv else ""
+    if os.path.basename(a0) == "hpcrun" and os.path.exists(a0):
+        return os.path.abspath(a0)
+    cand = os.path.join(os.path.dirname(sys.executable), "hpcrun")
+    if os.path.exists(cand):
+        return cand
+    from shutil import which
+    return which("hpcrun") or "hpcrun"
 
 
 def _quote(v: str) -> str:
