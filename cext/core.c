@@ -748,6 +748,114 @@ static int supervise(pid_t child, int init, int stopsig)
     }
 }
 
+/* A monitor or init is a fork of the Python launcher: without care it keeps the whole
+ * interpreter resident (10+ MiB of heap). Before waiting, drop every mapping except
+ * what the loop needs: libc and the dynamic loader (text, data, bss), this module
+ * (linked -z now, so no lazy symbol resolution needs the loader's heap), the stack, the
+ * TLS block (errno, the stack-protector canary) and the vDSO. Signal handlers point into
+ * Python's code, so they are reset first; the loop itself takes every signal it cares
+ * about by sigwaitinfo with the signals blocked, and calls no allocator. The text
+ * pages the interpreter faulted in are released too (MADV_DONTNEED on a read-only
+ * file mapping only drops page-table entries; they fault back in from the page cache
+ * if used). */
+#define MAPS_MAX (1 << 17)
+static int is_libc(const char *name)
+{
+    return strstr(name, "/libc.so") || strstr(name, "/libc-") || strstr(name, "/ld-linux") ||
+           strstr(name, "/ld-musl");
+}
+
+static int keep_mapping(const char *name, unsigned long lo, unsigned long hi,
+                        const unsigned long *addrs, int naddrs)
+{
+    for (int i = 0; i < naddrs; i++)
+        if (addrs[i] >= lo && addrs[i] < hi)
+            return 1;
+    return is_libc(name) || strstr(name, "_ccore") || !strcmp(name, "[stack]") || !strcmp(name, "[vdso]") ||
+           !strcmp(name, "[vvar]") || !strcmp(name, "[vvar_vclock]") || !strcmp(name, "[vsyscall]");
+}
+
+/* Locale-free number parsing: sscanf would read the locale's ctype tables, which are a
+ * file mapping we may already have dropped. */
+static const char *parse_num(const char *p, int base, unsigned long *out)
+{
+    unsigned long v = 0;
+    int any = 0;
+    for (;; p++) {
+        int d;
+        if (*p >= '0' && *p <= '9') d = *p - '0';
+        else if (base == 16 && *p >= 'a' && *p <= 'f') d = *p - 'a' + 10;
+        else break;
+        v = v * (unsigned long)base + (unsigned long)d;
+        any = 1;
+    }
+    *out = v;
+    return any ? p : NULL;
+}
+
+static const char *skip_field(const char *p)
+{
+    while (*p && *p != ' ') p++;
+    while (*p == ' ') p++;
+    return p;
+}
+
+static void trim_memory(void)
+{
+    unsigned long tp = 0;
+#if defined(__x86_64__)
+    __asm__ volatile("mov %%fs:0, %0" : "=r"(tp));
+#elif defined(__aarch64__)
+    __asm__ volatile("mrs %0, tpidr_el0" : "=r"(tp));
+#else
+    return;   /* unknown thread-pointer register: keep everything */
+#endif
+    if (getenv("HPCRUN_NO_TRIM"))
+        return;
+    char maps_buf[MAPS_MAX];    /* on the stack: nothing of ours lives in anonymous memory */
+    unsigned long addrs[] = {tp, (unsigned long)__errno_location(), (unsigned long)&tp};
+    int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    size_t len = 0;
+    ssize_t n;
+    while (len < sizeof maps_buf - 1 &&
+           (n = read(fd, maps_buf + len, sizeof maps_buf - 1 - len)) > 0)
+        len += (size_t)n;
+    close(fd);
+    if (len >= sizeof maps_buf - 1)
+        return;   /* did not read it all: keep everything rather than guess */
+    maps_buf[len] = '\0';
+    for (int sig = 1; sig < 32; sig++)
+        if (sig != SIGKILL && sig != SIGSTOP)
+            signal(sig, SIG_DFL);
+    int keep_prev = 0;
+    char *line = maps_buf;
+    while (line && *line) {
+        char *next = strchr(line, '\n');
+        if (next) *next++ = '\0';
+        /* start-end perms offset dev inode name */
+        unsigned long lo, hi;
+        const char *q = parse_num(line, 16, &lo);
+        if (!q || *q != '-' || !(q = parse_num(q + 1, 16, &hi))) {
+            line = next;
+            continue;
+        }
+        const char *perms = skip_field(line);
+        const char *name = skip_field(skip_field(skip_field(skip_field(perms))));
+        int keep = keep_mapping(name, lo, hi, addrs, 3);
+        /* The anonymous mapping right after libc or the loader is its bss. */
+        if (!keep && !*name && keep_prev)
+            keep = 1;
+        keep_prev = keep && is_libc(name);
+        if (!keep)
+            munmap((void *)lo, hi - lo);
+        else if (name[0] == '/' && perms[1] != 'w' && perms[2] == 'x')
+            madvise((void *)lo, hi - lo, MADV_DONTNEED);
+        line = next;
+    }
+}
+
 /* A child reports a failure to its parent over a close-on-exec pipe: EOF means the
  * command was executed. */
 struct report {
@@ -854,7 +962,9 @@ static int enter_monitored(struct ctx *c, const struct hpcrun_spec *s)
             report_and_exit(c, rep[1]);
         }
         close(rep[1]);
-        _exit(supervise(cmd, 1, s->stop_signal));
+        int stopsig = s->stop_signal;
+        trim_memory();
+        _exit(supervise(cmd, 1, stopsig));
     }
     close(rep[1]);
     close(go[0]);
@@ -877,10 +987,12 @@ static int enter_monitored(struct ctx *c, const struct hpcrun_spec *s)
         errno = e;
         return -1;
     }
+    /* The command runs: from here this process is only its monitor, never Python again
+     * (as with the default in-place exec, the launcher does not come back). */
     prctl(PR_SET_NAME, "hpcrun:monitor");
-    int status = supervise(pid, 0, pidns ? 0 : s->stop_signal);
-    sigprocmask(SIG_SETMASK, &orig, NULL);
-    return status;
+    int stopsig = pidns ? 0 : s->stop_signal;
+    trim_memory();
+    _exit(supervise(pid, 0, stopsig));
 }
 
 int hpcrun_enter(const struct hpcrun_spec *s, char *err, size_t errlen, int *code)

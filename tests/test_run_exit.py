@@ -91,3 +91,19 @@ def test_sigkill_of_monitor_ends_the_container(user, rt_image):
             break
         time.sleep(0.05)
     assert processes_with(token) == []
+
+
+def test_pid_private_monitor_drops_the_interpreter(user, rt_image):
+    # The host-side monitor was the Python launcher; it keeps no Python mapped.
+    import os
+    import sys
+    p = _start(user, "--pid=private", rt_image, "sh", "-c", "echo ready; sleep 30")
+    try:
+        with open(f"/proc/{p.pid}/comm") as f:
+            assert f.read().strip() == "hpcrun:monitor"
+        with open(f"/proc/{p.pid}/maps") as f:
+            maps = f.read()
+        assert os.path.realpath(sys.executable) not in maps
+    finally:
+        p.kill()
+        p.communicate()
