@@ -69,7 +69,7 @@ class Progress:
         if self.quiet:
             return
         with self._lock:
-            if self._text.get(key) == text and key in self._order:
+            if self._text.get(key) == text and (not self.tty or key in self._order):
                 return
             self._text[key] = text
             if text not in ("Downloading", "Pushing"):
