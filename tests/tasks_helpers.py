@@ -221,3 +221,26 @@ def make_mpi_rootfs(root: str) -> str:
             shutil.copy2(os.path.realpath(lib), dest)
     subprocess.run(["chmod", "-R", "a+rX", root], check=True)
     return root
+
+
+@pytest.fixture(scope="session")
+def store_image(user, task_image):
+    """An image in a store of the user's, kept as a squashfs file, with an ENV in its
+    config (GREETING=hello-from-config): hpcrun task must unpack it once per node and
+    still apply its config."""
+    d = util.shared_tmpdir("hpcrun-taskstore-", owner=user)
+    tar = os.path.join(d, "rootfs.tar")
+    subprocess.run(["tar", "-C", task_image.dir, "--exclude", "./opt", "-cf", tar, "."],
+                   check=True)
+    os.chmod(tar, 0o644)
+    store = os.path.join(d, "store")
+    cp = util.hpcrun(user, "import", "--format", "squashfs", "-c", "ENV GREETING=hello-from-config",
+                     tar, "tasktest:1", env={"HPCRUN_STORE": store})
+    assert cp.returncode == 0, cp.stderr
+
+    class Stored:
+        name = "tasktest:1"
+        env = {"HPCRUN_STORE": store}
+    yield Stored
+    subprocess.run(["chmod", "-R", "u+rwX", d])
+    shutil.rmtree(d, ignore_errors=True)

@@ -10,7 +10,7 @@ import os
 import pytest
 
 import util
-from tasks_helpers import node_cache, prepare_log, task_image  # noqa: F401
+from tasks_helpers import node_cache, prepare_log, store_image, task_image  # noqa: F401
 
 pytestmark = [pytest.mark.slurm, pytest.mark.userns]
 
@@ -38,6 +38,21 @@ def test_container_image_directory(slurm_cluster, user, task_image, node_cache):
                f"--container-image={task_image.dir}", "cat", "/etc/os-release")
     assert cp.returncode == 0, cp.stderr
     assert "NAME=busybox-test" in cp.stdout
+
+
+def test_container_image_name_from_the_store(slurm_cluster, user, store_image, node_cache):
+    cp = _srun(user, slurm_cluster, node_cache, "-N2", "-n4",
+               f"--container-image={store_image.name}", "--", "sh", "-c", "echo $GREETING",
+               env=store_image.env)
+    assert cp.returncode == 0, cp.stderr
+    assert cp.stdout.split() == ["hello-from-config"] * 4
+
+
+def test_container_image_name_missing(slurm_cluster, user, store_image, node_cache):
+    cp = _srun(user, slurm_cluster, node_cache, "-N1", "--container-image=localhost:1/nope:1",
+               "--", "true", env=store_image.env)
+    assert cp.returncode == 125
+    assert cp.stderr.startswith("hpcrun: error: ") and "hint: " in cp.stderr
 
 
 def test_container_image_from_environment(slurm_cluster, user, task_image, node_cache):

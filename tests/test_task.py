@@ -11,13 +11,13 @@ import pytest
 
 import util
 from tasks_helpers import (field, job_info, node_cache, prepare_log, sbatch,  # noqa: F401
-                           task_image, user_pids_with, wait_for, wait_job)
+                           store_image, task_image, user_pids_with, wait_for, wait_job)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.userns]
 
 
-def _srun(user, cluster, cache, *argv, timeout=180):
-    env = dict(cluster.env, HPCRUN_NODE_CACHE=cache)
+def _srun(user, cluster, cache, *argv, timeout=180, env=None):
+    env = dict(cluster.env, HPCRUN_NODE_CACHE=cache, **(env or {}))
     return util.as_user(user, ["srun", *argv], env=env, timeout=timeout)
 
 
@@ -46,6 +46,15 @@ def test_prepared_image_reused_by_next_job(slurm_cluster, user, task_image, node
         cp = _srun(user, slurm_cluster, node_cache, "-N2", "-n4", util.HPCRUN, "task",
                    task_image.sqfs, "--", "true")
         assert cp.returncode == 0, cp.stderr
+    assert len(prepare_log(node_cache)) == 2
+
+
+def test_store_image_prepared_once_per_node_with_its_config(slurm_cluster, user, store_image,
+                                                            node_cache):
+    cp = _srun(user, slurm_cluster, node_cache, "-N2", "-n6", util.HPCRUN, "task",
+               store_image.name, "--", "sh", "-c", "echo $GREETING", env=store_image.env)
+    assert cp.returncode == 0, cp.stderr
+    assert cp.stdout.split() == ["hello-from-config"] * 6
     assert len(prepare_log(node_cache)) == 2
 
 
