@@ -321,11 +321,41 @@ def test_persistent_drops_fail_and_record_nothing(user, user_env_for, registry, 
 
 # ----------------------------------------------------------------------------- runs
 
-def test_skopeo_pushed_image_runs(user, user_env_for, registry, bb):
+def _require_run():
     util.require(os.path.exists(os.path.join(os.path.dirname(util.__file__), "..", "hpcrun", "cli", "run.py")),
                  "the runtime's `hpcrun run` has not landed")
+
+
+def test_skopeo_pushed_image_runs_by_id(user, user_env_for, registry, bb):
+    _require_run()
+    env = user_env_for(HPCRUN_INSECURE_REGISTRIES=registry.host)
+    assert hp(user, env, "pull", f"{registry.host}/ns/bb:v1").returncode == 0
+    cp = hp(user, env, "run", bb["config"][7:19], "--", "cat", "/etc/os-release")
+    assert cp.returncode == 0, cp.stderr
+    assert "NAME=busybox-test" in cp.stdout
+
+
+def test_skopeo_pushed_image_runs_by_name(user, user_env_for, registry, bb):
+    _require_run()
     env = user_env_for(HPCRUN_INSECURE_REGISTRIES=registry.host)
     assert hp(user, env, "pull", f"{registry.host}/ns/bb:v1").returncode == 0
     cp = hp(user, env, "run", f"{registry.host}/ns/bb:v1", "--", "cat", "/etc/os-release")
     assert cp.returncode == 0, cp.stderr
     assert "NAME=busybox-test" in cp.stdout
+
+
+def test_run_pulls_a_missing_image(user, user_env_for, registry, bb):
+    _require_run()
+    env = user_env_for(HPCRUN_INSECURE_REGISTRIES=registry.host)
+    cp = hp(user, env, "run", f"{registry.host}/ns/bb:v1", "--", "cat", "/etc/hello")
+    assert cp.returncode == 0, cp.stderr
+    assert cp.stdout == "hello from layer 2\n"
+
+
+def test_pull_squashfs_format(user, user_env_for, registry, bb):
+    env = user_env_for(HPCRUN_INSECURE_REGISTRIES=registry.host)
+    cp = hp(user, env, "pull", "--format", "squashfs", f"{registry.host}/ns/bb:v1")
+    assert cp.returncode == 0, cp.stderr
+    sq = os.path.join(env["HPCRUN_STORE"], "images", bb["config"][7:], "image.sqfs")
+    with open(sq, "rb") as f:
+        assert f.read(4) == b"hsqs"
