@@ -124,3 +124,16 @@ def test_cluster_authenticates_with_munge(slurm_cluster, user):
     conf = {k.strip(): v.strip() for k, _, v in
             (line.partition("=") for line in cp.stdout.splitlines()) if v}
     assert conf["AuthType"] == "auth/munge"
+
+
+def test_each_node_has_its_own_address_hostname_and_hosts_file(slurm_cluster, user):
+    """Tasks run in their node's network, uts and mount namespaces."""
+    from hpcrun.slurm.cluster import LocalCluster
+    addrs = {n: v["addr"] for n, v in LocalCluster(slurm_cluster.name).status()["nodes"].items()}
+    prog = ('h=$(hostname); a=$(ip -4 -o addr show dev eth0 | sed "s/.* inet \\([0-9.]*\\).*/\\1/"); '
+            'r=$(getent hosts "$h" | cut -d" " -f1); echo "$h $a $r"')
+    cp = util.as_user(user, ["srun", f"-N{len(slurm_cluster.nodes)}", "--ntasks-per-node=1",
+                             "sh", "-c", prog], env=slurm_cluster.env, timeout=60)
+    assert cp.returncode == 0, cp.stderr
+    seen = {h: (a, r) for h, a, r in (line.split() for line in cp.stdout.splitlines())}
+    assert seen == {n: (addrs[n], addrs[n]) for n in slurm_cluster.nodes}
