@@ -72,7 +72,8 @@ def test_pyslurm_absent_is_reported():
 
 def test_describe_without_a_configured_cluster(monkeypatch):
     util.require(bool(shutil.which("sbatch")), "Slurm's client commands are not installed")
-    monkeypatch.setenv("SLURM_CONF", "/nonexistent/slurm.conf")
+    monkeypatch.delenv("SLURM_CONF", raising=False)
+    util.require(not os.path.exists("/etc/slurm/slurm.conf"), "a Slurm cluster is configured")
     assert backend.describe().startswith("slurm backend: cli, but no cluster is configured")
 
 

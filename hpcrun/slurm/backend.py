@@ -241,8 +241,13 @@ class CliBackend:
         self.env = env
 
     def _run(self, argv: List[str], **kw):
+        import subprocess
+        kw.setdefault("timeout", 120)
         try:
             return proc.run(argv, env=self.env, **kw)
+        except subprocess.TimeoutExpired as e:
+            raise SlurmError(f"{argv[0]} did not answer within {kw['timeout']:g}s",
+                             "is the Slurm controller up? (scontrol ping)") from e
         except NotFound as e:
             raise SlurmError(f"{argv[0]} not found: Slurm's client commands are not "
                              "installed here", "install Slurm's clients (Debian: slurm-client) "
@@ -251,7 +256,7 @@ class CliBackend:
     def version(self) -> str:
         """The Slurm release of the client commands ("22.05.8"); they read the cluster's
         configuration even for --version, so this fails where no cluster is configured."""
-        cp = self._run(["sbatch", "--version"], check=False)
+        cp = self._run(["sbatch", "--version"], check=False, timeout=10)
         if cp.returncode != 0 or not cp.stdout.strip():
             msg = (cp.stderr or "").strip().splitlines()
             raise SlurmError("Slurm's commands cannot reach a cluster: "
