@@ -326,3 +326,26 @@ def test_status_rejects_a_malformed_id(jobs):
 
 def test_wait_on_unknown_job_exits_125(jobs):
     assert jobs.hpcrun("wait", "999999").returncode == 125
+
+
+# --- after Slurm forgets (no slurmdbd) ---------------------------------------------------
+
+def _user_state(user, monkeypatch):
+    monkeypatch.setenv("XDG_STATE_HOME", os.path.join(user.home, ".local", "state"))
+
+
+def test_finished_state_is_recorded_for_when_slurm_forgets(jobs, containers, monkeypatch):
+    from hpcrun.slurm import jobs as jobsmod
+    [jid] = jobs.submit("image: IMAGE\ncommand: sh -c 'exit 4'\n")
+    jobs.wait(jid)
+    _user_state(jobs.user, monkeypatch)
+    [j] = jobsmod.lookup([jid], infos=[])        # as if the controller had purged it
+    assert (j.state, j.exit_code) == ("FAILED", 4)
+
+
+def test_submit_json_names_each_step(jobs):
+    p = jobs.file("name: js\nimage: IMAGE\ncommand: 'true'\nresources: {nodes: 1}\n"
+                  "steps:\n  a: {}\n  b: {depends_on: [a]}\n")
+    cp = jobs.hpcrun("submit", "--format", "json", p)
+    assert cp.returncode == 0, cp.stderr
+    assert [d["step"] for d in json.loads(cp.stdout)] == ["a", "b"]

@@ -313,10 +313,14 @@ def lookup(ids: Sequence[str], be: Optional[CliBackend] = None,
         if not found:
             rec = read_record(want)
             if rec is not None:
+                out_file = _backend._expand(
+                    rec.get("output") or "", {"current_working_directory": rec.get("cwd")},
+                    int(want.split("_")[0]), int(want.split("_")[0]),
+                    want.split("_")[1] if "_" in want else None, rec.get("name", ""),
+                    "", "")
                 raise NotFound(f"job {want} is no longer known to Slurm and its end "
                                "was not seen", "Slurm forgets finished jobs after "
-                               "MinJobAge; its output was "
-                               + os.path.join(rec.get("cwd", ""), rec.get("output", "")))
+                               f"MinJobAge; its output is {out_file}")
             raise NotFound(f"job {want} is not known to Slurm",
                            "list your jobs with 'hpcrun jobs'")
         out += found
