@@ -55,6 +55,7 @@ struct ctx {
     pid_t fuse_pid;   /* the squashfuse server, killed if entering fails */
     int fuse_fd;      /* /dev/fuse, opened in our user namespace */
     int fuse_log;     /* memfd holding squashfuse's stderr */
+    int fuse_go;      /* tells the squashfuse child to start, once the mount exists */
     int in_pidns;     /* this process is PID 1 of a new pid namespace */
 };
 
@@ -241,18 +242,20 @@ static int write_maps(struct ctx *c, const char *procdir, unsigned int uid, unsi
  * container's last process exits the mount goes, the FUSE connection is aborted and
  * squashfuse exits. We open /dev/fuse here (it must be opened in the user namespace
  * that mounts it) and hand it over as /dev/fd/N (libfuse >= 3.3), so squashfuse needs
- * neither fusermount nor privilege. Double fork: the command must not inherit it as a
- * child it could wait for. */
+ * neither fusermount nor privilege. It may only read the device once the mount exists
+ * (before that a read is EPERM), so the child waits on a pipe until fuse_mount() says
+ * go; if we fail first, the pipe closes and it exits. Double fork: the command must
+ * not inherit it as a child it could wait for. */
 static int fuse_spawn(struct ctx *c, const struct hpcrun_spec *s)
 {
-    int pp[2];
+    int pp[2], go[2];
     c->fuse_fd = open("/dev/fuse", O_RDWR | O_CLOEXEC);
     if (c->fuse_fd < 0)
         return fail(c, "can't open /dev/fuse to mount %s", s->image);
     c->fuse_log = memfd_create("squashfuse-stderr", MFD_CLOEXEC);
     if (c->fuse_log < 0)
         return fail(c, "can't create memfd");
-    if (pipe2(pp, O_CLOEXEC))
+    if (pipe2(pp, O_CLOEXEC) || pipe2(go, O_CLOEXEC))
         return fail(c, "can't create pipe");
     pid_t a = fork();
     if (a < 0)
@@ -260,7 +263,10 @@ static int fuse_spawn(struct ctx *c, const struct hpcrun_spec *s)
     if (a == 0) {
         pid_t b = fork();
         if (b == 0) {
-            char fdpath[32];
+            char fdpath[32], g;
+            close(go[1]);
+            if (read(go[0], &g, 1) != 1)
+                _exit(0);       /* entering failed before the mount: nothing to serve */
             setsid();   /* not in the terminal's process group: ^C is for the command */
             snprintf(fdpath, sizeof fdpath, "/dev/fd/%d", c->fuse_fd);
             fcntl(c->fuse_fd, F_SETFD, 0);
@@ -282,6 +288,8 @@ static int fuse_spawn(struct ctx *c, const struct hpcrun_spec *s)
         _exit(w == (ssize_t)sizeof b ? 0 : 1);
     }
     close(pp[1]);
+    close(go[0]);
+    c->fuse_go = go[1];
     pid_t b = -1;
     ssize_t r;
     do
@@ -306,6 +314,10 @@ static int fuse_mount(struct ctx *c, const struct hpcrun_spec *s, const char *ta
              c->fuse_fd, s->uid, s->gid);
     if (mount("squashfuse", target, "fuse.squashfuse", MS_NOSUID | MS_NODEV | MS_RDONLY, opts))
         return fail(c, "can't mount squashfs %s", s->image);
+    if (write(c->fuse_go, "g", 1) != 1)
+        return fail(c, "can't start squashfuse");
+    close(c->fuse_go);
+    c->fuse_go = -1;
     close(c->fuse_fd);   /* squashfuse's copy is now the only one: if it dies, ENOTCONN */
     c->fuse_fd = -1;
     if (stat(target, &st) == 0)
@@ -997,7 +1009,7 @@ static int enter_monitored(struct ctx *c, const struct hpcrun_spec *s)
 
 int hpcrun_enter(const struct hpcrun_spec *s, char *err, size_t errlen, int *code)
 {
-    struct ctx c = {err, errlen, code, -1, -1, -1, 0};
+    struct ctx c = {err, errlen, code, -1, -1, -1, -1, 0};
     *code = HPCRUN_EXIT_FAILED;
     if (errlen) err[0] = '\0';
     if (!s->argv || !s->argv[0]) {
@@ -1016,7 +1028,7 @@ int hpcrun_enter(const struct hpcrun_spec *s, char *err, size_t errlen, int *cod
 int hpcrun_join(int pid, char *const *argv, char *const *envp, const char *workdir,
                 char *err, size_t errlen, int *code)
 {
-    struct ctx c = {err, errlen, code, -1, -1, -1, 0};
+    struct ctx c = {err, errlen, code, -1, -1, -1, -1, 0};
     static const struct { const char *name; int type; } ns[] = {
         {"user", CLONE_NEWUSER}, {"ipc", CLONE_NEWIPC}, {"uts", CLONE_NEWUTS},
         {"net", CLONE_NEWNET}, {"pid", CLONE_NEWPID}, {"mnt", CLONE_NEWNS},
@@ -1154,7 +1166,7 @@ static int probe_child(struct ctx *c, int what)
 int hpcrun_probe(int what, char *err, size_t errlen)
 {
     int code;
-    struct ctx c = {err, errlen, &code, -1, -1, -1, 0};
+    struct ctx c = {err, errlen, &code, -1, -1, -1, -1, 0};
     int rep[2];
     if (errlen) err[0] = '\0';
     if (pipe2(rep, O_CLOEXEC))

@@ -52,21 +52,50 @@ def dir_config(root: str) -> dict:
     return _inner(_load_json(p, p))
 
 
+def _cache_dir(kind: str) -> str:
+    base = os.environ.get("HPCRUN_UNPACK_CACHE") or os.path.join(
+        "/var/tmp", f"hpcrun-{os.getuid()}", "unpack")
+    return base if kind == "unpack" else os.path.join(base, kind)
+
+
+def _identity(path: str) -> str:
+    """A squashfs file's identity: a changed or replaced file gets a new key."""
+    st = os.stat(path)
+    return f"{st.st_dev:x}-{st.st_ino:x}-{st.st_size:x}-{int(st.st_mtime_ns):x}"
+
+
 def squashfs_config(path: str) -> dict:
-    """Read .hpcrun/config.json out of a squashfs file without mounting it (one
-    unsquashfs process; squashfs images are not the 12 ms path)."""
+    """.hpcrun/config.json inside a squashfs file, without mounting it.
+
+    Read once with `unsquashfs -cat` and remembered in the node-local cache by the file's
+    identity, so later runs skip the subprocess (atomic rename: racing runs agree).
+    """
+    import json
+    cache = os.path.join(_cache_dir("config"), _identity(path) + ".json")
+    try:
+        with open(cache, "rb") as f:
+            return _inner(json.loads(f.read() or b"{}"))
+    except (OSError, ValueError):
+        pass
     from hpcrun import proc
     if not proc.which("unsquashfs"):
         return {}
     cp = proc.run(["unsquashfs", "-cat", path, CONFIG], check=False, text=False)
-    if cp.returncode != 0 or not cp.stdout:
-        return {}
-    import json
+    raw = cp.stdout if cp.returncode == 0 and cp.stdout else b"{}"
     try:
-        return _inner(json.loads(cp.stdout))
+        conf = json.loads(raw)
     except ValueError:
         raise ImageError(f"can't read the image config in {path}: malformed JSON",
                          "re-convert the image") from None
+    try:
+        os.makedirs(os.path.dirname(cache), mode=0o700, exist_ok=True)
+        tmp = f"{cache}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(raw)
+        os.replace(tmp, cache)
+    except OSError:
+        pass   # a read-only or full cache only costs the next run a subprocess
+    return _inner(conf)
 
 
 def is_squashfs(path: str) -> bool:
@@ -132,10 +161,8 @@ def unpack(path: str) -> str:
     import shutil
 
     from hpcrun import proc
-    st = os.stat(path)
-    key = f"{st.st_dev:x}-{st.st_ino:x}-{st.st_size:x}-{int(st.st_mtime_ns):x}"
-    cache = os.path.join(os.environ.get("HPCRUN_UNPACK_CACHE")
-                         or os.path.join("/var/tmp", f"hpcrun-{os.getuid()}", "unpack"))
+    key = _identity(path)
+    cache = _cache_dir("unpack")
     os.makedirs(cache, mode=0o700, exist_ok=True)
     dest = os.path.join(cache, key)
     if os.path.isdir(dest):
