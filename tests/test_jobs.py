@@ -36,8 +36,8 @@ class Jobs:
         os.chown(p, self.user.uid, self.user.gid)
         return p
 
-    def hpcrun(self, *args, **kw) -> subprocess.CompletedProcess:
-        return util.hpcrun(self.user, *args, env=self.cluster.env, cwd=self.tmp, **kw)
+    def hpcrun(self, *args, env=None, **kw) -> subprocess.CompletedProcess:
+        return util.hpcrun(self.user, *args, env=env or self.cluster.env, cwd=self.tmp, **kw)
 
     def submit(self, text: str) -> list:
         cp = self.hpcrun("submit", self.file(text))
@@ -349,3 +349,16 @@ def test_submit_json_names_each_step(jobs):
     cp = jobs.hpcrun("submit", "--format", "json", p)
     assert cp.returncode == 0, cp.stderr
     assert [d["step"] for d in json.loads(cp.stdout)] == ["a", "b"]
+
+
+# --- a squashfs image: prepared once per node, not once per task ---------------------
+
+def test_squashfs_job_prepares_the_image_once_per_node(jobs, containers, busybox_rootfs):
+    from tasks_helpers import make_squashfs, prepare_log
+    sq = make_squashfs(busybox_rootfs, os.path.join(jobs.tmp, "bb.sqfs"))
+    cache = os.path.join(jobs.tmp, "nodecache")
+    p = jobs.file(f"image: {sq}\ncommand: 'true'\nresources: {{nodes: 4, ntasks: 16}}\n")
+    cp = jobs.hpcrun("submit", p, env={**jobs.cluster.env, "HPCRUN_NODE_CACHE": cache})
+    assert cp.returncode == 0, cp.stderr
+    assert jobs.wait(cp.stdout.strip()).returncode == 0
+    assert len(prepare_log(cache)) == 4
