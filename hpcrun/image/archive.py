@@ -449,10 +449,11 @@ def import_tar(store: Store, src, name: Optional[str] = None, changes: Sequence[
         head = raw.read(8)
     stream = L.open_layer(store.blob_path(dg), "the tarball")
     try:
-        first = stream.peek(512)[:512] if hasattr(stream, "peek") else b""
+        first = stream.read(512)
         if len(first) < 512 or not _is_tar_header(first):
             raise ImageError(f"{src if isinstance(src, str) else 'stdin'}: not a tar archive",
                              "give a root filesystem tarball (tar, tar.gz or tar.zst)")
+        h.update(first)
         while True:
             chunk = stream.read(1 << 20)
             if not chunk:

@@ -64,50 +64,66 @@ def sniff(head: bytes) -> str:
     return "tar"
 
 
-class _Counted(io.RawIOBase):
-    """A reader that counts bytes and turns decompressor errors into ImageError."""
+class _Checked:
+    """A decompressing reader for tarfile's seeking mode ("r:"), which copies less than
+    its stream mode: forward seeks read and discard. Decompressor errors become
+    ImageError naming the layer."""
 
-    def __init__(self, inner, what: str):
+    def __init__(self, inner, raw, what: str):
         self.inner = inner
+        self.raw = raw
         self.what = what
-        self.count = 0
 
-    def readable(self) -> bool:
-        return True
+    def _err(self, e: Exception) -> ImageError:
+        if isinstance(e, EOFError):
+            return ImageError(f"{self.what}: truncated compressed stream ({e})",
+                              "the file or download is incomplete; fetch it again")
+        return ImageError(f"{self.what}: corrupt compressed stream ({e})",
+                          "the file or download is damaged; fetch it again")
 
-    def readinto(self, b) -> int:
+    def read(self, n: int = -1) -> bytes:
         try:
-            data = self.inner.read(len(b))
-        except EOFError as e:
-            raise ImageError(f"{self.what}: truncated compressed stream ({e})",
-                             "the file or download is incomplete; fetch it again") from e
+            return self.inner.read(n)
         except ImageError:
             raise
-        except Exception as e:  # zlib.error, lzma.LZMAError, zstandard.ZstdError, OSError
-            raise ImageError(f"{self.what}: corrupt compressed stream ({e})",
-                             "the file or download is damaged; fetch it again") from e
-        n = len(data)
-        b[:n] = data
-        self.count += n
-        return n
+        except Exception as e:  # EOFError, zlib.error, lzma.LZMAError, ZstdError, OSError
+            raise self._err(e) from e
+
+    def seek(self, off: int, whence: int = 0) -> int:
+        try:
+            return self.inner.seek(off, whence)
+        except ImageError:
+            raise
+        except Exception as e:
+            raise self._err(e) from e
+
+    def tell(self) -> int:
+        return self.inner.tell()
 
     def close(self) -> None:
         try:
             self.inner.close()
         finally:
-            super().close()
+            self.raw.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
-def open_layer(path_or_file, what: str | None = None) -> BinaryIO:
-    """A binary stream of the uncompressed tar of a layer (gzip/zstd/xz/plain by magic)."""
+def open_layer(path_or_file, what: str | None = None):
+    """A readable (and forward-seekable) stream of the uncompressed tar of a layer:
+    gzip, zstd (with the zstandard module), xz or plain, told apart by magic."""
     if isinstance(path_or_file, (str, os.PathLike)):
-        f = open(path_or_file, "rb")
+        f = open(path_or_file, "rb", buffering=CHUNK)
         what = what or os.fspath(path_or_file)
     else:
         f = path_or_file
         what = what or getattr(f, "name", "layer")
-    if not hasattr(f, "peek"):
-        f = io.BufferedReader(f, CHUNK)  # type: ignore[arg-type]
+        if not hasattr(f, "peek"):
+            f = io.BufferedReader(f, CHUNK)  # type: ignore[arg-type]
     head = f.peek(8)[:8]
     kind = sniff(head)
     if kind == "gzip":
@@ -117,6 +133,7 @@ def open_layer(path_or_file, what: str | None = None) -> BinaryIO:
         try:
             import zstandard  # type: ignore
         except ImportError:
+            f.close()
             raise ImageError(f"{what}: zstd-compressed layer, but the zstandard module is missing",
                              "pip install 'hpcrun[zstd]' (or zstandard)") from None
         inner = zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True)
@@ -124,16 +141,21 @@ def open_layer(path_or_file, what: str | None = None) -> BinaryIO:
         import lzma
         inner = lzma.LZMAFile(f, "rb")
     else:
-        return f  # type: ignore[return-value]
-    return io.BufferedReader(_Counted(inner, what), CHUNK)  # type: ignore[return-value]
+        return f
+    return _Checked(inner, f, what)
 
 
-def _tar(stream: BinaryIO, what: str) -> tarfile.TarFile:
+def _tar(stream, what: str) -> tarfile.TarFile:
     try:
-        return tarfile.open(fileobj=stream, mode="r|", bufsize=CHUNK)
+        return tarfile.open(fileobj=stream, mode="r:")
     except tarfile.ReadError as e:
         raise ImageError(f"{what}: not a tar archive ({e})",
                          "a layer must be a tar, optionally gzip or zstd compressed") from e
+
+
+def _damaged(what: str, e: Exception) -> ImageError:
+    return ImageError(f"{what}: damaged tar archive ({e})",
+                      "the file or download is damaged; fetch it again")
 
 
 def members(tf: tarfile.TarFile, what: str) -> Iterator[tarfile.TarInfo]:
@@ -141,8 +163,7 @@ def members(tf: tarfile.TarFile, what: str) -> Iterator[tarfile.TarInfo]:
         for m in tf:
             yield m
     except tarfile.TarError as e:
-        raise ImageError(f"{what}: damaged tar archive ({e})",
-                         "the file or download is damaged; fetch it again") from e
+        raise _damaged(what, e) from e
 
 
 # ---------------------------------------------------------------------------
@@ -442,6 +463,8 @@ def extract(layers: Iterable, dest: str, *, max_size: int | None = None) -> Tree
                 elif action == "fifo":
                     os.mkfifo(full, 0o600)
                     os.chmod(full, (m.mode & 0o1777) | 0o600)
+        except tarfile.TarError as e:
+            raise _damaged(what, e) from e
         finally:
             stream.close()
     tree.finish()
@@ -481,6 +504,8 @@ def plan(layers: list, *, max_size: int | None = None) -> Tree:
         try:
             for idx, m in enumerate(members(_tar(stream, what), what)):
                 tree.add(m, li, idx, what)
+        except tarfile.TarError as e:
+            raise _damaged(what, e) from e
         finally:
             stream.close()
     tree.finish()
@@ -515,7 +540,8 @@ def flatten_stream(layers: list, out: BinaryIO, *, max_size: int | None = None,
         tree = Tree(max_size)
         emitted: set = set()
         out_tf = tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, bufsize=CHUNK)
-        stream = open_layer(layers[0], "layer 1")
+        what = "layer 1"
+        stream = open_layer(layers[0], what)
         try:
             tf = _tar(stream, "layer 1")
             for idx, m in enumerate(members(tf, "layer 1")):
@@ -530,6 +556,8 @@ def flatten_stream(layers: list, out: BinaryIO, *, max_size: int | None = None,
                     m = _as_link(m, tree.last_target)
                 ti = _out_info(m, path, root_owned, action)
                 out_tf.addfile(ti, tf.extractfile(m) if ti.size else None)
+        except tarfile.TarError as e:
+            raise _damaged(what, e) from e
         finally:
             stream.close()
         tree.finish()
@@ -562,6 +590,8 @@ def flatten_stream(layers: list, out: BinaryIO, *, max_size: int | None = None,
                     m = _as_link(m, norm_name(m.linkname, what))
                 ti = _out_info(m, path, root_owned, kind)
                 out_tf.addfile(ti, tf.extractfile(m) if ti.size else None)
+        except tarfile.TarError as e:
+            raise _damaged(what, e) from e
         finally:
             stream.close()
     _extra(out_tf, extra)
