@@ -123,7 +123,7 @@ def pull(ref: Union[str, Reference], *, store=None, platform: Optional[str] = No
             cfg = json.loads(cfg_bytes)
         except ValueError as e:
             raise ImageError(f"{r.familiar}: image config {cd} is not JSON", "the image is malformed") from e
-        if platform:
+        if platform and cfg.get("architecture"):
             want, have = parse_platform(platform), _config_platform(cfg)
             if (want["os"], want["architecture"]) != (have["os"], have["architecture"]) or \
                     (want.get("variant") and have.get("variant") and want["variant"] != have["variant"]):

@@ -314,8 +314,9 @@ class Registry:
             except ssl.SSLError as e:
                 last = e
                 if not self.insecure:
+                    why = str(e.reason or e).lower().replace("_", " ")
                     raise RegistryError(
-                        f"cannot talk HTTPS to {self.display}: {e.reason or e}",
+                        f"cannot talk HTTPS to {self.display}: {why}",
                         "if this registry serves plain HTTP, add it to insecure_registries in the "
                         "config or pass --insecure") from e
                 continue
@@ -407,6 +408,8 @@ class Registry:
         delay = BACKOFF
         for attempt in range(1, RETRIES + 1):
             target, hdrs = url, dict(headers)
+            if hasattr(body, "seek"):
+                body.seek(0)
             try:
                 for _ in range(MAX_REDIRECTS + 1):
                     r = self._send_once(method, target, hdrs, body, stream)
