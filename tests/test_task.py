@@ -42,9 +42,10 @@ def test_every_task_sees_the_whole_image(slurm_cluster, user, task_image, node_c
 
 
 def test_prepared_image_reused_by_next_job(slurm_cluster, user, task_image, node_cache):
+    nodes = ",".join(slurm_cluster.nodes[:2])       # the same two nodes both times
     for _ in range(2):
-        cp = _srun(user, slurm_cluster, node_cache, "-N2", "-n4", util.HPCRUN, "task",
-                   task_image.sqfs, "--", "true")
+        cp = _srun(user, slurm_cluster, node_cache, "-N2", "-n4", "-w", nodes, util.HPCRUN,
+                   "task", task_image.sqfs, "--", "true")
         assert cp.returncode == 0, cp.stderr
     assert len(prepare_log(node_cache)) == 2
 
