@@ -75,7 +75,8 @@ def test_slurm_environment_inside(slurm_cluster, user, task_image, node_cache):
     rows = [ln.split() for ln in cp.stdout.splitlines() if ln.strip()]
     assert sorted(int(r[1]) for r in rows) == [0, 1, 2, 3]
     assert len({r[0] for r in rows}) == 1 and {r[2] for r in rows} == {"4"}
-    assert {r[3] for r in rows} == set(slurm_cluster.nodes[:2])
+    names = {r[3] for r in rows}
+    assert len(names) == 2 and names <= set(slurm_cluster.nodes)
 
 
 def test_task_exit_status_reaches_srun(slurm_cluster, user, task_image, node_cache):
