@@ -71,9 +71,12 @@ class _Arena:
 def enter(spec) -> int:
     """Enter the container of a runtime Spec and run its command.
 
-    Default options: the process becomes the command (never returns). With a pid
-    namespace (or a STOPSIGNAL, or a threaded caller) a C monitor waits and the
-    command's status (128+N for signal N) is returned. Raises ContainerError.
+    Never returns once the command runs. Default options: the process becomes the
+    command. With a pid namespace (or a STOPSIGNAL, or a threaded caller) this process
+    becomes a small C monitor (the interpreter's memory dropped) that forwards signals
+    and exits with the command's status, 128+N for a death by signal N.
+    Raises ContainerError (code 125/126/127) if the container can't be entered or the
+    command can't be executed.
     """
     a = _Arena()
     s = ffi.new("struct hpcrun_spec *")
