@@ -166,3 +166,37 @@ def test_unwritable_node_cache(user, task_image):
     assert cp.returncode == 125
     assert "cannot create the node cache" in cp.stderr
     assert "hint: set node_cache" in cp.stderr
+
+
+def _truncated_copy(src, dest):
+    """A partial copy (what an interrupted transfer leaves): its tables are missing."""
+    with open(src, "rb") as f:
+        data = f.read()
+    with open(dest, "wb") as f:
+        f.write(data[:len(data) * 2 // 3])
+    os.chmod(dest, 0o644)
+
+
+def test_truncated_squashfs_fails_and_leaves_nothing(user, user_tmp, task_image, node_cache):
+    bad = os.path.join(user_tmp, "truncated.sqfs")
+    _truncated_copy(task_image.sqfs, bad)
+    cp = util.hpcrun(user, "task", bad, "--", "true", env={"HPCRUN_NODE_CACHE": node_cache})
+    assert cp.returncode == 125
+    assert cp.stderr.startswith(f"hpcrun: error: cannot unpack squashfs image {bad}: ")
+    assert "hint: the file may be truncated or corrupt" in cp.stderr
+    left = [n for _, dirs, _ in os.walk(node_cache) for n in dirs if n.startswith("sq-")]
+    assert left == []
+    assert prepare_log(node_cache) == []
+
+
+def test_device_nodes_in_image_are_skipped(user, user_tmp, task_image, node_cache):
+    # Only root may create device nodes: unpacking goes on without them.
+    sq = os.path.join(user_tmp, "with-dev.sqfs")
+    import subprocess
+    subprocess.run(["mksquashfs", task_image.dir, sq, "-all-root", "-noappend", "-quiet",
+                    "-p", "dev/null c 666 0 0 1 3"], check=True, stdout=subprocess.DEVNULL)
+    os.chmod(sq, 0o644)
+    cp = util.hpcrun(user, "task", sq, "--", "cat", "/etc/os-release",
+                     env={"HPCRUN_NODE_CACHE": node_cache})
+    assert cp.returncode == 0, cp.stderr
+    assert "NAME=busybox-test" in cp.stdout

@@ -134,18 +134,22 @@ def _unpack(path: str, dest: str) -> float:
             _rmtree(os.path.join(parent, name))
     tmp = f"{dest}.tmp-{os.getpid()}"
     t0 = time.monotonic()
-    # -no-xattrs: an unprivileged user cannot set security.* xattrs; -ig: device nodes
-    # and the like cannot be created without root and are not needed in a container.
+    # -no-xattrs: an unprivileged user cannot set security.* xattrs. Exit status 2 is
+    # unsquashfs's "non-fatal errors": device nodes that only root may create, which a
+    # rootless container cannot use anyway. Status 1 (corrupt or truncated data) fails;
+    # never -ignore-errors, which would turn corruption into a partial image.
     try:
-        proc.run(["unsquashfs", "-no-progress", "-quiet", "-no-xattrs", "-ignore-errors",
-                  "-no-exit-code", "-d", tmp, path],
-                 hint=f"is {path} a complete squashfs image? try 'unsquashfs -s {path}'")
+        cp = proc.run(["unsquashfs", "-no-progress", "-quiet", "-no-xattrs", "-d", tmp, path],
+                      check=False)
+        if cp.returncode not in (0, 2) or not os.path.isdir(tmp):
+            err = (cp.stderr or "").strip().splitlines()
+            raise ImageError(f"cannot unpack squashfs image {path}: "
+                             f"{err[-1] if err else f'unsquashfs exit status {cp.returncode}'}",
+                             f"the file may be truncated or corrupt; check it with "
+                             f"'unsquashfs -s {path}' and copy it again")
     except BaseException:
         _rmtree(tmp)
         raise
-    if not os.path.isdir(tmp):
-        raise ImageError(f"unsquashfs produced nothing from {path}",
-                         f"check the image with 'unsquashfs -s {path}'")
     os.rename(tmp, dest)                 # atomic: the directory is complete or absent
     return time.monotonic() - t0
 
