@@ -200,3 +200,18 @@ def test_device_nodes_in_image_are_skipped(user, user_tmp, task_image, node_cach
                      env={"HPCRUN_NODE_CACHE": node_cache})
     assert cp.returncode == 0, cp.stderr
     assert "NAME=busybox-test" in cp.stdout
+
+
+def test_leftovers_of_a_killed_preparation_are_removed(user, task_image, node_cache):
+    # A task killed while unpacking leaves <key>.tmp-<pid>; the next preparer removes it.
+    from hpcrun.slurm import prepare
+    node_dir = os.path.join(node_cache, os.uname().nodename)
+    key = prepare._key(os.stat(task_image.sqfs))
+    stale = os.path.join(node_dir, f"{key}.tmp-99999")
+    os.makedirs(os.path.join(stale, "bin"))
+    import subprocess
+    subprocess.run(["chown", "-R", f"{user.uid}:{user.gid}", node_cache], check=True)
+    cp = util.hpcrun(user, "task", task_image.sqfs, "--", "true",
+                     env={"HPCRUN_NODE_CACHE": node_cache})
+    assert cp.returncode == 0, cp.stderr
+    assert sorted(os.listdir(node_dir)) == sorted([key, key + ".lock", "prepare.log"])

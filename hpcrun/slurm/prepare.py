@@ -39,12 +39,26 @@ def node_name() -> str:
     return os.environ.get("SLURMD_NODENAME") or os.uname().nodename
 
 
+def _no_config_files() -> bool:
+    """True when no hpcrun configuration file exists (the locations of hpcrun.config):
+    then node_cache is its default and the config module (dataclasses, re: milliseconds
+    per task) need not be imported."""
+    sysdir = os.environ.get("HPCRUN_SYSCONFDIR", "/etc/hpcrun")
+    xdg = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return not any(os.path.exists(p) for p in (
+        os.path.join(sysdir, "hpcrun.conf"), os.path.join(sysdir, "conf.d"),
+        os.path.join(xdg, "hpcrun", "hpcrun.conf")))
+
+
 def cache_root() -> str:
     """The node-local cache of this node (node_cache setting, then the node's name)."""
     base = os.environ.get("HPCRUN_NODE_CACHE")
     if not base:
-        from .. import config
-        base = str(config.get("node_cache"))
+        if _no_config_files():
+            base = os.path.join("/var/tmp", f"hpcrun-{os.getuid()}", "nodecache")
+        else:
+            from .. import config
+            base = str(config.get("node_cache"))
     return os.path.join(base, node_name())
 
 
