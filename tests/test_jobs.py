@@ -362,3 +362,21 @@ def test_squashfs_job_prepares_the_image_once_per_node(jobs, containers, busybox
     assert cp.returncode == 0, cp.stderr
     assert jobs.wait(cp.stdout.strip()).returncode == 0
     assert len(prepare_log(cache)) == 4
+
+
+# --- an image by name, from the user's store --------------------------------------------
+
+def test_job_with_a_store_image_name(jobs, containers, busybox_rootfs):
+    import uuid
+    name = f"jobs-test-{uuid.uuid4().hex[:8]}:1"
+    tar = os.path.join(jobs.tmp, "rootfs.tar")
+    subprocess.run(["tar", "-C", busybox_rootfs, "-cf", tar, "."], check=True)
+    os.chmod(tar, 0o644)
+    assert jobs.hpcrun("import", tar, name).returncode == 0
+    try:
+        [jid] = jobs.submit(f"image: {name}\ncommand: cat /etc/os-release\n"
+                            "resources: {nodes: 2}\n")
+        assert jobs.wait(jid).returncode == 0
+        assert jobs.logs(jid).count("NAME=busybox-test\n") == 2
+    finally:
+        jobs.hpcrun("rmi", name)
