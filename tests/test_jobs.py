@@ -380,3 +380,29 @@ def test_job_with_a_store_image_name(jobs, containers, busybox_rootfs):
         assert jobs.logs(jid).count("NAME=busybox-test\n") == 2
     finally:
         jobs.hpcrun("rmi", name)
+
+
+@pytest.mark.registry
+def test_image_missing_from_store_and_registry_is_refused_before_submit(jobs, registry):
+    img = f"{registry.host}/nobody/nothing:1"
+    p = jobs.file(f"name: noreg\nimage: {img}\ncommand: 'true'\n")
+    cp = jobs.hpcrun("submit", p, env={**jobs.cluster.env,
+                                       "HPCRUN_INSECURE_REGISTRIES": registry.host})
+    assert cp.returncode == 1
+    assert cp.stderr.startswith(f"hpcrun: error: {p}:2: image: image {img} does not exist")
+    assert "noreg" not in jobs.queued_names()
+
+
+@pytest.mark.registry
+def test_image_only_in_its_registry_passes_the_check(jobs, registry, busybox_rootfs):
+    img = f"{registry.host}/jobs/bb:1"
+    env = {**jobs.cluster.env, "HPCRUN_INSECURE_REGISTRIES": registry.host}
+    tar = os.path.join(jobs.tmp, "rootfs.tar")
+    subprocess.run(["tar", "-C", busybox_rootfs, "-cf", tar, "."], check=True)
+    os.chmod(tar, 0o644)
+    for argv in (["import", tar, img], ["push", img], ["rmi", img]):
+        cp = jobs.hpcrun(*argv, env=env)
+        assert cp.returncode == 0, (argv, cp.stderr)
+    cp = jobs.hpcrun("submit", "--dry-run", jobs.file(f"image: {img}\ncommand: 'true'\n"),
+                     env=env)
+    assert (cp.returncode, cp.stderr) == (0, "")

@@ -47,18 +47,14 @@ def _where(job: JobFile, step: Step, key: str) -> str:
 def check_images(job: JobFile) -> None:
     """An image given as a path must exist and be readable (names are checked by Slurm
     tasks against the store on each node, or pulled there)."""
+    checked: set = set()
     for step in job.steps:
         img = step.image
         where = f"{job.path}:{step.image_line}: {_field(step, 'image', '')}"
         if not img.startswith(("/", "~")) and not img.endswith((".sqfs", ".squashfs")):
-            try:
-                from ..image import reference
-            except ImportError:
-                continue
-            try:
-                reference.parse(img)
-            except HpcrunError as e:
-                raise JobFileError(f"{where}: {e.what}", e.hint) from None
+            if img not in checked:
+                _check_name(img, where)
+                checked.add(img)
             continue
         p = os.path.expanduser(img)
         if not os.path.exists(p):
@@ -68,6 +64,65 @@ def check_images(job: JobFile) -> None:
         if not os.access(p, os.R_OK | (os.X_OK if os.path.isdir(p) else 0)):
             raise JobFileError(f"{where}: image {img} is not readable by you",
                                "the job's tasks run as you on the nodes; fix its permissions")
+
+
+def _check_name(img: str, where: str) -> None:
+    """An image name: well-formed, and in the store here or in its registry.
+
+    The store is node-local, so an image missing here is not an error as long as its
+    registry has it (the job pulls it on the nodes). A registry that does not answer
+    within 15 s, or asks for credentials we lack, leaves the question open (warning)."""
+    from ..image import reference
+    try:
+        ref = reference.parse(img)
+    except HpcrunError as e:
+        raise JobFileError(f"{where}: {e.what}", e.hint) from None
+    from .. import config
+    if os.path.isdir(str(config.get("store"))):
+        try:
+            from ..image.store import Store
+            st = Store()
+            try:
+                if st.get(img) is not None:
+                    return
+            finally:
+                st.close()
+        except HpcrunError:
+            pass
+    found = _registry_has(ref)
+    if found is False:
+        raise NotFound(f"{where}: image {img} does not exist: it is not in your image "
+                       f"store and {ref.domain} has no such manifest",
+                       "check the name and tag ('hpcrun images' lists your store)")
+    if found is None:
+        log.warning(f"cannot check that image {img} exists ({ref.domain} did not say); "
+                    "the job will pull it on the nodes")
+
+
+def _registry_has(ref) -> Optional[bool]:
+    """True / False when the registry says whether the manifest exists; None otherwise."""
+    import threading
+    result: List[Optional[bool]] = [None]
+
+    def probe() -> None:
+        try:
+            from ..image.registry import ACCEPT, Registry
+            reg = Registry(ref.registry)
+            try:
+                r = reg.request("HEAD", f"/v2/{ref.repository}/manifests/"
+                                f"{ref.digest or ref.tag}",
+                                scope=f"repository:{ref.repository}:pull",
+                                headers={"Accept": ACCEPT})
+                result[0] = True if r.status == 200 else False if r.status == 404 else None
+            finally:
+                reg.close()
+        except Exception as e:                  # unreachable, TLS, auth: cannot tell
+            log.debug(f"registry check of {ref}: {e}")
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(15)
+    return result[0]
 
 
 def _mem_mb(s: str) -> int:
