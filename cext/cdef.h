@@ -21,6 +21,7 @@
 #define HPCRUN_M_PROC 16
 #define HPCRUN_M_CONTENT 32
 #define HPCRUN_M_USERFILE 64
+#define HPCRUN_M_SYSFS 128
 
 struct hpcrun_mount {
     const char *src;

@@ -496,6 +496,13 @@ static int do_mounts(struct ctx *c, const struct hpcrun_spec *s, const char *low
                 return fail(c, "can't mount tmpfs on %s", m->dst);
             continue;
         }
+        if ((m->flags & HPCRUN_M_SYSFS) && (s->flags & HPCRUN_F_NET) &&
+            mount("sysfs", dst, "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, NULL) == 0) {
+            /* With its own network namespace, a fresh sysfs shows only its interfaces
+             * (allowed: our user namespace owns that network namespace). Where the kernel
+             * refuses, the host's is bound below. */
+            continue;
+        }
         if ((m->flags & HPCRUN_M_PROC) && c->in_pidns) {
             /* A new procfs shows only this pid namespace. Allowed because our user
              * namespace owns the pid namespace and a full /proc is visible. */
@@ -755,7 +762,9 @@ static int supervise(pid_t child, int init, int stopsig)
             return HPCRUN_EXIT_FAILED;
         siginfo_t si;
         int sig = sigwaitinfo(&set, &si);
-        if (sig > 0 && sig != SIGCHLD)
+        /* A signal from the terminal (^C, ^\\, window size) went to the whole foreground
+         * process group, the command included: passing it on would deliver it twice. */
+        if (sig > 0 && sig != SIGCHLD && si.si_code != SI_KERNEL)
             kill(child, sig == SIGTERM && stopsig > 0 ? stopsig : sig);
     }
 }

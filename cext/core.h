@@ -31,6 +31,7 @@
 #define HPCRUN_M_PROC     0x10  /* /proc: new one with a pid namespace, else the host's */
 #define HPCRUN_M_CONTENT  0x20  /* src is file content (bound from a private tmpfs) */
 #define HPCRUN_M_USERFILE 0x40  /* with CONTENT: the image's own file plus this line */
+#define HPCRUN_M_SYSFS    0x80  /* /sys: a fresh sysfs with a new network namespace, else the host's */
 
 struct hpcrun_mount {
     const char *src;  /* absolute host path (symlinks resolved), or content */

@@ -114,3 +114,39 @@ def test_pid_private_monitor_drops_the_interpreter(user, rt_image):
     finally:
         p.kill()
         p.communicate()
+
+
+@pytest.mark.parametrize("pid", PIDS)
+def test_ctrl_c_in_a_terminal_reaches_the_command_once(user, rt_image, pid):
+    # ^C goes to the terminal's whole foreground process group, the command included;
+    # the monitor and init must not pass it on a second time.
+    import os
+    import pty
+    import shutil
+    import time
+    util.require(shutil.which("setsid") is not None, "util-linux setsid is missing")
+    master, slave = pty.openpty()
+    os.fchown(slave, user.uid, user.gid)
+    script = ("trap 'echo got-int' INT; echo ready; i=0; "
+              "while [ $i -lt 30 ]; do sleep 0.1; i=$((i+1)); done; echo end")
+    p = subprocess.Popen(["setsid", "-c", util.HPCRUN, "run", f"--pid={pid}", rt_image,
+                          "sh", "-c", script],
+                         user=user.uid, group=user.gid, extra_groups=[], env=util.user_env(user),
+                         cwd="/", stdin=slave, stdout=slave, stderr=slave)
+    os.close(slave)
+    buf = b""
+    deadline = time.monotonic() + 30
+    while b"ready" not in buf and time.monotonic() < deadline:
+        buf += os.read(master, 1024)
+    os.write(master, b"\x03")
+    p.wait(timeout=60)
+    while True:
+        try:
+            chunk = os.read(master, 1024)
+        except OSError:
+            break
+        if not chunk:
+            break
+        buf += chunk
+    os.close(master)
+    assert buf.count(b"got-int") == 1, buf

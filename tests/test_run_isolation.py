@@ -202,3 +202,17 @@ def test_scratch_prefers_slurm_tmpdir(user, rt_image, user_tmp):
 def test_hosts_file_is_the_hosts(user, rt_image):
     with open("/etc/hosts") as f:
         assert out(run(user, rt_image, "cat", "/etc/hosts")) == f.read().strip()
+
+
+def test_network_none_sysfs_shows_only_lo(user, rt_image):
+    assert out(run(user, "--network", "none", rt_image, "ls", "/sys/class/net")).split() == ["lo"]
+
+
+def test_ipc_private_has_its_own_dev_shm(user, rt_image):
+    name = f"hpcrun-rt-ipc-{os.getpid()}"
+    try:
+        out(run(user, "--ipc=private", rt_image, "sh", "-c", f"echo x > /dev/shm/{name}"))
+        assert not os.path.exists(f"/dev/shm/{name}")
+    finally:
+        if os.path.exists(f"/dev/shm/{name}"):
+            os.unlink(f"/dev/shm/{name}")

@@ -127,6 +127,8 @@ def plan(opts, image, environ=None) -> Spec:
 
     # -- mounts
     mounts = mnt.defaults() + mnt.user_files(passwd, group_line)
+    if opts.ipc == "private":
+        mounts.append(mnt.private_shm())
     if opts.home and home not in ("/", "") and os.path.isdir(home):
         mounts.append(mnt.bind(home, os.path.normpath(home), what="home directory"))
     if opts.scratch:

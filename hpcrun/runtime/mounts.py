@@ -9,13 +9,13 @@ from __future__ import annotations
 import os
 
 from hpcrun.errors import NotFound, UsageError
-from hpcrun.runtime.spec import (M_CONTENT, M_FILE, M_OPTIONAL, M_PROC, M_RDONLY, M_TMPFS,
-                                 M_USERFILE, Mount)
+from hpcrun.runtime.spec import (M_CONTENT, M_FILE, M_OPTIONAL, M_PROC, M_RDONLY, M_SYSFS,
+                                 M_TMPFS, M_USERFILE, Mount)
 
 # dst, host source, flags. Order matters: a mount comes after the one it lies in.
 TABLE = (
     ("/proc", "/proc", M_PROC),            # a new procfs with --pid=private, else the host's
-    ("/sys", "/sys", 0),
+    ("/sys", "/sys", M_SYSFS),             # a fresh one with --network none, else the host's
     ("/dev", "/dev", 0),                   # the host's, recursively: /dev/shm (MPI shared
                                            # memory), /dev/pts, fabric and GPU device nodes
     ("/tmp", None, M_TMPFS),               # private, discarded at exit
@@ -31,6 +31,12 @@ def defaults() -> list:
             src = os.path.realpath(src)   # the C core must never follow a host symlink
         out.append(Mount(src=src, dst=dst, flags=flags))
     return out
+
+
+def private_shm() -> Mount:
+    """--ipc=private: System V IPC gets its own namespace, POSIX shared memory (/dev/shm)
+    its own tmpfs, as Docker does."""
+    return Mount(dst="/dev/shm", flags=M_TMPFS)
 
 
 def user_files(passwd_line: str, group_line: str) -> list:

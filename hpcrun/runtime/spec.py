@@ -24,6 +24,7 @@ M_FILE = 0x08
 M_PROC = 0x10
 M_CONTENT = 0x20
 M_USERFILE = 0x40
+M_SYSFS = 0x80
 
 
 class _Frozen:
