@@ -248,3 +248,32 @@ def test_not_a_tar_layer_refused(user, store_env, user_tmp):
     cp = hp(user, store_env, "load", "-i", p)
     assert cp.returncode == 1 and "layer 1" in cp.stderr
     _no_image(store_env["HPCRUN_STORE"])
+
+
+# ----------------------------------------------------------------- zstd layers
+
+def _zstd(data: bytes) -> bytes:
+    import shutil
+    import subprocess
+    util.require(shutil.which("zstd") is not None, "zstd is not installed")
+    return subprocess.run(["zstd", "-q", "-c"], input=data, capture_output=True,
+                          check=True).stdout
+
+
+def test_zstd_layer(user, store_env, user_tmp):
+    from fixtures_image import tar_bytes
+    p = _oci_with_blob(user_tmp, _zstd(tar_bytes(BASE + [F("etc/z", "zstd layer")])))
+    ok(hp(user, store_env, "load", "-i", p))
+    root = ok(hp(user, store_env, "inspect", "-f", "{{.Hpcrun.Directory}}",
+                 "x/y:1")).stdout.strip()
+    assert open(os.path.join(root, "etc", "z")).read() == "zstd layer"
+
+
+def test_truncated_zstd_refused(user, store_env, user_tmp):
+    from fixtures_image import tar_bytes
+    blob = _zstd(tar_bytes(BASE + [F("big", os.urandom(300_000))]))
+    p = _oci_with_blob(user_tmp, blob[: len(blob) // 2])
+    cp = hp(user, store_env, "load", "-i", p)
+    assert cp.returncode == 1
+    assert "compressed stream" in cp.stderr.splitlines()[0]
+    _no_image(store_env["HPCRUN_STORE"])

@@ -113,6 +113,92 @@ class _Checked:
         self.close()
 
 
+class _Pipe:
+    """A decompressor command (zstd -dc) as a forward-seekable reader; its failure
+    (exit status at end of stream) becomes ImageError naming the layer."""
+
+    def __init__(self, argv: list, f, what: str):
+        import subprocess
+        from .. import log as _log
+        _log.debug("exec: " + " ".join(argv))
+        self.what = what
+        self.raw = f
+        self.pos = 0
+        seekable = f.seekable()
+        if seekable:
+            os.lseek(f.fileno(), 0, os.SEEK_SET)  # peek() moved the descriptor
+        self.p = subprocess.Popen(argv, stdin=f if seekable else subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=CHUNK)
+        if not seekable:
+            import threading
+
+            def feed() -> None:
+                try:
+                    while True:
+                        b = f.read(CHUNK)
+                        if not b:
+                            break
+                        self.p.stdin.write(b)
+                except (BrokenPipeError, ValueError, OSError):
+                    pass
+                finally:
+                    try:
+                        self.p.stdin.close()
+                    except OSError:
+                        pass
+            threading.Thread(target=feed, daemon=True).start()
+
+    def _eof(self) -> None:
+        rc = self.p.wait()
+        if rc != 0:
+            err = self.p.stderr.read().decode(errors="replace").strip().splitlines()
+            detail = err[-1] if err else f"exit status {rc}"
+            raise ImageError(f"{self.what}: corrupt or truncated compressed stream ({detail})",
+                             "the file or download is damaged; fetch it again")
+
+    def check(self) -> None:
+        """Raise the decompressor's error if it has failed (waits briefly for its exit)."""
+        import subprocess
+        try:
+            self.p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            return
+        self._eof()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.p.stdout.read() if n is None or n < 0 else self.p.stdout.read(n)
+        if not data and n != 0:
+            self._eof()
+        self.pos += len(data)
+        return data
+
+    def seek(self, off: int, whence: int = 0) -> int:
+        target = off if whence == 0 else self.pos + off
+        if target < self.pos:
+            raise OSError("cannot seek backwards in a pipe")
+        while self.pos < target:
+            if not self.read(min(CHUNK, target - self.pos)):
+                break
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def close(self) -> None:
+        if self.p.poll() is None:
+            self.p.kill()
+        self.p.wait()
+        self.p.stdout.close()
+        self.p.stderr.close()
+        self.raw.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def open_layer(path_or_file, what: str | None = None):
     """A readable (and forward-seekable) stream of the uncompressed tar of a layer:
     gzip, zstd (with the zstandard module), xz or plain, told apart by magic."""
@@ -133,9 +219,13 @@ def open_layer(path_or_file, what: str | None = None):
         try:
             import zstandard  # type: ignore
         except ImportError:
+            from ..proc import which
+            if which("zstd"):
+                return _Pipe(["zstd", "-dc", "-q"], f, what)
             f.close()
-            raise ImageError(f"{what}: zstd-compressed layer, but the zstandard module is missing",
-                             "pip install 'hpcrun[zstd]' (or zstandard)") from None
+            raise ImageError(f"{what}: zstd-compressed layer, but neither the zstandard module "
+                             "nor the zstd command is installed",
+                             "pip install 'hpcrun[zstd]', or install zstd") from None
         inner = zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True)
     elif kind == "xz":
         import lzma
@@ -153,17 +243,16 @@ def _tar(stream, what: str) -> tarfile.TarFile:
                          "a layer must be a tar, optionally gzip or zstd compressed") from e
 
 
-def _damaged(what: str, e: Exception) -> ImageError:
+def _damaged(what: str, e: Exception, stream=None) -> ImageError:
+    if isinstance(stream, _Pipe):
+        stream.check()  # a decompressor that failed explains the damage better
     return ImageError(f"{what}: damaged tar archive ({e})",
                       "the file or download is damaged; fetch it again")
 
 
 def members(tf: tarfile.TarFile, what: str) -> Iterator[tarfile.TarInfo]:
-    try:
-        for m in tf:
-            yield m
-    except tarfile.TarError as e:
-        raise _damaged(what, e) from e
+    """The members in order (callers turn tarfile.TarError into ImageError)."""
+    return iter(tf)
 
 
 # ---------------------------------------------------------------------------
@@ -464,7 +553,7 @@ def extract(layers: Iterable, dest: str, *, max_size: int | None = None) -> Tree
                     os.mkfifo(full, 0o600)
                     os.chmod(full, (m.mode & 0o1777) | 0o600)
         except tarfile.TarError as e:
-            raise _damaged(what, e) from e
+            raise _damaged(what, e, stream) from e
         finally:
             stream.close()
     tree.finish()
@@ -505,7 +594,7 @@ def plan(layers: list, *, max_size: int | None = None) -> Tree:
             for idx, m in enumerate(members(_tar(stream, what), what)):
                 tree.add(m, li, idx, what)
         except tarfile.TarError as e:
-            raise _damaged(what, e) from e
+            raise _damaged(what, e, stream) from e
         finally:
             stream.close()
     tree.finish()
@@ -557,7 +646,7 @@ def flatten_stream(layers: list, out: BinaryIO, *, max_size: int | None = None,
                 ti = _out_info(m, path, root_owned, action)
                 out_tf.addfile(ti, tf.extractfile(m) if ti.size else None)
         except tarfile.TarError as e:
-            raise _damaged(what, e) from e
+            raise _damaged(what, e, stream) from e
         finally:
             stream.close()
         tree.finish()
@@ -591,7 +680,7 @@ def flatten_stream(layers: list, out: BinaryIO, *, max_size: int | None = None,
                 ti = _out_info(m, path, root_owned, kind)
                 out_tf.addfile(ti, tf.extractfile(m) if ti.size else None)
         except tarfile.TarError as e:
-            raise _damaged(what, e) from e
+            raise _damaged(what, e, stream) from e
         finally:
             stream.close()
     _extra(out_tf, extra)
