@@ -359,3 +359,30 @@ def test_pull_squashfs_format(user, user_env_for, registry, bb):
     sq = os.path.join(env["HPCRUN_STORE"], "images", bb["config"][7:], "image.sqfs")
     with open(sq, "rb") as f:
         assert f.read(4) == b"hsqs"
+
+
+def test_zstd_layer(user, user_env_for, registry, oci_layout, busybox_layer):
+    """A zstd layer pulls when the zstandard module is installed, else a clear refusal."""
+    import subprocess
+    util.require(shutil.which("zstd") is not None, "the zstd command is not installed")
+    z = subprocess.run(["zstd", "-q", "-c", "-3"], input=busybox_layer, capture_output=True, check=True).stdout
+    m = oci_layout.image([busybox_layer])
+    man_path = os.path.join(oci_layout.dir, "blobs", "sha256", m["digest"][7:])
+    with open(man_path) as f:
+        man = json.load(f)
+    man["layers"] = [oci_layout.blob(z, "application/vnd.oci.image.layer.v1.tar+zstd")]
+    zm = oci_layout.blob(json.dumps(man).encode(), man["mediaType"])
+    oci_layout.tag(zm, "zstd")
+    skopeo_push(oci_layout, "zstd", registry, "ns/zstd:v1")
+    env = user_env_for(HPCRUN_INSECURE_REGISTRIES=registry.host)
+    cp = hp(user, env, "pull", f"{registry.host}/ns/zstd:v1")
+    try:
+        import zstandard  # noqa: F401
+    except ImportError:
+        assert cp.returncode == 1
+        assert "zstd-compressed, but the zstandard module is missing" in err(cp)
+        assert "hpcrun[zstd]" in cp.stderr
+        assert records(env) == []
+    else:
+        assert cp.returncode == 0, cp.stderr
+        assert os.path.isfile(os.path.join(image_dir(env, man["config"]["digest"]), "bin", "busybox"))
