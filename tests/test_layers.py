@@ -220,7 +220,8 @@ def test_corrupt_gzip_refused(user, store_env, user_tmp):
         blob[i] ^= 0xFF
     p = _oci_with_blob(user_tmp, bytes(blob))
     cp = hp(user, store_env, "load", "-i", p)
-    assert cp.returncode == 1 and "compressed stream" in cp.stderr
+    # zlib notices the damage, or the tar reader does (deflate may decode garbage)
+    assert cp.returncode == 1 and cp.stderr.startswith("hpcrun: error: layer 1: ")
     _no_image(store_env["HPCRUN_STORE"])
 
 
