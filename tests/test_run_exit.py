@@ -150,3 +150,19 @@ def test_ctrl_c_in_a_terminal_reaches_the_command_once(user, rt_image, pid):
         buf += chunk
     os.close(master)
     assert buf.count(b"got-int") == 1, buf
+
+
+def test_threaded_caller_takes_the_monitored_path(user, rt_image):
+    # unshare(CLONE_NEWUSER) is EINVAL in a multi-threaded process: a caller that has
+    # started threads still gets its container (through a cloned child and a monitor).
+    import sys
+    code = ("import sys, threading, time\n"
+            "threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n"
+            "from hpcrun.cli.main import main\n"
+            f"sys.exit(main(['run', {rt_image!r}, 'sh', '-c', 'exit 6']))\n")
+    assert util.as_user(user, [sys.executable, "-c", code]).returncode == 6
+
+
+def test_help_exits_0(user):
+    cp = util.hpcrun(user, "run", "--help")
+    assert cp.returncode == 0 and cp.stdout.startswith("usage: hpcrun run")
