@@ -60,7 +60,6 @@ def test_w_on_writable_mount_is_created(user, rt_image):
 def test_stopsignal_is_what_sigterm_becomes(user, rt_user_image):
     import signal
     import subprocess
-    import time
     d = util.shared_tmpdir("hpcrun-rtstop-")
     try:
         shutil.copytree(rt_user_image, os.path.join(d, "img"), symlinks=True)
