@@ -406,3 +406,27 @@ def test_image_only_in_its_registry_passes_the_check(jobs, registry, busybox_roo
     cp = jobs.hpcrun("submit", "--dry-run", jobs.file(f"image: {img}\ncommand: 'true'\n"),
                      env=env)
     assert (cp.returncode, cp.stderr) == (0, "")
+
+
+def _no_slurm_config():
+    util.require(not os.path.exists("/etc/slurm/slurm.conf"),
+                 "this machine has a Slurm configuration of its own")
+
+
+def test_dry_run_without_a_cluster_still_renders(user, user_tmp, busybox_rootfs):
+    _no_slurm_config()
+    p = os.path.join(user_tmp, "j.yaml")
+    with open(p, "w") as f:
+        f.write(f"image: {busybox_rootfs}\ncommand: 'true'\n")
+    cp = util.hpcrun(user, "submit", "--dry-run", p, cwd=user_tmp)    # no SLURM_CONF
+    assert (cp.returncode, cp.stdout.startswith("# ==> job j: sbatch --parsable <==\n"),
+            "warning: cannot check resources" in cp.stderr) == (0, True, True)
+
+
+def test_submit_without_a_cluster_says_what_is_missing(user, user_tmp, busybox_rootfs):
+    _no_slurm_config()
+    p = os.path.join(user_tmp, "j.yaml")
+    with open(p, "w") as f:
+        f.write(f"image: {busybox_rootfs}\ncommand: 'true'\n")
+    cp = util.hpcrun(user, "submit", p, cwd=user_tmp)                  # no SLURM_CONF
+    assert (cp.returncode, "hint: is Slurm configured here?" in cp.stderr) == (1, True)

@@ -133,6 +133,10 @@ def _mem_mb(s: str) -> int:
     return int(s)
 
 
+class ResourceRefused(SlurmError):
+    """A job file asks for more than the cluster has."""
+
+
 def check_resources(job: JobFile, be: CliBackend) -> None:
     """Refuse what the cluster can never satisfy (more nodes than the partition has,
     more memory or CPUs than any node, a time above the partition's limit)."""
@@ -158,7 +162,7 @@ def check_resources(job: JobFile, be: CliBackend) -> None:
         total_gpus = sum(n.gpus for n in pn)
 
         def refuse(key: str, what: str, hint: str) -> None:
-            raise SlurmError(f"{_where(job, step, key)}: {_field(step, key)}: {what}",
+            raise ResourceRefused(f"{_where(job, step, key)}: {_field(step, key)}: {what}",
                              hint + "; Slurm would refuse it or leave it pending forever")
 
         if r.nodes is not None:
@@ -278,10 +282,10 @@ def submit(job: JobFile, *, dry_run: bool = False, be: Optional[CliBackend] = No
     if check_cluster:
         try:
             check_resources(job, be)
-        except SlurmError:
+        except (ResourceRefused, JobFileError):
             raise
-        except HpcrunError as e:
-            if not dry_run or isinstance(e, JobFileError):
+        except HpcrunError as e:        # no cluster reachable: fatal unless --dry-run
+            if not dry_run:
                 raise
             log.warning(f"cannot check resources against the cluster: {e.what}")
     scripts = {s.name: render(s, exe, job.path) for s in job.steps}
