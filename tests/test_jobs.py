@@ -430,3 +430,29 @@ def test_submit_without_a_cluster_says_what_is_missing(user, user_tmp, busybox_r
         f.write(f"image: {busybox_rootfs}\ncommand: 'true'\n")
     cp = util.hpcrun(user, "submit", p, cwd=user_tmp)                  # no SLURM_CONF
     assert (cp.returncode, "hint: is Slurm configured here?" in cp.stderr) == (1, True)
+
+
+# --- MPI across nodes from a job file ----------------------------------------------------
+
+@pytest.fixture(scope="session")
+def mpi_rootfs():
+    from tasks_helpers import make_mpi_rootfs
+    import shutil
+    d = util.shared_tmpdir("hpcrun-jobsmpi-")
+    yield make_mpi_rootfs(os.path.join(d, "rootfs"))
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.mark.mpi
+def test_mpi_pmix_job_over_two_nodes(jobs, containers, mpi_rootfs):
+    [jid] = jobs.submit(f"""\
+image: {mpi_rootfs}
+command: /opt/mpi/hello
+mpi: pmix
+env: {{OMPI_MCA_btl_vader_single_copy_mechanism: none}}
+resources: {{nodes: 2, ntasks_per_node: 2}}
+""")
+    assert jobs.wait(jid).returncode == 0
+    ranks = [ln for ln in jobs.logs(jid).splitlines() if ln.startswith("rank ")]
+    assert sorted(r.split(" on ")[0] for r in ranks) == [f"rank {i} of 4" for i in range(4)] \
+        and all(r.endswith("allreduce 4") for r in ranks)
