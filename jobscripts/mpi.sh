@@ -7,8 +7,10 @@
 # The image must hold an MPI built with PMIx support (Open MPI >= 4, MPICH with PMIx)
 # and the program; PROGRAM (default /opt/mpi/hello) is its path inside the image.
 # 'hpcrun task' binds Slurm's PMIx directories into each container, like enroot's
-# PMI hook. Each rank has its own container, so Linux's cross-memory attach between
-# ranks on one node is off (different user namespaces): tell Open MPI not to try it.
+# PMI hook. --node-container gives the ranks of a node one container (the first rank
+# creates it, the others join it), so they share a user namespace and Open MPI can use
+# cross-memory attach (CMA) between them; without it each rank has its own container
+# and Open MPI falls back to slower copies (it warns about CMA).
 #SBATCH --job-name=hpcrun-mpi
 #SBATCH --nodes=2
 #SBATCH --ntasks-per-node=2
@@ -18,4 +20,4 @@ set -euo pipefail
 IMAGE=${IMAGE:?set IMAGE to an image with MPI: a rootfs directory, a squashfs file or an image name}
 PROGRAM=${PROGRAM:-/opt/mpi/hello}
 
-srun --mpi=pmix hpcrun task -e OMPI_MCA_btl_vader_single_copy_mechanism=none "$IMAGE" -- "$PROGRAM"
+srun --mpi=pmix hpcrun task --node-container "$IMAGE" -- "$PROGRAM"

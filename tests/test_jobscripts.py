@@ -137,6 +137,7 @@ def test_mpi(slurm_cluster, user, workdir, mpi_image, node_cache):
     ranks = re.findall(r"^rank (\d) of 4 on (\S+) allreduce 4$", out, re.M)
     assert sorted(r for r, _ in ranks) == ["0", "1", "2", "3"], out
     assert len({n for _, n in ranks}) == 2
+    assert "CMA is" not in out        # ranks of a node share one container (--node-container)
 
 
 def test_demo(slurm_cluster, user, user_tmp):

@@ -59,6 +59,36 @@ def test_store_image_prepared_once_per_node_with_its_config(slurm_cluster, user,
     assert len(prepare_log(node_cache)) == 2
 
 
+def test_node_container_one_user_namespace_per_node(slurm_cluster, user, task_image,
+                                                   node_cache):
+    cp = _srun(user, slurm_cluster, node_cache, "-N2", "-n8", util.HPCRUN, "task",
+               "--node-container", task_image.sqfs, "--", "sh", "-c",
+               'echo "$SLURMD_NODENAME $(readlink /proc/self/ns/user)"; sleep 0.5')
+    assert cp.returncode == 0, cp.stderr
+    rows = [ln.split() for ln in cp.stdout.splitlines() if ln.strip()]
+    assert len(rows) == 8
+    by_node = {}
+    for node, ns in rows:
+        by_node.setdefault(node, set()).add(ns)
+    assert len(by_node) == 2 and all(len(v) == 1 for v in by_node.values())
+    assert len({ns for _, ns in rows}) == 2
+
+
+def test_without_node_container_one_user_namespace_per_task(slurm_cluster, user, task_image,
+                                                            node_cache):
+    cp = _srun(user, slurm_cluster, node_cache, "-N2", "-n8", util.HPCRUN, "task",
+               task_image.sqfs, "--", "readlink", "/proc/self/ns/user")
+    assert cp.returncode == 0, cp.stderr
+    assert len(set(cp.stdout.split())) == 8
+
+
+def test_node_container_outside_slurm_runs_alone(user, task_image, node_cache):
+    cp = util.hpcrun(user, "task", "--node-container", task_image.sqfs, "--", "echo", "alone",
+                     env={"HPCRUN_NODE_CACHE": node_cache})
+    assert cp.returncode == 0, cp.stderr
+    assert cp.stdout.strip() == "alone"
+
+
 def test_directory_image_needs_no_preparation(slurm_cluster, user, task_image, node_cache):
     cp = _srun(user, slurm_cluster, node_cache, "-N2", "-n4", util.HPCRUN, "task",
                task_image.dir, "--", "cat", "/etc/os-release")
@@ -85,11 +115,11 @@ def test_task_exit_status_reaches_srun(slurm_cluster, user, task_image, node_cac
     assert cp.returncode == 7
 
 
-def _trapping_job(user, cluster, image, cache, out, token, extra=()):
+def _trapping_job(user, cluster, image, cache, out, token, extra=(), task_opts=""):
     """A 2-node, 4-task job whose containerized tasks record SIGTERM, then exit."""
     script = (
         "#!/bin/sh\n"
-        f"srun {util.HPCRUN} task -v {out}:/out {image} -- sh -c "
+        f"srun {util.HPCRUN} task {task_opts} -v {out}:/out {image} -- sh -c "
         "'trap \"echo TERM > /out/term.$SLURM_PROCID; exit 0\" TERM; "
         "touch /out/ready.$SLURM_PROCID; while true; do sleep 1; done' "
         f"{token}\n")
@@ -104,10 +134,12 @@ def _all_ready(out, n=4):
     return all(os.path.exists(os.path.join(out, f"ready.{i}")) for i in range(n))
 
 
+@pytest.mark.parametrize("task_opts", ["", "--node-container"])
 def test_scancel_delivers_sigterm_and_leaves_nothing(slurm_cluster, user, user_tmp, task_image,
-                                                       node_cache):
+                                                       node_cache, task_opts):
     token = f"hpcrun-scancel-{uuid.uuid4().hex[:12]}"
-    jobid = _trapping_job(user, slurm_cluster, task_image.sqfs, node_cache, user_tmp, token)
+    jobid = _trapping_job(user, slurm_cluster, task_image.sqfs, node_cache, user_tmp, token,
+                          task_opts=task_opts)
     wait_for(lambda: _all_ready(user_tmp), 120, "all 4 tasks to start")
     cp = util.as_user(user, ["scancel", jobid], env=slurm_cluster.env)
     assert cp.returncode == 0, cp.stderr

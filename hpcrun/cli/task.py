@@ -21,7 +21,11 @@ Meant to be started by srun, once per task:
 A squashfs IMAGE is unpacked once per node into the node-local cache (setting
 node_cache, default /var/tmp/hpcrun-$UID/nodecache); the first task on a node does it,
 the others wait and reuse it. Every 'hpcrun run' option is accepted (see
-'hpcrun run --help').
+'hpcrun run --help'), and:
+
+  --node-container   one container per node: the node's first task of the step
+                     becomes it, the others join it (one user namespace per node, so
+                     MPI ranks can use cross-memory attach between each other)
 """
 
 # `hpcrun run` options that take a separate value; used only to find IMAGE when the
@@ -58,8 +62,14 @@ def main(verb: str, argv: list[str]) -> int:
         raise UsageError("no IMAGE given",
                          "usage: hpcrun task [RUN OPTIONS] IMAGE -- COMMAND [ARG...]")
     from hpcrun.slurm import prepare
+    argv = list(argv)
+    node_container = False
+    i = image_index(argv)
+    if "--node-container" in argv[:i]:
+        argv.remove("--node-container")
+        node_container = True
     # Slurm's PMIx directories (MPI steps only), as options before the user's own.
-    argv = prepare.slurm_binds() + list(argv)
+    argv = prepare.slurm_binds() + argv
     from hpcrun.cli import run
     from hpcrun.runtime import image as img
     from hpcrun.runtime import launch
@@ -70,4 +80,7 @@ def main(verb: str, argv: list[str]) -> int:
         root = prepare.unpack_once(image.path)
         image = img.Image(path=root, kind="dir", name=image.name,
                           config=image.config if image.config else img.dir_config(root))
-    return launch.run(launch.plan(opts, image))
+    spec = launch.plan(opts, image)
+    if node_container:
+        return prepare.run_node_container(spec)
+    return launch.run(spec)

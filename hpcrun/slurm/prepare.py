@@ -245,3 +245,119 @@ def slurm_binds(environ=None) -> list:
         if os.path.isdir(d):
             out += ["-v", f"{d}:{d}"]
     return out
+
+
+# --- one container per node (hpcrun task --node-container) --------------------------
+#
+# The first task of a step on a node becomes the container (its process turns into the
+# command); the node's other tasks of the step join it with setns (hpcrun._core.join),
+# as pyxis's tasks join the container the first one created. One user namespace per
+# node lets MPI ranks use cross-memory attach (CMA) between each other again.
+#
+#   <node_cache>/<node>/step-<job>.<step>.pid    "<pid> <starttime>" of the first task
+#   <node_cache>/<node>/step-<job>.<step>.lock   flock: who is first
+#
+# The first task writes its pid, then enters. The others wait until that process has
+# left the host's user namespace and exec'd the command (its command line is no longer
+# the same `hpcrun task ...` as theirs), then join. If it died before (setup failed,
+# or its command already ended), the next task becomes the container instead.
+
+def _starttime(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            s = f.read()
+    except OSError:
+        return None
+    fields = s[s.rindex(")") + 2:].split()
+    return fields[19] if len(fields) > 19 and fields[0] not in "ZX" else None
+
+
+def _read(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _holder(pidfile: str) -> int | None:
+    """The pid in pidfile if that very process (same start time) is still alive."""
+    raw = _read(pidfile)
+    if not raw:
+        return None
+    try:
+        pid_s, start = raw.decode().split()
+        pid = int(pid_s)
+    except ValueError:
+        return None
+    return pid if _starttime(pid) == start else None
+
+
+def _ready(pid: int) -> bool | None:
+    """True: pid is in its container running the command; False: not yet; None: gone."""
+    start = _starttime(pid)
+    if start is None:
+        return None
+    try:
+        if os.stat(f"/proc/{pid}/ns/user").st_ino == os.stat("/proc/self/ns/user").st_ino:
+            return False
+    except OSError:
+        return None
+    cmd = _read(f"/proc/{pid}/cmdline")
+    if cmd is None:
+        return None
+    return cmd != _read("/proc/self/cmdline")
+
+
+def run_node_container(spec, timeout: float = 120.0) -> int:
+    """Run spec's command in this node's container of the step: create it or join it."""
+    import time
+    from ..runtime import launch
+    from ..runtime.spec import F_MONITOR, F_PID
+    e = os.environ
+    job, step = e.get("SLURM_JOB_ID"), e.get("SLURM_STEP_ID")
+    if spec.flags & (F_PID | F_MONITOR) or not job or not step:
+        # A pid namespace or a STOPSIGNAL puts a monitor process in front of the
+        # command, and outside a Slurm step there is no step to share: own container.
+        if job and step:
+            from .. import log
+            log.warning("--node-container: this container needs its own monitor process "
+                        "(--pid=private or the image's STOPSIGNAL); each task gets its own")
+        return launch.run(spec)
+    root = cache_root()
+    try:
+        os.makedirs(root, mode=0o700, exist_ok=True)
+    except OSError as ex:
+        raise ImageError(f"cannot create the node cache {root}: {ex.strerror}",
+                         "set node_cache (HPCRUN_NODE_CACHE) to a writable node-local "
+                         "directory") from None
+    base = os.path.join(root, f"step-{job}.{step}")
+    deadline = time.monotonic() + timeout
+    while True:
+        fd = os.open(base + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            pid = _holder(base + ".pid")
+            if pid is None:
+                tmp = f"{base}.pid.{os.getpid()}"
+                with open(tmp, "w") as f:
+                    f.write(f"{os.getpid()} {_starttime(os.getpid())}\n")
+                os.rename(tmp, base + ".pid")
+        finally:
+            os.close(fd)
+        if pid is None:
+            return launch.run(spec)          # the first task: become the container
+        while True:
+            r = _ready(pid)
+            if r or r is None or time.monotonic() > deadline:
+                break
+            time.sleep(0.005)
+        if r:
+            from .. import _core
+            return _core.join(pid, spec.argv, spec.env, spec.workdir)
+        if r is False:
+            from .. import log
+            log.warning(f"--node-container: process {pid} did not start the container "
+                        f"within {timeout:.0f} s; this task gets its own")
+            return launch.run(spec)
+        # The first task died before its container was up: try again (maybe be first).
