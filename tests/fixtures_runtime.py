@@ -160,3 +160,29 @@ def processes_with(token: str) -> list:
         if token in cmd:
             found.append((int(pid), cmd))
     return found
+
+
+def without_userns(user, argv, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run argv as the user where user namespaces are disabled: inside a user namespace
+    (ids mapped 1:1, made by root) whose user.max_user_namespaces is 0, as on a host
+    with the sysctl at 0. Needs root and util-linux unshare/setpriv."""
+    import time
+    util.require(os.geteuid() == 0 and shutil.which("unshare") is not None
+                 and shutil.which("setpriv") is not None, "needs root, unshare and setpriv")
+    env = " ".join(f"{k}={v}" for k, v in util.user_env(user).items() if " " not in v)
+    inner = ("echo 0 > /proc/sys/user/max_user_namespaces || exit 99; "
+             f"exec setpriv --reuid {user.uid} --regid {user.gid} --clear-groups "
+             f"env -i {env} " + " ".join(f"'{a}'" for a in argv))
+    # The inner sh is exec'd once the maps exist, so it keeps its capabilities.
+    p = subprocess.Popen(["unshare", "--user", "--", "sh", "-c", 'read _; exec sh -c "$0"', inner],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, cwd="/")
+    for _ in range(200):   # bounded wait for unshare to have made the namespace
+        if os.readlink(f"/proc/{p.pid}/ns/user") != os.readlink("/proc/self/ns/user"):
+            break
+        time.sleep(0.01)
+    for f in ("uid_map", "gid_map"):
+        with open(f"/proc/{p.pid}/{f}", "w") as fh:
+            fh.write("0 0 4294967295")
+    out, err = p.communicate("\n", timeout=timeout)
+    return subprocess.CompletedProcess(p.args, p.returncode, out, err)

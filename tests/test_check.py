@@ -61,6 +61,16 @@ def test_slurm_backend_line(user, rt_userns):
     assert "slurm backend: cli (sbatch found)" in check(user).stdout.splitlines()
 
 
+def test_userns_disabled_says_what_to_ask(user):
+    from fixtures_runtime import without_userns
+    cp = without_userns(user, [util.HPCRUN, "check", "--format", "json"])
+    assert cp.returncode == 1, cp.stderr
+    d = json.loads(cp.stdout)
+    ns = by_name(d)["user namespaces"]
+    assert (d["can_run"], ns["ok"]) == (False, False)
+    assert "max_user_namespaces" in ns["ask_admin"]
+
+
 def test_bad_format(user):
     cp = check(user, "--format", "xml")
     assert cp.returncode == 2

@@ -111,6 +111,13 @@ def test_scratch_without_tmpdir(user, rt_image):
         "--scratch: neither SLURM_TMPDIR nor TMPDIR is set")
 
 
+def test_user_namespaces_disabled(user, rt_image):
+    from fixtures_runtime import without_userns
+    import util
+    bad(without_userns(user, [util.HPCRUN, "run", rt_image, "true"]), 125,
+        "can't create a user namespace: No space left on device")
+
+
 def test_bad_input_leaves_nothing_behind(user, rt_image, user_tmp):
     before = user_entries_in_tmp(user)
     run(user, "-v", f"{user_tmp}:/proc/hpcrun-x", rt_image, "true")

@@ -65,7 +65,7 @@ def _kernel(results, userns_ok):
 
 def _fuse(results, userns_ok):
     from hpcrun import _core
-    sqf = _which("squashfuse")
+    sqf = _which("squashfuse_ll") or _which("squashfuse")
     access = os.access("/dev/fuse", os.R_OK | os.W_OK)
     if not os.path.exists("/dev/fuse"):
         ok, detail = False, "/dev/fuse does not exist"
