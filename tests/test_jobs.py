@@ -456,3 +456,14 @@ resources: {{nodes: 2, ntasks_per_node: 2}}
     ranks = [ln for ln in jobs.logs(jid).splitlines() if ln.startswith("rank ")]
     assert sorted(r.split(" on ")[0] for r in ranks) == [f"rank {i} of 4" for i in range(4)] \
         and all(r.endswith("allreduce 4") for r in ranks)
+
+
+def test_cancel_delivers_sigterm_to_the_containerized_command(jobs, containers):
+    [jid] = jobs.submit("image: IMAGE\n"
+                        "command: [sh, -c, 'trap \"echo got-TERM; exit 0\" TERM; "
+                        "sleep 600 & wait']\n")
+    jobs.running(jid)
+    _started(jid)
+    assert jobs.hpcrun("cancel", jid).returncode == 0
+    jobs.wait(jid)
+    assert "got-TERM" in jobs.logs(jid)
