@@ -87,7 +87,11 @@ def rmtree(path: str) -> None:
             if func is os.rmdir:
                 shutil.rmtree(p, ignore_errors=True)
     if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, onerror=onerror)
+        import sys
+        if sys.version_info >= (3, 12):
+            shutil.rmtree(path, onexc=onerror)
+        else:
+            shutil.rmtree(path, onerror=onerror)
     elif os.path.lexists(path):
         os.unlink(path)
 
@@ -223,15 +227,22 @@ class Store:
                     continue
             rmtree(p)
             removed.append(p)
+        recorded = {n[:-5] for n in os.listdir(self.records) if n.endswith(".json")}
         for name in os.listdir(self.images_dir):
             d = os.path.join(self.images_dir, name)
-            rec = self._read_record_raw(name)
-            if rec is None:
+            if name not in recorded:
                 rmtree(d)
                 removed.append(d)
                 continue
+            entries = os.listdir(d)
+            if len(entries) < 2:
+                continue  # a recorded image's one format (cheap: run calls this often)
+            try:
+                rec = self._read_record_raw(name) or {}
+            except StoreError:
+                continue
             keep = {"rootfs" if f == "dir" else "image.sqfs" for f in rec.get("formats", [])}
-            for entry in os.listdir(d):
+            for entry in entries:
                 if entry not in keep:
                     rmtree(os.path.join(d, entry))
                     removed.append(os.path.join(d, entry))
