@@ -395,3 +395,12 @@ def test_cli_missing_job_file(user):
     cp = util.hpcrun(user, "submit", "/nonexistent/job.yaml")
     assert cp.returncode == 1
     assert cp.stderr.startswith("hpcrun: error: job file /nonexistent/job.yaml does not exist")
+
+
+def test_unquoted_true_as_command_suggests_quotes():
+    e = _err("""\
+        image: /img
+        command: true
+        """)
+    assert e.what == "job.yaml:2: command: expected a string or a list, got a boolean True"
+    assert e.hint.endswith('(write it in quotes: "true")')

@@ -389,7 +389,7 @@ class _Walker:
         if _type_of(v) == "null":
             what = f"needs a value ({want})"
         else:
-            got = _TYPE_NAMES.get(_type_of(v), _type_of(v))
+            got = "a boolean" if isinstance(v, bool) else _TYPE_NAMES.get(_type_of(v), _type_of(v))
             what = f"expected {want}, got {got}"
             if not isinstance(v, (dict, list)):
                 what += " " + _show(v)
@@ -519,13 +519,12 @@ def parse(text: str, path: str = "<job>") -> JobFile:
             if k in st:
                 merged[k] = st[k]
                 origin[k] = spath
-        where = spath or ()
         for k in ("image", "command"):
             if k not in merged:
                 if steps_in is None:
                     raise _err(doc, (), f"missing required key {k!r}",
                                f"add '{k}:' at the top level")
-                raise _err(doc, where, f"no {k} for this step", key=True, hint=
+                raise _err(doc, spath, f"no {k} for this step", key=True, hint=
                            f"add '{k}:' to the step, or at the top level as a default")
         env: Dict[str, str] = {}
         for src, p in ((data.get("env"), ("env",)),
