@@ -309,10 +309,10 @@ def submit(job: JobFile, *, dry_run: bool = False, be: Optional[CliBackend] = No
                     pass
                 e = SlurmError(
                     (f"step {step.name!r}: " if step.name else "") + e.what
-                    + f" (cancelled the steps already submitted: "
+                    + " (cancelled the steps already submitted: "
                     + ", ".join(f"{d.step}={d.job_id}" for d in done) + ")", e.hint)
             elif step.name:
-                e = type(e)(f"step {step.name!r}: {e.what}", e.hint)
+                e = SlurmError(f"step {step.name!r}: {e.what}", e.hint)
             raise e from None
         ids[step.name] = jid
         done.append(Submitted(step.name, jid, tuple(argv)))
