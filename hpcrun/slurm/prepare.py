@@ -259,8 +259,10 @@ def slurm_binds(environ=None) -> list:
 #
 # The first task writes its pid, then enters. The others wait until that process has
 # left the host's user namespace and exec'd the command (its command line is no longer
-# the same `hpcrun task ...` as theirs), then join. If it died before (setup failed,
-# or its command already ended), the next task becomes the container instead.
+# the same `hpcrun task ...` as theirs), then join. If it died first (setup failed, or
+# its command already ended: namespaces live only as long as a process is in them), the
+# next task becomes the container instead; so short commands may get more than one
+# container per node, while long-running ranks (MPI) all share one.
 
 def _starttime(pid: int) -> str | None:
     try:
@@ -290,7 +292,19 @@ def _holder(pidfile: str) -> int | None:
         pid = int(pid_s)
     except ValueError:
         return None
-    return pid if _starttime(pid) == start else None
+    if _starttime(pid) != start or not _has_namespaces(pid):
+        return None
+    return pid
+
+
+def _has_namespaces(pid: int) -> bool:
+    # An exiting process drops its namespaces (all but the user one, which belongs to
+    # its credentials) before it becomes a zombie.
+    try:
+        os.stat(f"/proc/{pid}/ns/mnt")
+        return True
+    except OSError:
+        return False
 
 
 def _ready(pid: int) -> bool | None:
@@ -354,10 +368,18 @@ def run_node_container(spec, timeout: float = 120.0) -> int:
             time.sleep(0.005)
         if r:
             from .. import _core
-            return _core.join(pid, spec.argv, spec.env, spec.workdir)
+            from ..errors import HpcrunError
+            start = _starttime(pid)
+            try:
+                return _core.join(pid, spec.argv, spec.env, spec.workdir)
+            except HpcrunError:
+                if _starttime(pid) == start and _has_namespaces(pid):
+                    raise                    # it is still there: a real failure
+                continue                     # its command ended under us: start over
         if r is False:
             from .. import log
             log.warning(f"--node-container: process {pid} did not start the container "
                         f"within {timeout:.0f} s; this task gets its own")
             return launch.run(spec)
         # The first task died before its container was up: try again (maybe be first).
+        time.sleep(0.002)
