@@ -224,3 +224,31 @@ def test_export_tar_extracts_with_gnu_tar(user, store_env, image_files, user_tmp
     os.chown(d, user.uid, user.gid)
     util.as_user(user, ["tar", "-xf", out, "-C", d, "--no-same-owner"], check=True)
     assert open(os.path.join(d, "new2")).read() == "new\n"
+
+
+def test_oci_index_without_this_platform(user, store_env, image_files, user_tmp):
+    """An archive whose index lists only another platform is refused, nothing recorded."""
+    from fixtures_image import sha, write_oci_layout
+    img = image_files["bb"]
+    lay = write_oci_layout(os.path.join(user_tmp, "lay"), img, None)
+    index = json.dumps({"schemaVersion": 2,
+                        "mediaType": "application/vnd.oci.image.index.v1+json",
+                        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                                       "digest": sha(img.manifest), "size": len(img.manifest),
+                                       "platform": {"os": "linux",
+                                                    "architecture": "s390x"}}]}).encode()
+    with open(os.path.join(lay, "blobs", "sha256", sha(index)[7:]), "wb") as f:
+        f.write(index)
+    with open(os.path.join(lay, "index.json"), "w") as f:
+        json.dump({"schemaVersion": 2, "manifests": [{
+            "mediaType": "application/vnd.oci.image.index.v1+json", "digest": sha(index),
+            "size": len(index), "annotations": {"org.opencontainers.image.ref.name": "x/y:1"}}]},
+            f)
+    p = os.path.join(user_tmp, "plat.tar")
+    with tarfile.open(p, "w") as t:
+        for n in os.listdir(lay):
+            t.add(os.path.join(lay, n), arcname=n)
+    cp = hp(user, store_env, "load", "-i", p)
+    assert cp.returncode == 1
+    assert "no image for linux/" in cp.stderr and "hint:" in cp.stderr
+    assert records(store_env["HPCRUN_STORE"]) == []

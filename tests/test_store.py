@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -249,3 +250,48 @@ def test_unwritable_store_is_a_clear_error(user):
     assert cp.returncode == 1
     assert cp.stderr.startswith("hpcrun: error: cannot use the image store /proc/hpcrun-store")
     assert "hint: set 'store'" in cp.stderr
+
+
+def test_eight_concurrent_squashfs_loads(user, store_env, image_files):
+    util.require(shutil.which("tar2sqfs") is not None, "tar2sqfs is not installed")
+    env = dict(util.user_env(user), **store_env)
+    procs = [subprocess.Popen([util.HPCRUN, "load", "--format", "squashfs", "-i",
+                               image_files["layered_docker"]],
+                              user=user.uid, group=user.gid, extra_groups=[], env=env,
+                              cwd="/", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for _ in range(8)]
+    for p in procs:
+        p.communicate(timeout=300)
+    assert [p.returncode for p in procs] == [0] * 8
+    hexd = image_files["layered"].id.split(":")[1]
+    store = store_env["HPCRUN_STORE"]
+    assert os.listdir(os.path.join(store, "images", hexd)) == ["image.sqfs"]
+    assert _leftovers(store) == []
+
+
+def test_prune_keeps_blobs_while_another_process_uses_the_store(user, store_env, image_files):
+    store = store_env["HPCRUN_STORE"]
+    ok(hp(user, store_env, "images"))
+    stray = os.path.join(store, "blobs", "sha256", "f" * 64)
+    with open(stray, "wb") as f:
+        f.write(b"a blob a running pull has not committed yet")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import sys
+            sys.path.insert(0, {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))!r})
+            from hpcrun.image.store import Store
+            s = Store({store!r})
+            print("ready", flush=True)
+            sys.stdin.read()
+        """)], user=user.uid, group=user.gid, extra_groups=[],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "ready\n"
+        cp = ok(hp(user, store_env, "prune"))
+        assert "unreferenced blobs kept" in cp.stderr
+        assert os.path.exists(stray)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    ok(hp(user, store_env, "prune"))
+    assert not os.path.exists(stray)
