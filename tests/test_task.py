@@ -74,6 +74,15 @@ def test_node_container_one_user_namespace_per_node(slurm_cluster, user, task_im
     assert len({ns for _, ns in rows}) == 2
 
 
+def test_node_container_short_commands_never_fail(slurm_cluster, user, task_image, node_cache):
+    # `true` ends at once: later tasks find the first one gone (or going) and must
+    # start over rather than fail to join.
+    for _ in range(5):
+        cp = _srun(user, slurm_cluster, node_cache, "-N2", "-n8", util.HPCRUN, "task",
+                   "--node-container", task_image.sqfs, "--", "true")
+        assert cp.returncode == 0, cp.stderr
+
+
 def test_without_node_container_one_user_namespace_per_task(slurm_cluster, user, task_image,
                                                             node_cache):
     cp = _srun(user, slurm_cluster, node_cache, "-N2", "-n8", util.HPCRUN, "task",
