@@ -160,6 +160,12 @@ def test_tls_trusted_through_ssl_cert_file(user, user_env_for, registry_tls, pki
     assert cp.returncode == 0, cp.stderr
 
 
+def test_tls_trusted_through_requests_ca_bundle(user, user_env_for, registry_tls, pki, tls_bb):
+    env = user_env_for(REQUESTS_CA_BUNDLE=pki.ca)
+    cp = hp(user, env, "pull", f"{registry_tls.host}/ns/tls:v1")
+    assert cp.returncode == 0, cp.stderr
+
+
 def test_tls_untrusted_certificate_is_refused(user, user_env_for, registry_tls, tls_bb):
     env = user_env_for()
     cp = hp(user, env, "pull", f"{registry_tls.host}/ns/tls:v1")
@@ -291,6 +297,15 @@ def test_layer_digest_mismatch_is_refused(user, user_env_for, registry, bb, faul
     layers = [d["digest"] for d in _manifest(registry, bb)["layers"]]
     blobs = os.listdir(os.path.join(env["HPCRUN_STORE"], "blobs", "sha256"))
     assert not any(d[7:] in blobs for d in layers)
+
+
+def test_manifest_digest_mismatch_is_refused(user, user_env_for, registry, bb, fault_proxy):
+    px = fault_proxy(lambda m, p, n: "wrong" if "/manifests/" in p else None)
+    env = user_env_for(HPCRUN_INSECURE_REGISTRIES=px.host)
+    cp = hp(user, env, "pull", f"{px.host}/ns/bb@{bb['digest']}")
+    assert cp.returncode == 1
+    assert f"manifest {px.host}/ns/bb@{bb['digest']} digest mismatch" in err(cp)
+    assert records(env) == []
 
 
 def _manifest(registry, bb):

@@ -641,7 +641,8 @@ class Registry:
         raise _http_error(r, f"blob {digest} of {self.display}/{repo}", self.display, push=True)
 
     def mount_blob(self, repo: str, digest: str, source_repo: str) -> Optional[str]:
-        """Try a cross-repository mount. True-ish (None) on success; else an upload URL."""
+        """Try a cross-repository mount: None when mounted, else the upload URL the
+        registry opened instead (use it for an ordinary upload)."""
         q = urllib.parse.urlencode({"mount": digest, "from": source_repo})
         scope = f"repository:{repo}:pull,push repository:{source_repo}:pull"
         r = self.request("POST", f"/v2/{repo}/blobs/uploads/?{q}", scope=scope,
