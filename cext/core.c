@@ -7,6 +7,7 @@
 #define _GNU_SOURCE
 #include "core.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <net/if.h>
@@ -389,6 +390,110 @@ static int skeleton_add(struct ctx *c, const char *dst, int is_file)
     return 0;
 }
 
+/* ---------------------------------------------------------------- underlay */
+
+/* Re-create the skeleton's subtree at dst (directories and empty files). */
+static int copy_skeleton(struct ctx *c, const char *skel, const char *dst)
+{
+    DIR *d = opendir(skel);
+    struct dirent *e;
+    char s2[PATH_MAX], d2[PATH_MAX];
+    if (!d)
+        return fail(c, "can't read %s", skel);
+    while ((e = readdir(d))) {
+        struct stat st;
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+            continue;
+        if (snprintf(s2, sizeof s2, "%s/%s", skel, e->d_name) >= (int)sizeof s2 ||
+            snprintf(d2, sizeof d2, "%s/%s", dst, e->d_name) >= (int)sizeof d2 || lstat(s2, &st)) {
+            closedir(d);
+            errno = ENAMETOOLONG;
+            return fail(c, "can't create mount point %s", d2);
+        }
+        if (S_ISDIR(st.st_mode) ? (mkdir(d2, 0755) && errno != EEXIST) || copy_skeleton(c, s2, d2)
+                                : create_file(d2, "", 0, 0644)) {
+            closedir(d);
+            return fail(c, "can't create mount point %s", d2);
+        }
+    }
+    closedir(d);
+    return 0;
+}
+
+/* The underlay, as Apptainer's: where overlayfs can't be mounted in a user namespace,
+ * NEWROOT is a tmpfs; every directory that needs a new entry (those in the skeleton)
+ * is a directory of that tmpfs holding read-only binds of the image's entries (symlinks
+ * copied), plus the new mount points; everything else is bound from the image. */
+static int is_mount_dst(const struct hpcrun_spec *s, const char *rel)
+{
+    for (int i = 0; i < s->n_mounts; i++)
+        if (!strcmp(s->mounts[i].dst, rel))
+            return 1;
+    return 0;
+}
+
+static int underlay(struct ctx *c, const struct hpcrun_spec *s, const char *lower,
+                    const char *rel)
+{
+    char img[PATH_MAX], skel[PATH_MAX], dst[PATH_MAX], a[PATH_MAX], b[PATH_MAX], k[PATH_MAX];
+    struct dirent *e;
+    snprintf(img, sizeof img, "%s%s", lower, rel);
+    snprintf(skel, sizeof skel, "%s%s", UPPER, rel);
+    snprintf(dst, sizeof dst, "%s%s", NEWROOT, rel);
+    DIR *d = opendir(img);
+    if (!d)
+        return fail(c, "can't read %s in the image", *rel ? rel : "/");
+    while ((e = readdir(d))) {
+        struct stat si, sk;
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+            continue;
+        if (snprintf(a, sizeof a, "%s/%s", img, e->d_name) >= (int)sizeof a ||
+            snprintf(b, sizeof b, "%s/%s", dst, e->d_name) >= (int)sizeof b ||
+            snprintf(k, sizeof k, "%s/%s", skel, e->d_name) >= (int)sizeof k || lstat(a, &si)) {
+            closedir(d);
+            errno = ENAMETOOLONG;
+            return fail(c, "can't underlay %s/%s", rel, e->d_name);
+        }
+        int in_skel = lstat(k, &sk) == 0;
+        int r = 0;
+        if (in_skel && S_ISDIR(sk.st_mode) && S_ISDIR(si.st_mode)) {
+            char sub[PATH_MAX];
+            snprintf(sub, sizeof sub, "%s/%s", rel, e->d_name);
+            r = mkdir(b, si.st_mode & 07777) || underlay(c, s, lower, sub);
+        } else if (in_skel) {
+            continue;   /* the skeleton's entry replaces the image's; made below */
+        } else if (S_ISLNK(si.st_mode)) {
+            char t[PATH_MAX];
+            ssize_t n = readlink(a, t, sizeof t - 1);
+            r = n < 0;
+            if (!r) {
+                t[n] = '\0';
+                r = symlink(t, b);
+            }
+        } else {
+            char sub[PATH_MAX];
+            snprintf(sub, sizeof sub, "%s/%s", rel, e->d_name);
+            r = S_ISDIR(si.st_mode) ? mkdir(b, si.st_mode & 07777) : create_file(b, "", 0, 0644);
+            if (!r && is_mount_dst(s, sub))
+                continue;       /* something is mounted here anyway: a mount point suffices */
+            if (!r && mount(a, b, NULL, MS_BIND | MS_REC, NULL)) {
+                closedir(d);
+                return fail(c, "can't bind %s%s/%s from the image", rel, "", e->d_name);
+            }
+            if (!r && remount_ro(c, b, e->d_name)) {
+                closedir(d);
+                return -1;
+            }
+        }
+        if (r) {
+            closedir(d);
+            return fail(c, "can't underlay %s/%s", rel, e->d_name);
+        }
+    }
+    closedir(d);
+    return copy_skeleton(c, skel, dst);
+}
+
 /* /etc/passwd or /etc/group: the image's file minus entries with our name or id, plus
  * our line (src). */
 static int user_file(struct ctx *c, const char *lower, const struct hpcrun_mount *m,
@@ -577,7 +682,7 @@ static int setup_fs(struct ctx *c, const struct hpcrun_spec *s)
 
     /* Mount points the image lacks go into a skeleton layered above it, so the image is
      * never changed on disk (it may be read-only, shared, owned by root). */
-    int skeleton = 0;
+    int skeleton = 0, underlaid = 0;
     for (int i = 0; i < s->n_mounts; i++) {
         const struct hpcrun_mount *m = &s->mounts[i];
         int is_file = (m->flags & (HPCRUN_M_FILE | HPCRUN_M_CONTENT)) != 0;
@@ -598,19 +703,29 @@ static int setup_fs(struct ctx *c, const struct hpcrun_spec *s)
         return -1;
     if (writable) {
         snprintf(opts, sizeof opts, "lowerdir=%s,upperdir=%s,workdir=%s", esc1, UPPER, WORK);
-        if (mount("overlay", NEWROOT, "overlay", MS_NOSUID, opts))
+        if (s->flags & HPCRUN_F_NO_OVERLAY)
+            errno = EPERM;
+        if ((s->flags & HPCRUN_F_NO_OVERLAY) || mount("overlay", NEWROOT, "overlay", MS_NOSUID, opts))
             return fail(c, "can't mount a writable overlay on %s", s->image);
     } else if (skeleton) {
         snprintf(opts, sizeof opts, "lowerdir=%s:%s", UPPER, esc1);
-        if (mount("overlay", NEWROOT, "overlay", MS_NOSUID | MS_RDONLY, opts))
-            return fail(c, "can't mount an overlay for missing mount points on %s", s->image);
+        if ((s->flags & HPCRUN_F_NO_OVERLAY) ||
+            mount("overlay", NEWROOT, "overlay", MS_NOSUID | MS_RDONLY, opts)) {
+            /* No overlayfs in a user namespace here (kernel < 5.11, or refused): an
+             * underlay of binds on a tmpfs does the same job at some more mounts. */
+            if (mount("hpcrun", NEWROOT, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755"))
+                return fail(c, "can't mount tmpfs on %s", NEWROOT);
+            if (underlay(c, s, lower, ""))
+                return -1;
+            underlaid = 1;
+        }
     } else if (mount(lower, NEWROOT, NULL, MS_BIND | MS_REC, NULL)) {
         return fail(c, "can't bind %s to /", s->image);
     }
 
     if (do_mounts(c, s, lower))
         return -1;
-    if (!writable && !skeleton && remount_ro(c, NEWROOT, "the image"))
+    if (!writable && (!skeleton || underlaid) && remount_ro(c, NEWROOT, "the image"))
         return -1;
 
     /* pivot_root(".", ".") stacks the old root on top of the new one; detaching it

@@ -22,6 +22,7 @@
 #define HPCRUN_F_UTS      0x20  /* new uts namespace (hostname) */
 #define HPCRUN_F_SQUASH   0x40  /* image is a squashfs file: mount it with squashfuse */
 #define HPCRUN_F_MONITOR  0x80  /* keep a host-side monitor even without a pid namespace */
+#define HPCRUN_F_NO_OVERLAY 0x100 /* do not use overlayfs (HPCRUN_NO_OVERLAY=1): underlay */
 
 /* hpcrun_mount.flags: the default-bind table (hpcrun/runtime/mounts.py) is data. */
 #define HPCRUN_M_RDONLY   0x01  /* remount read-only */

@@ -20,6 +20,8 @@ _HINTS = (
      "use --unpack to extract the squashfs image into a node-local cache instead"),
     ("can't mount squashfs", "the squashfs file may be corrupt or truncated; "
      "check it with 'unsquashfs -s FILE', or rebuild it"),
+    ("can't mount a writable overlay", "--writable-tmpfs needs overlayfs in a user namespace "
+     "(Linux >= 5.11); see 'hpcrun check'"),
     ("can't bind", "the destination must exist in the image or be creatable: it cannot "
      "lie inside /proc, /sys, /dev or a read-only or host-backed bind"),
     ("can't create mount point", "the destination cannot be made inside the image; "

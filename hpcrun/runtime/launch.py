@@ -10,8 +10,8 @@ import sys
 from hpcrun.errors import NotFound, UsageError
 from hpcrun.runtime import env as envpolicy
 from hpcrun.runtime import mounts as mnt
-from hpcrun.runtime.spec import (F_FAKEROOT, F_IPC, F_MONITOR, F_NET, F_PID, F_SQUASH, F_UTS,
-                                 F_WRITABLE, Spec)
+from hpcrun.runtime.spec import (F_FAKEROOT, F_IPC, F_MONITOR, F_NET, F_NO_OVERLAY, F_PID,
+                                 F_SQUASH, F_UTS, F_WRITABLE, Spec)
 
 SIGNALS = {"HUP": 1, "INT": 2, "QUIT": 3, "KILL": 9, "USR1": 10, "USR2": 12, "TERM": 15,
            "CONT": 18, "STOP": 19, "WINCH": 28, "PWR": 30}
@@ -120,6 +120,8 @@ def plan(opts, image, environ=None) -> Spec:
         flags |= F_UTS
     if opts.writable_tmpfs:
         flags |= F_WRITABLE
+    if environ.get("HPCRUN_NO_OVERLAY") == "1":
+        flags |= F_NO_OVERLAY     # where overlayfs misbehaves: the underlay instead
     squashfuse = None
     if image.kind == "squashfs":
         flags |= F_SQUASH

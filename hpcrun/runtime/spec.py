@@ -15,6 +15,7 @@ F_NET = 0x10
 F_UTS = 0x20
 F_SQUASH = 0x40
 F_MONITOR = 0x80
+F_NO_OVERLAY = 0x100
 
 # hpcrun_mount.flags (cext/core.h HPCRUN_M_*)
 M_RDONLY = 0x01
