@@ -553,7 +553,9 @@ def user_env_for(user, user_tmp):
                "XDG_CONFIG_HOME": os.path.join(user_tmp, "config"),
                "DOCKER_CONFIG": os.path.join(user_tmp, "docker"),
                "HPCRUN_SYSCONFDIR": os.path.join(user_tmp, "etc"),
-               "XDG_RUNTIME_DIR": os.path.join(user_tmp, "run")}
+               "XDG_RUNTIME_DIR": os.path.join(user_tmp, "run"),
+               "HPCRUN_NODE_CACHE": os.path.join(user_tmp, "nodecache"),
+               "HPCRUN_UNPACK_CACHE": os.path.join(user_tmp, "unpack")}
         env.update(extra)
         return env
     return make

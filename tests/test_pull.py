@@ -367,6 +367,16 @@ def test_run_pulls_a_missing_image(user, user_env_for, registry, bb):
     assert cp.stdout == "hello from layer 2\n"
 
 
+def test_pulled_squashfs_image_runs_by_id(user, user_env_for, registry, bb):
+    _require_run()
+    env = user_env_for(HPCRUN_INSECURE_REGISTRIES=registry.host)
+    assert hp(user, env, "pull", "--format", "squashfs", f"{registry.host}/ns/bb:v1").returncode == 0
+    # --unpack: no FUSE needed (it extracts the squashfs file once into a node-local cache).
+    cp = hp(user, env, "run", "--unpack", bb["config"][7:19], "--", "cat", "/etc/hello")
+    assert cp.returncode == 0, cp.stderr
+    assert cp.stdout == "hello from layer 2\n"
+
+
 def test_pull_squashfs_format(user, user_env_for, registry, bb):
     env = user_env_for(HPCRUN_INSECURE_REGISTRIES=registry.host)
     cp = hp(user, env, "pull", "--format", "squashfs", f"{registry.host}/ns/bb:v1")
