@@ -170,3 +170,28 @@ def test_no_container_mount_home(slurm_cluster, user, task_image, node_cache):
                "--", "sh", "-c", f"test -e {user.home} && echo home || echo none")
     assert cp.returncode == 0, cp.stderr
     assert _lines(cp) == ["none"]
+
+
+def _userns_per_node(cp):
+    by_node = {}
+    for line in _lines(cp):
+        node, ns = line.split()
+        by_node.setdefault(node, set()).add(ns)
+    return by_node
+
+
+def test_one_container_per_node_by_default(slurm_cluster, user, task_image, node_cache):
+    cp = _srun(user, slurm_cluster, node_cache, "-N2", "-n6",
+               f"--container-image={task_image.sqfs}", "--", "sh", "-c",
+               'echo "$SLURMD_NODENAME $(readlink /proc/self/ns/user)"; sleep 0.5')
+    assert cp.returncode == 0, cp.stderr
+    by_node = _userns_per_node(cp)
+    assert len(by_node) == 2 and all(len(v) == 1 for v in by_node.values())
+
+
+def test_container_per_task(slurm_cluster, user, task_image, node_cache):
+    cp = _srun(user, slurm_cluster, node_cache, "-N2", "-n6", "--container-per-task",
+               f"--container-image={task_image.sqfs}", "--", "sh", "-c",
+               'echo "$SLURMD_NODENAME $(readlink /proc/self/ns/user)"')
+    assert cp.returncode == 0, cp.stderr
+    assert sum(len(v) for v in _userns_per_node(cp).values()) == 6

@@ -19,8 +19,21 @@ def _plan(user, *args, env=None):
 
 
 def _task_part(argv):
+    """(srun part, task options after the default --node-container)."""
     i = argv.index("task")
-    return argv[:i - 1], argv[i + 1:]
+    task = argv[i + 1:]
+    assert task[0] == "--node-container"
+    return argv[:i - 1], task[1:]
+
+
+def test_one_container_per_node_by_default(user, busybox_rootfs):
+    argv = _plan(user, f"--container-image={busybox_rootfs}", "--", "true")
+    assert argv[argv.index("task") + 1] == "--node-container"
+
+
+def test_container_per_task(user, busybox_rootfs):
+    argv = _plan(user, f"--container-image={busybox_rootfs}", "--container-per-task", "--", "true")
+    assert argv[argv.index("task") + 1:] == [busybox_rootfs, "--", "true"]
 
 
 def test_srun_options_pass_through_untouched(user, busybox_rootfs):

@@ -333,10 +333,8 @@ def run_node_container(spec, timeout: float = 120.0) -> int:
     if spec.flags & (F_PID | F_MONITOR) or not job or not step:
         # A pid namespace or a STOPSIGNAL puts a monitor process in front of the
         # command, and outside a Slurm step there is no step to share: own container.
-        if job and step:
-            from .. import log
-            log.warning("--node-container: this container needs its own monitor process "
-                        "(--pid=private or the image's STOPSIGNAL); each task gets its own")
+        from .. import log
+        log.info("--node-container: own container (pid namespace, STOPSIGNAL, or no step)")
         return launch.run(spec)
     root = cache_root()
     try:

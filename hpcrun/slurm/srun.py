@@ -36,7 +36,9 @@ Container options (pyxis names; each also read from PYXIS_CONTAINER_<NAME> when 
   --container-readonly          read-only root filesystem (the default)
   --[no-]container-mount-home   [do not] bind-mount $HOME (default: mounted)
   --[no-]container-remap-root   [do not] appear as root inside (default: your uid)
-  --container-scratch           per-task scratch directory (hpcrun run --scratch)
+  --container-scratch           bind $SLURM_TMPDIR (else $TMPDIR) at /scratch
+  --container-per-task          one container per task (default, as in pyxis: one per
+                                node, created by its first task and joined by the others)
 
 Not supported (an error says so): --container-name, --container-save,
 --container-entrypoint.
@@ -64,6 +66,7 @@ OPTIONS: dict[str, Opt] = {o.name: o for o in [
     Opt("container-remap-root", False, "PYXIS_CONTAINER_REMAP_ROOT"),
     Opt("no-container-remap-root", False, ""),
     Opt("container-scratch", False, ""),
+    Opt("container-per-task", False, ""),
 ]}
 
 UNSUPPORTED = {
@@ -306,6 +309,10 @@ def plan(argv: list, environ: Optional[Mapping[str, str]] = None,
         run.append("--fakeroot")
     if container.get("container-scratch"):
         run.append("--scratch")
+    if not container.get("container-per-task"):
+        # As with pyxis: the first task on a node creates the container, the others
+        # join it (hpcrun task --node-container).
+        run.insert(0, "--node-container")
     image = image_arg(str(container["container-image"]), cwd)
     return Plan(tuple(srun_opts), tuple(run), image, tuple(command), container)
 
