@@ -69,9 +69,8 @@ def build(layers: Sequence[str], out: str, config: bytes, *, max_size: int | Non
             return _stream(list(layers), out, config, max_size)
         except L.NeedDirectory as e:
             log.info(f"squashfs: streaming not possible ({e}); unpacking to a directory")
-    import uuid
     from .store import rmtree, unpack_dir
-    d = os.path.join(tmpdir, f"sqdir-{uuid.uuid4().hex}")
+    d = os.path.join(tmpdir, f"sqdir-{os.urandom(12).hex()}")
     os.mkdir(d, 0o700)
     try:
         size = unpack_dir(list(layers), d, config, max_size=max_size)

@@ -32,13 +32,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import re
-import shutil
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Iterator, Optional, Sequence
 
@@ -62,6 +59,7 @@ def crash_point(step: str) -> None:
 
 
 def sha256_bytes(data: bytes) -> str:
+    import hashlib
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
@@ -75,6 +73,8 @@ def digest_hex(digest: str, what: str = "digest") -> str:
 
 def rmtree(path: str) -> None:
     """shutil.rmtree that also removes read-only directories the caller owns."""
+    import shutil
+
     def onerror(func, p, exc):
         try:
             os.chmod(os.path.dirname(p), 0o700)
@@ -97,7 +97,7 @@ def rmtree(path: str) -> None:
 
 
 def _atomic_write(path: str, data: bytes, tmpdir: str) -> None:
-    tmp = os.path.join(tmpdir, f"w-{uuid.uuid4().hex}")
+    tmp = os.path.join(tmpdir, f"w-{os.urandom(12).hex()}")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
@@ -263,7 +263,7 @@ class Store:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     def tmp_path(self, prefix: str = "t") -> str:
-        return os.path.join(self.tmp, f"{prefix}-{uuid.uuid4().hex}")
+        return os.path.join(self.tmp, f"{prefix}-{os.urandom(12).hex()}")
 
     # ------------------------------------------------------------------ blobs
     def has_blob(self, digest: str) -> bool:
@@ -276,6 +276,7 @@ class Store:
     def blob_writer(self, digest: str, size: int | None = None,
                     resume: bool = False) -> Iterator[BlobWriter]:
         """Write a blob: temp file in tmp/, verified (sha256, size), fsynced, renamed in."""
+        import hashlib
         hexd = digest_hex(digest)
         h = hashlib.sha256()
         if resume:
@@ -331,6 +332,7 @@ class Store:
 
     def put_blob_file(self, src, digest: str | None = None) -> tuple[str, int]:
         """Copy a file object into the store; returns (digest, size)."""
+        import hashlib
         tmp = self.tmp_path("blob")
         h = hashlib.sha256()
         n = 0
