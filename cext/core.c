@@ -858,6 +858,55 @@ static int wstatus_code(int st)
     return HPCRUN_EXIT_FAILED;
 }
 
+/* A caller that has threads keeps them running beside the monitor, and a signal sent
+ * to the process may be taken by one of them (which do not block it): there a handler
+ * forwards it. Single-threaded, the signals stay blocked and this never runs. */
+static volatile sig_atomic_t fwd_child = -1;
+static volatile sig_atomic_t fwd_stopsig;
+static volatile sig_atomic_t fwd_pending;   /* a signal taken before the child existed */
+
+static void forward_handler(int sig, siginfo_t *si, void *uc)
+{
+    (void)uc;
+    int e = errno;
+    if (si->si_code == SI_KERNEL)
+        ;   /* from the terminal: the command's process group got it too */
+    else if (fwd_child > 0)
+        kill(fwd_child, sig == SIGTERM && fwd_stopsig > 0 ? fwd_stopsig : sig);
+    else
+        fwd_pending = sig;
+    errno = e;
+}
+
+/* Installed before the child is created, so no signal finds the default action. */
+static void forward_from_other_threads(struct sigaction *old)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = forward_handler;
+    sa.sa_flags = SA_SIGINFO | SA_RESTART;
+    sigfillset(&sa.sa_mask);
+    fwd_child = -1;
+    fwd_pending = 0;
+    for (size_t i = 0; i < sizeof FORWARDED / sizeof *FORWARDED; i++)
+        sigaction(FORWARDED[i], &sa, &old[i]);
+}
+
+static void forward_to(pid_t child, int stopsig)
+{
+    fwd_stopsig = stopsig;
+    fwd_child = child;
+    if (fwd_pending)
+        kill(child, fwd_pending == SIGTERM && stopsig > 0 ? stopsig : fwd_pending);
+}
+
+static void forward_restore(const struct sigaction *old)
+{
+    fwd_child = -1;
+    for (size_t i = 0; i < sizeof FORWARDED / sizeof *FORWARDED; i++)
+        sigaction(FORWARDED[i], &old[i], NULL);
+}
+
 /* Wait for child with the forwarded signals blocked (they were blocked before the fork,
  * so none is lost), pass each on (SIGTERM as the image's STOPSIGNAL when we are the
  * command's parent), and reap. As PID 1 also reap orphans (any pid); the
@@ -1056,9 +1105,13 @@ static int enter_monitored(struct ctx *c, const struct hpcrun_spec *s)
     sigset_t fwd, orig;
     int rep[2], go[2];
     int pidns = (s->flags & HPCRUN_F_PID) != 0;
+    struct sigaction old[sizeof FORWARDED / sizeof *FORWARDED];
+    int threaded = count_threads() > 1;
     forwarded_set(&fwd);
     if (pipe2(rep, O_CLOEXEC) || pipe2(go, O_CLOEXEC))
         return fail(c, "can't create pipe");
+    if (threaded)
+        forward_from_other_threads(old);
     sigprocmask(SIG_BLOCK, &fwd, &orig);
     /* clone(2) without a new stack behaves like fork(2), plus the namespace flags. */
     pid_t pid = (pid_t)syscall(SYS_clone, SIGCHLD | CLONE_NEWUSER | (pidns ? CLONE_NEWPID : 0),
@@ -1066,6 +1119,8 @@ static int enter_monitored(struct ctx *c, const struct hpcrun_spec *s)
     if (pid < 0) {
         int e = errno;
         sigprocmask(SIG_SETMASK, &orig, NULL);
+        if (threaded)
+            forward_restore(old);
         close(rep[0]); close(rep[1]); close(go[0]); close(go[1]);
         errno = e;
         return fail(c, "can't create user%s namespace", pidns ? " and pid" : "");
@@ -1104,6 +1159,8 @@ static int enter_monitored(struct ctx *c, const struct hpcrun_spec *s)
     }
     close(rep[1]);
     close(go[0]);
+    if (threaded)
+        forward_to(pid, pidns ? 0 : s->stop_signal);
     char procdir[32];
     snprintf(procdir, sizeof procdir, "/proc/%d", (int)pid);
     int r = write_maps(c, procdir, s->uid, s->gid, geteuid(), getegid());
@@ -1120,6 +1177,8 @@ static int enter_monitored(struct ctx *c, const struct hpcrun_spec *s)
         while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
             ;
         sigprocmask(SIG_SETMASK, &orig, NULL);
+        if (threaded)
+            forward_restore(old);
         errno = e;
         return -1;
     }
@@ -1127,7 +1186,8 @@ static int enter_monitored(struct ctx *c, const struct hpcrun_spec *s)
      * (as with the default in-place exec, the launcher does not come back). */
     prctl(PR_SET_NAME, "hpcrun:monitor");
     int stopsig = pidns ? 0 : s->stop_signal;
-    trim_memory();
+    if (!threaded)
+        trim_memory();      /* with threads, keep their memory: they still run */
     _exit(supervise(pid, 0, stopsig));
 }
 

@@ -166,3 +166,20 @@ def test_threaded_caller_takes_the_monitored_path(user, rt_image):
 def test_help_exits_0(user):
     cp = util.hpcrun(user, "run", "--help")
     assert cp.returncode == 0 and cp.stdout.startswith("usage: hpcrun run")
+
+
+def test_threaded_caller_forwards_sigterm(user, rt_image):
+    # The caller's other threads may take the signal: it must still reach the command.
+    import sys
+    code = ("import sys, threading, time\n"
+            "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
+            "from hpcrun.cli.main import main\n"
+            f"sys.exit(main(['run', {rt_image!r}, 'sh', '-c', "
+            "\"trap 'echo got; exit 7' TERM; echo ready; while :; do sleep 0.1; done\"]))\n")
+    p = subprocess.Popen([sys.executable, "-c", code], user=user.uid, group=user.gid,
+                         extra_groups=[], env=util.user_env(user), cwd="/",
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "ready", p.stderr.read()
+    p.send_signal(signal.SIGTERM)
+    rest, err = p.communicate(timeout=30)
+    assert (p.returncode, rest.strip()) == (7, "got"), err
