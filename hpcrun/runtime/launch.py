@@ -75,14 +75,23 @@ def _image_user(value, rootfs):
     return uid, (gid if gid is not None else uid)
 
 
+def _argv(value) -> list:
+    """A config's Entrypoint/Cmd: a list, or a string in shell form (sh -c)."""
+    if not value:
+        return []
+    if isinstance(value, str):
+        return ["/bin/sh", "-c", value]
+    return [str(v) for v in value]
+
+
 def plan(opts, image, environ=None) -> Spec:
     environ = dict(os.environ if environ is None else environ)
     conf = image.config or {}
     flags = 0
 
     # -- command: ENTRYPOINT + CMD, Docker's rules
-    entry = list(conf.get("Entrypoint") or [])
-    cmd = list(conf.get("Cmd") or [])
+    entry = _argv(conf.get("Entrypoint"))
+    cmd = _argv(conf.get("Cmd"))
     if opts.entrypoint is not None:
         entry = [opts.entrypoint] if opts.entrypoint else []
         cmd = []
@@ -152,7 +161,7 @@ def plan(opts, image, environ=None) -> Spec:
                              "give the working directory inside the container as /path")
         workdir, required = opts.workdir, True
     elif conf.get("WorkingDir"):
-        workdir, required = conf["WorkingDir"], False
+        workdir, required = "/" + str(conf["WorkingDir"]).lstrip("/"), False
     else:
         try:
             workdir = os.getcwd()
