@@ -476,8 +476,16 @@ def logs(ids: Sequence[str], follow: bool = False, be: Optional[CliBackend] = No
     be = be or _backend.get()
     offsets: Dict[str, int] = {}
     delay = 0.2
+    started = time.monotonic()
+    asked = 0.0
+    infos: List[JobInfo] = []
     while True:
-        infos = lookup(ids, be)
+        # Files are read every round (at most 1 s apart); Slurm is asked for the
+        # state every 2 s at most in the first minute, every 10 s after.
+        now = time.monotonic()
+        if not infos or now - asked >= (2.0 if now - started < 60 else 10.0):
+            infos = lookup(ids, be)
+            asked = now
         finished = all(j.finished for j in infos)
         multi = len(infos) > 1
         for j in infos:
