@@ -324,7 +324,7 @@ def submit(job: JobFile, *, dry_run: bool = False, be: Optional[CliBackend] = No
             "slurm_conf": os.environ.get("SLURM_CONF", ""),
             "depends_on": {d: ids[d] for d in step.depends_on},
         })
-        log.info(f"submitted {'step ' + step.name + ' as ' if step.name else ''}job {jid}")
+        log.progress(f"submitted {'step ' + step.name + ' as ' if step.name else ''}job {jid}")
     return done, scripts
 
 
