@@ -99,6 +99,38 @@ def test_uncompressed_layers(user, store_env, busybox_rootfs, user_tmp):
     assert open(os.path.join(root, "etc", "x")).read() == "plain"
 
 
+def _load_root(user, store_env, user_tmp, layers, name="t/img:1"):
+    p = write_oci_archive(os.path.join(user_tmp, "t.tar"), make_image(layers), name)
+    ok(hp(user, store_env, "load", "-i", p))
+    return ok(hp(user, store_env, "inspect", "-f", "{{.Hpcrun.Directory}}",
+                 name)).stdout.strip()
+
+
+def test_implicit_directories_are_0755(user, store_env, user_tmp):
+    root = _load_root(user, store_env, user_tmp, [[F("a/b/c", "deep")]])
+    assert os.stat(os.path.join(root, "a", "b")).st_mode & 0o777 == 0o755
+
+
+def test_whiteout_in_a_missing_directory_is_a_no_op(user, store_env, user_tmp):
+    root = _load_root(user, store_env, user_tmp,
+                      [BASE, [WH("newdir/gone"), F("newdir/file", "here")]])
+    assert os.listdir(os.path.join(root, "newdir")) == ["file"]
+
+
+def test_symlink_replaces_lower_directory(user, store_env, user_tmp):
+    root = _load_root(user, store_env, user_tmp,
+                      [[D("lib"), F("lib/old.so", "x"), D("usr"), D("usr/lib")],
+                       [S("lib", "usr/lib")]])
+    assert os.readlink(os.path.join(root, "lib")) == "usr/lib"
+
+
+def test_directory_replaces_lower_file(user, store_env, user_tmp):
+    root = _load_root(user, store_env, user_tmp,
+                      [[F("thing", "file")], [D("thing", 0o750), F("thing/x", "in dir")]])
+    assert os.stat(os.path.join(root, "thing")).st_mode & 0o777 == 0o750
+    assert open(os.path.join(root, "thing", "x")).read() == "in dir"
+
+
 # ----------------------------------------------------------------- hostile archives
 
 @pytest.fixture

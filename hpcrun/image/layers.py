@@ -368,7 +368,7 @@ class Tree:
         path = norm_name(m.name, what)
         base = _base(path)
         if base.startswith(WH):
-            missing = self.check_parents(path, what, m.name)
+            self.check_parents(path, what, m.name)  # a missing parent: nothing to hide
             if base == OPQ:
                 return "whiteout", path, self._opaque(_parent(path), layer), []
             if base.startswith(WH + WH):
@@ -381,7 +381,7 @@ class Tree:
             if n is not None and n.layer < layer:
                 self._remove(target)
                 return "whiteout", target, [target], []
-            return "skip", path, [], missing
+            return "skip", path, [], []
         if path == "":
             if not m.isdir():
                 raise _unsafe(f"{what}: the root {m.name!r} is not a directory")
@@ -515,11 +515,9 @@ def extract(layers: Iterable, dest: str, *, max_size: int | None = None) -> Tree
                 action, path, removed, missing = tree.add(m, li, idx, what)
                 for r in removed:
                     _rm(os.path.join(dest, r))
-                    for d in list(dirs):
-                        if d == r or d.startswith(r + "/"):
-                            del dirs[d]
                 for d in missing:
                     os.mkdir(os.path.join(dest, d), 0o700)
+                    dirs[d] = (0o755, m.mtime)  # like tar2sqfs's implicit directories
                 if action in ("skip", "whiteout"):
                     continue
                 full = os.path.join(dest, path) if path else dest
@@ -561,6 +559,9 @@ def extract(layers: Iterable, dest: str, *, max_size: int | None = None) -> Tree
     # Directory modes and times last: children change a directory's mtime, and a
     # read-only directory would have blocked its children.
     for path in sorted(dirs, key=len, reverse=True):
+        n = tree.nodes.get(path)
+        if n is None or n.kind != "d":
+            continue  # removed by a later whiteout or replaced by a non-directory
         mode, mtime = dirs[path]
         full = os.path.join(dest, path) if path else dest
         os.chmod(full, (mode & 0o1777) | 0o700)
