@@ -131,6 +131,42 @@ def test_directory_replaces_lower_file(user, store_env, user_tmp):
     assert open(os.path.join(root, "thing", "x")).read() == "in dir"
 
 
+def _tree(root: str, skip=(".hpcrun", "dev/null")) -> dict:
+    """relative path -> ('d',) / ('l', target) / ('f', content) / ('p',)"""
+    out = {}
+    for dp, dn, fn in os.walk(root):
+        for n in dn + fn:
+            p = os.path.join(dp, n)
+            rel = os.path.relpath(p, root)
+            if any(rel == s or rel.startswith(s + "/") for s in skip):
+                continue
+            st = os.lstat(p)
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = ("l", os.readlink(p))
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel] = ("d",)
+            elif stat.S_ISFIFO(st.st_mode):
+                out[rel] = ("p",)
+            else:
+                with open(p, "rb") as f:
+                    out[rel] = ("f", f.read())
+    return out
+
+
+def test_flattening_matches_umoci(user, store_env, user_tmp, image_files, layered_root):
+    """umoci (an independent OCI implementation) unpacks the same layers rootless."""
+    import shutil
+    import subprocess
+    util.require(shutil.which("umoci") is not None, "umoci is not installed")
+    from fixtures_image import write_oci_layout
+    lay = write_oci_layout(os.path.join(user_tmp, "lay"), image_files["layered"], "x")
+    subprocess.run(["chown", "-R", f"{user.uid}:{user.gid}", lay], check=True)
+    bundle = os.path.join(user_tmp, "bundle")
+    util.as_user(user, ["umoci", "unpack", "--rootless", "--image", f"{lay}:x", bundle],
+                 check=True)
+    assert _tree(layered_root[0]) == _tree(os.path.join(bundle, "rootfs"))
+
+
 # ----------------------------------------------------------------- hostile archives
 
 @pytest.fixture
