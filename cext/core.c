@@ -1011,6 +1011,31 @@ static void trim_memory(void)
     if (len >= sizeof maps_buf - 1)
         return;   /* did not read it all: keep everything rather than guess */
     maps_buf[len] = '\0';
+    /* Only trim where libc is a shared object we can recognise and keep whole: find the
+     * mapping holding waitpid(2)'s code (a libc linked into the interpreter statically
+     * would have its data in the interpreter's own mappings). */
+    unsigned long libc_fn = (unsigned long)&waitpid;
+    int libc_ok = 0;
+    for (const char *l = maps_buf; l && *l;) {
+        unsigned long lo, hi;
+        const char *q = parse_num(l, 16, &lo);
+        if (q && *q == '-' && (q = parse_num(q + 1, 16, &hi)) && libc_fn >= lo && libc_fn < hi) {
+            const char *name = skip_field(skip_field(skip_field(skip_field(skip_field(l)))));
+            const char *eol = strchr(name, '\n');
+            char nm[PATH_MAX];
+            size_t n = eol ? (size_t)(eol - name) : strlen(name);
+            if (n >= sizeof nm)
+                n = sizeof nm - 1;
+            memcpy(nm, name, n);
+            nm[n] = '\0';
+            libc_ok = is_libc(nm) != 0;
+            break;
+        }
+        l = strchr(l, '\n');
+        if (l) l++;
+    }
+    if (!libc_ok)
+        return;
     for (int sig = 1; sig < 32; sig++)
         if (sig != SIGKILL && sig != SIGSTOP)
             signal(sig, SIG_DFL);
