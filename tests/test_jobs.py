@@ -330,15 +330,16 @@ def test_wait_on_unknown_job_exits_125(jobs):
 
 # --- after Slurm forgets (no slurmdbd) ---------------------------------------------------
 
-def _user_state(user, monkeypatch):
-    monkeypatch.setenv("XDG_STATE_HOME", os.path.join(user.home, ".local", "state"))
+def _user_state(jobs, monkeypatch):
+    monkeypatch.setenv("XDG_STATE_HOME", os.path.join(jobs.user.home, ".local", "state"))
+    monkeypatch.setenv("SLURM_CONF", jobs.cluster.env["SLURM_CONF"])
 
 
 def test_finished_state_is_recorded_for_when_slurm_forgets(jobs, containers, monkeypatch):
     from hpcrun.slurm import jobs as jobsmod
     [jid] = jobs.submit("image: IMAGE\ncommand: sh -c 'exit 4'\n")
     jobs.wait(jid)
-    _user_state(jobs.user, monkeypatch)
+    _user_state(jobs, monkeypatch)
     [j] = jobsmod.lookup([jid], infos=[])        # as if the controller had purged it
     assert (j.state, j.exit_code) == ("FAILED", 4)
 

@@ -232,12 +232,17 @@ def write_record(jid: str, rec: Dict) -> None:
 
 
 def read_record(jid: str) -> Optional[Dict]:
+    """The record of a job submitted through this cluster configuration (ids restart
+    when a local cluster is recreated, so a record from another SLURM_CONF is not it)."""
     base = jid.split("_")[0]
     try:
         with open(_record_path(base)) as f:
-            return json.load(f)
+            rec = json.load(f)
     except (OSError, ValueError):
         return None
+    if rec.get("slurm_conf", "") != os.environ.get("SLURM_CONF", ""):
+        return None
+    return rec
 
 
 def _remember(infos: Sequence[JobInfo]) -> None:
