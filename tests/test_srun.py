@@ -172,26 +172,35 @@ def test_no_container_mount_home(slurm_cluster, user, task_image, node_cache):
     assert _lines(cp) == ["none"]
 
 
-def _userns_per_node(cp):
+def _barrier(n):
+    # Namespaces all alive at once, so that their inode numbers cannot be reused.
+    return ('echo "$SLURMD_NODENAME $(readlink /proc/self/ns/user)" > /out/ns.$SLURM_PROCID; '
+            f'while [ "$(ls /out | grep -c ^ns)" -lt {n} ]; do sleep 0.1; done')
+
+
+def _userns_per_node(out):
     by_node = {}
-    for line in _lines(cp):
-        node, ns = line.split()
-        by_node.setdefault(node, set()).add(ns)
+    for name in os.listdir(out):
+        if name.startswith("ns."):
+            with open(os.path.join(out, name)) as f:
+                node, ns = f.read().split()
+            by_node.setdefault(node, set()).add(ns)
     return by_node
 
 
-def test_one_container_per_node_by_default(slurm_cluster, user, task_image, node_cache):
+def test_one_container_per_node_by_default(slurm_cluster, user, user_tmp, task_image,
+                                           node_cache):
     cp = _srun(user, slurm_cluster, node_cache, "-N2", "-n6",
-               f"--container-image={task_image.sqfs}", "--", "sh", "-c",
-               'echo "$SLURMD_NODENAME $(readlink /proc/self/ns/user)"; sleep 0.5')
+               f"--container-image={task_image.sqfs}", f"--container-mounts={user_tmp}:/out",
+               "--", "sh", "-c", _barrier(6))
     assert cp.returncode == 0, cp.stderr
-    by_node = _userns_per_node(cp)
+    by_node = _userns_per_node(user_tmp)
     assert len(by_node) == 2 and all(len(v) == 1 for v in by_node.values())
 
 
-def test_container_per_task(slurm_cluster, user, task_image, node_cache):
+def test_container_per_task(slurm_cluster, user, user_tmp, task_image, node_cache):
     cp = _srun(user, slurm_cluster, node_cache, "-N2", "-n6", "--container-per-task",
-               f"--container-image={task_image.sqfs}", "--", "sh", "-c",
-               'echo "$SLURMD_NODENAME $(readlink /proc/self/ns/user)"')
+               f"--container-image={task_image.sqfs}", f"--container-mounts={user_tmp}:/out",
+               "--", "sh", "-c", _barrier(6))
     assert cp.returncode == 0, cp.stderr
-    assert sum(len(v) for v in _userns_per_node(cp).values()) == 6
+    assert sum(len(v) for v in _userns_per_node(user_tmp).values()) == 6

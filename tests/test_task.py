@@ -59,13 +59,29 @@ def test_store_image_prepared_once_per_node_with_its_config(slurm_cluster, user,
     assert len(prepare_log(node_cache)) == 2
 
 
-def test_node_container_one_user_namespace_per_node(slurm_cluster, user, task_image,
+def _ns_barrier(n):
+    """Shell: record node and user namespace in /out, then wait until all n tasks have:
+    namespaces all alive at once, so their inode numbers cannot be reused."""
+    return ('echo "$SLURMD_NODENAME $(readlink /proc/self/ns/user)" > /out/ns.$SLURM_PROCID; '
+            f'while [ "$(ls /out | grep -c ^ns)" -lt {n} ]; do sleep 0.1; done')
+
+
+def _ns_rows(out):
+    rows = []
+    for name in sorted(os.listdir(out)):
+        if name.startswith("ns."):
+            with open(os.path.join(out, name)) as f:
+                rows.append(f.read().split())
+    return rows
+
+
+def test_node_container_one_user_namespace_per_node(slurm_cluster, user, user_tmp, task_image,
                                                    node_cache):
     cp = _srun(user, slurm_cluster, node_cache, "-N2", "-n8", util.HPCRUN, "task",
-               "--node-container", task_image.sqfs, "--", "sh", "-c",
-               'echo "$SLURMD_NODENAME $(readlink /proc/self/ns/user)"; sleep 0.5')
+               "--node-container", "-v", f"{user_tmp}:/out", task_image.sqfs, "--",
+               "sh", "-c", _ns_barrier(8))
     assert cp.returncode == 0, cp.stderr
-    rows = [ln.split() for ln in cp.stdout.splitlines() if ln.strip()]
+    rows = _ns_rows(user_tmp)
     assert len(rows) == 8
     by_node = {}
     for node, ns in rows:
@@ -83,12 +99,12 @@ def test_node_container_short_commands_never_fail(slurm_cluster, user, task_imag
         assert cp.returncode == 0, cp.stderr
 
 
-def test_without_node_container_one_user_namespace_per_task(slurm_cluster, user, task_image,
-                                                            node_cache):
+def test_without_node_container_one_user_namespace_per_task(slurm_cluster, user, user_tmp,
+                                                            task_image, node_cache):
     cp = _srun(user, slurm_cluster, node_cache, "-N2", "-n8", util.HPCRUN, "task",
-               task_image.sqfs, "--", "readlink", "/proc/self/ns/user")
+               "-v", f"{user_tmp}:/out", task_image.sqfs, "--", "sh", "-c", _ns_barrier(8))
     assert cp.returncode == 0, cp.stderr
-    assert len(set(cp.stdout.split())) == 8
+    assert len({ns for _, ns in _ns_rows(user_tmp)}) == 8
 
 
 def test_node_container_outside_slurm_runs_alone(user, task_image, node_cache):
