@@ -198,6 +198,19 @@ def fuse_allowed() -> bool:
 def run(spec: Spec) -> int:
     """Enter and run. Default options: never returns (the process becomes the command)."""
     from hpcrun import _core
+    if os.environ.get("HPCRUN_VERBOSE", "0") not in ("", "0", "1"):
+        _log_spec(spec)
     sys.stdout.flush()
     sys.stderr.flush()
     return _core.enter(spec)
+
+
+def _log_spec(spec: Spec) -> None:
+    """-vv: what the C core is about to do."""
+    from hpcrun import log
+    log.debug(f"image {spec.image} flags {spec.flags:#x} uid {spec.uid} gid {spec.gid}")
+    for m in spec.mounts:
+        src = "<content>" if m.flags & 0x20 else m.src
+        log.debug(f"mount {src} -> {m.dst} flags {m.flags:#x}")
+    log.debug(f"workdir {spec.workdir} ({'required' if spec.workdir_required else 'else /'})")
+    log.debug("exec " + " ".join(spec.argv))
