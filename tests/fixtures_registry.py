@@ -83,6 +83,14 @@ class Pki:
             f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n")
         run("x509", "-req", "-in", f"{d}/server.csr", "-CA", self.ca, "-CAkey", self.ca_key,
             "-CAcreateserial", "-out", self.cert, "-days", "2", "-extfile", f"{d}/ext.cnf")
+        # A client certificate for registries that require one (mutual TLS).
+        self.client_key, self.client_cert = f"{d}/client.key", f"{d}/client.cert"
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", self.client_key, "-out", f"{d}/client.csr",
+            "-subj", "/CN=hpcrun test client")
+        with open(f"{d}/client.cnf", "w") as f:
+            f.write("extendedKeyUsage=clientAuth\n")
+        run("x509", "-req", "-in", f"{d}/client.csr", "-CA", self.ca, "-CAkey", self.ca_key,
+            "-CAcreateserial", "-out", self.client_cert, "-days", "2", "-extfile", f"{d}/client.cnf")
         run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", self.tok_key, "-out",
             self.tok_cert, "-days", "2", "-subj", "/CN=hpcrun test token issuer")
         for n in os.listdir(d):
@@ -177,7 +185,7 @@ class TokenServer:
 # ----------------------------------------------------------------------------- registry
 
 class RegistryServer:
-    """docker-registry on 127.0.0.1:<port>; `mode` is plain, basic, tls or token."""
+    """docker-registry on 127.0.0.1:<port>; `mode` is plain, basic, tls, mtls or token."""
 
     def __init__(self, mode: str = "plain", pki: Pki | None = None, token: TokenServer | None = None):
         self.mode = mode
@@ -193,8 +201,10 @@ class RegistryServer:
             "  delete:", "    enabled: true",
             "http:", f"  addr: {self.host}", "  secret: hpcrun-test",
         ]
-        if mode == "tls":
+        if mode in ("tls", "mtls"):
             cfg += ["  tls:", f"    certificate: {pki.cert}", f"    key: {pki.key}"]
+        if mode == "mtls":
+            cfg += ["    clientcas:", f"      - {pki.ca}"]
         if mode == "basic":
             hp = subprocess.run(["htpasswd", "-Bbn", CANNED_USER, CANNED_PASSWORD],
                                 capture_output=True, text=True, check=True).stdout
@@ -220,7 +230,7 @@ class RegistryServer:
 
     @property
     def scheme(self) -> str:
-        return "https" if self.mode == "tls" else "http"
+        return "https" if self.mode in ("tls", "mtls") else "http"
 
     def log(self) -> str:
         with open(self.log_path, errors="replace") as f:
@@ -234,11 +244,14 @@ class RegistryServer:
     def skopeo_tls_args(self, direction: str = "") -> list[str]:
         """TLS flags for skopeo: direction "src"/"dest" for copy, "" for inspect."""
         pre = f"--{direction}-" if direction else "--"
-        if self.mode == "tls":
+        if self.mode in ("tls", "mtls"):
             cd = f"{self.dir}/skopeo-certs"
             if not os.path.isdir(cd):
                 os.makedirs(cd)
                 shutil.copy(self.pki.ca, f"{cd}/ca.crt")
+                if self.mode == "mtls":
+                    shutil.copy(self.pki.client_cert, f"{cd}/client.cert")
+                    shutil.copy(self.pki.client_key, f"{cd}/client.key")
             return [pre + "cert-dir", cd]
         return [pre + "tls-verify=false"]
 
@@ -274,6 +287,15 @@ def registry_basic():
 def registry_tls(pki):
     util.require(os.path.exists(REGISTRY_BIN), "docker-registry is not installed")
     r = RegistryServer("tls", pki=pki)
+    yield r
+    r.stop()
+
+
+@pytest.fixture
+def registry_mtls(pki):
+    """TLS that also requires a client certificate signed by the test CA."""
+    util.require(os.path.exists(REGISTRY_BIN), "docker-registry is not installed")
+    r = RegistryServer("mtls", pki=pki)
     yield r
     r.stop()
 

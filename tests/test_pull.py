@@ -181,6 +181,44 @@ def test_tls_insecure_skips_verification(user, user_env_for, registry_tls, tls_b
     assert cp.returncode == 0, cp.stderr
 
 
+@pytest.fixture
+def mtls_bb(registry_mtls, oci_layout, busybox_layer):
+    m = oci_layout.image([busybox_layer])
+    oci_layout.tag(m, "v1")
+    skopeo_push(oci_layout, "v1", registry_mtls, "ns/mtls:v1")
+    return m
+
+
+def _certs_d(env, host, pki, client: bool):
+    d = os.path.join(env["XDG_CONFIG_HOME"], "hpcrun", "certs.d", host)
+    os.makedirs(d)
+    shutil.copy(pki.ca, os.path.join(d, "ca.crt"))
+    if client:
+        shutil.copy(pki.client_cert, os.path.join(d, "client.cert"))
+        shutil.copy(pki.client_key, os.path.join(d, "client.key"))
+    for n in os.listdir(d):
+        os.chmod(os.path.join(d, n), 0o644)
+    return d
+
+
+def test_client_certificate_from_certs_dir(user, user_env_for, registry_mtls, pki, mtls_bb):
+    env = user_env_for()
+    _certs_d(env, registry_mtls.host, pki, client=True)
+    cp = hp(user, env, "pull", f"{registry_mtls.host}/ns/mtls:v1")
+    assert cp.returncode == 0, cp.stderr
+
+
+def test_registry_requiring_a_client_certificate_refuses_without(user, user_env_for, registry_mtls, pki,
+                                                                   mtls_bb):
+    env = user_env_for()
+    _certs_d(env, registry_mtls.host, pki, client=False)
+    cp = hp(user, env, "pull", f"{registry_mtls.host}/ns/mtls:v1")
+    assert cp.returncode == 1
+    assert registry_mtls.host in err(cp)
+    assert "client.cert and client.key" in cp.stderr
+    assert records(env) == []
+
+
 # ----------------------------------------------------------------------------- platforms
 
 @pytest.fixture

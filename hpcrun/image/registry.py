@@ -314,11 +314,15 @@ class Registry:
             except ssl.SSLError as e:
                 last = e
                 if not self.insecure:
-                    why = str(e.reason or e).lower().replace("_", " ")
-                    raise RegistryError(
-                        f"cannot talk HTTPS to {self.display}: {why}",
-                        "if this registry serves plain HTTP, add it to insecure_registries in the "
-                        "config or pass --insecure") from e
+                    reason = str(e.reason or e)
+                    why = reason.lower().replace("_", " ")
+                    if "CERTIFICATE" in reason.upper() or "HANDSHAKE" in reason.upper():
+                        hint = ("the registry may require a client certificate: put client.cert and "
+                                f"client.key in {os.path.join(_user_certs_dir(), self.host)}/")
+                    else:
+                        hint = ("if this registry serves plain HTTP, add it to insecure_registries "
+                                "in the config or pass --insecure")
+                    raise RegistryError(f"cannot talk HTTPS to {self.display}: {why}", hint) from e
                 continue
             except (OSError, http.client.HTTPException) as e:
                 last = e
