@@ -533,8 +533,10 @@ def skopeo(*args, check: bool = True) -> subprocess.CompletedProcess:
 
 
 def skopeo_push(layout: OciLayout, tag: str, reg: RegistryServer, dest: str, *, all_: bool = False,
-                creds: str | None = None) -> None:
-    args = ["copy", "--preserve-digests"] + (["--all"] if all_ else [])
+                creds: str | None = None, docker_v2s2: bool = False) -> None:
+    """skopeo copy the layout's TAG to the registry: as is, or converted to Docker schema 2."""
+    args = ["copy"] + (["--format", "v2s2"] if docker_v2s2 else ["--preserve-digests"])
+    args += ["--all"] if all_ else []
     args += reg.skopeo_tls_args("dest")
     if creds:
         args += ["--dest-creds", creds]

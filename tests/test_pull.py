@@ -278,6 +278,26 @@ def test_bad_platform_syntax_is_a_usage_error(user, user_env_for, registry, mult
     assert "invalid platform" in cp.stderr
 
 
+def test_docker_schema2_manifest_list(user, user_env_for, registry, oci_layout, busybox_layer):
+    """skopeo converts to Docker's media types (schema 2 manifests in a manifest list)."""
+    from fixtures_registry import skopeo_inspect_raw
+    descs = [oci_layout.image([busybox_layer, layer_from_files({"etc/": None, "etc/arch": a.encode()})],
+                              arch=a) for a in ("amd64", "arm64")]
+    idx = oci_layout.index(descs)
+    oci_layout.tag(idx, "v1")
+    skopeo_push(oci_layout, "v1", registry, "ns/docker:v1", all_=True, docker_v2s2=True)
+    lst = json.loads(skopeo_inspect_raw(registry, "ns/docker:v1"))
+    assert lst["mediaType"] == "application/vnd.docker.distribution.manifest.list.v2+json"
+    env = user_env_for(HPCRUN_INSECURE_REGISTRIES=registry.host)
+    cp = hp(user, env, "pull", "--platform", "linux/arm64", f"{registry.host}/ns/docker:v1")
+    assert cp.returncode == 0, cp.stderr
+    arm = [d for d in lst["manifests"] if d["platform"]["architecture"] == "arm64"][0]
+    man = json.loads(skopeo_inspect_raw(registry, f"ns/docker@{arm['digest']}"))
+    assert man["mediaType"] == "application/vnd.docker.distribution.manifest.v2+json"
+    with open(os.path.join(image_dir(env, man["config"]["digest"]), "etc", "arch")) as f:
+        assert f.read() == "arm64"
+
+
 # ----------------------------------------------------------------------------- refusals
 
 def test_unknown_tag_is_404(user, user_env_for, registry, bb):
