@@ -104,6 +104,14 @@ def test_pid_private_hides_host_processes(user, rt_image):
     assert sorted(int(p) for p in pids) == [1, 2]
 
 
+def test_pid_private_init_reaps_orphans(user, rt_image):
+    # The subshell's sleep is orphaned, re-parented to PID 1 and, once it exits, reaped.
+    states = out(run(user, "--pid=private", rt_image, "sh", "-c",
+                     "(sleep 0.1 &); sleep 0.6; cat /proc/[0-9]*/stat | cut -d' ' -f2,3"))
+    assert "Z" not in [l.split()[-1] for l in states.splitlines()]
+    assert "(sleep)" not in states
+
+
 def test_host_pid_namespace_by_default(user, rt_image):
     # MPI ranks must see each other: the host's pid namespace is shared by default.
     assert out(run(user, rt_image, "sh", "-c", "readlink /proc/self/ns/pid")) == \
