@@ -39,11 +39,11 @@ import ssl
 import threading
 import time
 import urllib.parse
-from typing import Callable, Iterable, Optional
+from typing import Callable, Optional
 
 from .. import log
 from ..errors import NotFound, RegistryError
-from .reference import HUB_API, Reference
+from .reference import HUB_API
 
 # Media types
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
