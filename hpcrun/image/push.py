@@ -13,7 +13,7 @@ import json
 from typing import Optional
 
 from .. import config
-from ..errors import ImageError, StoreError, UsageError
+from ..errors import NotFound, StoreError, UsageError
 from .progress import Progress
 from .reference import Reference, parse, try_parse
 from .registry import DOCKER_MANIFEST, OCI_MANIFEST, Registry, sha256_digest
@@ -68,7 +68,7 @@ def push(store, name: str, dest: Optional[str] = None, *, quiet: bool = False,
         store = Store()
     rec = store.get(name)
     if rec is None:
-        raise ImageError(f"no such image: {name}", "see 'hpcrun images'; pull, load or import it first")
+        raise NotFound(f"no such image: {name}", "see 'hpcrun images'; pull, load or import it first")
     target_s = dest or name
     if target_s.startswith("sha256:") or (dest is None and rec.hex.startswith(target_s)):
         raise UsageError(f"cannot push {target_s!r}: an image id is not a repository name",
