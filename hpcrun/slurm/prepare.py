@@ -29,9 +29,8 @@ from __future__ import annotations
 import fcntl
 import os
 
-from ..errors import ImageError, NotFound
+from ..errors import ImageError
 
-SQUASHFS_MAGIC = b"hsqs"   # little-endian superblock magic, squashfs(5)
 LOG_NAME = "prepare.log"
 
 
@@ -62,50 +61,9 @@ def cache_root() -> str:
     return os.path.join(base, node_name())
 
 
-def is_squashfs(path: str) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return f.read(4) == SQUASHFS_MAGIC
-    except OSError:
-        return False
-
-
-def looks_like_path(image: str) -> bool:
-    """A path, as opposed to a store name or registry reference (``./x``, ``/x``, ``x.sqfs``)."""
-    return (image.startswith(("/", "./", "../", "~")) or image in (".", "..")
-            or image.endswith((".sqfs", ".squashfs", ".squash")))
-
-
 def _key(st: os.stat_result) -> str:
     # The file's identity, no hashing (hashlib costs milliseconds to import per task).
     return f"sq-{st.st_dev:x}-{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}"
-
-
-def prepare(image: str) -> str:
-    """Return what ``hpcrun run`` should get for ``image`` on this node.
-
-    A squashfs file is unpacked once per node (first task under an flock, the others
-    wait and reuse); a directory, store name or registry reference is returned as is.
-    """
-    if not looks_like_path(image) and not os.path.exists(image):
-        return image                       # a store name or reference: run resolves it
-    path = os.path.abspath(os.path.expanduser(image))
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise NotFound(f"image {image!r} does not exist",
-                       "give a rootfs directory, a squashfs file or an image name from "
-                       "'hpcrun images'; paths are resolved on each compute node") from None
-    except OSError as e:
-        raise ImageError(f"cannot read image {image!r}: {e.strerror}",
-                         "the image must be readable by the job's user on every node") from None
-    import stat as _stat
-    if _stat.S_ISDIR(st.st_mode):
-        return path
-    if not is_squashfs(path):
-        raise ImageError(f"image {image!r} is neither a directory nor a squashfs file",
-                         "convert it with 'hpcrun convert' or give a rootfs directory")
-    return unpack_once(path, st)
 
 
 def unpack_once(path: str, st: os.stat_result | None = None) -> str:
