@@ -161,6 +161,7 @@ def main() -> int:
             shutil.rmtree(scratch)
         os.mkdir(scratch)
         os.chown(scratch, pw.pw_uid, pw.pw_gid)
+        os.sync()  # the previous variant's writeback is not charged to the next one
 
     variants = {
         "dir": {

@@ -71,7 +71,8 @@ def _parser(verb: str) -> argparse.ArgumentParser:
         add("registry", metavar="REGISTRY", nargs="?", default="docker.io")
     elif verb == "load":
         add("-i", "--input", metavar="FILE", help="read from FILE instead of stdin")
-        add("-q", "--quiet", action="store_true", help="print only the image ids")
+        add("-q", "--quiet", action="store_true",
+            help="no progress output (for Docker compatibility; load shows none)")
         add("--format", dest="fmt", default="dir", metavar="dir|squashfs", help=FORMAT_HELP)
     elif verb == "save":
         add("names", metavar="IMAGE", nargs="+")
@@ -246,9 +247,7 @@ def _load(a) -> int:
     src = a.input if a.input is not None else sys.stdin.buffer
     st = _store()
     for rec, tags in archive.load(st, src, fmt=a.fmt):
-        if a.quiet:
-            _out().write(rec.id + "\n")
-        elif tags:
+        if tags:
             for t in tags:
                 from hpcrun.image.reference import parse
                 _out().write(f"Loaded image: {parse(t).familiar}\n")

@@ -629,7 +629,7 @@ def flatten_stream(layers: list, out: BinaryIO, *, max_size: int | None = None,
     if len(layers) == 1 and single_pass_ok:
         tree = Tree(max_size)
         emitted: set = set()
-        out_tf = tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, bufsize=CHUNK)
+        out_tf = _writer(out)
         what = "layer 1"
         stream = open_layer(layers[0], what)
         try:
@@ -661,7 +661,7 @@ def flatten_stream(layers: list, out: BinaryIO, *, max_size: int | None = None,
     for path, n in tree.nodes.items():
         if n.idx is not None and not _excluded(path, exclude):
             keep.setdefault(n.layer, {})[n.idx] = path
-    out_tf = tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, bufsize=CHUNK)
+    out_tf = _writer(out)
     for li, layer in enumerate(layers):
         want = keep.get(li)
         if not want:
@@ -687,6 +687,12 @@ def flatten_stream(layers: list, out: BinaryIO, *, max_size: int | None = None,
     _extra(out_tf, extra)
     out_tf.close()
     return tree
+
+
+def _writer(out) -> tarfile.TarFile:
+    tf = tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, bufsize=CHUNK)
+    tf.copybufsize = CHUNK  # type: ignore[attr-defined]  # fewer, larger copies
+    return tf
 
 
 def _extra(out_tf: tarfile.TarFile, extra: Sequence) -> None:
