@@ -43,6 +43,14 @@ def test_cwd_used_when_visible(user, rt_image, user_tmp):
     assert cp.stdout.strip() == user_tmp
 
 
+def test_cwd_inside_a_bind_maps_to_its_destination(user, rt_image, user_tmp):
+    sub = os.path.join(user_tmp, "sub")
+    os.mkdir(sub)
+    os.chown(sub, user.uid, user.gid)
+    cp = run(user, "-v", f"{user_tmp}:/work", rt_image, "pwd", cwd=sub)
+    assert cp.stdout.strip() == "/work/sub"
+
+
 def test_cwd_not_visible_falls_back_to_root(user, rt_image, user_tmp):
     assert run(user, "--no-home", rt_image, "pwd", cwd=user_tmp).stdout.strip() == "/"
 

@@ -11,7 +11,7 @@ from hpcrun.errors import NotFound, UsageError
 from hpcrun.runtime import env as envpolicy
 from hpcrun.runtime import mounts as mnt
 from hpcrun.runtime.spec import (F_FAKEROOT, F_IPC, F_MONITOR, F_NET, F_NO_OVERLAY, F_PID,
-                                 F_SQUASH, F_UTS, F_WRITABLE, Spec)
+                                 F_SQUASH, F_UTS, F_WRITABLE, M_CONTENT, Spec)
 
 SIGNALS = {"HUP": 1, "INT": 2, "QUIT": 3, "KILL": 9, "USR1": 10, "USR2": 12, "TERM": 15,
            "CONT": 18, "STOP": 19, "WINCH": 28, "PWR": 30}
@@ -163,11 +163,7 @@ def plan(opts, image, environ=None) -> Spec:
     elif conf.get("WorkingDir"):
         workdir, required = "/" + str(conf["WorkingDir"]).lstrip("/"), False
     else:
-        try:
-            workdir = os.getcwd()
-        except OSError:
-            workdir = "/"
-        required = False
+        workdir, required = _visible_cwd(mounts), False
 
     stopsig = stop_signal(conf.get("StopSignal"))
     if stopsig and not (flags & F_PID):
@@ -176,6 +172,24 @@ def plan(opts, image, environ=None) -> Spec:
                 uid=uid, gid=gid, mounts=tuple(mounts), workdir=workdir,
                 workdir_required=required, argv=tuple(argv), env=tuple(env),
                 stop_signal=stopsig)
+
+
+def _visible_cwd(mounts) -> str:
+    """The caller's cwd as seen inside: through the bind that holds it (the longest
+    source that contains it, e.g. a symlinked $HOME or -v $PWD:/work), else the same
+    path (it may exist in the image; the C core falls back to / if not)."""
+    try:
+        cwd = os.getcwd()
+    except OSError:
+        return "/"
+    best = None
+    for m in mounts:
+        if m.src and not m.flags & M_CONTENT and (cwd == m.src or cwd.startswith(m.src.rstrip("/") + "/")):
+            if best is None or len(m.src) > len(best.src):
+                best = m
+    if best is None or best.src == "/":
+        return cwd
+    return (best.dst.rstrip("/") + cwd[len(best.src.rstrip("/")):]) or "/"
 
 
 def _squashfuse() -> str:
@@ -210,7 +224,7 @@ def _log_spec(spec: Spec) -> None:
     from hpcrun import log
     log.debug(f"image {spec.image} flags {spec.flags:#x} uid {spec.uid} gid {spec.gid}")
     for m in spec.mounts:
-        src = "<content>" if m.flags & 0x20 else m.src
+        src = "<content>" if m.flags & M_CONTENT else m.src
         log.debug(f"mount {src} -> {m.dst} flags {m.flags:#x}")
     log.debug(f"workdir {spec.workdir} ({'required' if spec.workdir_required else 'else /'})")
     log.debug("exec " + " ".join(spec.argv))
