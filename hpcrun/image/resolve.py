@@ -21,8 +21,15 @@ def for_run(name: str, *, pull: bool = True, store=None) -> tuple[str, Optional[
             if not pull:
                 raise NotFound(f"no such image: {name}",
                                f"pull it first: hpcrun pull {name}")
+            from ..errors import HpcrunError
             from .pull import pull as do_pull
-            rec = do_pull(name, store=st)
+            try:
+                rec = do_pull(name, store=st)
+            except HpcrunError as e:
+                raise NotFound(f"no such image: {name}: not a path, not in the store, "
+                               f"and pulling it failed: {e.what}",
+                               e.hint or "see 'hpcrun images', or give a directory or "
+                               "squashfs file") from e
         path = rec.path
         if path is None:
             raise NotFound(f"image {name} has no runnable format",

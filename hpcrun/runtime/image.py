@@ -130,7 +130,9 @@ def resolve(arg: str) -> Image:
                              "IMAGE is a root directory, a squashfs file or an image name "
                              "(see 'hpcrun images')")
         return Image(path=path, kind="squashfs", config=None)
-    if "/" in arg or arg.startswith(".") or os.path.lexists(arg):
+    # Something spelled as a path is a path; anything else may be an image name, and
+    # names contain "/" too (library/ubuntu, ghcr.io/org/img, localhost:5000/x).
+    if arg.startswith(("/", "./", "../", "~")) or arg in (".", "..") or os.path.lexists(arg):
         raise NotFound(f"no such image: {arg}",
                        "IMAGE is a root directory, a squashfs file or an image name "
                        "(see 'hpcrun images')")
