@@ -55,10 +55,24 @@ def test_text_output_names_each_check(user, rt_userns):
         assert name in first
 
 
-def test_slurm_backend_line(user, rt_userns):
+def _slurm_line(cp):
+    return [ln for ln in cp.stdout.splitlines() if ln.startswith("slurm backend:")]
+
+
+def test_slurm_backend_without_cluster_says_so(user, rt_userns):
     import shutil
     util.require(shutil.which("sbatch") is not None, "slurm is not installed")
-    assert "slurm backend: cli (sbatch found)" in check(user).stdout.splitlines()
+    cp = util.hpcrun(user, "check", env={"SLURM_CONF": "/nonexistent/slurm.conf"})
+    [line] = _slurm_line(cp)
+    assert line.startswith("slurm backend: cli, but no cluster is configured")
+
+
+@pytest.mark.slurm
+def test_slurm_backend_names_cli_and_version(user, rt_userns, slurm_cluster):
+    cp = util.hpcrun(user, "check", env=slurm_cluster.env)
+    [line] = _slurm_line(cp)
+    assert line.startswith("slurm backend: cli (sbatch/squeue --json/scancel, Slurm 22.05")
+    assert "pyslurm" in line
 
 
 def test_userns_disabled_says_what_to_ask(user):

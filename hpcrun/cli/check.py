@@ -106,17 +106,9 @@ def _cgroups(results):
 
 
 def _slurm_line() -> str:
-    sbatch = _which("sbatch")
-    try:
-        import importlib.util
-        has_pyslurm = importlib.util.find_spec("pyslurm") is not None
-    except (ImportError, ValueError):
-        has_pyslurm = False
-    if has_pyslurm:
-        return "slurm backend: pyslurm (importable)" + (" and cli (sbatch found)" if sbatch else "")
-    if sbatch:
-        return "slurm backend: cli (sbatch found)"
-    return "slurm backend: none (sbatch not found)"
+    # One source of truth for which Slurm backend is used: the Slurm package's own.
+    from hpcrun.slurm.backend import describe
+    return describe()
 
 
 def collect() -> list:
