@@ -325,8 +325,4 @@ def hpcrun_command(argv0: Optional[str] = None) -> list:
         p = os.path.abspath(a0)
         if os.access(p, os.X_OK):
             return [p]
-    from shutil import which
-    w = which("hpcrun")
-    if w:
-        return [os.path.abspath(w)]
-    return [sys.executable, "-m", "hpcrun"]
+    return [sys.executable, "-m", "hpcrun"]     # same interpreter, same installation
