@@ -183,6 +183,7 @@ def main() -> int:
         },
     }
     results: dict = {}
+    sizes: dict = {}
     kinds = [a.only] if a.only else ["dir", "squashfs"]
     for r in range(a.rounds):
         for kind in kinds:
@@ -192,7 +193,13 @@ def main() -> int:
                 fresh()
                 dt = variants[kind][n]()
                 results.setdefault((kind, n), []).append(dt)
-                print(f"round {r + 1} {kind:8} {n:24} {dt:6.2f} s", flush=True)
+                size = ""
+                for dp, _, fn in os.walk(scratch):
+                    for f in fn:
+                        if f.endswith(".sqfs"):
+                            sizes[(kind, n)] = os.path.getsize(os.path.join(dp, f))
+                            size = f"  ({sizes[(kind, n)] >> 20} MB)"
+                print(f"round {r + 1} {kind:8} {n:24} {dt:6.2f} s{size}", flush=True)
     fresh()
     shutil.rmtree(scratch)
     print()
@@ -203,7 +210,8 @@ def main() -> int:
         for n in variants[kind]:
             med = statistics.median(results[(kind, n)])
             ratio = "" if n == "hpcrun" else f"   {n} / hpcrun = {med / ours:.2f}x"
-            print(f"  {kind:8} {n:24} {med:6.2f} s{ratio}")
+            size = f"  {sizes[(kind, n)] >> 20:4} MB" if (kind, n) in sizes else ""
+            print(f"  {kind:8} {n:24} {med:6.2f} s{size}{ratio}")
     return 0
 
 
