@@ -295,3 +295,22 @@ def test_prune_keeps_blobs_while_another_process_uses_the_store(user, store_env,
         holder.wait(timeout=30)
     ok(hp(user, store_env, "prune"))
     assert not os.path.exists(stray)
+
+
+def test_damaged_image_does_not_hide_the_others(user, store_env, image_files):
+    ok(hp(user, store_env, "load", "-i", image_files["bb_docker"]))
+    ok(hp(user, store_env, "load", "-i", image_files["layered_docker"]))
+    store = store_env["HPCRUN_STORE"]
+    os.unlink(os.path.join(store, "blobs", "sha256", image_files["bb"].id[7:]))  # its config
+    cp = ok(hp(user, store_env, "images", "-q", "--no-trunc"))
+    assert cp.stdout == image_files["layered"].id + "\n"
+    assert "warning:" in cp.stderr and "rmi -f" in cp.stderr
+
+
+def test_damaged_image_can_be_removed(user, store_env, image_files):
+    ok(hp(user, store_env, "load", "-i", image_files["bb_docker"]))
+    store = store_env["HPCRUN_STORE"]
+    os.unlink(os.path.join(store, "blobs", "sha256", image_files["bb"].id[7:]))
+    cp = ok(hp(user, store_env, "rmi", "-f", image_files["bb"].id[7:19]))
+    assert cp.stdout.splitlines()[-1] == f"Deleted: {image_files['bb'].id}"
+    assert records(store) == []

@@ -600,7 +600,12 @@ class Store:
         out = []
         for name in sorted(os.listdir(self.records)):
             if name.endswith(".json") and _HEX.match(name[:-5]):
-                r = self._record(name[:-5], tm)
+                try:
+                    r = self._record(name[:-5], tm)
+                except StoreError as e:  # one damaged image does not hide the others
+                    log.warning(f"image {name[:12]} is damaged ({e.what}); remove it with "
+                                f"'hpcrun rmi -f {name[:12]}'")
+                    continue
                 if r is not None:
                     out.append(r)
         out.sort(key=lambda r: (r.committed, r.created), reverse=True)
@@ -671,7 +676,12 @@ class Store:
 
         Returns the lines Docker prints ("Untagged: ...", "Deleted: sha256:...").
         """
-        rec = self.require(name_or_id)
+        try:
+            rec = self.require(name_or_id)
+        except StoreError:
+            if not force:
+                raise
+            return self._remove_damaged(name_or_id)
         lines: list[str] = []
         from .reference import try_parse
         ref = try_parse(name_or_id)
@@ -697,6 +707,25 @@ class Store:
             self._delete_image(rec.hex)
             lines.append(f"Deleted: {rec.id}")
         return lines
+
+    def _remove_damaged(self, name_or_id: str) -> list[str]:
+        """rmi -f of an image whose record or blobs are damaged: by id only."""
+        h = name_or_id[len("sha256:"):] if name_or_id.startswith("sha256:") else name_or_id
+        hits = [n[:-5] for n in os.listdir(self.records) if n.endswith(".json")
+                and _SHORT.match(h) and n.startswith(h)]
+        if len(hits) != 1:
+            raise StoreError(f"cannot remove damaged image {name_or_id}",
+                             "give its id as 'hpcrun images' or the warning shows it")
+        img = "sha256:" + hits[0]
+        lines = []
+        with self.lock("tags"):
+            tm = self._tags()
+            for t in sorted(t for t, i in tm.items() if i == img):
+                del tm[t]
+                lines.append(f"Untagged: {_familiar(t)}")
+            self._write_tags(tm)
+        self._delete_image(hits[0])
+        return lines + [f"Deleted: {img}"]
 
     def _delete_image(self, hexd: str) -> None:
         with self.lock("image-" + hexd):
