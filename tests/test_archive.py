@@ -252,3 +252,33 @@ def test_oci_index_without_this_platform(user, store_env, image_files, user_tmp)
     assert cp.returncode == 1
     assert "no image for linux/" in cp.stderr and "hint:" in cp.stderr
     assert records(store_env["HPCRUN_STORE"]) == []
+
+
+def test_change_env_legacy_form():
+    from hpcrun.image.archive import apply_changes
+    assert apply_changes({}, ["ENV GREETING hello world"]) == {"Env": ["GREETING=hello world"]}
+
+
+def test_change_cmd_shell_form():
+    from hpcrun.image.archive import apply_changes
+    assert apply_changes({}, ["CMD echo $HOME"]) == {"Cmd": ["/bin/sh", "-c", "echo $HOME"]}
+
+
+def test_change_env_overrides_earlier_value():
+    from hpcrun.image.archive import apply_changes
+    conf = apply_changes({"Env": ["A=1", "B=2"]}, ["ENV A=3"])
+    assert conf["Env"] == ["A=3", "B=2"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ("WORKDIR relative", "WORKDIR must be an absolute path"),
+    ('CMD ["unterminated', "not a JSON array"),
+    ("EXPOSE http", "invalid port 'http'"),
+    ("ENV", "ENV needs an argument"),
+    ("ENV A=1 B", "expected KEY=VALUE"),
+])
+def test_bad_change_refused(change, message):
+    from hpcrun.errors import UsageError
+    from hpcrun.image.archive import apply_changes
+    with pytest.raises(UsageError, match=message):
+        apply_changes({}, [change])
