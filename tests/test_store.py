@@ -314,3 +314,16 @@ def test_damaged_image_can_be_removed(user, store_env, image_files):
     cp = ok(hp(user, store_env, "rmi", "-f", image_files["bb"].id[7:19]))
     assert cp.stdout.splitlines()[-1] == f"Deleted: {image_files['bb'].id}"
     assert records(store) == []
+
+
+def test_record_keeps_the_exact_manifest_bytes(store):
+    """push sends the stored manifest byte for byte: the record names its blob."""
+    import gzip
+    layer = gzip.compress(b"\0" * 1024)
+    ldg = store.put_blob_bytes(layer)
+    cfg = json.dumps({"rootfs": {"type": "layers", "diff_ids": ["sha256:" + "3" * 64]}}).encode()
+    man = (json.dumps({"schemaVersion": 2, "config": {"digest": "sha256:" +
+                       hashlib.sha256(cfg).hexdigest(), "size": len(cfg)},
+                       "layers": [{"digest": ldg, "size": len(layer)}]}, indent=7) + "\n").encode()
+    rec = store.commit_image(man, cfg, fmt="dir")
+    assert store.read_blob(rec.manifest_blob) == man

@@ -120,6 +120,7 @@ class ImageRecord:
     source: str = ""
     committed: str = ""
     formats: tuple = field(default=())
+    manifest_blob: str = ""         # digest of the exact manifest bytes in blobs/ (push sends them)
 
     @property
     def hex(self) -> str:
@@ -420,7 +421,8 @@ class Store:
             dir_path=os.path.join(d, "rootfs") if "dir" in formats else None,
             sqfs_path=os.path.join(d, "image.sqfs") if "squashfs" in formats else None,
             repo_digests=tuple(raw.get("repo_digests", ())), source=raw.get("source", ""),
-            committed=raw.get("committed", ""), formats=formats)
+            committed=raw.get("committed", ""), formats=formats,
+            manifest_blob=raw.get("manifest_blob", ""))
 
     # ------------------------------------------------------------------ commit
     def commit_image(self, manifest: bytes, config: bytes, *, tags: Sequence[str] = (),
