@@ -229,3 +229,16 @@ def test_run_image_by_id(user, store_env, busybox_rootfs, user_tmp):
     ok(hp(user, store_env, "load", "-i", p))
     cp = ok(hp(user, store_env, "run", img.id[7:19], "--", "sh", "-c", "echo $FROM_IMAGE"))
     assert cp.stdout == "yes\n"
+
+
+@pytest.mark.userns
+def test_run_image_with_repository_path(user, store_env, busybox_rootfs, user_tmp):
+    util.require(_run_works(user), "hpcrun run of a directory does not work here")
+    from fixtures_image import busybox_entries, make_image
+    img = make_image([busybox_entries(busybox_rootfs)])
+    p = write_docker_archive(os.path.join(user_tmp, "run.tar"), img,
+                             ["localhost:5000/ns/runme:3"])
+    ok(hp(user, store_env, "load", "-i", p))
+    cp = ok(hp(user, store_env, "run", "localhost:5000/ns/runme:3", "--", "cat",
+               "/etc/os-release"))
+    assert "NAME=busybox-test" in cp.stdout
