@@ -203,3 +203,19 @@ def test_convert_unknown_format(user, store_env, image_files):
 def test_convert_unknown_image(user, store_env):
     cp = hp(user, store_env, "convert", "--format", "squashfs", "nope:1")
     assert cp.returncode == 1 and "no such image: nope:1" in cp.stderr
+
+
+def test_failing_tar2sqfs_falls_back_to_mksquashfs(user, store_env, image_files, user_tmp):
+    """A tar2sqfs that fails (a stand-in script: the real one cannot be made to fail on
+    a valid stream) leaves the job to mksquashfs, with a warning."""
+    _need("mksquashfs")
+    fake = os.path.join(user_tmp, "bin")
+    os.mkdir(fake)
+    with open(os.path.join(fake, "tar2sqfs"), "w") as f:
+        f.write("#!/bin/sh\ncat >/dev/null\necho 'tar2sqfs: simulated failure' >&2\nexit 1\n")
+    os.chmod(os.path.join(fake, "tar2sqfs"), 0o755)
+    os.symlink(shutil.which("mksquashfs"), os.path.join(fake, "mksquashfs"))
+    env = dict(store_env, PATH=f"{util.VENV_BIN}:{fake}:/usr/bin:/bin")  # fake one first
+    cp = ok(hp(user, env, "load", "--format", "squashfs", "-i", image_files["bb_docker"]))
+    assert "simulated failure; retrying through a directory and mksquashfs" in cp.stderr
+    assert "bin/busybox" in _members(_sqfs(user, store_env, "test/busybox:1"))

@@ -69,6 +69,10 @@ def build(layers: Sequence[str], out: str, config: bytes, *, max_size: int | Non
             return _stream(list(layers), out, config, max_size)
         except L.NeedDirectory as e:
             log.info(f"squashfs: streaming not possible ({e}); unpacking to a directory")
+        except CommandError as e:
+            # tar2sqfs refused something the layers checks accepted: the slower path
+            # through a directory and mksquashfs still gives the user an image
+            log.warning(f"squashfs: {e.what}; retrying through a directory and mksquashfs")
     from .store import rmtree, unpack_dir
     d = os.path.join(tmpdir, f"sqdir-{os.urandom(12).hex()}")
     os.mkdir(d, 0o700)
