@@ -10,7 +10,8 @@
 # The local cluster is left running for more experiments; 'hpcrun cluster down' removes
 # it. Environment: HPCRUN_DEMO_USER (default hpcuser), HPCRUN_DEMO_DIR (default
 # ~USER/hpcrun-demo: image, job script and output; a home directory because on a real
-# cluster it must be visible from every node), HPCRUN (the hpcrun command).
+# cluster it must be visible from every node), HPCRUN (the hpcrun command),
+# HPCRUN_NODE_CACHE (passed on to the job when set).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 if [ -t 2 ]; then b=$'\033[1m' n=$'\033[0m'; else b= n=; fi
@@ -75,7 +76,7 @@ chmod 644 "$demo_dir/single.sh"
 as_user() {
   runuser -u "$demo_user" -- env -i HOME="$home" USER="$demo_user" LOGNAME="$demo_user" \
     PATH="$bindir:/usr/local/bin:/usr/bin:/bin" LANG=C.UTF-8 SLURM_CONF="$SLURM_CONF" \
-    IMAGE="$image" "$@"
+    IMAGE="$image" ${HPCRUN_NODE_CACHE:+HPCRUN_NODE_CACHE="$HPCRUN_NODE_CACHE"} "$@"
 }
 say "submitting single.sh as $demo_user: 2 nodes, 2 containers per node, image $image"
 jobid=$(cd "$demo_dir" && as_user sbatch --parsable --chdir="$demo_dir" \

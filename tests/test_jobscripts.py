@@ -143,10 +143,12 @@ def test_mpi(slurm_cluster, user, workdir, mpi_image, node_cache):
 def test_demo(slurm_cluster, user, user_tmp):
     # With SLURM_CONF set, the demo uses that cluster instead of starting its own.
     env = dict(os.environ, SLURM_CONF=slurm_cluster.conf, HPCRUN_DEMO_DIR=user_tmp,
-               HPCRUN_DEMO_USER=user.name, HPCRUN=util.HPCRUN)
+               HPCRUN_DEMO_USER=user.name, HPCRUN=util.HPCRUN,
+               HPCRUN_NODE_CACHE=os.path.join(user_tmp, "nodecache"))
     cp = subprocess.run(["bash", os.path.join(JOBSCRIPTS, "demo.sh")], env=env,
                         capture_output=True, text=True, timeout=300)
     assert cp.returncode == 0, cp.stdout + cp.stderr
     nodes = set(re.findall(r"^task \d of 4 on (\S+) uid=4242$", cp.stdout, re.M))
     assert len(nodes) == 2
     assert 'PRETTY_NAME="hpcrun example image (BusyBox' in cp.stdout
+    assert len(prepare_log(os.path.join(user_tmp, "nodecache"))) == 2
