@@ -242,3 +242,9 @@ def test_run_image_with_repository_path(user, store_env, busybox_rootfs, user_tm
     cp = ok(hp(user, store_env, "run", "localhost:5000/ns/runme:3", "--", "cat",
                "/etc/os-release"))
     assert "NAME=busybox-test" in cp.stdout
+
+
+def test_history_sizes_are_unpacked_content(user, store_env, loaded):
+    lines = ok(hp(user, store_env, "history", "--format", "json", "test/layered:1")).stdout
+    top = json.loads(lines.splitlines()[0])
+    assert top["Size"] == len("layer three\n")   # layer 3 adds only etc/motd

@@ -507,7 +507,8 @@ def _history(a) -> int:
     from hpcrun.image.layers import human_size
     rec = _store().require(a.name)
     hist = list(rec.config.get("history") or [])
-    sizes = [d.get("size", 0) for d in rec.manifest.get("layers", [])]
+    # Docker shows what each layer adds once unpacked; older records only know the blobs
+    sizes = list(rec.layer_sizes) or [d.get("size", 0) for d in rec.manifest.get("layers", [])]
     rows = []
     li = 0
     for h in hist:

@@ -312,6 +312,7 @@ class Tree:
         self.children: dict[str, set] = {"": set()}
         self.max_size = max_size
         self.size = 0
+        self.layer_sizes: dict[int, int] = {}  # content bytes each layer adds (history)
         self.devices: list[str] = []
         self.stream_ok = True      # False when a hardlink's target was replaced later
         self.links: list[tuple[str, Node, str]] = []  # (path, node, target path)
@@ -427,6 +428,7 @@ class Tree:
             action = "fifo"
         elif m.isreg():
             self.size += m.size
+            self.layer_sizes[layer] = self.layer_sizes.get(layer, 0) + m.size
             if self.max_size is not None and self.size > self.max_size:
                 raise ImageError(
                     f"{what}: the image unpacks to more than {_human(self.max_size)} "

@@ -61,8 +61,8 @@ def mksquashfs_argv(src: str, out: str) -> list[str]:
 
 
 def build(layers: Sequence[str], out: str, config: bytes, *, max_size: int | None,
-          tmpdir: str) -> int:
-    """Make the squashfs file `out` from layer blobs; returns the content size."""
+          tmpdir: str):
+    """Make the squashfs file `out` from layer blobs; returns the layers.Tree (sizes)."""
     from . import layers as L
     if which("tar2sqfs"):
         try:
@@ -77,14 +77,14 @@ def build(layers: Sequence[str], out: str, config: bytes, *, max_size: int | Non
     d = os.path.join(tmpdir, f"sqdir-{os.urandom(12).hex()}")
     os.mkdir(d, 0o700)
     try:
-        size = unpack_dir(list(layers), d, config, max_size=max_size)
+        tree = unpack_dir(list(layers), d, config, max_size=max_size)
         from_dir(d, out)
-        return size
+        return tree
     finally:
         rmtree(d)
 
 
-def _stream(layers: list, out: str, config: bytes, max_size: int | None) -> int:
+def _stream(layers: list, out: str, config: bytes, max_size: int | None):
     from . import layers as L
     argv = tar2sqfs_argv(out)
     log.debug("exec: " + " ".join(argv))
@@ -103,7 +103,7 @@ def _stream(layers: list, out: str, config: bytes, max_size: int | None) -> int:
         if rc != 0:
             raise CommandError(argv, rc, err, "squashfs-tools-ng could not build the image")
         ok = True
-        return tree.size
+        return tree
     finally:
         if not ok:
             if p.poll() is None:

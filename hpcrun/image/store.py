@@ -121,6 +121,7 @@ class ImageRecord:
     committed: str = ""
     formats: tuple = field(default=())
     manifest_blob: str = ""         # digest of the exact manifest bytes in blobs/ (push sends them)
+    layer_sizes: tuple = ()         # unpacked content bytes per layer (history's SIZE)
 
     @property
     def hex(self) -> str:
@@ -422,7 +423,8 @@ class Store:
             sqfs_path=os.path.join(d, "image.sqfs") if "squashfs" in formats else None,
             repo_digests=tuple(raw.get("repo_digests", ())), source=raw.get("source", ""),
             committed=raw.get("committed", ""), formats=formats,
-            manifest_blob=raw.get("manifest_blob", ""))
+            manifest_blob=raw.get("manifest_blob", ""),
+            layer_sizes=tuple(raw.get("layer_sizes") or ()))
 
     # ------------------------------------------------------------------ commit
     def commit_image(self, manifest: bytes, config: bytes, *, tags: Sequence[str] = (),
@@ -470,10 +472,13 @@ class Store:
             have = set(rec.get("formats", [])) if rec else set()
             missing = [f for f in formats if f not in have]
             size = rec.get("size", 0) if rec else 0
+            layer_sizes = rec.get("layer_sizes") if rec else None
             if missing:
                 layers = [self.blob_path(dg) for dg in layer_digests]
                 try:
-                    size = self._build_formats(hexd, layers, config, missing, rec is not None)
+                    tree = self._build_formats(hexd, layers, config, missing, rec is not None)
+                    size = tree.size
+                    layer_sizes = [tree.layer_sizes.get(i, 0) for i in range(len(layers))]
                 except BaseException:
                     if rec is None:  # leave no trace of an image that failed
                         rmtree(os.path.join(self.images_dir, hexd))
@@ -485,7 +490,7 @@ class Store:
                     "manifest_digest": manifest_digest or manifest_blob,
                     "created": cfg.get("created", ""), "size": size,
                     "source": source, "committed": _now(), "formats": [],
-                    "repo_digests": [],
+                    "repo_digests": [], "layer_sizes": layer_sizes,
                 }
             rec["formats"] = [f for f in FORMATS if f in have or f in missing]
             rec["repo_digests"] = sorted(set(rec.get("repo_digests", [])) | set(repo_digests))
@@ -504,13 +509,13 @@ class Store:
         return out
 
     def _build_formats(self, hexd: str, layers: list, config: bytes, formats: list,
-                       exists: bool) -> int:
+                       exists: bool):
         """Build formats into tmp/, rename into images/<hex>/. Caller holds the image lock."""
         from .. import config as cfgmod
         max_size = int(cfgmod.get("max_image_size"))  # type: ignore[arg-type]
         d = os.path.join(self.images_dir, hexd)
         os.makedirs(d, mode=0o700, exist_ok=True)
-        size = 0
+        tree = None
         for f in formats:
             log.info(f"unpacking image {hexd[:12]} ({f})")
             final = os.path.join(d, "rootfs" if f == "dir" else "image.sqfs")
@@ -520,7 +525,7 @@ class Store:
                 tmp = self.tmp_path("rootfs")
                 os.mkdir(tmp, 0o700)
                 try:
-                    size = unpack_dir(layers, tmp, config, max_size=max_size)
+                    tree = unpack_dir(layers, tmp, config, max_size=max_size)
                     crash_point("extracted")
                     os.rename(tmp, final)
                 except BaseException:
@@ -530,7 +535,7 @@ class Store:
                 from . import squash
                 tmp = self.tmp_path("sqfs")
                 try:
-                    size = squash.build(layers, tmp, config, max_size=max_size,
+                    tree = squash.build(layers, tmp, config, max_size=max_size,
                                         tmpdir=self.tmp)
                     crash_point("extracted")
                     os.rename(tmp, final)
@@ -539,7 +544,7 @@ class Store:
                         os.unlink(tmp)
                     raise
             crash_point("format-renamed")
-        return size
+        return tree
 
     def convert(self, name_or_id: str, fmt: str, keep: bool = False) -> ImageRecord:
         """Add format `fmt` to an image; remove the other formats unless keep."""
@@ -827,8 +832,9 @@ def _du(path: str) -> int:
     return total
 
 
-def unpack_dir(layers: list, dest: str, config: bytes, *, max_size: int | None) -> int:
-    """Unpack layers into dest and write dest/.hpcrun/config.json; returns content size."""
+def unpack_dir(layers: list, dest: str, config: bytes, *, max_size: int | None):
+    """Unpack layers into dest and write dest/.hpcrun/config.json; returns the
+    layers.Tree (its .size and .layer_sizes are the content sizes)."""
     from .layers import extract
     tree = extract(layers, dest, max_size=max_size)
     meta = os.path.join(dest, ".hpcrun")
@@ -837,5 +843,5 @@ def unpack_dir(layers: list, dest: str, config: bytes, *, max_size: int | None) 
     os.mkdir(meta, 0o755)
     with open(os.path.join(meta, "config.json"), "wb") as f:
         f.write(config)
-    return tree.size
+    return tree
 
