@@ -85,12 +85,14 @@ def build(layers: Sequence[str], out: str, config: bytes, *, max_size: int | Non
 
 
 def _stream(layers: list, out: str, config: bytes, max_size: int | None):
+    import tempfile
     from . import layers as L
     argv = tar2sqfs_argv(out)
     log.debug("exec: " + " ".join(argv))
-    p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE)
+    errf = tempfile.TemporaryFile()  # not a pipe: a chatty tar2sqfs must not block us
+    p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=errf)
     ok = False
+    tree = None
     try:
         try:
             tree = L.flatten_stream(layers, p.stdin, max_size=max_size, root_owned=True,
@@ -98,13 +100,15 @@ def _stream(layers: list, out: str, config: bytes, max_size: int | None):
             p.stdin.close()  # type: ignore[union-attr]
         except BrokenPipeError:
             pass
-        err = p.stderr.read().decode(errors="replace")  # type: ignore[union-attr]
         rc = p.wait()
-        if rc != 0:
+        if rc != 0 or tree is None:
+            errf.seek(0)
+            err = errf.read().decode(errors="replace")
             raise CommandError(argv, rc, err, "squashfs-tools-ng could not build the image")
         ok = True
         return tree
     finally:
+        errf.close()
         if not ok:
             if p.poll() is None:
                 p.kill()
