@@ -219,3 +219,13 @@ def test_failing_tar2sqfs_falls_back_to_mksquashfs(user, store_env, image_files,
     cp = ok(hp(user, env, "load", "--format", "squashfs", "-i", image_files["bb_docker"]))
     assert "simulated failure; retrying through a directory and mksquashfs" in cp.stderr
     assert "bin/busybox" in _members(_sqfs(user, store_env, "test/busybox:1"))
+
+
+def test_directory_redefined_by_a_later_layer(user, store_env, user_tmp):
+    """The stream emits the directory after its lower children; tar2sqfs must keep both."""
+    _need("tar2sqfs")
+    img = make_image([[D("x", 0o755), F("x/f", "lower")], [D("x", 0o750)]])
+    p = write_oci_archive(os.path.join(user_tmp, "redef.tar"), img, "redef/img:1")
+    ok(hp(user, store_env, "load", "--format", "squashfs", "-i", p))
+    m = _members(_sqfs(user, store_env, "redef/img:1"))
+    assert m["x"].mode & 0o777 == 0o750 and m["x/f"].content == b"lower"
