@@ -97,3 +97,8 @@ def test_credentials_in_image(user):
 
 def test_bad_enroot_image_uri(user):
     _fails(_srun(user, "--container-image=nvcr.io#", "--", "true"), "bad --container-image")
+
+
+def test_image_from_a_docker_daemon(user):
+    _fails(_srun(user, "--container-image=dockerd://ubuntu:22.04", "--", "true"),
+           "images from a local Docker or Podman daemon are not supported", "hpcrun load")

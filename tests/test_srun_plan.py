@@ -119,3 +119,8 @@ def test_container_remap_root(user, busybox_rootfs):
     argv = _plan(user, f"--container-image={busybox_rootfs}", "--container-remap-root",
                  "--", "true")
     assert _task_part(argv)[1][0] == "--fakeroot"
+
+
+def test_docker_transport_prefix(user):
+    argv = _plan(user, "--container-image=docker://busybox:1.36", "--", "true")
+    assert _task_part(argv)[1] == ["busybox:1.36", "--", "true"]

@@ -216,8 +216,12 @@ def image_arg(image: str, cwd: str) -> str:
     ``REGISTRY#IMAGE[:TAG]`` becomes ``REGISTRY/IMAGE[:TAG]``; a relative path that
     exists is made absolute (tasks may start elsewhere); ``USER@`` is refused.
     """
-    if image.startswith(("docker://", "dockerd://")):
-        image = image.split("://", 1)[1]
+    if image.startswith(("dockerd://", "podman://")):
+        raise UsageError(f"--container-image={image!r}: images from a local Docker or "
+                         "Podman daemon are not supported",
+                         "copy it into hpcrun once: docker save IMAGE | hpcrun load")
+    if image.startswith("docker://"):
+        image = image[len("docker://"):]
     if os.path.isabs(image) or image.startswith(("./", "../", "~")):
         return os.path.normpath(os.path.join(cwd, os.path.expanduser(image)))
     p = os.path.join(cwd, image)
