@@ -210,6 +210,8 @@ def _hostile_cases(outside):
                                    "goes through the symlink 'l'"),
         "whiteout_of_parent": ([BASE, [F("etc/.wh..")]], "names no file"),
         "write_through_file": ([BASE + [F("etc/hostname/x", "x")]], "not a directory"),
+        "hardlink_replacing_its_target_dir": ([BASE + [H("etc", "etc/hostname")]],
+                                              "which it would replace"),
     }
 
 

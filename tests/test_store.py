@@ -327,3 +327,27 @@ def test_record_keeps_the_exact_manifest_bytes(store):
                        "layers": [{"digest": ldg, "size": len(layer)}]}, indent=7) + "\n").encode()
     rec = store.commit_image(man, cfg, fmt="dir")
     assert store.read_blob(rec.manifest_blob) == man
+
+
+@pytest.mark.root
+def test_full_disk_is_a_clear_error_and_leaves_nothing(user, user_tmp):
+    """A 2 MiB tmpfs as the store; the image unpacks to 3 MiB."""
+    from fixtures_image import F, make_image, write_oci_archive
+    mnt = os.path.join(user_tmp, "small")
+    os.mkdir(mnt)
+    cp = subprocess.run(["mount", "-t", "tmpfs", "-o",
+                         f"size=2m,uid={user.uid},gid={user.gid},mode=0700", "tmpfs", mnt],
+                        capture_output=True, text=True)
+    util.require(cp.returncode == 0, f"cannot mount a tmpfs: {cp.stderr.strip()}")
+    try:
+        img = make_image([[F("zeros", b"\0" * (3 << 20))]])
+        p = write_oci_archive(os.path.join(user_tmp, "big.tar"), img, "big/img:1")
+        env = {"HPCRUN_STORE": os.path.join(mnt, "store")}
+        cp = hp(user, env, "load", "-i", p)
+        assert cp.returncode == 1
+        assert "No space left on device" in cp.stderr.splitlines()[0]
+        assert "hint:" in cp.stderr and "Traceback" not in cp.stderr
+        assert records(env["HPCRUN_STORE"]) == []
+        assert _leftovers(env["HPCRUN_STORE"]) == []
+    finally:
+        subprocess.run(["umount", mnt], check=False)

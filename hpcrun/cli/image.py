@@ -127,7 +127,14 @@ def _parser(verb: str) -> argparse.ArgumentParser:
 
 def main(verb: str, argv: List[str]) -> int:
     a = _parser(verb).parse_args(argv)
-    return globals()["_" + verb](a)
+    try:
+        return globals()["_" + verb](a)
+    except OSError as e:  # a full disk, a vanished file: one line, not a traceback
+        from hpcrun.errors import HpcrunError
+        where = f"{e.filename}: " if e.filename else ""
+        raise HpcrunError(f"{verb}: {where}{e.strerror or e}",
+                          "check free space and permissions (the store is HPCRUN_STORE)"
+                          ) from e
 
 
 def _store():

@@ -417,6 +417,9 @@ class Tree:
                 raise _unsafe(f"{what}: hardlink {m.name!r} to the directory {m.linkname!r}")
             if tpath == path:
                 return "skip", path, [], missing
+            if tpath.startswith(path + "/"):
+                raise _unsafe(f"{what}: hardlink {m.name!r} to {m.linkname!r}, "
+                              "which it would replace")
             node = Node(t.kind, layer, idx, t.mode, t.mtime, target=t)
             action = "hardlink"
             self.last_target = tpath
@@ -508,12 +511,14 @@ def extract(layers: Iterable, dest: str, *, max_size: int | None = None) -> Tree
     """
     tree = Tree(max_size)
     dirs: dict[str, tuple[int, float]] = {}
+    cur = ""
     for li, layer in enumerate(layers):
         what = f"layer {li + 1}"
         stream = open_layer(layer, what)
         try:
             tf = _tar(stream, what)
             for idx, m in enumerate(members(tf, what)):
+                cur = m.name
                 action, path, removed, missing = tree.add(m, li, idx, what)
                 for r in removed:
                     _rm(os.path.join(dest, r))
@@ -538,7 +543,7 @@ def extract(layers: Iterable, dest: str, *, max_size: int | None = None) -> Tree
                             if not buf:
                                 raise ImageError(f"{what}: {m.name!r} is truncated",
                                                  "the layer is damaged; fetch it again")
-                            os.write(fd, buf) if len(buf) < 65536 else _write_all(fd, buf)
+                            _write_all(fd, buf)
                             left -= len(buf)
                         os.fchmod(fd, (m.mode & 0o1777) | 0o600)
                         os.utime(fd, (m.mtime, m.mtime))
@@ -554,6 +559,11 @@ def extract(layers: Iterable, dest: str, *, max_size: int | None = None) -> Tree
                     os.chmod(full, (m.mode & 0o1777) | 0o600)
         except tarfile.TarError as e:
             raise _damaged(what, e, stream) from e
+        except OSError as e:
+            from ..errors import StoreError
+            raise StoreError(f"cannot unpack {what} entry {cur!r} into {dest}: {e.strerror}",
+                             "check the free space and permissions of the image store "
+                             "(HPCRUN_STORE)") from e
         finally:
             stream.close()
     tree.finish()
