@@ -351,3 +351,16 @@ def test_full_disk_is_a_clear_error_and_leaves_nothing(user, user_tmp):
         assert _leftovers(env["HPCRUN_STORE"]) == []
     finally:
         subprocess.run(["umount", mnt], check=False)
+
+
+@pytest.mark.parametrize("step", ["extracted", "format-renamed"])
+def test_sigkill_during_convert_keeps_the_image_as_it_was(step, user, store_env, image_files):
+    util.require(shutil.which("tar2sqfs") is not None, "tar2sqfs is not installed")
+    ok(hp(user, store_env, "load", "-i", image_files["bb_docker"]))
+    env = dict(store_env, HPCRUN_TEST_CRASH_AT=step)
+    assert hp(user, env, "convert", "--format", "squashfs", "test/busybox:1").returncode == -9
+    cp = ok(hp(user, store_env, "inspect", "-f", "{{json .Hpcrun.Formats}}", "test/busybox:1"))
+    assert cp.stdout.strip() == '["dir"]'
+    hexd = image_files["bb"].id[7:]
+    assert os.listdir(os.path.join(store_env["HPCRUN_STORE"], "images", hexd)) == ["rootfs"]
+    assert _complete(store_env["HPCRUN_STORE"], hexd)
