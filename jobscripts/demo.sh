@@ -30,7 +30,8 @@ if [ -n "${SLURM_CONF:-}" ] || scontrol ping >/dev/null 2>&1; then
   local_cluster=no
 else
   say "no Slurm configured here: starting the local 2-node cluster (hpcrun cluster up 2)"
-  eval "$("$HPCRUN" cluster up 2)"
+  exports=$("$HPCRUN" cluster up 2) || die "could not start the local cluster (see above)"
+  eval "$exports"
   local_cluster=yes
 fi
 export SLURM_CONF=${SLURM_CONF:-}
