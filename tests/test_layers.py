@@ -257,19 +257,21 @@ def test_hostile_archive_refused_for_squashfs_too(case, user, store_env, user_tm
     _no_image(store_env["HPCRUN_STORE"])
 
 
-def _oci_with_blob(user_tmp, blob: bytes, name="x/y:1"):
-    """An OCI archive whose single layer blob is `blob` (digests consistent)."""
+def _oci_with_blob(user_tmp, blob: bytes, name="x/y:1", raw: bytes | None = None):
+    """An OCI archive whose single layer blob is `blob`; `raw` is the uncompressed tar
+    (the config's diff_id), when the test wants the image to be consistent."""
     from fixtures_image import Image, sha
     import json
     cfg = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
-                      "rootfs": {"type": "layers", "diff_ids": [sha(blob)]}}).encode()
+                      "rootfs": {"type": "layers",
+                                 "diff_ids": [sha(raw if raw is not None else blob)]}}).encode()
     man = json.dumps({"schemaVersion": 2,
                       "mediaType": "application/vnd.oci.image.manifest.v1+json",
                       "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
                                  "digest": sha(cfg), "size": len(cfg)},
                       "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
                                   "digest": sha(blob), "size": len(blob)}]}).encode()
-    img = Image([blob], cfg, man, [sha(blob)])
+    img = Image([blob], cfg, man, [sha(raw if raw is not None else blob)])
     return write_oci_archive(os.path.join(user_tmp, "one.tar"), img, name)
 
 
@@ -309,7 +311,8 @@ def test_decompression_bomb_refused(user, store_env, user_tmp):
 
 def test_bomb_limit_does_not_refuse_smaller_images(user, store_env, user_tmp):
     from fixtures_image import tar_bytes
-    p = _oci_with_blob(user_tmp, tar_bytes(BASE + [F("zeros", b"\0" * (512 << 10))], "gzip"))
+    raw = tar_bytes(BASE + [F("zeros", b"\0" * (512 << 10))])
+    p = _oci_with_blob(user_tmp, gzip.compress(raw), raw=raw)
     env = dict(store_env, HPCRUN_MAX_IMAGE_SIZE="1M")
     ok(hp(user, env, "load", "-i", p))
 
@@ -333,7 +336,8 @@ def _zstd(data: bytes) -> bytes:
 
 def test_zstd_layer(user, store_env, user_tmp):
     from fixtures_image import tar_bytes
-    p = _oci_with_blob(user_tmp, _zstd(tar_bytes(BASE + [F("etc/z", "zstd layer")])))
+    raw = tar_bytes(BASE + [F("etc/z", "zstd layer")])
+    p = _oci_with_blob(user_tmp, _zstd(raw), raw=raw)
     ok(hp(user, store_env, "load", "-i", p))
     root = ok(hp(user, store_env, "inspect", "-f", "{{.Hpcrun.Directory}}",
                  "x/y:1")).stdout.strip()
@@ -347,4 +351,40 @@ def test_truncated_zstd_refused(user, store_env, user_tmp):
     cp = hp(user, store_env, "load", "-i", p)
     assert cp.returncode == 1
     assert "compressed stream" in cp.stderr.splitlines()[0]
+    _no_image(store_env["HPCRUN_STORE"])
+
+
+
+# ----------------------------------------------------------------- diff_ids
+
+def test_layer_not_matching_config_diff_id_refused(user, store_env, user_tmp):
+    """The compressed blob is what the manifest names, but its content is not what the
+    image config says: refused after unpacking, nothing recorded."""
+    from fixtures_image import tar_bytes
+    raw = tar_bytes(BASE + [F("etc/real", "x")])
+    other = tar_bytes(BASE + [F("etc/claimed", "y")])
+    p = _oci_with_blob(user_tmp, gzip.compress(raw), raw=other)
+    cp = hp(user, store_env, "load", "-i", p)
+    assert cp.returncode == 1
+    assert "does not match the image config's diff_id" in cp.stderr.splitlines()[0]
+    _no_image(store_env["HPCRUN_STORE"])
+
+
+def test_layer_not_matching_diff_id_refused_for_squashfs(user, store_env, user_tmp):
+    from fixtures_image import tar_bytes
+    raw = tar_bytes(BASE + [F("etc/real", "x")])
+    other = tar_bytes(BASE + [F("etc/claimed", "y")])
+    p = _oci_with_blob(user_tmp, gzip.compress(raw), raw=other)
+    cp = hp(user, store_env, "load", "--format", "squashfs", "-i", p)
+    assert cp.returncode == 1 and "diff_id" in cp.stderr
+    _no_image(store_env["HPCRUN_STORE"])
+
+
+def test_uncompressed_layer_not_matching_diff_id_refused(user, store_env, user_tmp):
+    from fixtures_image import tar_bytes
+    raw = tar_bytes(BASE + [F("etc/real", "x")])
+    other = tar_bytes(BASE + [F("etc/claimed", "y")])
+    p = _oci_with_blob(user_tmp, raw, raw=other)
+    cp = hp(user, store_env, "load", "-i", p)
+    assert cp.returncode == 1 and "does not match the image config's diff_id" in cp.stderr
     _no_image(store_env["HPCRUN_STORE"])

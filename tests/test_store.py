@@ -321,7 +321,8 @@ def test_record_keeps_the_exact_manifest_bytes(store):
     import gzip
     layer = gzip.compress(b"\0" * 1024)
     ldg = store.put_blob_bytes(layer)
-    cfg = json.dumps({"rootfs": {"type": "layers", "diff_ids": ["sha256:" + "3" * 64]}}).encode()
+    diff_id = "sha256:" + hashlib.sha256(b"\0" * 1024).hexdigest()
+    cfg = json.dumps({"rootfs": {"type": "layers", "diff_ids": [diff_id]}}).encode()
     man = (json.dumps({"schemaVersion": 2, "config": {"digest": "sha256:" +
                        hashlib.sha256(cfg).hexdigest(), "size": len(cfg)},
                        "layers": [{"digest": ldg, "size": len(layer)}]}, indent=7) + "\n").encode()

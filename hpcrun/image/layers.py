@@ -70,9 +70,12 @@ class _Checked:
     ImageError naming the layer."""
 
     def __init__(self, inner, raw, what: str):
+        import hashlib
         self.inner = inner
         self.raw = raw
         self.what = what
+        self.h = hashlib.sha256()  # of the uncompressed stream: the layer's diff_id
+        self.pos = 0
 
     def _err(self, e: Exception) -> ImageError:
         if isinstance(e, EOFError):
@@ -83,22 +86,32 @@ class _Checked:
 
     def read(self, n: int = -1) -> bytes:
         try:
-            return self.inner.read(n)
+            data = self.inner.read(n)
         except ImageError:
             raise
         except Exception as e:  # EOFError, zlib.error, lzma.LZMAError, ZstdError, OSError
             raise self._err(e) from e
+        if self.h is not None:
+            self.h.update(data)
+        self.pos += len(data)
+        return data
 
     def seek(self, off: int, whence: int = 0) -> int:
-        try:
-            return self.inner.seek(off, whence)
-        except ImageError:
-            raise
-        except Exception as e:
-            raise self._err(e) from e
+        target = off if whence == 0 else self.pos + off
+        if target < self.pos:  # never seen from tarfile's sequential reading
+            self.h = None
+            try:
+                self.pos = self.inner.seek(target)
+            except Exception as e:
+                raise self._err(e) from e
+            return self.pos
+        while self.pos < target:  # forward: read (and hash) what tarfile skips
+            if not self.read(min(CHUNK, target - self.pos)):
+                break
+        return self.pos
 
     def tell(self) -> int:
-        return self.inner.tell()
+        return self.pos
 
     def close(self) -> None:
         try:
@@ -121,9 +134,11 @@ class _Pipe:
         import subprocess
         from .. import log as _log
         _log.debug("exec: " + " ".join(argv))
+        import hashlib
         self.what = what
         self.raw = f
         self.pos = 0
+        self.h = hashlib.sha256()
         seekable = f.seekable()
         if seekable:
             os.lseek(f.fileno(), 0, os.SEEK_SET)  # peek() moved the descriptor
@@ -169,6 +184,7 @@ class _Pipe:
         data = self.p.stdout.read() if n is None or n < 0 else self.p.stdout.read(n)
         if not data and n != 0:
             self._eof()
+        self.h.update(data)
         self.pos += len(data)
         return data
 
@@ -241,6 +257,39 @@ def _tar(stream, what: str) -> tarfile.TarFile:
     except tarfile.ReadError as e:
         raise ImageError(f"{what}: not a tar archive ({e})",
                          "a layer must be a tar, optionally gzip or zstd compressed") from e
+
+
+def verify_diff_id(stream, index: int, diff_ids, what: str) -> None:
+    """After a layer's last member: read the rest of the uncompressed stream and compare
+    its sha256 with the image config's diff_id (Docker checks the same). A plain tar
+    layer has no hasher here: its blob digest is its diff_id (the store compares them)."""
+    h = getattr(stream, "h", None)
+    if not diff_ids or index >= len(diff_ids) or h is None:
+        return
+    while stream.read(CHUNK):
+        pass
+    h = getattr(stream, "h", None)
+    if h is None:
+        return
+    got = "sha256:" + h.hexdigest()
+    if got != diff_ids[index]:
+        raise ImageError(f"{what}: uncompressed content {got} does not match the image "
+                         f"config's diff_id {diff_ids[index]}",
+                         "the image is damaged or was altered; nothing was recorded")
+
+
+def diff_ids_of(config: bytes | None) -> list | None:
+    """The config's rootfs.diff_ids, or None when it has none to check against."""
+    if not config:
+        return None
+    import json
+    try:
+        ids = (json.loads(config).get("rootfs") or {}).get("diff_ids")
+    except (ValueError, AttributeError):
+        return None
+    if isinstance(ids, list) and all(isinstance(x, str) for x in ids):
+        return ids
+    return None
 
 
 def _damaged(what: str, e: Exception, stream=None) -> ImageError:
@@ -503,7 +552,8 @@ def _rm(p: str) -> None:
         os.unlink(p)
 
 
-def extract(layers: Iterable, dest: str, *, max_size: int | None = None) -> Tree:
+def extract(layers: Iterable, dest: str, *, max_size: int | None = None,
+            diff_ids: list | None = None) -> Tree:
     """Unpack layers (paths or binary files, lowest first) into the empty directory dest.
 
     Raises ImageError for a hostile or damaged layer; the caller removes dest then.
@@ -557,6 +607,7 @@ def extract(layers: Iterable, dest: str, *, max_size: int | None = None) -> Tree
                 elif action == "fifo":
                     os.mkfifo(full, 0o600)
                     os.chmod(full, (m.mode & 0o1777) | 0o600)
+            verify_diff_id(stream, li, diff_ids, what)
         except tarfile.TarError as e:
             raise _damaged(what, e, stream) from e
         except OSError as e:
@@ -597,7 +648,7 @@ class NeedDirectory(Exception):
     by a later layer); the caller falls back to unpacking into a directory."""
 
 
-def plan(layers: list, *, max_size: int | None = None) -> Tree:
+def plan(layers: list, *, max_size: int | None = None, diff_ids: list | None = None) -> Tree:
     """First pass: read every layer's headers, apply whiteouts, check safety."""
     tree = Tree(max_size)
     for li, layer in enumerate(layers):
@@ -606,6 +657,7 @@ def plan(layers: list, *, max_size: int | None = None) -> Tree:
         try:
             for idx, m in enumerate(members(_tar(stream, what), what)):
                 tree.add(m, li, idx, what)
+            verify_diff_id(stream, li, diff_ids, what)
         except tarfile.TarError as e:
             raise _damaged(what, e, stream) from e
         finally:
@@ -631,7 +683,8 @@ def _out_info(m: tarfile.TarInfo, path: str, root_owned: bool, kind: str) -> tar
 
 def flatten_stream(layers: list, out: BinaryIO, *, max_size: int | None = None,
                    root_owned: bool = True, exclude: tuple = (".hpcrun",),
-                   single_pass_ok: bool = True, extra: Sequence = ()) -> Tree:
+                   single_pass_ok: bool = True, extra: Sequence = (),
+                   diff_ids: list | None = None) -> Tree:
     """Write the flattened image as one tar to out (tar2sqfs's stdin, an export file).
 
     Two passes (plan, then emit) for several layers; one pass for a single layer, which
@@ -658,6 +711,7 @@ def flatten_stream(layers: list, out: BinaryIO, *, max_size: int | None = None,
                     m = _as_link(m, tree.last_target)
                 ti = _out_info(m, path, root_owned, action)
                 out_tf.addfile(ti, tf.extractfile(m) if ti.size else None)
+            verify_diff_id(stream, 0, diff_ids, what)
         except tarfile.TarError as e:
             raise _damaged(what, e, stream) from e
         finally:
@@ -666,7 +720,7 @@ def flatten_stream(layers: list, out: BinaryIO, *, max_size: int | None = None,
         _extra(out_tf, extra)
         out_tf.close()
         return tree
-    tree = plan(layers, max_size=max_size)
+    tree = plan(layers, max_size=max_size, diff_ids=diff_ids)
     if not tree.stream_ok:
         raise NeedDirectory("hardlink target replaced by a later layer")
     keep: dict[int, dict[int, str]] = {}

@@ -96,7 +96,8 @@ def _stream(layers: list, out: str, config: bytes, max_size: int | None):
     try:
         try:
             tree = L.flatten_stream(layers, p.stdin, max_size=max_size, root_owned=True,
-                                    extra=L.meta_entries(config))
+                                    extra=L.meta_entries(config),
+                                    diff_ids=L.diff_ids_of(config))
             p.stdin.close()  # type: ignore[union-attr]
         except BrokenPipeError:
             pass

@@ -454,6 +454,17 @@ class Store:
         if isinstance(diff_ids, list) and len(diff_ids) != len(layer_digests):
             raise ImageError(f"image config lists {len(diff_ids)} layers, the manifest "
                              f"{len(layer_digests)}", "the image is malformed")
+        if isinstance(diff_ids, list):
+            # an uncompressed layer's digest is its diff_id (compressed ones are checked
+            # while they are unpacked)
+            from .layers import sniff
+            for i, dg in enumerate(layer_digests):
+                with open(self.blob_path(dg), "rb") as f:
+                    plain = sniff(f.read(8)) == "tar"
+                if plain and dg != diff_ids[i]:
+                    raise ImageError(f"layer {i + 1} ({dg}) does not match the image config's "
+                                     f"diff_id {diff_ids[i]}",
+                                     "the image is damaged or was altered; nothing was recorded")
         manifest_blob = self.put_blob_bytes(manifest)
         self.put_blob_bytes(config)
         hexd = digest_hex(cfg_digest)
@@ -835,8 +846,8 @@ def _du(path: str) -> int:
 def unpack_dir(layers: list, dest: str, config: bytes, *, max_size: int | None):
     """Unpack layers into dest and write dest/.hpcrun/config.json; returns the
     layers.Tree (its .size and .layer_sizes are the content sizes)."""
-    from .layers import extract
-    tree = extract(layers, dest, max_size=max_size)
+    from .layers import diff_ids_of, extract
+    tree = extract(layers, dest, max_size=max_size, diff_ids=diff_ids_of(config))
     meta = os.path.join(dest, ".hpcrun")
     if os.path.lexists(meta):
         rmtree(meta)
