@@ -23,9 +23,11 @@ node_cache, default /var/tmp/hpcrun-$UID/nodecache); the first task on a node do
 the others wait and reuse it. Every 'hpcrun run' option is accepted (see
 'hpcrun run --help'), and:
 
-  --node-container   one container per node: the node's first task of the step
-                     becomes it, the others join it (one user namespace per node, so
-                     MPI ranks can use cross-memory attach between each other)
+  --node-container   one container per node and step: the node's first task makes
+                     it (held by a small keeper process until the step ends), the
+                     others join it (one user namespace per node, so MPI ranks can
+                     use cross-memory attach between each other). The front end
+                     hpcrun-task does the joining without starting Python.
 """
 
 # `hpcrun run` options that take a separate value; used only to find IMAGE when the
@@ -61,13 +63,23 @@ def main(verb: str, argv: list[str]) -> int:
     if image_index(argv) < 0:
         raise UsageError("no IMAGE given",
                          "usage: hpcrun task [RUN OPTIONS] IMAGE -- COMMAND [ARG...]")
+    import os
+    # bin/hpcrun-task hands over the step's lock it already holds (see prepare).
+    lockfd = os.environ.pop("HPCRUN_TASK_LOCKFD", None)
+    lockfd = int(lockfd) if lockfd and lockfd.isdigit() else -1
+    if lockfd >= 0:
+        try:
+            os.set_inheritable(lockfd, False)    # never held by the command
+        except OSError:
+            lockfd = -1
     from hpcrun.slurm import prepare
     argv = list(argv)
     node_container = False
-    i = image_index(argv)
-    if "--node-container" in argv[:i]:
+    while "--node-container" in argv[:image_index(argv)]:
         argv.remove("--node-container")
         node_container = True
+    i = image_index(argv)
+    key = prepare.plan_key(argv[:i + 1])     # what the node's container is planned for
     # Slurm's PMIx directories (MPI steps only), as options before the user's own.
     argv = prepare.slurm_binds() + argv
     from hpcrun.cli import run
@@ -81,6 +93,15 @@ def main(verb: str, argv: list[str]) -> int:
         image = img.Image(path=root, kind="dir", name=image.name,
                           config=image.config if image.config else img.dir_config(root))
     spec = launch.plan(opts, image)
+    if lockfd >= 0 and not node_container:
+        os.close(lockfd)
     if node_container:
-        return prepare.run_node_container(spec)
+        fixed, own = prepare.env_additions((image.config or {}).get("Env") or (),
+                                           opts.env_files, opts.env, os.environ)
+        # The image's ENTRYPOINT stays in front of the command (Docker's rule).
+        entry = spec.argv[:len(spec.argv) - len(opts.command)] if opts.command else None
+        if entry is None:
+            key = ""        # no command: the image's CMD; hpcrun-task leaves it to Python
+        return prepare.run_node_container(spec, key, fixed, own, opts.cleanenv, entry or (),
+                                          lockfd)
     return launch.run(spec)

@@ -205,22 +205,170 @@ def slurm_binds(environ=None) -> list:
     return out
 
 
-# --- one container per node (hpcrun task --node-container) --------------------------
+# --- one container per node and step (hpcrun task --node-container, hpcrun-task) ---
 #
-# The first task of a step on a node becomes the container (its process turns into the
-# command); the node's other tasks of the step join it with setns (hpcrun._core.join),
-# as pyxis's tasks join the container the first one created. One user namespace per
-# node lets MPI ranks use cross-memory attach (CMA) between each other again.
+# The tasks of a step on a node share one container, as pyxis's tasks join the
+# container its first task created (one user namespace per node also lets MPI ranks use
+# cross-memory attach between each other). A namespace lives only while a process is
+# in it, and a task's command may end at once (`true`), so the container is held by a
+# *keeper*: a fork of the first task that enters the container and then only waits,
+# until the step's slurmstepd (the first task's parent) is gone, or a signal ends it.
 #
-#   <node_cache>/<node>/step-<job>.<step>.pid    "<pid> <starttime>" of the first task
-#   <node_cache>/<node>/step-<job>.<step>.lock   flock: who is first
+#   <node_cache>/<node>/step-<job>.<step>.lock   flock: who makes the keeper
+#   <node_cache>/<node>/step-<job>.<step>.plan   how a task joins it (a sh fragment)
 #
-# The first task writes its pid, then enters. The others wait until that process has
-# left the host's user namespace and exec'd the command (its command line is no longer
-# the same `hpcrun task ...` as theirs), then join. If it died first (setup failed, or
-# its command already ended: namespaces live only as long as a process is in them), the
-# next task becomes the container instead; so short commands may get more than one
-# container per node, while long-running ranks (MPI) all share one.
+# The plan is read by bin/hpcrun-task, the per-task front end srun starts: a POSIX sh
+# script that sources the plan, checks that it is this step's and that the keeper is
+# alive (pid and start time), applies the fixed environment additions and execs
+# `nsenter --target KEEPER ... -- CMD`: no Python start-up in the task. Anything it
+# cannot do (no plan yet, a stale one, other options, no nsenter) it hands to
+# `hpcrun task --node-container`, which comes here, makes the keeper and the plan under
+# the lock, and joins through the C core (hpcrun._core.join).
+#
+# The keeper enters the container with the runtime's own hpcrun_enter: it asks it to
+# run a command that does not exist, so the C core builds the whole container (user
+# namespace, mounts, pivot_root, working directory) and fails only at execve; the
+# keeper, now inside, reports and waits. It holds no file of the task (stdio on
+# /dev/null, every other descriptor closed), so srun never waits for it.
+
+PLAN_VERSION = "1"
+_KEEPER_ARGV0 = "/.hpcrun-keeper-holds-this-container"
+# Namespaces a task joins, by spec flag (nsenter option, always --user --mount).
+_JOINABLE = (("ipc", 0x08), ("net", 0x10), ("uts", 0x20))
+
+
+def shareable(spec) -> bool:
+    """Whether the tasks of a step can share spec's container through a keeper: not with
+    a pid namespace or a STOPSIGNAL (a monitor process stands in front of the command)
+    nor a FUSE-mounted squashfs (its server belongs to one process)."""
+    from ..runtime.spec import F_MONITOR, F_PID, F_SQUASH
+    return not spec.flags & (F_PID | F_MONITOR | F_SQUASH)
+
+
+def plan_key(args) -> str:
+    """What a plan is valid for: the task's options and IMAGE (the words before `--`,
+    without `task` and `--node-container`), each ended by a newline. bin/hpcrun-task
+    builds the same string from its own arguments."""
+    return "".join(a + "\n" for a in args)
+
+
+_MARK = object()
+
+
+class _Marking(dict):
+    """A host environment that answers every name it has with _MARK, so that the env
+    policy's own parser tells which settings copy the task's value (NAME alone)."""
+
+    def __init__(self, host):
+        super().__init__()
+        self.host = host
+
+    def __contains__(self, name):
+        return name in self.host
+
+    def __getitem__(self, name):
+        return _MARK
+
+
+def env_additions(image_env, env_files, assigns, host) -> tuple:
+    """The env policy split into what is the same for every task of the step and what is
+    each task's own: (fixed {NAME: VALUE} in order, names taken from the task's own
+    environment). See hpcrun.runtime.env.compose: host < image ENV < --env-file < -e."""
+    from ..runtime import env as envpolicy
+    fixed: dict = {}
+    own: set = set()
+    for item in image_env or ():
+        name, sep, value = item.partition("=")
+        if name and sep:
+            fixed[name] = value
+    marking = _Marking(host)
+    pairs = []
+    for path in env_files:
+        pairs += envpolicy.read_env_file(path, marking)
+    for arg in assigns:
+        kv = envpolicy.parse_assign(arg, marking, "-e")
+        if kv:
+            pairs.append(kv)
+    for name, value in pairs:
+        if value is _MARK:          # NAME alone: each task's own value
+            fixed.pop(name, None)
+            own.add(name)
+        else:
+            fixed[name] = value
+            own.discard(name)
+    return fixed, own
+
+
+def _sh_quote(s: str) -> str:
+    # shlex.quote's rule, without importing re on the task's path.
+    return "'" + s.replace("'", "'\"'\"'") + "'"
+
+
+def _which(name: str) -> str:
+    for d in os.environ.get("PATH", "").split(":") + ["/usr/bin", "/bin"]:
+        p = os.path.join(d or ".", name)
+        if os.access(p, os.X_OK) and not os.path.isdir(p):
+            return os.path.abspath(p)
+    return ""
+
+
+def _sh_name(name: str) -> bool:
+    return bool(name) and (name[0].isalpha() or name[0] == "_") and \
+        name.replace("_", "a").isalnum() and name.isascii()
+
+
+def render_plan(key: str, pid: int, start: str, nsenter: str, flags: int, fixed: dict,
+                own: set, cleanenv: bool, host, entry=()) -> str:
+    """The plan file's text: sh that bin/hpcrun-task sources (see the comment above)."""
+    from ..runtime import env as envpolicy
+    q = _sh_quote
+    ns = ["--user", "--mount"] + [f"--{n}" for n, bit in _JOINABLE if flags & bit]
+    lines = [f"# hpcrun node-container plan {PLAN_VERSION} {pid} {start} {key.encode().hex()}",
+             f"hp_version={PLAN_VERSION}", f"hp_key={q(key)}", f"hp_pid={pid}",
+             f"hp_start={start}", f"hp_nsenter={q(nsenter)}", "hp_env() {"]
+    odd = []
+    if cleanenv:
+        # The first task's variable names stand for every task's (Slurm gives each task
+        # the same names; only SLURM_* values differ, and those always pass).
+        drop = sorted(n for n in host if not n.startswith(envpolicy.ALWAYS)
+                      and n not in own and n not in fixed)
+        for n in drop:
+            (lines.append(f"    unset {n}") if _sh_name(n) else odd.append(n))
+    for n, v in fixed.items():
+        if _sh_name(n):
+            lines.append(f"    export {n}={q(v)}")
+        else:
+            odd.append(n)
+    if "PATH" not in fixed:
+        lines.append(f"    [ \"${{PATH+x}}\" ] || export PATH={q(envpolicy.DEFAULT_PATH)}")
+    lines.append("}")
+    env_cmd = ""
+    if odd:
+        # Names sh cannot hold (dash drops them): set or removed by env(1) instead.
+        sets = [q(f"{n}={fixed[n]}") for n in odd if n in fixed]
+        unsets = [f"-u {q(n)}" for n in odd if n not in fixed]
+        env_cmd = "env " + " ".join(unsets + sets) + " "
+    lines.append("hp_join() { exec " + env_cmd + f"\"$hp_nsenter\" --target {pid} "
+                 + " ".join(ns) + " --root --wd --preserve-credentials -- "
+                 + "".join(q(a) + " " for a in entry) + "\"$@\"; }")
+    return "\n".join(lines) + "\n"
+
+
+def read_plan_head(path: str):
+    """(pid, start, key) from a plan's first line, or None."""
+    raw = _read(path)
+    if not raw:
+        return None
+    head = raw.split(b"\n", 1)[0].decode(errors="replace").split()
+    if len(head) != 8 or head[:4] != ["#", "hpcrun", "node-container", "plan"] \
+            or head[4] != PLAN_VERSION or not head[5].isdigit():
+        return None
+    try:
+        key = bytes.fromhex(head[7]).decode()
+    except ValueError:
+        return None
+    return int(head[5]), head[6], key
+
 
 def _starttime(pid: int) -> str | None:
     try:
@@ -240,57 +388,121 @@ def _read(path: str) -> bytes | None:
         return None
 
 
-def _holder(pidfile: str) -> int | None:
-    """The pid in pidfile if that very process (same start time) is still alive."""
-    raw = _read(pidfile)
-    if not raw:
-        return None
+def _alive(pid: int, start: str) -> bool:
+    """That very process (same start time) is alive and still has its namespaces."""
+    if _starttime(pid) != start:
+        return False
     try:
-        pid_s, start = raw.decode().split()
-        pid = int(pid_s)
-    except ValueError:
-        return None
-    if _starttime(pid) != start or not _has_namespaces(pid):
-        return None
-    return pid
-
-
-def _has_namespaces(pid: int) -> bool:
-    # An exiting process drops its namespaces (all but the user one, which belongs to
-    # its credentials) before it becomes a zombie.
-    try:
-        os.stat(f"/proc/{pid}/ns/mnt")
+        os.stat(f"/proc/{pid}/ns/mnt")   # an exiting process drops them first
         return True
     except OSError:
         return False
 
 
-def _ready(pid: int) -> bool | None:
-    """True: pid is in its container running the command; False: not yet; None: gone."""
-    start = _starttime(pid)
-    if start is None:
-        return None
+def task_log(what: str) -> None:
+    """With HPCRUN_TASK_LOG=1: one line per task in <node_cache>/<node>/tasks.log, how
+    it started (`keeper`/`join` from Python here, `fast` from bin/hpcrun-task)."""
+    if os.environ.get("HPCRUN_TASK_LOG") != "1":
+        return
+    e = os.environ
+    line = (f"{what} job={e.get('SLURM_JOB_ID', '-')} step={e.get('SLURM_STEP_ID', '-')} "
+            f"task={e.get('SLURM_PROCID', '-')} pid={os.getpid()}\n")
     try:
-        if os.stat(f"/proc/{pid}/ns/user").st_ino == os.stat("/proc/self/ns/user").st_ino:
-            return False
+        fd = os.open(os.path.join(cache_root(), "tasks.log"),
+                     os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     except OSError:
-        return None
-    cmd = _read(f"/proc/{pid}/cmdline")
-    if cmd is None:
-        return None
-    return cmd != _read("/proc/self/cmdline")
+        return
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
 
 
-def run_node_container(spec, timeout: float = 120.0) -> int:
-    """Run spec's command in this node's container of the step: create it or join it."""
+def _start_keeper(spec, watch: int) -> int:
+    """Fork the keeper; it enters spec's container and stays until process `watch`
+    (the step's slurmstepd) is gone. Returns its pid once it is inside."""
+    import select  # noqa: F401  (loaded before the keeper leaves the host's filesystem)
+    from .. import _core
+    from ..errors import ContainerError, HpcrunError
+    try:
+        pidfd = os.pidfd_open(watch)
+    except (AttributeError, OSError):
+        pidfd = -1                            # Linux < 5.3: poll instead
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:                              # the keeper
+        try:
+            os.close(r)
+            null = os.open("/dev/null", os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            keep = sorted({w, pidfd} - {-1})
+            lo = 3
+            for fd in keep + [1 << 20]:
+                if fd > lo:
+                    os.closerange(lo, fd)
+                lo = fd + 1
+            try:
+                _core.enter(spec.replace(argv=(_KEEPER_ARGV0,)))
+            except ContainerError as ex:
+                if ex.code != 127:            # it failed before the exec: say why
+                    os.write(w, f"E {ex}".encode(errors="replace"))
+                    os._exit(1)
+            os.write(w, b"K")
+            os.close(w)
+            _wait_gone(watch, pidfd)
+        except BaseException:
+            pass
+        os._exit(0)
+    os.close(w)
+    try:
+        msg = b""
+        while True:
+            b = os.read(r, 4096)
+            if not b:
+                break
+            msg += b
+            if msg == b"K":
+                break
+    finally:
+        os.close(r)
+        if pidfd >= 0:
+            os.close(pidfd)
+    if msg != b"K":
+        os.waitpid(pid, 0)
+        raise HpcrunError(msg[2:].decode(errors="replace") if msg.startswith(b"E ")
+                          else "the node container's keeper failed to start")
+    return pid
+
+
+def _wait_gone(pid: int, pidfd: int) -> None:
+    import select
     import time
+    if pidfd >= 0:
+        select.select([pidfd], [], [])
+        return
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        except PermissionError:
+            pass
+        time.sleep(1.0)
+
+
+def run_node_container(spec, key: str, fixed: dict, own: set, cleanenv: bool,
+                       entry=(), lockfd: int = -1) -> int:
+    """Run spec's command in this node's container of the step: make the keeper and the
+    plan if there is none (or a stale one), then join. `lockfd`: the step's lock, held
+    already (bin/hpcrun-task took it); closed here."""
     from ..runtime import launch
-    from ..runtime.spec import F_MONITOR, F_PID
     e = os.environ
     job, step = e.get("SLURM_JOB_ID"), e.get("SLURM_STEP_ID")
-    if spec.flags & (F_PID | F_MONITOR) or not job or not step:
-        # A pid namespace or a STOPSIGNAL puts a monitor process in front of the
-        # command, and outside a Slurm step there is no step to share: own container.
+    if not shareable(spec) or not job or not step:
+        if lockfd >= 0:
+            os.close(lockfd)
+        # Outside a Slurm step there is no step to share.
         from .. import log
         log.info("--node-container: own container (pid namespace, STOPSIGNAL, or no step)")
         return launch.run(spec)
@@ -302,40 +514,35 @@ def run_node_container(spec, timeout: float = 120.0) -> int:
                          "set node_cache (HPCRUN_NODE_CACHE) to a writable node-local "
                          "directory") from None
     base = os.path.join(root, f"step-{job}.{step}")
-    deadline = time.monotonic() + timeout
-    while True:
-        fd = os.open(base + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
+    made = False
+    fd = lockfd
+    try:
+        if fd < 0:
+            fd = os.open(base + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             fcntl.flock(fd, fcntl.LOCK_EX)
-            pid = _holder(base + ".pid")
-            if pid is None:
-                tmp = f"{base}.pid.{os.getpid()}"
-                with open(tmp, "w") as f:
-                    f.write(f"{os.getpid()} {_starttime(os.getpid())}\n")
-                os.rename(tmp, base + ".pid")
-        finally:
-            os.close(fd)
-        if pid is None:
-            return launch.run(spec)          # the first task: become the container
-        while True:
-            r = _ready(pid)
-            if r or r is None or time.monotonic() > deadline:
-                break
-            time.sleep(0.005)
-        if r:
-            from .. import _core
-            from ..errors import HpcrunError
-            start = _starttime(pid)
-            try:
-                return _core.join(pid, spec.argv, spec.env, spec.workdir)
-            except HpcrunError:
-                if _starttime(pid) == start and _has_namespaces(pid):
-                    raise                    # it is still there: a real failure
-                continue                     # its command ended under us: start over
-        if r is False:
+        head = read_plan_head(base + ".plan")
+        if head and head[2] != key:
+            # Another program of the step (srun --multi-prog) planned other options.
             from .. import log
-            log.warning(f"--node-container: process {pid} did not start the container "
-                        f"within {timeout:.0f} s; this task gets its own")
+            log.info("--node-container: this task's options differ from the step's "
+                     "container; own container")
+            os.close(fd)
+            fd = -1
             return launch.run(spec)
-        # The first task died before its container was up: try again (maybe be first).
-        time.sleep(0.002)
+        if head and _alive(head[0], head[1]):
+            pid = head[0]
+        else:
+            pid = _start_keeper(spec, os.getppid())
+            made = True
+            text = render_plan(key, pid, _starttime(pid) or "0", _which("nsenter"),
+                               spec.flags, fixed, own, cleanenv, e, entry)
+            tmp = f"{base}.plan.{os.getpid()}"
+            with open(tmp, "w") as f:
+                f.write(text)
+            os.rename(tmp, base + ".plan")
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    task_log("keeper" if made else "join")
+    from .. import _core
+    return _core.join(pid, spec.argv, spec.env, spec.workdir)

@@ -111,6 +111,11 @@ class Plan:
     container: Mapping[str, object] = field(default_factory=dict)
 
     def argv(self, hpcrun: list, srun: str = "srun") -> list:
+        if (len(hpcrun) == 1 and self.run_opts[:1] == ("--node-container",)
+                and os.access(hpcrun[0] + "-task", os.X_OK)):
+            # The front end beside it joins the node's container without starting
+            # Python in every task (bin/hpcrun-task; same options as `hpcrun task`).
+            hpcrun = [hpcrun[0] + "-task"]
         return [srun, *self.srun_opts, *hpcrun, "task", *self.run_opts, self.image,
                 "--", *self.command]
 
