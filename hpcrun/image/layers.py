@@ -66,16 +66,48 @@ def sniff(head: bytes) -> str:
 
 class _Checked:
     """A decompressing reader for tarfile's seeking mode ("r:"), which copies less than
-    its stream mode: forward seeks read and discard. Decompressor errors become
-    ImageError naming the layer."""
+    its stream mode: forward seeks read and discard. A worker thread decompresses and
+    hashes ahead (zlib, lzma and hashlib release the GIL), so decompression overlaps
+    the file creation of the main thread. Decompressor errors become ImageError naming
+    the layer."""
+
+    DEPTH = 8  # chunks decompressed ahead
 
     def __init__(self, inner, raw, what: str):
         import hashlib
+        import queue
+        import threading
         self.inner = inner
         self.raw = raw
         self.what = what
         self.h = hashlib.sha256()  # of the uncompressed stream: the layer's diff_id
         self.pos = 0
+        self._buf = b""
+        self._off = 0
+        self._eof = False
+        self._stop = False
+        self._q: "queue.Queue" = queue.Queue(self.DEPTH)
+        self._t = threading.Thread(target=self._work, name="hpcrun-decompress", daemon=True)
+        self._t.start()
+
+    def _work(self) -> None:
+        import queue
+        while not self._stop:
+            try:
+                data = self.inner.read(CHUNK)
+                if data:
+                    self.h.update(data)
+                item = data
+            except Exception as e:  # EOFError, zlib.error, lzma.LZMAError, ZstdError, OSError
+                item = e
+            while not self._stop:
+                try:
+                    self._q.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if not isinstance(item, bytes) or not item:
+                return
 
     def _err(self, e: Exception) -> ImageError:
         if isinstance(e, EOFError):
@@ -84,27 +116,41 @@ class _Checked:
         return ImageError(f"{self.what}: corrupt compressed stream ({e})",
                           "the file or download is damaged; fetch it again")
 
+    def _more(self) -> bool:
+        if self._eof:
+            return False
+        item = self._q.get()
+        if isinstance(item, Exception):
+            self._eof = True
+            raise self._err(item) from item
+        if not item:
+            self._eof = True
+            return False
+        self._buf, self._off = item, 0
+        return True
+
     def read(self, n: int = -1) -> bytes:
-        try:
-            data = self.inner.read(n)
-        except ImageError:
-            raise
-        except Exception as e:  # EOFError, zlib.error, lzma.LZMAError, ZstdError, OSError
-            raise self._err(e) from e
-        if self.h is not None:
-            self.h.update(data)
+        """n bytes (fewer only at the end), as tarfile expects of a file."""
+        parts = []
+        want = n if n is not None and n >= 0 else -1
+        while want != 0:
+            if self._off >= len(self._buf) and not self._more():
+                break
+            avail = len(self._buf) - self._off
+            take = avail if want < 0 else min(avail, want)
+            parts.append(self._buf[self._off:self._off + take]
+                         if take < avail or self._off else self._buf)
+            self._off += take
+            if want > 0:
+                want -= take
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
         self.pos += len(data)
         return data
 
     def seek(self, off: int, whence: int = 0) -> int:
         target = off if whence == 0 else self.pos + off
         if target < self.pos:  # never seen from tarfile's sequential reading
-            self.h = None
-            try:
-                self.pos = self.inner.seek(target)
-            except Exception as e:
-                raise self._err(e) from e
-            return self.pos
+            raise OSError(f"{self.what}: cannot seek backwards in a compressed layer")
         while self.pos < target:  # forward: read (and hash) what tarfile skips
             if not self.read(min(CHUNK, target - self.pos)):
                 break
@@ -114,6 +160,13 @@ class _Checked:
         return self.pos
 
     def close(self) -> None:
+        self._stop = True
+        try:
+            while True:
+                self._q.get_nowait()
+        except Exception:
+            pass
+        self._t.join(timeout=10)
         try:
             self.inner.close()
         finally:
