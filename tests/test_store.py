@@ -365,3 +365,29 @@ def test_sigkill_during_convert_keeps_the_image_as_it_was(step, user, store_env,
     hexd = image_files["bb"].id[7:]
     assert os.listdir(os.path.join(store_env["HPCRUN_STORE"], "images", hexd)) == ["rootfs"]
     assert _complete(store_env["HPCRUN_STORE"], hexd)
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.04, 0.06, 0.08, 0.1, 0.12, 0.15, 0.2, 0.3])
+def test_sigkill_from_outside_at_any_moment(delay, user, store_env, image_files):
+    """Killed from outside after `delay` seconds (wherever it is then): the image is absent
+    or complete, the next command cleans up, and a new load works."""
+    import signal
+    import time
+    env = dict(util.user_env(user), **store_env)
+    p = subprocess.Popen([util.HPCRUN, "load", "--format", "dir,squashfs", "-i",
+                          image_files["layered_docker"]], user=user.uid, group=user.gid,
+                         extra_groups=[], env=env, cwd="/", stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    time.sleep(delay)
+    p.send_signal(signal.SIGKILL)
+    p.wait(timeout=60)
+    store = store_env["HPCRUN_STORE"]
+    hexd = image_files["layered"].id[7:]
+    listed = ok(hp(user, store_env, "images", "-q", "--no-trunc")).stdout.split()
+    if listed:
+        assert listed == [image_files["layered"].id]
+        assert os.path.isfile(os.path.join(store, "images", hexd, "rootfs", ".hpcrun",
+                                           "config.json"))
+        assert os.path.isfile(os.path.join(store, "images", hexd, "image.sqfs"))
+    assert _leftovers(store) == []
+    ok(hp(user, store_env, "load", "-i", image_files["layered_docker"]))
