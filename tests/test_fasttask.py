@@ -182,12 +182,15 @@ def test_death_by_signal_is_128_plus_n(slurm_cluster, user, task_image, node_cac
 
 def test_stale_plan_falls_back_to_python(slurm_cluster, user, user_tmp, task_image,
                                          node_cache, front):
-    # Step 1 finds step 0's plan copied under its own name: its keeper is gone.
+    # Step 1 finds step 0's plan copied under its own name (while step 0 ran: its keeper
+    # removes it at the end); step 0's keeper is gone by then.
     script = (
         "#!/bin/sh\n"
-        f"srun -n2 {front} {task_image.sqfs} -- true\n"
+        f"srun -n2 {front} {task_image.sqfs} -- sleep 2 &\n"
         f'd="{node_cache}/$SLURMD_NODENAME"\n'
+        'while [ ! -e "$d/step-$SLURM_JOB_ID.0.plan" ]; do sleep 0.1; done\n'
         'cp "$d/step-$SLURM_JOB_ID.0.plan" "$d/step-$SLURM_JOB_ID.1.plan"\n'
+        "wait\n"
         f"srun -n2 {front} {task_image.sqfs} -- sh -c 'echo ok $SLURM_PROCID'\n")
     path = os.path.join(user_tmp, "job.sh")
     with open(path, "w") as f:
@@ -201,6 +204,19 @@ def test_stale_plan_falls_back_to_python(slurm_cluster, user, user_tmp, task_ima
         ["ok 0", "ok 1"]
     step1 = [r for r in _log(node_cache) if r["job"] == jobid and r["step"] == "1"]
     assert _hows(step1).get("keeper") == 1
+
+
+def test_keeper_leaves_with_the_step_and_removes_its_plan(slurm_cluster, user, task_image,
+                                                         node_cache, front):
+    _warm(user, slurm_cluster, node_cache, front, task_image.sqfs, nodes=2)
+    cp = _srun(user, slurm_cluster, node_cache, "-N2", "-n4", front, task_image.sqfs, "--",
+               "true")
+    assert cp.returncode == 0, cp.stderr
+
+    def leftovers():
+        return [n for node in os.listdir(node_cache)
+                for n in os.listdir(os.path.join(node_cache, node)) if n.startswith("step-")]
+    wait_for(lambda: not leftovers(), 30, "the keepers to remove their plans")
 
 
 def test_scancel_delivers_sigterm_and_leaves_nothing(slurm_cluster, user, user_tmp, task_image,

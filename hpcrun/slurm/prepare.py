@@ -229,7 +229,9 @@ def slurm_binds(environ=None) -> list:
 # run a command that does not exist, so the C core builds the whole container (user
 # namespace, mounts, pivot_root, working directory) and fails only at execve; the
 # keeper, now inside, reports and waits. It holds no file of the task (stdio on
-# /dev/null, every other descriptor closed), so srun never waits for it.
+# /dev/null, every other descriptor closed), so srun never waits for it. When the step
+# is over (or a signal ends it) it removes the plan and the lock, through a descriptor of
+# the node cache directory it kept.
 
 PLAN_VERSION = "1"
 _KEEPER_ARGV0 = "/.hpcrun-keeper-holds-this-container"
@@ -418,10 +420,12 @@ def task_log(what: str) -> None:
         os.close(fd)
 
 
-def _start_keeper(spec, watch: int) -> int:
+def _start_keeper(spec, watch: int, root: str, base: str) -> int:
     """Fork the keeper; it enters spec's container and stays until process `watch`
-    (the step's slurmstepd) is gone. Returns its pid once it is inside."""
+    (the step's slurmstepd) is gone or a signal ends it, then removes the step's plan
+    and lock (`base`.plan/.lock in directory `root`). Returns its pid once it is inside."""
     import select  # noqa: F401  (loaded before the keeper leaves the host's filesystem)
+    import signal
     from .. import _core
     from ..errors import ContainerError, HpcrunError
     try:
@@ -431,12 +435,18 @@ def _start_keeper(spec, watch: int) -> int:
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:                              # the keeper
+        dirfd = -1
         try:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(sig, _leave)
             os.close(r)
+            # The node cache stays reachable through this descriptor once the keeper
+            # is inside the container.
+            dirfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
             null = os.open("/dev/null", os.O_RDWR)
             for fd in (0, 1, 2):
                 os.dup2(null, fd)
-            keep = sorted({w, pidfd} - {-1})
+            keep = sorted({w, pidfd, dirfd} - {-1})
             lo = 3
             for fd in keep + [1 << 20]:
                 if fd > lo:
@@ -453,6 +463,8 @@ def _start_keeper(spec, watch: int) -> int:
             _wait_gone(watch, pidfd)
         except BaseException:
             pass
+        if dirfd >= 0:
+            _remove_plan(dirfd, base)
         os._exit(0)
     os.close(w)
     try:
@@ -473,6 +485,28 @@ def _start_keeper(spec, watch: int) -> int:
         raise HpcrunError(msg[2:].decode(errors="replace") if msg.startswith(b"E ")
                           else "the node container's keeper failed to start")
     return pid
+
+
+def _leave(sig, frame):
+    raise SystemExit(0)
+
+
+def _remove_plan(dirfd: int, base: str) -> None:
+    """The step is over: remove its plan, if it is still this keeper's, and its lock."""
+    import signal
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    try:
+        fd = os.open(base + ".plan", os.O_RDONLY, dir_fd=dirfd)
+        try:
+            head = os.read(fd, 256).split(b"\n", 1)[0].split()
+        finally:
+            os.close(fd)
+        if len(head) > 5 and head[5] == str(os.getpid()).encode():
+            os.unlink(base + ".plan", dir_fd=dirfd)
+            os.unlink(base + ".lock", dir_fd=dirfd)
+    except OSError:
+        pass
 
 
 def _wait_gone(pid: int, pidfd: int) -> None:
@@ -532,7 +566,7 @@ def run_node_container(spec, key: str, fixed: dict, own: set, cleanenv: bool,
         if head and _alive(head[0], head[1]):
             pid = head[0]
         else:
-            pid = _start_keeper(spec, os.getppid())
+            pid = _start_keeper(spec, os.getppid(), root, os.path.basename(base))
             made = True
             text = render_plan(key, pid, _starttime(pid) or "0", _which("nsenter"),
                                spec.flags, fixed, own, cleanenv, e, entry)
