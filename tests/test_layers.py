@@ -388,3 +388,9 @@ def test_uncompressed_layer_not_matching_diff_id_refused(user, store_env, user_t
     cp = hp(user, store_env, "load", "-i", p)
     assert cp.returncode == 1 and "does not match the image config's diff_id" in cp.stderr
     _no_image(store_env["HPCRUN_STORE"])
+
+
+def test_device_warning_once_for_two_formats(user, store_env, image_files):
+    cp = ok(hp(user, store_env, "load", "--format", "dir,squashfs", "-i",
+               image_files["layered_docker"]))
+    assert cp.stderr.count("skipped device node /dev/null") == 1

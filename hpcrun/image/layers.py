@@ -543,7 +543,7 @@ class Tree:
             node = Node("f", layer, idx, m.mode, m.mtime)
             action = "file"
         else:
-            log.warning(f"{what}: skipping {m.name!r} of unsupported tar type {m.type!r}")
+            _warn_once(f"{what}: skipping {m.name!r} of unsupported tar type {m.type!r}")
             return "skip", path, [], missing
         if old is not None:
             self._remove(path)
@@ -572,8 +572,18 @@ class Tree:
                 self.stream_ok = False
         if self.devices:
             more = f" and {len(self.devices) - 1} more" if len(self.devices) > 1 else ""
-            log.warning(f"skipped device node {self.devices[0]}{more} "
+            _warn_once(f"skipped device node {self.devices[0]}{more} "
                         "(an unprivileged user cannot create devices; /dev is mounted at run time)")
+
+
+_warned: set = set()
+
+
+def _warn_once(msg: str) -> None:
+    """One warning per process (building two formats reads the layers twice)."""
+    if msg not in _warned:
+        _warned.add(msg)
+        log.warning(msg)
 
 
 def _human(n: float) -> str:
