@@ -282,3 +282,17 @@ def test_bad_change_refused(change, message):
     from hpcrun.image.archive import apply_changes
     with pytest.raises(UsageError, match=message):
         apply_changes({}, [change])
+
+
+def test_export_without_layer_blobs_uses_the_directory(user, store_env, image_files, user_tmp):
+    ok(hp(user, store_env, "load", "-i", image_files["layered_docker"]))
+    layers = json.loads(ok(hp(user, store_env, "inspect", "-f", "{{json .Hpcrun.Layers}}",
+                              "test/layered:1")).stdout)
+    for dg in layers:
+        os.unlink(os.path.join(store_env["HPCRUN_STORE"], "blobs", "sha256", dg[7:]))
+    out = os.path.join(user_tmp, "exp.tar")
+    ok(hp(user, store_env, "export", "-o", out, "test/layered:1"))
+    with tarfile.open(out) as t:
+        names = {m.name.rstrip("/") for m in t.getmembers()}
+    assert "etc/motd" in names and "etc/old" not in names
+    assert not any(n.startswith(".hpcrun") for n in names)
