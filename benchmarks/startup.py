@@ -36,19 +36,8 @@ USER = os.environ.get("HPCRUN_TEST_USER", "hpcuser")
 
 
 def make_rootfs(root: str) -> None:
-    for d in ("bin", "usr/bin", "sbin", "usr/sbin", "etc", "tmp", "proc", "sys", "dev", "home"):
-        os.makedirs(os.path.join(root, d), exist_ok=True)
-    shutil.copy2("/bin/busybox", os.path.join(root, "bin/busybox"))
-    out = subprocess.run(["/bin/busybox", "--list-full"], capture_output=True, text=True).stdout
-    for a in out.split():
-        p = os.path.join(root, a)
-        if a != "bin/busybox" and not os.path.lexists(p):
-            os.makedirs(os.path.dirname(p), exist_ok=True)
-            os.symlink("/bin/busybox", p)
-    with open(os.path.join(root, "etc/passwd"), "w") as f:
-        f.write("root:x:0:0:root:/root:/bin/sh\n")
-    with open(os.path.join(root, "etc/group"), "w") as f:
-        f.write("root:x:0:\n")
+    from hpcrun.testing import make_busybox_rootfs
+    make_busybox_rootfs(root)
 
 
 def spawn_wait(argv, env) -> float:

@@ -197,7 +197,7 @@ class RegistryServer:
         cfg = [
             "version: 0.1",
             "log:", "  level: info", "  accesslog:", "    disabled: false",
-            "storage:", f"  filesystem:", f"    rootdirectory: {self.dir}/data",
+            "storage:", "  filesystem:", f"    rootdirectory: {self.dir}/data",
             "  delete:", "    enabled: true",
             "http:", f"  addr: {self.host}", "  secret: hpcrun-test",
         ]
@@ -583,3 +583,15 @@ def user_env_for(user, user_tmp):
         env.update(extra)
         return env
     return make
+
+
+def hp(user, env, *args, **kw):
+    """hpcrun as the test user with a registry test environment."""
+    return util.hpcrun(user, *args, env=env, **kw)
+
+
+def err(cp) -> str:
+    """The one error line (progress lines may come before it)."""
+    lines = [ln for ln in cp.stderr.splitlines() if ln.startswith("hpcrun: error: ")]
+    assert len(lines) == 1, cp.stderr
+    return lines[0]

@@ -4,13 +4,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import tarfile
 
 import pytest
 
 import util
-from fixtures_image import (D, F, hp, make_image, ok, records, tar_bytes, write_docker_archive,
+from fixtures_image import (F, hp, ok, records, tar_bytes, write_docker_archive,
                             write_oci_archive)
 
 

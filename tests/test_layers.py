@@ -13,8 +13,8 @@ import stat
 import pytest
 
 import util
-from fixtures_image import (DEV, D, F, H, OPQ, S, WH, hp, make_image, ok, records,
-                            write_docker_archive, write_oci_archive)
+from fixtures_image import (D, F, H, OPQ, S, WH, hp, make_image, ok, records,
+                            write_oci_archive)
 
 
 # ----------------------------------------------------------------- the flattened result

@@ -10,22 +10,12 @@ import os
 import stat
 
 import pytest
-
-import util
-from fixtures_registry import CANNED_PASSWORD, CANNED_USER, skopeo_push
+from fixtures_registry import CANNED_PASSWORD, CANNED_USER, err, hp, skopeo_push
 
 pytestmark = [pytest.mark.registry]
 CREDS = f"{CANNED_USER}:{CANNED_PASSWORD}"
 
 
-def hp(user, env, *args, **kw):
-    return util.hpcrun(user, *args, env=env, **kw)
-
-
-def err(cp) -> str:
-    lines = [ln for ln in cp.stderr.splitlines() if ln.startswith("hpcrun: error: ")]
-    assert len(lines) == 1, cp.stderr
-    return lines[0]
 
 
 def auth_file(env) -> str:

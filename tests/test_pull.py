@@ -8,22 +8,12 @@ import os
 import shutil
 
 import pytest
-
 import util
-from fixtures_registry import OciLayout, layer_from_files, skopeo_push
+from fixtures_registry import OciLayout, err, hp, layer_from_files, skopeo_push
 
 pytestmark = [pytest.mark.registry]
 
 
-def hp(user, env, *args, **kw):
-    return util.hpcrun(user, *args, env=env, **kw)
-
-
-def err(cp) -> str:
-    """The error line (progress lines may come before it)."""
-    lines = [ln for ln in cp.stderr.splitlines() if ln.startswith("hpcrun: error: ")]
-    assert len(lines) == 1, cp.stderr
-    return lines[0]
 
 
 def image_dir(env, config_digest):

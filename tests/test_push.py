@@ -4,22 +4,20 @@ import os
 import tarfile
 
 import pytest
-
-import util
-from fixtures_registry import (RegistryServer, layer_from_files, sha256, skopeo_copy_out,
-                               skopeo_inspect_raw, skopeo_push)
+from fixtures_registry import (
+    RegistryServer,
+    err,
+    hp,
+    layer_from_files,
+    sha256,
+    skopeo_copy_out,
+    skopeo_inspect_raw,
+    skopeo_push,
+)
 
 pytestmark = [pytest.mark.registry]
 
 
-def hp(user, env, *args, **kw):
-    return util.hpcrun(user, *args, env=env, **kw)
-
-
-def err(cp) -> str:
-    lines = [ln for ln in cp.stderr.splitlines() if ln.startswith("hpcrun: error: ")]
-    assert len(lines) == 1, cp.stderr
-    return lines[0]
 
 
 def pushed_digest(cp) -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import pwd
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -82,25 +81,8 @@ def hpcrun(user: User, *args, **kw) -> subprocess.CompletedProcess:
 def make_busybox_rootfs(root: str) -> str:
     """A minimal root filesystem: busybox-static and its applet links, plus the usual dirs."""
     require(os.path.exists(BUSYBOX), "busybox-static is not installed")
-    for d in ("bin", "sbin", "usr/bin", "usr/sbin", "etc", "tmp", "proc", "sys", "dev",
-              "home", "root", "var", "run", "mnt"):
-        os.makedirs(os.path.join(root, d), exist_ok=True)
-    os.chmod(os.path.join(root, "tmp"), 0o1777)
-    shutil.copy2(BUSYBOX, os.path.join(root, "bin", "busybox"))
-    applets = subprocess.run([BUSYBOX, "--list-full"], capture_output=True, text=True,
-                             check=True).stdout.split()
-    for a in applets:
-        p = os.path.join(root, a)
-        if not os.path.lexists(p) and a != "bin/busybox":
-            os.makedirs(os.path.dirname(p), exist_ok=True)
-            os.symlink("/bin/busybox", p)
-    with open(os.path.join(root, "etc", "passwd"), "w") as f:
-        f.write("root:x:0:0:root:/root:/bin/sh\n")
-    with open(os.path.join(root, "etc", "group"), "w") as f:
-        f.write("root:x:0:\n")
-    with open(os.path.join(root, "etc", "os-release"), "w") as f:
-        f.write("ID=busybox\nNAME=busybox-test\n")
-    return root
+    from hpcrun.testing import make_busybox_rootfs as make
+    return make(root, BUSYBOX)
 
 
 def shared_tmpdir(prefix: str = "hpcrun-test-", owner: User | None = None) -> str:

@@ -457,7 +457,7 @@ class LocalCluster:
             lines.append(f"NodeName={nm} NodeAddr={addr} NodeHostname={nm} "
                          f"CPUs={NODE_CPUS} Boards=1 SocketsPerBoard=1 CoresPerSocket={NODE_CPUS} "
                          f"ThreadsPerCore=1 RealMemory={mem} State=UNKNOWN")
-        lines.append(f"PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP")
+        lines.append("PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP")
         return "\n".join(lines) + "\n"
 
     def _sinfo(self) -> dict[str, str]:
