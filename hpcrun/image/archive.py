@@ -32,14 +32,23 @@ MT_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 
 
 def host_platform() -> tuple[str, str]:
-    import platform
-    m = platform.machine().lower()
-    arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le",
-            "s390x": "s390x", "i686": "386", "riscv64": "riscv64"}.get(m, m)
-    return "linux", arch
+    from .platform import host_platform as host
+    p = host()
+    return p["os"], p["architecture"]
 
 
 # --------------------------------------------------------------------------- input
+
+
+def _open_input(src, hint: str):
+    """SRC opened for binary reading: a path (opened here) or an already open stream."""
+    if not isinstance(src, (str, os.PathLike)):
+        return src
+    try:
+        return open(src, "rb")
+    except OSError as e:
+        from ..errors import NotFound
+        raise NotFound(f"cannot open {src}: {e.strerror}", hint) from e
 
 
 class _Spool:
@@ -48,15 +57,7 @@ class _Spool:
     def __init__(self, store: Store, src, what: str):
         self.tmp: Optional[str] = None
         self.what = what
-        if isinstance(src, (str, os.PathLike)):
-            try:
-                f = open(src, "rb")
-            except OSError as e:
-                from ..errors import NotFound
-                raise NotFound(f"cannot open {src}: {e.strerror}",
-                               "give an existing archive file with -i, or pipe it on stdin") from e
-        else:
-            f = src
+        f = _open_input(src, "give an existing archive file with -i, or pipe it on stdin")
         head = f.peek(8)[:8] if hasattr(f, "peek") else b""
         seekable = isinstance(src, (str, os.PathLike))
         if seekable and L.sniff(head) == "tar":
@@ -236,13 +237,13 @@ def _load_oci(store: Store, tf, index: dict, what: str, fmt: str):
 
 
 def _pick_platform(index: dict, blob, what: str) -> bytes:
-    os_, arch = host_platform()
-    for d in index.get("manifests") or []:
-        p = d.get("platform") or {}
-        if p.get("os") == os_ and p.get("architecture") == arch:
-            return blob(d)
-    raise ImageError(f"{what}: no image for {os_}/{arch} in the archive's index",
-                     "save the image for this machine's platform")
+    from .platform import host_platform as host, match_platform, platform_str
+    want = host()
+    d = match_platform(index, want)
+    if d is None:
+        raise ImageError(f"{what}: no image for {platform_str(want)} in the archive's index",
+                         "save the image for this machine's platform")
+    return blob(d)
 
 
 def make_manifest(cfg: bytes, layer_descs: list, *, oci: bool = False) -> bytes:
@@ -428,15 +429,7 @@ def import_tar(store: Store, src, name: Optional[str] = None, changes: Sequence[
         if normalize(name).digest:
             raise UsageError(f"cannot import as a digest reference: {name!r}",
                              "give REPOSITORY[:TAG]")
-    if isinstance(src, (str, os.PathLike)):
-        try:
-            f = open(src, "rb")
-        except OSError as e:
-            from ..errors import NotFound
-            raise NotFound(f"cannot open {src}: {e.strerror}",
-                           "give a root filesystem tarball, or - for stdin") from e
-    else:
-        f = src
+    f = _open_input(src, "give a root filesystem tarball, or - for stdin")
     try:
         dg, size = store.put_blob_file(f)
     finally:

@@ -43,6 +43,8 @@ from typing import Callable, Optional
 
 from .. import log
 from ..errors import NotFound, RegistryError
+from .platform import (available_platforms, host_platform, match_platform,  # noqa: F401
+                       parse_platform, platform_str)
 from .reference import HUB_API
 
 # Media types
@@ -782,66 +784,12 @@ def _http_error(r: Response, what: str, host: str, *, kind: str = "", push: bool
 
 # --------------------------------------------------------------------------- platforms
 
-_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64",
-         "armv7l": "arm", "armv6l": "arm", "ppc64le": "ppc64le", "s390x": "s390x",
-         "riscv64": "riscv64", "i686": "386", "i386": "386"}
-
-
-def host_platform() -> dict:
-    import platform as _p
-    m = _p.machine()
-    arch = _ARCH.get(m, m)
-    p = {"os": "linux", "architecture": arch}
-    if arch == "arm64":
-        p["variant"] = "v8"
-    elif m.startswith("armv"):
-        p["variant"] = "v" + m[4]
-    return p
-
-
-def parse_platform(s: Optional[str]) -> dict:
-    """"linux/arm64/v8" -> {"os": "linux", "architecture": "arm64", "variant": "v8"}."""
-    if not s:
-        return host_platform()
-    parts = s.strip().lower().split("/")
-    if not 1 <= len(parts) <= 3 or not all(parts):
-        from ..errors import UsageError
-        raise UsageError(f"invalid platform {s!r}", "use OS/ARCH[/VARIANT], e.g. linux/amd64 or linux/arm64/v8")
-    if len(parts) == 1:
-        parts = ["linux"] + parts
-    p = {"os": parts[0], "architecture": _ARCH.get(parts[1], parts[1])}
-    if len(parts) == 3:
-        p["variant"] = parts[2]
-    elif p["architecture"] == "arm64":
-        p["variant"] = "v8"
-    return p
-
-
-def platform_str(p: dict) -> str:
-    s = f"{p.get('os', '?')}/{p.get('architecture', '?')}"
-    return s + (f"/{p['variant']}" if p.get("variant") else "")
-
-
 def select_platform(index: dict, want: dict) -> dict:
-    """The descriptor of `index` matching `want` (os, architecture, variant)."""
-    def variant_ok(have: dict) -> bool:
-        w, h = want.get("variant"), have.get("variant")
-        if not w or w == h:
-            return True
-        # arm64 images rarely say v8: accept a missing variant for the default one.
-        return not h and want.get("architecture") == "arm64" and w == "v8"
-
-    best = None
-    for d in index.get("manifests") or []:
-        have = d.get("platform") or {}
-        if have.get("os") == want["os"] and have.get("architecture") == want["architecture"] \
-                and variant_ok(have):
-            if best is None or have.get("variant") == want.get("variant"):
-                best = d
+    """The descriptor of `index` matching `want` (os, architecture, variant), or an error."""
+    best = match_platform(index, want)
     if best is None:
-        avail = sorted({platform_str(d.get("platform") or {}) for d in index.get("manifests") or []
-                        if (d.get("platform") or {}).get("os") != "unknown"})
         raise RegistryError(f"no matching manifest for {platform_str(want)} in the manifest list entries",
-                            "this image is built for " + (", ".join(avail) or "no platform")
+                            "this image is built for " + (", ".join(available_platforms(index))
+                                                          or "no platform")
                             + "; pick one with --platform")
     return best
