@@ -64,7 +64,40 @@ def sniff(head: bytes) -> str:
     return "tar"
 
 
-class _Checked:
+class _Forward:
+    """What tarfile's seeking mode needs of a stream that only goes forward: subclasses
+    give read() and close() and keep `pos`; a forward seek reads (and so hashes) what
+    tarfile skips."""
+
+    what = "stream"
+    pos = 0
+
+    def read(self, n: int = -1) -> bytes:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def seek(self, off: int, whence: int = 0) -> int:
+        target = off if whence == 0 else self.pos + off
+        if target < self.pos:  # never seen from tarfile's sequential reading
+            raise OSError(f"{self.what}: cannot seek backwards in a compressed layer")
+        while self.pos < target:
+            if not self.read(min(CHUNK, target - self.pos)):
+                break
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _Checked(_Forward):
     """A decompressing reader for tarfile's seeking mode ("r:"), which copies less than
     its stream mode: forward seeks read and discard. A worker thread decompresses and
     hashes ahead (zlib, lzma and hashlib release the GIL), so decompression overlaps
@@ -147,18 +180,6 @@ class _Checked:
         self.pos += len(data)
         return data
 
-    def seek(self, off: int, whence: int = 0) -> int:
-        target = off if whence == 0 else self.pos + off
-        if target < self.pos:  # never seen from tarfile's sequential reading
-            raise OSError(f"{self.what}: cannot seek backwards in a compressed layer")
-        while self.pos < target:  # forward: read (and hash) what tarfile skips
-            if not self.read(min(CHUNK, target - self.pos)):
-                break
-        return self.pos
-
-    def tell(self) -> int:
-        return self.pos
-
     def close(self) -> None:
         self._stop = True
         try:
@@ -172,14 +193,8 @@ class _Checked:
         finally:
             self.raw.close()
 
-    def __enter__(self):
-        return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-class _Pipe:
+class _Pipe(_Forward):
     """A decompressor command (zstd -dc) as a forward-seekable reader; its failure
     (exit status at end of stream) becomes ImageError naming the layer."""
 
@@ -241,18 +256,6 @@ class _Pipe:
         self.pos += len(data)
         return data
 
-    def seek(self, off: int, whence: int = 0) -> int:
-        target = off if whence == 0 else self.pos + off
-        if target < self.pos:
-            raise OSError("cannot seek backwards in a pipe")
-        while self.pos < target:
-            if not self.read(min(CHUNK, target - self.pos)):
-                break
-        return self.pos
-
-    def tell(self) -> int:
-        return self.pos
-
     def close(self) -> None:
         if self.p.poll() is None:
             self.p.kill()
@@ -260,12 +263,6 @@ class _Pipe:
         self.p.stdout.close()
         self.p.stderr.close()
         self.raw.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def open_layer(path_or_file, what: str | None = None):
