@@ -279,3 +279,15 @@ def test_hpcrun_srun_container_per_task_keeps_hpcrun_task(user, busybox_rootfs, 
                       env={"HPCRUN_SRUN_DRY_RUN": "1"})
     assert cp.returncode == 0, cp.stderr
     assert cp.stdout.split()[:3] == ["srun", hpcrun, "task"]
+
+
+def test_help_is_hpcrun_tasks(user, front):
+    cp = util.as_user(user, [front, "--help"])
+    assert cp.returncode == 0, cp.stderr
+    assert cp.stdout.startswith("usage: hpcrun task")
+
+
+def test_outside_slurm_it_runs_as_hpcrun_task(user, task_image, node_cache, front):
+    cp = util.as_user(user, [front, task_image.sqfs, "--", "echo", "alone"],
+                      env={"HPCRUN_NODE_CACHE": node_cache})
+    assert (cp.returncode, cp.stdout) == (0, "alone\n"), cp.stderr
