@@ -49,23 +49,9 @@ NODES, TASKS = 4, 16
 
 
 def busybox_rootfs(root: str) -> None:
+    from hpcrun.testing import make_busybox_rootfs
     os.makedirs(root)
-    for d in ("bin", "sbin", "usr/bin", "usr/sbin", "etc", "tmp", "proc", "sys", "dev",
-              "home", "root", "var", "run", "mnt"):
-        os.makedirs(os.path.join(root, d), exist_ok=True)
-    os.chmod(os.path.join(root, "tmp"), 0o1777)
-    shutil.copy2("/bin/busybox", os.path.join(root, "bin", "busybox"))
-    applets = subprocess.run(["/bin/busybox", "--list-full"], capture_output=True, text=True,
-                             check=True).stdout.split()
-    for a in applets:
-        p = os.path.join(root, a)
-        if not os.path.lexists(p) and a != "bin/busybox":
-            os.makedirs(os.path.dirname(p), exist_ok=True)
-            os.symlink("/bin/busybox", p)
-    with open(os.path.join(root, "etc", "passwd"), "w") as f:
-        f.write("root:x:0:0:root:/root:/bin/sh\n")
-    with open(os.path.join(root, "etc", "group"), "w") as f:
-        f.write("root:x:0:\n")
+    make_busybox_rootfs(root)
 
 
 def main() -> int:

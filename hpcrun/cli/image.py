@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+from contextlib import contextmanager
 from typing import List
 
 from hpcrun.errors import UsageError
@@ -216,13 +217,16 @@ def _logout(a) -> int:
 # ---------------------------------------------------------------- files
 
 
-def _open_output(path: str | None, what: str):
-    """(file, commit) for -o FILE (written to a temp name, renamed at the end) or stdout."""
+@contextmanager
+def _output(path: str | None, what: str):
+    """The file to write for -o FILE (a temp name, renamed into place only when the
+    block succeeds, removed otherwise) or stdout."""
     if path is None:
         if sys.stdout.isatty():
             raise UsageError(f"cowardly refusing to write the {what} to a terminal",
                              "use -o FILE or redirect the output")
-        return sys.stdout.buffer, lambda ok: None
+        yield sys.stdout.buffer
+        return
     d = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(d, f".{os.path.basename(path)}.tmp-{os.getpid()}")
     try:
@@ -231,17 +235,16 @@ def _open_output(path: str | None, what: str):
         from hpcrun.errors import HpcrunError
         raise HpcrunError(f"cannot write {path}: {e.strerror}",
                           "choose a directory you can write") from e
-
-    def commit(ok: bool) -> None:
-        f.close()
-        if ok:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-    return f, commit
+    try:
+        with f:
+            yield f
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    os.replace(tmp, path)
 
 
 def _load(a) -> int:
@@ -268,13 +271,8 @@ def _save(a) -> int:
     st = _store()
     for n in a.names:
         st.require(n)  # fail before writing anything
-    f, commit = _open_output(a.output, "archive")
-    ok = False
-    try:
+    with _output(a.output, "archive") as f:
         archive.save(st, a.names, f)
-        ok = True
-    finally:
-        commit(ok)
     return 0
 
 
@@ -299,13 +297,8 @@ def _export(a) -> int:
     from hpcrun.image import archive
     st = _store()
     st.require(a.name)
-    f, commit = _open_output(a.output, "root filesystem tar")
-    ok = False
-    try:
+    with _output(a.output, "root filesystem tar") as f:
         archive.export(st, a.name, f)
-        ok = True
-    finally:
-        commit(ok)
     return 0
 
 
