@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import tempfile
 from typing import Optional
 
 from .. import log
@@ -113,23 +112,9 @@ def lookup(registry: str) -> Optional[tuple[str, str]]:
 
 
 def _write_atomic(path: str, doc: dict) -> None:
-    d = os.path.dirname(path)
-    os.makedirs(d, mode=0o700, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".auth-", dir=d)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=1, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    from ..fsutil import atomic_write
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    atomic_write(path, json.dumps(doc, indent=1, sort_keys=True) + "\n", mode=0o600, fsync=True)
 
 
 def _display(host: str) -> str:

@@ -97,12 +97,9 @@ def rmtree(path: str) -> None:
 
 
 def _atomic_write(path: str, data: bytes, tmpdir: str) -> None:
-    tmp = os.path.join(tmpdir, f"w-{os.urandom(12).hex()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    # Under the store's tmp/, so a crash leaves nothing but what the next cleanup removes.
+    from ..fsutil import atomic_write
+    atomic_write(path, data, fsync=True, tmpdir=tmpdir)
 
 
 @dataclass(frozen=True)

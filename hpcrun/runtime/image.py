@@ -89,10 +89,8 @@ def squashfs_config(path: str) -> dict:
                          "re-convert the image") from None
     try:
         os.makedirs(os.path.dirname(cache), mode=0o700, exist_ok=True)
-        tmp = f"{cache}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(raw)
-        os.replace(tmp, cache)
+        from hpcrun.fsutil import atomic_write
+        atomic_write(cache, raw)
     except OSError:
         pass   # a read-only or full cache only costs the next run a subprocess
     return _inner(conf)

@@ -331,11 +331,8 @@ class LocalCluster:
 
     @staticmethod
     def _write(path: str, text: str) -> None:
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        from ..fsutil import atomic_write
+        atomic_write(path, text, mode=0o644)  # world-readable: users submit with it
 
     def _network(self, n: int, net: str) -> None:
         all_ns = [self.sw_ns, self.ctl_ns] + [self.node_ns(i) for i in range(1, n + 1)]

@@ -222,10 +222,8 @@ def write_record(jid: str, rec: Dict) -> None:
     d = state_dir()
     try:
         os.makedirs(d, exist_ok=True)
-        tmp = _record_path(jid) + f".{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(rec, f, indent=1, sort_keys=True)
-        os.replace(tmp, _record_path(jid))
+        from ..fsutil import atomic_write
+        atomic_write(_record_path(jid), json.dumps(rec, indent=1, sort_keys=True))
     except OSError as e:
         log.warning(f"cannot record job {jid} in {d}: {e.strerror} "
                     "(status and logs work only while Slurm remembers the job)")

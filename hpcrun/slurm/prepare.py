@@ -570,10 +570,8 @@ def run_node_container(spec, key: str, fixed: dict, own: set, cleanenv: bool,
             made = True
             text = render_plan(key, pid, _starttime(pid) or "0", _which("nsenter"),
                                spec.flags, fixed, own, cleanenv, e, entry)
-            tmp = f"{base}.plan.{os.getpid()}"
-            with open(tmp, "w") as f:
-                f.write(text)
-            os.rename(tmp, base + ".plan")
+            from ..fsutil import atomic_write
+            atomic_write(base + ".plan", text)
     finally:
         if fd >= 0:
             os.close(fd)

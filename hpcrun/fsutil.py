@@ -1,0 +1,35 @@
+"""Small filesystem helpers shared by the store, auth, jobs, cluster and runtime."""
+from __future__ import annotations
+
+import os
+from typing import Optional, Union
+
+
+def atomic_write(path: str, data: Union[bytes, str], *, mode: Optional[int] = None,
+                 fsync: bool = False, tmpdir: Optional[str] = None) -> None:
+    """Replace PATH with DATA so that readers see the old file or the new one, never a
+    part: write a uniquely named temporary file (in TMPDIR, else PATH's directory: it
+    must be on PATH's filesystem), optionally fsync it, then rename it over PATH.
+    MODE sets the exact permissions (else the umask applies). A failure removes the
+    temporary file and raises."""
+    d = tmpdir or os.path.dirname(path) or "."
+    tmp = os.path.join(d, f".{os.path.basename(path)}.{os.getpid()}.{os.urandom(6).hex()}.tmp")
+    # Created with MODE itself (never wider: a reader could keep an early descriptor),
+    # then set exactly, whatever the umask took away.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                 0o666 if mode is None else mode)
+    try:
+        if mode is not None:
+            os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
