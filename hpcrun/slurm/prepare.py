@@ -49,6 +49,15 @@ def _no_config_files() -> bool:
         os.path.join(xdg, "hpcrun", "hpcrun.conf")))
 
 
+def _make_cache_root(root: str) -> None:
+    try:
+        os.makedirs(root, mode=0o700, exist_ok=True)
+    except OSError as e:
+        raise ImageError(f"cannot create the node cache {root}: {e.strerror}",
+                         "set node_cache (HPCRUN_NODE_CACHE) to a writable node-local "
+                         "directory") from None
+
+
 def cache_root() -> str:
     """The node-local cache of this node (node_cache setting, then the node's name)."""
     base = os.environ.get("HPCRUN_NODE_CACHE")
@@ -76,12 +85,7 @@ def unpack_once(path: str, st: os.stat_result | None = None) -> str:
     dest = os.path.join(root, key)
     if os.path.isdir(dest):             # fast path: another task (or job) prepared it
         return dest
-    try:
-        os.makedirs(root, mode=0o700, exist_ok=True)
-    except OSError as e:
-        raise ImageError(f"cannot create the node cache {root}: {e.strerror}",
-                         "set node_cache (HPCRUN_NODE_CACHE) to a writable node-local "
-                         "directory") from None
+    _make_cache_root(root)
     fd = os.open(dest + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # the first task prepares, the others wait here
@@ -541,12 +545,7 @@ def run_node_container(spec, key: str, fixed: dict, own: set, cleanenv: bool,
         log.info("--node-container: own container (pid namespace, STOPSIGNAL, or no step)")
         return launch.run(spec)
     root = cache_root()
-    try:
-        os.makedirs(root, mode=0o700, exist_ok=True)
-    except OSError as ex:
-        raise ImageError(f"cannot create the node cache {root}: {ex.strerror}",
-                         "set node_cache (HPCRUN_NODE_CACHE) to a writable node-local "
-                         "directory") from None
+    _make_cache_root(root)
     base = os.path.join(root, f"step-{job}.{step}")
     made = False
     fd = lockfd
