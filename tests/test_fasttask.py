@@ -250,11 +250,13 @@ def test_scancel_delivers_sigterm_and_leaves_nothing(slurm_cluster, user, user_t
 
 # --- where the front end is used (no cluster needed) ---------------------------------
 
-def test_render_uses_the_front_end_installed_beside_hpcrun(front):
+def test_render_keeps_hpcrun_task_even_beside_the_front_end(front):
+    # Job files run each task in its own container: the keeper path loses the command's
+    # SIGTERM under scancel in some single-task steps (test_jobs' cancel test).
     from hpcrun.slurm import jobfile, render
     job = jobfile.parse("image: /i.sqfs\ncommand: [hostname]\n", "j.yaml")
     exe = os.path.join(os.path.dirname(front), "hpcrun")
-    assert 'exec srun "$HPCRUN-task" task /i.sqfs -- hostname' in render.render(job.steps[0], exe)
+    assert 'exec srun "$HPCRUN" task /i.sqfs -- hostname' in render.render(job.steps[0], exe)
 
 
 def test_render_without_the_front_end_runs_hpcrun_task(user_tmp):

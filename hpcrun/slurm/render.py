@@ -81,13 +81,6 @@ def task_argv(step: Step, exe: str) -> List[str]:
     return argv
 
 
-def front_end(exe: str) -> bool:
-    """Whether the per-task front end `hpcrun-task` is installed beside `exe` (pip puts
-    it there): then the tasks join one container per node without a Python start-up
-    each (hpcrun.slurm.prepare, bin/hpcrun-task)."""
-    return os.access(exe + "-task", os.X_OK)
-
-
 def _is_reference(image: str) -> bool:
     """An image name or registry reference (not a path): it may need pulling."""
     return not (image.startswith(("/", "./", "../", "~")) or
@@ -101,17 +94,11 @@ def render(step: Step, exe: str, source: Optional[str] = None) -> str:
     what = f"job file {os.path.basename(source)}" if source else "a job file"
     lines.append(f"# Rendered by 'hpcrun render' from {what}"
                  + (f", step {step.name!r}." if step.name else "."))
-    fast = front_end(exe)
-    if fast:
-        lines.append("# Every task runs in the image through 'hpcrun-task': the node's first "
-                     "task prepares it")
-        lines.append("# and makes the node's container, the others join it without "
-                     "starting Python;")
-        lines.append("# srun delivers SIGTERM to them on scancel or time-out.")
-    else:
-        lines.append("# Every task runs in its own container through 'hpcrun task', which "
-                     "prepares the image")
-        lines.append("# once per node; srun delivers SIGTERM to it on scancel or time-out.")
+    # Not the `hpcrun-task` node-container front end: under scancel it loses the
+    # command's SIGTERM in about a third of single-task steps (README, "Known issues").
+    lines.append("# Every task runs in its own container through 'hpcrun task', which "
+                 "prepares the image")
+    lines.append("# once per node; srun delivers SIGTERM to it on scancel or time-out.")
     if step.depends_on:
         lines.append("# Runs after " + ", ".join(step.depends_on) + " succeeded ('hpcrun "
                      "submit' adds --dependency=afterok:<their job ids>).")
@@ -123,8 +110,6 @@ def render(step: Step, exe: str, source: Optional[str] = None) -> str:
         lines.append(f'"$HPCRUN" inspect {img} >/dev/null 2>&1 || "$HPCRUN" pull {img} >&2')
     argv = task_argv(step, "$HPCRUN")
     words = [shlex.quote(a) if a != "$HPCRUN" else '"$HPCRUN"' for a in argv]
-    if fast:
-        words[words.index('"$HPCRUN"')] = '"$HPCRUN-task"'
     lines.append("exec " + " ".join(words))
     return "\n".join(lines) + "\n"
 
