@@ -155,9 +155,20 @@ class Job:
     def id(self):
         return int(self._raw["job_id"])
 
-    @property
-    def name(self):
-        return self._g("name") or None
+    # squeue --json field -> property, parsed as pyslurm parses the job_info_t field
+    name = property(lambda self: self._g("name") or None)
+    state = property(lambda self: self._g("job_state") or None)
+    allocated_nodes = property(lambda self: self._g("nodes") or None)
+    partition = property(lambda self: self._g("partition") or None)
+    batch_host = property(lambda self: self._g("batch_host") or None)
+    working_directory = property(lambda self: self._g("current_working_directory") or None)
+    array_id = property(lambda self: _u32(self._g("array_job_id")))
+    array_task_id = property(lambda self: _u32(self._g("array_task_id")))
+    num_nodes = property(lambda self: _u32(self._g("node_count")))
+    submit_time = property(lambda self: _raw_time(self._g("submit_time")))
+    start_time = property(lambda self: _raw_time(self._g("start_time")))
+    end_time = property(lambda self: _raw_time(self._g("end_time")))
+    time_limit = property(lambda self: _raw_time(self._g("time_limit")))
 
     @property
     def user_id(self):
@@ -169,20 +180,8 @@ class Job:
                                           else None)
 
     @property
-    def state(self):
-        return self._g("job_state") or None
-
-    @property
     def state_reason(self):
         return self._g("state_description") or self._g("state_reason") or None
-
-    @property
-    def array_id(self):
-        return _u32(self._g("array_job_id"))
-
-    @property
-    def array_task_id(self):
-        return _u32(self._g("array_task_id"))
 
     @property
     def array_tasks_waiting(self):
@@ -200,28 +199,8 @@ class Job:
         return _exit_code(self._g("exit_code", NO_VAL))[1]
 
     @property
-    def allocated_nodes(self):
-        return self._g("nodes") or None
-
-    @property
-    def num_nodes(self):
-        return _u32(self._g("node_count"))
-
-    @property
-    def partition(self):
-        return self._g("partition") or None
-
-    @property
-    def batch_host(self):
-        return self._g("batch_host") or None
-
-    @property
     def is_batch_job(self):
         return bool(self._g("batch_flag"))
-
-    @property
-    def working_directory(self):
-        return self._g("current_working_directory") or None
 
     @property
     def standard_output(self):
@@ -230,22 +209,6 @@ class Job:
     @property
     def standard_error(self):
         return self._paths[1] or None
-
-    @property
-    def submit_time(self):
-        return _raw_time(self._g("submit_time"))
-
-    @property
-    def start_time(self):
-        return _raw_time(self._g("start_time"))
-
-    @property
-    def end_time(self):
-        return _raw_time(self._g("end_time"))
-
-    @property
-    def time_limit(self):
-        return _raw_time(self._g("time_limit"))
 
 
 def _exit_code(status):
