@@ -985,6 +985,9 @@ static const char *skip_field(const char *p)
     return p;
 }
 
+/* 0 in a program without an interpreter to drop (cext/task.c). */
+int hpcrun_trim_monitor = 1;
+
 static void trim_memory(void)
 {
     unsigned long tp = 0;
@@ -995,7 +998,7 @@ static void trim_memory(void)
 #else
     return;   /* unknown thread-pointer register: keep everything */
 #endif
-    if (getenv("HPCRUN_NO_TRIM"))
+    if (!hpcrun_trim_monitor || getenv("HPCRUN_NO_TRIM"))
         return;
     char maps_buf[MAPS_MAX];    /* on the stack: nothing of ours lives in anonymous memory */
     unsigned long addrs[] = {tp, (unsigned long)__errno_location(), (unsigned long)&tp};
@@ -1260,6 +1263,7 @@ int hpcrun_join(int pid, char *const *argv, char *const *envp, const char *workd
             return -1;
         }
     }
+    int pidns = 0;
     for (int i = 0; i < 6; i++) {
         struct stat a, b;
         snprintf(p, sizeof p, "/proc/self/ns/%s", ns[i].name);
@@ -1270,6 +1274,8 @@ int hpcrun_join(int pid, char *const *argv, char *const *envp, const char *workd
             close(fds[i]);
             continue;
         }
+        if (ns[i].type == CLONE_NEWPID)
+            pidns = 1;
         if (setns(fds[i], ns[i].type)) {
             fail(&c, "can't join the %s namespace of process %d", ns[i].name, pid);
             for (int j = i; j < 6; j++) close(fds[j]);
@@ -1286,8 +1292,20 @@ int hpcrun_join(int pid, char *const *argv, char *const *envp, const char *workd
     s.workdir_required = 0;
     if (chdir_work(&c, &s))
         return -1;
-    /* A setns into a pid namespace applies to children only: fork, and be the monitor. */
     sigset_t fwd, orig;
+    if (!pidns) {
+        /* The command replaces this process, as the default `hpcrun run` does: whoever
+         * started us (slurmstepd) sees its exit status and signals it directly. A
+         * monitor in front would end by the very SIGTERM its command survives (once
+         * the command has exited, nothing blocks it) and report "Terminated". */
+        sigprocmask(SIG_SETMASK, NULL, &orig);
+        reset_signals(&orig);
+        do_exec(&c, &s);
+        return -1;
+    }
+    /* A setns into a pid namespace applies to children only: fork, and be the monitor;
+     * it never returns to the caller (like enter_monitored), so that a signal arriving
+     * after the command ended cannot end it with another status. */
     forwarded_set(&fwd);
     sigprocmask(SIG_BLOCK, &fwd, &orig);
     int rep[2];
@@ -1309,9 +1327,8 @@ int hpcrun_join(int pid, char *const *argv, char *const *envp, const char *workd
         sigprocmask(SIG_SETMASK, &orig, NULL);
         return -1;
     }
-    int status = supervise(child, 0, 0);
-    sigprocmask(SIG_SETMASK, &orig, NULL);
-    return status;
+    prctl(PR_SET_NAME, "hpcrun:monitor");
+    _exit(supervise(child, 0, 0));
 }
 
 /* ---------------------------------------------------------------- probes */

@@ -58,13 +58,16 @@ struct hpcrun_spec {
 /* Enter the container described by spec and exec its command.
  * Default options: the calling process becomes the command and this never returns on
  * success. With HPCRUN_F_PID (or when the caller is multi-threaded) the caller stays as
- * a small monitor and the command's status (or 128+N) is returned.
+ * a small monitor and exits with the command's status (or 128+N): it does not return.
  * On failure: -1, errno preserved, err filled ("can't bind /a to /b: Permission
  * denied"), *code set to HPCRUN_EXIT_*. */
 int hpcrun_enter(const struct hpcrun_spec *spec, char *err, size_t errlen, int *code);
 
-/* Enter the user + mount (+ pid) namespaces of running container process pid and exec
- * argv there with envp, in workdir. Same return convention as hpcrun_enter. */
+/* Enter the user + mount (+ ipc, uts, net, pid) namespaces of running container
+ * process pid and exec argv there with envp, in workdir. Returns only on failure (-1,
+ * as hpcrun_enter): the command replaces this process, or, where a pid namespace is
+ * joined (a setns into it applies to children only), runs in a child while this
+ * process stays as its monitor and exits with its status (or 128+N). */
 int hpcrun_join(int pid, char *const *argv, char *const *envp, const char *workdir,
                 char *err, size_t errlen, int *code);
 

@@ -110,8 +110,16 @@ def enter(spec) -> int:
 
 def join(pid: int, argv, env, workdir: str = "/") -> int:
     """Run argv inside the running container whose process is pid (setns into its user,
-    mount, pid, ipc, uts and network namespaces); returns its status. For ranks of a
-    node sharing one container (CMA shared memory needs one user namespace)."""
+    mount, pid, ipc, uts and network namespaces). Returns only on failure (raising):
+    the command replaces this process, or with a pid namespace a small C monitor stays
+    and exits with the command's status. For ranks of a node sharing one container (CMA
+    shared memory needs one user namespace)."""
+    import sys
+    for f in (sys.stdout, sys.stderr):
+        try:
+            f.flush()
+        except (OSError, ValueError):
+            pass
     a = _Arena()
     err = ffi.new("char[]", ERRLEN)
     code = ffi.new("int *")
