@@ -1,4 +1,4 @@
-"""cffi builder (API mode): compiles cext/*.c into hpcrun._ccore.
+"""cffi builder (API mode): compiles cext/core.c into hpcrun._ccore; and the task program.
 
 The compiled module is hpcrun._ccore, wrapped by hpcrun/_core.py (its only importer);
 the two cannot share a name, since an extension module shadows a .py of the same name.
@@ -16,6 +16,20 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # (cffi's setuptools hook runs this file with __name__ == "__main__" too, so look at argv.)
 SRC = HERE if os.path.abspath(sys.argv[0]) == os.path.abspath(__file__) else "cext"
 
+CFLAGS = ["-std=gnu11", "-Wall", "-Wextra", "-Werror", "-O2", "-D_FORTIFY_SOURCE=2",
+          "-fstack-protector-strong"]
+
+# The per-task front end srun starts (cext/task.c): a program, built as a shared object
+# with its own entry point and program interpreter because setuptools builds no
+# programs. setup.py passes this to setuptools.Extension; it is never imported.
+TASK_EXTENSION = dict(
+    name="hpcrun._task",
+    sources=[os.path.join(SRC, "task.c"), os.path.join(SRC, "core.c")],
+    include_dirs=[SRC],
+    extra_compile_args=CFLAGS,
+    extra_link_args=["-Wl,-e,hpcrun_task_entry", "-Wl,-z,now", "-Wl,-z,relro"],
+)
+
 ffi = FFI()
 with open(os.path.join(HERE, "cdef.h")) as f:
     ffi.cdef(f.read())
@@ -25,8 +39,7 @@ ffi.set_source(
     '#include "core.h"',
     sources=[os.path.join(SRC, "core.c")],
     include_dirs=[SRC],
-    extra_compile_args=["-std=gnu11", "-Wall", "-Wextra", "-Werror", "-O2",
-                        "-D_FORTIFY_SOURCE=2", "-fstack-protector-strong"],
+    extra_compile_args=CFLAGS,
     # -z now: every symbol bound at load time, so a monitor that has dropped the
     # interpreter's memory never calls into the loader (see trim_memory in core.c).
     extra_link_args=["-Wl,-z,now", "-Wl,-z,relro"],
@@ -43,3 +56,12 @@ if __name__ == "__main__":
         dst = os.path.join("hpcrun", os.path.basename(so))
         shutil.copy2(so, dst + ".new")
         os.replace(dst + ".new", dst)
+    # The task program, with the same compiler setuptools would use.
+    import subprocess
+    import sysconfig
+    cc = (sysconfig.get_config_var("CC") or "cc").split()
+    out = os.path.join("hpcrun", "_task" + sysconfig.get_config_var("EXT_SUFFIX"))
+    subprocess.run(cc + ["-fPIC", "-shared", "-o", out + ".new"] + TASK_EXTENSION["extra_compile_args"]
+                   + ["-I", HERE] + [os.path.join(HERE, "task.c"), os.path.join(HERE, "core.c")]
+                   + TASK_EXTENSION["extra_link_args"], check=True)
+    os.replace(out + ".new", out)

@@ -1,7 +1,9 @@
 """`hpcrun srun --container-image=IMG [...] [srun options] -- CMD` (pyxis spelling).
 
-Plans with hpcrun.slurm.srun, then execs ``srun ... hpcrun task ...`` so that srun
-itself gets the terminal's signals and its exit status is ours.
+Plans with hpcrun.slurm.srun and hpcrun.slurm.stepplan, then execs
+``srun ... hpcrun/_task*.so PLAN -- CMD`` (the C per-task front end; ``srun ... hpcrun
+task ...`` where it is not built) so that srun itself gets the terminal's signals and
+its exit status is ours.
 """
 from __future__ import annotations
 
@@ -34,6 +36,15 @@ def main(verb: str, argv: list) -> int:
         raise NotFound("srun: command not found",
                        "run inside a Slurm allocation on a machine with Slurm, or start "
                        "the local cluster: hpcrun cluster up; eval \"$(hpcrun cluster env)\"")
+    # The tasks start through the C front end with a plan made here, once for the step
+    # (hpcrun.slurm.stepplan); without it, `hpcrun task` (Python) in every task.
+    from hpcrun.slurm import stepplan
+    share = "--node-container" in plan.run_opts
+    task_args = [a for a in plan.run_opts if a != "--node-container"] + [plan.image]
+    fast = stepplan.srun_argv(plan.srun_opts, task_args, plan.command,
+                              srun.hpcrun_command(), share)
+    if fast is not None:
+        args = fast
     log.debug("exec: " + " ".join(args))
     sys.stdout.flush()
     sys.stderr.flush()

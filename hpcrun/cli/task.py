@@ -26,9 +26,36 @@ the others wait and reuse it. Every 'hpcrun run' option is accepted (see
   --node-container   one container per node and step: the node's first task makes
                      it (held by a small keeper process until the step ends), the
                      others join it (one user namespace per node, so MPI ranks can
-                     use cross-memory attach between each other). The front end
-                     hpcrun-task does the joining without starting Python.
+                     use cross-memory attach between each other).
+
+Without Python in every task: work the step out once, then start the C front end:
+
+  hpcrun task --plan [RUN OPTIONS] IMAGE
+      prints PROGRAM PLAN, two words that need no quoting, for
+  TASK=$(hpcrun task --plan --node-container /images/app.sqfs)
+  srun -N2 -n8 $TASK -- ./app
+
+(hpcrun srun does this itself.)
 """
+
+
+def _plan(argv: list) -> int:
+    """`hpcrun task --plan [run options] IMAGE`: print the C front end and a step plan."""
+    from hpcrun.errors import UsageError
+    from hpcrun.slurm import srun, stepplan
+    if "--" in argv or image_index(argv) != len(argv) - 1:
+        raise UsageError("--plan takes run options and IMAGE, no command",
+                         "the command goes on the srun line: srun $TASK -- COMMAND")
+    share = "--node-container" in argv
+    args = [a for a in argv if a != "--node-container"]
+    prog = stepplan.task_program()
+    if prog is None:
+        # Python in every task, the same options (one word, no quoting needed).
+        words = [*srun.hpcrun_command(), "task", "--args=" + stepplan.encode_args(argv)]
+    else:
+        words = [prog, stepplan.make(args, srun.hpcrun_command(), share=share)]
+    sys.stdout.write(" ".join(words) + "\n")
+    return 0
 
 # `hpcrun run` options that take a separate value; used only to find IMAGE when the
 # command line has no `--` (with `--`, IMAGE is the word just before it).
@@ -60,26 +87,28 @@ def main(verb: str, argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         (sys.stdout if argv else sys.stderr).write(USAGE)
         return 0 if argv else 125
+    if argv[0].startswith("--args="):
+        # What `hpcrun task --plan` prints where the C front end is not built.
+        from hpcrun.slurm import stepplan
+        argv = stepplan.decode_args(argv[0][len("--args="):]) + argv[1:]
+    if argv[0] == "--plan":
+        return _plan(argv[1:])
+    if argv[0] == "--unpack-only" and len(argv) == 2:
+        # The C front end (cext/task.c) asks for a squashfs image's copy on this node.
+        from hpcrun.slurm import prepare
+        sys.stdout.write(prepare.unpack_once(argv[1]) + "\n")
+        return 0
     if image_index(argv) < 0:
         raise UsageError("no IMAGE given",
                          "usage: hpcrun task [RUN OPTIONS] IMAGE -- COMMAND [ARG...]")
-    import os
-    # bin/hpcrun-task hands over the step's lock it already holds (see prepare).
-    lockfd = os.environ.pop("HPCRUN_TASK_LOCKFD", None)
-    lockfd = int(lockfd) if lockfd and lockfd.isdigit() else -1
-    if lockfd >= 0:
-        try:
-            os.set_inheritable(lockfd, False)    # never held by the command
-        except OSError:
-            lockfd = -1
     from hpcrun.slurm import prepare
     argv = list(argv)
     node_container = False
     while "--node-container" in argv[:image_index(argv)]:
         argv.remove("--node-container")
         node_container = True
-    i = image_index(argv)
-    key = prepare.plan_key(argv[:i + 1])     # what the node's container is planned for
+    if node_container:
+        _node_container(argv)          # returns only where a node container can't be
     # Slurm's PMIx directories (MPI steps only), as options before the user's own.
     argv = prepare.slurm_binds() + argv
     from hpcrun.cli import run
@@ -92,16 +121,27 @@ def main(verb: str, argv: list[str]) -> int:
         root = prepare.unpack_once(image.path)
         image = img.Image(path=root, kind="dir", name=image.name,
                           config=image.config if image.config else img.dir_config(root))
-    spec = launch.plan(opts, image)
-    if lockfd >= 0 and not node_container:
-        os.close(lockfd)
-    if node_container:
-        fixed, own = prepare.env_additions((image.config or {}).get("Env") or (),
-                                           opts.env_files, opts.env, os.environ)
-        # The image's ENTRYPOINT stays in front of the command (Docker's rule).
-        entry = spec.argv[:len(spec.argv) - len(opts.command)] if opts.command else None
-        if entry is None:
-            key = ""        # no command: the image's CMD; hpcrun-task leaves it to Python
-        return prepare.run_node_container(spec, key, fixed, own, opts.cleanenv, entry or (),
-                                          lockfd)
-    return launch.run(spec)
+    return launch.run(launch.plan(opts, image))
+
+
+def _node_container(argv: list) -> None:
+    """--node-container: hand the task to the C front end (cext/task.c), which makes the
+    node's container for the step or joins it. Returns where that cannot be: outside a
+    Slurm step, or where the front end is not built (then: a container of its own)."""
+    import os
+    from hpcrun import log
+    from hpcrun.slurm import srun, stepplan
+    if not (os.environ.get("SLURM_JOB_ID") and os.environ.get("SLURM_STEP_ID")):
+        log.info("--node-container: not in a Slurm step; a container of its own")
+        return
+    prog = stepplan.task_program()
+    if prog is None:
+        log.info("--node-container: the per-task program is not built for this platform; "
+                 "a container of its own")
+        return
+    i = image_index(argv)
+    command = argv[i + 2:] if i + 1 < len(argv) and argv[i + 1] == "--" else argv[i + 1:]
+    plan = stepplan.make(argv[:i + 1], srun.hpcrun_command(), share=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(prog, [prog, plan, "--", *command])

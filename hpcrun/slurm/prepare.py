@@ -58,8 +58,8 @@ def _make_cache_root(root: str) -> None:
                          "directory") from None
 
 
-def cache_root() -> str:
-    """The node-local cache of this node (node_cache setting, then the node's name)."""
+def cache_base() -> str:
+    """The node_cache setting (HPCRUN_NODE_CACHE wins): one directory per node below."""
     base = os.environ.get("HPCRUN_NODE_CACHE")
     if not base:
         if _no_config_files():
@@ -67,7 +67,12 @@ def cache_root() -> str:
         else:
             from .. import config
             base = str(config.get("node_cache"))
-    return os.path.join(base, node_name())
+    return base
+
+
+def cache_root() -> str:
+    """The node-local cache of this node (node_cache setting, then the node's name)."""
+    return os.path.join(cache_base(), node_name())
 
 
 def _key(st: os.stat_result) -> str:
@@ -169,6 +174,13 @@ def log_lines(root: str | None = None) -> list[str]:
 
 def _tmpfs(environ) -> str:
     """Slurm's TmpFS for this node (slurm.conf; %n/%h expanded), default /tmp."""
+    value = tmpfs_pattern(environ)
+    node = environ.get("SLURMD_NODENAME") or os.uname().nodename
+    return value.replace("%n", node).replace("%h", os.uname().nodename)
+
+
+def tmpfs_pattern(environ) -> str:
+    """Slurm's TmpFS setting as written in slurm.conf (%n, %h unexpanded), or /tmp."""
     conf = environ.get("SLURM_CONF") or "/etc/slurm/slurm.conf"
     value = "/tmp"
     try:
@@ -179,8 +191,7 @@ def _tmpfs(environ) -> str:
                     value = v.split("#", 1)[0].strip()
     except OSError:
         pass   # configless Slurm: the default
-    node = environ.get("SLURMD_NODENAME") or os.uname().nodename
-    return value.replace("%n", node).replace("%h", os.uname().nodename)
+    return value
 
 
 def slurm_binds(environ=None) -> list:
@@ -209,68 +220,26 @@ def slurm_binds(environ=None) -> list:
     return out
 
 
-# --- one container per node and step (hpcrun task --node-container, hpcrun-task) ---
+# --- one container per node and step: cext/task.c, planned by hpcrun.slurm.stepplan ---
 #
 # The tasks of a step on a node share one container, as pyxis's tasks join the
 # container its first task created (one user namespace per node also lets MPI ranks use
-# cross-memory attach between each other). A namespace lives only while a process is
-# in it, and a task's command may end at once (`true`), so the container is held by a
-# *keeper*: a fork of the first task that enters the container and then only waits,
-# until the step's slurmstepd (the first task's parent) is gone, or a signal ends it.
-#
-#   <node_cache>/<node>/step-<job>.<step>.lock   flock: who makes the keeper
-#   <node_cache>/<node>/step-<job>.<step>.plan   how a task joins it (a sh fragment)
-#
-# The plan is read by bin/hpcrun-task, the per-task front end srun starts: a POSIX sh
-# script that sources the plan, checks that it is this step's and that the keeper is
-# alive (pid and start time), applies the fixed environment additions and execs
-# `nsenter --target KEEPER ... -- CMD`: no Python start-up in the task. Anything it
-# cannot do (no plan yet, a stale one, other options, no nsenter) it hands to
-# `hpcrun task --node-container`, which comes here, makes the keeper and the plan under
-# the lock, and joins through the C core (hpcrun._core.join).
-#
-# The keeper enters the container with the runtime's own hpcrun_enter: it asks it to
-# run a command that does not exist, so the C core builds the whole container (user
-# namespace, mounts, pivot_root, working directory) and fails only at execve; the
-# keeper, now inside, reports and waits. It holds no file of the task (stdio on
-# /dev/null, every other descriptor closed), so srun never waits for it. When the step
-# is over (or a signal ends it) it removes the plan and the lock, through a descriptor of
-# the node cache directory it kept.
-
-PLAN_VERSION = "1"
-_KEEPER_ARGV0 = "/.hpcrun-keeper-holds-this-container"
-# Namespaces a task joins, by spec flag (nsenter option, always --user --mount).
-_JOINABLE = (("ipc", 0x08), ("net", 0x10), ("uts", 0x20))
-
-
-def shareable(spec) -> bool:
-    """Whether the tasks of a step can share spec's container through a keeper: not with
-    a pid namespace or a STOPSIGNAL (a monitor process stands in front of the command)
-    nor a FUSE-mounted squashfs (its server belongs to one process)."""
-    from ..runtime.spec import F_MONITOR, F_PID, F_SQUASH
-    return not spec.flags & (F_PID | F_MONITOR | F_SQUASH)
-
-
-def plan_key(args) -> str:
-    """What a plan is valid for: the task's options and IMAGE (the words before `--`,
-    without `task` and `--node-container`), each ended by a newline. bin/hpcrun-task
-    builds the same string from its own arguments."""
-    return "".join(a + "\n" for a in args)
-
+# cross-memory attach between each other). The C front end does it: the node's first
+# task makes the container, held by a keeper process, and writes
+#   <node_cache>/<node>/step-<job>.<step>.plan   (one line: keeper pid, start time, key)
+# under the flock <node_cache>/<node>/step-<job>.<step>.lock; the others join it. What
+# the program needs from Python is worked out once per step (stepplan), including the
+# environment split below.
 
 _MARK = object()
 
 
 class _Marking(dict):
-    """A host environment that answers every name it has with _MARK, so that the env
-    policy's own parser tells which settings copy the task's value (NAME alone)."""
-
-    def __init__(self, host):
-        super().__init__()
-        self.host = host
+    """A host environment that has every name, each with the value _MARK, so that the
+    env policy's own parser tells which settings copy the task's value (NAME alone)."""
 
     def __contains__(self, name):
-        return name in self.host
+        return True
 
     def __getitem__(self, name):
         return _MARK
@@ -278,8 +247,10 @@ class _Marking(dict):
 
 def env_additions(image_env, env_files, assigns, host) -> tuple:
     """The env policy split into what is the same for every task of the step and what is
-    each task's own: (fixed {NAME: VALUE} in order, names taken from the task's own
-    environment). See hpcrun.runtime.env.compose: host < image ENV < --env-file < -e."""
+    each task's own: (fixed {NAME: VALUE} in order, names whose value is the task's own
+    where it has one, else their fixed value if any). See hpcrun.runtime.env.compose:
+    host < image ENV < --env-file < -e; `-e NAME` alone copies the task's value and is
+    skipped where the task has none. `host` is not read (kept for the signature)."""
     from ..runtime import env as envpolicy
     fixed: dict = {}
     own: set = set()
@@ -287,7 +258,7 @@ def env_additions(image_env, env_files, assigns, host) -> tuple:
         name, sep, value = item.partition("=")
         if name and sep:
             fixed[name] = value
-    marking = _Marking(host)
+    marking = _Marking()
     pairs = []
     for path in env_files:
         pairs += envpolicy.read_env_file(path, marking)
@@ -296,284 +267,9 @@ def env_additions(image_env, env_files, assigns, host) -> tuple:
         if kv:
             pairs.append(kv)
     for name, value in pairs:
-        if value is _MARK:          # NAME alone: each task's own value
-            fixed.pop(name, None)
+        if value is _MARK:          # NAME alone: each task's own value, where it has one
             own.add(name)
         else:
             fixed[name] = value
             own.discard(name)
     return fixed, own
-
-
-def _sh_quote(s: str) -> str:
-    # shlex.quote's rule, without importing re on the task's path.
-    return "'" + s.replace("'", "'\"'\"'") + "'"
-
-
-def _which(name: str) -> str:
-    for d in os.environ.get("PATH", "").split(":") + ["/usr/bin", "/bin"]:
-        p = os.path.join(d or ".", name)
-        if os.access(p, os.X_OK) and not os.path.isdir(p):
-            return os.path.abspath(p)
-    return ""
-
-
-def _sh_name(name: str) -> bool:
-    return bool(name) and (name[0].isalpha() or name[0] == "_") and \
-        name.replace("_", "a").isalnum() and name.isascii()
-
-
-def render_plan(key: str, pid: int, start: str, nsenter: str, flags: int, fixed: dict,
-                own: set, cleanenv: bool, host, entry=()) -> str:
-    """The plan file's text: sh that bin/hpcrun-task sources (see the comment above)."""
-    from ..runtime import env as envpolicy
-    q = _sh_quote
-    ns = ["--user", "--mount"] + [f"--{n}" for n, bit in _JOINABLE if flags & bit]
-    lines = [f"# hpcrun node-container plan {PLAN_VERSION} {pid} {start} {key.encode().hex()}",
-             f"hp_version={PLAN_VERSION}", f"hp_key={q(key)}", f"hp_pid={pid}",
-             f"hp_start={start}", f"hp_nsenter={q(nsenter)}", "hp_env() {"]
-    odd = []
-    if cleanenv:
-        # The first task's variable names stand for every task's (Slurm gives each task
-        # the same names; only SLURM_* values differ, and those always pass).
-        drop = sorted(n for n in host if not n.startswith(envpolicy.ALWAYS)
-                      and n not in own and n not in fixed)
-        for n in drop:
-            (lines.append(f"    unset {n}") if _sh_name(n) else odd.append(n))
-    for n, v in fixed.items():
-        if _sh_name(n):
-            lines.append(f"    export {n}={q(v)}")
-        else:
-            odd.append(n)
-    if "PATH" not in fixed:
-        lines.append(f"    [ \"${{PATH+x}}\" ] || export PATH={q(envpolicy.DEFAULT_PATH)}")
-    lines.append("}")
-    env_cmd = ""
-    if odd:
-        # Names sh cannot hold (dash drops them): set or removed by env(1) instead.
-        sets = [q(f"{n}={fixed[n]}") for n in odd if n in fixed]
-        unsets = [f"-u {q(n)}" for n in odd if n not in fixed]
-        env_cmd = "env " + " ".join(unsets + sets) + " "
-    lines.append("hp_join() { exec " + env_cmd + f"\"$hp_nsenter\" --target {pid} "
-                 + " ".join(ns) + " --root --wd --preserve-credentials -- "
-                 + "".join(q(a) + " " for a in entry) + "\"$@\"; }")
-    return "\n".join(lines) + "\n"
-
-
-def read_plan_head(path: str):
-    """(pid, start, key) from a plan's first line, or None."""
-    raw = _read(path)
-    if not raw:
-        return None
-    head = raw.split(b"\n", 1)[0].decode(errors="replace").split()
-    if len(head) != 8 or head[:4] != ["#", "hpcrun", "node-container", "plan"] \
-            or head[4] != PLAN_VERSION or not head[5].isdigit():
-        return None
-    try:
-        key = bytes.fromhex(head[7]).decode()
-    except ValueError:
-        return None
-    return int(head[5]), head[6], key
-
-
-def _starttime(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            s = f.read()
-    except OSError:
-        return None
-    fields = s[s.rindex(")") + 2:].split()
-    return fields[19] if len(fields) > 19 and fields[0] not in "ZX" else None
-
-
-def _read(path: str) -> bytes | None:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError:
-        return None
-
-
-def _alive(pid: int, start: str) -> bool:
-    """That very process (same start time) is alive and still has its namespaces."""
-    if _starttime(pid) != start:
-        return False
-    try:
-        os.stat(f"/proc/{pid}/ns/mnt")   # an exiting process drops them first
-        return True
-    except OSError:
-        return False
-
-
-def task_log(what: str) -> None:
-    """With HPCRUN_TASK_LOG=1: one line per task in <node_cache>/<node>/tasks.log, how
-    it started (`keeper`/`join` from Python here, `fast` from bin/hpcrun-task)."""
-    if os.environ.get("HPCRUN_TASK_LOG") != "1":
-        return
-    e = os.environ
-    line = (f"{what} job={e.get('SLURM_JOB_ID', '-')} step={e.get('SLURM_STEP_ID', '-')} "
-            f"task={e.get('SLURM_PROCID', '-')} pid={os.getpid()}\n")
-    try:
-        fd = os.open(os.path.join(cache_root(), "tasks.log"),
-                     os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    except OSError:
-        return
-    try:
-        os.write(fd, line.encode())
-    finally:
-        os.close(fd)
-
-
-def _start_keeper(spec, watch: int, root: str, base: str) -> int:
-    """Fork the keeper; it enters spec's container and stays until process `watch`
-    (the step's slurmstepd) is gone or a signal ends it, then removes the step's plan
-    and lock (`base`.plan/.lock in directory `root`). Returns its pid once it is inside."""
-    import select  # noqa: F401  (loaded before the keeper leaves the host's filesystem)
-    import signal
-    from .. import _core
-    from ..errors import ContainerError, HpcrunError
-    try:
-        pidfd = os.pidfd_open(watch)
-    except (AttributeError, OSError):
-        pidfd = -1                            # Linux < 5.3: poll instead
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:                              # the keeper
-        dirfd = -1
-        try:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                signal.signal(sig, _leave)
-            os.close(r)
-            # The node cache stays reachable through this descriptor once the keeper
-            # is inside the container.
-            dirfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-            null = os.open("/dev/null", os.O_RDWR)
-            for fd in (0, 1, 2):
-                os.dup2(null, fd)
-            keep = sorted({w, pidfd, dirfd} - {-1})
-            lo = 3
-            for fd in keep + [1 << 20]:
-                if fd > lo:
-                    os.closerange(lo, fd)
-                lo = fd + 1
-            try:
-                _core.enter(spec.replace(argv=(_KEEPER_ARGV0,)))
-            except ContainerError as ex:
-                if ex.code != 127:            # it failed before the exec: say why
-                    os.write(w, f"E {ex}".encode(errors="replace"))
-                    os._exit(1)
-            os.write(w, b"K")
-            os.close(w)
-            _wait_gone(watch, pidfd)
-        except BaseException:
-            pass
-        if dirfd >= 0:
-            _remove_plan(dirfd, base)
-        os._exit(0)
-    os.close(w)
-    try:
-        msg = b""
-        while True:
-            b = os.read(r, 4096)
-            if not b:
-                break
-            msg += b
-            if msg == b"K":
-                break
-    finally:
-        os.close(r)
-        if pidfd >= 0:
-            os.close(pidfd)
-    if msg != b"K":
-        os.waitpid(pid, 0)
-        raise HpcrunError(msg[2:].decode(errors="replace") if msg.startswith(b"E ")
-                          else "the node container's keeper failed to start")
-    return pid
-
-
-def _leave(sig, frame):
-    raise SystemExit(0)
-
-
-def _remove_plan(dirfd: int, base: str) -> None:
-    """The step is over: remove its plan, if it is still this keeper's, and its lock."""
-    import signal
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_IGN)
-    try:
-        fd = os.open(base + ".plan", os.O_RDONLY, dir_fd=dirfd)
-        try:
-            head = os.read(fd, 256).split(b"\n", 1)[0].split()
-        finally:
-            os.close(fd)
-        if len(head) > 5 and head[5] == str(os.getpid()).encode():
-            os.unlink(base + ".plan", dir_fd=dirfd)
-            os.unlink(base + ".lock", dir_fd=dirfd)
-    except OSError:
-        pass
-
-
-def _wait_gone(pid: int, pidfd: int) -> None:
-    import select
-    import time
-    if pidfd >= 0:
-        select.select([pidfd], [], [])
-        return
-    while True:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        except PermissionError:
-            pass
-        time.sleep(1.0)
-
-
-def run_node_container(spec, key: str, fixed: dict, own: set, cleanenv: bool,
-                       entry=(), lockfd: int = -1) -> int:
-    """Run spec's command in this node's container of the step: make the keeper and the
-    plan if there is none (or a stale one), then join. `lockfd`: the step's lock, held
-    already (bin/hpcrun-task took it); closed here."""
-    from ..runtime import launch
-    e = os.environ
-    job, step = e.get("SLURM_JOB_ID"), e.get("SLURM_STEP_ID")
-    if not shareable(spec) or not job or not step:
-        if lockfd >= 0:
-            os.close(lockfd)
-        # Outside a Slurm step there is no step to share.
-        from .. import log
-        log.info("--node-container: own container (pid namespace, STOPSIGNAL, or no step)")
-        return launch.run(spec)
-    root = cache_root()
-    _make_cache_root(root)
-    base = os.path.join(root, f"step-{job}.{step}")
-    made = False
-    fd = lockfd
-    try:
-        if fd < 0:
-            fd = os.open(base + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        head = read_plan_head(base + ".plan")
-        if head and head[2] != key:
-            # Another program of the step (srun --multi-prog) planned other options.
-            from .. import log
-            log.info("--node-container: this task's options differ from the step's "
-                     "container; own container")
-            os.close(fd)
-            fd = -1
-            return launch.run(spec)
-        if head and _alive(head[0], head[1]):
-            pid = head[0]
-        else:
-            pid = _start_keeper(spec, os.getppid(), root, os.path.basename(base))
-            made = True
-            text = render_plan(key, pid, _starttime(pid) or "0", _which("nsenter"),
-                               spec.flags, fixed, own, cleanenv, e, entry)
-            from ..fsutil import atomic_write
-            atomic_write(base + ".plan", text)
-    finally:
-        if fd >= 0:
-            os.close(fd)
-    task_log("keeper" if made else "join")
-    from .. import _core
-    return _core.join(pid, spec.argv, spec.env, spec.workdir)

@@ -13,10 +13,8 @@ supplies it when the flag is absent (the command line wins, as in pyxis).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from typing import Mapping, Optional
-
 from ..errors import UsageError
+from ..runtime.spec import _Frozen   # not dataclasses: ~10 ms of imports per step
 
 USAGE = """usage: hpcrun srun --container-image=IMAGE [CONTAINER OPTIONS] [SRUN OPTIONS] [--] COMMAND [ARG...]
 
@@ -45,12 +43,15 @@ Not supported (an error says so): --container-name, --container-save,
 """
 
 
-@dataclass(frozen=True)
-class Opt:
-    name: str            # without the leading "--"
-    value: bool          # takes a value
-    env: str             # PYXIS_CONTAINER_* fallback ("" for none)
-    doc: str = ""
+class Opt(_Frozen):
+    """name: without the leading "--"; value: takes a value; env: the PYXIS_CONTAINER_*
+    fallback ("" for none)."""
+
+    __slots__ = ("name", "value", "env", "doc")
+    _defaults = {"doc": ""}
+
+    def __init__(self, name, value, env, doc=""):
+        super().__init__(name=name, value=value, env=env, doc=doc)
 
 
 # The table of container options (pyxis's names). Boolean pairs share a destination.
@@ -101,21 +102,18 @@ SRUN_LONG_VALUE = {
 }
 
 
-@dataclass(frozen=True)
-class Plan:
+class Plan(_Frozen):
     """What `hpcrun srun` will run: srun options, the task's run options, image, command."""
-    srun_opts: tuple
-    run_opts: tuple
-    image: str
-    command: tuple
-    container: Mapping[str, object] = field(default_factory=dict)
+
+    __slots__ = ("srun_opts", "run_opts", "image", "command", "container")
+
+    def __init__(self, srun_opts, run_opts, image, command, container=None):
+        super().__init__(srun_opts=srun_opts, run_opts=run_opts, image=image,
+                         command=command, container=dict(container or {}))
 
     def argv(self, hpcrun: list, srun: str = "srun") -> list:
-        if (len(hpcrun) == 1 and self.run_opts[:1] == ("--node-container",)
-                and os.access(hpcrun[0] + "-task", os.X_OK)):
-            # The front end beside it joins the node's container without starting
-            # Python in every task (bin/hpcrun-task; same options as `hpcrun task`).
-            hpcrun = [hpcrun[0] + "-task"]
+        """The command in its Python form, `srun ... hpcrun task ...` (hpcrun.cli.srun
+        runs the C front end instead where it is built: hpcrun.slurm.stepplan)."""
         return [srun, *self.srun_opts, *hpcrun, "task", *self.run_opts, self.image,
                 "--", *self.command]
 
@@ -192,7 +190,7 @@ def split(argv: list) -> tuple:
     return container, srun_opts, []
 
 
-def _env_fallbacks(container: dict, environ: Mapping[str, str]) -> dict:
+def _env_fallbacks(container: dict, environ) -> dict:
     """Fill options absent from the command line from PYXIS_CONTAINER_* variables."""
     c = dict(container)
     pairs = {"container-mount-home": "no-container-mount-home",
@@ -276,8 +274,8 @@ def _mounts(spec: str, cwd: str) -> list:
     return out
 
 
-def plan(argv: list, environ: Optional[Mapping[str, str]] = None,
-         cwd: Optional[str] = None) -> Plan:
+def plan(argv: list, environ=None,
+         cwd: "str | None" = None) -> Plan:
     """Parse `hpcrun srun` arguments into a Plan (raises UsageError on bad input)."""
     environ = os.environ if environ is None else environ
     cwd = cwd or os.getcwd()
@@ -326,7 +324,7 @@ def plan(argv: list, environ: Optional[Mapping[str, str]] = None,
     return Plan(tuple(srun_opts), tuple(run), image, tuple(command), container)
 
 
-def hpcrun_command(argv0: Optional[str] = None) -> list:
+def hpcrun_command(argv0: "str | None" = None) -> list:
     """How the tasks start hpcrun: this very entry point, by absolute path."""
     import sys
     a0 = argv0 if argv0 is not None else sys.argv[0]

@@ -1,0 +1,831 @@
+/* hpcrun's per-task front end: the program srun starts for every task of a step.
+ *
+ *     srun [srun options] .../hpcrun/_task<suffix>.so STEP-PLAN -- COMMAND [ARG...]
+ *
+ * `hpcrun srun` (Python, once per step on the launching node) resolves the image and
+ * the options into a step plan: one argv word (hpcrun/slurm/stepplan.py writes it;
+ * the grammar is below). Here, in every task, with no Python start-up:
+ *   1. the image: a directory, or a squashfs file unpacked once per node into the
+ *      node cache (the unpacking itself is Python's: `hpcrun task --unpack-only`,
+ *      started once per node and image under prepare.py's lock);
+ *   2. the environment: the task's own (its SLURM_* values) plus the plan's fixed
+ *      additions (image ENV, --env-file, -e), as hpcrun.runtime.env.compose would;
+ *   3. Slurm's PMIx directories bound at the same paths (as prepare.slurm_binds);
+ *   4. the working directory: the plan's, or this task's cwd as seen inside;
+ *   5. with `share`: one container per node and step. The first task makes it, held by
+ *      a keeper process, and writes a node plan; the others join it (setns + exec).
+ *      Otherwise (or where it cannot be shared) each task enters its own container.
+ * Then the command replaces this process (hpcrun_enter / hpcrun_join): srun sees its
+ * exit status and scancel's SIGTERM reaches it directly.
+ *
+ * It is built as a shared object with its own entry point and program interpreter
+ * (setuptools builds extension modules, not programs), like glibc's libc.so.6, which
+ * can be run too. Nothing of Python is linked in.
+ *
+ * Step plan grammar: comma-separated KEY=VALUE words; in VALUE, '%XX' (hex) stands for
+ * any byte but letters, digits and "/._+@-" (so the plan is one shell word that needs
+ * no quotes). Keys (repeatable ones *):
+ *   v=1              plan version
+ *   image=PATH       root directory               sq=PATH  squashfs file to unpack
+ *   flags=N uid=N gid=N stop=N host=NAME fuse=PATH   as struct hpcrun_spec
+ *   m=FLAGS:SRC:DST  * a mount, in order (SRC empty: none; SCRATCH: this task's
+ *                      $SLURM_TMPDIR, else $TMPDIR: --scratch)
+ *   wd=PATH wdreq=0|1  working directory          wdcwd=1  this task's cwd as seen inside
+ *   entry=ARG        * the image's ENTRYPOINT, in front of the command
+ *   cmd=ARG          * the image's CMD: the command when none follows `--`
+ *   set=NAME:VALUE   * fixed environment additions, in order
+ *   own=NAME         * names whose value is the task's own where it has one (`-e NAME`;
+ *                      a set= of the same name applies only where the task has none)
+ *   clean=1          --cleanenv: drop the rest of the task's variables but ...
+ *   always=PREFIX    * ... those starting with these
+ *   tmpfs=PATTERN    Slurm's TmpFS (%n, %h expanded here), for PMIx's directories
+ *   cache=DIR        node cache base (HPCRUN_NODE_CACHE wins)
+ *   share=1          one container per node and step
+ *   py=ARG           * how to start `hpcrun task` (Python) for what is not done here
+ */
+#define _GNU_SOURCE
+#include "core.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/utsname.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#ifndef PATH_MAX
+#define PATH_MAX 4096
+#endif
+
+extern char **environ;
+extern int hpcrun_trim_monitor;
+
+#define MAX_ITEMS 512
+#define KEEPER_ARGV0 "/.hpcrun-keeper-holds-this-container"
+#define PLAN_HEAD "# hpcrun node-container plan 1"
+#define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+struct plan {
+    const char *image, *sq, *fuse, *host, *wd, *tmpfs, *cache;
+    int flags, uid, gid, stop, wdreq, wdcwd, clean, share, version;
+    struct hpcrun_mount m[MAX_ITEMS];
+    int nm;
+    const char *entry[MAX_ITEMS], *cmd[MAX_ITEMS], *set[MAX_ITEMS], *own[MAX_ITEMS], *always[64], *py[64];
+    int nentry, ncmd, nset, nown, nalways, npy;
+};
+
+/* ---------------------------------------------------------------- errors */
+
+static const char *hint_text;
+
+__attribute__((noreturn, format(printf, 2, 3)))
+static void die(int code, const char *fmt, ...)
+{
+    char msg[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    dprintf(2, "hpcrun: error: %s\n", msg);
+    if (hint_text)
+        dprintf(2, "hint: %s\n", hint_text);
+    _exit(code);
+}
+
+/* ---------------------------------------------------------------- the plan */
+
+static int hexval(int ch)
+{
+    if (ch >= '0' && ch <= '9') return ch - '0';
+    if (ch >= 'a' && ch <= 'f') return ch - 'a' + 10;
+    if (ch >= 'A' && ch <= 'F') return ch - 'A' + 10;
+    return -1;
+}
+
+/* Decode %XX escapes in place; -1 on a malformed one or an escaped NUL. */
+static int unescape(char *s)
+{
+    char *o = s;
+    for (char *p = s; *p; p++) {
+        if (*p == '%') {
+            int a = hexval((unsigned char)p[1]), b = a < 0 ? -1 : hexval((unsigned char)p[2]);
+            if (b < 0 || (a | b) == 0)
+                return -1;
+            *o++ = (char)(a * 16 + b);
+            p += 2;
+        } else {
+            *o++ = *p;
+        }
+    }
+    *o = '\0';
+    return 0;
+}
+
+static int num(const char *v, int *out)
+{
+    char *end;
+    long n = strtol(v, &end, 10);
+    if (!*v || *end || n < 0 || n > 0x7fffffff)
+        return -1;
+    *out = (int)n;
+    return 0;
+}
+
+#define PUSH(arr, n, cap, v) do { if ((n) >= (cap)) return -1; (arr)[(n)++] = (v); } while (0)
+
+/* Parse the plan (a writable copy: values are decoded in place). */
+static int parse_plan(char *text, struct plan *p)
+{
+    memset(p, 0, sizeof *p);
+    for (char *w = strtok(text, ","); w; w = strtok(NULL, ",")) {
+        char *v = strchr(w, '=');
+        if (!v)
+            return -1;
+        *v++ = '\0';
+        const char *k = w;
+        if (!strcmp(k, "m")) {
+            /* FLAGS:SRC:DST, each part escaped on its own (':' inside is %3A) */
+            char *a = strchr(v, ':'), *b = a ? strchr(a + 1, ':') : NULL;
+            if (!b)
+                return -1;
+            *a++ = '\0';
+            *b++ = '\0';
+            if (p->nm >= MAX_ITEMS || num(v, &p->m[p->nm].flags) || unescape(a) || unescape(b))
+                return -1;
+            p->m[p->nm].src = *a ? a : NULL;
+            p->m[p->nm].dst = b;
+            p->nm++;
+            continue;
+        }
+        if (!strcmp(k, "set")) {
+            /* NAME:VALUE, stored as NAME=VALUE (the name never holds ':' or '=') */
+            char *a = strchr(v, ':');
+            if (!a || a == v)
+                return -1;
+            *a = '=';
+            if (unescape(v))
+                return -1;
+            PUSH(p->set, p->nset, MAX_ITEMS, v);
+            continue;
+        }
+        if (unescape(v))
+            return -1;
+        if (!strcmp(k, "v")) { if (num(v, &p->version)) return -1; }
+        else if (!strcmp(k, "image")) p->image = v;
+        else if (!strcmp(k, "sq")) p->sq = v;
+        else if (!strcmp(k, "fuse")) p->fuse = v;
+        else if (!strcmp(k, "host")) p->host = v;
+        else if (!strcmp(k, "wd")) p->wd = v;
+        else if (!strcmp(k, "tmpfs")) p->tmpfs = v;
+        else if (!strcmp(k, "cache")) p->cache = v;
+        else if (!strcmp(k, "flags")) { if (num(v, &p->flags)) return -1; }
+        else if (!strcmp(k, "uid")) { if (num(v, &p->uid)) return -1; }
+        else if (!strcmp(k, "gid")) { if (num(v, &p->gid)) return -1; }
+        else if (!strcmp(k, "stop")) { if (num(v, &p->stop)) return -1; }
+        else if (!strcmp(k, "wdreq")) p->wdreq = !strcmp(v, "1");
+        else if (!strcmp(k, "wdcwd")) p->wdcwd = !strcmp(v, "1");
+        else if (!strcmp(k, "clean")) p->clean = !strcmp(v, "1");
+        else if (!strcmp(k, "share")) p->share = !strcmp(v, "1");
+        else if (!strcmp(k, "entry")) PUSH(p->entry, p->nentry, MAX_ITEMS, v);
+        else if (!strcmp(k, "cmd")) PUSH(p->cmd, p->ncmd, MAX_ITEMS, v);
+        else if (!strcmp(k, "own")) PUSH(p->own, p->nown, MAX_ITEMS, v);
+        else if (!strcmp(k, "always")) PUSH(p->always, p->nalways, 64, v);
+        else if (!strcmp(k, "py")) PUSH(p->py, p->npy, 60, v);
+        else return -1;     /* a key of a newer plan: refuse rather than guess */
+    }
+    return p->version == 1 && (p->image || p->sq) && p->npy > 0 ? 0 : -1;
+}
+
+/* 64-bit FNV-1a of the plan: what a node's shared container is planned for. */
+static uint64_t fnv(const char *s)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (; *s; s++) {
+        h ^= (unsigned char)*s;
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
+/* ---------------------------------------------------------------- helpers */
+
+static const char *node_name(void)
+{
+    static struct utsname u;
+    const char *n = getenv("SLURMD_NODENAME");
+    if (n && *n)
+        return n;
+    uname(&u);
+    return u.nodename;
+}
+
+/* <cache base>/<node>: HPCRUN_NODE_CACHE, else the plan's, else the default. */
+static void cache_dir(const struct plan *p, char *out)
+{
+    const char *base = getenv("HPCRUN_NODE_CACHE");
+    char def[128];
+    if (!base || !*base)
+        base = p->cache;
+    if (!base || !*base) {
+        snprintf(def, sizeof def, "/var/tmp/hpcrun-%u/nodecache", (unsigned)getuid());
+        base = def;
+    }
+    if (snprintf(out, PATH_MAX, "%s/%s", base, node_name()) >= PATH_MAX)
+        die(HPCRUN_EXIT_FAILED, "node cache path too long: %s", base);
+}
+
+static int mkdirs(const char *path, mode_t mode)
+{
+    char p[PATH_MAX];
+    snprintf(p, sizeof p, "%s", path);
+    for (char *s = p + 1; *s; s++) {
+        if (*s != '/')
+            continue;
+        *s = '\0';
+        if (mkdir(p, mode) && errno != EEXIST)
+            return -1;
+        *s = '/';
+    }
+    return mkdir(p, mode) && errno != EEXIST ? -1 : 0;
+}
+
+/* Run `hpcrun task --unpack-only SQ` (Python) and wait for it. */
+static void python_unpack(const struct plan *p)
+{
+    const char *argv[64 + 3];
+    int n = 0;
+    for (int i = 0; i < p->npy; i++)
+        argv[n++] = p->py[i];
+    argv[n++] = "--unpack-only";
+    argv[n++] = p->sq;
+    argv[n] = NULL;
+    pid_t pid = fork();
+    if (pid < 0)
+        die(HPCRUN_EXIT_FAILED, "can't fork: %s", strerror(errno));
+    if (pid == 0) {
+        dup2(2, 1);     /* its stdout is not the task's output */
+        execv(argv[0], (char *const *)argv);
+        dprintf(2, "hpcrun: error: can't run %s: %s\n", argv[0], strerror(errno));
+        _exit(HPCRUN_EXIT_FAILED);
+    }
+    int st;
+    while (waitpid(pid, &st, 0) < 0)
+        if (errno != EINTR)
+            die(HPCRUN_EXIT_FAILED, "can't wait for the image's unpacking: %s", strerror(errno));
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+        _exit(WIFEXITED(st) ? WEXITSTATUS(st) : HPCRUN_EXIT_FAILED);   /* it said why */
+}
+
+/* The root directory: the plan's, or the squashfs file's unpacked copy on this node
+ * (prepare.py's name for it: sq-<dev>-<ino>-<size>-<mtime ns>, all hex). */
+static const char *image_root(const struct plan *p, char *buf)
+{
+    if (!p->sq)
+        return p->image;
+    struct stat st;
+    if (stat(p->sq, &st))
+        die(HPCRUN_EXIT_FAILED, "can't read image %s: %s", p->sq, strerror(errno));
+    char dir[PATH_MAX];
+    cache_dir(p, dir);
+    unsigned long long mt = (unsigned long long)st.st_mtim.tv_sec * 1000000000ULL +
+                            (unsigned long long)st.st_mtim.tv_nsec;
+    if (snprintf(buf, PATH_MAX, "%s/sq-%llx-%llx-%llx-%llx", dir, (unsigned long long)st.st_dev,
+                 (unsigned long long)st.st_ino, (unsigned long long)st.st_size, mt) >= PATH_MAX)
+        die(HPCRUN_EXIT_FAILED, "node cache path too long: %s", dir);
+    struct stat d;
+    if (stat(buf, &d) == 0 && S_ISDIR(d.st_mode))
+        return buf;
+    python_unpack(p);           /* once per node and image: the others wait on its lock */
+    if (stat(buf, &d) || !S_ISDIR(d.st_mode))
+        die(HPCRUN_EXIT_FAILED, "the unpacked image %s did not appear", buf);
+    return buf;
+}
+
+static int starts_with_any(const char *s, const char *const *pre, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (!strncmp(s, pre[i], strlen(pre[i])))
+            return 1;
+    return 0;
+}
+
+static int name_is(const char *kv, const char *name)
+{
+    size_t n = strlen(name);
+    return !strncmp(kv, name, n) && kv[n] == '=';
+}
+
+static int in_names(const char *kv, const char *const *names, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (name_is(kv, names[i]))
+            return 1;
+    return 0;
+}
+
+/* The task's variable named as set entry `set` (NAME=VALUE), or NULL. */
+static const char *task_var(const char *set)
+{
+    size_t n = (size_t)(strchr(set, '=') - set);
+    for (char **e = environ; *e; e++)
+        if (!strncmp(*e, set, n) && (*e)[n] == '=')
+            return *e;
+    return NULL;
+}
+
+/* Whether set entry i applies: not where the name is the task's own and it has one. */
+static int set_applies(const struct plan *p, int i)
+{
+    const char *s = p->set[i];
+    size_t n = (size_t)(strchr(s, '=') - s);
+    for (int j = 0; j < p->nown; j++)
+        if (strlen(p->own[j]) == n && !strncmp(p->own[j], s, n))
+            return task_var(s) == NULL;
+    return 1;
+}
+
+static int in_sets(const char *kv, const struct plan *p)
+{
+    for (int i = 0; i < p->nset; i++) {
+        const char *eq = strchr(p->set[i], '=');
+        size_t n = (size_t)(eq - p->set[i]);
+        if (!strncmp(kv, p->set[i], n) && kv[n] == '=' && set_applies(p, i))
+            return 1;
+    }
+    return 0;
+}
+
+/* The command's environment: this task's, minus what --cleanenv drops, the fixed
+ * additions over it (image ENV < --env-file < -e, already in order), PATH by default. */
+static char **compose_env(const struct plan *p)
+{
+    size_t n = 0;
+    for (char **e = environ; *e; e++)
+        n++;
+    char **env = calloc(n + (size_t)p->nset + 2, sizeof *env);
+    if (!env)
+        die(HPCRUN_EXIT_FAILED, "out of memory");
+    size_t k = 0;
+    for (char **e = environ; *e; e++) {
+        if (in_sets(*e, p))
+            continue;                    /* replaced below */
+        if (p->clean && !starts_with_any(*e, p->always, p->nalways) &&
+            !in_names(*e, p->own, p->nown))
+            continue;
+        env[k++] = *e;
+    }
+    for (int i = 0; i < p->nset; i++)
+        if (set_applies(p, i))
+            env[k++] = (char *)p->set[i];
+    int has_path = 0;
+    for (size_t i = 0; i < k; i++)
+        has_path |= name_is(env[i], "PATH");
+    if (!has_path)
+        env[k++] = "PATH=" DEFAULT_PATH;
+    env[k] = NULL;
+    return env;
+}
+
+static int is_dir(const char *p)
+{
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/* Slurm's PMIx directories, bound at the same paths (prepare.slurm_binds). */
+static void pmix_binds(struct plan *p, char bufs[2][PATH_MAX])
+{
+    const char *srv = getenv("PMIX_SERVER_TMPDIR");
+    if (!getenv("PMIX_NAMESPACE") && !srv)
+        return;
+    int n = 0;
+    if (srv && *srv) {
+        snprintf(bufs[n], PATH_MAX, "%s", srv);
+        size_t l = strlen(bufs[n]);
+        while (l > 1 && bufs[n][l - 1] == '/')
+            bufs[n][--l] = '\0';
+        n++;
+    }
+    const char *job = getenv("SLURM_JOB_ID"), *step = getenv("SLURM_STEP_ID");
+    if (job && step) {
+        /* TmpFS with %n (node name) and %h (host name) expanded */
+        char t[PATH_MAX];
+        struct utsname u;
+        uname(&u);
+        size_t o = 0;
+        const char *pat = p->tmpfs && *p->tmpfs ? p->tmpfs : "/tmp";
+        for (const char *s = pat; *s && o < sizeof t - 1; s++) {
+            const char *rep = NULL;
+            if (s[0] == '%' && s[1] == 'n') rep = node_name();
+            else if (s[0] == '%' && s[1] == 'h') rep = u.nodename;
+            if (rep) {
+                o += (size_t)snprintf(t + o, sizeof t - o, "%s", rep);
+                s++;
+            } else {
+                t[o++] = *s;
+            }
+        }
+        t[o < sizeof t ? o : sizeof t - 1] = '\0';
+        if (snprintf(bufs[n], PATH_MAX, "%s/spmix_appdir_%u_%s.%s", t, (unsigned)getuid(),
+                     job, step) < PATH_MAX)
+            n++;
+    }
+    for (int i = 0; i < n; i++)
+        if (is_dir(bufs[i]) && p->nm < MAX_ITEMS) {
+            p->m[p->nm].src = bufs[i];
+            p->m[p->nm].dst = bufs[i];
+            p->m[p->nm].flags = 0;
+            p->nm++;
+        }
+}
+
+/* This task's cwd as seen inside: through the bind holding it (the longest source),
+ * else the same path (launch._visible_cwd). */
+static const char *visible_cwd(const struct plan *p, char *buf)
+{
+    char cwd[PATH_MAX];
+    if (!getcwd(cwd, sizeof cwd))
+        return "/";
+    const struct hpcrun_mount *best = NULL;
+    for (int i = 0; i < p->nm; i++) {
+        const struct hpcrun_mount *m = &p->m[i];
+        if (!m->src || (m->flags & HPCRUN_M_CONTENT))
+            continue;
+        size_t l = strlen(m->src);
+        while (l > 1 && m->src[l - 1] == '/')
+            l--;
+        if (!strncmp(cwd, m->src, l) && (cwd[l] == '\0' || cwd[l] == '/' || l == 1) &&
+            (!best || strlen(m->src) > strlen(best->src)))
+            best = m;
+    }
+    if (!best || !strcmp(best->src, "/")) {
+        snprintf(buf, PATH_MAX, "%s", cwd);
+        return buf;
+    }
+    size_t l = strlen(best->src);
+    while (l > 1 && best->src[l - 1] == '/')
+        l--;
+    size_t dl = strlen(best->dst);
+    while (dl > 1 && best->dst[dl - 1] == '/')
+        dl--;
+    snprintf(buf, PATH_MAX, "%.*s%s", (int)dl, best->dst, cwd + l);
+    if (!*buf)
+        snprintf(buf, PATH_MAX, "/");
+    return buf;
+}
+
+/* ---------------------------------------------------------------- the node's container */
+
+/* Field 22 of /proc/PID/stat (start time), or "" if the process is gone or a zombie. */
+static void starttime(pid_t pid, char *out, size_t len)
+{
+    char path[64], buf[1024];
+    out[0] = '\0';
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return;
+    buf[n] = '\0';
+    char *s = strrchr(buf, ')');
+    if (!s || !s[1] || !s[2] || s[2] == 'Z' || s[2] == 'X')
+        return;
+    s += 2;                      /* field 3 */
+    for (int f = 3; f < 22 && s; f++) {
+        s = strchr(s, ' ');
+        if (s) s++;
+    }
+    if (!s)
+        return;
+    size_t l = strcspn(s, " ");
+    if (l >= len)
+        return;
+    memcpy(out, s, l);
+    out[l] = '\0';
+}
+
+static volatile sig_atomic_t keeper_leave;
+
+static void on_leave(int sig)
+{
+    (void)sig;
+    keeper_leave = 1;
+}
+
+/* The keeper: inside the container, it waits until the step's slurmstepd (pidfd, or
+ * pid `watch`) is gone or a signal ends it, then removes the node plan if still its. */
+__attribute__((noreturn))
+static void keeper(const struct plan *p, struct hpcrun_spec *s, int rep, int watchfd,
+                   pid_t watch, const char *dir, const char *base)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_leave;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+    int dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (null >= 0) {
+        dup2(null, 0);
+        dup2(null, 1);
+        dup2(null, 2);
+    }
+    /* Hold nothing of the task's: srun waits for its output's end. */
+    for (int fd = 3; fd < 1024; fd++)
+        if (fd != rep && fd != watchfd && fd != dirfd)
+            close(fd);
+    (void)p;
+    char *kargv[] = {KEEPER_ARGV0, NULL};
+    char *kenv[] = {NULL};
+    s->argv = kargv;
+    s->envp = kenv;
+    char err[1024];
+    int code = 0;
+    /* hpcrun_enter builds the whole container, then fails at execve of a command that
+     * does not exist: we are inside. */
+    if (hpcrun_enter(s, err, sizeof err, &code) < 0 && code != HPCRUN_EXIT_NOT_FOUND) {
+        dprintf(rep, "E %s", err);
+        _exit(1);
+    }
+    dprintf(rep, "K %d", (int)getpid());
+    close(rep);
+    while (!keeper_leave) {
+        if (watchfd >= 0) {
+            struct pollfd pf = {watchfd, POLLIN, 0};
+            if (poll(&pf, 1, -1) > 0)
+                break;
+        } else {
+            if (kill(watch, 0) && errno == ESRCH)
+                break;
+            sleep(1);
+        }
+    }
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGINT, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
+    if (dirfd >= 0) {
+        char name[256], head[256];
+        snprintf(name, sizeof name, "%s.plan", base);
+        int fd = openat(dirfd, name, O_RDONLY | O_CLOEXEC);
+        if (fd >= 0) {
+            ssize_t n = read(fd, head, sizeof head - 1);
+            close(fd);
+            char mine[64];
+            snprintf(mine, sizeof mine, PLAN_HEAD " %d ", (int)getpid());
+            if (n > 0 && (head[n] = '\0', !strncmp(head, mine, strlen(mine)))) {
+                unlinkat(dirfd, name, 0);
+                snprintf(name, sizeof name, "%s.lock", base);
+                unlinkat(dirfd, name, 0);
+            }
+        }
+    }
+    _exit(0);
+}
+
+/* Start the keeper (a grandchild, so that it is never the command's child) and return
+ * its pid once it is inside the container. */
+static pid_t start_keeper(const struct plan *p, struct hpcrun_spec *s, const char *dir,
+                          const char *base)
+{
+    pid_t watch = getppid();    /* the step's slurmstepd */
+    int watchfd = (int)syscall(SYS_pidfd_open, watch, 0);
+    int rep[2];
+    if (pipe2(rep, O_CLOEXEC))
+        die(HPCRUN_EXIT_FAILED, "can't create a pipe: %s", strerror(errno));
+    pid_t mid = fork();
+    if (mid < 0)
+        die(HPCRUN_EXIT_FAILED, "can't fork: %s", strerror(errno));
+    if (mid == 0) {
+        close(rep[0]);
+        setsid();                /* not in the task's process group either */
+        pid_t k = fork();
+        if (k < 0) {
+            dprintf(rep[1], "E can't fork: %s", strerror(errno));
+            _exit(1);
+        }
+        if (k > 0)
+            _exit(0);
+        keeper(p, s, rep[1], watchfd, watch, dir, base);
+    }
+    close(rep[1]);
+    if (watchfd >= 0)
+        close(watchfd);
+    while (waitpid(mid, NULL, 0) < 0 && errno == EINTR)
+        ;
+    char msg[1100];
+    size_t len = 0;
+    ssize_t n;
+    while (len < sizeof msg - 1 && (n = read(rep[0], msg + len, sizeof msg - 1 - len)) != 0) {
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        len += (size_t)n;
+    }
+    close(rep[0]);
+    msg[len] = '\0';
+    if (len > 2 && msg[0] == 'K')
+        return (pid_t)atoi(msg + 2);
+    if (len > 2 && msg[0] == 'E')
+        die(HPCRUN_EXIT_FAILED, "%s", msg + 2);
+    die(HPCRUN_EXIT_FAILED, "the node container's keeper failed to start");
+}
+
+/* Run the command in this node's container of the step (made here if there is none),
+ * or, if the node's container was planned otherwise (srun --multi-prog), in its own. */
+static void node_container(const struct plan *p, struct hpcrun_spec *s, const char *key)
+{
+    const char *job = getenv("SLURM_JOB_ID"), *step = getenv("SLURM_STEP_ID");
+    char dir[PATH_MAX], base[128], path[PATH_MAX + 160];
+    cache_dir(p, dir);
+    snprintf(base, sizeof base, "step-%s.%s", job, step);
+    if (mkdirs(dir, 0700))
+        die(HPCRUN_EXIT_FAILED, "cannot create the node cache %s: %s", dir, strerror(errno));
+    snprintf(path, sizeof path, "%s/%s.lock", dir, base);
+    int lock = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (lock < 0)
+        die(HPCRUN_EXIT_FAILED, "can't open %s: %s", path, strerror(errno));
+    while (flock(lock, LOCK_EX) && errno == EINTR)
+        ;
+    snprintf(path, sizeof path, "%s/%s.plan", dir, base);
+    char head[512] = "";
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        ssize_t n = read(fd, head, sizeof head - 1);
+        head[n > 0 ? n : 0] = '\0';
+        close(fd);
+    }
+    /* "# hpcrun node-container plan 1 PID START KEY" */
+    int pid = 0;
+    char start[64] = "", hkey[256] = "", now[64];
+    const char *h = head;
+    if (!strncmp(h, PLAN_HEAD " ", sizeof PLAN_HEAD)) {
+        h += sizeof PLAN_HEAD;
+        if (sscanf(h, "%d %63s %255s", &pid, start, hkey) != 3)
+            pid = 0;
+    }
+    if (pid > 0) {
+        starttime(pid, now, sizeof now);
+        if (!*now || strcmp(now, start))
+            pid = 0;             /* stale: its keeper is gone */
+    }
+    if (pid > 0 && strcmp(hkey, key)) {
+        close(lock);             /* planned for other options: a container of our own */
+        char err[1024];
+        int code;
+        hpcrun_enter(s, err, sizeof err, &code);
+        die(code, "%s", err);
+    }
+    int made = pid <= 0;
+    if (made) {
+        pid = start_keeper(p, s, dir, base);    /* it changes its own copy of s only */
+        starttime(pid, now, sizeof now);
+        char tmp[PATH_MAX + 200];
+        snprintf(tmp, sizeof tmp, "%s.tmp-%d", path, (int)getpid());
+        int w = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        if (w < 0 || dprintf(w, PLAN_HEAD " %d %s %s\n", pid, *now ? now : "0", key) < 0 ||
+            close(w) || rename(tmp, path)) {
+            unlink(tmp);
+            die(HPCRUN_EXIT_FAILED, "can't write %s: %s", path, strerror(errno));
+        }
+    }
+    close(lock);
+    if (getenv("HPCRUN_TASK_LOG") && !strcmp(getenv("HPCRUN_TASK_LOG"), "1")) {
+        snprintf(path, sizeof path, "%s/tasks.log", dir);
+        int l = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+        if (l >= 0) {
+            const char *t = getenv("SLURM_PROCID");
+            dprintf(l, "%s job=%s step=%s task=%s pid=%d\n", made ? "keeper" : "join", job,
+                    step, t ? t : "-", (int)getpid());
+            close(l);
+        }
+    }
+    char err[1024];
+    int code;
+    hpcrun_join(pid, s->argv, s->envp, s->workdir, err, sizeof err, &code);
+    die(code, "%s", err);
+}
+
+/* ---------------------------------------------------------------- main */
+
+static int task_main(int argc, char **argv)
+{
+    hint_text = "this program is started by 'hpcrun srun' (or by job files); run "
+                "'hpcrun task --help' for the per-task command";
+    if (argc < 3 || strcmp(argv[2], "--"))
+        die(HPCRUN_EXIT_FAILED, "usage: %s STEP-PLAN -- [COMMAND [ARG...]]",
+            argc > 0 ? argv[0] : "hpcrun-task");
+    static struct plan p;
+    char *text = strdup(argv[1]);
+    if (!text || parse_plan(text, &p))
+        die(HPCRUN_EXIT_FAILED, "the step plan given to %s is malformed or of another "
+            "hpcrun version", argv[0]);
+    hint_text = NULL;
+    hpcrun_trim_monitor = 0;     /* a monitor here has no interpreter's memory to drop */
+    char root[PATH_MAX], pmix[2][PATH_MAX], wd[PATH_MAX];
+    struct hpcrun_spec s;
+    memset(&s, 0, sizeof s);
+    s.image = image_root(&p, root);
+    s.squashfuse = p.fuse;
+    s.flags = p.flags;
+    s.hostname = p.host;
+    s.uid = (unsigned)p.uid;
+    s.gid = (unsigned)p.gid;
+    for (int i = 0; i < p.nm; i++)
+        if (p.m[i].src && !strcmp(p.m[i].src, "SCRATCH")) {
+            const char *t = getenv("SLURM_TMPDIR");
+            if (!t || !*t)
+                t = getenv("TMPDIR");
+            if (!t || !*t) {
+                hint_text = "set TMPDIR to a node-local directory, or drop --scratch";
+                die(HPCRUN_EXIT_FAILED, "--scratch: neither SLURM_TMPDIR nor TMPDIR is set");
+            }
+            p.m[i].src = t;
+        }
+    pmix_binds(&p, pmix);
+    s.mounts = p.m;
+    s.n_mounts = p.nm;
+    s.workdir = p.wdcwd ? visible_cwd(&p, wd) : p.wd;
+    s.workdir_required = p.wdreq;
+    s.stop_signal = p.stop;
+    char **words = argv + 3;
+    int nc = argc - 3;
+    if (nc == 0) {               /* no command: the image's CMD */
+        words = (char **)p.cmd;
+        nc = p.ncmd;
+    }
+    if (p.nentry + nc == 0) {
+        hint_text = "give a command after the image: srun $TASK -- CMD [ARG...]";
+        die(HPCRUN_EXIT_FAILED, "no command given, and the image has no CMD or ENTRYPOINT");
+    }
+    char **cmd = calloc((size_t)(p.nentry + nc + 1), sizeof *cmd);
+    if (!cmd)
+        die(HPCRUN_EXIT_FAILED, "out of memory");
+    for (int i = 0; i < p.nentry; i++)
+        cmd[i] = (char *)p.entry[i];
+    for (int i = 0; i < nc; i++)
+        cmd[p.nentry + i] = words[i];
+    s.argv = cmd;
+    s.envp = compose_env(&p);
+    int shareable = !(p.flags & (HPCRUN_F_PID | HPCRUN_F_MONITOR | HPCRUN_F_SQUASH));
+    if (p.share && shareable && getenv("SLURM_JOB_ID") && getenv("SLURM_STEP_ID")) {
+        char key[32];
+        snprintf(key, sizeof key, "c%016llx", (unsigned long long)fnv(argv[1]));
+        node_container(&p, &s, key);
+    }
+    char err[1024];
+    int code;
+    hpcrun_enter(&s, err, sizeof err, &code);
+    die(code, "%s", err);
+}
+
+/* ---------------------------------------------------------------- entry point */
+
+/* The kernel starts a program at its entry point with argc, argv, envp on the stack;
+ * the dynamic loader has already run libc's initialisation (environ is set). Align the
+ * stack as the ABI wants for a call and go to C. */
+#if defined(__x86_64__)
+const char hpcrun_task_interp[] __attribute__((section(".interp"))) = "/lib64/ld-linux-x86-64.so.2";
+__asm__(".text\n"
+        ".globl hpcrun_task_entry\n"
+        ".type hpcrun_task_entry,@function\n"
+        "hpcrun_task_entry:\n"
+        "  xor %ebp, %ebp\n"
+        "  mov %rsp, %rdi\n"
+        "  and $-16, %rsp\n"
+        "  call hpcrun_task_start\n"
+        "  hlt\n");
+#elif defined(__aarch64__)
+const char hpcrun_task_interp[] __attribute__((section(".interp"))) = "/lib/ld-linux-aarch64.so.1";
+__asm__(".text\n"
+        ".globl hpcrun_task_entry\n"
+        ".type hpcrun_task_entry,%function\n"
+        "hpcrun_task_entry:\n"
+        "  mov x29, #0\n"
+        "  mov x30, #0\n"
+        "  mov x0, sp\n"
+        "  bl hpcrun_task_start\n"
+        "  brk #0\n");
+#endif
+
+__attribute__((noreturn, used, visibility("default")))
+void hpcrun_task_start(long *sp)
+{
+    int argc = (int)sp[0];
+    char **argv = (char **)(sp + 1);
+    exit(task_main(argc, argv));
+}
