@@ -47,11 +47,16 @@ def test_value_with_quote_is_escaped_for_sbatch():
     assert '#SBATCH --partition="a\\"b\\\\c"\n' in render.render(job.steps[0], EXE)
 
 
-def test_each_task_runs_hpcrun_task_through_srun():
+def test_each_task_runs_the_steps_plan_through_srun():
     job = jobfile.load(os.path.join(GOLDEN, "steps.yaml"))
-    argv = render.task_argv(job.step("train"), EXE)
-    assert argv[:4] == ["srun", "--mpi=pmix", EXE, "task"]
-    assert argv[argv.index("--") - 1] == "/images/trainer.sqfs"
+    step = job.step("train")
+    assert render.task_argv(step, EXE) == ["srun", "--mpi=pmix", "$TASK", "--", "/opt/train",
+                                           "--epochs", "10"]
+    opts = render.task_options(step)
+    assert opts[0] == "--node-container" and opts[-1] == "/images/trainer.sqfs"
+    text = render.render(step, EXE)
+    assert 'TASK=$("$HPCRUN" task --plan --node-container ' in text
+    assert "exec srun --mpi=pmix $TASK -- /opt/train --epochs 10\n" in text
 
 
 def test_dependencies_go_on_the_sbatch_command_line():

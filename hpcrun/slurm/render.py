@@ -63,12 +63,9 @@ def sbatch_options(step: Step) -> Dict[str, str]:
     return {k: str(v) for k, v in opts.items() if v is not None}
 
 
-def task_argv(step: Step, exe: str) -> List[str]:
-    """`srun [--mpi=X] HPCRUN task [run options] IMAGE -- CMD...` for one step."""
-    argv = ["srun"]
-    if step.mpi:
-        argv.append(f"--mpi={step.mpi}")
-    argv += [exe, "task"]
+def task_options(step: Step) -> List[str]:
+    """The `hpcrun task` options and IMAGE of one step (before `--`)."""
+    argv = ["--node-container"]
     for m in step.mounts:
         argv += ["-v", m]
     for k, v in step.env:
@@ -77,8 +74,16 @@ def task_argv(step: Step, exe: str) -> List[str]:
         argv += ["-w", step.workdir]
     if step.scratch:
         argv.append("--scratch")
-    argv += [step.image, "--", *step.command]
-    return argv
+    return argv + [step.image]
+
+
+def task_argv(step: Step, exe: str) -> List[str]:
+    """`srun [--mpi=X] $TASK -- CMD...` for one step, TASK being what
+    `HPCRUN task --plan [options] IMAGE` prints (the C front end and the step's plan)."""
+    argv = ["srun"]
+    if step.mpi:
+        argv.append(f"--mpi={step.mpi}")
+    return argv + ["$TASK", "--", *step.command]
 
 
 def _is_reference(image: str) -> bool:
@@ -94,11 +99,12 @@ def render(step: Step, exe: str, source: Optional[str] = None) -> str:
     what = f"job file {os.path.basename(source)}" if source else "a job file"
     lines.append(f"# Rendered by 'hpcrun render' from {what}"
                  + (f", step {step.name!r}." if step.name else "."))
-    # Not the `hpcrun-task` node-container front end: under scancel it loses the
-    # command's SIGTERM in about a third of single-task steps (README, "Known issues").
-    lines.append("# Every task runs in its own container through 'hpcrun task', which "
-                 "prepares the image")
-    lines.append("# once per node; srun delivers SIGTERM to it on scancel or time-out.")
+    lines.append("# The step's container is worked out once, here; srun then starts every task "
+                 "through")
+    lines.append("# hpcrun's C front end (no Python per task). A node's tasks share one "
+                 "container; a")
+    lines.append("# squashfs image is unpacked once per node. scancel and time-outs deliver "
+                 "SIGTERM.")
     if step.depends_on:
         lines.append("# Runs after " + ", ".join(step.depends_on) + " succeeded ('hpcrun "
                      "submit' adds --dependency=afterok:<their job ids>).")
@@ -108,8 +114,9 @@ def render(step: Step, exe: str, source: Optional[str] = None) -> str:
         img = shlex.quote(step.image)
         lines.append("# The image is a name: pull it into the store unless it is there.")
         lines.append(f'"$HPCRUN" inspect {img} >/dev/null 2>&1 || "$HPCRUN" pull {img} >&2')
-    argv = task_argv(step, "$HPCRUN")
-    words = [shlex.quote(a) if a != "$HPCRUN" else '"$HPCRUN"' for a in argv]
+    opts = " ".join(shlex.quote(a) for a in task_options(step))
+    lines.append(f'TASK=$("$HPCRUN" task --plan {opts})')
+    words = [a if a == "$TASK" else shlex.quote(a) for a in task_argv(step, exe)]
     lines.append("exec " + " ".join(words))
     return "\n".join(lines) + "\n"
 
