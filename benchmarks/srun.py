@@ -5,19 +5,25 @@ Times `srun -N4 -n16 CMD` from start to all tasks finished, as the unprivileged 
 user, for:
 
     bare        srun -N4 -n16 true
-    hpcrun      srun -N4 -n16 hpcrun task IMAGE.sqfs -- true   (once-per-node unpack)
-    hpcrun-dir  srun -N4 -n16 hpcrun task ROOTFS_DIR -- true   (nothing to prepare)
-    fast        srun -N4 -n16 hpcrun-task IMAGE.sqfs -- true   (the per-task front end:
-                one Python task per node makes the node's container, the others join it
-                with sh + nsenter; bin/hpcrun-task, hpcrun/slurm/prepare.py)
-    ch-run      srun -N4 -n16 ch-run ROOTFS_DIR -- true        (Charliecloud, the peer)
+    hpcrun      srun -N4 -n16 $TASK -- true      TASK=$(hpcrun task --plan --node-container
+                IMAGE.sqfs): the C front end (cext/task.c) with a step plan made once
+                beforehand; one container per node, made by its first task, joined by
+                the others (as pyxis)
+    per-task    srun -N4 -n16 $TASK -- true      TASK=$(hpcrun task --plan IMAGE.sqfs):
+                the C front end, a container per task (as ch-run)
+    hpcrun-srun hpcrun srun --container-image=IMAGE.sqfs -N4 -n16 -- true: the same as
+                `hpcrun`, end to end, with the plan made by `hpcrun srun` (Python, once
+                per step, on the launching node)
+    python      srun -N4 -n16 hpcrun task IMAGE.sqfs -- true: Python in every task
+    ch-run      srun -N4 -n16 ch-run ROOTFS_DIR -- true: Charliecloud, the peer
 
 Rounds are interleaved (the order rotates every round) so drift hits every variant
-alike; medians are reported with the ratio to bare (target for hpcrun: <= 1.2). The
-first hpcrun round is timed separately ("cold": every node unpacks the image). At the
-end the per-node preparation log (hpcrun.slurm.prepare) is read: one preparation per
-node, however many tasks ran there; and the task log (HPCRUN_TASK_LOG=1) of the fast
-variant: how many tasks started Python (keeper/join) and how many joined from sh.
+alike; medians are reported with the ratio to bare (target: <= 1.2). The first round
+of the C front end is timed separately ("cold": every node unpacks the image, through
+`hpcrun task --unpack-only`). At the end the per-node preparation log
+(hpcrun.slurm.prepare) is read: one preparation per node, however many tasks and
+steps ran there; and the task log (HPCRUN_TASK_LOG=1): how many tasks the C front end
+started.
 
 Run as root (it starts its own cluster "srunbench" and removes it afterwards):
 
@@ -74,14 +80,6 @@ def main() -> int:
         subprocess.run(["mksquashfs", rootfs, sqfs, "-quiet", "-noappend", "-no-progress",
                         "-all-root"], check=True, stdout=subprocess.DEVNULL)
         os.chmod(sqfs, 0o644)
-        # The front end runs `hpcrun` from its own directory: both side by side, as pip
-        # installs them.
-        bindir = os.path.join(work, "bin")
-        os.makedirs(bindir)
-        os.symlink(HPCRUN, os.path.join(bindir, "hpcrun"))
-        front = os.path.join(bindir, "hpcrun-task")
-        shutil.copy2(os.path.join(REPO, "bin", "hpcrun-task"), front)
-        os.chmod(front, 0o755)
         cache = os.path.join(work, "nodecache")
         os.makedirs(cache)
         os.chown(cache, pw.pw_uid, pw.pw_gid)
@@ -94,11 +92,19 @@ def main() -> int:
                "HPCRUN_NODE_CACHE": cache, "HPCRUN_TASK_LOG": "1", **cluster.env()}
         tasks = a.tasks
         srun = ["srun", f"-N{NODES}", f"-n{tasks}"]
+        def plan(*opts):
+            cp = subprocess.run([HPCRUN, "task", "--plan", *opts, sqfs], user=pw.pw_uid,
+                                group=pw.pw_gid, extra_groups=[], env=env, cwd=work,
+                                capture_output=True, text=True, check=True)
+            return cp.stdout.split()
+
         variants = {
             "bare": srun + ["true"],
-            "hpcrun": srun + [HPCRUN, "task", sqfs, "--", "true"],
-            "hpcrun-dir": srun + [HPCRUN, "task", rootfs, "--", "true"],
-            "fast": srun + [front, "task", sqfs, "--", "true"],
+            "hpcrun": srun + plan("--node-container") + ["--", "true"],
+            "per-task": srun + plan() + ["--", "true"],
+            "hpcrun-srun": [HPCRUN, "srun", f"--container-image={sqfs}", f"-N{NODES}",
+                            f"-n{tasks}", "--", "true"],
+            "python": srun + [HPCRUN, "task", sqfs, "--", "true"],
             "ch-run": srun + ["ch-run", rootfs, "--", "true"],
         }
 
@@ -120,7 +126,7 @@ def main() -> int:
                 broken[name] = why[-1].strip() if why else f"exit status {cp.returncode}"
                 continue
             times[name] = []
-            if name == "hpcrun":
+            if cold is None and name != "bare":
                 cold = dt
         order = list(times)
         for r in range(a.rounds):
@@ -143,41 +149,34 @@ def main() -> int:
             print(f"  {name:<11} {m * 1000:8.1f} ms  (min {min(times[name]) * 1000:.1f}, "
                   f"max {max(times[name]) * 1000:.1f}){ratio}")
         if cold is not None:
-            print(f"  hpcrun cold (first round, every node unpacks): {cold * 1000:.1f} ms")
-        for name in ("hpcrun", "fast"):
+            print(f"  first container round (every node unpacks the image): {cold * 1000:.1f} ms")
+        for name in ("hpcrun", "per-task", "hpcrun-srun", "python"):
             if base and name in times:
                 r = statistics.median(times[name]) / base
                 print(f"  target {name}/bare <= 1.2: {'met' if r <= 1.2 else 'NOT met'} "
                       f"({r:.2f})")
 
-        if "hpcrun" in times:
-            runs = 1 + a.rounds
-            print(f"\nimage preparations per node ({runs} hpcrun steps, "
-                  f"{tasks // NODES} tasks per node per step = {runs * tasks // NODES} tasks per node):")
-            total = 0
-            for node in cluster.node_names:
-                try:
-                    with open(os.path.join(cache, node, "prepare.log")) as f:
-                        n = sum(1 for line in f if "image=" + sqfs in line)
-                except FileNotFoundError:
-                    n = 0
-                total += n
-                print(f"  {node}: {n}")
-            print(f"  total {total} for {NODES} nodes")
-        if "fast" in times:
-            counts = {"keeper": 0, "join": 0, "fast": 0}
-            for node in cluster.node_names:
-                try:
-                    with open(os.path.join(cache, node, "tasks.log")) as f:
-                        for line in f:
-                            w = line.split(" ", 1)[0]
-                            counts[w] = counts.get(w, 0) + 1
-                except FileNotFoundError:
-                    pass
-            print(f"\nfast variant, {1 + a.rounds} steps of {tasks} tasks: "
-                  f"{counts['keeper']} Python tasks made a node container, "
-                  f"{counts['join']} Python tasks joined one, "
-                  f"{counts['fast']} tasks joined from sh (no Python)")
+        steps = sum(len(times[n]) + 1 for n in times if n not in ("bare", "ch-run"))
+        print(f"\nimage preparations per node ({steps} container steps of {tasks // NODES} "
+              f"tasks per node = {steps * tasks // NODES} tasks per node):")
+        total = 0
+        for node in cluster.node_names:
+            try:
+                with open(os.path.join(cache, node, "prepare.log")) as f:
+                    n = sum(1 for line in f if "image=" + sqfs in line)
+            except FileNotFoundError:
+                n = 0
+            total += n
+            print(f"  {node}: {n}")
+        print(f"  total {total} for {NODES} nodes")
+        started = 0
+        for node in cluster.node_names:
+            try:
+                with open(os.path.join(cache, node, "tasks.log")) as f:
+                    started += sum(1 for line in f if line.startswith(("keeper ", "join ")))
+            except FileNotFoundError:
+                pass
+        print(f"tasks that joined or made a node container through the C front end: {started}")
         return 0 if not broken else 1
     finally:
         if not a.keep:
