@@ -13,8 +13,10 @@ from cffi import FFI
 HERE = os.path.dirname(os.path.abspath(__file__))
 # setuptools wants source paths relative to setup.py (it runs from the project root);
 # `python cext/build.py` compiles inside a temporary directory, so it needs absolute ones.
-# (cffi's setuptools hook runs this file with __name__ == "__main__" too, so look at argv.)
-SRC = HERE if os.path.abspath(sys.argv[0]) == os.path.abspath(__file__) else "cext"
+# (cffi's setuptools hook runs this file with __name__ == "__main__" too, so look at argv;
+# setup.py's runpy.run_path sets argv[0] to this file, but not __name__.)
+SRC = HERE if (__name__ == "__main__"
+               and os.path.abspath(sys.argv[0]) == os.path.abspath(__file__)) else "cext"
 
 CFLAGS = ["-std=gnu11", "-Wall", "-Wextra", "-Werror", "-O2", "-D_FORTIFY_SOURCE=2",
           "-fstack-protector-strong"]
