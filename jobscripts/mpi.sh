@@ -6,7 +6,7 @@
 #
 # The image must hold an MPI built with PMIx support (Open MPI >= 4, MPICH with PMIx)
 # and the program; PROGRAM (default /opt/mpi/hello) is its path inside the image.
-# 'hpcrun task' binds Slurm's PMIx directories into each container, like enroot's
+# Each task binds Slurm's PMIx directories into its container, like enroot's
 # PMI hook. --node-container gives the ranks of a node one container (the first rank
 # creates it, the others join it), so they share a user namespace and Open MPI can use
 # cross-memory attach (CMA) between them; without it each rank has its own container
@@ -20,4 +20,6 @@ set -euo pipefail
 IMAGE=${IMAGE:?set IMAGE to an image with MPI: a rootfs directory, a squashfs file or an image name}
 PROGRAM=${PROGRAM:-/opt/mpi/hello}
 
-srun --mpi=pmix hpcrun task --node-container "$IMAGE" -- "$PROGRAM"
+# The step's plan, made once; each rank then starts through hpcrun's C program.
+TASK=$(hpcrun task --plan --node-container "$IMAGE")
+srun --mpi=pmix $TASK -- "$PROGRAM"

@@ -15,8 +15,11 @@ set -euo pipefail
 IMAGE=${IMAGE:?set IMAGE to an image: a rootfs directory, a squashfs file or an image name}
 
 # Every task runs in the image; Slurm's variables (SLURM_*) are visible inside.
-srun hpcrun task "$IMAGE" -- sh -c \
+# The step's container is worked out once, here (Python); srun then starts every task
+# through hpcrun's small C program, with no Python per task.
+TASK=$(hpcrun task --plan "$IMAGE")
+srun $TASK -- sh -c \
   'echo "task $SLURM_PROCID of $SLURM_NTASKS on $(hostname) uid=$(id -u)"'
 
-# The image's own files, from one task:
+# The image's own files, from one task (the simple form: Python in every task).
 srun --nodes=1 --ntasks=1 hpcrun task "$IMAGE" -- cat /etc/os-release
