@@ -42,6 +42,15 @@ def sbatch(user, cluster, argv, *, cwd: str, env: dict | None = None) -> str:
     return cp.stdout.strip().split(";")[0]
 
 
+def sbatch_script(user, cluster, script: str, argv, *, cwd: str,
+                  env: dict | None = None) -> str:
+    """Write `script` to CWD/job.sh and submit it as the user with sbatch ARGV."""
+    path = os.path.join(cwd, "job.sh")
+    with open(path, "w") as f:
+        f.write(script)
+    return sbatch(user, cluster, [*argv, path], cwd=cwd, env=env)
+
+
 def job_info(cluster, jobid: str) -> dict:
     """`scontrol show job -o ID` as a dict (JobState, ExitCode, NodeList, ...)."""
     cp = subprocess.run(["scontrol", "show", "job", "-o", str(jobid)], capture_output=True,
@@ -121,6 +130,22 @@ def field(line: str, key: str) -> str:
 # Fixtures shared by the task/srun/jobscript tests (imported by those modules).
 
 BIG = "/opt/big.bin"   # a file inside the test image, so that unpacking takes a while
+
+
+def ns_barrier(n):
+    """Shell: record node and user namespace in /out, then wait until all n tasks have:
+    namespaces all alive at once, so their inode numbers cannot be reused."""
+    return ('echo "$SLURMD_NODENAME $(readlink /proc/self/ns/user)" > /out/ns.$SLURM_PROCID; '
+            f'while [ "$(ls /out | grep -c ^ns)" -lt {n} ]; do sleep 0.1; done')
+
+
+def ns_rows(out):
+    rows = []
+    for name in sorted(os.listdir(out)):
+        if name.startswith("ns."):
+            with open(os.path.join(out, name)) as f:
+                rows.append(f.read().split())
+    return rows
 
 
 @pytest.fixture(scope="session")

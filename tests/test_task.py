@@ -10,7 +10,8 @@ import uuid
 import pytest
 
 import util
-from tasks_helpers import (field, job_info, node_cache, prepare_log, sbatch,  # noqa: F401
+from tasks_helpers import (field, job_info, node_cache, ns_barrier, ns_rows,  # noqa: F401
+                           prepare_log, sbatch, sbatch_script,
                            store_image, task_image, user_pids_with, wait_for, wait_job)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.userns]
@@ -59,29 +60,13 @@ def test_store_image_prepared_once_per_node_with_its_config(slurm_cluster, user,
     assert len(prepare_log(node_cache)) == 2
 
 
-def _ns_barrier(n):
-    """Shell: record node and user namespace in /out, then wait until all n tasks have:
-    namespaces all alive at once, so their inode numbers cannot be reused."""
-    return ('echo "$SLURMD_NODENAME $(readlink /proc/self/ns/user)" > /out/ns.$SLURM_PROCID; '
-            f'while [ "$(ls /out | grep -c ^ns)" -lt {n} ]; do sleep 0.1; done')
-
-
-def _ns_rows(out):
-    rows = []
-    for name in sorted(os.listdir(out)):
-        if name.startswith("ns."):
-            with open(os.path.join(out, name)) as f:
-                rows.append(f.read().split())
-    return rows
-
-
 def test_node_container_one_user_namespace_per_node(slurm_cluster, user, user_tmp, task_image,
                                                    node_cache):
     cp = _srun(user, slurm_cluster, node_cache, "-N2", "-n8", util.HPCRUN, "task",
                "--node-container", "-v", f"{user_tmp}:/out", task_image.sqfs, "--",
-               "sh", "-c", _ns_barrier(8))
+               "sh", "-c", ns_barrier(8))
     assert cp.returncode == 0, cp.stderr
-    rows = _ns_rows(user_tmp)
+    rows = ns_rows(user_tmp)
     assert len(rows) == 8
     by_node = {}
     for node, ns in rows:
@@ -102,9 +87,9 @@ def test_node_container_short_commands_never_fail(slurm_cluster, user, task_imag
 def test_without_node_container_one_user_namespace_per_task(slurm_cluster, user, user_tmp,
                                                             task_image, node_cache):
     cp = _srun(user, slurm_cluster, node_cache, "-N2", "-n8", util.HPCRUN, "task",
-               "-v", f"{user_tmp}:/out", task_image.sqfs, "--", "sh", "-c", _ns_barrier(8))
+               "-v", f"{user_tmp}:/out", task_image.sqfs, "--", "sh", "-c", ns_barrier(8))
     assert cp.returncode == 0, cp.stderr
-    assert len({ns for _, ns in _ns_rows(user_tmp)}) == 8
+    assert len({ns for _, ns in ns_rows(user_tmp)}) == 8
 
 
 def test_node_container_outside_slurm_runs_alone(user, task_image, node_cache):
@@ -148,11 +133,9 @@ def _trapping_job(user, cluster, image, cache, out, token, extra=(), task_opts="
         "'trap \"echo TERM > /out/term.$SLURM_PROCID; exit 0\" TERM; "
         "touch /out/ready.$SLURM_PROCID; while true; do sleep 1; done' "
         f"{token}\n")
-    path = os.path.join(out, "job.sh")
-    with open(path, "w") as f:
-        f.write(script)
-    return sbatch(user, cluster, ["-N2", "-n4", *extra, "-o", os.path.join(out, "job.out"), path],
-                  cwd=out, env={"HPCRUN_NODE_CACHE": cache})
+    return sbatch_script(user, cluster, script,
+                         ["-N2", "-n4", *extra, "-o", os.path.join(out, "job.out")],
+                         cwd=out, env={"HPCRUN_NODE_CACHE": cache})
 
 
 def _all_ready(out, n=4):

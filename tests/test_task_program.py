@@ -18,8 +18,8 @@ import uuid
 import pytest
 
 import util
-from tasks_helpers import (node_cache, prepare_log, sbatch, task_image,  # noqa: F401
-                           user_pids_with, wait_for, wait_job)
+from tasks_helpers import (node_cache, ns_barrier, ns_rows, prepare_log,  # noqa: F401
+                           sbatch_script, task_image, user_pids_with, wait_for, wait_job)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.userns]
 
@@ -85,30 +85,15 @@ def _hows(rows) -> dict:
     return out
 
 
-def _ns_rows(out):
-    rows = []
-    for name in sorted(os.listdir(out)):
-        if name.startswith("ns."):
-            with open(os.path.join(out, name)) as f:
-                rows.append(f.read().split())
-    return rows
-
-
-# A shell barrier: record node and user namespace, wait until all N tasks have (so that
-# every namespace is alive at once and inode numbers cannot be reused).
-_NS = ('echo "$SLURMD_NODENAME $(readlink /proc/self/ns/user)" > /out/ns.$SLURM_PROCID; '
-       'while [ "$(ls /out | grep -c ^ns)" -lt {n} ]; do sleep 0.1; done')
-
-
 def test_node_container_first_task_makes_it_the_others_join(slurm_cluster, user, user_tmp,
                                                             task_image, node_cache):
     task = _plan(user, "--node-container", "-v", f"{user_tmp}:/out", task_image.sqfs)
     cp = _srun(user, slurm_cluster, node_cache, "-N2", "-n8", *task, "--",
-               "sh", "-c", _NS.format(n=8))
+               "sh", "-c", ns_barrier(8))
     assert cp.returncode == 0, cp.stderr
     assert _hows(_last_job(node_cache)) == {"keeper": 2, "join": 6}
     by_node: dict = {}
-    for node, ns in _ns_rows(user_tmp):
+    for node, ns in ns_rows(user_tmp):
         by_node.setdefault(node, set()).add(ns)
     assert len(by_node) == 2 and all(len(v) == 1 for v in by_node.values())
     # The squashfs image was unpacked once per node (by `hpcrun task --unpack-only`).
@@ -119,9 +104,9 @@ def test_without_node_container_a_container_per_task(slurm_cluster, user, user_t
                                                      task_image, node_cache):
     task = _plan(user, "-v", f"{user_tmp}:/out", task_image.dir)
     cp = _srun(user, slurm_cluster, node_cache, "-N2", "-n6", *task, "--",
-               "sh", "-c", _NS.format(n=6))
+               "sh", "-c", ns_barrier(6))
     assert cp.returncode == 0, cp.stderr
-    assert len({ns for _, ns in _ns_rows(user_tmp)}) == 6
+    assert len({ns for _, ns in ns_rows(user_tmp)}) == 6
     assert not os.path.exists(node_cache) or _log(node_cache) == []
 
 
@@ -149,20 +134,14 @@ def test_image_env_beats_the_hosts(slurm_cluster, user, env_image, node_cache):
     assert cp.stdout.splitlines() == ["image image"] * 4
 
 
-def test_dash_e_beats_the_image(slurm_cluster, user, env_image, node_cache):
-    task = _plan(user, "--node-container", "-e", "FROMHOST=cli", env_image)
+@pytest.mark.parametrize("opt,want", [("FROMHOST=cli", "cli"), ("FROMHOST", "host")])
+def test_dash_e_beats_the_image(slurm_cluster, user, env_image, node_cache, opt, want):
+    # -e NAME=VALUE: that value; -e NAME: each task's own value.
+    task = _plan(user, "--node-container", "-e", opt, env_image)
     cp = _srun(user, slurm_cluster, node_cache, "-N1", "-n4", *task, "--",
                "sh", "-c", 'echo "$FROMHOST"', env={"FROMHOST": "host"})
     assert cp.returncode == 0, cp.stderr
-    assert cp.stdout.split() == ["cli"] * 4
-
-
-def test_dash_e_name_takes_each_tasks_own_value(slurm_cluster, user, env_image, node_cache):
-    task = _plan(user, "--node-container", "-e", "FROMHOST", env_image)
-    cp = _srun(user, slurm_cluster, node_cache, "-N1", "-n4", *task, "--",
-               "sh", "-c", 'echo "$FROMHOST"', env={"FROMHOST": "host"})
-    assert cp.returncode == 0, cp.stderr
-    assert cp.stdout.split() == ["host"] * 4
+    assert cp.stdout.split() == [want] * 4
 
 
 def test_values_with_spaces_commas_and_quotes_arrive_intact(slurm_cluster, user, env_image,
@@ -244,12 +223,9 @@ def test_stale_plan_makes_a_new_keeper(slurm_cluster, user, user_tmp, task_image
         'cp "$d/step-$SLURM_JOB_ID.0.plan" "$d/step-$SLURM_JOB_ID.1.plan"\n'
         "wait\n"
         f"srun -n2 {task} -- sh -c 'echo ok $SLURM_PROCID'\n")
-    path = os.path.join(user_tmp, "job.sh")
-    with open(path, "w") as f:
-        f.write(script)
     out = os.path.join(user_tmp, "job.out")
-    jobid = sbatch(user, slurm_cluster, ["-N1", "-n2", "-o", out, path], cwd=user_tmp,
-                   env={"HPCRUN_NODE_CACHE": node_cache, "HPCRUN_TASK_LOG": "1"})
+    jobid = sbatch_script(user, slurm_cluster, script, ["-N1", "-n2", "-o", out], cwd=user_tmp,
+                          env={"HPCRUN_NODE_CACHE": node_cache, "HPCRUN_TASK_LOG": "1"})
     info = wait_job(slurm_cluster, jobid)
     assert info["JobState"] == "COMPLETED", open(out).read()
     assert sorted(ln for ln in open(out).read().splitlines() if ln.startswith("ok")) == \
@@ -289,12 +265,9 @@ def test_scancel_delivers_sigterm_and_leaves_nothing(slurm_cluster, user, user_t
         task = " ".join(_plan(user, "--node-container", "-v", f"{user_tmp}:/out",
                               task_image.sqfs))
         script = f"#!/bin/sh\nsrun {task} -- sh -c {_trap(token)}\necho srun-done $?\n"
-        path = os.path.join(user_tmp, "job.sh")
-        with open(path, "w") as f:
-            f.write(script)
         out = os.path.join(user_tmp, f"job{attempt}.out")
-        jobid = sbatch(user, slurm_cluster, [f"-N{nodes}", f"-n{tasks}", "-o", out, path],
-                       cwd=user_tmp, env={"HPCRUN_NODE_CACHE": node_cache})
+        jobid = sbatch_script(user, slurm_cluster, script, [f"-N{nodes}", f"-n{tasks}", "-o", out],
+                              cwd=user_tmp, env={"HPCRUN_NODE_CACHE": node_cache})
         wait_for(lambda: all(os.path.exists(os.path.join(user_tmp, f"ready.{i}"))
                              for i in range(tasks)), 120, f"all {tasks} tasks to start")
         cp = util.as_user(user, ["scancel", jobid], env=slurm_cluster.env)
@@ -322,9 +295,9 @@ def test_hpcrun_srun_container_per_task(slurm_cluster, user, user_tmp, busybox_r
     e = dict(slurm_cluster.env, HPCRUN_NODE_CACHE=node_cache, HPCRUN_TASK_LOG="1")
     cp = util.hpcrun(user, "srun", f"--container-image={busybox_rootfs}",
                      f"--container-mounts={user_tmp}:/out", "--container-per-task",
-                     "-N2", "-n4", "--", "sh", "-c", _NS.format(n=4), env=e, timeout=180)
+                     "-N2", "-n4", "--", "sh", "-c", ns_barrier(4), env=e, timeout=180)
     assert cp.returncode == 0, cp.stderr
-    assert len({ns for _, ns in _ns_rows(user_tmp)}) == 4
+    assert len({ns for _, ns in ns_rows(user_tmp)}) == 4
 
 
 def test_python_form_where_the_program_is_not_built(slurm_cluster, user, task_image,
