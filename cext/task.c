@@ -46,6 +46,7 @@
 #define _GNU_SOURCE
 #include "core.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -645,6 +646,53 @@ static pid_t start_keeper(const struct plan *p, struct hpcrun_spec *s, const cha
     die(HPCRUN_EXIT_FAILED, "the node container's keeper failed to start");
 }
 
+/* The live keeper a node plan names ("# hpcrun node-container plan 1 PID START KEY"),
+ * its key copied to key; 0 if there is no plan or its keeper is gone. */
+static int live_keeper(const char *path, char *key, size_t keylen)
+{
+    char head[512], start[64], hkey[256], now[64];
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, head, sizeof head - 1);
+    close(fd);
+    head[n > 0 ? n : 0] = '\0';
+    int pid = 0;
+    if (strncmp(head, PLAN_HEAD " ", sizeof PLAN_HEAD) ||
+        sscanf(head + sizeof PLAN_HEAD, "%d %63s %255s", &pid, start, hkey) != 3 || pid <= 0)
+        return 0;
+    starttime(pid, now, sizeof now);
+    if (!*now || strcmp(now, start))
+        return 0;
+    if (key)
+        snprintf(key, keylen, "%s", hkey);
+    return pid;
+}
+
+/* Remove the plans (and locks) of other steps whose keeper is gone: a keeper killed
+ * with its step (SIGKILL, e.g. by proctrack/cgroup) had no time to. */
+static void sweep_stale(const char *dir, const char *base)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    char path[PATH_MAX + 300];
+    size_t bl = strlen(base);
+    for (struct dirent *e; (e = readdir(d));) {
+        size_t l = strlen(e->d_name);
+        if (strncmp(e->d_name, "step-", 5) || l < 11 || strcmp(e->d_name + l - 5, ".plan") ||
+            (!strncmp(e->d_name, base, bl) && e->d_name[bl] == '.'))
+            continue;
+        if (snprintf(path, sizeof path, "%s/%s", dir, e->d_name) >= (int)sizeof path ||
+            live_keeper(path, NULL, 0))
+            continue;
+        unlink(path);
+        memcpy(path + strlen(path) - 5, ".lock", 5);
+        unlink(path);
+    }
+    closedir(d);
+}
+
 /* Run the command in this node's container of the step (made here if there is none),
  * or, if the node's container was planned otherwise (srun --multi-prog), in its own. */
 static void node_container(const struct plan *p, struct hpcrun_spec *s, const char *key)
@@ -662,27 +710,8 @@ static void node_container(const struct plan *p, struct hpcrun_spec *s, const ch
     while (flock(lock, LOCK_EX) && errno == EINTR)
         ;
     snprintf(path, sizeof path, "%s/%s.plan", dir, base);
-    char head[512] = "";
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd >= 0) {
-        ssize_t n = read(fd, head, sizeof head - 1);
-        head[n > 0 ? n : 0] = '\0';
-        close(fd);
-    }
-    /* "# hpcrun node-container plan 1 PID START KEY" */
-    int pid = 0;
-    char start[64] = "", hkey[256] = "", now[64];
-    const char *h = head;
-    if (!strncmp(h, PLAN_HEAD " ", sizeof PLAN_HEAD)) {
-        h += sizeof PLAN_HEAD;
-        if (sscanf(h, "%d %63s %255s", &pid, start, hkey) != 3)
-            pid = 0;
-    }
-    if (pid > 0) {
-        starttime(pid, now, sizeof now);
-        if (!*now || strcmp(now, start))
-            pid = 0;             /* stale: its keeper is gone */
-    }
+    char hkey[256] = "", now[64];
+    int pid = live_keeper(path, hkey, sizeof hkey);     /* 0: none yet, or a stale plan */
     if (pid > 0 && strcmp(hkey, key)) {
         close(lock);             /* planned for other options: a container of our own */
         char err[1024];
@@ -702,6 +731,7 @@ static void node_container(const struct plan *p, struct hpcrun_spec *s, const ch
             unlink(tmp);
             die(HPCRUN_EXIT_FAILED, "can't write %s: %s", path, strerror(errno));
         }
+        sweep_stale(dir, base);  /* once per node and step */
     }
     close(lock);
     if (getenv("HPCRUN_TASK_LOG") && !strcmp(getenv("HPCRUN_TASK_LOG"), "1")) {

@@ -246,6 +246,31 @@ def test_keeper_leaves_with_the_step_and_removes_its_plan(slurm_cluster, user, t
     wait_for(lambda: not leftovers(), 30, "the keepers to remove their plans")
 
 
+def test_plans_left_by_killed_keepers_are_swept(slurm_cluster, user, task_image, node_cache):
+    # A keeper killed with its step (SIGKILL) leaves its plan and lock behind; the next
+    # step that makes a node container removes those whose keeper is gone, and leaves
+    # the plans of live keepers alone.
+    task = _plan(user, "--node-container", task_image.sqfs)
+    cp = _srun(user, slurm_cluster, node_cache, "-N1", "-n1", *task, "--", "true")
+    assert cp.returncode == 0, cp.stderr
+    [node] = os.listdir(node_cache)
+    d = os.path.join(node_cache, node)
+    with open("/proc/self/stat") as f:
+        start = f.read().rsplit(")", 1)[1].split()[19]
+    plans = {"dead": "# hpcrun node-container plan 1 999999 1 cdead\n",
+             "live": f"# hpcrun node-container plan 1 {os.getpid()} {start} clive\n"}
+    for name, text in plans.items():
+        for ext, body in ((".plan", text), (".lock", "")):
+            with open(os.path.join(d, f"step-{name}.0{ext}"), "w") as f:
+                f.write(body)
+    cp = _srun(user, slurm_cluster, node_cache, "-N1", "-n2", f"--nodelist={node}", *task,
+               "--", "true")
+    assert cp.returncode == 0, cp.stderr
+    left = sorted(n for n in os.listdir(d) if n.startswith("step-"))
+    assert "step-dead.0.plan" not in left and "step-dead.0.lock" not in left
+    assert {"step-live.0.plan", "step-live.0.lock"} <= set(left)
+
+
 def _trap(token):
     return ("'trap \"echo TERM > /out/term.$SLURM_PROCID; exit 0\" TERM; "
             "touch /out/ready.$SLURM_PROCID; while true; do sleep 1; done' " + token)
