@@ -42,6 +42,8 @@
  *   cache=DIR        node cache base (HPCRUN_NODE_CACHE wins)
  *   share=1          one container per node and step
  *   py=ARG           * how to start `hpcrun task` (Python) for what is not done here
+ *   arg=ARG          * the step's `hpcrun task` options and IMAGE as given: where the
+ *                      image is not on this node, `hpcrun task ARGS -- COMMAND` runs
  */
 #define _GNU_SOURCE
 #include "core.h"
@@ -80,8 +82,8 @@ struct plan {
     int flags, uid, gid, stop, wdreq, wdcwd, clean, share, version;
     struct hpcrun_mount m[MAX_ITEMS];
     int nm;
-    const char *entry[MAX_ITEMS], *cmd[MAX_ITEMS], *set[MAX_ITEMS], *own[MAX_ITEMS], *always[64], *py[64];
-    int nentry, ncmd, nset, nown, nalways, npy;
+    const char *entry[MAX_ITEMS], *cmd[MAX_ITEMS], *args[MAX_ITEMS], *set[MAX_ITEMS], *own[MAX_ITEMS], *always[64], *py[64];
+    int nentry, ncmd, nargs, nset, nown, nalways, npy;
 };
 
 /* ---------------------------------------------------------------- errors */
@@ -198,6 +200,7 @@ static int parse_plan(char *text, struct plan *p)
         else if (!strcmp(k, "share")) p->share = !strcmp(v, "1");
         else if (!strcmp(k, "entry")) PUSH(p->entry, p->nentry, MAX_ITEMS, v);
         else if (!strcmp(k, "cmd")) PUSH(p->cmd, p->ncmd, MAX_ITEMS, v);
+        else if (!strcmp(k, "arg")) PUSH(p->args, p->nargs, MAX_ITEMS, v);
         else if (!strcmp(k, "own")) PUSH(p->own, p->nown, MAX_ITEMS, v);
         else if (!strcmp(k, "always")) PUSH(p->always, p->nalways, 64, v);
         else if (!strcmp(k, "py")) PUSH(p->py, p->npy, 60, v);
@@ -286,15 +289,43 @@ static void python_unpack(const struct plan *p)
         _exit(WIFEXITED(st) ? WEXITSTATUS(st) : HPCRUN_EXIT_FAILED);   /* it said why */
 }
 
+/* The image is not on this node (a node-local store, a path that only the launching
+ * node has): run `hpcrun task ARGS -- COMMAND` (Python) instead, which resolves the
+ * image here, pulling it into this node's store if need be. Once only. */
+__attribute__((noreturn))
+static void python_task(const struct plan *p, char **cmd, int ncmd, const char *path)
+{
+    if (p->nargs == 0 || getenv("HPCRUN_TASK_FALLBACK"))
+        die(HPCRUN_EXIT_FAILED, "can't read image %s: %s", path, strerror(errno));
+    const char **argv = calloc((size_t)(p->npy + p->nargs + ncmd + 2), sizeof *argv);
+    if (!argv)
+        die(HPCRUN_EXIT_FAILED, "out of memory");
+    int n = 0;
+    for (int i = 0; i < p->npy; i++)
+        argv[n++] = p->py[i];
+    for (int i = 0; i < p->nargs; i++)
+        argv[n++] = p->args[i];
+    argv[n++] = "--";
+    for (int i = 0; i < ncmd; i++)
+        argv[n++] = cmd[i];
+    argv[n] = NULL;
+    setenv("HPCRUN_TASK_FALLBACK", "1", 1);
+    execv(argv[0], (char *const *)argv);
+    die(HPCRUN_EXIT_FAILED, "can't run %s: %s", argv[0], strerror(errno));
+}
+
 /* The root directory: the plan's, or the squashfs file's unpacked copy on this node
  * (prepare.py's name for it: sq-<dev>-<ino>-<size>-<mtime ns>, all hex). */
-static const char *image_root(const struct plan *p, char *buf)
+static const char *image_root(const struct plan *p, char *buf, char **cmd, int ncmd)
 {
-    if (!p->sq)
-        return p->image;
     struct stat st;
+    if (!p->sq) {
+        if (stat(p->image, &st))
+            python_task(p, cmd, ncmd, p->image);
+        return p->image;
+    }
     if (stat(p->sq, &st))
-        die(HPCRUN_EXIT_FAILED, "can't read image %s: %s", p->sq, strerror(errno));
+        python_task(p, cmd, ncmd, p->sq);
     char dir[PATH_MAX];
     cache_dir(p, dir);
     unsigned long long mt = (unsigned long long)st.st_mtim.tv_sec * 1000000000ULL +
@@ -769,7 +800,7 @@ static int task_main(int argc, char **argv)
     char root[PATH_MAX], pmix[2][PATH_MAX], wd[PATH_MAX];
     struct hpcrun_spec s;
     memset(&s, 0, sizeof s);
-    s.image = image_root(&p, root);
+    s.image = image_root(&p, root, argv + 3, argc - 3);
     s.squashfuse = p.fuse;
     s.flags = p.flags;
     s.hostname = p.host;

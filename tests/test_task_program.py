@@ -13,13 +13,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import uuid
 
 import pytest
 
 import util
 from tasks_helpers import (node_cache, ns_barrier, ns_rows, prepare_log,  # noqa: F401
-                           sbatch_script, task_image, user_pids_with, wait_for, wait_job)
+                           sbatch_script, store_image, task_image, user_pids_with, wait_for,
+                           wait_job)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.userns]
 
@@ -380,11 +382,28 @@ def test_program_outside_slurm_runs_a_container_of_its_own(user, task_image):
 
 
 def test_program_names_an_image_that_went_away(user, user_tmp, task_image):
+    # The program hands the task to `hpcrun task IMAGE` (Python), which says what is wrong.
     img = os.path.join(user_tmp, "img.sqfs")
     shutil.copy(task_image.sqfs, img)
     prog, plan = _plan(user, img)
     os.unlink(img)
     cp = util.as_user(user, [prog, plan, "--", "true"])
     assert cp.returncode == 125
-    assert cp.stderr.splitlines()[0] == (f"hpcrun: error: can't read image {img}: "
-                                         "No such file or directory")
+    first = cp.stderr.splitlines()[0]
+    assert first.startswith("hpcrun: error: ") and img in first, cp.stderr
+
+
+def test_image_missing_on_a_node_is_resolved_there(slurm_cluster, user, user_tmp, store_image,
+                                                   node_cache):
+    # The store is node-local by default: a plan made on the launching node names a path
+    # another node may lack. There the task runs `hpcrun task NAME -- CMD` (Python), which
+    # finds NAME in that node's own store (or pulls it there).
+    launcher = os.path.join(user_tmp, "launcher-store")
+    subprocess.run(["cp", "-a", store_image.env["HPCRUN_STORE"], launcher], check=True)
+    task = _plan(user, "--node-container", store_image.name, env={"HPCRUN_STORE": launcher})
+    assert launcher in task[1].replace("%2F", "/")
+    shutil.rmtree(launcher)              # what the compute nodes do not have
+    cp = _srun(user, slurm_cluster, node_cache, "-N2", "-n4", *task, "--",
+               "sh", "-c", 'echo "$GREETING"', env=store_image.env)
+    assert cp.returncode == 0, cp.stderr
+    assert cp.stdout.split() == ["hello-from-config"] * 4

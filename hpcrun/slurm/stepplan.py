@@ -139,6 +139,12 @@ def make(task_args: list, hpcrun: list, environ=None, share: bool = False) -> st
     if share:
         words.append("share=1")
     words += ["py=" + _esc(a) for a in list(hpcrun) + ["task"]]
+    # Where the image is not on a node (the store is node-local by default), the task
+    # runs `hpcrun task ARGS -- COMMAND` there instead, which pulls it into that store.
+    args = (["--node-container"] if share else []) + list(task_args)
+    if os.path.exists(args[-1]):
+        args[-1] = os.path.abspath(args[-1])     # tasks may start elsewhere
+    words += ["arg=" + _esc(a) for a in args]
     return ",".join(words)
 
 
