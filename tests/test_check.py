@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -89,3 +90,13 @@ def test_bad_format(user):
     cp = check(user, "--format", "xml")
     assert cp.returncode == 2
     assert cp.stderr.splitlines()[0] == "hpcrun: error: unknown --format value 'xml'"
+
+
+def test_says_how_slurm_tasks_start(user, rt_userns):
+    cp = util.hpcrun(user, "check")
+    [line] = [ln for ln in cp.stdout.splitlines() if ln.startswith("slurm tasks:")]
+    assert line.startswith("slurm tasks: C front end /") and line.endswith("(no Python per task)")
+    prog = line.split()[5]
+    assert os.access(prog, os.X_OK)
+    cp = util.hpcrun(user, "check", "--format", "json")
+    assert json.loads(cp.stdout)["slurm_tasks"] == line.split(": ", 1)[1]

@@ -111,6 +111,16 @@ def _slurm_line() -> str:
     return describe()
 
 
+def _task_line() -> str:
+    """How Slurm tasks start: the C front end (no Python per task) or Python."""
+    from hpcrun.slurm.stepplan import task_program
+    prog = task_program()
+    if prog:
+        return f"slurm tasks: C front end {prog} (no Python per task)"
+    return ("slurm tasks: hpcrun task (Python in every task): the C front end is not "
+            "built for this platform")
+
+
 def collect() -> list:
     results: list = []
     ok = _userns(results)
@@ -140,10 +150,12 @@ def main(verb: str, argv: list) -> int:
         raise UsageError(f"unknown --format value {fmt!r}", "use --format text or --format json")
     results = collect()
     slurm = _slurm_line()
+    tasks = _task_line()
     can_run = all(ok for _, ok, _, _, essential in results if essential)
     if fmt == "json":
         import json
         doc = {"can_run": can_run, "slurm_backend": slurm.split(": ", 1)[1],
+               "slurm_tasks": tasks.split(": ", 1)[1],
                "checks": [{"name": n, "ok": ok, "detail": d, "ask_admin": a,
                            "essential": e} for n, ok, d, a, e in results]}
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
@@ -153,7 +165,7 @@ def main(verb: str, argv: list) -> int:
             sys.stdout.write(f"{n:<{w}}  {'works' if ok else 'no':<5}  {d}\n")
             if a:
                 sys.stdout.write(f"{'':<{w}}  {'':<5}  ask the admin: {a}\n")
-        sys.stdout.write(slurm + "\n")
+        sys.stdout.write(slurm + "\n" + tasks + "\n")
         sys.stdout.write("containers can run here\n" if can_run else
                          "containers cannot run here: see 'ask the admin' above\n")
     return 0 if can_run else 1
