@@ -26,6 +26,14 @@ def test_32_nodes_run_one_container_each_and_leave_nothing(user, busybox_rootfs)
         assert cp.returncode == 0, cp.stderr
         hosts = cp.stdout.split()
         assert sorted(hosts) == sorted(f"{name}-n{i}" for i in range(1, NODES + 1))
+        # The C front end at scale: 4 tasks per node, one node container each.
+        cp = util.as_user(user, [util.HPCRUN, "srun", f"--container-image={busybox_rootfs}",
+                                 f"-N{NODES}", f"-n{4 * NODES}", "--", "sh", "-c",
+                                 'echo "$SLURMD_NODENAME $(readlink /proc/self/ns/user)"'],
+                          env=env, timeout=300)
+        assert cp.returncode == 0, cp.stderr
+        rows = {tuple(ln.split()) for ln in cp.stdout.splitlines()}
+        assert len(rows) == NODES and len({node for node, _ in rows}) == NODES
         cp = _root("cluster", "down", "--name", name, timeout=300)
         assert cp.returncode == 0, cp.stderr
         assert _leftovers(name) == []
