@@ -228,12 +228,17 @@ def test_cancel_leaves_no_process_on_any_node(jobs, containers):
 
 
 def test_time_limit_kills_job_with_timeout_state(jobs, containers):
-    [jid] = jobs.submit("image: IMAGE\ncommand: sleep 600\n"
+    # The containerized command gets SIGTERM at the limit (its trap runs on both nodes).
+    [jid] = jobs.submit("image: IMAGE\n"
+                        "command: [sh, -c, 'trap \"echo got-TERM-$SLURM_PROCID; exit 0\" TERM; "
+                        "sleep 600 & wait']\n"
                         "resources: {nodes: 2, time: 1}\n")
     _started(jid)
     cp = jobs.wait(jid, timeout=180)
     assert (cp.returncode, jobs.status(jid)[0]["state"]) == (124, "TIMEOUT")
     assert _no_job_pids(jid) == []
+    out = jobs.logs(jid)
+    assert "got-TERM-0" in out and "got-TERM-1" in out, out
 
 
 # --- logs -----------------------------------------------------------------------------
