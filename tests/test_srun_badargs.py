@@ -38,8 +38,7 @@ def test_unknown_container_option_suggests(user, busybox_rootfs):
            "unknown container option --container-mount", "did you mean --container-mounts?")
 
 
-@pytest.mark.parametrize("flag", ["--container-name=x", "--container-save=/tmp/x.sqfs",
-                                  "--container-entrypoint"])
+@pytest.mark.parametrize("flag", ["--container-name=x", "--container-save=/tmp/x.sqfs"])
 def test_unsupported_pyxis_option(user, busybox_rootfs, flag):
     _fails(_srun(user, f"--container-image={busybox_rootfs}", flag, "--", "true"),
            f"{flag.split('=')[0]} is not supported")

@@ -327,6 +327,32 @@ def test_hpcrun_srun_container_per_task(slurm_cluster, user, user_tmp, busybox_r
     assert len({ns for _, ns in ns_rows(user_tmp)}) == 4
 
 
+@pytest.fixture(scope="session")
+def entry_image():
+    """A busybox directory image with ENTRYPOINT ["echo", "from-entrypoint"]."""
+    d = util.shared_tmpdir("hpcrun-entryimg-")
+    root = os.path.join(d, "rootfs")
+    util.make_busybox_rootfs(root)
+    os.makedirs(os.path.join(root, ".hpcrun"), exist_ok=True)
+    with open(os.path.join(root, ".hpcrun", "config.json"), "w") as f:
+        json.dump({"config": {"Entrypoint": ["echo", "from-entrypoint"]}}, f)
+    os.system(f"chmod -R a+rX {d}")
+    yield root
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.mark.parametrize("flags,want", [((), "from-entrypoint echo x"),
+                                        (("--container-entrypoint",), "from-entrypoint echo x"),
+                                        (("--no-container-entrypoint",), "x")])
+def test_hpcrun_srun_entrypoint_flags(slurm_cluster, user, entry_image, node_cache, flags,
+                                      want):
+    e = dict(slurm_cluster.env, HPCRUN_NODE_CACHE=node_cache)
+    cp = util.hpcrun(user, "srun", f"--container-image={entry_image}", *flags, "-N1", "-n2",
+                     "--", "echo", "x", env=e, timeout=180)
+    assert cp.returncode == 0, cp.stderr
+    assert cp.stdout.splitlines() == [want] * 2
+
+
 def test_python_form_where_the_program_is_not_built(slurm_cluster, user, task_image,
                                                     node_cache, monkeypatch, capsys):
     # What `hpcrun task --plan` prints without the program: `hpcrun task --args=...`,

@@ -37,9 +37,10 @@ Container options (pyxis names; each also read from PYXIS_CONTAINER_<NAME> when 
   --container-scratch           bind $SLURM_TMPDIR (else $TMPDIR) at /scratch
   --container-per-task          one container per task (default, as in pyxis: one per
                                 node, created by its first task and joined by the others)
+  --[no-]container-entrypoint   [do not] run the image's ENTRYPOINT in front of the
+                                command (default: run it, as Docker does)
 
-Not supported (an error says so): --container-name, --container-save,
---container-entrypoint.
+Not supported (an error says so): --container-name, --container-save.
 """
 
 
@@ -68,6 +69,8 @@ OPTIONS: dict[str, Opt] = {o.name: o for o in [
     Opt("no-container-remap-root", False, ""),
     Opt("container-scratch", False, ""),
     Opt("container-per-task", False, ""),
+    Opt("container-entrypoint", False, "PYXIS_CONTAINER_ENTRYPOINT"),
+    Opt("no-container-entrypoint", False, ""),
 ]}
 
 UNSUPPORTED = {
@@ -75,8 +78,6 @@ UNSUPPORTED = {
                       "--container-mounts directory, or build an image with it",
     "container-save": "hpcrun does not save container state; write results to a "
                       "--container-mounts directory",
-    "container-entrypoint": "give the command to run explicitly after '--'",
-    "no-container-entrypoint": "hpcrun never runs the image's entrypoint; drop the flag",
     "container-image-save": "pull the image into the store first with 'hpcrun pull'",
 }
 
@@ -195,7 +196,8 @@ def _env_fallbacks(container: dict, environ) -> dict:
     c = dict(container)
     pairs = {"container-mount-home": "no-container-mount-home",
              "container-remap-root": "no-container-remap-root",
-             "container-writable": "container-readonly"}
+             "container-writable": "container-readonly",
+             "container-entrypoint": "no-container-entrypoint"}
     for name, opt in OPTIONS.items():
         if not opt.env or opt.env not in environ:
             continue
@@ -316,6 +318,8 @@ def plan(argv: list, environ=None,
         run.append("--fakeroot")
     if container.get("container-scratch"):
         run.append("--scratch")
+    if container.get("no-container-entrypoint") and not container.get("container-entrypoint"):
+        run.append("--entrypoint=")      # the command alone, without the image's ENTRYPOINT
     if not container.get("container-per-task"):
         # As with pyxis: the first task on a node creates the container, the others
         # join it (hpcrun task --node-container).
