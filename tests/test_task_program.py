@@ -35,20 +35,31 @@ def _plan(user, *opts, env=None):
     return words
 
 
-@pytest.fixture(scope="session")
-def env_image():
-    """A busybox directory image whose config sets IMGVAR and FROMHOST."""
-    d = util.shared_tmpdir("hpcrun-envimg-")
+def _config_image(config: dict):
+    """A busybox directory image with this image config; yields its root, removed after."""
+    d = util.shared_tmpdir("hpcrun-cfgimg-")
     root = os.path.join(d, "rootfs")
     util.make_busybox_rootfs(root)
     os.makedirs(os.path.join(root, ".hpcrun"), exist_ok=True)
     with open(os.path.join(root, ".hpcrun", "config.json"), "w") as f:
-        json.dump({"config": {"Env": ["IMGVAR=image", "FROMHOST=image",
-                                      "PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
-                              "Cmd": ["echo", "image-cmd"]}}, f)
+        json.dump({"config": config}, f)
     os.system(f"chmod -R a+rX {d}")
     yield root
     shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def env_image():
+    """An image whose config sets IMGVAR and FROMHOST, and a CMD."""
+    yield from _config_image({"Env": ["IMGVAR=image", "FROMHOST=image",
+                                      "PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
+                              "Cmd": ["echo", "image-cmd"]})
+
+
+@pytest.fixture(scope="session")
+def entry_image():
+    """An image with ENTRYPOINT ["echo", "from-entrypoint"]."""
+    yield from _config_image({"Entrypoint": ["echo", "from-entrypoint"]})
 
 
 def _srun(user, cluster, cache, *argv, env=None):
@@ -325,20 +336,6 @@ def test_hpcrun_srun_container_per_task(slurm_cluster, user, user_tmp, busybox_r
                      "-N2", "-n4", "--", "sh", "-c", ns_barrier(4), env=e, timeout=180)
     assert cp.returncode == 0, cp.stderr
     assert len({ns for _, ns in ns_rows(user_tmp)}) == 4
-
-
-@pytest.fixture(scope="session")
-def entry_image():
-    """A busybox directory image with ENTRYPOINT ["echo", "from-entrypoint"]."""
-    d = util.shared_tmpdir("hpcrun-entryimg-")
-    root = os.path.join(d, "rootfs")
-    util.make_busybox_rootfs(root)
-    os.makedirs(os.path.join(root, ".hpcrun"), exist_ok=True)
-    with open(os.path.join(root, ".hpcrun", "config.json"), "w") as f:
-        json.dump({"config": {"Entrypoint": ["echo", "from-entrypoint"]}}, f)
-    os.system(f"chmod -R a+rX {d}")
-    yield root
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.mark.parametrize("flags,want", [((), "from-entrypoint echo x"),
