@@ -197,55 +197,13 @@ int main(int argc, char **argv) {
 }
 """
 
-# Where Debian's Open MPI and PMIx keep their plugins, help texts and settings.
-MPI_TREES = ["/usr/lib/x86_64-linux-gnu/openmpi", "/usr/lib/x86_64-linux-gnu/pmix2",
-             "/usr/share/openmpi", "/usr/share/pmix", "/etc/openmpi"]
-
-
-def _ldd(paths) -> set:
-    libs = set()
-    for p in paths:
-        cp = subprocess.run(["ldd", p], capture_output=True, text=True)
-        for line in cp.stdout.splitlines():
-            parts = line.split()
-            for w in parts:
-                if w.startswith("/") and os.path.exists(w):
-                    libs.add(w)
-    return libs
-
 
 def make_mpi_rootfs(root: str) -> str:
-    """A busybox image with an MPI hello program and the host's Open MPI + PMIx inside.
-
-    The libraries are the ldd closure of the program and of every Open MPI / PMIx
-    plugin, plus the plugin directories, help files and settings, each copied to the
-    same path as on the host, so the image runs the host's MPI with no host mount.
-    """
+    """A busybox image with /opt/mpi/hello and the host's Open MPI + PMIx inside
+    (hpcrun.testing.make_mpi_rootfs)."""
+    from hpcrun.testing import make_mpi_rootfs as make
     util.require(shutil.which("mpicc") is not None, "mpicc is not installed (libopenmpi-dev)")
-    util.make_busybox_rootfs(root)
-    os.makedirs(os.path.join(root, "opt/mpi"), exist_ok=True)
-    src = os.path.join(root, "opt/mpi/hello.c")
-    with open(src, "w") as f:
-        f.write(MPI_HELLO_C)
-    prog = os.path.join(root, "opt/mpi/hello")
-    subprocess.run(["mpicc", "-O2", "-o", prog, src], check=True)
-    elfs = [prog]
-    for tree in MPI_TREES:
-        if not os.path.exists(tree):
-            continue
-        shutil.copytree(tree, root + tree, symlinks=True, dirs_exist_ok=True)
-        for d, _, files in os.walk(tree):
-            elfs += [os.path.join(d, n) for n in files if ".so" in n
-                     and not os.path.islink(os.path.join(d, n))]
-    for lib in _ldd(elfs):
-        for p in {lib, os.path.realpath(lib)}:
-            dest = root + p
-            if os.path.lexists(dest):
-                continue
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
-            shutil.copy2(os.path.realpath(lib), dest)
-    subprocess.run(["chmod", "-R", "a+rX", root], check=True)
-    return root
+    return make(root, {"hello": MPI_HELLO_C})
 
 
 @pytest.fixture(scope="session")
