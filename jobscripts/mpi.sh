@@ -10,7 +10,7 @@
 # PMI hook. --node-container gives the ranks of a node one container (the first rank
 # creates it, the others join it), so they share a user namespace and Open MPI can use
 # cross-memory attach (CMA) between them; without it each rank has its own container
-# and Open MPI falls back to slower copies (it warns about CMA).
+# and Open MPI copies through shared memory instead (it warns about CMA).
 #SBATCH --job-name=hpcrun-mpi
 #SBATCH --nodes=2
 #SBATCH --ntasks-per-node=2
