@@ -30,22 +30,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import pwd
 import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+from _local import USER, local_cluster
 
-from hpcrun.slurm.cluster import LocalCluster  # noqa: E402
-from hpcrun.testing import make_mpi_rootfs  # noqa: E402
-
-VENV_BIN = os.path.dirname(sys.executable)
-HPCRUN = os.path.join(VENV_BIN, "hpcrun")
-USER = os.environ.get("HPCRUN_TEST_USER", "hpcuser")
+from hpcrun.testing import make_mpi_rootfs
 
 PINGPONG_C = r"""
 #include <mpi.h>
@@ -91,45 +83,24 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="leave the cluster running")
     ap.add_argument("--timeout", type=int, default=60, help="seconds per run (default 60)")
     a = ap.parse_args()
-    if os.geteuid() != 0:
-        sys.exit("benchmarks/mpi.py: run as root (it starts a local cluster)")
     if shutil.which("mpicc") is None:
         sys.exit("benchmarks/mpi.py: mpicc is not installed (libopenmpi-dev)")
-    pw = pwd.getpwnam(USER)
-    work = tempfile.mkdtemp(prefix="hpcrun-bench-mpi-", dir="/tmp")
-    os.chmod(work, 0o755)
-    cluster = LocalCluster("mpibench")
-    try:
-        rootfs = make_mpi_rootfs(os.path.join(work, "rootfs"), {"pingpong": PINGPONG_C})
+
+    def prepare(work):
+        make_mpi_rootfs(os.path.join(work, "rootfs"), {"pingpong": PINGPONG_C})
+
+    with local_cluster("mpi.py", "mpibench", 2, a.keep, prepare) as b:
+        rootfs = os.path.join(b.work, "rootfs")
         bare_prog = os.path.join(rootfs, "opt/mpi/pingpong")   # same binary, host libraries
-        cache = os.path.join(work, "nodecache")
-        os.makedirs(cache)
-        os.chown(cache, pw.pw_uid, pw.pw_gid)
-        cluster.up(2, replace=True)
-        env = {"HOME": pw.pw_dir, "USER": USER, "LOGNAME": USER, "LANG": "C.UTF-8",
-               "PATH": f"{VENV_BIN}:/usr/local/bin:/usr/bin:/bin",
-               "HPCRUN_NODE_CACHE": cache, **cluster.env()}
-
-        def as_user(argv, timeout=300):
-            return subprocess.run(argv, user=pw.pw_uid, group=pw.pw_gid, extra_groups=[],
-                                  env=env, cwd=work, capture_output=True, text=True,
-                                  timeout=timeout)
-
-        def plan(*opts):
-            cp = as_user([HPCRUN, "task", "--plan", *opts, rootfs])
-            if cp.returncode != 0:
-                sys.exit(f"hpcrun task --plan failed: {cp.stderr.strip()}")
-            return cp.stdout.split()
-
         inside = "/opt/mpi/pingpong"
         # ch-run binds nothing of Slurm's: give it the cluster's state directory, which
         # holds PMIx's rendezvous directories (slurmd's spool and TmpFS), at the same path.
-        state = os.path.dirname(cluster.conf_path)
+        state = os.path.dirname(b.cluster.conf_path)
         os.makedirs(rootfs + state, exist_ok=True)
         variants = {
             "bare": [bare_prog],
-            "hpcrun": plan("--node-container") + ["--", inside],
-            "per-task": plan() + ["--", inside],
+            "hpcrun": b.plan("--node-container", rootfs) + ["--", inside],
+            "per-task": b.plan(rootfs) + ["--", inside],
             "ch-run": ["ch-run", "-b", state, rootfs, "--", inside],
         }
         layouts = {"intra-node": ["-N1", "-n2"], "inter-node": ["-N2", "-n2"]}
@@ -144,8 +115,8 @@ def main() -> int:
                     if (layout, name) in broken:
                         continue
                     try:
-                        cp = as_user(["srun", "--mpi=pmix", *shape, *variants[name]],
-                                     timeout=a.timeout)
+                        cp = b.run(["srun", "--mpi=pmix", *shape, *variants[name]],
+                                   timeout=a.timeout)
                     except subprocess.TimeoutExpired:
                         broken[(layout, name)] = f"no result within {a.timeout} s"
                         subprocess.run(["pkill", "-KILL", "-u", USER, "-f", "pingpong"])
@@ -160,33 +131,32 @@ def main() -> int:
                         (float(kv["latency_us"]), float(kv["bandwidth_MBps"])))
                     if "CMA" in cp.stderr or "cma" in cp.stderr:
                         warnings[(layout, name)] = warnings.get((layout, name), 0) + 1
-
-        print(f"MPI ping-pong, 2 ranks, Open MPI with PMIx via srun --mpi=pmix, as {USER}, "
-              f"{a.rounds} interleaved rounds, medians:")
-        for layout in layouts:
-            print(f"\n{layout} ({' '.join(layouts[layout])}):")
-            print(f"  {'variant':<10} {'latency us':>11} {'x bare':>7} {'MB/s (1 MiB)':>13} "
-                  f"{'x bare':>7}  notes")
-            base = results.get((layout, "bare"))
-            bl = statistics.median(x for x, _ in base) if base else None
-            bb = statistics.median(y for _, y in base) if base else None
-            for name in variants:
-                if (layout, name) in broken:
-                    print(f"  {name:<10} unavailable: {broken[(layout, name)]}")
-                    continue
-                rs = results[(layout, name)]
-                lat = statistics.median(x for x, _ in rs)
-                bw = statistics.median(y for _, y in rs)
-                note = (f"Open MPI warned about CMA in {warnings[(layout, name)]} of {len(rs)} runs"
-                        if (layout, name) in warnings else "")
-                rl = f"{lat / bl:7.2f}" if bl else "      -"
-                rb = f"{bw / bb:7.2f}" if bb else "      -"
-                print(f"  {name:<10} {lat:11.2f} {rl} {bw:13.1f} {rb}  {note}")
+        report(a.rounds, variants, layouts, results, warnings, broken)
         return 0 if not broken else 1
-    finally:
-        if not a.keep:
-            cluster.down()
-        shutil.rmtree(work, ignore_errors=True)
+
+
+def report(rounds, variants, layouts, results, warnings, broken) -> None:
+    print(f"MPI ping-pong, 2 ranks, Open MPI with PMIx via srun --mpi=pmix, as {USER}, "
+          f"{rounds} interleaved rounds, medians:")
+    for layout in layouts:
+        print(f"\n{layout} ({' '.join(layouts[layout])}):")
+        print(f"  {'variant':<10} {'latency us':>11} {'x bare':>7} {'MB/s (1 MiB)':>13} "
+              f"{'x bare':>7}  notes")
+        base = results.get((layout, "bare"))
+        bl = statistics.median(x for x, _ in base) if base else None
+        bb = statistics.median(y for _, y in base) if base else None
+        for name in variants:
+            if (layout, name) in broken:
+                print(f"  {name:<10} unavailable: {broken[(layout, name)]}")
+                continue
+            rs = results[(layout, name)]
+            lat = statistics.median(x for x, _ in rs)
+            bw = statistics.median(y for _, y in rs)
+            note = (f"Open MPI warned about CMA in {warnings[(layout, name)]} of {len(rs)} runs"
+                    if (layout, name) in warnings else "")
+            rl = f"{lat / bl:7.2f}" if bl else "      -"
+            rb = f"{bw / bb:7.2f}" if bb else "      -"
+            print(f"  {name:<10} {lat:11.2f} {rl} {bw:13.1f} {rb}  {note}")
 
 
 if __name__ == "__main__":

@@ -33,31 +33,26 @@ from __future__ import annotations
 
 import argparse
 import os
-import pwd
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+from _local import HPCRUN, USER, local_cluster
 
-from hpcrun.slurm.cluster import LocalCluster  # noqa: E402
-
-REPO = os.path.dirname(HERE)
-
-VENV_BIN = os.path.dirname(sys.executable)
-HPCRUN = os.path.join(VENV_BIN, "hpcrun")
-USER = os.environ.get("HPCRUN_TEST_USER", "hpcuser")
 NODES, TASKS = 4, 16
 
 
-def busybox_rootfs(root: str) -> None:
+def prepare(work: str) -> None:
+    """A busybox root directory and the same as a squashfs file."""
     from hpcrun.testing import make_busybox_rootfs
-    os.makedirs(root)
-    make_busybox_rootfs(root)
+    rootfs = os.path.join(work, "rootfs")
+    os.makedirs(rootfs)
+    make_busybox_rootfs(rootfs)
+    sqfs = os.path.join(work, "busybox.sqfs")
+    subprocess.run(["mksquashfs", rootfs, sqfs, "-quiet", "-noappend", "-no-progress",
+                    "-all-root"], check=True, stdout=subprocess.DEVNULL)
+    os.chmod(sqfs, 0o644)
 
 
 def main() -> int:
@@ -66,122 +61,96 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="leave the cluster running")
     ap.add_argument("--tasks", type=int, default=TASKS, help=f"srun -n (default {TASKS})")
     a = ap.parse_args()
-    if os.geteuid() != 0:
-        sys.exit("benchmarks/srun.py: run as root (it starts a local cluster)")
-    pw = pwd.getpwnam(USER)
+    with local_cluster("srun.py", "srunbench", NODES, a.keep, prepare,
+                       HPCRUN_TASK_LOG="1") as b:
+        return run(a, b)
 
-    work = tempfile.mkdtemp(prefix="hpcrun-bench-srun-", dir="/tmp")
-    os.chmod(work, 0o755)
-    cluster = LocalCluster("srunbench")
-    try:
-        rootfs = os.path.join(work, "rootfs")
-        busybox_rootfs(rootfs)
-        sqfs = os.path.join(work, "busybox.sqfs")
-        subprocess.run(["mksquashfs", rootfs, sqfs, "-quiet", "-noappend", "-no-progress",
-                        "-all-root"], check=True, stdout=subprocess.DEVNULL)
-        os.chmod(sqfs, 0o644)
-        cache = os.path.join(work, "nodecache")
-        os.makedirs(cache)
-        os.chown(cache, pw.pw_uid, pw.pw_gid)
 
-        t0 = time.perf_counter()
-        cluster.up(NODES, replace=True)
-        print(f"cluster: {NODES} nodes idle in {time.perf_counter() - t0:.2f} s")
-        env = {"HOME": pw.pw_dir, "USER": USER, "LOGNAME": USER, "LANG": "C.UTF-8",
-               "PATH": f"{VENV_BIN}:/usr/local/bin:/usr/bin:/bin",
-               "HPCRUN_NODE_CACHE": cache, "HPCRUN_TASK_LOG": "1", **cluster.env()}
-        tasks = a.tasks
-        srun = ["srun", f"-N{NODES}", f"-n{tasks}"]
-        def plan(*opts):
-            cp = subprocess.run([HPCRUN, "task", "--plan", *opts, sqfs], user=pw.pw_uid,
-                                group=pw.pw_gid, extra_groups=[], env=env, cwd=work,
-                                capture_output=True, text=True, check=True)
-            return cp.stdout.split()
+def run(a, b) -> int:
+    work, cache, cluster = b.work, b.cache, b.cluster
+    rootfs = os.path.join(work, "rootfs")
+    sqfs = os.path.join(work, "busybox.sqfs")
+    tasks = a.tasks
+    srun = ["srun", f"-N{NODES}", f"-n{tasks}"]
+    variants = {
+        "bare": srun + ["true"],
+        "hpcrun": srun + b.plan("--node-container", sqfs) + ["--", "true"],
+        "per-task": srun + b.plan(sqfs) + ["--", "true"],
+        "hpcrun-srun": [HPCRUN, "srun", f"--container-image={sqfs}", f"-N{NODES}",
+                        f"-n{tasks}", "--", "true"],
+        "python": srun + [HPCRUN, "task", sqfs, "--", "true"],
+        "ch-run": srun + ["ch-run", rootfs, "--", "true"],
+    }
 
-        variants = {
-            "bare": srun + ["true"],
-            "hpcrun": srun + plan("--node-container") + ["--", "true"],
-            "per-task": srun + plan() + ["--", "true"],
-            "hpcrun-srun": [HPCRUN, "srun", f"--container-image={sqfs}", f"-N{NODES}",
-                            f"-n{tasks}", "--", "true"],
-            "python": srun + [HPCRUN, "task", sqfs, "--", "true"],
-            "ch-run": srun + ["ch-run", rootfs, "--", "true"],
-        }
+    def once(argv):
+        t = time.perf_counter()
+        cp = b.run(argv)
+        return time.perf_counter() - t, cp
 
-        def once(argv):
-            t = time.perf_counter()
-            cp = subprocess.run(argv, user=pw.pw_uid, group=pw.pw_gid, extra_groups=[],
-                                env=env, cwd=work, capture_output=True, text=True, timeout=300)
-            return time.perf_counter() - t, cp
-
-        times: dict[str, list[float]] = {}
-        broken: dict[str, str] = {}
-        cold = None
-        for name, argv in variants.items():       # warm-up; the first hpcrun round is "cold"
-            dt, cp = once(argv)
+    times: dict[str, list[float]] = {}
+    broken: dict[str, str] = {}
+    cold = None
+    for name, argv in variants.items():       # warm-up; the first hpcrun round is "cold"
+        dt, cp = once(argv)
+        if cp.returncode != 0:
+            lines = (cp.stderr + cp.stdout).strip().splitlines()
+            why = [ln for ln in lines if "error:" in ln and not ln.startswith("srun:")] or \
+                [ln for ln in lines if "Error" in ln] or lines
+            broken[name] = why[-1].strip() if why else f"exit status {cp.returncode}"
+            continue
+        times[name] = []
+        if cold is None and name != "bare":
+            cold = dt
+    order = list(times)
+    for r in range(a.rounds):
+        k = r % len(order)
+        for name in order[k:] + order[:k]:
+            dt, cp = once(variants[name])
             if cp.returncode != 0:
-                lines = (cp.stderr + cp.stdout).strip().splitlines()
-                why = [ln for ln in lines if "error:" in ln and not ln.startswith("srun:")] or \
-                    [ln for ln in lines if "Error" in ln] or lines
-                broken[name] = why[-1].strip() if why else f"exit status {cp.returncode}"
-                continue
-            times[name] = []
-            if cold is None and name != "bare":
-                cold = dt
-        order = list(times)
-        for r in range(a.rounds):
-            k = r % len(order)
-            for name in order[k:] + order[:k]:
-                dt, cp = once(variants[name])
-                if cp.returncode != 0:
-                    sys.exit(f"{name} failed in round {r}: {cp.stderr.strip()}")
-                times[name].append(dt)
+                sys.exit(f"{name} failed in round {r}: {cp.stderr.strip()}")
+            times[name].append(dt)
 
-        print(f"\nsrun -N{NODES} -n{tasks}, as {USER}, {a.rounds} interleaved rounds, medians "
-              f"(this host has {os.cpu_count()} CPUs for {tasks} tasks):")
-        base = statistics.median(times["bare"]) if "bare" in times else None
-        for name in variants:
-            if name in broken:
-                print(f"  {name:<11} unavailable: {broken[name]}")
-                continue
-            m = statistics.median(times[name])
-            ratio = f"  ratio {m / base:.2f}" if base else ""
-            print(f"  {name:<11} {m * 1000:8.1f} ms  (min {min(times[name]) * 1000:.1f}, "
-                  f"max {max(times[name]) * 1000:.1f}){ratio}")
-        if cold is not None:
-            print(f"  first container round (every node unpacks the image): {cold * 1000:.1f} ms")
-        for name in ("hpcrun", "per-task", "hpcrun-srun", "python"):
-            if base and name in times:
-                r = statistics.median(times[name]) / base
-                print(f"  target {name}/bare <= 1.2: {'met' if r <= 1.2 else 'NOT met'} "
-                      f"({r:.2f})")
+    print(f"\nsrun -N{NODES} -n{tasks}, as {USER}, {a.rounds} interleaved rounds, medians "
+          f"(this host has {os.cpu_count()} CPUs for {tasks} tasks):")
+    base = statistics.median(times["bare"]) if "bare" in times else None
+    for name in variants:
+        if name in broken:
+            print(f"  {name:<11} unavailable: {broken[name]}")
+            continue
+        m = statistics.median(times[name])
+        ratio = f"  ratio {m / base:.2f}" if base else ""
+        print(f"  {name:<11} {m * 1000:8.1f} ms  (min {min(times[name]) * 1000:.1f}, "
+              f"max {max(times[name]) * 1000:.1f}){ratio}")
+    if cold is not None:
+        print(f"  first container round (every node unpacks the image): {cold * 1000:.1f} ms")
+    for name in ("hpcrun", "per-task", "hpcrun-srun", "python"):
+        if base and name in times:
+            r = statistics.median(times[name]) / base
+            print(f"  target {name}/bare <= 1.2: {'met' if r <= 1.2 else 'NOT met'} "
+                  f"({r:.2f})")
 
-        steps = sum(len(times[n]) + 1 for n in times if n not in ("bare", "ch-run"))
-        print(f"\nimage preparations per node ({steps} container steps of {tasks // NODES} "
-              f"tasks per node = {steps * tasks // NODES} tasks per node):")
-        total = 0
-        for node in cluster.node_names:
-            try:
-                with open(os.path.join(cache, node, "prepare.log")) as f:
-                    n = sum(1 for line in f if "image=" + sqfs in line)
-            except FileNotFoundError:
-                n = 0
-            total += n
-            print(f"  {node}: {n}")
-        print(f"  total {total} for {NODES} nodes")
-        started = 0
-        for node in cluster.node_names:
-            try:
-                with open(os.path.join(cache, node, "tasks.log")) as f:
-                    started += sum(1 for line in f if line.startswith(("keeper ", "join ")))
-            except FileNotFoundError:
-                pass
-        print(f"tasks that joined or made a node container through the C front end: {started}")
-        return 0 if not broken else 1
-    finally:
-        if not a.keep:
-            cluster.down()
-        shutil.rmtree(work, ignore_errors=True)
+    steps = sum(len(times[n]) + 1 for n in times if n not in ("bare", "ch-run"))
+    print(f"\nimage preparations per node ({steps} container steps of {tasks // NODES} "
+          f"tasks per node = {steps * tasks // NODES} tasks per node):")
+    total = 0
+    for node in cluster.node_names:
+        try:
+            with open(os.path.join(cache, node, "prepare.log")) as f:
+                n = sum(1 for line in f if "image=" + sqfs in line)
+        except FileNotFoundError:
+            n = 0
+        total += n
+        print(f"  {node}: {n}")
+    print(f"  total {total} for {NODES} nodes")
+    started = 0
+    for node in cluster.node_names:
+        try:
+            with open(os.path.join(cache, node, "tasks.log")) as f:
+                started += sum(1 for line in f if line.startswith(("keeper ", "join ")))
+        except FileNotFoundError:
+            pass
+    print(f"tasks that joined or made a node container through the C front end: {started}")
+    return 0 if not broken else 1
 
 
 if __name__ == "__main__":
