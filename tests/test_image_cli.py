@@ -248,3 +248,56 @@ def test_history_sizes_are_unpacked_content(user, store_env, loaded):
     lines = ok(hp(user, store_env, "history", "--format", "json", "test/layered:1")).stdout
     top = json.loads(lines.splitlines()[0])
     assert top["Size"] == len("layer three\n")   # layer 3 adds only etc/motd
+
+
+# ---------------------------------------------- images a running container uses
+
+@pytest.fixture
+def running(user, store_env, busybox_rootfs, user_tmp):
+    """Loads busybox as inuse:1 and starts containers of it; yields a function that
+    starts one (extra run options) and returns its Popen."""
+    import subprocess
+    util.require(_run_works(user), "hpcrun run of a directory does not work here")
+    from fixtures_image import busybox_entries, make_image
+    img = make_image([busybox_entries(busybox_rootfs)])
+    p = write_docker_archive(os.path.join(user_tmp, "inuse.tar"), img, ["inuse:1"])
+    ok(hp(user, store_env, "load", "-i", p))
+    procs = []
+
+    def start(*opts):
+        e = util.user_env(user)
+        e.update(store_env)
+        proc = subprocess.Popen([util.HPCRUN, "run", *opts, "inuse:1", "--", "sh", "-c",
+                                 "echo ready; exec sleep 60"], user=user.uid, group=user.gid,
+                                extra_groups=[], env=e, cwd="/", stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        procs.append(proc)
+        return proc
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.communicate()
+
+
+@pytest.mark.userns
+@pytest.mark.parametrize("opts", [(), ("--writable-tmpfs",)])
+def test_rmi_refuses_an_image_a_container_runs(user, store_env, running, opts):
+    # As Docker: not even -f deletes it, and no name is removed; once the container is
+    # gone, rmi works. (--writable-tmpfs: the image is an overlay's lower layer.)
+    proc = running(*opts)
+    for args in (("rmi", "inuse:1"), ("rmi", "-f", "inuse:1")):
+        cp = hp(user, store_env, *args)
+        assert cp.returncode != 0
+        first = cp.stderr.splitlines()[0]
+        assert "is being used by a running container" in first and str(proc.pid) in first
+        assert cp.stderr.splitlines()[1].startswith("hint: stop the container")
+    assert "inuse" in ok(hp(user, store_env, "images")).stdout
+    cp = ok(hp(user, store_env, "prune", "-a"))
+    assert "kept" in cp.stderr and "inuse" in ok(hp(user, store_env, "images")).stdout
+    cp = hp(user, store_env, "convert", "--format", "squashfs", "inuse:1")
+    assert cp.returncode != 0 and "being used by a running container" in cp.stderr
+    proc.kill()
+    proc.communicate()
+    ok(hp(user, store_env, "rmi", "inuse:1"))
+    assert "inuse" not in ok(hp(user, store_env, "images")).stdout

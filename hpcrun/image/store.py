@@ -577,6 +577,8 @@ class Store:
                     self._build_formats(hexd, layers, self.read_blob(raw["config_digest"]),
                                         missing, True)
             new = [f for f in FORMATS if f in formats or (keep and f in have)]
+            if "dir" in have and "dir" not in new:
+                self._refuse_if_running(rec, "drop the directory of")
             raw["formats"] = new
             self._write_record(hexd, raw)
             d = os.path.join(self.images_dir, hexd)
@@ -686,6 +688,15 @@ class Store:
             del tm[str(r)]
             self._write_tags(tm)
 
+    def _refuse_if_running(self, rec: "ImageRecord", what: str) -> None:
+        """Docker refuses to delete an image a running container uses, even with -f."""
+        pids = running_containers(rec.dir_path) if rec.dir_path else []
+        if pids:
+            raise ImageError(
+                f"unable to {what} {rec.short_id} - image is being used by a running "
+                f"container (pid {', '.join(map(str, pids[:5]))})",
+                "stop the container first (kill PID), then try again")
+
     def remove(self, name_or_id: str, force: bool = False) -> list[str]:
         """Docker's rmi: untag a name; delete the image when no name is left.
 
@@ -717,6 +728,8 @@ class Store:
                     del tm[t]
                     lines.append(f"Untagged: {_familiar(t)}")
             left = [t for t, i in tm.items() if i == rec.id]
+            if not left:
+                self._refuse_if_running(rec, "delete")   # before any name is removed
             self._write_tags(tm)
         if not left:
             self._delete_image(rec.hex)
@@ -758,6 +771,11 @@ class Store:
         deleted, freed = [], 0
         for r in self.images():
             if all or not r.tags:
+                pids = running_containers(r.dir_path) if r.dir_path else []
+                if pids:
+                    log.warning(f"kept {r.short_id}: a running container uses it "
+                                f"(pid {', '.join(map(str, pids[:5]))})")
+                    continue
                 if all:
                     with self.lock("tags"):
                         tm = {t: i for t, i in self._tags().items() if i != r.id}
@@ -853,3 +871,49 @@ def unpack_dir(layers: list, dest: str, config: bytes, *, max_size: int | None):
         f.write(config)
     return tree
 
+
+def running_containers(rootfs: str) -> list[int]:
+    """Pids of running containers (of this user, or any as root) whose root file system
+    is the image directory `rootfs`: bound as the root, or the lower layer of the
+    overlay hpcrun puts on it (the C core mounts lowerdir=.../oldroot<rootfs>)."""
+    try:
+        real = os.path.realpath(rootfs)
+        st = os.stat(real)
+        own = os.stat("/")
+    except OSError:
+        return []
+    lower = "/oldroot" + real
+    pids = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            r = os.stat(f"/proc/{name}/root")
+        except OSError:
+            continue                    # gone, or not ours to look at
+        if (r.st_dev, r.st_ino) == (own.st_dev, own.st_ino):
+            continue                    # in our own root: not a container
+        if (r.st_dev, r.st_ino) == (st.st_dev, st.st_ino) or _overlay_on(name, lower):
+            pids.append(int(name))
+    return sorted(pids)
+
+
+def _overlay_on(pid: str, lower: str) -> bool:
+    """Whether process pid's root is an overlay with `lower` as a lower layer."""
+    try:
+        with open(f"/proc/{pid}/mountinfo") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return False
+    for line in lines:
+        fields = line.split(" - ", 1)
+        if len(fields) != 2 or line.split()[4] != "/":
+            continue
+        opts = fields[1].split()
+        if len(opts) < 3 or opts[0] != "overlay":
+            continue
+        for opt in opts[2].split(","):
+            if opt.startswith("lowerdir="):
+                if lower in opt[len("lowerdir="):].split(":"):
+                    return True
+    return False
