@@ -6,6 +6,7 @@ the two cannot share a name, since an extension module shadows a .py of the same
 setup.py names this file in cffi_modules; `python cext/build.py` builds in place for development.
 """
 import os
+import re
 import sys
 
 from cffi import FFI
@@ -32,9 +33,12 @@ TASK_EXTENSION = dict(
     extra_link_args=["-Wl,-e,hpcrun_task_entry", "-Wl,-z,now", "-Wl,-z,relro"],
 )
 
+# What Python sees is core.h itself, less what only a C compiler reads: the include
+# guard and #include lines (cffi's cdef takes the rest, #define constants included).
+_NOT_CDEF = re.compile(r"\s*#\s*(ifndef|endif|include\b|define\s+HPCRUN_CORE_H\b)")
 ffi = FFI()
-with open(os.path.join(HERE, "cdef.h")) as f:
-    ffi.cdef(f.read())
+with open(os.path.join(HERE, "core.h")) as f:
+    ffi.cdef("\n".join(ln for ln in f.read().splitlines() if not _NOT_CDEF.match(ln)))
 
 ffi.set_source(
     "hpcrun._ccore",

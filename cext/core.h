@@ -2,7 +2,9 @@
  * pivot_root, environment, exec) and, for --pid=private, a minimal init.
  *
  * Python reaches this only through hpcrun/_core.py. See cext/README.md for the
- * stage diagram. Keep cdef.h in step with the declarations below. */
+ * stage diagram. cext/build.py hands this header to cffi's cdef (less the include
+ * guard and #include lines): keep it to what cdef parses, and make every function
+ * return int (a void return would make the module reference Py_None, a data symbol). */
 #ifndef HPCRUN_CORE_H
 #define HPCRUN_CORE_H
 
