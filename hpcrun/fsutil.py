@@ -1,17 +1,19 @@
 """Small filesystem helpers shared by the store, auth, jobs, cluster and runtime."""
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Optional, Union
+from typing import BinaryIO, Iterator, Optional, Union
 
 
-def atomic_write(path: str, data: Union[bytes, str], *, mode: Optional[int] = None,
-                 fsync: bool = False, tmpdir: Optional[str] = None) -> None:
-    """Replace PATH with DATA so that readers see the old file or the new one, never a
-    part: write a uniquely named temporary file (in TMPDIR, else PATH's directory: it
-    must be on PATH's filesystem), optionally fsync it, then rename it over PATH.
-    MODE sets the exact permissions (else the umask applies). A failure removes the
-    temporary file and raises."""
+@contextlib.contextmanager
+def atomic_file(path: str, *, mode: Optional[int] = None, fsync: bool = False,
+                tmpdir: Optional[str] = None) -> Iterator[BinaryIO]:
+    """A binary file to write that replaces PATH only when the block succeeds, so that
+    readers see the old file or the new one, never a part: a uniquely named temporary
+    file (in TMPDIR, else PATH's directory: it must be on PATH's filesystem), optionally
+    fsynced, then renamed over PATH. MODE sets the exact permissions (else the umask
+    applies). A failure (here or in the block) removes the temporary file and raises."""
     d = tmpdir or os.path.dirname(path) or "."
     tmp = os.path.join(d, f".{os.path.basename(path)}.{os.getpid()}.{os.urandom(6).hex()}.tmp")
     # Created with MODE itself (never wider: a reader could keep an early descriptor),
@@ -22,7 +24,7 @@ def atomic_write(path: str, data: Union[bytes, str], *, mode: Optional[int] = No
         if mode is not None:
             os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
+            yield f
             if fsync:
                 f.flush()
                 os.fsync(f.fileno())
@@ -33,3 +35,10 @@ def atomic_write(path: str, data: Union[bytes, str], *, mode: Optional[int] = No
         except FileNotFoundError:
             pass
         raise
+
+
+def atomic_write(path: str, data: Union[bytes, str], *, mode: Optional[int] = None,
+                 fsync: bool = False, tmpdir: Optional[str] = None) -> None:
+    """Replace PATH with DATA atomically (see atomic_file)."""
+    with atomic_file(path, mode=mode, fsync=fsync, tmpdir=tmpdir) as f:
+        f.write(data.encode() if isinstance(data, str) else data)

@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import List
 
 from hpcrun.errors import UsageError
@@ -227,24 +227,15 @@ def _output(path: str | None, what: str):
                              "use -o FILE or redirect the output")
         yield sys.stdout.buffer
         return
-    d = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(d, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    try:
-        f = open(tmp, "wb")
-    except OSError as e:
-        from hpcrun.errors import HpcrunError
-        raise HpcrunError(f"cannot write {path}: {e.strerror}",
-                          "choose a directory you can write") from e
-    try:
-        with f:
-            yield f
-    except BaseException:
+    from hpcrun.fsutil import atomic_file
+    with ExitStack() as stack:
         try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    os.replace(tmp, path)
+            f = stack.enter_context(atomic_file(os.path.abspath(path)))
+        except OSError as e:
+            from hpcrun.errors import HpcrunError
+            raise HpcrunError(f"cannot write {path}: {e.strerror}",
+                              "choose a directory you can write") from e
+        yield f
 
 
 def _load(a) -> int:
