@@ -559,7 +559,7 @@ static void on_leave(int sig)
 /* The keeper: inside the container, it waits until the step's slurmstepd (pidfd, or
  * pid `watch`) is gone or a signal ends it, then removes the node plan if still its. */
 __attribute__((noreturn))
-static void keeper(const struct plan *p, struct hpcrun_spec *s, int rep, int watchfd,
+static void keeper(struct hpcrun_spec *s, int rep, int watchfd,
                    pid_t watch, const char *dir, const char *base)
 {
     struct sigaction sa;
@@ -579,7 +579,6 @@ static void keeper(const struct plan *p, struct hpcrun_spec *s, int rep, int wat
     for (int fd = 3; fd < 1024; fd++)
         if (fd != rep && fd != watchfd && fd != dirfd)
             close(fd);
-    (void)p;
     char *kargv[] = {KEEPER_ARGV0, NULL};
     char *kenv[] = {NULL};
     s->argv = kargv;
@@ -629,7 +628,7 @@ static void keeper(const struct plan *p, struct hpcrun_spec *s, int rep, int wat
 
 /* Start the keeper (a grandchild, so that it is never the command's child) and return
  * its pid once it is inside the container. */
-static pid_t start_keeper(const struct plan *p, struct hpcrun_spec *s, const char *dir,
+static pid_t start_keeper(struct hpcrun_spec *s, const char *dir,
                           const char *base)
 {
     pid_t watch = getppid();    /* the step's slurmstepd */
@@ -650,7 +649,7 @@ static pid_t start_keeper(const struct plan *p, struct hpcrun_spec *s, const cha
         }
         if (k > 0)
             _exit(0);
-        keeper(p, s, rep[1], watchfd, watch, dir, base);
+        keeper(s, rep[1], watchfd, watch, dir, base);
     }
     close(rep[1]);
     if (watchfd >= 0)
@@ -752,7 +751,7 @@ static void node_container(const struct plan *p, struct hpcrun_spec *s, const ch
     }
     int made = pid <= 0;
     if (made) {
-        pid = start_keeper(p, s, dir, base);    /* it changes its own copy of s only */
+        pid = start_keeper(s, dir, base);    /* it changes its own copy of s only */
         starttime(pid, now, sizeof now);
         char tmp[PATH_MAX + 200];
         snprintf(tmp, sizeof tmp, "%s.tmp-%d", path, (int)getpid());

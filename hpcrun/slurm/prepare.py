@@ -163,15 +163,6 @@ def _log(root: str, path: str, dest: str, seconds: float) -> None:
         os.close(fd)
 
 
-def log_lines(root: str | None = None) -> list[str]:
-    """The preparation log of this node (or of the given node cache directory)."""
-    try:
-        with open(os.path.join(root or cache_root(), LOG_NAME)) as f:
-            return f.read().splitlines()
-    except FileNotFoundError:
-        return []
-
-
 def _tmpfs(environ) -> str:
     """Slurm's TmpFS for this node (slurm.conf; %n/%h expanded), default /tmp."""
     value = tmpfs_pattern(environ)
