@@ -769,9 +769,10 @@ class Store:
         """Remove untagged images (all images with all=True), unreferenced blobs and
         leftovers. Returns (deleted image ids, bytes reclaimed)."""
         deleted, freed = [], 0
+        roots = container_roots()
         for r in self.images():
             if all or not r.tags:
-                pids = running_containers(r.dir_path) if r.dir_path else []
+                pids = running_containers(r.dir_path, roots) if r.dir_path else []
                 if pids:
                     log.warning(f"kept {r.short_id}: a running container uses it "
                                 f"(pid {', '.join(map(str, pids[:5]))})")
@@ -872,18 +873,15 @@ def unpack_dir(layers: list, dest: str, config: bytes, *, max_size: int | None):
     return tree
 
 
-def running_containers(rootfs: str) -> list[int]:
-    """Pids of running containers (of this user, or any as root) whose root file system
-    is the image directory `rootfs`: bound as the root, or the lower layer of the
-    overlay hpcrun puts on it (the C core mounts lowerdir=.../oldroot<rootfs>)."""
+def container_roots() -> list:
+    """(pid, (st_dev, st_ino) of its root, lower layers of its root overlay) of every
+    process in a root other than ours: running containers (this user's, or all as
+    root). Read once, matched against images by running_containers."""
     try:
-        real = os.path.realpath(rootfs)
-        st = os.stat(real)
         own = os.stat("/")
     except OSError:
         return []
-    lower = "/oldroot" + real
-    pids = []
+    out = []
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
@@ -891,20 +889,34 @@ def running_containers(rootfs: str) -> list[int]:
             r = os.stat(f"/proc/{name}/root")
         except OSError:
             continue                    # gone, or not ours to look at
-        if (r.st_dev, r.st_ino) == (own.st_dev, own.st_ino):
-            continue                    # in our own root: not a container
-        if (r.st_dev, r.st_ino) == (st.st_dev, st.st_ino) or _overlay_on(name, lower):
-            pids.append(int(name))
-    return sorted(pids)
+        if (r.st_dev, r.st_ino) != (own.st_dev, own.st_ino):
+            out.append((int(name), (r.st_dev, r.st_ino), _root_lowers(name)))
+    return out
 
 
-def _overlay_on(pid: str, lower: str) -> bool:
-    """Whether process pid's root is an overlay with `lower` as a lower layer."""
+def running_containers(rootfs: str, roots=None) -> list[int]:
+    """Pids of running containers whose root file system is the image directory
+    `rootfs`: bound as the root, or the lower layer of the overlay hpcrun puts on it
+    (the C core mounts lowerdir=.../oldroot<rootfs>). `roots`: container_roots(), if
+    already read."""
+    try:
+        real = os.path.realpath(rootfs)
+        st = os.stat(real)
+    except OSError:
+        return []
+    lower = "/oldroot" + real
+    return sorted(pid for pid, root, lowers in (container_roots() if roots is None else roots)
+                  if root == (st.st_dev, st.st_ino) or lower in lowers)
+
+
+def _root_lowers(pid: str) -> set:
+    """The lower layers of the overlays mounted at process pid's root."""
+    lowers: set = set()
     try:
         with open(f"/proc/{pid}/mountinfo") as f:
             lines = f.read().splitlines()
     except OSError:
-        return False
+        return lowers
     for line in lines:
         fields = line.split(" - ", 1)
         if len(fields) != 2 or line.split()[4] != "/":
@@ -914,6 +926,5 @@ def _overlay_on(pid: str, lower: str) -> bool:
             continue
         for opt in opts[2].split(","):
             if opt.startswith("lowerdir="):
-                if lower in opt[len("lowerdir="):].split(":"):
-                    return True
-    return False
+                lowers.update(opt[len("lowerdir="):].split(":"))
+    return lowers
