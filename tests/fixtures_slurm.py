@@ -54,22 +54,8 @@ def slurm_user_env(cluster: SlurmCluster, **extra: str) -> dict:
 
 def live_pids(pattern=None) -> list:
     """(pid, comm) of live (non-zombie) processes whose comm matches `pattern` (callable)."""
-    out = []
-    for p in os.listdir("/proc"):
-        if not p.isdigit():
-            continue
-        try:
-            with open(f"/proc/{p}/stat") as f:
-                s = f.read()
-        except OSError:
-            continue
-        comm = s[s.index("(") + 1:s.rindex(")")]
-        state = s[s.rindex(")") + 2]
-        if state in "ZX":
-            continue
-        if pattern is None or pattern(comm):
-            out.append((int(p), comm))
-    return out
+    return [(pid, comm) for pid, comm in util.live_processes()
+            if pattern is None or pattern(comm)]
 
 
 @pytest.fixture(scope="session")

@@ -88,22 +88,15 @@ def wait_for(pred, timeout: float = 60, what: str = "condition") -> None:
 def user_pids_with(user, token: str) -> list:
     """Live (non-zombie) processes of the user whose command line contains token."""
     out = []
-    for p in os.listdir("/proc"):
-        if not p.isdigit():
-            continue
+    for pid, _ in util.live_processes():
         try:
-            st = os.stat(f"/proc/{p}")
-            with open(f"/proc/{p}/cmdline", "rb") as f:
+            st = os.stat(f"/proc/{pid}")
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
                 cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-            with open(f"/proc/{p}/stat") as f:
-                s = f.read()
         except OSError:
             continue
-        if st.st_uid != user.uid or token not in cmd:
-            continue
-        if s[s.rindex(")") + 2] in "ZX":
-            continue
-        out.append((int(p), cmd))
+        if st.st_uid == user.uid and token in cmd:
+            out.append((pid, cmd))
     return out
 
 

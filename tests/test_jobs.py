@@ -76,42 +76,33 @@ def jobs(slurm_cluster, user, user_tmp, busybox_rootfs):
     return Jobs(slurm_cluster, user, user_tmp, busybox_rootfs)
 
 
-def _job_pids(jid: str) -> list:
-    """Live processes of a Slurm job on any node (all nodes share this kernel)."""
+def _job_procs(jid: str) -> list:
+    """(pid, comm) of the live processes of a Slurm job on any node (all nodes share
+    this kernel)."""
     out = []
     needle = f"SLURM_JOB_ID={jid}\0".encode()
-    for p in os.listdir("/proc"):
-        if not p.isdigit():
-            continue
+    for pid, comm in util.live_processes():
         try:
-            with open(f"/proc/{p}/stat") as f:
-                st = f.read()
-            if st[st.rindex(")") + 2] in "ZX":
-                continue
-            with open(f"/proc/{p}/environ", "rb") as f:
+            with open(f"/proc/{pid}/environ", "rb") as f:
                 if needle in f.read() + b"\0":
-                    out.append(int(p))
-        except (OSError, ValueError):
+                    out.append((pid, comm))
+        except OSError:
             continue
     return out
+
+
+def _job_pids(jid: str) -> list:
+    return [pid for pid, _ in _job_procs(jid)]
 
 
 def _started(jid: str, timeout: float = 60) -> None:
     """Wait until the job's containers run (so 'none left' below means something)."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        if any(_comm(p) == "sleep" for p in _job_pids(jid)):
+        if any(comm == "sleep" for _, comm in _job_procs(jid)):
             return
         time.sleep(0.2)
     raise AssertionError(f"no 'sleep' process of job {jid} appeared")
-
-
-def _comm(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
 
 
 def _no_job_pids(jid: str, timeout: float = 30) -> list:

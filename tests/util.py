@@ -92,3 +92,17 @@ def shared_tmpdir(prefix: str = "hpcrun-test-", owner: User | None = None) -> st
     if owner is not None:
         os.chown(d, owner.uid, owner.gid)
     return d
+
+
+def live_processes():
+    """(pid, comm) of every live process: not a zombie, not gone while being read."""
+    for p in os.listdir("/proc"):
+        if not p.isdigit():
+            continue
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                s = f.read()
+        except OSError:
+            continue
+        if s[s.rindex(")") + 2] not in "ZX":
+            yield int(p), s[s.index("(") + 1:s.rindex(")")]
