@@ -267,47 +267,42 @@ class RegistryServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-@pytest.fixture
-def registry():
+def _serve(kind: str, pki=None, token=None):
+    """A running docker-registry of this kind for one test, stopped afterwards."""
     util.require(os.path.exists(REGISTRY_BIN), "docker-registry is not installed")
-    r = RegistryServer("plain")
+    r = RegistryServer(kind, pki=pki, token=token)
     yield r
     r.stop()
+
+
+@pytest.fixture
+def registry():
+    yield from _serve("plain")
 
 
 @pytest.fixture
 def registry_basic():
-    util.require(os.path.exists(REGISTRY_BIN), "docker-registry is not installed")
-    r = RegistryServer("basic")
-    yield r
-    r.stop()
+    yield from _serve("basic")
 
 
 @pytest.fixture
 def registry_tls(pki):
-    util.require(os.path.exists(REGISTRY_BIN), "docker-registry is not installed")
-    r = RegistryServer("tls", pki=pki)
-    yield r
-    r.stop()
+    yield from _serve("tls", pki=pki)
 
 
 @pytest.fixture
 def registry_mtls(pki):
     """TLS that also requires a client certificate signed by the test CA."""
-    util.require(os.path.exists(REGISTRY_BIN), "docker-registry is not installed")
-    r = RegistryServer("mtls", pki=pki)
-    yield r
-    r.stop()
+    yield from _serve("mtls", pki=pki)
 
 
 @pytest.fixture
 def registry_token(pki):
-    util.require(os.path.exists(REGISTRY_BIN), "docker-registry is not installed")
     t = TokenServer(pki)
-    r = RegistryServer("token", pki=pki, token=t)
-    yield r
-    r.stop()
-    t.stop()
+    try:
+        yield from _serve("token", pki=pki, token=t)
+    finally:
+        t.stop()
 
 
 # ----------------------------------------------------------------------------- fault proxy
