@@ -10,10 +10,15 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <net/if.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -202,6 +207,119 @@ static int remount_ro(struct ctx *c, const char *path, const char *shown)
     if (mount(NULL, path, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | locked_flags(path), NULL))
         return fail(c, "can't make %s read-only", shown);
     return 0;
+}
+
+/* HPCRUN_CORE_FALLBACKS=1 (tests): take the paths for kernels without mount_setattr(2)
+ * and close_range(2), so that they are exercised here too. */
+static int use_fallbacks(void)
+{
+    const char *v = getenv("HPCRUN_CORE_FALLBACKS");
+    return v && !strcmp(v, "1");
+}
+
+/* mount_setattr(2) (Linux >= 5.12); the struct under our own name, since only newer
+ * glibc (2.36) and kernel headers declare it. */
+#ifndef SYS_mount_setattr
+#define SYS_mount_setattr 442   /* the same on every architecture (unified table) */
+#endif
+#ifndef AT_RECURSIVE
+#define AT_RECURSIVE 0x8000
+#endif
+#ifndef MOUNT_ATTR_RDONLY
+#define MOUNT_ATTR_RDONLY 0x00000001
+#endif
+struct hpcrun_mount_attr {
+    uint64_t attr_set, attr_clr, propagation, userns_fd;
+};
+
+/* mountinfo escapes space, tab, newline and backslash as \ooo (octal): decode in place. */
+static void unescape_mountinfo(char *s)
+{
+    char *o = s;
+    for (char *p = s; *p; p++) {
+        if (p[0] == '\\' && p[1] >= '0' && p[1] <= '3' && p[2] >= '0' && p[2] <= '7' &&
+            p[3] >= '0' && p[3] <= '7') {
+            *o++ = (char)((p[1] - '0') * 64 + (p[2] - '0') * 8 + (p[3] - '0'));
+            p += 3;
+        } else {
+            *o++ = *p;
+        }
+    }
+    *o = '\0';
+}
+
+/* Without mount_setattr: remount every mount below path read-only, one by one, from
+ * /proc/self/mountinfo (field 5, the mount point as seen from our root). Before the
+ * final pivot the host's /proc is under OLDROOT. */
+static int remount_ro_below(struct ctx *c, const char *path, const char *shown)
+{
+    int fd = open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        fd = open(OLDROOT "/proc/self/mountinfo", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return fail(c, "can't read the mount table to make %s read-only", shown);
+    size_t len = 0, cap = 0;
+    char *buf = NULL;
+    for (;;) {
+        if (len + 4096 > cap) {
+            char *nb = realloc(buf, cap = cap ? cap * 2 : 65536);
+            if (!nb) {
+                free(buf);
+                close(fd);
+                return fail(c, "can't read the mount table to make %s read-only", shown);
+            }
+            buf = nb;
+        }
+        ssize_t n = read(fd, buf + len, cap - len - 1);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        len += (size_t)n;
+    }
+    close(fd);
+    buf[len] = '\0';
+    size_t pl = strlen(path);
+    int r = 0;
+    for (char *line = buf, *next; line && *line && r == 0; line = next) {
+        next = strchr(line, '\n');
+        if (next)
+            *next++ = '\0';
+        char *f = line;   /* id parent major:minor root MOUNT-POINT options ... */
+        for (int i = 0; i < 4 && f; i++) {
+            f = strchr(f, ' ');
+            if (f) f++;
+        }
+        if (!f)
+            continue;
+        char *end = strchr(f, ' ');
+        if (end)
+            *end = '\0';
+        unescape_mountinfo(f);
+        if (strncmp(f, path, pl) || f[pl] != '/')
+            continue;     /* not below path */
+        if (mount(NULL, f, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | locked_flags(f), NULL) &&
+            errno != ENOENT)
+            r = fail(c, "can't make %s read-only (the mount at %s below it)", shown, f + pl);
+    }
+    free(buf);
+    return r;
+}
+
+/* A read-only bind is read-only all the way down, as bubblewrap's --ro-bind and
+ * Docker's recursive read-only: -v /:/host:ro must not leave /host/dev/shm writable.
+ * mount_setattr(AT_RECURSIVE) sets MOUNT_ATTR_RDONLY on the whole tree at once and
+ * leaves the other (possibly locked) flags alone; where the kernel lacks it, remount
+ * each mount, keeping the locked flags. */
+static int remount_ro_rec(struct ctx *c, const char *path, const char *shown)
+{
+    struct hpcrun_mount_attr a = {MOUNT_ATTR_RDONLY, 0, 0, 0};
+    if (!use_fallbacks() &&
+        syscall(SYS_mount_setattr, AT_FDCWD, path, AT_RECURSIVE, &a, sizeof a) == 0)
+        return 0;
+    if (remount_ro(c, path, shown))
+        return -1;
+    return remount_ro_below(c, path, shown);
 }
 
 static const char *env_get(char *const *envp, const char *name)
@@ -480,7 +598,7 @@ static int underlay(struct ctx *c, const struct hpcrun_spec *s, const char *lowe
                 closedir(d);
                 return fail(c, "can't bind %s%s/%s from the image", rel, "", e->d_name);
             }
-            if (!r && remount_ro(c, b, e->d_name)) {
+            if (!r && remount_ro_rec(c, b, e->d_name)) {
                 closedir(d);
                 return -1;
             }
@@ -642,7 +760,7 @@ static int do_mounts(struct ctx *c, const struct hpcrun_spec *s, const char *low
                 return fail(c, "can't bind a synthesized file to %s", m->dst);
             return fail(c, "can't bind %s to %s", m->src, m->dst);
         }
-        if ((m->flags & (HPCRUN_M_RDONLY | HPCRUN_M_CONTENT)) && remount_ro(c, dst, m->dst))
+        if ((m->flags & (HPCRUN_M_RDONLY | HPCRUN_M_CONTENT)) && remount_ro_rec(c, dst, m->dst))
             return -1;
     }
     return 0;
@@ -721,11 +839,16 @@ static int setup_fs(struct ctx *c, const struct hpcrun_spec *s)
         }
     } else if (mount(lower, NEWROOT, NULL, MS_BIND | MS_REC, NULL)) {
         return fail(c, "can't bind %s to /", s->image);
+    } else if (remount_ro_rec(c, NEWROOT, "the image")) {
+        /* Read-only now, with whatever is mounted below the image directory on the host;
+         * the container's own mounts come next and keep their own modes. */
+        return -1;
     }
 
     if (do_mounts(c, s, lower))
         return -1;
-    if (!writable && (!skeleton || underlaid) && remount_ro(c, NEWROOT, "the image"))
+    /* The underlay's tmpfs, not its binds (each made read-only already). */
+    if (underlaid && remount_ro(c, NEWROOT, "the image"))
         return -1;
 
     /* pivot_root(".", ".") stacks the old root on top of the new one; detaching it
@@ -779,20 +902,192 @@ static int enter_rest(struct ctx *c, const struct hpcrun_spec *s)
 
 /* ---------------------------------------------------------------- exec */
 
+/* The working directory must lie inside the container's root. A path through a magic
+ * link (/proc/self/fd/N of an inherited directory, /proc/PID/cwd of a host process)
+ * would start the command outside it, the runc CVE-2024-21626 class. The kernel's
+ * getcwd(2) tells: it prefixes "(unreachable)" to a directory not below our root (the
+ * raw syscall; glibc's getcwd turns that into ENOENT). */
+static int cwd_inside(struct ctx *c, const char *shown)
+{
+    char p[PATH_MAX];
+    long n = syscall(SYS_getcwd, p, sizeof p);
+    if (n > 0 && p[0] == '/')
+        return 0;
+    if (n < 0 && errno != ENOENT)
+        return fail(c, "can't tell where working directory %s lies", shown);
+    errno = EPERM;
+    return failx(c, HPCRUN_EXIT_FAILED, "can't use working directory %s: it lies outside "
+                 "the container's root", shown);
+}
+
 static int chdir_work(struct ctx *c, const struct hpcrun_spec *s)
 {
     char p[PATH_MAX];
+    const char *wd = s->workdir && *s->workdir ? s->workdir : "/";
     if (!s->workdir || !*s->workdir || chdir(s->workdir) == 0)
-        return 0;
+        return cwd_inside(c, wd);
     if (!s->workdir_required)
-        return chdir("/") ? fail(c, "can't chdir to /") : 0;
+        return chdir("/") ? fail(c, "can't chdir to /") : cwd_inside(c, "/");
     if (errno == ENOENT && snprintf(p, sizeof p, "%s", s->workdir) < (int)sizeof p) {
         if (mkdir_p(p, 0755))
             return fail(c, "can't create working directory %s", s->workdir);
         if (chdir(p) == 0)
-            return 0;
+            return cwd_inside(c, wd);
     }
     return fail(c, "can't chdir to %s", s->workdir);
+}
+
+/* ---------------------------------------------------------------- descriptors */
+
+/* Variables that name a descriptor the command needs: the PMI-1/PMI-2 wire protocol's
+ * (Slurm's mpi/pmi2, MPICH's hydra, Flux). PMIx connects by socket path instead. */
+static const char *const FD_VARS[] = {"PMI_FD"};
+
+/* Mark every inherited descriptor above 2 close-on-exec, but 3 .. 2+preserve (Docker's
+ * --preserve-fds) and those FD_VARS name in the command's environment: a descriptor of
+ * the host's (`3</`) would reach the host's tree through /proc/self/fd/3. Close-on-exec
+ * rather than close: the report pipe to a parent must stay until execve succeeds.
+ * close_range(2) with CLOSE_RANGE_CLOEXEC (Linux >= 5.11) over the ranges between the
+ * kept ones; else each open descriptor from /proc/self/fd (or up to the limit). */
+#ifndef SYS_close_range
+#define SYS_close_range 436
+#endif
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
+#define MAX_KEPT (sizeof FD_VARS / sizeof *FD_VARS)
+
+static int kept_fd(int fd, unsigned int first, const int *keep, size_t nkeep)
+{
+    if ((unsigned int)fd < first)
+        return 1;
+    for (size_t i = 0; i < nkeep; i++)
+        if (keep[i] == fd)
+            return 1;
+    return 0;
+}
+
+static void cloexec_inherited(const struct hpcrun_spec *s)
+{
+    int keep[MAX_KEPT] = {0};
+    size_t nkeep = 0;
+    unsigned int first = 3 + (unsigned int)(s->preserve_fds > 0 ? s->preserve_fds : 0);
+    for (size_t i = 0; i < MAX_KEPT; i++) {
+        const char *v = env_get(s->envp, FD_VARS[i]);
+        char *end;
+        long n;
+        if (!v || !*v)
+            continue;
+        errno = 0;
+        n = strtol(v, &end, 10);
+        if (!*end && !errno && n >= (long)first && n < 0x7fffffff)
+            keep[nkeep++] = (int)n;
+    }
+    /* sort the few kept ones, then mark the gaps between them */
+    for (size_t i = 1; i < nkeep; i++)
+        for (size_t j = i; j > 0 && keep[j - 1] > keep[j]; j--) {
+            int t = keep[j];
+            keep[j] = keep[j - 1];
+            keep[j - 1] = t;
+        }
+    if (!use_fallbacks()) {
+        unsigned int lo = first;
+        int ok = 1;
+        for (size_t i = 0; i < nkeep && ok; i++) {
+            unsigned int k = (unsigned int)keep[i];
+            if (k < lo)
+                continue;           /* the same one twice */
+            if (k > lo && syscall(SYS_close_range, lo, k - 1, CLOSE_RANGE_CLOEXEC))
+                ok = 0;
+            lo = k + 1;
+        }
+        if (ok && syscall(SYS_close_range, lo, ~0U, CLOSE_RANGE_CLOEXEC) == 0)
+            return;
+    }
+    DIR *d = opendir("/proc/self/fd");
+    if (d) {
+        int self = dirfd(d);
+        for (struct dirent *e; (e = readdir(d));) {
+            char *end;
+            long fd = strtol(e->d_name, &end, 10);
+            if (*end || e->d_name[0] < '0' || e->d_name[0] > '9' || fd == self ||
+                kept_fd((int)fd, first, keep, nkeep))
+                continue;
+            fcntl((int)fd, F_SETFD, FD_CLOEXEC);
+        }
+        closedir(d);
+        return;
+    }
+    long max = sysconf(_SC_OPEN_MAX);
+    if (max < 0 || max > (1L << 20))
+        max = 1L << 20;
+    for (long fd = first; fd < max; fd++)
+        if (!kept_fd((int)fd, first, keep, nkeep))
+            fcntl((int)fd, F_SETFD, FD_CLOEXEC);
+}
+
+/* ---------------------------------------------------------------- terminal injection */
+
+/* TIOCSTI pushes bytes into a terminal's input queue, TIOCLINUX (selection paste) does
+ * the same on a virtual console: a command holding the caller's terminal could type
+ * commands into the caller's shell after it exits. A seccomp filter refuses both
+ * ioctls (EPERM) to the command and all it starts; job control and every other ioctl
+ * stay (setsid would cost the command its controlling terminal, and ^C with it).
+ * The request is an unsigned int to the kernel: compare the low 32 bits only (a 64-bit
+ * compare is bypassed by setting high bits, CVE-2019-10063). 32-bit system calls of a
+ * 64-bit kernel (i386 on x86-64, arm on arm64) have their own ioctl number. Installing
+ * needs CAP_SYS_ADMIN in our user namespace (held here) or no_new_privs, which we do
+ * not set: it would change what the image's programs may do. */
+#if defined(__x86_64__)
+#define NATIVE_ARCH AUDIT_ARCH_X86_64
+#define COMPAT_ARCH AUDIT_ARCH_I386
+#define COMPAT_IOCTL 54
+#define X32_IOCTL (0x40000000 | 514)
+#elif defined(__aarch64__)
+#define NATIVE_ARCH AUDIT_ARCH_AARCH64
+#define COMPAT_ARCH AUDIT_ARCH_ARM
+#define COMPAT_IOCTL 54
+#define X32_IOCTL __NR_ioctl
+#endif
+
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define ARG1_LOW offsetof(struct seccomp_data, args[1])
+#else
+#define ARG1_LOW (offsetof(struct seccomp_data, args[1]) + 4)
+#endif
+
+static int tty_filter_done;   /* once per process: a fork inherits the filter */
+
+static int block_tty_injection(struct ctx *c)
+{
+#ifdef NATIVE_ARCH
+    struct sock_filter f[] = {
+        /* 0 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+        /* 1 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, NATIVE_ARCH, 0, 4),
+        /* 2 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        /* 3 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_ioctl, 6, 0),
+        /* 4 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, X32_IOCTL, 5, 0),
+        /* 5 */ BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        /* 6 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, COMPAT_ARCH, 0, 2),
+        /* 7 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        /* 8 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, COMPAT_IOCTL, 1, 0),
+        /* 9 */ BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        /* 10 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, ARG1_LOW),
+        /* 11 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, TIOCSTI, 2, 0),
+        /* 12 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, TIOCLINUX, 1, 0),
+        /* 13 */ BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        /* 14 */ BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)),
+    };
+    struct sock_fprog prog = {(unsigned short)(sizeof f / sizeof *f), f};
+    if (tty_filter_done)
+        return 0;
+    if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog))
+        return fail(c, "can't install the seccomp filter against terminal injection (TIOCSTI)");
+    tty_filter_done = 1;
+#else
+    (void)c;    /* an architecture without the numbers above: no filter */
+#endif
+    return 0;
 }
 
 static void reset_signals(const sigset_t *mask)
@@ -811,6 +1106,9 @@ static int do_exec(struct ctx *c, const struct hpcrun_spec *s)
     const char *file = s->argv[0];
     char p[PATH_MAX];
     int eacces = 0, last = ENOENT;
+    if (block_tty_injection(c))
+        return -1;
+    cloexec_inherited(s);
     if (strchr(file, '/')) {
         execve(file, s->argv, s->envp);
         last = errno;

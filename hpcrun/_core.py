@@ -26,6 +26,10 @@ _HINTS = (
      "lie inside /proc, /sys, /dev or a read-only or host-backed bind"),
     ("can't create mount point", "the destination cannot be made inside the image; "
      "pick another -v destination"),
+    ("can't use working directory", "a path through /proc/self/fd or /proc/PID/cwd leads "
+     "out of the container; give a directory inside the image or a bind"),
+    ("can't install the seccomp filter", "the kernel refused seccomp (CONFIG_SECCOMP_FILTER, "
+     "or a seccomp policy around hpcrun); see cext/README.md, 'Isolation'"),
     ("can't chdir to", "the working directory does not exist in the container; "
      "create it in the image, or give -w on a writable mount (/tmp, a -v bind)"),
     ("can't create working directory", "the working directory must exist in the image or "
@@ -100,6 +104,7 @@ def enter(spec) -> int:
     s.argv = a.strv(spec.argv)
     s.envp = a.strv(spec.env)
     s.stop_signal = spec.stop_signal
+    s.preserve_fds = spec.preserve_fds
     err = ffi.new("char[]", ERRLEN)
     code = ffi.new("int *")
     r = lib.hpcrun_enter(s, err, ERRLEN, code)

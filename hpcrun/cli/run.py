@@ -31,6 +31,8 @@ Run CMD in IMAGE (a root directory, a squashfs file or an image name), rootless.
       --network host|none    none: own network namespace with only lo
       --hostname NAME        own uts namespace with this host name
       --unpack               squashfs: extract once to a node-local cache instead of FUSE
+      --preserve-fds N       keep descriptors 3 .. 2+N open in the command (others above
+                             2 are closed; PMI_FD's always stays)
   -h, --help                 this help
 
 Exit status: the command's; 125 hpcrun failed, 126 cannot execute, 127 not found,
@@ -55,6 +57,7 @@ OPTIONS = {
     "--network": ("network", "choice:host|none"), "--net": ("network", "choice:host|none"),
     "--hostname": ("hostname", "value"),
     "--unpack": ("unpack", "flag"),
+    "--preserve-fds": ("preserve_fds", "value"),
 }
 
 

@@ -80,9 +80,10 @@ class Spec(_Frozen):
     """Everything the C core needs to enter a container and exec its command."""
 
     __slots__ = ("image", "squashfuse", "flags", "hostname", "uid", "gid", "mounts",
-                 "workdir", "workdir_required", "argv", "env", "stop_signal")
+                 "workdir", "workdir_required", "argv", "env", "stop_signal", "preserve_fds")
     _defaults = {"squashfuse": None, "flags": 0, "hostname": None, "mounts": (),
-                 "workdir": "/", "workdir_required": False, "stop_signal": 0}
+                 "workdir": "/", "workdir_required": False, "stop_signal": 0,
+                 "preserve_fds": 0}
 
 
 class RunOptions(_Frozen):
@@ -90,8 +91,9 @@ class RunOptions(_Frozen):
 
     __slots__ = ("image", "command", "env", "env_files", "cleanenv", "volumes", "workdir",
                  "entrypoint", "fakeroot", "writable_tmpfs", "pid", "ipc", "network",
-                 "hostname", "home", "scratch", "unpack")
+                 "hostname", "home", "scratch", "unpack", "preserve_fds")
     _defaults = {"command": (), "env": (), "env_files": (), "cleanenv": False, "volumes": (),
                  "workdir": None, "entrypoint": None, "fakeroot": False,
                  "writable_tmpfs": False, "pid": "host", "ipc": "host", "network": "host",
-                 "hostname": None, "home": True, "scratch": False, "unpack": False}
+                 "hostname": None, "home": True, "scratch": False, "unpack": False,
+                 "preserve_fds": None}
