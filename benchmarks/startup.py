@@ -18,6 +18,8 @@ Run as root (it drops to HPCRUN_TEST_USER, default hpcuser, for the measurements
 as any user. Usage: benchmarks/startup.py [--rounds N] [--hpcrun PATH]
 (--hpcrun: the hpcrun command to time, default the one next to this Python; e.g. a
 pip-installed one, whose generated launcher imports `re`, ~4 ms here).
+--baseline PATH: another hpcrun command (e.g. a build of the previous commit) timed in
+the same rounds as "hpcrun base" / "hpcrun pid base", with the ratio printed.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HPCRUN = os.path.join(os.path.dirname(sys.executable), "hpcrun")
+BASELINE = None
 USER = os.environ.get("HPCRUN_TEST_USER", "hpcuser")
 
 
@@ -116,6 +119,10 @@ def measure(rounds: int, image: str, sqfs: str | None) -> None:
         "hpcrun": [HPCRUN, "run", image, "--", "/bin/true"],
         "hpcrun pid": [HPCRUN, "run", "--pid=private", image, "--", "/bin/true"],
     }
+    if BASELINE:
+        contenders["hpcrun base"] = [BASELINE, "run", image, "--", "/bin/true"]
+        contenders["hpcrun pid base"] = [BASELINE, "run", "--pid=private", image, "--",
+                                         "/bin/true"]
     if sqfs:
         contenders["hpcrun sqfs"] = [HPCRUN, "run", sqfs, "--", "/bin/true"]
         contenders["ch-run sqfs"] = [shutil.which("ch-run") or "/usr/bin/ch-run", sqfs, "--",
@@ -145,6 +152,9 @@ def measure(rounds: int, image: str, sqfs: str | None) -> None:
         print(f"{k:16} {med[k]:10.2f} {p10:7.2f} {p90:7.2f} {xch:>9} {med[k] / med['bare']:8.2f}")
     for k, why in skipped.items():
         print(f"{k:16} skipped: {why}")
+    for k in ("hpcrun", "hpcrun pid"):
+        if k in med and f"{k} base" in med:
+            print(f"{k} / {k} base: {med[k] / med[k + ' base']:.3f}")
     print()
     print("host memory while the container runs (the command itself not counted):")
     mem = {k: contenders[k] for k in ("hpcrun", "hpcrun pid", "bwrap", "ch-run") if k in contenders}
@@ -158,12 +168,14 @@ def measure(rounds: int, image: str, sqfs: str | None) -> None:
 
 
 def main() -> int:
-    global HPCRUN
+    global HPCRUN, BASELINE
     rounds = 100
     if "--rounds" in sys.argv:
         rounds = int(sys.argv[sys.argv.index("--rounds") + 1])
     if "--hpcrun" in sys.argv:
         HPCRUN = sys.argv[sys.argv.index("--hpcrun") + 1]
+    if "--baseline" in sys.argv:
+        BASELINE = sys.argv[sys.argv.index("--baseline") + 1]
     tmp = tempfile.mkdtemp(prefix="hpcrun-bench-", dir="/tmp")
     os.chmod(tmp, 0o1777)   # the dropped user keeps its cache here
     image = os.path.join(tmp, "busybox")
