@@ -69,7 +69,7 @@ class Option:
 
 TABLE = (
     Option("--env", "env", LIST, "set a variable (NAME alone copies the host's value)",
-           short="-e", metavar="NAME[=VALUE]", job="env"),
+           short="-e", metavar="NAME[=VALUE]", pyxis="container-env", job="env"),
     Option("--env-file", "env_files", LIST, "read NAME=VALUE lines", metavar="FILE"),
     Option("--cleanenv", "cleanenv", FLAG,
            "drop the host environment (SLURM_*, PMI*, PMIX_*, OMPI_*, UCX_*, FI_* always pass)"),
