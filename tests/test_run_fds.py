@@ -164,18 +164,21 @@ def test_workdir_inside_is_kept(user, img):
 
 # ---------------------------------------------------------------- -vv after a failure
 
-def test_vv_failure_after_the_root_changed_reports_cleanly(user, img, user_tmp):
+@pytest.mark.parametrize("verbose", ["-vv", "-v"])
+def test_failure_after_the_root_changed_reports_cleanly(user, img, user_tmp, verbose):
     # The working directory can't be made on a read-only bind: the core fails after
-    # pivot_root, where the host's standard library is gone. -vv still prints the error
-    # and the traceback (without source lines), not ModuleNotFoundError.
-    cp = util.hpcrun(user, "-vv", "run", "-v", f"{user_tmp}:/ro:ro", "-w", "/ro/x", img,
+    # pivot_root, where the host's standard library is gone. The C executor reports it
+    # itself (one line and a hint, exit 125); no Python runs after the root changed,
+    # so -vv has no traceback to fail on (it used to end in ModuleNotFoundError).
+    cp = util.hpcrun(user, verbose, "run", "-v", f"{user_tmp}:/ro:ro", "-w", "/ro/x", img,
                      "--", "pwd")
     assert cp.returncode == 125
-    assert "hpcrun: error: can't create working directory /ro/x: Read-only file system" \
-        in cp.stderr
-    assert "Traceback (most recent call last)" in cp.stderr
-    assert "ContainerError" in cp.stderr
-    assert "ModuleNotFoundError" not in cp.stderr
+    lines = [ln for ln in cp.stderr.splitlines() if not ln.startswith("hpcrun: debug:")]
+    assert lines[0] == "hpcrun: error: can't create working directory /ro/x: " \
+        "Read-only file system", cp.stderr
+    assert lines[1].startswith("hint: ")
+    assert len(lines) == 2, cp.stderr
+    assert "Traceback" not in cp.stderr and "ModuleNotFoundError" not in cp.stderr
 
 
 # ---------------------------------------------------------------- joining a container

@@ -227,11 +227,6 @@ def run(spec: Spec) -> int:
     from hpcrun import _core
     if os.environ.get("HPCRUN_VERBOSE", "0") not in ("", "0", "1"):
         _log_spec(spec)
-        # -vv prints a traceback if entering fails, and a failure may come after the
-        # root has changed, when the host's standard library is out of reach: load the
-        # traceback machinery now (linecache only misses the source lines then).
-        import traceback
-        traceback.format_exception(ValueError, ValueError("warm-up"), None)
     sys.stdout.flush()
     sys.stderr.flush()
     return _core.enter(spec)
