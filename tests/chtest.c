@@ -8,7 +8,7 @@
  *     DENIED ...   0  the kernel refused, as it must
  *     ESCAPED ...  1  the attempt worked: isolation is broken
  *     ERROR ...    2  the check could not be made (nothing to try, bad arguments)
- * plus two helpers that only report: `fds` (open descriptors above 2) and `cwd`. */
+ * plus helpers that only report: `fds` (open descriptors above 2), `cwd`, `ids`. */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
@@ -197,6 +197,28 @@ static int remount(int argc, char **argv)
     return denied("remount and mount");
 }
 
+/* Unmount the root or a mount of the container: where that worked, what lies below
+ * (the host's tree, an image directory's real contents) would show. */
+static int do_umount(int argc, char **argv)
+{
+    for (int i = 0; i < argc; i++) {
+        if (umount2(argv[i], MNT_DETACH) == 0) {
+            printf("ESCAPED unmounted %s\n", argv[i]);
+            return 1;
+        }
+        if (errno != EPERM && errno != EINVAL)
+            return error(strerror(errno));
+    }
+    return argc ? denied("umount") : error("usage: umount PATH...");
+}
+
+/* The real and effective uid: a setuid program of the image must gain nothing. */
+static int ids(void)
+{
+    printf("%u %u\n", (unsigned)getuid(), (unsigned)geteuid());
+    return 0;
+}
+
 static int do_setgroups(void)
 {
     gid_t g = getgid();
@@ -306,6 +328,8 @@ int main(int argc, char **argv)
     if (!strcmp(c, "mknod")) return do_mknod();
     if (!strcmp(c, "bind-port")) return bind_port(n, a);
     if (!strcmp(c, "remount")) return remount(n, a);
+    if (!strcmp(c, "umount")) return do_umount(n, a);
+    if (!strcmp(c, "ids")) return ids();
     if (!strcmp(c, "setgroups")) return do_setgroups();
     if (!strcmp(c, "seteuid")) return do_seteuid(n, a);
     if (!strcmp(c, "kill")) return do_kill(n, a);

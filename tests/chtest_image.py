@@ -1,5 +1,5 @@
-"""The chtest image: busybox plus tests/chtest.c compiled static, a root-owned 0600
-file and a 0700 directory (for the permission checks). Built by the test modules that
+"""The chtest image: busybox plus tests/chtest.c compiled static (and a setuid-root
+copy of it), a root-owned 0600 file and a 0700 directory (for the permission checks). Built by the test modules that
 run checks inside a container (test_isolation_chtest.py, test_run_fds.py)."""
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE = os.path.join(HERE, "chtest.c")
 IN_IMAGE = "/usr/local/bin/chtest"
 SECRET = "/secret"
+SETUID = "/usr/local/bin/chtest-setuid"
 
 
 def compile_chtest(out: str) -> str:
@@ -31,6 +32,10 @@ def build(root: str) -> str:
     os.makedirs(os.path.join(root, "usr/local/bin"), exist_ok=True)
     compile_chtest(os.path.join(root, IN_IMAGE.lstrip("/")))
     os.chmod(os.path.join(root, IN_IMAGE.lstrip("/")), 0o755)
+    suid = os.path.join(root, SETUID.lstrip("/"))      # a setuid-root copy
+    shutil.copy2(os.path.join(root, IN_IMAGE.lstrip("/")), suid)
+    os.chown(suid, 0, 0)
+    os.chmod(suid, 0o4755)
     with open(os.path.join(root, SECRET.lstrip("/")), "w") as f:
         f.write("root only\n")
     os.chmod(os.path.join(root, SECRET.lstrip("/")), 0o600)

@@ -107,6 +107,19 @@ def test_remount_of_the_host_root_is_denied(user, img):
     assert_denied(check(user, img, "remount", "/host", opts=["-v", "/:/host:ro"]))
 
 
+def test_unmounting_the_root_is_denied(user, img):
+    # The root and the mounts on it are locked together: none can be taken away to show
+    # what lies below.
+    assert_denied(check(user, img, "umount", "/", "/proc", "/tmp", "/etc/passwd"))
+
+
+def test_setuid_program_of_the_image_gains_nothing(user, img):
+    # nosuid: the setuid-root copy runs with the caller's ids.
+    cp = run(user, img, "--", chtest_image.SETUID, "ids")
+    assert cp.returncode == 0, cp.stderr
+    assert cp.stdout.split() == [str(user.uid), str(user.uid)]
+
+
 def test_setgroups_is_denied(user, img):
     assert_denied(check(user, img, "setgroups"))
 
