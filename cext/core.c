@@ -356,25 +356,27 @@ static int write_maps(struct ctx *c, const char *procdir, unsigned int uid, unsi
 
 /* ---------------------------------------------------------------- squashfuse */
 
-/* Start squashfuse on the image. It runs in our user namespace but the host's mount
- * namespace, so it does not keep the container's mount namespace alive: when the
- * container's last process exits the mount goes, the FUSE connection is aborted and
- * squashfuse exits. We open /dev/fuse here (it must be opened in the user namespace
- * that mounts it) and hand it over as /dev/fd/N (libfuse >= 3.3), so squashfuse needs
- * neither fusermount nor privilege. It may only read the device once the mount exists
- * (before that a read is EPERM), so the child waits on a pipe until fuse_mount() says
- * go; if we fail first, the pipe closes and it exits. Double fork: the command must
- * not inherit it as a child it could wait for. */
+/* Start squashfuse on the image, in the host's user and mount namespaces: forked
+ * before we unshare anything, so that it is no process of the container's user
+ * namespace. Were it one (as it once was), the command could read its
+ * /proc/PID/root and /proc/PID/fd (same uid, same user namespace: ptrace access
+ * allowed) and so reach the host's tree; from a child user namespace the kernel refuses
+ * that (ptrace across user namespaces needs CAP_SYS_PTRACE over the target's).
+ * The mount is ours: /dev/fuse must be opened in the user namespace that mounts it, so
+ * fuse_open() opens it there and fuse_mount() hands the descriptor to the waiting
+ * server over a socket (SCM_RIGHTS) once the mount exists (before that a read is
+ * EPERM); squashfuse serves it as /dev/fd/N (libfuse >= 3.3), needing neither
+ * fusermount nor privilege. When the container's last process exits the mount goes,
+ * the connection is aborted and squashfuse exits; if entering fails first, the socket
+ * closes and the server exits without starting. Double fork: the command must not
+ * inherit it as a child it could wait for. */
 static int fuse_spawn(struct ctx *c, const struct hpcrun_spec *s)
 {
-    int pp[2], go[2];
-    c->fuse_fd = open("/dev/fuse", O_RDWR | O_CLOEXEC);
-    if (c->fuse_fd < 0)
-        return fail(c, "can't open /dev/fuse to mount %s", s->image);
+    int pp[2], sp[2];
     c->fuse_log = memfd_create("squashfuse-stderr", MFD_CLOEXEC);
     if (c->fuse_log < 0)
         return fail(c, "can't create memfd");
-    if (pipe2(pp, O_CLOEXEC) || pipe2(go, O_CLOEXEC))
+    if (pipe2(pp, O_CLOEXEC) || socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp))
         return fail(c, "can't create pipe");
     pid_t a = fork();
     if (a < 0)
@@ -383,12 +385,27 @@ static int fuse_spawn(struct ctx *c, const struct hpcrun_spec *s)
         pid_t b = fork();
         if (b == 0) {
             char fdpath[32], g;
-            close(go[1]);
-            if (read(go[0], &g, 1) != 1)
+            union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int))]; } u;
+            struct iovec iov = {&g, 1};
+            struct msghdr mh;
+            memset(&mh, 0, sizeof mh);
+            mh.msg_iov = &iov;
+            mh.msg_iovlen = 1;
+            mh.msg_control = u.buf;
+            mh.msg_controllen = sizeof u.buf;
+            close(sp[0]);
+            ssize_t n;
+            do
+                n = recvmsg(sp[1], &mh, MSG_CMSG_CLOEXEC);
+            while (n < 0 && errno == EINTR);
+            struct cmsghdr *cm = n == 1 ? CMSG_FIRSTHDR(&mh) : NULL;
+            if (!cm || cm->cmsg_type != SCM_RIGHTS)
                 _exit(0);       /* entering failed before the mount: nothing to serve */
+            int fd;
+            memcpy(&fd, CMSG_DATA(cm), sizeof fd);
             setsid();   /* not in the terminal's process group: ^C is for the command */
-            snprintf(fdpath, sizeof fdpath, "/dev/fd/%d", c->fuse_fd);
-            fcntl(c->fuse_fd, F_SETFD, 0);
+            snprintf(fdpath, sizeof fdpath, "/dev/fd/%d", fd);
+            fcntl(fd, F_SETFD, 0);
             dup2(c->fuse_log, 2);
             int nul = open("/dev/null", O_RDWR);
             if (nul >= 0) {
@@ -407,8 +424,8 @@ static int fuse_spawn(struct ctx *c, const struct hpcrun_spec *s)
         _exit(w == (ssize_t)sizeof b ? 0 : 1);
     }
     close(pp[1]);
-    close(go[0]);
-    c->fuse_go = go[1];
+    close(sp[1]);
+    c->fuse_go = sp[0];
     pid_t b = -1;
     ssize_t r;
     do
@@ -425,6 +442,40 @@ static int fuse_spawn(struct ctx *c, const struct hpcrun_spec *s)
     return 0;
 }
 
+/* In the container's user namespace, before its mount namespace exists. */
+static int fuse_open(struct ctx *c, const struct hpcrun_spec *s)
+{
+    c->fuse_fd = open("/dev/fuse", O_RDWR | O_CLOEXEC);
+    if (c->fuse_fd < 0)
+        return fail(c, "can't open /dev/fuse to mount %s", s->image);
+    return 0;
+}
+
+/* Hand the mounted connection to the server: the go-ahead and the descriptor at once. */
+static int fuse_hand_over(struct ctx *c)
+{
+    char g = 'g';
+    union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int))]; } u;
+    struct iovec iov = {&g, 1};
+    struct msghdr mh;
+    memset(&u, 0, sizeof u);
+    memset(&mh, 0, sizeof mh);
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = u.buf;
+    mh.msg_controllen = sizeof u.buf;
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(cm), &c->fuse_fd, sizeof(int));
+    ssize_t n;
+    do
+        n = sendmsg(c->fuse_go, &mh, MSG_NOSIGNAL);
+    while (n < 0 && errno == EINTR);
+    return n == 1 ? 0 : -1;
+}
+
 static int fuse_mount(struct ctx *c, const struct hpcrun_spec *s, const char *target)
 {
     char opts[128];
@@ -433,7 +484,7 @@ static int fuse_mount(struct ctx *c, const struct hpcrun_spec *s, const char *ta
              c->fuse_fd, s->uid, s->gid);
     if (mount("squashfuse", target, "fuse.squashfuse", MS_NOSUID | MS_NODEV | MS_RDONLY, opts))
         return fail(c, "can't mount squashfs %s", s->image);
-    if (write(c->fuse_go, "g", 1) != 1)
+    if (fuse_hand_over(c))
         return fail(c, "can't start squashfuse");
     close(c->fuse_go);
     c->fuse_go = -1;
@@ -885,7 +936,7 @@ static int net_lo_up(struct ctx *c)
 static int enter_rest(struct ctx *c, const struct hpcrun_spec *s)
 {
     int fl = CLONE_NEWNS;
-    if (s->flags & HPCRUN_F_SQUASH && fuse_spawn(c, s))
+    if (s->flags & HPCRUN_F_SQUASH && fuse_open(c, s))
         return -1;
     if (s->flags & HPCRUN_F_IPC) fl |= CLONE_NEWIPC;
     if (s->flags & HPCRUN_F_NET) fl |= CLONE_NEWNET;
@@ -1411,8 +1462,14 @@ static int enter_in_place(struct ctx *c, const struct hpcrun_spec *s)
     sigset_t cur;
     unsigned int ouid = geteuid(), ogid = getegid();   /* 65534 once unshared */
     sigprocmask(SIG_SETMASK, NULL, &cur);
-    if (unshare(CLONE_NEWUSER))
-        return fail(c, "can't create a user namespace");
+    if ((s->flags & HPCRUN_F_SQUASH) && fuse_spawn(c, s))
+        return -1;
+    if (unshare(CLONE_NEWUSER)) {
+        fail(c, "can't create a user namespace");
+        if (c->fuse_pid > 0)
+            kill(c->fuse_pid, SIGKILL);
+        return -1;
+    }
     if (write_maps(c, "/proc/self", s->uid, s->gid, ouid, ogid) || enter_rest(c, s) || chdir_work(c, s)) {
         if (c->fuse_pid > 0)
             kill(c->fuse_pid, SIGKILL);
@@ -1436,6 +1493,10 @@ static int enter_monitored(struct ctx *c, const struct hpcrun_spec *s)
     forwarded_set(&fwd);
     if (pipe2(rep, O_CLOEXEC) || pipe2(go, O_CLOEXEC))
         return fail(c, "can't create pipe");
+    if ((s->flags & HPCRUN_F_SQUASH) && fuse_spawn(c, s)) {   /* before: see there */
+        close(rep[0]); close(rep[1]); close(go[0]); close(go[1]);
+        return -1;
+    }
     if (threaded)
         forward_from_other_threads(old);
     sigprocmask(SIG_BLOCK, &fwd, &orig);
@@ -1448,6 +1509,8 @@ static int enter_monitored(struct ctx *c, const struct hpcrun_spec *s)
         if (threaded)
             forward_restore(old);
         close(rep[0]); close(rep[1]); close(go[0]); close(go[1]);
+        if (c->fuse_pid > 0)
+            kill(c->fuse_pid, SIGKILL);
         errno = e;
         return fail(c, "can't create user%s namespace", pidns ? " and pid" : "");
     }
@@ -1485,6 +1548,10 @@ static int enter_monitored(struct ctx *c, const struct hpcrun_spec *s)
     }
     close(rep[1]);
     close(go[0]);
+    if (c->fuse_go >= 0) {
+        close(c->fuse_go);      /* the child's copy hands the connection over */
+        c->fuse_go = -1;
+    }
     if (threaded)
         forward_to(pid, pidns ? 0 : s->stop_signal);
     char procdir[32];
@@ -1500,6 +1567,8 @@ static int enter_monitored(struct ctx *c, const struct hpcrun_spec *s)
     if (r) {
         int e = errno;
         kill(pid, SIGKILL);
+        if (c->fuse_pid > 0)
+            kill(c->fuse_pid, SIGKILL);
         while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
             ;
         sigprocmask(SIG_SETMASK, &orig, NULL);

@@ -230,3 +230,42 @@ def test_join_refuses_a_workdir_outside(user, container):
     cp = join(user, container, "/proc/self/fd/3", "cwd")
     assert cp.returncode == 125
     assert "lies outside the container's root" in cp.stderr
+
+
+# ---------------------------------------------------------------- squashfuse
+
+FIND_SERVER = """
+for p in /proc/[0-9]*; do
+  if tr '\\0' ' ' < $p/cmdline 2>/dev/null | grep -q "$IMG"; then
+    echo "server ${p#/proc/}"
+    cat $p/root$MARKER && echo "LEAK root"
+    ls $p/fd/ >/dev/null 2>&1 && for f in $p/fd/*; do cat $f/$MARKER 2>/dev/null && echo "LEAK fd"; done
+    cat $p/cwd$MARKER 2>/dev/null && echo "LEAK cwd"
+  fi
+done
+true
+"""
+
+
+@pytest.mark.parametrize("opts", [[], ["--pid=private"]], ids=["in-place", "pid-private"])
+def test_squashfuse_gives_no_way_to_the_host(user, img, rt_fuse_open, opts):
+    # squashfuse runs in the host's mount namespace: were it a process of the
+    # container's user namespace, its /proc/PID/root would be the host's tree.
+    d = util.shared_tmpdir("hpcrun-sqfsleak-")
+    try:
+        sq = os.path.join(d, "img.sqfs")
+        subprocess.run(["mksquashfs", img, sq, "-noappend", "-quiet", "-no-progress"],
+                       check=True, capture_output=True)
+        os.chmod(sq, 0o644)
+        marker = os.path.join(d, "marker")
+        with open(marker, "w") as f:
+            f.write("host-side\n")
+        os.chmod(marker, 0o644)
+        cp = run(user, *opts, sq, "--", "sh", "-c", FIND_SERVER,
+                 env={"IMG": sq, "MARKER": marker})
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    assert cp.returncode == 0, cp.stderr
+    if "--pid=private" not in opts:
+        assert "server " in cp.stdout, cp.stdout     # found it: the check is not vacuous
+    assert "host-side" not in cp.stdout and "LEAK" not in cp.stdout, cp.stdout
