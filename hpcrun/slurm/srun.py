@@ -240,11 +240,9 @@ def image_arg(image: str, cwd: str) -> str:
                          "copy it into hpcrun once: docker save IMAGE | hpcrun load")
     if image.startswith("docker://"):
         image = image[len("docker://"):]
-    if os.path.isabs(image) or image.startswith(("./", "../", "~")):
+    from ..runtime.image import is_path
+    if is_path(image, cwd):
         return os.path.normpath(os.path.join(cwd, os.path.expanduser(image)))
-    p = os.path.join(cwd, image)
-    if os.path.exists(p):
-        return os.path.normpath(p)
     if "@" in image.split("#", 1)[0] and "#" in image:
         raise UsageError(f"credentials in --container-image={image!r} are not "
                          "supported", "log in once with 'hpcrun login REGISTRY' instead")
