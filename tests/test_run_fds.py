@@ -45,6 +45,13 @@ def test_hpcruns_own_descriptors_do_not_leak(user, img):
     assert fds(run(user, img, "--", "chtest", "fds")) == []
 
 
+def test_hpcruns_own_descriptors_do_not_leak_on_a_warm_run(user, img):
+    # The second run finds its plan in the plan cache: the C launcher, no Python.
+    for _ in range(2):
+        assert fds(sh(user, hp("run", "--hostname", "warm", img, "--", "chtest", "fds")
+                      + " 3</")) == []
+
+
 def test_hpcruns_own_descriptors_do_not_leak_with_pid_private(user, img):
     assert fds(run(user, "--pid=private", img, "--", "chtest", "fds")) == []
 
