@@ -19,10 +19,10 @@ launcher became the command), the C monitor and init with --pid=private, bwrap's
 
 Run as root (it drops to HPCRUN_TEST_USER, default hpcuser, for the measurements) or
 as any user. Usage: benchmarks/startup.py [--rounds N] [--hpcrun PATH] [--no-squashfs]
+[--baseline PATH] (--baseline: another hpcrun to time in the same run, e.g. an older
+release installed elsewhere)
 (--hpcrun: the hpcrun command to time, default the one next to this Python; e.g. a
 pip-installed one, whose generated launcher imports `re`, ~4 ms here).
---baseline PATH: another hpcrun command (e.g. a build of the previous commit) timed in
-the same rounds as "hpcrun base" / "hpcrun pid base", with the ratio printed.
 """
 from __future__ import annotations
 
@@ -124,9 +124,10 @@ def measure(rounds: int, image: str, sqfs: str | None) -> None:
         "hpcrun pid": [HPCRUN, "run", "--pid=private", image, "--", "/bin/true"],
     }
     if BASELINE:
-        contenders["hpcrun base"] = [BASELINE, "run", image, "--", "/bin/true"]
-        contenders["hpcrun pid base"] = [BASELINE, "run", "--pid=private", image, "--",
-                                         "/bin/true"]
+        # another installation of hpcrun, e.g. the release before the plan cache
+        contenders["baseline"] = [BASELINE, "run", image, "--", "/bin/true"]
+        contenders["baseline pid"] = [BASELINE, "run", "--pid=private", image, "--",
+                                      "/bin/true"]
     # per-contender environment additions
     extra = {"hpcrun cold": {"HPCRUN_NO_PLAN_CACHE": "1"}}
     envs = {k: dict(env, **extra.get(k, {})) for k in contenders}
@@ -160,9 +161,10 @@ def measure(rounds: int, image: str, sqfs: str | None) -> None:
         print(f"{k:16} {med[k]:10.2f} {p10:7.2f} {p90:7.2f} {xch:>9} {med[k] / med['bare']:8.2f}")
     for k, why in skipped.items():
         print(f"{k:16} skipped: {why}")
-    for k in ("hpcrun", "hpcrun pid"):
-        if k in med and f"{k} base" in med:
-            print(f"{k} / {k} base: {med[k] / med[k + ' base']:.3f}")
+    for k, base in (("hpcrun", "baseline"), ("hpcrun pid", "baseline pid")):
+        if k in med and base in med:
+            print(f"{k} / {base}: median {med[k] / med[base]:.3f}, "
+                  f"p10 {sorted(times[k])[len(times[k]) // 10] / sorted(times[base])[len(times[base]) // 10]:.3f}")
     print()
     print("host memory while the container runs (the command itself not counted):")
     mem = {k: contenders[k] for k in ("hpcrun", "hpcrun pid", "bwrap", "ch-run") if k in contenders}
@@ -178,12 +180,12 @@ def measure(rounds: int, image: str, sqfs: str | None) -> None:
 def main() -> int:
     global HPCRUN, BASELINE
     rounds = 100
+    if "--baseline" in sys.argv:
+        BASELINE = sys.argv[sys.argv.index("--baseline") + 1]
     if "--rounds" in sys.argv:
         rounds = int(sys.argv[sys.argv.index("--rounds") + 1])
     if "--hpcrun" in sys.argv:
         HPCRUN = sys.argv[sys.argv.index("--hpcrun") + 1]
-    if "--baseline" in sys.argv:
-        BASELINE = sys.argv[sys.argv.index("--baseline") + 1]
     tmp = tempfile.mkdtemp(prefix="hpcrun-bench-", dir="/tmp")
     os.chmod(tmp, 0o1777)   # the dropped user keeps its cache here
     image = os.path.join(tmp, "busybox")
