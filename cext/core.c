@@ -63,6 +63,7 @@ struct ctx {
     int fuse_log;     /* memfd holding squashfuse's stderr */
     int fuse_go;      /* tells the squashfuse child to start, once the mount exists */
     int in_pidns;     /* this process is PID 1 of a new pid namespace */
+    int image_mounts; /* mounts below the image directory: 0 not looked yet, 1 none, 2 some */
 };
 
 /* ---------------------------------------------------------------- errors */
@@ -248,10 +249,11 @@ static void unescape_mountinfo(char *s)
     *o = '\0';
 }
 
-/* Without mount_setattr: remount every mount below path read-only, one by one, from
- * /proc/self/mountinfo (field 5, the mount point as seen from our root). Before the
- * final pivot the host's /proc is under OLDROOT. */
-static int remount_ro_below(struct ctx *c, const char *path, const char *shown)
+/* The mounts strictly below path in /proc/self/mountinfo (field 5, the mount point as
+ * seen from our root; before the final pivot the host's /proc is under OLDROOT): how
+ * many there are, each remounted read-only (keeping its locked flags) with remount;
+ * -1 on failure, the message filled. For kernels without mount_setattr. */
+static int mounts_below(struct ctx *c, const char *path, int remount, const char *shown)
 {
     int fd = open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC);
     if (fd < 0)
@@ -280,7 +282,7 @@ static int remount_ro_below(struct ctx *c, const char *path, const char *shown)
     close(fd);
     buf[len] = '\0';
     size_t pl = strlen(path);
-    int r = 0;
+    int r = 0, found = 0;
     for (char *line = buf, *next; line && *line && r == 0; line = next) {
         next = strchr(line, '\n');
         if (next)
@@ -298,12 +300,14 @@ static int remount_ro_below(struct ctx *c, const char *path, const char *shown)
         unescape_mountinfo(f);
         if (strncmp(f, path, pl) || f[pl] != '/')
             continue;     /* not below path */
-        if (mount(NULL, f, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | locked_flags(f), NULL) &&
+        found++;
+        if (remount &&
+            mount(NULL, f, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | locked_flags(f), NULL) &&
             errno != ENOENT)
             r = fail(c, "can't make %s read-only (the mount at %s below it)", shown, f + pl);
     }
     free(buf);
-    return r;
+    return r ? r : found;
 }
 
 /* A read-only bind is read-only all the way down, as bubblewrap's --ro-bind and
@@ -319,7 +323,28 @@ static int remount_ro_rec(struct ctx *c, const char *path, const char *shown)
         return 0;
     if (remount_ro(c, path, shown))
         return -1;
-    return remount_ro_below(c, path, shown);
+    return mounts_below(c, path, 1, shown) < 0 ? -1 : 0;
+}
+
+/* The same for a bind of an entry of the image directory `lower` (the underlay binds
+ * every one): without mount_setattr, one look at the mount table tells whether anything
+ * is mounted below the image at all, instead of one per entry. */
+static int remount_ro_entry(struct ctx *c, const char *path, const char *shown,
+                            const char *lower)
+{
+    struct hpcrun_mount_attr a = {MOUNT_ATTR_RDONLY, 0, 0, 0};
+    if (!use_fallbacks() &&
+        syscall(SYS_mount_setattr, AT_FDCWD, path, AT_RECURSIVE, &a, sizeof a) == 0)
+        return 0;
+    if (!c->image_mounts) {
+        int n = mounts_below(c, lower, 0, "the image");
+        if (n < 0)
+            return -1;
+        c->image_mounts = n ? 2 : 1;
+    }
+    if (remount_ro(c, path, shown))
+        return -1;
+    return c->image_mounts == 2 && mounts_below(c, path, 1, shown) < 0 ? -1 : 0;
 }
 
 static const char *env_get(char *const *envp, const char *name)
@@ -649,7 +674,8 @@ static int underlay(struct ctx *c, const struct hpcrun_spec *s, const char *lowe
                 closedir(d);
                 return fail(c, "can't bind %s%s/%s from the image", rel, "", e->d_name);
             }
-            if (!r && remount_ro_rec(c, b, e->d_name)) {
+            if (!r && (S_ISDIR(si.st_mode) ? remount_ro_entry(c, b, e->d_name, lower)
+                                            : remount_ro(c, b, e->d_name))) {
                 closedir(d);
                 return -1;
             }
@@ -811,7 +837,10 @@ static int do_mounts(struct ctx *c, const struct hpcrun_spec *s, const char *low
                 return fail(c, "can't bind a synthesized file to %s", m->dst);
             return fail(c, "can't bind %s to %s", m->src, m->dst);
         }
-        if ((m->flags & (HPCRUN_M_RDONLY | HPCRUN_M_CONTENT)) && remount_ro_rec(c, dst, m->dst))
+        /* nothing can be mounted below a file: a plain remount does */
+        int file = (m->flags & (HPCRUN_M_FILE | HPCRUN_M_CONTENT)) != 0;
+        if ((m->flags & (HPCRUN_M_RDONLY | HPCRUN_M_CONTENT)) &&
+            (file ? remount_ro(c, dst, m->dst) : remount_ro_rec(c, dst, m->dst)))
             return -1;
     }
     return 0;
@@ -1588,7 +1617,7 @@ static int enter_monitored(struct ctx *c, const struct hpcrun_spec *s)
 
 int hpcrun_enter(const struct hpcrun_spec *s, char *err, size_t errlen, int *code)
 {
-    struct ctx c = {err, errlen, code, -1, -1, -1, -1, 0};
+    struct ctx c = {err, errlen, code, -1, -1, -1, -1, 0, 0};
     *code = HPCRUN_EXIT_FAILED;
     if (errlen) err[0] = '\0';
     if (!s->argv || !s->argv[0]) {
@@ -1607,7 +1636,7 @@ int hpcrun_enter(const struct hpcrun_spec *s, char *err, size_t errlen, int *cod
 int hpcrun_join(int pid, char *const *argv, char *const *envp, const char *workdir,
                 char *err, size_t errlen, int *code)
 {
-    struct ctx c = {err, errlen, code, -1, -1, -1, -1, 0};
+    struct ctx c = {err, errlen, code, -1, -1, -1, -1, 0, 0};
     static const struct { const char *name; int type; } ns[] = {
         {"user", CLONE_NEWUSER}, {"ipc", CLONE_NEWIPC}, {"uts", CLONE_NEWUTS},
         {"net", CLONE_NEWNET}, {"pid", CLONE_NEWPID}, {"mnt", CLONE_NEWNS},
@@ -1759,7 +1788,7 @@ static int probe_child(struct ctx *c, int what)
 int hpcrun_probe(int what, char *err, size_t errlen)
 {
     int code;
-    struct ctx c = {err, errlen, &code, -1, -1, -1, -1, 0};
+    struct ctx c = {err, errlen, &code, -1, -1, -1, -1, 0, 0};
     int rep[2];
     if (errlen) err[0] = '\0';
     if (pipe2(rep, O_CLOEXEC))

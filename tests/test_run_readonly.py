@@ -96,3 +96,27 @@ def test_the_image_is_nosuid(user, rt_image):
     cp = run(user, rt_image, "--", "cat", "/proc/self/mountinfo")
     root = next(ln for ln in cp.stdout.splitlines() if ln.split()[4] == "/")
     assert "nosuid" in root.split()[5].split(","), root
+
+
+@pytest.fixture
+def image_with_submount(user):
+    """A busybox image with a writable tmpfs mounted inside it, at /opt/sub."""
+    d = util.shared_tmpdir("hpcrun-roimg-")
+    util.make_busybox_rootfs(d)
+    sub = os.path.join(d, "opt/sub")
+    os.makedirs(sub)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"uid={user.uid},mode=0755", "roimg", sub],
+                   check=True)
+    yield d
+    subprocess.run(["umount", "-l", sub], check=False)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.mark.parametrize("env", [{"HPCRUN_NO_OVERLAY": "1"},
+                                 {"HPCRUN_NO_OVERLAY": "1", **FALLBACK}],
+                         ids=["underlay", "underlay-fallback"])
+def test_a_mount_inside_the_image_is_read_only(user, image_with_submount, env):
+    cp = touch(user, image_with_submount, path="/opt/sub/x", env=env)
+    assert cp.returncode != 0
+    assert "Read-only file system" in cp.stderr
+    assert not os.path.exists(os.path.join(image_with_submount, "opt/sub/x"))
