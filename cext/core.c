@@ -584,6 +584,22 @@ static int skeleton_add(struct ctx *c, const char *dst, int is_file)
     return 0;
 }
 
+/* A symlink at dst (to target) in the skeleton: CDI's create-symlinks hook, made over
+ * the image, never in it. An entry the image has at dst is shadowed by it. */
+static int skeleton_link(struct ctx *c, const char *root, const char *target, const char *dst)
+{
+    char p[PATH_MAX];
+    if (pjoin(c, p, root, dst))
+        return -1;
+    char *slash = strrchr(p, '/');
+    *slash = '\0';
+    int r = slash != p && mkdir_p(p, 0755);
+    *slash = '/';
+    if (r || (symlink(target, p) && errno != EEXIST))
+        return fail(c, "can't create symlink %s -> %s", dst, target);
+    return 0;
+}
+
 /* ---------------------------------------------------------------- underlay */
 
 /* Re-create the skeleton's subtree at dst (directories and empty files). */
@@ -603,6 +619,17 @@ static int copy_skeleton(struct ctx *c, const char *skel, const char *dst)
             closedir(d);
             errno = ENAMETOOLONG;
             return fail(c, "can't create mount point %s", d2);
+        }
+        if (S_ISLNK(st.st_mode)) {
+            char t[PATH_MAX];
+            ssize_t n = readlink(s2, t, sizeof t - 1);
+            if (n >= 0)
+                t[n] = '\0';
+            if (n < 0 || (symlink(t, d2) && errno != EEXIST)) {
+                closedir(d);
+                return fail(c, "can't create symlink %s", d2);
+            }
+            continue;
         }
         if (S_ISDIR(st.st_mode) ? (mkdir(d2, 0755) && errno != EEXIST) || copy_skeleton(c, s2, d2)
                                 : create_file(d2, "", 0, 0644)) {
@@ -789,6 +816,12 @@ static int do_mounts(struct ctx *c, const struct hpcrun_spec *s, const char *low
     char dst[PATH_MAX], src[PATH_MAX];
     for (int i = 0; i < s->n_mounts; i++) {
         const struct hpcrun_mount *m = &s->mounts[i];
+        if (m->flags & HPCRUN_M_SYMLINK) {
+            /* made in the skeleton by setup_fs, unless a tmpfs listed before hides it */
+            if (under_tmpfs(s, i) && skeleton_link(c, NEWROOT, m->src, m->dst))
+                return -1;
+            continue;
+        }
         if (pjoin(c, dst, NEWROOT, m->dst))
             return -1;
         if (m->flags & HPCRUN_M_TMPFS) {
@@ -884,6 +917,14 @@ static int setup_fs(struct ctx *c, const struct hpcrun_spec *s)
     for (int i = 0; i < s->n_mounts; i++) {
         const struct hpcrun_mount *m = &s->mounts[i];
         int is_file = (m->flags & (HPCRUN_M_FILE | HPCRUN_M_CONTENT)) != 0;
+        if (m->flags & HPCRUN_M_SYMLINK) {
+            if (under_tmpfs(s, i))
+                continue;
+            if (skeleton_link(c, UPPER, m->src, m->dst))
+                return -1;
+            skeleton = 1;
+            continue;
+        }
         if ((m->flags & HPCRUN_M_OPTIONAL) && !(m->flags & HPCRUN_M_CONTENT)) {
             if (pjoin(c, p, OLDROOT, m->src))
                 return -1;

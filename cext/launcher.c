@@ -20,7 +20,7 @@
  *     sum <fnv64 of every line above, hex>
  *
  * The key is the uid, the cwd, the environment variables that planning reads (HOME,
- * XDG_CONFIG_HOME, every HPCRUN_*) and the option words and IMAGE as given. The
+ * XDG_CONFIG_HOME, every HPCRUN_*, and where set the GPU allocation's: GPU_KEYS) and the option words and IMAGE as given. The
  * `check` lines hold the identity of every file whose content planning read (the
  * image's config and /etc/passwd, the store's tags and records, env files, config
  * files, the host's /etc/passwd); the `real` lines every path whose resolution it
@@ -259,6 +259,22 @@ static char *lookup(int argc, char **argv, int img)
     for (int i = 0; i < nh; i++)
         if (key_add(key, &len, sizeof key, hv[i]))
             return NULL;
+    /* what GPU planning reads, where set (hpcrun/runtime/plancache.py _GPU_KEYS) */
+    static const char *const GPU_KEYS[] = {"CUDA_VISIBLE_DEVICES", "SLURM_STEP_GPUS",
+                                           "SLURM_JOB_GPUS", "NVIDIA_DRIVER_CAPABILITIES"};
+    for (size_t i = 0; i < sizeof GPU_KEYS / sizeof *GPU_KEYS; i++) {
+        const char *v = getenv(GPU_KEYS[i]);
+        if (!v)
+            continue;
+        char *kv = malloc(strlen(GPU_KEYS[i]) + strlen(v) + 2);
+        if (!kv)
+            return NULL;
+        sprintf(kv, "%s=%s", GPU_KEYS[i], v);
+        int r = key_add(key, &len, sizeof key, kv);
+        free(kv);
+        if (r)
+            return NULL;
+    }
     for (int i = 2; i <= img; i++)
         if (key_add(key, &len, sizeof key, argv[i]))
             return NULL;

@@ -22,6 +22,7 @@ from hpcrun.slurm import srun as pyxis
 SAMPLES = {
     "env": "A=1", "env_files": "/etc/hostname", "volumes": "/tmp:/mnt:ro",
     "workdir": "/tmp", "entrypoint": "/bin/sh", "hostname": "node1", "preserve_fds": "1",
+    "gpus": "all", "devices": "example.com/dev=a",
 }
 
 

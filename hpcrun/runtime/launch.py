@@ -138,6 +138,15 @@ def plan(opts, image, environ=None) -> Spec:
 
     # -- mounts
     mounts = mnt.defaults() + mnt.user_files(passwd, group_line)
+    gpu_env, reads = (), ()
+    if opts.gpus or opts.devices or opts.nv:
+        from hpcrun.runtime import gpu     # only with devices: off the plain run's path
+        inj = gpu.plan(opts, image, environ, uid if not opts.fakeroot else os.getuid(),
+                       gid if not opts.fakeroot else os.getgid(), squashfuse)
+        i = next(k for k, m in enumerate(mounts) if m.dst == "/dev")
+        mounts[i:i + 1] = inj.dev                   # the container's own /dev
+        mounts += inj.mounts
+        gpu_env, reads = tuple(inj.env), tuple(inj.reads)
     if opts.ipc == "private":
         mounts.append(mnt.private_shm())
     if opts.home and home not in ("/", "") and os.path.isdir(home):
@@ -151,8 +160,8 @@ def plan(opts, image, environ=None) -> Spec:
     mounts += mnt.sort_binds([mnt.parse_volume(v) for v in opts.volumes])
 
     # -- environment
-    env = envpolicy.compose(environ, conf.get("Env") or (), opts.env_files, opts.env,
-                            opts.cleanenv)
+    env = envpolicy.compose(environ, list(conf.get("Env") or ()) + list(gpu_env),
+                            opts.env_files, opts.env, opts.cleanenv)
 
     # -- working directory: -w, else WORKDIR, else the caller's cwd if visible, else /
     if opts.workdir:
@@ -171,7 +180,8 @@ def plan(opts, image, environ=None) -> Spec:
     return Spec(image=image.path, squashfuse=squashfuse, flags=flags, hostname=opts.hostname,
                 uid=uid, gid=gid, mounts=tuple(mounts), workdir=workdir,
                 workdir_required=required, argv=tuple(argv), env=tuple(env),
-                stop_signal=stopsig, preserve_fds=preserve_fds(opts.preserve_fds))
+                stop_signal=stopsig, preserve_fds=preserve_fds(opts.preserve_fds),
+                extra_env=gpu_env, reads=reads)
 
 
 def preserve_fds(value) -> int:

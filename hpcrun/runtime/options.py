@@ -101,6 +101,12 @@ TABLE = (
     Option("--preserve-fds", "preserve_fds", VALUE,
            "keep descriptors 3 .. 2+N open in the command (the others above 2 are "
            "closed; PMI_FD's always stays)", metavar="N", where=frozenset((RUN,)), pyxis=""),
+    Option("--gpus", "gpus", VALUE,
+           "GPUs: all, a number, or device=ID[,ID...] (Docker's spelling; of those "
+           "allocated: SLURM_STEP_GPUS, CUDA_VISIBLE_DEVICES)", metavar="all|N|device=ID"),
+    Option("--device", "devices", LIST, "a CDI device (repeatable; NAME may be all)",
+           metavar="VENDOR/CLASS=NAME"),
+    Option("--nv", "nv", FLAG, "all GPUs (Apptainer's spelling of --gpus all)"),
     Option("--node-container", "node_container", FLAG,
            "one container per node and step, made by the node's first task and joined "
            "by the others", where=frozenset((TASK, PLAN)), pyxis="container-per-task"),

@@ -90,7 +90,8 @@ def prepare(opts, context: str = RUN, environ=None, *, python=(), task_args=()):
         raise UsageError("no command given",
                          "give a command after the image: hpcrun run IMAGE -- CMD [ARG...]")
     spec = launch.plan(opts.replace(command=opts.command or ("true",)), image, environ)
-    fixed, own = envpolicy.split(conf.get("Env") or (), opts.env_files, opts.env)
+    fixed, own = envpolicy.split(list(conf.get("Env") or ()) + list(spec.extra_env),
+                                 opts.env_files, opts.env)
     extra = {}
     if slurm:
         from hpcrun.slurm import prepare as slurmprep

@@ -19,6 +19,8 @@ import os
 from hpcrun.runtime import plan as planfmt
 
 HEAD = "hpcrun-plan-cache 1"
+_GPU_KEYS = ("CUDA_VISIBLE_DEVICES", "SLURM_STEP_GPUS", "SLURM_JOB_GPUS",
+             "NVIDIA_DRIVER_CAPABILITIES")
 _FNV0 = 1469598103934665603
 _FNVP = 1099511628211
 
@@ -41,6 +43,8 @@ def key(words, environ=None) -> str:
              "HOME=" + environ.get("HOME", ""),
              "XDG_CONFIG_HOME=" + environ.get("XDG_CONFIG_HOME", "")]
     parts += sorted(f"{k}={v}" for k, v in environ.items() if k.startswith("HPCRUN_"))
+    # What GPU planning reads (runtime/gpu.py ENV_KEYS; cext/launcher.c GPU_KEYS), if set
+    parts += [f"{k}={environ[k]}" for k in _GPU_KEYS if k in environ]
     parts += list(words)
     return "".join(planfmt.esc(p) + "," for p in parts)
 
@@ -78,8 +82,9 @@ def checks(opts, image, spec, environ=None) -> list:
         from hpcrun import config
         root = os.path.abspath(os.path.expanduser(str(config.get("store"))))
         ident += [os.path.join(root, "tags.json"), os.path.join(root, "records")]
+    ident += list(spec.reads)     # devices: CDI specs, their directories, the ld.so.cache
     for m in spec.mounts:
-        if m.src and m.src.startswith("/") and not (m.flags & 0x20):   # not M_CONTENT
+        if m.src and m.src.startswith("/") and not (m.flags & 0x120):   # M_CONTENT, M_SYMLINK
             real.append(m.src)
     real += [os.path.abspath(v.split(":", 1)[0]) for v in opts.volumes]
     if environ.get("HOME"):
