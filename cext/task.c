@@ -251,9 +251,11 @@ static void cache_dir(const struct plan *p, char *out)
 __attribute__((noreturn))
 static void refuse_dir(const char *path, const char *level, const char *problem)
 {
-    hint_text = "remove it, or ask its owner or an admin to; or set node_cache "
-                "(HPCRUN_NODE_CACHE) to a directory you own that no one else can write "
-                "(see 'Security' in the README)";
+    static char hint[PATH_MAX + 200];
+    snprintf(hint, sizeof hint, "remove %s, or ask its owner or an admin to; or set node_cache "
+             "(HPCRUN_NODE_CACHE) to a directory you own that no one else can write (see "
+             "'Security' in the README)", level);
+    hint_text = hint;
     if (!strcmp(path, level))
         die(HPCRUN_EXIT_FAILED, "refusing to use the node cache %s: %s %s", path, path, problem);
     die(HPCRUN_EXIT_FAILED, "refusing to use the node cache %s: %s (above it) %s", path, level,

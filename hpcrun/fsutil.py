@@ -144,7 +144,8 @@ def private_dir(path: str, what: str, setting: str) -> str:
                 if e.errno == errno.ELOOP:   # replaced by a symlink after the lstat
                     raise _refuse(what, path, level, "was replaced by a symbolic link",
                                   setting) from None
-                raise HpcrunError(f"cannot use {what} {path}: {level}: {e.strerror}",
+                at = "" if level == path else f"{level}: "
+                raise HpcrunError(f"cannot use {what} {path}: {at}{e.strerror}",
                                   f"set {setting} to a directory you can write") from None
             os.close(fd)
             fd = nfd

@@ -180,7 +180,7 @@ class Store:
         self.tags_file = os.path.join(self.root, "tags.json")
         # The root must be private (another user could pre-create a guessable path):
         # then no one else can plant anything below it (see fsutil.private_dir).
-        private_dir(self.root, "the image store", "HPCRUN_STORE or 'store'")
+        private_dir(self.root, "the image store", "'store' in the configuration or HPCRUN_STORE")
         try:
             old = os.umask(0o077)
             try:
