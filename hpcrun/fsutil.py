@@ -125,6 +125,10 @@ def private_dir(path: str, what: str, setting: str) -> str:
                         os.mkdir(name, 0o700, dir_fd=fd)
                     except FileExistsError:
                         pass    # a racing process made it: checked below like any other
+                    except OSError as e:
+                        at = "" if level == path else f"{level}: "
+                        raise HpcrunError(f"cannot create {what} {path}: {at}{e.strerror}",
+                                          f"set {setting} to a directory you can write") from None
                     st = os.stat(name, dir_fd=fd, follow_symlinks=False)
                 flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
                 if S.S_ISLNK(st.st_mode):
