@@ -66,12 +66,17 @@ def atomic_write(path: str, data: Union[bytes, str], *, mode: Optional[int] = No
 # no other unprivileged user can change any level of it, so callers may use the path.
 # cext/task.c applies the same rule (private_dir there) to the node cache.
 
+class UnsafeDir(HpcrunError):
+    """A state directory (or a level above it, or an entry in it) that breaks the rule:
+    someone else could control it. Never fall back to using it."""
+
+
 def _refuse(what: str, path: str, level: str, problem: str, setting: str) -> HpcrunError:
     if level == path:
         where = f"{path} {problem}"
     else:
         where = f"{level} (above it) {problem}"
-    return HpcrunError(f"refusing to use {what} {path}: {where}",
+    return UnsafeDir(f"refusing to use {what} {path}: {where}",
                        f"remove {level}, or ask its owner or an admin to; or set {setting} "
                        "to a directory you own that no one else can write (see 'Security' "
                        "in the README)")
@@ -105,8 +110,8 @@ def _problem(st: os.stat_result, me: int, last: bool) -> Optional[str]:
 
 def private_dir(path: str, what: str, setting: str) -> str:
     """PATH (made absolute) as a directory safe to keep the caller's state in, created
-    (mode 0700) where missing; refused with an HpcrunError naming the level and the way
-    to recover otherwise (see the rule above). WHAT names the directory in messages
+    (mode 0700) where missing; refused with UnsafeDir naming the level and the way to
+    recover otherwise (see the rule above), HpcrunError if a level cannot be made. WHAT names the directory in messages
     ("the image store"), SETTING the setting that moves it ("HPCRUN_STORE or 'store'")."""
     import stat as S
     path = os.path.abspath(os.path.expanduser(path))
@@ -141,7 +146,7 @@ def private_dir(path: str, what: str, setting: str) -> str:
                 else:
                     flags |= os.O_NOFOLLOW
                 nfd = os.open(name, flags, dir_fd=fd)
-            except HpcrunError:
+            except UnsafeDir:
                 raise
             except OSError as e:
                 import errno

@@ -276,3 +276,16 @@ def test_task_program_refuses_a_planted_symlink_in_the_node_cache(user, evil, va
     refused(cp, 125, "the node cache", os.path.join(base, "n1"), top,
             f"is a symbolic link owned by uid {evil.uid} (only root's are followed)")
     assert os.listdir(user_tmp) == []
+
+
+def test_squashfs_config_cache_another_user_owns_is_refused(user, evil, vartmp, rt_squashfs,
+                                                            rt_fuse_open):
+    # The config of a squashfs image is remembered in <unpack cache>/config: a planted
+    # copy would set the container's command and environment.
+    top = os.path.join(vartmp, f"hpcrun-{user.uid}")
+    as_evil(evil, "mkdir", "-m", "0777", top)
+    cache = os.path.join(top, "unpack")
+    cp = util.hpcrun(user, "run", rt_squashfs, "true", env={"HPCRUN_UNPACK_CACHE": cache})
+    refused(cp, 125, "the image config cache", os.path.join(cache, "config"), top,
+            owned_by(evil))
+    assert os.listdir(top) == []

@@ -59,21 +59,31 @@ def squashfs_config(path: str) -> dict:
     the file's identity, so later runs skip the subprocess (atomic rename: racing runs
     agree). The cached copy is validated like the original (hpcrun.image.ociconfig).
     """
+    from hpcrun.errors import HpcrunError
+    from hpcrun.fsutil import UnsafeDir
     from hpcrun.runtime.unpack import key
     try:
         st = os.stat(path)
     except OSError as e:
         raise ImageError(f"cannot read squashfs image {path}: {e.strerror}") from None
-    cache = os.path.join(_cache_dir("config"), key(st) + ".json")
     what = f"{CONFIG} in {path}"
     try:
-        fd = os.open(cache, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        cache: str | None = os.path.join(_cache_dir("config"), key(st) + ".json")
+    except UnsafeDir:
+        raise               # someone else's directory: never read from or write to it
+    except HpcrunError:
+        cache = None        # it cannot be made (read-only /var/tmp): read the file each run
+    try:
+        fd = os.open(cache, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW) if cache else -1
     except OSError:
-        pass
-    else:
+        fd = -1
+    if fd >= 0:
         with os.fdopen(fd, "rb") as f:
             raw = f.read(ociconfig.MAX_BYTES + 1)
-        return ociconfig.inner(ociconfig.loads(raw or b"{}", what))
+        try:
+            return ociconfig.inner(ociconfig.loads(raw or b"{}", what))
+        except ImageError:
+            pass            # a damaged copy: the file itself decides, and replaces it
     from hpcrun import proc
     if not proc.which("unsquashfs"):
         return {}
@@ -81,8 +91,9 @@ def squashfs_config(path: str) -> dict:
     raw = cp.stdout if cp.returncode == 0 and cp.stdout else b"{}"
     conf = ociconfig.loads(raw, what)
     try:
-        from hpcrun.fsutil import atomic_write
-        atomic_write(cache, raw, mode=0o600)
+        if cache:
+            from hpcrun.fsutil import atomic_write
+            atomic_write(cache, raw, mode=0o600)
     except OSError:
         pass   # a full cache only costs the next run a subprocess
     return ociconfig.inner(conf)
