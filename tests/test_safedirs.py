@@ -3,8 +3,8 @@
 Two unprivileged users on one machine: the test user (hpcuser, the victim) and hpcevil
 (created here if missing), who prepares the attack. Most tests stand a root-owned
 sticky 1777 directory in for /var/tmp, so that they never touch the real
-/var/tmp/hpcrun-<uid> other tests may use; one test uses the real default path, and only
-when it does not exist yet. Every refusal is the documented error (README, Security):
+/var/tmp/hpcrun-<uid> other tests may use; one test uses the real default path of a
+third user (hpcvictim, attacked by the test user), and only when it does not exist yet. Every refusal is the documented error (README, Security):
 `hpcrun: error: refusing to use <what> <path>: <level> ... ` and a hint, and nothing of
 the victim's is written into the attacker's directory.
 """
@@ -33,6 +33,18 @@ def evil(user) -> util.User:
     except KeyError:
         subprocess.run(["useradd", "-M", "-s", "/bin/sh", EVIL], check=True)
         pw = pwd.getpwnam(EVIL)
+    return util.User(pw.pw_name, pw.pw_uid, pw.pw_gid, "/")
+
+
+@pytest.fixture(scope="module")
+def victim(user) -> util.User:
+    """A third user, only for the test of the real default path (nobody else's tests
+    make /var/tmp/hpcrun-<its uid>)."""
+    try:
+        pw = pwd.getpwnam("hpcvictim")
+    except KeyError:
+        subprocess.run(["useradd", "-M", "-s", "/bin/sh", "hpcvictim"], check=True)
+        pw = pwd.getpwnam("hpcvictim")
     return util.User(pw.pw_name, pw.pw_uid, pw.pw_gid, "/")
 
 
@@ -143,29 +155,29 @@ def test_store_through_a_file_is_refused(user, user_tmp):
     refused(cp, 1, "the image store", store, f, "is not a directory")
 
 
-def test_the_default_store_root_planted_by_another_user_is_refused(user, evil):
+def test_the_default_store_root_planted_by_another_user_is_refused(user, victim):
     # The real guessable path /var/tmp/hpcrun-<uid>. The test user's own is in use by
-    # other tests, so here the roles swap: hpcevil is the victim, whose state directory
-    # does not exist yet, and the test user plants it.
-    top = f"/var/tmp/hpcrun-{evil.uid}"
+    # other tests, so here the test user is the attacker, and the victim a third user
+    # whose state directory does not exist yet.
+    top = f"/var/tmp/hpcrun-{victim.uid}"
     if os.path.lexists(top):
         pytest.skip(f"{top} exists: not touched")
     util.as_user(user, ["mkdir", "-m", "0777", top], check=True)
     try:
-        cp = util.hpcrun(evil, "images")
+        cp = util.hpcrun(victim, "images")
         refused(cp, 1, "the image store", f"{top}/store", top, owned_by(user))
         assert os.listdir(top) == []
     finally:
         shutil.rmtree(top, ignore_errors=True)
     util.as_user(user, ["ln", "-s", "/tmp", top], check=True)
     try:
-        cp = util.hpcrun(evil, "run", "--unpack", "/no/such.sqfs", "true")
+        cp = util.hpcrun(victim, "run", "--unpack", "/no/such.sqfs", "true")
         assert cp.returncode == 125 and "Traceback" not in cp.stderr, cp.stderr
-        cp = util.hpcrun(evil, "images")
+        cp = util.hpcrun(victim, "images")
         refused(cp, 1, "the image store", f"{top}/store", top,
                 f"is a symbolic link owned by {user.name} (uid {user.uid}) (only root's are "
                 "followed)")
-        assert not os.path.exists("/tmp/store")
+        assert not os.path.exists("/tmp/store") and not os.path.exists("/tmp/plans")
     finally:
         os.unlink(top)
 
