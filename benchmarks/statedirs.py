@@ -10,15 +10,31 @@ they replaced, interleaved in one run.
 Each is timed over N calls per round, rounds rotate the order; the median per call and
 the ratio new/old are printed, with the figure that matters beside them: `hpcrun run`'s
 start-up is about 12 ms (benchmarks/startup.py), so the added microseconds are shown as
-a share of it. Usage: benchmarks/statedirs.py [--rounds N] [--calls N]. Runs as any user
-(in a private temporary directory under /var/tmp, removed afterwards).
+a share of it.
+
+With --peer PATH (the `hpcrun` command of a checkout without the checks, e.g. a venv
+made by `./dev setup --editable` in a worktree of main), also end to end: `hpcrun run
+IMAGE true` for a directory image with a config, a store image and `--unpack` of a
+squashfs file, this tree's hpcrun and the peer's alternating, each with its own store
+and caches; medians and the ratio this/peer are printed. First runs (the plan cache is
+filled, the image unpacked) are not timed. Warm runs are the C launcher's plan-cache
+hits, which run no Python; --cold makes every run a miss (a new HPCRUN_BENCH_NONCE each
+time, part of the plan cache's key), so Python plans each one, with the checks: it adds
+an entry to the caller's plan cache per run, so run it as a throwaway user and remove
+/var/tmp/hpcrun-<uid> after.
+
+Usage: benchmarks/statedirs.py [--rounds N] [--calls N] [--peer PATH] [--hpcrun PATH].
+Runs as any user (in private temporary directories under /var/tmp, removed afterwards);
+run it as the unprivileged user, e.g. `runuser -u hpcuser -- python3 benchmarks/statedirs.py`.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +50,17 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--calls", type=int, default=2000)
+    ap.add_argument("--peer", help="hpcrun command without the checks")
+    ap.add_argument("--cold", action="store_true", help="every run plans in Python")
+    ap.add_argument("--hpcrun", default=os.path.join(os.path.dirname(sys.executable), "hpcrun"))
     a = ap.parse_args()
+    micro(a)
+    if a.peer:
+        end_to_end(a)
+    return 0
+
+
+def micro(a) -> None:
     base = tempfile.mkdtemp(prefix="hpcrun-bench-", dir="/var/tmp")
     try:
         root = os.path.join(base, f"hpcrun-{os.getuid()}", "store")
@@ -71,7 +97,51 @@ def main() -> int:
                   "start-up")
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    return 0
+
+
+def end_to_end(a) -> None:
+    from hpcrun.testing import make_busybox_rootfs
+    base = tempfile.mkdtemp(prefix="hpcrun-bench-", dir="/var/tmp")
+    try:
+        root = os.path.join(base, "rootfs")
+        make_busybox_rootfs(root, "/bin/busybox")
+        os.makedirs(os.path.join(root, ".hpcrun"))
+        with open(os.path.join(root, ".hpcrun", "config.json"), "w") as f:
+            json.dump({"config": {"Env": ["PATH=/bin:/usr/bin", "A=1"], "Cmd": ["/bin/sh"]}}, f)
+        tar, sq = os.path.join(base, "rootfs.tar"), os.path.join(base, "img.sqfs")
+        subprocess.run(["tar", "-C", root, "-cf", tar, "."], check=True)
+        subprocess.run(["mksquashfs", root, sq, "-quiet", "-no-progress"], check=True,
+                       stdout=subprocess.DEVNULL)
+        who = {"this": a.hpcrun, "peer": a.peer}
+        envs = {}
+        for name, prog in who.items():
+            d = os.path.join(base, name)
+            envs[name] = dict(os.environ, HPCRUN_STORE=os.path.join(d, "store"),
+                              HPCRUN_UNPACK_CACHE=os.path.join(d, "unpack"))
+            subprocess.run([prog, "import", tar, "bench/img:1"], env=envs[name], check=True,
+                           stdout=subprocess.DEVNULL)
+        cases = {"dir": [root], "store": ["bench/img:1"], "unpack": ["--unpack", sq]}
+        times: dict = {(w, c): [] for w in who for c in cases}
+        for w in who:                    # cold runs: plan cache, unpacking; not timed
+            for c, args in cases.items():
+                subprocess.run([who[w], "run", *args, "true"], env=envs[w], check=True)
+        for r in range(a.rounds * 4):
+            order = list(who) if r % 2 == 0 else list(who)[::-1]
+            for c, args in cases.items():
+                for w in order:
+                    env = dict(envs[w], HPCRUN_BENCH_NONCE=str(r)) if a.cold else envs[w]
+                    t0 = time.perf_counter()
+                    subprocess.run([who[w], "run", *args, "true"], env=env, check=True)
+                    times[(w, c)].append((time.perf_counter() - t0) * 1000)
+        print(f"\nend to end ({'cold: Python plans every run' if a.cold else 'warm'}), "
+              f"`hpcrun run IMAGE true`, median of {a.rounds * 4} runs each "
+              f"(this: {a.hpcrun}, peer: {a.peer}):")
+        for c in cases:
+            t, p = statistics.median(times[("this", c)]), statistics.median(times[("peer", c)])
+            print(f"  {c:7s} this {t:7.2f} ms   peer {p:7.2f} ms   this/peer = {t / p:.3f}")
+    finally:
+        subprocess.run(["chmod", "-R", "u+rwX", base], check=False)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -1,46 +1,74 @@
 """Small filesystem helpers shared by the store, auth, jobs, cluster and runtime."""
 from __future__ import annotations
 
-import contextlib
+import io
 import os
-from typing import BinaryIO, Iterator, Optional, Union
 
 from .errors import HpcrunError
 
+# No typing or contextlib here: this module is on the `hpcrun run`/`task` start-up path
+# (private_dir), where `import typing` alone costs milliseconds.
 
-@contextlib.contextmanager
-def atomic_file(path: str, *, mode: Optional[int] = None, fsync: bool = False,
-                tmpdir: Optional[str] = None) -> Iterator[BinaryIO]:
+
+class atomic_file:
     """A binary file to write that replaces PATH only when the block succeeds, so that
     readers see the old file or the new one, never a part: a uniquely named temporary
     file (in TMPDIR, else PATH's directory: it must be on PATH's filesystem), optionally
     fsynced, then renamed over PATH. MODE sets the exact permissions (else the umask
-    applies). A failure (here or in the block) removes the temporary file and raises."""
-    d = tmpdir or os.path.dirname(path) or "."
-    tmp = os.path.join(d, f".{os.path.basename(path)}.{os.getpid()}.{os.urandom(6).hex()}.tmp")
-    # Created with MODE itself (never wider: a reader could keep an early descriptor),
-    # then set exactly, whatever the umask took away.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                 0o666 if mode is None else mode)
-    try:
-        if mode is not None:
-            os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+    applies). A failure (here or in the block) removes the temporary file and raises.
+    Use: ``with atomic_file(path, mode=0o600) as f: f.write(...)``."""
+
+    def __init__(self, path: str, *, mode: int | None = None, fsync: bool = False,
+                 tmpdir: str | None = None):
+        self.path, self.mode, self.fsync = path, mode, fsync
+        d = tmpdir or os.path.dirname(path) or "."
+        self.tmp = os.path.join(
+            d, f".{os.path.basename(path)}.{os.getpid()}.{os.urandom(6).hex()}.tmp")
+        self.f: io.BufferedWriter | None = None
+
+    def __enter__(self) -> io.BufferedWriter:
+        # Created with MODE itself (never wider: a reader could keep an early descriptor),
+        # then set exactly, whatever the umask took away.
+        fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                     0o666 if self.mode is None else self.mode)
         try:
-            os.unlink(tmp)
+            if self.mode is not None:
+                os.fchmod(fd, self.mode)
+            self.f = os.fdopen(fd, "wb")
+        except BaseException:
+            os.close(fd)
+            self._remove()
+            raise
+        return self.f
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        f = self.f
+        assert f is not None
+        try:
+            if exc_type is None:
+                if self.fsync:
+                    f.flush()
+                    os.fsync(f.fileno())
+                f.close()
+                os.replace(self.tmp, self.path)
+                return False
+        except BaseException:
+            f.close()
+            self._remove()
+            raise
+        f.close()
+        self._remove()
+        return False
+
+    def _remove(self) -> None:
+        try:
+            os.unlink(self.tmp)
         except FileNotFoundError:
             pass
-        raise
 
 
-def atomic_write(path: str, data: Union[bytes, str], *, mode: Optional[int] = None,
-                 fsync: bool = False, tmpdir: Optional[str] = None) -> None:
+def atomic_write(path: str, data: bytes | str, *, mode: int | None = None,
+                 fsync: bool = False, tmpdir: str | None = None) -> None:
     """Replace PATH with DATA atomically (see atomic_file)."""
     with atomic_file(path, mode=mode, fsync=fsync, tmpdir=tmpdir) as f:
         f.write(data.encode() if isinstance(data, str) else data)
@@ -90,7 +118,7 @@ def _owner(uid: int) -> str:
         return f"uid {uid}"
 
 
-def _problem(st: os.stat_result, me: int, last: bool) -> Optional[str]:
+def _problem(st: os.stat_result, me: int, last: bool) -> str | None:
     """Why the directory STAT cannot be trusted, or None (see the rule above); LAST: it
     is the state directory itself, which must be the caller's."""
     import stat as S

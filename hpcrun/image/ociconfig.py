@@ -21,9 +21,9 @@ The rules (the OCI image-spec's types, config.md, plus what keeps hpcrun safe):
 """
 from __future__ import annotations
 
-from typing import Any, Optional
-
 from hpcrun.errors import ImageError
+
+# No typing import: this module is on `hpcrun run`'s path, where it costs milliseconds.
 
 MAX_DEPTH = 64
 MAX_BYTES = 8 << 20
@@ -89,7 +89,7 @@ def read(path: str) -> dict:
     return loads(data, path)
 
 
-def inner(doc: Any) -> dict:
+def inner(doc: object) -> dict:
     """The object holding Env/Cmd/... of a validated document: its "config", or the
     document itself when it is a bare config (what older hpcrun versions wrote)."""
     if not isinstance(doc, dict):
@@ -100,7 +100,7 @@ def inner(doc: Any) -> dict:
     return doc if ("Env" in doc or "Cmd" in doc or "Entrypoint" in doc) else {}
 
 
-def validate(doc: Any, what: str) -> dict:
+def validate(doc: object, what: str) -> dict:
     """DOC (parsed JSON) checked against the rules; Entrypoint/Cmd strings become lists."""
     if not isinstance(doc, dict):
         _bad(what, "", f"must be a JSON object, not {_kind(doc)}")
@@ -145,7 +145,7 @@ def _config(c: dict, what: str, pre: str) -> None:
         _opt(c, k, dict, what, pre)
 
 
-def _walk(doc: Any, what: str) -> None:
+def _walk(doc: object, what: str) -> None:
     """Depth and NUL checks over the whole document, without recursion."""
     stack = [(doc, 1, "")]
     while stack:
@@ -163,7 +163,7 @@ def _walk(doc: Any, what: str) -> None:
             _bad(what, path, "holds a NUL character")
 
 
-def _opt(d: dict, key: str, typ: type, what: str, pre: str) -> Optional[Any]:
+def _opt(d: dict, key: str, typ: type, what: str, pre: str) -> object:
     v = d.get(key)
     if v is not None and not isinstance(v, typ):
         _bad(what, pre + key, f"must be {_kind(typ())}, not {_kind(v)}")
@@ -177,7 +177,7 @@ def _strings(d: dict, key: str, what: str, pre: str) -> None:
             _bad(what, f"{pre}{key}[{i}]", f"must be a string, not {_kind(x)}")
 
 
-def _kind(v: Any) -> str:
+def _kind(v: object) -> str:
     if v is None:
         return "null"
     if isinstance(v, bool):

@@ -18,13 +18,13 @@ unsquashfs's exit status: 0 success; 2 "non-fatal errors": what an unprivileged 
 cannot create (device nodes, some xattrs), which a rootless container could not use
 anyway, so the tree is used and the errors are logged as a warning; 1 (corrupt or
 truncated data) fails, and -ignore-errors is never passed (it would turn corruption into a
-partial image). This module is on the per-task hot path: os and fcntl only at import.
+partial image). This module is on the per-task hot path: os and fcntl only at import
+(no typing: milliseconds).
 """
 from __future__ import annotations
 
 import fcntl
 import os
-from typing import Callable, Optional
 
 from hpcrun.errors import ImageError
 from hpcrun.fsutil import private_dir, private_entry
@@ -36,8 +36,7 @@ def key(st: os.stat_result) -> str:
 
 
 def unpack_once(path: str, cache: str, *, what: str, setting: str,
-                st: Optional[os.stat_result] = None,
-                on_unpacked: Optional[Callable[[str, float], None]] = None) -> str:
+                st: os.stat_result | None = None, on_unpacked=None) -> str:
     """The unpacked copy of squashfs file PATH in CACHE (a private directory, made if
     missing; WHAT and SETTING name it in errors), made by the first caller while the
     others wait on its lock. ON_UNPACKED(dest, seconds) runs after an unpacking, under
