@@ -19,6 +19,8 @@ launcher became the command), the C monitor and init with --pid=private, bwrap's
 
 Run as root (it drops to HPCRUN_TEST_USER, default hpcuser, for the measurements) or
 as any user. Usage: benchmarks/startup.py [--rounds N] [--hpcrun PATH] [--no-squashfs]
+[--baseline PATH] (--baseline: another hpcrun to time in the same run, e.g. an older
+release installed elsewhere)
 (--hpcrun: the hpcrun command to time, default the one next to this Python; e.g. a
 pip-installed one, whose generated launcher imports `re`, ~4 ms here).
 """
@@ -35,6 +37,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HPCRUN = os.path.join(os.path.dirname(sys.executable), "hpcrun")
+BASELINE = None
 USER = os.environ.get("HPCRUN_TEST_USER", "hpcuser")
 
 
@@ -120,6 +123,9 @@ def measure(rounds: int, image: str, sqfs: str | None) -> None:
         "hpcrun cold": [HPCRUN, "run", image, "--", "/bin/true"],
         "hpcrun pid": [HPCRUN, "run", "--pid=private", image, "--", "/bin/true"],
     }
+    if BASELINE:
+        # another installation of hpcrun, e.g. the release before the plan cache
+        contenders["baseline"] = [BASELINE, "run", image, "--", "/bin/true"]
     # per-contender environment additions
     extra = {"hpcrun cold": {"HPCRUN_NO_PLAN_CACHE": "1"}}
     envs = {k: dict(env, **extra.get(k, {})) for k in contenders}
@@ -166,8 +172,10 @@ def measure(rounds: int, image: str, sqfs: str | None) -> None:
 
 
 def main() -> int:
-    global HPCRUN
+    global HPCRUN, BASELINE
     rounds = 100
+    if "--baseline" in sys.argv:
+        BASELINE = sys.argv[sys.argv.index("--baseline") + 1]
     if "--rounds" in sys.argv:
         rounds = int(sys.argv[sys.argv.index("--rounds") + 1])
     if "--hpcrun" in sys.argv:
