@@ -18,10 +18,8 @@ IMAGE true` for a directory image with a config, a store image and `--unpack` of
 squashfs file, this tree's hpcrun and the peer's alternating, each with its own store
 and caches; medians and the ratio this/peer are printed. First runs (the plan cache is
 filled, the image unpacked) are not timed. Warm runs are the C launcher's plan-cache
-hits, which run no Python; --cold makes every run a miss (a new HPCRUN_BENCH_NONCE each
-time, part of the plan cache's key), so Python plans each one, with the checks: it adds
-an entry to the caller's plan cache per run, so run it as a throwaway user and remove
-/var/tmp/hpcrun-<uid> after.
+hits, which run no Python; --cold sets HPCRUN_NO_PLAN_CACHE=1, so that Python plans
+every run, with the checks.
 
 Usage: benchmarks/statedirs.py [--rounds N] [--calls N] [--peer PATH] [--hpcrun PATH].
 Runs as any user (in private temporary directories under /var/tmp, removed afterwards);
@@ -129,7 +127,7 @@ def end_to_end(a) -> None:
             order = list(who) if r % 2 == 0 else list(who)[::-1]
             for c, args in cases.items():
                 for w in order:
-                    env = dict(envs[w], HPCRUN_BENCH_NONCE=str(r)) if a.cold else envs[w]
+                    env = dict(envs[w], HPCRUN_NO_PLAN_CACHE="1") if a.cold else envs[w]
                     t0 = time.perf_counter()
                     subprocess.run([who[w], "run", *args, "true"], env=env, check=True)
                     times[(w, c)].append((time.perf_counter() - t0) * 1000)
