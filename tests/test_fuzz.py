@@ -131,7 +131,9 @@ def test_fuzz_argument_lists(user, fuzz_env):
             cmd, code = rng.choice(COMMANDS)
             argv = [verb, *flags, image, *(["--"] if verb == "task" or rng.random() < 0.5
                                          else []), *cmd]
-            _run(user, argv, env, tally, {code} | HPCRUN_CODES)
+            # `--help` among the options (or as IMAGE) prints the help: exit 0
+            helps = {0} if {"--help", "-h"} & {*flags, image} else set()
+            _run(user, argv, env, tally, {code} | HPCRUN_CODES | helps)
         else:
             verb = rng.choice(VERBS)
             args = [rng.choice(names) if rng.random() < 0.4 else _word(rng)

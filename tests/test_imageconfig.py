@@ -201,3 +201,20 @@ def test_import_input_is_bounded_by_max_image_size(user, store_env, user_tmp):
     assert cp.stderr.splitlines()[0].startswith("hpcrun: error: cannot import stdin: larger "
                                                 "than max_image_size"), cp.stderr
     assert os.listdir(os.path.join(store_env["HPCRUN_STORE"], "tmp")) == []
+
+
+@pytest.mark.registry
+def test_pull_refuses_a_hostile_config(user, user_env_for, registry, oci_layout, busybox_layer):
+    from fixtures_registry import err, skopeo_push
+    m = oci_layout.image([busybox_layer], env=("A=1\u0000B",))
+    oci_layout.tag(m, "v1")
+    skopeo_push(oci_layout, "v1", registry, "ns/hostile:v1")
+    env = user_env_for(HPCRUN_INSECURE_REGISTRIES=registry.host)
+    cp = util.hpcrun(user, "pull", f"{registry.host}/ns/hostile:v1", env=env)
+    assert cp.returncode == 1, cp.stderr
+    line = err(cp)
+    assert line.startswith("hpcrun: error: invalid image config sha256:") and \
+        "field config.Env[0] holds a NUL character" in line, cp.stderr
+    assert "Traceback" not in cp.stderr
+    cp = util.hpcrun(user, "images", "-q", env=env)
+    assert cp.stdout == ""
