@@ -17,6 +17,7 @@ store, the registry client and the Slurm backend.
 """
 from __future__ import annotations
 
+import difflib
 import io
 import re
 import sys
@@ -215,7 +216,7 @@ def main(verb: str, argv: list) -> int:
         sys.stderr.write(e.ctx.get_help() + "\n")
         return 2
     except click.UsageError as e:
-        what, hint = usage_message(e)
+        what, hint = usage_message(e, verb)
         sys.stderr.write(f"hpcrun: error: {what}\nhint: {hint}\n")
         return 2
     except click.Abort:
@@ -237,10 +238,11 @@ def complete() -> int:
     return 0  # not reached: click exits
 
 
-def usage_message(e: click.UsageError) -> tuple[str, str]:
+def usage_message(e: click.UsageError, verb: str) -> tuple[str, str]:
     """One line for what was wrong, one hint: never click's multi-line usage block."""
     ctx = e.ctx
-    path = ctx.command_path if ctx is not None else "hpcrun"
+    # (click's parser raises some errors, e.g. a missing option value, without a context)
+    path = ctx.command_path if ctx is not None else f"hpcrun {verb}"
     hint = f"see '{path} --help'"
     if isinstance(e, BadValue):
         return e.message, e.hint
@@ -259,8 +261,8 @@ def usage_message(e: click.UsageError) -> tuple[str, str]:
         what = _sentence(e.message)
         if what.startswith("no such command"):
             cmd = what.split(None, 3)[-1].strip("'\"")
-            subs = ctx.command.list_commands(ctx) if isinstance(ctx.command, click.Group) else []
-            import difflib
+            group = ctx.command if ctx is not None else None
+            subs = group.list_commands(ctx) if isinstance(group, click.Group) else []
             m = difflib.get_close_matches(cmd, subs, n=1)
             if m:
                 hint = f"did you mean '{path} {m[0]}'?"

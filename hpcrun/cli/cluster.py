@@ -41,6 +41,14 @@ def cluster():
     pass
 
 
+@cluster.command("help", hidden=True)
+@click.pass_context
+def help_(ctx) -> int:
+    """(`hpcrun cluster help`, as before click: the group's help.)"""
+    sys.stdout.write(ctx.parent.get_help() + "\n")
+    return 0
+
+
 @cluster.command("up", help="Start the cluster (as root). N nodes, default 2; prints "
                  "'export SLURM_CONF=...'.")
 @click.argument("nodes", metavar="[N]", default="2")
