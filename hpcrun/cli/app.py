@@ -17,7 +17,6 @@ store, the registry client and the Slurm backend.
 """
 from __future__ import annotations
 
-import difflib
 import io
 import re
 import sys
@@ -261,6 +260,7 @@ def usage_message(e: click.UsageError, verb: str) -> tuple[str, str]:
         what = _sentence(e.message)
         if what.startswith("no such command"):
             cmd = what.split(None, 3)[-1].strip("'\"")
+            import difflib  # (here: ~5 ms that a listing would otherwise pay)
             group = ctx.command if ctx is not None else None
             subs = group.list_commands(ctx) if isinstance(group, click.Group) else []
             m = difflib.get_close_matches(cmd, subs, n=1)
