@@ -286,3 +286,12 @@ def test_prune_repair(user, store_env, image_files):
     assert "test/layered" in ok(hp(user, store_env, "images")).stdout
     cp = hp(user, store_env, "prune", "--repair", "-a")
     assert cp.returncode == 2 and "--repair and --all" in cp.stderr
+
+
+@pytest.mark.parametrize("verb", ["rmi", "inspect", "history", "save", "export"])
+def test_lookups_refuse_non_canonical_names(user, store_env, verb):
+    # the reference parser's reason, not "no such image" (as Docker says it)
+    out = ["-o", "/dev/null"] if verb in ("save", "export") else []
+    cp = hp(user, store_env, verb, *out, "Upper/Case:1")
+    assert cp.returncode == 1
+    assert "repository name must be lowercase" in cp.stderr.splitlines()[0], cp.stderr

@@ -97,6 +97,7 @@ def pull(name, platform, quiet, fmt, insecure) -> int:
 def push(name, dest, quiet, insecure) -> int:
     """DESTINATION: the registry reference to push to (default: the image's name)."""
     from hpcrun.image.push import push as do_push
+    _looked_up(name)
     do_push(_store(), name, dest=dest, quiet=quiet, **_insecure_kw(insecure))
     return 0
 
@@ -209,6 +210,7 @@ def load(input_, quiet, fmt) -> int:
               help="write to FILE instead of stdout")
 def save(names, output) -> int:
     from hpcrun.image import archive
+    _looked_up(*names)
     st = _store()
     for n in names:
         st.require(n)  # fail before writing anything
@@ -252,6 +254,7 @@ def import_(file, name, change, message, fmt) -> int:
               help="write to FILE instead of stdout")
 def export(name, output) -> int:
     from hpcrun.image import archive
+    _looked_up(name)
     st = _store()
     st.require(name)
     with _output(output, "root filesystem tar") as f:
@@ -290,6 +293,7 @@ def convert(src, dst, fmt, keep) -> int:
                          "hpcrun convert SRC DST, or hpcrun convert --format squashfs IMAGE")
     from hpcrun.image.store import parse_formats
     parse_formats(fmt)
+    _looked_up(src)
     rec = _store().convert(src, fmt, keep=keep)
     for p in (rec.dir_path, rec.sqfs_path):
         if p:
@@ -483,6 +487,7 @@ def _template(tmpl: str, doc: dict) -> str:
               help="json, or a template with {{.Field.Sub}} / {{json .Field}}")
 def inspect(names, out) -> int:
     from hpcrun.errors import NotFound
+    _looked_up(*names)
     st = _store()
     docs, missing = [], []
     for n in names:
@@ -509,6 +514,7 @@ def inspect(names, out) -> int:
 @format_option("table", "json", help="json: one JSON object per line")
 def history(name, quiet, no_trunc, human, out) -> int:
     from hpcrun.image.layers import human_size
+    _looked_up(name)
     rec = _store().require(name)
     hist = list(rec.config.get("history") or [])
     # Docker shows what each layer adds once unpacked; older records only know the blobs
@@ -549,6 +555,14 @@ def history(name, quiet, no_trunc, human, out) -> int:
     return 0
 
 
+def _looked_up(*names: str) -> None:
+    """Refuse a name that is neither an image id nor a canonical reference, with the
+    reference parser's reason (one parser for every verb)."""
+    from hpcrun.image.reference import parse_lookup
+    for n in names:
+        parse_lookup(n)
+
+
 def _new_name(name: str):
     """A name to give an image: a canonical REPOSITORY[:TAG] (lower-case repository, as
     Docker requires), by the one reference parser; no digest."""
@@ -560,6 +574,7 @@ def _new_name(name: str):
 @_image_arg("src", metavar="SOURCE_IMAGE[:TAG]")
 @click.argument("dst", metavar="TARGET_IMAGE[:TAG]")
 def tag(src, dst) -> int:
+    _looked_up(src)
     _new_name(dst)
     _store().tag(src, dst)
     return 0
@@ -574,6 +589,7 @@ def rmi(names, force) -> int:
     first_error = None
     for n in names:
         try:
+            _looked_up(n)
             for line in st.remove(n, force=force):
                 _out().write(line + "\n")
         except HpcrunError as e:

@@ -208,3 +208,16 @@ def parse_name(s: str) -> Reference:
         raise ImageError(f"invalid reference format: a new name cannot have a digest: {s!r}",
                          "give REPOSITORY[:TAG], e.g. myimage:1")
     return r
+
+
+_IMAGE_ID = re.compile(r"(?:sha256:)?[0-9a-f]{4,64}\Z")
+
+
+def parse_lookup(s: str) -> Reference | None:
+    """A name that looks an image up in the store: None for an image id (full or short
+    hex, optionally "sha256:"-prefixed), else the parsed reference. Anything else
+    raises parse()'s error, so `hpcrun rmi Upper/Case` says what is wrong with the
+    name (as Docker does) instead of "no such image"."""
+    if _IMAGE_ID.match(s):
+        return None
+    return parse(s)
