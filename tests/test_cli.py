@@ -89,7 +89,7 @@ def test_cluster_subcommands_have_help(sub):
 def test_run_help_is_the_hand_written_text():
     from hpcrun.cli import run
     cp = _hpcrun("run", "--help")
-    assert (cp.returncode, cp.stdout) == (0, run.USAGE)
+    assert (cp.returncode, cp.stdout) == (0, run.usage())
 
 
 @pytest.mark.parametrize("argv, first, hint", [
@@ -147,7 +147,7 @@ def test_run_does_not_import_click(user, rt_image):
             f"sys.exit(main(['run', {rt_image!r}, 'sh', '-c', 'exit 3']))\n")
     cp = util.as_user(user, [sys.executable, "-X", "importtime", "-c", code])
     assert cp.returncode == 3, cp.stderr
-    assert "hpcrun._core" in cp.stderr and "click" not in cp.stderr
+    assert "hpcrun.runtime" in cp.stderr and "click" not in cp.stderr
 
 
 def test_help_of_run_does_not_import_click():
@@ -191,9 +191,16 @@ def test_completes_verbs_subcommands_and_choices():
     assert "--no-trunc" in _complete("hpcrun images --no")
 
 
-def test_completes_run_options_from_its_parser():
+def test_completes_hot_verbs_options_from_the_option_table():
+    from hpcrun.runtime import options
     assert _complete("hpcrun run --netw") == ["--network"]
     assert _complete("hpcrun run --network ") == ["host", "none"]
+    assert _complete("hpcrun task --node-c") == ["--node-container"]
+    assert _complete("hpcrun srun --container-mou") == ["--container-mounts",
+                                                         "--container-mount-home"]
+    run_longs = {s for o in options.TABLE if options.RUN in o.where
+                 for s in o.spellings if s.startswith("--")}
+    assert run_longs <= set(_complete("hpcrun run --"))
 
 
 def test_completes_image_names_from_the_store(user, store_env, image_files):

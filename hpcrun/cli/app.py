@@ -162,32 +162,27 @@ def _fast_command(verb: str, module) -> click.Command:
 
 
 def _fast_options(verb: str) -> list:
-    """The hot verbs' options as click options, so that the shell completes them.
-    From the option table (hpcrun.runtime.options) where it exists, else from the
-    run parser's OPTIONS."""
-    groups: dict = {}
-    try:
-        table = import_module("hpcrun.runtime.options").TABLE
-        for o in table:
-            names = [o.name, *getattr(o, "aliases", ())]
-            kind = o.kind
-            choices = tuple(getattr(o, "choices", ()) or ())
-            groups.setdefault(o.attr, (names, kind, choices))
-    except (ImportError, AttributeError):
-        run = import_module("hpcrun.cli.run")
-        for name, (attr, kind) in getattr(run, "OPTIONS", {}).items():
-            choices = tuple(kind.split(":", 1)[1].split("|")) if kind.startswith("choice:") else ()
-            names, _, _ = groups.setdefault(attr, ([], kind.split(":")[0], choices))
-            names.append(name)
+    """The hot verbs' options as click options, so that the shell completes them: from
+    the option table (hpcrun.runtime.options) for run and task, from the pyxis table
+    (hpcrun.slurm.srun.OPTIONS) for srun."""
+    if verb == "srun":
+        srun = import_module("hpcrun.slurm.srun")
+        return [click.Option(["--" + n], is_flag=not o.value, multiple=bool(o.value),
+                             shell_complete=complete_image_or_path
+                             if n == "container-image" else None)
+                for n, o in srun.OPTIONS.items()]
+    options = import_module("hpcrun.runtime.options")
+    entry = options.RUN if verb == "run" else options.TASK
     out = []
-    for attr, (names, kind, choices) in groups.items():
-        if kind in ("flag", "off"):
-            out.append(click.Option(names, is_flag=True))
+    for o in options.TABLE:
+        if entry not in o.where:
+            continue
+        if o.takes_value:
+            out.append(click.Option(list(o.spellings), multiple=True, metavar=o.metavar,
+                                    type=click.Choice(o.choices) if o.choices else None))
         else:
-            out.append(click.Option(names, multiple=True,
-                                    type=click.Choice(choices) if choices else click.STRING))
-    if verb in ("task",):
-        out.append(click.Option(["--node-container"], is_flag=True))
+            out.append(click.Option(list(o.spellings), is_flag=True))
+    if verb == "task":
         out.append(click.Option(["--plan"], is_flag=True))
     return out
 
