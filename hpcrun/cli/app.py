@@ -57,11 +57,12 @@ class Choice(click.Choice):
                        ctx=ctx, param=param)
 
 
-def format_option(*choices: str, default: str | None = None, help: str | None = None):
-    """``--format``: how a command prints its result (a table by default, or json)."""
+def format_option(*choices: str, help: str | None = None):
+    """``--format``: how a command prints its result (the first choice, a table, by
+    default; or json). The value reaches the command as ``out``."""
     choices = choices or ("table", "json")
     return click.option("--format", "out", type=Choice(choices),
-                        default=default or choices[0], show_default=True,
+                        default=choices[0], show_default=True,
                         help=help or "json: machine-readable output")
 
 
