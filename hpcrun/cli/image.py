@@ -16,7 +16,7 @@ from contextlib import ExitStack, contextmanager
 
 import click
 
-from hpcrun.cli.app import complete_image, format_option
+from hpcrun.cli.app import complete_image, complete_image_or_path, format_option
 from hpcrun.errors import HpcrunError, UsageError
 
 STORE_FORMAT_HELP = "store the image as a directory, a squashfs file, or both (dir,squashfs)"
@@ -262,16 +262,19 @@ def export(name, output) -> int:
     return 0
 
 
-@_command("convert", "Convert between a directory, a squashfs file, a tar and an image. "
-          "Between a root-filesystem directory, a squashfs file, a tarball and a store image: "
-          "'convert SRC DST', the format taken from "
-          "DST (a *.sqfs file, a *.tar file, a directory, or a store name) or --format. "
-          "'convert --format dir|squashfs IMAGE' re-stores a store image in that format.")
-@click.argument("src", metavar="SRC", shell_complete=complete_image)
+@_command("convert", """Convert between a directory, a squashfs file, a tar and an image.
+
+'convert SRC DST': SRC and DST are each a root-filesystem directory, a squashfs file
+(*.sqfs), a tarball (*.tar) or an image name in the store; the format of DST is taken
+from DST, or from --format. Prints what was made.
+
+'convert --format dir|squashfs IMAGE': keep a store image in that format (or both,
+dir,squashfs); prints the image's paths.""")
+@click.argument("src", metavar="SRC", shell_complete=complete_image_or_path)
 @click.argument("dst", metavar="[DST]", required=False, type=click.Path())
 @click.option("--format", "fmt", metavar="FORMAT",
-              help="the format to convert to (with DST: dir, squashfs, tar or image; "
-                   "without: dir, squashfs or dir,squashfs, how the store keeps IMAGE)")
+              help="with DST: its format, where DST's name does not say; without DST: "
+                   "how the store keeps IMAGE (dir, squashfs or dir,squashfs)")
 @click.option("--keep", is_flag=True, help="store form: keep the other format too")
 def convert(src, dst, fmt, keep) -> int:
     if dst is not None:
