@@ -279,8 +279,8 @@ dir,squashfs); prints the image's paths.""")
 def convert(src, dst, fmt, keep) -> int:
     if dst is not None:
         if keep:
-            raise UsageError("--keep applies to 'convert --format F IMAGE' only",
-                             "drop --keep, or drop DST")
+            raise UsageError("--keep is for the store form (convert --format F IMAGE)",
+                             "drop --keep")
         try:
             # (not at the top: hpcrun.image.convert is the store helper's module)
             from hpcrun.image.convert import convert as do_convert
@@ -292,8 +292,8 @@ def convert(src, dst, fmt, keep) -> int:
         _out().write(f"{do_convert(src, dst, fmt)}\n")
         return 0
     if not fmt:
-        raise UsageError("convert needs a destination or --format",
-                         "hpcrun convert SRC DST, or hpcrun convert --format squashfs IMAGE")
+        raise UsageError("hpcrun convert IMAGE needs --format dir|squashfs",
+                         "or give a destination: hpcrun convert SRC DST")
     from hpcrun.image.store import parse_formats
     parse_formats(fmt)
     _looked_up(src)
@@ -611,8 +611,8 @@ def rmi(names, force) -> int:
               help="remove every image, not only untagged")
 @click.option("-f", "--force", is_flag=True, help="do not prompt (never prompts)")
 @click.option("--repair", is_flag=True,
-              help="check the store and repair what is damaged (records, tags, blobs) "
-                   "instead of pruning")
+              help="only move damaged store files (image records, tags.json) aside; "
+                   "deletes no healthy image")
 def prune(all_, force, repair) -> int:
     from hpcrun.image.layers import human_size
     st = _store()
@@ -623,9 +623,10 @@ def prune(all_, force, repair) -> int:
         if not hasattr(st, "repair"):
             raise HpcrunError("prune --repair is not available in this build (no "
                               "Store.repair)", "update hpcrun")
-        done = st.repair()
-        for line in ([done] if isinstance(done, str) else list(done or [])):
-            _out().write(f"{line}\n")
+        # repair only: images that lost their names must not go with it
+        lines = st.repair()
+        _out().write("".join(f"Repaired: {line}\n" for line in lines)
+                     or "Nothing to repair\n")
         return 0
     deleted, freed = st.prune(all=all_)
     if deleted:
