@@ -214,8 +214,7 @@ def main(verb: str, argv: list) -> int:
         what, hint = usage_message(e, verb)
         sys.stderr.write(f"hpcrun: error: {what}\nhint: {hint}\n")
         return 2
-    except click.Abort:
-        sys.stderr.write("\n")
+    except click.Abort:  # (click turned a Ctrl-C into this, and ended the line)
         return 130
     return rv if isinstance(rv, int) else 0
 
