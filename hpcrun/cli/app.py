@@ -254,16 +254,18 @@ def usage_message(e: click.UsageError, verb: str) -> tuple[str, str]:
     else:
         what = _sentence(e.message)
         if what.startswith("no such command"):
-            cmd = what.split(None, 3)[-1].strip("'\"")
+            # `hpcrun cluster sideways` (main.py answers unknown top-level verbs)
             import difflib  # (here: ~5 ms that a listing would otherwise pay)
+            cmd = what.split(None, 3)[-1].strip("'\"")
             group = ctx.command if ctx is not None else None
-            subs = group.list_commands(ctx) if isinstance(group, click.Group) else []
+            subs = [n for n in (group.list_commands(ctx) if isinstance(group, click.Group)
+                                else []) if not group.get_command(ctx, n).hidden]
             m = difflib.get_close_matches(cmd, subs, n=1)
             if m:
                 hint = f"did you mean '{path} {m[0]}'?"
             elif subs:
-                hint = "use " + ", ".join(subs)
-            what = f"unknown command {cmd!r}"
+                hint = "use " + ", ".join(subs[:-1]) + " or " + subs[-1]
+            return f"unknown {ctx.info_name} command {cmd!r}", hint
     return f"{path}: {what}", hint
 
 
