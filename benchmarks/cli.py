@@ -2,17 +2,18 @@
 """Wall time of the click command line: `hpcrun images`, `hpcrun --help`, interleaved.
 
 Contenders (each round runs every one once, in rotating order, so drift hits all alike):
-  python -c pass        the venv's interpreter alone (the floor for a Python CLI)
-  images   (this)       `hpcrun images` on a store of a few images, this checkout (click)
-  images   (peer)       the same with the peer hpcrun (default: the main checkout's
-                        venv, /opt/hpcrun/venv, the argparse command line before click)
+  python -c pass        the interpreter alone (the floor for a Python CLI)
+  images   (this)       `hpcrun images` on a store of three images, this checkout (click)
+  images   (peer)       the same, the command line before click (argparse), from
+                        `git archive PEER_REV` of this repository
   --help   (this/peer)  `hpcrun --help` (click: imports every command module)
-  images --format json  (this only; the peer has it too, printed for completeness)
+  images --format json  both
   run --help (this)     the hand-written run parser: click stays off this path
-Prints the median and the spread (p10..p90) of each, and this/peer ratios.
-A listing should stay well under 100 ms.
+Both run from the same interpreter through the same few-line launcher (bin/hpcrun's),
+so only the command line differs. Prints the median and the spread (p10..p90) of
+each, and this/peer ratios. A listing should stay well under 100 ms.
 
-Usage: benchmarks/cli.py [--rounds N] [--peer PATH-TO-HPCRUN|none]
+Usage: benchmarks/cli.py [--rounds N] [--peer-rev REV|none]
 (a cross-check with hyperfine, not interleaved, is printed at the end).
 """
 from __future__ import annotations
@@ -27,8 +28,36 @@ import tarfile
 import tempfile
 import time
 
-HPCRUN = os.path.join(os.path.dirname(sys.executable), "hpcrun")
-PEER = "/opt/hpcrun/venv/bin/hpcrun"
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The last commit of main before the click command line (argparse and globals()).
+PEER_REV = "96a7020"
+LAUNCHER = """#!{python}
+import sys
+sys.path.insert(0, {src!r})
+from hpcrun.cli.main import main
+sys.exit(main())
+"""
+
+
+def launcher(path: str, src: str) -> str:
+    with open(path, "w") as f:
+        f.write(LAUNCHER.format(python=sys.executable, src=src))
+    os.chmod(path, 0o755)
+    return path
+
+
+def peer_tree(rev: str, dest: str) -> str:
+    """`git archive REV` of this repository, unpacked at dest (pure Python verbs only:
+    images and --help need no C core)."""
+    os.makedirs(dest)
+    arch = subprocess.run(["git", "-C", REPO, "archive", rev, "hpcrun"], check=True,
+                          capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", dest], input=arch, check=True)
+    # the C core of this checkout, should a verb import it
+    for name in os.listdir(os.path.join(REPO, "hpcrun")):
+        if name.endswith(".so"):
+            shutil.copy(os.path.join(REPO, "hpcrun", name), os.path.join(dest, "hpcrun"))
+    return dest
 
 
 def spawn_wait(argv, env) -> float:
@@ -42,7 +71,7 @@ def spawn_wait(argv, env) -> float:
     return dt * 1000
 
 
-def make_store(work: str) -> dict:
+def make_store(work: str, hpcrun: str) -> dict:
     """A store with three tagged images (one rootfs tarball imported three times)."""
     root = os.path.join(work, "root")
     os.makedirs(os.path.join(root, "bin"))
@@ -53,7 +82,7 @@ def make_store(work: str) -> dict:
         t.add(root, arcname=".")
     env = {**os.environ, "HPCRUN_STORE": os.path.join(work, "store")}
     for i in range(3):
-        subprocess.run([HPCRUN, "import", "-m", f"image {i}", tar, f"bench/img{i}:{i}"],
+        subprocess.run([hpcrun, "import", "-m", f"image {i}", tar, f"bench/img{i}:{i}"],
                        env=env, check=True, capture_output=True)
     return env
 
@@ -66,12 +95,17 @@ def pct(xs, p):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=30)
-    ap.add_argument("--peer", default=PEER, help="the hpcrun to compare with, or 'none'")
+    ap.add_argument("--peer-rev", default=PEER_REV,
+                    help="the commit to compare with (default: main before click), or none")
     a = ap.parse_args()
-    peer = None if a.peer == "none" or not os.access(a.peer, os.X_OK) else a.peer
     work = tempfile.mkdtemp(prefix="hpcrun-bench-cli-")
     try:
-        env = make_store(work)
+        HPCRUN = launcher(os.path.join(work, "hpcrun-this"), REPO)
+        peer = None
+        if a.peer_rev != "none":
+            src = peer_tree(a.peer_rev, os.path.join(work, "peer"))
+            peer = launcher(os.path.join(work, "hpcrun-peer"), src)
+        env = make_store(work, HPCRUN)
         cases = [("python -c pass", [sys.executable, "-c", "pass"]),
                  ("images (this)", [HPCRUN, "images"]),
                  ("--help (this)", [HPCRUN, "--help"]),
@@ -88,7 +122,8 @@ def main() -> int:
             k = r % len(cases)
             for name, argv in cases[k:] + cases[:k]:
                 times[name].append(spawn_wait(argv, env))
-        print(f"{a.rounds} rounds, interleaved; this: {HPCRUN}; peer: {peer or 'none'}")
+        print(f"{a.rounds} rounds, interleaved; this: {REPO}; peer: "
+              f"{'git ' + a.peer_rev if peer else 'none'}")
         print(f"{'':30} {'median':>8} {'p10':>8} {'p90':>8}  (ms)")
         med = {}
         for name, _ in cases:
