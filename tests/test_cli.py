@@ -221,7 +221,7 @@ def test_tables_have_json(user, store_env, image_files):
         lines = ok(hp(user, store_env, *argv, "--format", "json")).stdout.splitlines()
         assert lines and all(isinstance(json.loads(ln), dict) for ln in lines), argv
     from importlib import import_module  # (every table verb declares --format json)
-    for verb in ("images", "history", "jobs", "status", "check"):
+    for verb in ("images", "history", "jobs", "status", "wait", "submit", "check"):
         cmd = import_module("hpcrun.cli." + VERBS[verb][0]).COMMANDS[verb]
         [fmt] = [p for p in cmd.params if "--format" in getattr(p, "opts", ())]
         assert "json" in fmt.type.choices, verb

@@ -109,15 +109,19 @@ def logs(ids, follow) -> int:
 @_ids()
 @click.option("--timeout", type=float, metavar="SECONDS",
               help="give up after this long (exit 125)")
-def wait(ids, timeout) -> int:
+@format_option("text", "json", help="json: the finished jobs, as 'status --format json'")
+def wait(ids, timeout, out) -> int:
     from hpcrun.slurm import jobs
     try:
         infos = jobs.wait(list(ids), timeout=timeout)
     except HpcrunError as e:
         e.code = jobs.WAIT_FAILED
         raise
-    for j in infos:
-        sys.stdout.write(f"{j.id} {j.state} {jobs.fmt_exit(j)}\n")
+    if out == "json":
+        _show(infos, "json")
+    else:
+        for j in infos:
+            sys.stdout.write(f"{j.id} {j.state} {jobs.fmt_exit(j)}\n")
     for j in infos:
         if j.state != "COMPLETED":
             return jobs.exit_status(j)
