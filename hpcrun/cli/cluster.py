@@ -43,7 +43,7 @@ def cluster():
 
 @cluster.command("help", hidden=True)
 @click.pass_context
-def help_(ctx) -> int:
+def help_(ctx: click.Context) -> int:
     """(`hpcrun cluster help`, as before click: the group's help.)"""
     sys.stdout.write(ctx.parent.get_help() + "\n")
     return 0
@@ -54,7 +54,7 @@ def help_(ctx) -> int:
 @click.argument("nodes", metavar="[N]", default="2")
 @_name
 @click.option("--replace", is_flag=True, help="tear down a running cluster first")
-def up(nodes, name, replace) -> int:
+def up(nodes: str, name: str, replace: bool) -> int:
     try:
         n = int(nodes)
     except ValueError:
@@ -78,7 +78,7 @@ def up(nodes, name, replace) -> int:
 
 @cluster.command("down", help="Stop the cluster and remove its state (as root).")
 @_name
-def down(name) -> int:
+def down(name: str) -> int:
     c = _cluster(name)
     found = c.down()
     sys.stderr.write(f"hpcrun: cluster {c.name} {'removed' if found else 'was not running'}\n")
@@ -88,7 +88,7 @@ def down(name) -> int:
 @cluster.command("env", help="Print the environment for Slurm commands. Use it as "
                  "eval \"$(hpcrun cluster env)\".")
 @_name
-def env(name) -> int:
+def env(name: str) -> int:
     c = _cluster(name)
     if c.status()["conf"] is None:
         raise NotFound(f"no local cluster named {c.name!r}",
@@ -102,7 +102,7 @@ def env(name) -> int:
                  "the cluster is not running or not healthy.")
 @_name
 @format_option("text", "json")
-def status(name, out) -> int:
+def status(name: str, out: str) -> int:
     c = _cluster(name)
     st = c.status()
     if out == "json":

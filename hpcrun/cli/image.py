@@ -77,7 +77,7 @@ def _insecure_kw(insecure: bool) -> dict:
 @_quiet
 @_store_format()
 @_insecure
-def pull(name, platform, quiet, fmt, insecure) -> int:
+def pull(name: str, platform: str | None, quiet: bool, fmt: str, insecure: bool) -> int:
     from hpcrun.image.pull import pull as do_pull
     from hpcrun.image.reference import parse
     from hpcrun.image.store import parse_formats
@@ -94,7 +94,7 @@ def pull(name, platform, quiet, fmt, insecure) -> int:
 @click.argument("dest", metavar="[DESTINATION]", required=False)
 @_quiet
 @_insecure
-def push(name, dest, quiet, insecure) -> int:
+def push(name: str, dest: str | None, quiet: bool, insecure: bool) -> int:
     """DESTINATION: the registry reference to push to (default: the image's name)."""
     from hpcrun.image.push import push as do_push
     _looked_up(name)
@@ -110,7 +110,11 @@ def push(name, dest, quiet, insecure) -> int:
               help="insecure (visible in ps and shell history); prefer --password-stdin")
 @click.option("--password-stdin", is_flag=True, help="read the password from stdin")
 @_insecure
-def login(registry, username, password, password_stdin, insecure) -> int:
+def login(registry: str,
+          username: str | None,
+          password: str | None,
+          password_stdin: bool,
+          insecure: bool) -> int:
     from hpcrun.image import auth
     user = username
     if password_stdin:
@@ -142,7 +146,7 @@ def login(registry, username, password, password_stdin, insecure) -> int:
 
 @_command("logout", "Forget the credentials for a registry (default docker.io).")
 @click.argument("registry", metavar="[REGISTRY]", default="docker.io")
-def logout(registry) -> int:
+def logout(registry: str) -> int:
     from hpcrun.image import auth
     from hpcrun.image.reference import split_registry
     host = split_registry(registry)
@@ -185,7 +189,7 @@ def _output(path: str | None, what: str):
 @click.option("-q", "--quiet", is_flag=True,
               help="no progress output (for Docker compatibility; load shows none)")
 @_store_format()
-def load(input_, quiet, fmt) -> int:
+def load(input_: str | None, quiet: bool, fmt: str) -> int:
     from hpcrun.image import archive
     from hpcrun.image.reference import parse
     from hpcrun.image.store import parse_formats
@@ -208,7 +212,7 @@ def load(input_, quiet, fmt) -> int:
 @_image_arg("names", nargs=-1, required=True)
 @click.option("-o", "--output", metavar="FILE", type=click.Path(),
               help="write to FILE instead of stdout")
-def save(names, output) -> int:
+def save(names: tuple[str, ...], output: str | None) -> int:
     from hpcrun.image import archive
     _looked_up(*names)
     st = _store()
@@ -227,7 +231,7 @@ def save(names, output) -> int:
                    "EXPOSE, VOLUME, STOPSIGNAL (repeatable)")
 @click.option("-m", "--message", default="", help="commit message (in the history)")
 @_store_format()
-def import_(file, name, change, message, fmt) -> int:
+def import_(file: str, name: str, change: tuple[str, ...], message: str, fmt: str) -> int:
     from hpcrun.image import archive
     from hpcrun.image.store import parse_formats
     parse_formats(fmt)
@@ -252,7 +256,7 @@ def import_(file, name, change, message, fmt) -> int:
 @_image_arg()
 @click.option("-o", "--output", metavar="FILE", type=click.Path(),
               help="write to FILE instead of stdout")
-def export(name, output) -> int:
+def export(name: str, output: str | None) -> int:
     from hpcrun.image import archive
     _looked_up(name)
     st = _store()
@@ -276,7 +280,7 @@ dir,squashfs); prints the image's paths.""")
               help="with DST: its format, where DST's name does not say; without DST: "
                    "how the store keeps IMAGE (dir, squashfs or dir,squashfs)")
 @click.option("--keep", is_flag=True, help="store form: keep the other format too")
-def convert(src, dst, fmt, keep) -> int:
+def convert(src: str, dst: str | None, fmt: str | None, keep: bool) -> int:
     if dst is not None:
         if keep:
             raise UsageError("--keep is for the store form (convert --format F IMAGE)",
@@ -370,7 +374,12 @@ def _table(rows: list, headers: list) -> str:
 @click.option("--no-trunc", is_flag=True, help="full image ids")
 @click.option("--digests", is_flag=True, help="show repository digests")
 @format_option("table", "json", help="json: one JSON object per line")
-def images(filter_, all_, quiet, no_trunc, digests, out) -> int:
+def images(filter_: str | None,
+           all_: bool,
+           quiet: bool,
+           no_trunc: bool,
+           digests: bool,
+           out: str) -> int:
     from hpcrun.image.layers import human_size
     from hpcrun.image.reference import try_parse
     recs = _store().images()
@@ -488,7 +497,7 @@ def _template(tmpl: str, doc: dict) -> str:
 @_image_arg("names", nargs=-1, required=True)
 @click.option("-f", "--format", "out", default="json", show_default=True,
               help="json, or a template with {{.Field.Sub}} / {{json .Field}}")
-def inspect(names, out) -> int:
+def inspect(names: tuple[str, ...], out: str) -> int:
     from hpcrun.errors import NotFound
     _looked_up(*names)
     st = _store()
@@ -515,7 +524,7 @@ def inspect(names, out) -> int:
 @click.option("--no-trunc", is_flag=True, help="do not truncate output")
 @click.option("-H", "--human", is_flag=True, default=True, hidden=True)
 @format_option("table", "json", help="json: one JSON object per line")
-def history(name, quiet, no_trunc, human, out) -> int:
+def history(name: str, quiet: bool, no_trunc: bool, human: bool, out: str) -> int:
     from hpcrun.image.layers import human_size
     _looked_up(name)
     rec = _store().require(name)
@@ -576,7 +585,7 @@ def _new_name(name: str):
 @_command("tag", "Give an image another name (a lower-case REPOSITORY[:TAG]).")
 @_image_arg("src", metavar="SOURCE_IMAGE[:TAG]")
 @click.argument("dst", metavar="TARGET_IMAGE[:TAG]")
-def tag(src, dst) -> int:
+def tag(src: str, dst: str | None) -> int:
     _looked_up(src)
     _new_name(dst)
     _store().tag(src, dst)
@@ -587,7 +596,7 @@ def tag(src, dst) -> int:
 @_image_arg("names", nargs=-1, required=True)
 @click.option("-f", "--force", is_flag=True,
               help="remove an image that has several names (all of them)")
-def rmi(names, force) -> int:
+def rmi(names: tuple[str, ...], force: bool) -> int:
     st = _store()
     first_error = None
     for n in names:
@@ -613,7 +622,7 @@ def rmi(names, force) -> int:
 @click.option("--repair", is_flag=True,
               help="only move damaged store files (image records, tags.json) aside; "
                    "deletes no healthy image")
-def prune(all_, force, repair) -> int:
+def prune(all_: bool, force: bool, repair: bool) -> int:
     from hpcrun.image.layers import human_size
     st = _store()
     if repair:

@@ -31,7 +31,7 @@ def _job_file():
 @click.option("--dry-run", is_flag=True, help="check and render, print the sbatch "
               "commands and scripts, submit nothing")
 @format_option("text", "json", help="json: [{step, job_id}, ...]")
-def submit(file, dry_run, out) -> int:
+def submit(file: str, dry_run: bool, out: str) -> int:
     from hpcrun.slurm import jobfile, jobs
     job = jobfile.load(file)
     done, scripts = jobs.submit(job, dry_run=dry_run)
@@ -53,7 +53,7 @@ def submit(file, dry_run, out) -> int:
 @click.command("render", help="Print the sbatch script(s) a job file would submit.")
 @_job_file()
 @click.option("--step", metavar="NAME", help="only this step's script")
-def render(file, step) -> int:
+def render(file: str, step: str | None) -> int:
     from hpcrun.slurm import jobfile, render as rnd
     job = jobfile.load(file)
     steps = [job.step(step)] if step else list(job.steps)
@@ -69,7 +69,7 @@ def render(file, step) -> int:
                "finished ones, as Slurm knows them.")
 @click.option("-a", "--all-users", is_flag=True, help="every user's jobs, not only yours")
 @format_option("table", "json")
-def jobs_(all_users, out) -> int:
+def jobs_(all_users: bool, out: str) -> int:
     from hpcrun.slurm import jobs
     _show(jobs.user_jobs(all_users=all_users), out)
     return 0
@@ -78,7 +78,7 @@ def jobs_(all_users, out) -> int:
 @click.command("status", help="State, exit code and nodes of jobs. " + _IDS_HELP)
 @_ids()
 @format_option("table", "json")
-def status(ids, out) -> int:
+def status(ids: tuple[str, ...], out: str) -> int:
     from hpcrun.slurm import jobs
     _show(jobs.lookup(list(ids)), out)
     return 0
@@ -86,7 +86,7 @@ def status(ids, out) -> int:
 
 @click.command("cancel", help="Cancel jobs (every task of an array id). " + _IDS_HELP)
 @_ids()
-def cancel(ids) -> int:
+def cancel(ids: tuple[str, ...]) -> int:
     from hpcrun.slurm import jobs
     jobs.cancel(list(ids))
     return 0
@@ -97,7 +97,7 @@ def cancel(ids) -> int:
 @_ids()
 @click.option("-f", "--follow", is_flag=True,
               help="keep printing new output until the job ends")
-def logs(ids, follow) -> int:
+def logs(ids: tuple[str, ...], follow: bool) -> int:
     from hpcrun.slurm import jobs
     return jobs.logs(list(ids), follow=follow)
 
@@ -110,7 +110,7 @@ def logs(ids, follow) -> int:
 @click.option("--timeout", type=float, metavar="SECONDS",
               help="give up after this long (exit 125)")
 @format_option("text", "json", help="json: the finished jobs, as 'status --format json'")
-def wait(ids, timeout, out) -> int:
+def wait(ids: tuple[str, ...], timeout: float | None, out: str) -> int:
     from hpcrun.slurm import jobs
     try:
         infos = jobs.wait(list(ids), timeout=timeout)
