@@ -303,3 +303,32 @@ def test_lookups_refuse_non_canonical_names(user, store_env, verb):
     cp = hp(user, store_env, verb, *out, "Upper/Case:1")
     assert cp.returncode == 1
     assert "repository name must be lowercase" in cp.stderr.splitlines()[0], cp.stderr
+
+
+def test_a_new_group_plugs_in_with_one_registry_line(monkeypatch, capsys):
+    # What another helper does to add `hpcrun hello`: a module with COMMANDS, one line
+    # in VERBS. (The module is made here in memory; everything else is the real CLI.)
+    import types
+
+    import click
+
+    from hpcrun.cli import main
+
+    @click.command("hello", help="Say hello. A test command.")
+    @click.option("--to", default="world")
+    def hello(to: str) -> int:
+        click.echo(f"hello {to}")
+        return 3
+    mod = types.ModuleType("hpcrun.cli.hello_test")
+    mod.COMMANDS = {"hello": hello}
+    monkeypatch.setitem(sys.modules, "hpcrun.cli.hello_test", mod)
+    monkeypatch.setitem(main.VERBS, "hello", ("hello_test", "Other"))
+    assert main.main(["hello", "--to", "you"]) == 3
+    assert capsys.readouterr().out == "hello you\n"
+    assert main.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.split("\n\n")[-2] == "Other:\n  hello  Say hello."
+    assert main.main(["hello", "--bogus"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "hpcrun: error: hpcrun hello: no such option '--bogus'",
+        "hint: see 'hpcrun hello --help'"]
