@@ -895,6 +895,8 @@ int hpcrun_plan_exec(int argc, char **argv)
 
 /* ---------------------------------------------------------------- entry point */
 
+#ifndef HPCRUN_NO_TASK_ENTRY   /* (the launcher, cext/launcher.c, links this file too) */
+
 /* The kernel starts a program at its entry point with argc, argv, envp on the stack;
  * the dynamic loader has already run libc's initialisation (environ is set). Align the
  * stack as the ABI wants for a call and go to C. */
@@ -930,3 +932,4 @@ void hpcrun_task_start(long *sp)
     hpcrun_trim_monitor = 0;     /* a monitor here has no interpreter's memory to drop */
     exit(hpcrun_plan_exec(argc, argv));
 }
+#endif

@@ -72,7 +72,7 @@ def resolve(opts, context: str = RUN):
 
 
 def prepare(opts, context: str = RUN, environ=None, *, python=(), task_args=()):
-    """Plan the container of `opts` for `context`: (plan word, Spec)."""
+    """Plan the container of `opts` for `context`: (plan word, Spec, Image)."""
     from hpcrun.runtime import env as envpolicy
     from hpcrun.runtime import launch
     from hpcrun.runtime import plan as planfmt
@@ -99,7 +99,7 @@ def prepare(opts, context: str = RUN, environ=None, *, python=(), task_args=()):
                      share=bool(opts.node_container) and context == PLAN)
     word = planfmt.make(opts, image, spec, fixed_env=fixed, own_env=own, sq=sq,
                         python=python, task_args=task_args, **extra)
-    return word, spec
+    return word, spec, image
 
 
 def execute(word: str, command) -> int:
@@ -110,17 +110,23 @@ def execute(word: str, command) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     from hpcrun.slurm import stepplan
-    prog = stepplan.task_program()
+    # HPCRUN_EXECUTOR=cffi (a test hook) takes the cffi path where the program exists.
+    prog = stepplan.task_program() if os.environ.get("HPCRUN_EXECUTOR") != "cffi" else None
     if prog is not None:
         os.execv(prog, [prog, word, "--", *command])
     from hpcrun import _core
     return _core.plan_exec(word, list(command))
 
 
-def run(opts, context: str = RUN) -> int:
-    """`hpcrun run` / the Python form of `hpcrun task`: prepare, then execute."""
-    word, spec = prepare(opts, context)
+def run(opts, context: str = RUN, words=None) -> int:
+    """`hpcrun run` / the Python form of `hpcrun task`: prepare, then execute.
+    words: `hpcrun run`'s option words and IMAGE as given, to remember the plan for
+    the C launcher (runtime/plancache.py) under them."""
+    word, spec, image = prepare(opts, context)
     if os.environ.get("HPCRUN_VERBOSE", "0") not in ("", "0", "1"):
         from hpcrun.runtime import launch
         launch._log_spec(spec)
+    if words is not None and context == RUN and not os.environ.get("HPCRUN_NO_PLAN_CACHE"):
+        from hpcrun.runtime import plancache
+        plancache.store(words, word, plancache.checks(opts, image, spec))
     return execute(word, opts.command)
