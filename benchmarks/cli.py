@@ -9,6 +9,8 @@ Contenders (each round runs every one once, in rotating order, so drift hits all
   --help   (this/peer)  `hpcrun --help` (click: imports every command module)
   images --format json  both
   run --help (this)     the hand-written run parser: click stays off this path
+  ... (venv's hpcrun)   images and --help through the installed command, where it is
+                        the C launcher in front of the Python CLI
 Both run from the same interpreter through the same few-line launcher (bin/hpcrun's),
 so only the command line differs. Prints the median and the spread (p10..p90) of
 each, and this/peer ratios. A listing should stay well under 100 ms.
@@ -111,6 +113,10 @@ def main() -> int:
                  ("--help (this)", [HPCRUN, "--help"]),
                  ("images --format json (this)", [HPCRUN, "images", "--format", "json"]),
                  ("run --help (this)", [HPCRUN, "run", "--help"])]
+        installed = os.path.join(os.path.dirname(sys.executable), "hpcrun")
+        if os.access(installed, os.X_OK):  # as users start it (the C launcher, or a script)
+            cases += [("images (venv's hpcrun)", [installed, "images"]),
+                      ("--help (venv's hpcrun)", [installed, "--help"])]
         if peer:
             cases += [("images (peer)", [peer, "images"]),
                       ("--help (peer)", [peer, "--help"]),
