@@ -200,6 +200,17 @@ def test_completion_script(shell, marker):
     assert f"_HPCRUN_COMPLETE={shell}_complete" in cp.stdout
 
 
+@pytest.mark.parametrize("shell, cword, want", [
+    ("zsh", "1", ["plain", "images", "List the images in the store."]),
+    ("fish", "ima", ["plain,images\tList the images in the store."]),
+])
+def test_zsh_and_fish_completion_answers(shell, cword, want):
+    cp = subprocess.run([util.HPCRUN], capture_output=True, text=True, cwd="/",
+                        env={**os.environ, "_HPCRUN_COMPLETE": f"{shell}_complete",
+                             "COMP_WORDS": "hpcrun ima", "COMP_CWORD": cword})
+    assert (cp.returncode, cp.stdout.splitlines()) == (0, want), cp.stderr
+
+
 def test_completes_verbs_subcommands_and_choices():
     assert _complete("hpcrun ima") == ["images"]
     assert _complete("hpcrun -v ima") == ["images"]

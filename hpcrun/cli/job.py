@@ -17,8 +17,20 @@ from hpcrun.errors import HpcrunError
 _IDS_HELP = "ID: a job id (123, or 123_4 for one array task)"
 
 
+def _complete_job(ctx: click.Context, param: click.Parameter, incomplete: str) -> list:
+    """Your jobs' ids, with their names and states (for ID arguments)."""
+    try:
+        from hpcrun.slurm import jobs
+        infos = jobs.user_jobs(all_users=False)
+    except Exception:  # completion must never print a traceback into the shell
+        return []
+    return [click.shell_completion.CompletionItem(j.id, help=f"{j.name} {j.state}")
+            for j in infos if j.id.startswith(incomplete)]
+
+
 def _ids():
-    return click.argument("ids", metavar="ID...", nargs=-1, required=True)
+    return click.argument("ids", metavar="ID...", nargs=-1, required=True,
+                          shell_complete=_complete_job)
 
 
 def _job_file():
