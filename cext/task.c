@@ -41,6 +41,7 @@
  *   tmpfs=PATTERN    Slurm's TmpFS (%n, %h expanded here), for PMIx's directories
  *   cache=DIR        node cache base (HPCRUN_NODE_CACHE wins)
  *   share=1          one container per node and step
+ *   pfds=N           --preserve-fds: descriptors 3 .. 2+N stay open in the command
  *   py=ARG           * how to start `hpcrun task` (Python) for what is not done here
  *   arg=ARG          * the step's `hpcrun task` options and IMAGE as given: where the
  *                      image is not on this node, `hpcrun task ARGS -- COMMAND` runs
@@ -80,7 +81,7 @@ extern int hpcrun_trim_monitor;
 
 struct plan {
     const char *image, *sq, *fuse, *host, *wd, *tmpfs, *cache;
-    int flags, uid, gid, stop, wdreq, wdcwd, clean, share, pmix, version;
+    int flags, uid, gid, stop, wdreq, wdcwd, clean, share, pmix, pfds, version;
     struct hpcrun_mount m[MAX_ITEMS];
     int nm;
     const char *entry[MAX_ITEMS], *cmd[MAX_ITEMS], *args[MAX_ITEMS], *set[MAX_ITEMS], *own[MAX_ITEMS], *always[64], *py[64];
@@ -106,6 +107,10 @@ static const char *const HINTS[][2] = {
      "lie inside /proc, /sys, /dev or a read-only or host-backed bind"},
     {"can't create mount point", "the destination cannot be made inside the image; "
      "pick another -v destination"},
+    {"can't use working directory", "a path through /proc/self/fd or /proc/PID/cwd leads "
+     "out of the container; give a directory inside the image or a bind"},
+    {"can't install the seccomp filter", "the kernel refused seccomp (CONFIG_SECCOMP_FILTER, "
+     "or a seccomp policy around hpcrun); see the README, 'Isolation'"},
     {"can't chdir to", "the working directory does not exist in the container; "
      "create it in the image, or give -w on a writable mount (/tmp, a -v bind)"},
     {"can't create working directory", "the working directory must exist in the image or "
@@ -233,6 +238,7 @@ static int parse_plan(char *text, struct plan *p)
         else if (!strcmp(k, "clean")) p->clean = !strcmp(v, "1");
         else if (!strcmp(k, "share")) p->share = !strcmp(v, "1");
         else if (!strcmp(k, "pmix")) p->pmix = !strcmp(v, "1");
+        else if (!strcmp(k, "pfds")) { if (num(v, &p->pfds)) return -1; }
         else if (!strcmp(k, "entry")) PUSH(p->entry, p->nentry, MAX_ITEMS, v);
         else if (!strcmp(k, "cmd")) PUSH(p->cmd, p->ncmd, MAX_ITEMS, v);
         else if (!strcmp(k, "arg")) PUSH(p->args, p->nargs, MAX_ITEMS, v);
@@ -861,6 +867,7 @@ int hpcrun_plan_exec(int argc, char **argv)
     s.workdir = p.wdcwd ? visible_cwd(&p, wd) : p.wd;
     s.workdir_required = p.wdreq;
     s.stop_signal = p.stop;
+    s.preserve_fds = p.pfds;
     char **words = argv + 3;
     int nc = argc - 3;
     if (nc == 0) {               /* no command: the image's CMD */

@@ -75,6 +75,7 @@ def enter(spec) -> int:
     s.argv = a.strv(spec.argv)
     s.envp = a.strv(spec.env)
     s.stop_signal = spec.stop_signal
+    s.preserve_fds = spec.preserve_fds
     err = ffi.new("char[]", ERRLEN)
     code = ffi.new("int *")
     r = lib.hpcrun_enter(s, err, ERRLEN, code)

@@ -21,7 +21,7 @@ from hpcrun.slurm import srun as pyxis
 # A valid value for every option that takes one (a new option needs one here).
 SAMPLES = {
     "env": "A=1", "env_files": "/etc/hostname", "volumes": "/tmp:/mnt:ro",
-    "workdir": "/tmp", "entrypoint": "/bin/sh", "hostname": "node1",
+    "workdir": "/tmp", "entrypoint": "/bin/sh", "hostname": "node1", "preserve_fds": "1",
 }
 
 

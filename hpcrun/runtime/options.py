@@ -98,6 +98,9 @@ TABLE = (
     Option("--unpack", "unpack", FLAG,
            "squashfs: extract once to a node-local cache instead of FUSE "
            "(Slurm tasks always do)", where=frozenset((RUN,)), pyxis=""),
+    Option("--preserve-fds", "preserve_fds", VALUE,
+           "keep descriptors 3 .. 2+N open in the command (the others above 2 are "
+           "closed; PMI_FD's always stays)", metavar="N", where=frozenset((RUN,)), pyxis=""),
     Option("--node-container", "node_container", FLAG,
            "one container per node and step, made by the node's first task and joined "
            "by the others", where=frozenset((TASK, PLAN)), pyxis="container-per-task"),

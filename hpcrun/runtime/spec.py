@@ -82,9 +82,10 @@ class Spec(_Frozen):
     """Everything the C core needs to enter a container and exec its command."""
 
     __slots__ = ("image", "squashfuse", "flags", "hostname", "uid", "gid", "mounts",
-                 "workdir", "workdir_required", "argv", "env", "stop_signal")
+                 "workdir", "workdir_required", "argv", "env", "stop_signal", "preserve_fds")
     _defaults = {"squashfuse": None, "flags": 0, "hostname": None, "mounts": (),
-                 "workdir": "/", "workdir_required": False, "stop_signal": 0}
+                 "workdir": "/", "workdir_required": False, "stop_signal": 0,
+                 "preserve_fds": 0}
 
 
 class RunOptions(_Frozen):
