@@ -92,7 +92,7 @@ def drun(user, driver, *args, env=None):
 def test_driver_injection(user, driver, image):
     before = _tree(image)
     cp = drun(user, driver, "--gpus", "all", image, "--", "sh", "-c",
-              '/sbin/ldconfig -p | grep -o "lib[^ ]*nvidia[^ ]*\\|libcuda[^ ]*" | sort -u; '
+              '/sbin/ldconfig -p | awk \'{print $1}\' | grep -E "^lib(cuda|nvidia)" | sort -u; '
               'ls /dev | grep nvidia | tr "\\n" " "; echo; nvidia-smi -L; '
               'echo "CVD=$CUDA_VISIBLE_DEVICES"; '
               'touch /usr/local/nvidia/lib64/libcuda.so.1 2>/dev/null || echo ro')

@@ -140,9 +140,11 @@ def check(out) -> int:
     slurm = _slurm_line()
     tasks = _task_line()
     can_run = all(ok for _, ok, _, _, essential in results if essential)
+    from hpcrun.runtime import gpu
+    gpus = gpu.report()
     if out == "json":
         doc = {"can_run": can_run, "slurm_backend": slurm.split(": ", 1)[1],
-               "slurm_tasks": tasks.split(": ", 1)[1],
+               "slurm_tasks": tasks.split(": ", 1)[1], "gpus": gpus,
                "checks": [{"name": n, "ok": ok, "detail": d, "ask_admin": a,
                            "essential": e} for n, ok, d, a, e in results]}
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
@@ -153,6 +155,7 @@ def check(out) -> int:
             if a:
                 sys.stdout.write(f"{'':<{w}}  {'':<5}  ask the admin: {a}\n")
         sys.stdout.write(slurm + "\n" + tasks + "\n")
+        sys.stdout.write("".join(line + "\n" for line in gpu.report_lines(gpus)))
         sys.stdout.write("containers can run here\n" if can_run else
                          "containers cannot run here: see 'ask the admin' above\n")
     return 0 if can_run else 1

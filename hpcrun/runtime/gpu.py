@@ -851,9 +851,8 @@ def ldcache(image, mounts, folders, uid, gid, squashfuse=None) -> str | None:
     out = os.path.join(d, key)
     if os.path.isfile(out):
         return out
-    from hpcrun.runtime import plancache
-    plancache._private(os.path.dirname(d))
-    plancache._private(d)
+    from hpcrun import fsutil
+    d = fsutil.private_dir(d, "the ld.so.cache directory", "HPCRUN_CDI_SPEC_DIRS")
     tmp = f"{key}.tmp-{os.getpid()}"
     run_ldconfig(image, libs, folders, ldc, d, tmp, uid, gid, squashfuse)
     os.replace(os.path.join(d, tmp), out)
@@ -932,4 +931,21 @@ def report(environ=None) -> dict:
         out["allocated"], out["allocation"] = allocated(out["gpus"], environ)
     except DeviceError as e:
         out["allocated"], out["allocation"] = [], e.what
+    return out
+
+
+def report_lines(r: dict) -> list:
+    """report() as `hpcrun check` prints it."""
+    out = [f"GPUs: {', '.join(map(str, r['gpus'])) or 'none'}"
+           + (f" (allocated: {', '.join(map(str, r['allocated'])) or 'none'}, from "
+              f"{r['allocation']})" if r["gpus"] else ""),
+           f"GPU injection: {r['method']}",
+           f"CDI spec directories: {', '.join(r['spec_dirs']) or 'none'}"]
+    for s in r["specs"]:
+        out.append(f"  CDI spec {s['path']}: {s['kind']} (cdiVersion {s['version']}), "
+                   f"devices {', '.join(s['devices'])}")
+    if r["error"]:
+        out.append(f"  {r['error']}")
+    for p in r.get("libraries") or ():
+        out.append(f"  driver library {p}")
     return out
