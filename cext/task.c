@@ -41,6 +41,8 @@
  *   tmpfs=PATTERN    Slurm's TmpFS (%n, %h expanded here), for PMIx's directories
  *   cache=DIR        node cache base (HPCRUN_NODE_CACHE wins)
  *   share=1          one container per node and step
+ *   pertask=1        devices (--gpus, --device): each task runs `hpcrun task ARGS`,
+ *                    which plans them with its own node's allocation
  *   pfds=N           --preserve-fds: descriptors 3 .. 2+N stay open in the command
  *   py=ARG           * how to start `hpcrun task` (Python) for what is not done here
  *   arg=ARG          * the step's `hpcrun task` options and IMAGE as given: where the
@@ -81,7 +83,7 @@ extern int hpcrun_trim_monitor;
 
 struct plan {
     const char *image, *sq, *fuse, *host, *wd, *tmpfs, *cache;
-    int flags, uid, gid, stop, wdreq, wdcwd, clean, share, pmix, pfds, version;
+    int flags, uid, gid, stop, wdreq, wdcwd, clean, share, pmix, pfds, version, pertask;
     struct hpcrun_mount m[MAX_ITEMS];
     int nm;
     const char *entry[MAX_ITEMS], *cmd[MAX_ITEMS], *args[MAX_ITEMS], *set[MAX_ITEMS], *own[MAX_ITEMS], *always[64], *py[64];
@@ -237,6 +239,7 @@ static int parse_plan(char *text, struct plan *p)
         else if (!strcmp(k, "wdcwd")) p->wdcwd = !strcmp(v, "1");
         else if (!strcmp(k, "clean")) p->clean = !strcmp(v, "1");
         else if (!strcmp(k, "share")) p->share = !strcmp(v, "1");
+        else if (!strcmp(k, "pertask")) p->pertask = !strcmp(v, "1");
         else if (!strcmp(k, "pmix")) p->pmix = !strcmp(v, "1");
         else if (!strcmp(k, "pfds")) { if (num(v, &p->pfds)) return -1; }
         else if (!strcmp(k, "entry")) PUSH(p->entry, p->nentry, MAX_ITEMS, v);
@@ -912,6 +915,8 @@ int hpcrun_plan_exec(int argc, char **argv)
     char root[PATH_MAX], pmix[2][PATH_MAX], wd[PATH_MAX];
     struct hpcrun_spec s;
     memset(&s, 0, sizeof s);
+    if (p.pertask && !getenv("HPCRUN_TASK_FALLBACK"))
+        python_task(&p, argv + 3, argc - 3, p.image);   /* devices: planned on each node */
     s.image = image_root(&p, root, argv + 3, argc - 3);
     s.squashfuse = p.fuse;
     s.flags = p.flags;

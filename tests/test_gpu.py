@@ -377,3 +377,20 @@ def test_plan_cache_sees_the_spec(user, image, cdi, fakelib):
     cp, progs = execs(user, "run", "--gpus", "all", image, "/sbin/ldconfig", "-p", env=env)
     assert cp.returncode == 0 and "libfakegpu.so.1" in cp.stdout, cp.stderr
     assert any("python" in p for p in progs)
+
+
+def test_step_plan_plans_devices_on_each_task(user, image, cdi):
+    """`hpcrun task --plan --gpus all` (job files, hpcrun srun --container-gpus): GPUs
+    are allocated per node and step, so the plan defers them to each task, which plans
+    them with its own SLURM_STEP_GPUS."""
+    env = {"HPCRUN_CDI_SPEC_DIRS": cdi}
+    cp = util.hpcrun(user, "task", "--plan", "--gpus", "all", image, env=env)
+    assert cp.returncode == 0, cp.stderr
+    plan = cp.stdout.split()
+    assert "pertask=1" in plan[-1].split(",")
+    for step_gpus, want in (("1", "fakegpu1 CVD=0"), ("0,1", "fakegpu0 fakegpu1 CVD=0,1")):
+        run = util.as_user(user, [*plan, "--", "sh", "-c",
+                                  'echo $(ls /dev | grep fakegpu) CVD=$CUDA_VISIBLE_DEVICES'],
+                           env={**env, "SLURM_STEP_GPUS": step_gpus})
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.strip() == want

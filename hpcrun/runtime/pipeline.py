@@ -89,7 +89,11 @@ def prepare(opts, context: str = RUN, environ=None, *, python=(), task_args=()):
     if context != PLAN and not opts.command and not default:
         raise UsageError("no command given",
                          "give a command after the image: hpcrun run IMAGE -- CMD [ARG...]")
-    spec = launch.plan(opts.replace(command=opts.command or ("true",)), image, environ)
+    # Devices in a step plan: GPUs are allocated per node and step, so each task plans
+    # them on its own node (plan.py pertask); the plan made here has none.
+    pertask = context == PLAN and bool(opts.gpus or opts.devices or opts.nv)
+    popts = opts.replace(gpus=None, devices=(), nv=False) if pertask else opts
+    spec = launch.plan(popts.replace(command=opts.command or ("true",)), image, environ)
     fixed, own = envpolicy.split(list(conf.get("Env") or ()) + list(spec.extra_env),
                                  opts.env_files, opts.env)
     extra = {}
@@ -99,7 +103,7 @@ def prepare(opts, context: str = RUN, environ=None, *, python=(), task_args=()):
                      cache=slurmprep.cache_base(),
                      share=bool(opts.node_container) and context == PLAN)
     word = planfmt.make(opts, image, spec, fixed_env=fixed, own_env=own, sq=sq,
-                        python=python, task_args=task_args, **extra)
+                        python=python, task_args=task_args, pertask=pertask, **extra)
     return word, spec, image
 
 

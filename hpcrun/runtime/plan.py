@@ -32,6 +32,8 @@ any byte but letters, digits and "/._+@-". Keys (repeatable ones *):
   tmpfs=PATTERN    Slurm's TmpFS (%n, %h expanded by the executor), for those
   cache=DIR        node cache base (HPCRUN_NODE_CACHE wins)
   share=1          one container per node and step
+  pertask=1        devices (--gpus, --device, --nv): the executor runs `hpcrun task ARGS`
+                   on each node, which plans them with that node's and step's GPUs
   py=ARG           * how to start `hpcrun task` (Python) for what the executor does not
   arg=ARG          * the `hpcrun task` options and IMAGE as given: where the image is
                      not on this node, `hpcrun task ARGS -- COMMAND` runs instead
@@ -65,7 +67,7 @@ def decode_args(word: str) -> list:
 
 
 def make(opts, image, spec, *, fixed_env, own_env, sq=None, pmix=False, tmpfs=None,
-         cache=None, share=False, python=(), task_args=()) -> str:
+         cache=None, share=False, python=(), task_args=(), pertask=False) -> str:
     """The plan word for a planned container (runtime/pipeline.py calls this).
 
     spec: the launch.plan() Spec of (opts, image); fixed_env/own_env: the env policy
@@ -117,6 +119,8 @@ def make(opts, image, spec, *, fixed_env, own_env, sq=None, pmix=False, tmpfs=No
         words.append("cache=" + esc(cache))
     if share:
         words.append("share=1")
+    if pertask:
+        words.append("pertask=1")
     words += ["py=" + esc(a) for a in python]
     words += ["arg=" + esc(a) for a in task_args]
     return ",".join(words)
