@@ -160,6 +160,7 @@ def test_cdi_gpus_all(user, image, cdi):
     cmd = (SHOW + '; /sbin/ldconfig -p | grep -o "libfakegpu[^ ]* .*"; '
            'echo "link $(readlink /opt/fake/lib/libfakegpu.so) $(readlink /usr/lib/libfake-link.so)"; '
            'echo "dev $(ls /dev | grep -c nvidia)"; '
+           'echo "zero $(head -c 3 /dev/fakegpu0 | od -An -tx1 | tr -d " ")"; '
            'echo "w $(touch /opt/fake/lib/x 2>/dev/null && echo writable || echo ro)"')
     cp = gpurun(user, cdi, "--gpus", "all", image, "--", "sh", "-c", cmd)
     assert cp.returncode == 0, cp.stderr
@@ -171,6 +172,7 @@ def test_cdi_gpus_all(user, image, cdi):
     assert "libfakegpu.so.1 (libc6,x86-64) => /opt/fake/lib/libfakegpu.so.1" in out, out
     assert "link libfakegpu.so.1 /opt/fake/lib/libfakegpu.so.1" in out
     assert "w ro" in out               # mounts are read-only unless the spec says rw
+    assert "zero 000000" in out        # the node works (a bind keeps the host's dev access)
     # the unknown hook: reported once by name, not run
     warn = [ln for ln in cp.stderr.splitlines() if "enable-cuda-compat" in ln]
     assert len(warn) == 1 and warn[0].startswith("hpcrun: warning: CDI hook"), cp.stderr
