@@ -396,3 +396,32 @@ def test_step_plan_plans_devices_on_each_task(user, image, cdi):
                            env={**env, "SLURM_STEP_GPUS": step_gpus})
         assert run.returncode == 0, run.stderr
         assert run.stdout.strip() == want
+
+
+@pytest.fixture(scope="module")
+def sqfs_image(image):
+    util.require(shutil.which("mksquashfs") is not None, "squashfs-tools is not installed")
+    d = util.shared_tmpdir("hpcrun-gpusqfs-")
+    path = os.path.join(d, "gpu.sqfs")
+    subprocess.run(["mksquashfs", image, path, "-noappend", "-quiet", "-no-progress"],
+                   check=True, capture_output=True)
+    os.chmod(path, 0o644)
+    yield path
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_squashfs_image(user, sqfs_image, cdi, rt_fuse_open):
+    """A squashfs image: the helper container mounts it too, to run its ldconfig."""
+    cp = gpurun(user, cdi, "--gpus", "all", sqfs_image, "--", "sh", "-c",
+                SHOW + '; /sbin/ldconfig -p | grep -c "libfakegpu.so.1 "')
+    assert cp.returncode == 0, cp.stderr
+    assert "node fakegpu0 1:5" in cp.stdout and int(cp.stdout.splitlines()[-1]) >= 1
+
+
+def test_image_without_ldconfig(user, rt_image, cdi, rt_squashfs, rt_fuse_open):
+    """No ldconfig in the image (busybox-static): the rest is injected, one warning."""
+    for img in (rt_image, rt_squashfs):
+        cp = gpurun(user, cdi, "--gpus", "all", img, "--", "sh", "-c", SHOW)
+        assert cp.returncode == 0, cp.stderr
+        assert "node fakegpu1 1:5" in cp.stdout
+        assert sum("has no ldconfig" in ln for ln in cp.stderr.splitlines()) == 1, cp.stderr

@@ -854,14 +854,18 @@ def ldcache(image, mounts, folders, uid, gid, squashfuse=None) -> str | None:
     from hpcrun import fsutil
     d = fsutil.private_dir(d, "the ld.so.cache directory", "HPCRUN_CDI_SPEC_DIRS")
     tmp = f"{key}.tmp-{os.getpid()}"
-    run_ldconfig(image, libs, folders, ldc, d, tmp, uid, gid, squashfuse)
+    if not run_ldconfig(image, libs, folders, ldc, d, tmp, uid, gid, squashfuse):
+        _warn(f"update-ldcache: image {image.path} has no ldconfig; the injected "
+              "libraries are not in its linker cache (set LD_LIBRARY_PATH)")
+        return None
     os.replace(os.path.join(d, tmp), out)
     return out
 
 
-def run_ldconfig(image, libs, folders, ldc, outdir, name, uid, gid, squashfuse) -> None:
+def run_ldconfig(image, libs, folders, ldc, outdir, name, uid, gid, squashfuse) -> bool:
     """Run the image's ldconfig in a helper container (the libraries bound as in the
-    real one, OUTDIR bound at LDCACHE_DIR): `ldconfig -X -C LDCACHE_DIR/NAME FOLDERS`."""
+    real one, OUTDIR bound at LDCACHE_DIR): `ldconfig -X -C LDCACHE_DIR/NAME FOLDERS`.
+    False where a squashfs image turns out to have no ldconfig."""
     from hpcrun.runtime.spec import F_SQUASH, Spec
     flags = F_SQUASH if image.kind == "squashfs" else 0
     out = f"{LDCACHE_DIR}/{name}"
@@ -869,7 +873,7 @@ def run_ldconfig(image, libs, folders, ldc, outdir, name, uid, gid, squashfuse) 
         argv = [ldc, "-X", "-C", out, *folders]
     else:   # a squashfs image, not looked into here: the usual places
         argv = ["/bin/sh", "-c", 'for l in /sbin/ldconfig.real /sbin/ldconfig '
-                '/usr/sbin/ldconfig; do [ -x $l ] && exec $l "$@"; done; exit 127', "sh",
+                '/usr/sbin/ldconfig; do [ -x $l ] && exec $l "$@"; done; exit 99', "sh",
                 "-X", "-C", out, *folders]
     spec = Spec(image=image.path, squashfuse=squashfuse, flags=flags, uid=uid, gid=gid,
                 mounts=tuple(libs) + (Mount(src=outdir, dst=LDCACHE_DIR, flags=0),),
@@ -890,6 +894,8 @@ def run_ldconfig(image, libs, folders, ldc, outdir, name, uid, gid, squashfuse) 
     with os.fdopen(r, "rb") as f:
         msg = f.read().decode(errors="replace")
     _, st = os.waitpid(pid, 0)
+    if not ldc and os.waitstatus_to_exitcode(st) == 99:
+        return False
     if os.waitstatus_to_exitcode(st) != 0 or not os.path.isfile(os.path.join(outdir, name)):
         try:
             os.unlink(os.path.join(outdir, name))
@@ -898,6 +904,7 @@ def run_ldconfig(image, libs, folders, ldc, outdir, name, uid, gid, squashfuse) 
         last = (msg.strip().splitlines() or ["no output"])[-1]
         raise DeviceError(f"update-ldcache: the image's ldconfig failed: {last}",
                           "check that the image's ldconfig runs (hpcrun run IMAGE ldconfig -p)")
+    return True
 
 
 # ---------------------------------------------------------------- hpcrun check
