@@ -825,7 +825,8 @@ static int do_mounts(struct ctx *c, const struct hpcrun_spec *s, const char *low
         if (pjoin(c, dst, NEWROOT, m->dst))
             return -1;
         if (m->flags & HPCRUN_M_TMPFS) {
-            if (mount("tmpfs", dst, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777"))
+            if (mount("tmpfs", dst, "tmpfs", MS_NOSUID | MS_NODEV,
+                      (m->flags & HPCRUN_M_CLOSED) ? "mode=0755" : "mode=1777"))
                 return fail(c, "can't mount tmpfs on %s", m->dst);
             continue;
         }

@@ -51,7 +51,7 @@ import re
 import struct
 
 from hpcrun.errors import HpcrunError, UsageError
-from hpcrun.runtime.spec import M_FILE, M_RDONLY, M_SYMLINK, M_TMPFS, Mount
+from hpcrun.runtime.spec import M_CLOSED, M_FILE, M_RDONLY, M_SYMLINK, M_TMPFS, Mount
 
 SPEC_DIRS = ("/etc/cdi", "/var/run/cdi")
 GPU_KIND = "nvidia.com/gpu"
@@ -665,8 +665,10 @@ def _apply(inj: Injection, spec: CdiSpec, edits: dict, seen: set) -> None:
                               "this host", "regenerate the spec for this node's devices")
         if d["path"] not in seen:
             seen.add(d["path"])
+            # read-only: a device is still written through (MNT_READONLY leaves device
+            # I/O alone), but its inode can't be changed
             inj.mounts.append(Mount(src=real, dst=d["path"],
-                                    flags=0 if os.path.isdir(real) else M_FILE))
+                                    flags=M_RDONLY | (0 if os.path.isdir(real) else M_FILE)))
     for m in edits.get("mounts") or ():
         real = os.path.realpath(m["hostPath"])
         if not os.path.exists(real):
@@ -685,7 +687,7 @@ def _apply(inj: Injection, spec: CdiSpec, edits: dict, seen: set) -> None:
 
 def _own_dev(inj: Injection, dev: str, gpu_names) -> None:
     """The container's /dev: a tmpfs with the host's usable entries, GPU nodes left out."""
-    inj.dev.append(Mount(src=None, dst="/dev", flags=M_TMPFS))
+    inj.dev.append(Mount(src=None, dst="/dev", flags=M_TMPFS | M_CLOSED))
     try:
         names = sorted(os.listdir("/dev"))
     except OSError:
@@ -786,7 +788,8 @@ def _driver_edits(inj: Injection, driver: Driver, image, seen: set) -> None:
         dst = "/dev/" + os.path.basename(p)
         real = os.path.realpath(p)
         seen.add(dst)
-        inj.mounts.append(Mount(src=real, dst=dst, flags=0 if os.path.isdir(real) else M_FILE))
+        inj.mounts.append(Mount(src=real, dst=dst,
+                                flags=M_RDONLY | (0 if os.path.isdir(real) else M_FILE)))
     libs = driver.libraries()
     if not libs:
         raise DeviceError("the NVIDIA driver's libraries are not in the linker cache "
