@@ -35,10 +35,10 @@
 #define HPCRUN_M_CONTENT  0x20  /* src is file content (bound from a private tmpfs) */
 #define HPCRUN_M_USERFILE 0x40  /* with CONTENT: the image's own file plus this line */
 #define HPCRUN_M_SYSFS    0x80  /* /sys: a fresh sysfs with a new network namespace, else the host's */
-#define HPCRUN_M_CLOSED   0x200 /* with TMPFS: mode 0755, not 1777 (the container's own /dev:
+#define HPCRUN_M_CLOSED   0x800 /* with TMPFS: mode 0755, not 1777 (the container's own /dev:
                                  * in a sticky world-writable directory the kernel refuses
                                  * O_CREAT opens of others' device nodes, may_create_in_sticky) */
-#define HPCRUN_M_SYMLINK  0x100 /* not a mount: a symlink at dst pointing to src, made in the
+#define HPCRUN_M_SYMLINK  0x400 /* not a mount: a symlink at dst pointing to src, made in the
                                  * skeleton over the image (or in a tmpfs listed before it) */
 
 struct hpcrun_mount {

@@ -84,7 +84,7 @@ def checks(opts, image, spec, environ=None) -> list:
         ident += [os.path.join(root, "tags.json"), os.path.join(root, "records")]
     ident += list(spec.reads)     # devices: CDI specs, their directories, the ld.so.cache
     for m in spec.mounts:
-        if m.src and m.src.startswith("/") and not (m.flags & 0x120):   # M_CONTENT, M_SYMLINK
+        if m.src and m.src.startswith("/") and not (m.flags & 0x420):   # M_CONTENT, M_SYMLINK
             real.append(m.src)
     real += [os.path.abspath(v.split(":", 1)[0]) for v in opts.volumes]
     if environ.get("HOME"):

@@ -28,8 +28,8 @@ M_PROC = 0x10
 M_CONTENT = 0x20
 M_USERFILE = 0x40
 M_SYSFS = 0x80
-M_CLOSED = 0x200       # with M_TMPFS: mode 0755 (the container's own /dev), not 1777
-M_SYMLINK = 0x100      # not a mount: a symlink dst -> src in the skeleton layer
+M_CLOSED = 0x800       # with M_TMPFS: mode 0755 (the container's own /dev), not 1777
+M_SYMLINK = 0x400      # not a mount: a symlink dst -> src in the skeleton layer
 
 
 class _Frozen:
