@@ -90,8 +90,10 @@ def prepare(opts, context: str = RUN, environ=None, *, python=(), task_args=()):
         raise UsageError("no command given",
                          "give a command after the image: hpcrun run IMAGE -- CMD [ARG...]")
     # Devices in a step plan: GPUs are allocated per node and step, so each task plans
-    # them on its own node (plan.py pertask); the plan made here has none.
-    pertask = context == PLAN and bool(opts.gpus or opts.devices or opts.nv)
+    # them on its own node (plan.py pertask); the plan made here has none. Once there
+    # (the executor's `hpcrun task`, which may plan the node container), they are planned.
+    pertask = (context == PLAN and bool(opts.gpus or opts.devices or opts.nv)
+               and not environ.get("HPCRUN_TASK_FALLBACK"))
     popts = opts.replace(gpus=None, devices=(), nv=False) if pertask else opts
     spec = launch.plan(popts.replace(command=opts.command or ("true",)), image, environ)
     fixed, own = envpolicy.split(list(conf.get("Env") or ()) + list(spec.extra_env),
