@@ -366,10 +366,14 @@ def test_plan_cache_sees_the_spec(user, image, cdi, fakelib):
     os.chmod(os.path.join(cdi, "more.json"), 0o644)
     cp, progs = execs(user, "run", "--gpus", "all", image, "sh", "-c", cmd, env=env)
     assert cp.returncode == 0 and any("python" in p for p in progs)
-    # the allocation is part of the key
-    cp = util.hpcrun(user, "run", "--gpus", "all", image, "sh", "-c", cmd,
-                     env={**env, "CUDA_VISIBLE_DEVICES": "1"})
+    # the allocation is part of the key (the C launcher's and Python's alike)
+    cvd = {**env, "CUDA_VISIBLE_DEVICES": "1"}
+    cp = util.hpcrun(user, "run", "--gpus", "all", image, "sh", "-c", cmd, env=cvd)
     assert cp.stdout == "second 0 fakegpu1 \n", cp.stderr
+    cp, progs = execs(user, "run", "--gpus", "all", image, "sh", "-c", cmd, env=cvd)
+    assert cp.stdout == "second 0 fakegpu1 \n" and not any("python" in p for p in progs)
+    cp, progs = execs(user, "run", "--gpus", "all", image, "sh", "-c", cmd, env=env)
+    assert cp.stdout == "second 0,1 fakegpu0 fakegpu1 \n", cp.stderr
     # the generated ld.so.cache is checked: removed, the run is planned (and made) again
     plans = f"/var/tmp/hpcrun-{user.uid}/plans"
     entries = [open(os.path.join(plans, n)).read() for n in os.listdir(plans)]

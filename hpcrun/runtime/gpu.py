@@ -48,6 +48,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import struct
 
 from hpcrun.errors import HpcrunError, UsageError
@@ -510,11 +511,8 @@ def allocated(host: list, environ, cgroup=None, node_of=None) -> tuple:
     """(GPUs this process may use, from where): host indices narrowed by Slurm's
     allocation, else CUDA_VISIBLE_DEVICES, and by the devices cgroup."""
     avail, src = list(host), "all GPUs of this host"
-    slurm = environ.get("SLURM_STEP_GPUS") or environ.get("SLURM_JOB_GPUS")
-    if slurm is not None and environ.get("SLURM_STEP_GPUS") is None:
-        src_name = "SLURM_JOB_GPUS"
-    else:
-        src_name = "SLURM_STEP_GPUS"
+    src_name = "SLURM_STEP_GPUS" if environ.get("SLURM_STEP_GPUS") else "SLURM_JOB_GPUS"
+    slurm = environ.get(src_name)
     if slurm:
         try:
             ids = [int(v) for v in _ids(slurm)]
@@ -685,7 +683,7 @@ def _apply(inj: Injection, spec: CdiSpec, edits: dict, seen: set) -> None:
         _hook(inj, spec.path, h)
 
 
-def _own_dev(inj: Injection, dev: str, gpu_names) -> None:
+def _own_dev(inj: Injection, gpu_names) -> None:
     """The container's /dev: a tmpfs with the host's usable entries, GPU nodes left out."""
     inj.dev.append(Mount(src=None, dst="/dev", flags=M_TMPFS | M_CLOSED))
     try:
@@ -700,12 +698,11 @@ def _own_dev(inj: Injection, dev: str, gpu_names) -> None:
             st = os.lstat(p)
         except OSError:
             continue
-        import stat as S
-        if S.S_ISLNK(st.st_mode):
+        if stat.S_ISLNK(st.st_mode):
             inj.dev.append(Mount(src=os.readlink(p), dst=p, flags=M_SYMLINK))
-        elif S.S_ISDIR(st.st_mode):
+        elif stat.S_ISDIR(st.st_mode):
             inj.dev.append(Mount(src=p, dst=p, flags=0))
-        elif S.S_ISCHR(st.st_mode) and (os.access(p, os.R_OK) or os.access(p, os.W_OK)):
+        elif stat.S_ISCHR(st.st_mode) and (os.access(p, os.R_OK) or os.access(p, os.W_OK)):
             inj.dev.append(Mount(src=p, dst=p, flags=M_FILE))
     inj.reads.append("/dev")
 
@@ -751,7 +748,7 @@ def plan(opts, image, environ, uid: int, gid: int, squashfuse=None) -> Injection
         _apply(inj, spec, spec.devices[name], seen)
     if driver is not None:
         _driver_edits(inj, driver, image, seen)
-    _own_dev(inj, "/dev", gpu_nodes)
+    _own_dev(inj, gpu_nodes)
     if inj.links:
         inj.mounts += [Mount(src=t, dst=os.path.normpath(ln), flags=M_SYMLINK)
                        for t, ln in inj.links]
@@ -760,7 +757,6 @@ def plan(opts, image, environ, uid: int, gid: int, squashfuse=None) -> Injection
         if cache:
             inj.reads.append(cache)
             inj.mounts.append(Mount(src=cache, dst="/etc/ld.so.cache", flags=M_FILE | M_RDONLY))
-    # CUDA_VISIBLE_DEVICES last: renumbered for what the container sees
     return inj
 
 
