@@ -80,10 +80,8 @@ DRIVER_BINS = ("nvidia-smi", "nvidia-debugdump", "nvidia-persistenced",
                "nvidia-cuda-mps-control", "nvidia-cuda-mps-server")
 DRIVER_NODES = ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset")
 BIN_DIRS = ("/usr/bin", "/usr/sbin", "/bin", "/sbin", "/usr/local/bin")
-# Environment variables GPU planning reads: part of the plan cache's key
-# (runtime/plancache.py, cext/launcher.c).
-ENV_KEYS = ("CUDA_VISIBLE_DEVICES", "SLURM_STEP_GPUS", "SLURM_JOB_GPUS",
-            "NVIDIA_DRIVER_CAPABILITIES")
+# The environment variables planning reads here are part of the plan cache's key
+# (runtime/plancache.py _GPU_KEYS, cext/launcher.c GPU_KEYS): keep them in step.
 _HINT_SPEC = "fix the spec (see https://github.com/cncf-tags/container-device-interface)"
 
 

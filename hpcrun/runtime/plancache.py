@@ -43,7 +43,7 @@ def key(words, environ=None) -> str:
              "HOME=" + environ.get("HOME", ""),
              "XDG_CONFIG_HOME=" + environ.get("XDG_CONFIG_HOME", "")]
     parts += sorted(f"{k}={v}" for k, v in environ.items() if k.startswith("HPCRUN_"))
-    # What GPU planning reads (runtime/gpu.py ENV_KEYS; cext/launcher.c GPU_KEYS), if set
+    # What GPU planning reads (runtime/gpu.py; cext/launcher.c GPU_KEYS), where set
     parts += [f"{k}={environ[k]}" for k in _GPU_KEYS if k in environ]
     parts += list(words)
     return "".join(planfmt.esc(p) + "," for p in parts)
