@@ -55,9 +55,12 @@ extern int hpcrun_trim_monitor;
 
 #define MAX_ENTRY (1 << 20)
 
+/* `python -c` puts the current directory first on sys.path: dropped before anything
+ * is imported, or an `hpcrun/` folder where the user stands would be run instead of
+ * the installed package (`-P` would do it, but only from Python 3.11 on). */
 static const char PY_MAIN[] =
-    "import sys; sys.argv[0] = sys.argv.pop(1); from hpcrun.cli.main import main; "
-    "sys.exit(main())";
+    "import sys; sys.path[:] = [p for p in sys.path if p not in ('', '.')]; "
+    "sys.argv[0] = sys.argv.pop(1); from hpcrun.cli.main import main; sys.exit(main())";
 
 static uint64_t fnv_add(uint64_t h, const char *s, size_t n)
 {
