@@ -173,7 +173,6 @@ def _push(a) -> int:
 
 
 def _login(a) -> int:
-    from hpcrun.image import auth
     user, password = a.username, a.password
     if a.password_stdin:
         if a.password:
@@ -197,7 +196,8 @@ def _login(a) -> int:
         if not password:
             import getpass
             password = getpass.getpass("Password: ")
-    auth.login(a.registry, user, password, **_insecure_kw(a))
+    from hpcrun.image import registry   # login checks, then auth.save stores
+    registry.login(a.registry, user, password, **_insecure_kw(a))
     _out().write("Login Succeeded\n")
     return 0
 

@@ -19,8 +19,9 @@ from typing import BinaryIO, Optional, Sequence
 
 from ..errors import ImageError, UsageError
 from . import layers as L
+from .fstree import rmtree
 from .store import (MT_DOCKER_MANIFEST, MT_OCI_MANIFEST, ImageRecord, Store, digest_hex,
-                    rmtree, sha256_bytes)
+                    sha256_bytes)
 
 MT_DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 MT_DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"

@@ -41,14 +41,21 @@ from typing import Iterator, Optional, Sequence
 
 from .. import log
 from ..errors import ImageError, NotFound, StoreError
-
-FORMATS = ("dir", "squashfs")
+from .fstree import du, rmtree
+from .inuse import container_roots, running_containers
 _HEX = re.compile(r"[0-9a-f]{64}\Z")
 _SHORT = re.compile(r"[0-9a-f]{4,64}\Z")
 PARTIAL_MAX_AGE = 24 * 3600
 
+FORMATS = ("dir", "squashfs")
+
 MT_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 MT_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+
+
+def entry_name(fmt: str) -> str:
+    """The name of a format inside images/<hex>/."""
+    return "rootfs" if fmt == "dir" else "image.sqfs"
 
 
 def crash_point(step: str) -> None:
@@ -69,31 +76,6 @@ def digest_hex(digest: str, what: str = "digest") -> str:
         raise ImageError(f"unsupported or malformed {what}: {digest!r}",
                          "only sha256 digests (64 lowercase hex digits) are supported")
     return hexpart
-
-
-def rmtree(path: str) -> None:
-    """shutil.rmtree that also removes read-only directories the caller owns."""
-    import shutil
-
-    def onerror(func, p, exc):
-        try:
-            os.chmod(os.path.dirname(p), 0o700)
-            if os.path.isdir(p) and not os.path.islink(p):
-                os.chmod(p, 0o700)
-            func(p)
-        except FileNotFoundError:
-            pass
-        except OSError:
-            if func is os.rmdir:
-                shutil.rmtree(p, ignore_errors=True)
-    if os.path.isdir(path) and not os.path.islink(path):
-        import sys
-        if sys.version_info >= (3, 12):
-            shutil.rmtree(path, onexc=onerror)
-        else:
-            shutil.rmtree(path, onerror=onerror)
-    elif os.path.lexists(path):
-        os.unlink(path)
 
 
 def _atomic_write(path: str, data: bytes, tmpdir: str) -> None:
@@ -240,7 +222,7 @@ class Store:
                 rec = self._read_record_raw(name) or {}
             except StoreError:
                 continue
-            keep = {"rootfs" if f == "dir" else "image.sqfs" for f in rec.get("formats", [])}
+            keep = {entry_name(f) for f in rec.get("formats", [])}
             for entry in entries:
                 if entry not in keep:
                     rmtree(os.path.join(d, entry))
@@ -520,37 +502,24 @@ class Store:
                        exists: bool):
         """Build formats into tmp/, rename into images/<hex>/. Caller holds the image lock."""
         from .. import config as cfgmod
+        from .formats import build as build_format  # lazy: `run` never builds (tarfile)
         max_size = int(cfgmod.get("max_image_size"))  # type: ignore[arg-type]
         d = os.path.join(self.images_dir, hexd)
         os.makedirs(d, mode=0o700, exist_ok=True)
         tree = None
         for f in formats:
             log.info(f"unpacking image {hexd[:12]} ({f})")
-            final = os.path.join(d, "rootfs" if f == "dir" else "image.sqfs")
+            final = os.path.join(d, entry_name(f))
             if os.path.lexists(final):  # leftover of a killed commit (no record names it)
                 rmtree(final)
-            if f == "dir":
-                tmp = self.tmp_path("rootfs")
-                os.mkdir(tmp, 0o700)
-                try:
-                    tree = unpack_dir(layers, tmp, config, max_size=max_size)
-                    crash_point("extracted")
-                    os.rename(tmp, final)
-                except BaseException:
-                    rmtree(tmp)
-                    raise
-            else:
-                from . import squash
-                tmp = self.tmp_path("sqfs")
-                try:
-                    tree = squash.build(layers, tmp, config, max_size=max_size,
-                                        tmpdir=self.tmp)
-                    crash_point("extracted")
-                    os.rename(tmp, final)
-                except BaseException:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(tmp)
-                    raise
+            tmp = self.tmp_path(f)
+            tree = build_format(f, layers, tmp, config, max_size=max_size, tmpdir=self.tmp)
+            try:
+                crash_point("extracted")
+                os.rename(tmp, final)
+            except BaseException:
+                rmtree(tmp)
+                raise
             crash_point("format-renamed")
         return tree
 
@@ -584,32 +553,22 @@ class Store:
             d = os.path.join(self.images_dir, hexd)
             for f in have:
                 if f not in new:
-                    rmtree(os.path.join(d, "rootfs" if f == "dir" else "image.sqfs"))
+                    rmtree(os.path.join(d, entry_name(f)))
         out = self._record(hexd)
         assert out is not None
         return out
 
     def _convert_from_existing(self, hexd: str, src_fmt: str, missing: list) -> None:
-        from . import squash
+        from .formats import transcode  # lazy: `run` never builds
         d = os.path.join(self.images_dir, hexd)
         for f in missing:
-            if f == "squashfs":
-                tmp = self.tmp_path("sqfs")
-                try:
-                    squash.from_dir(os.path.join(d, "rootfs"), tmp)
-                    os.rename(tmp, os.path.join(d, "image.sqfs"))
-                except BaseException:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(tmp)
-                    raise
-            else:
-                tmp = self.tmp_path("rootfs")
-                try:
-                    squash.unsquash(os.path.join(d, "image.sqfs"), tmp)
-                    os.rename(tmp, os.path.join(d, "rootfs"))
-                except BaseException:
-                    rmtree(tmp)
-                    raise
+            tmp = self.tmp_path(f)
+            transcode(os.path.join(d, entry_name(src_fmt)), src_fmt, tmp, f)
+            try:
+                os.rename(tmp, os.path.join(d, entry_name(f)))
+            except BaseException:
+                rmtree(tmp)
+                raise
 
     # ------------------------------------------------------------------ queries
     def images(self) -> list[ImageRecord]:
@@ -781,7 +740,7 @@ class Store:
                     with self.lock("tags"):
                         tm = {t: i for t, i in self._tags().items() if i != r.id}
                         self._write_tags(tm)
-                freed += _du(os.path.join(self.images_dir, r.hex))
+                freed += du(os.path.join(self.images_dir, r.hex))
                 self._delete_image(r.hex)
                 deleted.append(r.id)
         # Blobs and leftovers only when no other hpcrun process uses the store: a running
@@ -846,85 +805,3 @@ def _familiar(canonical: str) -> str:
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def _du(path: str) -> int:
-    total = 0
-    for dp, dn, fn in os.walk(path):
-        for f in fn:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(dp, f)).st_blocks * 512
-    if os.path.isfile(path):
-        total += os.lstat(path).st_size
-    return total
-
-
-def unpack_dir(layers: list, dest: str, config: bytes, *, max_size: int | None):
-    """Unpack layers into dest and write dest/.hpcrun/config.json; returns the
-    layers.Tree (its .size and .layer_sizes are the content sizes)."""
-    from .layers import diff_ids_of, extract
-    tree = extract(layers, dest, max_size=max_size, diff_ids=diff_ids_of(config))
-    meta = os.path.join(dest, ".hpcrun")
-    if os.path.lexists(meta):
-        rmtree(meta)
-    os.mkdir(meta, 0o755)
-    with open(os.path.join(meta, "config.json"), "wb") as f:
-        f.write(config)
-    return tree
-
-
-def container_roots() -> list:
-    """(pid, (st_dev, st_ino) of its root, lower layers of its root overlay) of every
-    process in a root other than ours: running containers (this user's, or all as
-    root). Read once, matched against images by running_containers."""
-    try:
-        own = os.stat("/")
-    except OSError:
-        return []
-    out = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            r = os.stat(f"/proc/{name}/root")
-        except OSError:
-            continue                    # gone, or not ours to look at
-        if (r.st_dev, r.st_ino) != (own.st_dev, own.st_ino):
-            out.append((int(name), (r.st_dev, r.st_ino), _root_lowers(name)))
-    return out
-
-
-def running_containers(rootfs: str, roots=None) -> list[int]:
-    """Pids of running containers whose root file system is the image directory
-    `rootfs`: bound as the root, or the lower layer of the overlay hpcrun puts on it
-    (the C core mounts lowerdir=.../oldroot<rootfs>). `roots`: container_roots(), if
-    already read."""
-    try:
-        real = os.path.realpath(rootfs)
-        st = os.stat(real)
-    except OSError:
-        return []
-    lower = "/oldroot" + real
-    return sorted(pid for pid, root, lowers in (container_roots() if roots is None else roots)
-                  if root == (st.st_dev, st.st_ino) or lower in lowers)
-
-
-def _root_lowers(pid: str) -> set:
-    """The lower layers of the overlays mounted at process pid's root."""
-    lowers: set = set()
-    try:
-        with open(f"/proc/{pid}/mountinfo") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return lowers
-    for line in lines:
-        fields = line.split(" - ", 1)
-        if len(fields) != 2 or line.split()[4] != "/":
-            continue
-        opts = fields[1].split()
-        if len(opts) < 3 or opts[0] != "overlay":
-            continue
-        for opt in opts[2].split(","):
-            if opt.startswith("lowerdir="):
-                lowers.update(opt[len("lowerdir="):].split(":"))
-    return lowers
