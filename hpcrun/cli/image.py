@@ -123,6 +123,8 @@ def _parser(verb: str) -> argparse.ArgumentParser:
     elif verb == "prune":
         add("-a", "--all", action="store_true", help="remove every image, not only untagged")
         add("-f", "--force", action="store_true", help="do not prompt (never prompts)")
+        add("--repair", action="store_true",
+            help="move damaged store files (image records, tags.json) aside, then prune")
     return p
 
 
@@ -561,7 +563,11 @@ def _rmi(a) -> int:
 
 def _prune(a) -> int:
     from hpcrun.image.layers import human_size
-    deleted, freed = _store().prune(all=a.all)
+    st = _store()
+    if a.repair:
+        for line in st.repair():
+            _out().write(f"Repaired: {line}\n")
+    deleted, freed = st.prune(all=a.all)
     if deleted:
         _out().write("Deleted Images:\n" + "".join(f"deleted: {d}\n" for d in deleted) + "\n")
     _out().write(f"Total reclaimed space: {human_size(freed)}\n")

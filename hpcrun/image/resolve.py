@@ -1,18 +1,31 @@
-"""What `hpcrun run NAME` calls to turn an image name into a path (planning, no running)."""
+"""What `hpcrun run NAME` calls to turn an image name into a path (planning, no running).
+
+The image is leased here (Store.lease): a shared flock on the image's lease file, on an
+O_CLOEXEC descriptor kept open in this process. The execve of the command closes it,
+when the container's root is pinned and the /proc scan of rmi / prune / convert sees
+the container; a process that stays as the container's monitor keeps it. So an image
+cannot be deleted between resolving it and starting the container on it.
+"""
 from __future__ import annotations
 
+import os
 from typing import Optional
 
+from ..errors import HpcrunError, NotFound, StoreError
+from .store import REPAIR_HINT, Store, stop_point
 
-def for_run(name: str, *, pull: bool = True, store=None) -> tuple[str, Optional[dict]]:
+_LEASES: list = []     # fds of the leases this process holds (closed by execve)
+
+
+def for_run(name: str, *, pull: bool = True, store=None,
+            lease: bool = True) -> tuple[str, Optional[dict]]:
     """(image path, image config) for NAME: the directory if the image has one, else its
     squashfs file. A missing image is pulled first when pull=True, as `docker run` does.
 
     The config is the full image config JSON (its "config" member holds Env, Cmd,
-    Entrypoint, WorkingDir, User). The store lock is released before returning.
+    Entrypoint, WorkingDir, User). The store lock is released before returning; with
+    lease=True the image's lease stays held (see the module docstring).
     """
-    from ..errors import NotFound
-    from .store import Store
     own = store is None
     st = store if store is not None else Store()
     try:
@@ -21,8 +34,7 @@ def for_run(name: str, *, pull: bool = True, store=None) -> tuple[str, Optional[
             if not pull:
                 raise NotFound(f"no such image: {name}",
                                f"pull it first: hpcrun pull {name}")
-            from ..errors import HpcrunError
-            from .pull import pull as do_pull
+            from .pull import pull as do_pull  # lazy: only a missing image pulls
             try:
                 rec = do_pull(name, store=st)
             except HpcrunError as e:
@@ -34,7 +46,26 @@ def for_run(name: str, *, pull: bool = True, store=None) -> tuple[str, Optional[
         if path is None:
             raise NotFound(f"image {name} has no runnable format",
                            f"hpcrun convert --format dir {name}")
+        if lease:
+            fd = st.lease(rec.hex)
+            _LEASES.append(fd)
+            # under the lease: a delete that ran before it is visible now
+            if not os.path.exists(st._record_path(rec.hex)):
+                release()
+                raise NotFound(f"no such image: {name}: it was removed while starting",
+                               f"pull, load or import it again")
+            if not os.path.lexists(path):
+                release()
+                raise StoreError(f"image {rec.short_id} is damaged: {path} is missing",
+                                 REPAIR_HINT)
+            stop_point("leased")
         return path, rec.config
     finally:
         if own:
             st.close()
+
+
+def release() -> None:
+    """Give up the leases this process holds (a caller that will not exec)."""
+    while _LEASES:
+        os.close(_LEASES.pop())

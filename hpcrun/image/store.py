@@ -8,7 +8,10 @@ Layout under the root (``config.get("store")`` or HPCRUN_STORE; 0700)::
     records/<idhex>.json        the image record: THE commit point of an image
     tags.json                   {"tags": {"docker.io/library/x:tag": "sha256:<idhex>"}}
     locks/<name>.lock           flock(2) files
+    locks/lease-<idhex>.lock    the image's lease: shared by a starting `run`, exclusive
+                                for rmi / prune / convert (see Store.lease)
     tmp/                        everything is written here first, then renamed into place
+    damaged/                    what `hpcrun prune --repair` moved aside (Store.repair)
 
 Crash safety (SIGKILL at any moment): blobs, image formats and records are each
 written under tmp/ and renamed into place, in this order: blobs, image formats, record,
@@ -23,10 +26,17 @@ day so a pull can resume.
 Concurrency: per-image work runs under lock("image-<idhex>") and re-checks the record
 after taking the lock, so eight processes committing the same image build it once;
 tags.json changes under lock("tags"). The registry client takes lock("blob-<digest>")
-around each download.
+around each download. A `run` holds the image's lease from resolving it until its
+command's execve; rmi, prune and convert take the lease exclusively (waiting at most
+LEASE_WAIT) before they look for running containers in /proc, then delete.
 
-Test hook: HPCRUN_TEST_CRASH_AT=<step> makes the process SIGKILL itself at that step
-(steps: blob-written, extracted, format-renamed, record-written, tagged). Tests only.
+Damage: a store file that cannot be read, is not JSON or holds the wrong types is a
+StoreError naming the file, with REPAIR_HINT; Store.repair() moves such files aside.
+
+Test hooks: HPCRUN_TEST_CRASH_AT=<step> makes the process SIGKILL itself at that step
+(steps: blob-written, extracted, format-renamed, record-written, tagged);
+HPCRUN_TEST_STOP_AT=leased makes `run` SIGSTOP itself once it holds the image's lease.
+Tests only.
 """
 from __future__ import annotations
 
@@ -46,6 +56,7 @@ from .inuse import container_roots, running_containers
 _HEX = re.compile(r"[0-9a-f]{64}\Z")
 _SHORT = re.compile(r"[0-9a-f]{4,64}\Z")
 PARTIAL_MAX_AGE = 24 * 3600
+LEASE_WAIT = 2.0       # seconds rmi / prune / convert wait for a starting `run`
 
 FORMATS = ("dir", "squashfs")
 
@@ -63,6 +74,14 @@ def crash_point(step: str) -> None:
     if os.environ.get("HPCRUN_TEST_CRASH_AT") == step:
         import signal
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def stop_point(step: str) -> None:
+    """Test hook: SIGSTOP ourselves at `step` when HPCRUN_TEST_STOP_AT names it (a test
+    then acts in the window and sends SIGCONT). Tests only."""
+    if os.environ.get("HPCRUN_TEST_STOP_AT") == step:
+        import signal
+        os.kill(os.getpid(), signal.SIGSTOP)
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -243,6 +262,68 @@ class Store:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
+    # ------------------------------------------------------------------ leases
+    def lease_path(self, hexd: str) -> str:
+        return os.path.join(self.locks, f"lease-{hexd}.lock")
+
+    def _open_lease(self, hexd: str, how: int) -> int:
+        """open + flock of the image's lease file; the fd is O_CLOEXEC, so an execve
+        releases it. Retries when the file was unlinked (by a delete) while we waited,
+        so holders always share one inode."""
+        path = self.lease_path(hexd)
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            try:
+                fcntl.flock(fd, how)
+                st = os.fstat(fd)
+                try:
+                    cur = os.stat(path)
+                except FileNotFoundError:
+                    cur = None
+                if cur is not None and (cur.st_dev, cur.st_ino) == (st.st_dev, st.st_ino):
+                    return fd
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)
+
+    def lease(self, hexd: str) -> int:
+        """The shared lease `run` holds on an image from resolving it until the
+        container's root is pinned (the fd is closed by the execve, or stays with the
+        container's monitor): rmi, prune and convert do not take the image away
+        meanwhile. Returns the fd; blocks while a delete is under way."""
+        try:
+            return self._open_lease(hexd, fcntl.LOCK_SH)
+        except OSError as e:
+            raise StoreError(f"can't take the lease {self.lease_path(hexd)}: {e.strerror}",
+                             "the store must be yours and writable") from e
+
+    def _exclusive_lease(self, hexd: str, wait: float) -> int | None:
+        """The lease exclusively (no container is starting on the image), waiting at
+        most `wait` seconds; None if a `run` still holds it then."""
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                return self._open_lease(hexd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return None
+                time.sleep(0.02)
+
+    def _take_exclusive(self, rec: "ImageRecord", what: str, stack: contextlib.ExitStack,
+                        name: str = "", running: bool = True) -> None:
+        """Exclusive lease for rmi/convert (closed by the stack), or refuse, naming
+        the image; then (running=True) refuse if a running container uses its directory."""
+        fd = self._exclusive_lease(rec.hex, LEASE_WAIT)
+        if fd is None:
+            label = f"{name} ({rec.short_id})" if name and name != rec.short_id else rec.short_id
+            raise ImageError(f"unable to {what} {label} - a container is starting on it "
+                             "(or its monitor still runs)",
+                             "try again once the container has started or stopped")
+        stack.callback(os.close, fd)
+        if running:
+            self._refuse_if_running(rec, what)
+
     def tmp_path(self, prefix: str = "t") -> str:
         return os.path.join(self.tmp, f"{prefix}-{os.urandom(12).hex()}")
 
@@ -344,35 +425,36 @@ class Store:
                 return f.read()
         except FileNotFoundError:
             raise StoreError(f"blob {digest} is missing from the store {self.root}",
-                             "pull or load the image again") from None
+                             "pull or load the image again, or run 'hpcrun prune --repair'"
+                             ) from None
 
     # ------------------------------------------------------------------ records
     def _record_path(self, hexd: str) -> str:
         return os.path.join(self.records, hexd + ".json")
 
     def _read_record_raw(self, hexd: str) -> dict | None:
-        try:
-            with open(self._record_path(hexd), "rb") as f:
-                return json.load(f)
-        except FileNotFoundError:
+        path = self._record_path(hexd)
+        doc = _load_json(path, "image record")
+        if doc is None:
             return None
-        except ValueError as e:
-            raise StoreError(f"image record {self._record_path(hexd)} is damaged ({e})",
-                             f"remove it with 'hpcrun rmi -f sha256:{hexd}'") from e
+        why = _record_problem(doc)
+        if why:
+            raise StoreError(f"image record {path} is damaged: {why}", REPAIR_HINT)
+        return doc
 
     def _write_record(self, hexd: str, rec: dict) -> None:
         _atomic_write(self._record_path(hexd),
                       json.dumps(rec, indent=1, sort_keys=True).encode(), self.tmp)
 
     def _tags(self) -> dict[str, str]:
-        try:
-            with open(self.tags_file, "rb") as f:
-                return json.load(f).get("tags", {})
-        except FileNotFoundError:
+        doc = _load_json(self.tags_file, "image store file")
+        if doc is None:
             return {}
-        except ValueError as e:
-            raise StoreError(f"{self.tags_file} is damaged ({e})",
-                             "remove it; images stay, their names are lost") from e
+        tags, why = _tags_of(doc)
+        if why:
+            raise StoreError(f"image store file {self.tags_file} is damaged: {why}",
+                             REPAIR_HINT)
+        return tags
 
     def _write_tags(self, tags: dict[str, str]) -> None:
         _atomic_write(self.tags_file,
@@ -386,14 +468,21 @@ class Store:
             tags_map = self._tags()
         img_id = "sha256:" + hexd
         tags = tuple(sorted(t for t, i in tags_map.items() if i == img_id))
-        try:
-            cfg = json.loads(self.read_blob(raw["config_digest"]))
-            man = json.loads(self.read_blob(raw["manifest_blob"]))
-        except ValueError as e:
-            raise StoreError(f"image sha256:{hexd[:12]}: damaged manifest or config ({e})",
-                             f"remove it with 'hpcrun rmi -f {hexd[:12]}'") from e
+        cfg = self._json_blob(hexd, raw["config_digest"], "config")
+        man = self._json_blob(hexd, raw["manifest_blob"], "manifest")
+        layers = man.get("layers", [])
+        if not isinstance(layers, list) or not all(
+                isinstance(x, dict) and isinstance(x.get("digest"), str) for x in layers):
+            raise StoreError(f"image sha256:{hexd[:12]} is damaged: its manifest blob "
+                             f"{self.blob_path(raw['manifest_blob'])} has malformed 'layers'",
+                             REPAIR_HINT)
         d = os.path.join(self.images_dir, hexd)
         formats = tuple(raw.get("formats", ()))
+        for f in formats:   # one lstat per format: a vanished rootfs is damage, not a FUSE issue
+            if not os.path.lexists(os.path.join(d, entry_name(f))):
+                raise StoreError(f"image sha256:{hexd[:12]} is damaged: its "
+                                 f"{'directory' if f == 'dir' else 'squashfs file'} "
+                                 f"{os.path.join(d, entry_name(f))} is missing", REPAIR_HINT)
         return ImageRecord(
             id=img_id, manifest_digest=raw.get("manifest_digest"), tags=tags,
             created=raw.get("created", ""), size=int(raw.get("size", 0)), config=cfg,
@@ -404,6 +493,93 @@ class Store:
             committed=raw.get("committed", ""), formats=formats,
             manifest_blob=raw.get("manifest_blob", ""),
             layer_sizes=tuple(raw.get("layer_sizes") or ()))
+
+    def _json_blob(self, hexd: str, digest: str, what: str) -> dict:
+        """A record's manifest or config blob, parsed; damage is a StoreError."""
+        try:
+            with open(self.blob_path(digest), "rb") as f:
+                doc = json.load(f)
+        except FileNotFoundError:
+            raise StoreError(f"image sha256:{hexd[:12]} is damaged: its {what} blob "
+                             f"{self.blob_path(digest)} is missing", REPAIR_HINT) from None
+        except OSError as e:
+            raise StoreError(f"can't read {self.blob_path(digest)}: {e.strerror}",
+                             "check the store's permissions (it must be yours)") from e
+        except (ValueError, RecursionError) as e:
+            raise StoreError(f"image sha256:{hexd[:12]} is damaged: its {what} blob "
+                             f"{self.blob_path(digest)} is not JSON ({e})", REPAIR_HINT) from e
+        if not isinstance(doc, dict):
+            raise StoreError(f"image sha256:{hexd[:12]} is damaged: its {what} blob "
+                             f"{self.blob_path(digest)} is not a JSON object", REPAIR_HINT)
+        return doc
+
+    # ------------------------------------------------------------------ repair
+    def repair(self) -> list[str]:
+        """`hpcrun prune --repair`: move damaged records and tags.json aside into
+        <root>/damaged/ so that every command works again; returns what was done, one
+        line each. A damaged image is lost (pull, load or import it again); a damaged
+        tags.json keeps the entries that were still well-formed and name an image."""
+        done: list[str] = []
+        with self.lock("tags"):
+            for name in sorted(os.listdir(self.records)):
+                hexd = name[:-5]
+                if not (name.endswith(".json") and _HEX.match(hexd)):
+                    continue
+                try:
+                    with self.lock("image-" + hexd):
+                        self._record(hexd, {})
+                except StoreError as e:
+                    if "is damaged" not in e.what and "can't read" not in e.what:
+                        raise
+                    dest = self._move_aside(self._record_path(hexd))
+                    done.append(f"moved {self._record_path(hexd)} aside to {dest}: {e.what}")
+            try:
+                tags = self._tags()
+            except StoreError as e:
+                tags = self._salvage_tags()
+                dest = self._move_aside(self.tags_file)
+                done.append(f"moved {self.tags_file} aside to {dest}: {e.what}; "
+                            f"kept {len(tags)} well-formed name(s)")
+                self._write_tags(tags)
+            known = {"sha256:" + n[:-5] for n in os.listdir(self.records) if n.endswith(".json")}
+            gone = sorted(t for t, i in tags.items() if i not in known)
+            if gone:
+                for t in gone:
+                    del tags[t]
+                    done.append(f"removed the name {_familiar(t)}: its image is gone")
+                self._write_tags(tags)
+        if done:
+            fcntl.flock(self._hold, fcntl.LOCK_UN)
+            try:
+                fcntl.flock(self._hold, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                pass                    # others use the store: the next Store() cleans
+            else:
+                self._clean()           # the images/<hex> of records moved aside
+            finally:
+                fcntl.flock(self._hold, fcntl.LOCK_SH)
+        return done
+
+    def _move_aside(self, path: str) -> str:
+        d = os.path.join(self.root, "damaged")
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        dest = os.path.join(d, f"{os.path.basename(path)}.{time.strftime('%Y%m%dT%H%M%S')}"
+                               f".{os.urandom(3).hex()}")
+        os.rename(path, dest)
+        return dest
+
+    def _salvage_tags(self) -> dict[str, str]:
+        """The well-formed entries of a damaged tags.json (none if it can't be read)."""
+        try:
+            with open(self.tags_file, "rb") as f:
+                doc = json.load(f)
+        except (OSError, ValueError, RecursionError):
+            return {}
+        tm = doc.get("tags") if isinstance(doc, dict) else None
+        if not isinstance(tm, dict):
+            return {}
+        return {t: i for t, i in tm.items() if isinstance(t, str) and isinstance(i, str)
+                and _ID.match(i)}
 
     # ------------------------------------------------------------------ commit
     def commit_image(self, manifest: bytes, config: bytes, *, tags: Sequence[str] = (),
@@ -528,12 +704,18 @@ class Store:
         rec = self.require(name_or_id)
         formats = parse_formats(fmt)
         hexd = rec.hex
-        with self.lock("image-" + hexd):
+        with contextlib.ExitStack() as leased, self.lock("image-" + hexd):
             raw = self._read_record_raw(hexd)
             if raw is None:
                 raise NotFound(f"image {name_or_id} was removed meanwhile")
             have = list(raw.get("formats", []))
             missing = [f for f in formats if f not in have]
+            new = [f for f in FORMATS if f in formats or (keep and f in have)]
+            dropped = [f for f in have if f not in new]
+            what = "drop the directory of" if "dir" in dropped else "drop the squashfs file of"
+            if dropped:     # fail early, before a long build; held again for the drop
+                with contextlib.ExitStack() as probe:
+                    self._take_exclusive(rec, what, probe, name_or_id, "dir" in dropped)
             if missing:
                 layers = [self.blob_path(dg) for dg in rec.layers]
                 lost = [dg for dg in rec.layers if not self.has_blob(dg)]
@@ -545,15 +727,18 @@ class Store:
                 else:
                     self._build_formats(hexd, layers, self.read_blob(raw["config_digest"]),
                                         missing, True)
-            new = [f for f in FORMATS if f in formats or (keep and f in have)]
-            if "dir" in have and "dir" not in new:
-                self._refuse_if_running(rec, "drop the directory of")
+            d = os.path.join(self.images_dir, hexd)
+            if dropped:
+                try:
+                    self._take_exclusive(rec, what, leased, name_or_id, "dir" in dropped)
+                except ImageError:
+                    for f in missing:   # not recorded: take back what this call built
+                        rmtree(os.path.join(d, entry_name(f)))
+                    raise
             raw["formats"] = new
             self._write_record(hexd, raw)
-            d = os.path.join(self.images_dir, hexd)
-            for f in have:
-                if f not in new:
-                    rmtree(os.path.join(d, entry_name(f)))
+            for f in dropped:
+                rmtree(os.path.join(d, entry_name(f)))
         out = self._record(hexd)
         assert out is not None
         return out
@@ -579,8 +764,8 @@ class Store:
                 try:
                     r = self._record(name[:-5], tm)
                 except StoreError as e:  # one damaged image does not hide the others
-                    log.warning(f"image {name[:12]} is damaged ({e.what}); remove it with "
-                                f"'hpcrun rmi -f {name[:12]}'")
+                    log.warning(f"{e.what}; run 'hpcrun prune --repair' (or "
+                                f"'hpcrun rmi -f {name[:12]}')")
                     continue
                 if r is not None:
                     out.append(r)
@@ -671,38 +856,46 @@ class Store:
         from .reference import try_parse
         ref = try_parse(name_or_id)
         by_name = ref is not None and ref.digest is None and str(ref) in rec.tags
-        with self.lock("tags"):
-            tm = self._tags()
-            if by_name:
-                del tm[str(ref)]
-                lines.append(f"Untagged: {ref.familiar}")  # type: ignore[union-attr]
-            else:
-                mine = sorted(t for t, i in tm.items() if i == rec.id)
-                if len(mine) > 1 and not force:
-                    raise ImageError(
-                        f"unable to delete {rec.short_id} (must be forced) - image is "
-                        f"referenced in multiple repositories",
-                        "remove the names one by one or use 'hpcrun rmi -f'")
-                for t in mine:
-                    del tm[t]
-                    lines.append(f"Untagged: {_familiar(t)}")
-            left = [t for t, i in tm.items() if i == rec.id]
+        with contextlib.ExitStack() as leased:
+            with self.lock("tags"):
+                tm = self._tags()
+                if by_name:
+                    del tm[str(ref)]
+                    lines.append(f"Untagged: {ref.familiar}")  # type: ignore[union-attr]
+                else:
+                    mine = sorted(t for t, i in tm.items() if i == rec.id)
+                    if len(mine) > 1 and not force:
+                        raise ImageError(
+                            f"unable to delete {rec.short_id} (must be forced) - image is "
+                            f"referenced in multiple repositories",
+                            "remove the names one by one or use 'hpcrun rmi -f'")
+                    for t in mine:
+                        del tm[t]
+                        lines.append(f"Untagged: {_familiar(t)}")
+                left = [t for t, i in tm.items() if i == rec.id]
+                if not left:   # before any name is removed
+                    self._take_exclusive(rec, "delete", leased, name_or_id)
+                self._write_tags(tm)
             if not left:
-                self._refuse_if_running(rec, "delete")   # before any name is removed
-            self._write_tags(tm)
-        if not left:
-            self._delete_image(rec.hex)
-            lines.append(f"Deleted: {rec.id}")
+                self._delete_image(rec.hex)
+                lines.append(f"Deleted: {rec.id}")
         return lines
 
     def _remove_damaged(self, name_or_id: str) -> list[str]:
-        """rmi -f of an image whose record or blobs are damaged: by id only."""
+        """rmi -f of an image whose record or blobs are damaged: by id, or by a name."""
         h = name_or_id[len("sha256:"):] if name_or_id.startswith("sha256:") else name_or_id
         hits = [n[:-5] for n in os.listdir(self.records) if n.endswith(".json")
                 and _SHORT.match(h) and n.startswith(h)]
+        if not hits:
+            from .reference import try_parse
+            ref = try_parse(name_or_id)
+            img_id = self._tags().get(str(ref)) if ref is not None else None
+            if img_id and os.path.lexists(self._record_path(digest_hex(img_id))):
+                hits = [digest_hex(img_id)]
         if len(hits) != 1:
             raise StoreError(f"cannot remove damaged image {name_or_id}",
-                             "give its id as 'hpcrun images' or the warning shows it")
+                             "give its id as 'hpcrun images' or the warning shows it, "
+                             "or run 'hpcrun prune --repair'")
         img = "sha256:" + hits[0]
         lines = []
         with self.lock("tags"):
@@ -723,14 +916,50 @@ class Store:
                 tmp = self.tmp_path("rm")
                 os.rename(d, tmp)
                 rmtree(tmp)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.lease_path(hexd))   # a waiting `run` reopens, finds no record
+
+    def _blobs_in_use(self) -> set | None:
+        """Hex digests of every blob a record needs; None if a record is damaged (then
+        what it needs cannot be known, and prune keeps every blob)."""
+        used = set()
+        for name in os.listdir(self.records):
+            if not (name.endswith(".json") and _HEX.match(name[:-5])):
+                continue
+            try:
+                raw = self._read_record_raw(name[:-5])
+                if raw is None:
+                    continue
+                man = self._json_blob(name[:-5], raw["manifest_blob"], "manifest")
+            except StoreError:
+                return None
+            used.add(digest_hex(raw["config_digest"]))
+            used.add(digest_hex(raw["manifest_blob"]))
+            layers = man.get("layers", [])
+            for x in layers if isinstance(layers, list) else ():
+                d = x.get("digest") if isinstance(x, dict) else None
+                if isinstance(d, str) and _ID.match(d):
+                    used.add(digest_hex(d))
+        return used
 
     def prune(self, all: bool = False) -> tuple[list[str], int]:
         """Remove untagged images (all images with all=True), unreferenced blobs and
         leftovers. Returns (deleted image ids, bytes reclaimed)."""
         deleted, freed = [], 0
-        roots = container_roots()
-        for r in self.images():
-            if all or not r.tags:
+        with contextlib.ExitStack() as leased:
+            # every candidate's lease first, then one /proc scan: a container that
+            # started before we held its image's lease is visible in the scan
+            candidates = []
+            for r in self.images():
+                if all or not r.tags:
+                    fd = self._exclusive_lease(r.hex, LEASE_WAIT)
+                    if fd is None:
+                        log.warning(f"kept {r.short_id}: a container is starting on it")
+                        continue
+                    leased.callback(os.close, fd)
+                    candidates.append(r)
+            roots = container_roots() if candidates else []
+            for r in candidates:
                 pids = running_containers(r.dir_path, roots) if r.dir_path else []
                 if pids:
                     log.warning(f"kept {r.short_id}: a running container uses it "
@@ -754,18 +983,11 @@ class Store:
             return deleted, freed
         try:
             self._clean(partials=True)
-            used = set()
-            for name in os.listdir(self.records):
-                raw = self._read_record_raw(name[:-5]) if name.endswith(".json") else None
-                if raw is None:
-                    continue
-                used.add(digest_hex(raw["config_digest"]))
-                used.add(digest_hex(raw["manifest_blob"]))
-                try:
-                    man = json.loads(self.read_blob(raw["manifest_blob"]))
-                    used.update(digest_hex(x["digest"]) for x in man.get("layers", []))
-                except (StoreError, ValueError):
-                    pass
+            used = self._blobs_in_use()
+            if used is None:
+                log.warning("damaged image records: unreferenced blobs kept (run "
+                            "'hpcrun prune --repair' first)")
+                return deleted, freed
             for name in os.listdir(self.blobs):
                 if name not in used:
                     p = os.path.join(self.blobs, name)
@@ -774,6 +996,70 @@ class Store:
         finally:
             fcntl.flock(self._hold, fcntl.LOCK_SH)
         return deleted, freed
+
+
+REPAIR_HINT = ("run 'hpcrun prune --repair' to move damaged store files aside (a damaged "
+               "image is then gone: pull, load or import it again)")
+_ID = re.compile(r"sha256:[0-9a-f]{64}\Z")
+
+
+def _load_json(path: str, what: str):
+    """A store file's JSON, None if the file does not exist; anything else that keeps it
+    from being read is a StoreError that names the file."""
+    try:
+        with open(path, "rb") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise StoreError(f"can't read {what} {path}: {e.strerror}",
+                         f"the store must be yours and readable (chmod 600 {path}), or "
+                         "run 'hpcrun prune --repair' to move it aside") from e
+    except (ValueError, RecursionError) as e:
+        raise StoreError(f"{what} {path} is damaged: not JSON ({e})", REPAIR_HINT) from e
+
+
+def _tags_of(doc) -> tuple[dict, str]:
+    """(tags, "") for a well-formed tags.json document, else ({}, what is wrong)."""
+    if not isinstance(doc, dict):
+        return {}, f"expected a JSON object, found {type(doc).__name__}"
+    tm = doc.get("tags", {})
+    if not isinstance(tm, dict):
+        return {}, f"'tags' is {type(tm).__name__}, not an object"
+    for t, i in tm.items():
+        if not isinstance(i, str) or not _ID.match(i):
+            return {}, f"the name {t!r} maps to {i!r}, not an image id"
+    return tm, ""
+
+
+def _record_problem(doc) -> str:
+    """What is wrong with an image record document ("" if nothing)."""
+    if not isinstance(doc, dict):
+        return f"expected a JSON object, found {type(doc).__name__}"
+    for k in ("config_digest", "manifest_blob"):
+        v = doc.get(k)
+        if not isinstance(v, str) or not _ID.match(v):
+            return f"'{k}' is {v!r}, not a sha256 digest"
+    formats = doc.get("formats", [])
+    if not isinstance(formats, list) or any(f not in FORMATS for f in formats):
+        return f"'formats' is {formats!r}, not a list of {' / '.join(FORMATS)}"
+    for k in ("repo_digests",):
+        v = doc.get(k, [])
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            return f"'{k}' is {v!r}, not a list of strings"
+    for k in ("size",):
+        v = doc.get(k, 0)
+        if not isinstance(v, int) or isinstance(v, bool):
+            return f"'{k}' is {v!r}, not a number"
+    ls = doc.get("layer_sizes")
+    if ls is not None and (not isinstance(ls, list)
+                           or not all(isinstance(x, int) for x in ls)):
+        return f"'layer_sizes' is {ls!r}, not a list of numbers"
+    for k in ("created", "source", "committed", "manifest_digest"):
+        v = doc.get(k, "")
+        if v is not None and not isinstance(v, str):
+            return f"'{k}' is {v!r}, not a string"
+    return ""
 
 
 def parse_formats(fmt: str) -> list[str]:
