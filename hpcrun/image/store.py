@@ -35,7 +35,8 @@ StoreError naming the file, with REPAIR_HINT; Store.repair() moves such files as
 
 Test hooks: HPCRUN_TEST_CRASH_AT=<step> makes the process SIGKILL itself at that step
 (steps: blob-written, extracted, format-renamed, record-written, tagged);
-HPCRUN_TEST_STOP_AT=leased makes `run` SIGSTOP itself once it holds the image's lease.
+HPCRUN_TEST_STOP_AT=leased / exclusive makes `run` / `rmi` SIGSTOP itself once it
+holds the image's lease.
 Tests only.
 """
 from __future__ import annotations
@@ -321,6 +322,7 @@ class Store:
                              "(or its monitor still runs)",
                              "try again once the container has started or stopped")
         stack.callback(os.close, fd)
+        stop_point("exclusive")
         if running:
             self._refuse_if_running(rec, what)
 
