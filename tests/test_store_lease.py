@@ -4,7 +4,7 @@ starting on.
 `run NAME` holds a shared flock on the image's lease file from resolving the image until
 the command's execve; rmi / prune / convert take it exclusively before they scan /proc
 for running containers. Everything runs as the unprivileged user. The window tests use
-the test-only hook HPCRUN_TEST_STOP_AT=leased|exclusive (the process SIGSTOPs itself
+the test-only hook HPCRUN_TEST_STOP_AT=resolved|exclusive (the process SIGSTOPs itself
 while it holds the lease; the test acts, then sends SIGCONT).
 """
 from __future__ import annotations
@@ -65,7 +65,7 @@ def _wait_flock_waiter(pid: int) -> None:
 
 
 def test_rmi_refuses_while_a_run_holds_the_lease(user, store_env, bb):
-    run = _popen(user, store_env, "run", bb, "sh", "-c", PROBE, HPCRUN_TEST_STOP_AT="leased")
+    run = _popen(user, store_env, "run", bb, "sh", "-c", PROBE, HPCRUN_TEST_STOP_AT="resolved")
     try:
         _wait_stopped(run)
         cp = hp(user, store_env, "rmi", bb)
@@ -107,7 +107,7 @@ def test_prune_keeps_an_image_a_run_holds(user, store_env, bb):
     ok(hp(user, store_env, "tag", bb, "test/other:1"))
     ok(hp(user, store_env, "rmi", bb))           # a name is left: untag only
     run = _popen(user, store_env, "run", "test/other:1", "sh", "-c", PROBE,
-                 HPCRUN_TEST_STOP_AT="leased")
+                 HPCRUN_TEST_STOP_AT="resolved")
     try:
         _wait_stopped(run)
         cp = ok(hp(user, store_env, "prune", "-a"))
@@ -122,7 +122,7 @@ def test_prune_keeps_an_image_a_run_holds(user, store_env, bb):
 def test_convert_refuses_to_drop_a_leased_directory(user, store_env, bb):
     util.require(subprocess.run(["which", "mksquashfs"], capture_output=True).returncode == 0,
                  "squashfs-tools")
-    run = _popen(user, store_env, "run", bb, "sh", "-c", PROBE, HPCRUN_TEST_STOP_AT="leased")
+    run = _popen(user, store_env, "run", bb, "sh", "-c", PROBE, HPCRUN_TEST_STOP_AT="resolved")
     try:
         _wait_stopped(run)
         cp = hp(user, store_env, "convert", "--format", "squashfs", bb)

@@ -58,7 +58,7 @@ def for_run(name: str, *, pull: bool = True, store=None,
                 release()
                 raise StoreError(f"image {rec.short_id} is damaged: {path} is missing",
                                  REPAIR_HINT)
-            stop_point("leased")
+        stop_point("resolved")
         return path, rec.config
     finally:
         if own:

@@ -35,8 +35,8 @@ StoreError naming the file, with REPAIR_HINT; Store.repair() moves such files as
 
 Test hooks: HPCRUN_TEST_CRASH_AT=<step> makes the process SIGKILL itself at that step
 (steps: blob-written, extracted, format-renamed, record-written, tagged);
-HPCRUN_TEST_STOP_AT=leased / exclusive makes `run` / `rmi` SIGSTOP itself once it
-holds the image's lease.
+HPCRUN_TEST_STOP_AT=resolved / exclusive makes `run` SIGSTOP itself once it has
+resolved (and leased) the image, `rmi` once it holds the lease exclusively.
 Tests only.
 """
 from __future__ import annotations
