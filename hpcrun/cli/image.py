@@ -124,7 +124,8 @@ def _parser(verb: str) -> argparse.ArgumentParser:
         add("-a", "--all", action="store_true", help="remove every image, not only untagged")
         add("-f", "--force", action="store_true", help="do not prompt (never prompts)")
         add("--repair", action="store_true",
-            help="move damaged store files (image records, tags.json) aside, then prune")
+            help="only move damaged store files (image records, tags.json) aside; "
+                 "deletes no healthy image")
     return p
 
 
@@ -564,9 +565,11 @@ def _rmi(a) -> int:
 def _prune(a) -> int:
     from hpcrun.image.layers import human_size
     st = _store()
-    if a.repair:
-        for line in st.repair():
-            _out().write(f"Repaired: {line}\n")
+    if a.repair:        # repair only: images that lost their names must not go with it
+        lines = st.repair()
+        _out().write("".join(f"Repaired: {line}\n" for line in lines)
+                     or "Nothing to repair\n")
+        return 0
     deleted, freed = st.prune(all=a.all)
     if deleted:
         _out().write("Deleted Images:\n" + "".join(f"deleted: {d}\n" for d in deleted) + "\n")

@@ -520,7 +520,8 @@ class Store:
         """`hpcrun prune --repair`: move damaged records and tags.json aside into
         <root>/damaged/ so that every command works again; returns what was done, one
         line each. A damaged image is lost (pull, load or import it again); a damaged
-        tags.json keeps the entries that were still well-formed and name an image."""
+        tags.json keeps the entries that were still well-formed and name an image, and
+        the images it no longer names stay (untagged). Deletes no healthy image."""
         done: list[str] = []
         with self.lock("tags"):
             for name in sorted(os.listdir(self.records)):
@@ -543,6 +544,11 @@ class Store:
                 done.append(f"moved {self.tags_file} aside to {dest}: {e.what}; "
                             f"kept {len(tags)} well-formed name(s)")
                 self._write_tags(tags)
+                named = set(tags.values())
+                for n in sorted(os.listdir(self.records)):
+                    if n.endswith(".json") and "sha256:" + n[:-5] not in named:
+                        done.append(f"image sha256:{n[:12]} has no name now: name it with "
+                                    f"'hpcrun tag {n[:12]} NAME' before a prune removes it")
             known = {"sha256:" + n[:-5] for n in os.listdir(self.records) if n.endswith(".json")}
             gone = sorted(t for t, i in tags.items() if i not in known)
             if gone:
