@@ -25,7 +25,8 @@ HELP = {
     "save": "Write images as a docker-archive (stdout without -o).",
     "import": "Make an image from a root filesystem tarball (FILE, or - for stdin).",
     "export": "Write an image's flattened root filesystem as a tar (stdout without -o).",
-    "convert": "Store an image as a directory or as a single squashfs file.",
+    "convert": "Convert an image between a directory, a squashfs file, a tarball and the "
+               "store, or store an image as a directory or a squashfs file.",
     "images": "List the images in the store.",
     "inspect": "Print images' details as a JSON array.",
     "history": "Show the history of an image's layers.",
@@ -90,9 +91,12 @@ def _parser(verb: str) -> argparse.ArgumentParser:
         add("name", metavar="IMAGE")
         add("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
     elif verb == "convert":
-        add("name", metavar="IMAGE")
-        add("--format", dest="fmt", required=True, metavar="dir|squashfs",
-            help="the format to store the image in")
+        add("name", metavar="IMAGE|SRC")
+        add("dst", metavar="DST", nargs="?",
+            help="convert SRC into DST: a directory, a .sqfs file, a .tar/.tar.gz file "
+                 "or a store name (the format from its spelling or --format)")
+        add("--format", dest="fmt", metavar="dir|squashfs|tar|store",
+            help="the format to store IMAGE in (IMAGE alone), or DST's format")
         add("--keep", action="store_true", help="keep the other format too")
     elif verb == "images":
         add("filter", metavar="REPOSITORY[:TAG]", nargs="?")
@@ -297,6 +301,16 @@ def _export(a) -> int:
 
 
 def _convert(a) -> int:
+    if a.dst is not None:
+        from hpcrun.image.convert import convert
+        if a.keep:
+            raise UsageError("--keep is for the store form (convert --format F IMAGE)",
+                             "drop --keep")
+        _out().write(convert(a.name, a.dst, a.fmt) + "\n")
+        return 0
+    if not a.fmt:
+        raise UsageError("hpcrun convert IMAGE needs --format dir|squashfs",
+                         "or give a destination: hpcrun convert SRC DST")
     from hpcrun.image.store import parse_formats
     parse_formats(a.fmt)
     rec = _store().convert(a.name, a.fmt, keep=a.keep)
