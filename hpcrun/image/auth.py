@@ -21,7 +21,7 @@ import os
 from typing import Optional
 
 from .. import log
-from ..errors import HpcrunError, RegistryError
+from ..errors import HpcrunError
 from .reference import HUB_API, split_registry
 
 _HUB_KEYS = ("https://index.docker.io/v1/", "index.docker.io", "docker.io",

@@ -53,7 +53,7 @@ def for_run(name: str, *, pull: bool = True, store=None,
             if not os.path.exists(st._record_path(rec.hex)):
                 release()
                 raise NotFound(f"no such image: {name}: it was removed while starting",
-                               f"pull, load or import it again")
+                               "pull, load or import it again")
             if not os.path.lexists(path):
                 release()
                 raise StoreError(f"image {rec.short_id} is damaged: {path} is missing",

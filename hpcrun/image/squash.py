@@ -1,10 +1,9 @@
 """Squashfs images: one file instead of a metadata storm on a parallel filesystem.
 
-Building prefers ``tar2sqfs`` (squashfs-tools-ng): the flattened layers are streamed
-into its stdin as one tar, so no intermediate directory is written (a single-layer
-image is checked and streamed in one pass). Without tar2sqfs, or when the layers cannot
-be flattened as a stream, the layers are unpacked into a temporary directory and packed
-with ``mksquashfs``. Every file is owned by root in the image (``-all-root``), setuid and
+The squashfs tools themselves (which format to build from what is formats.py):
+``tar2sqfs`` (squashfs-tools-ng) fed the flattened layers on its stdin as one tar, so no
+intermediate directory is written (a single-layer image is checked and streamed in one
+pass); ``mksquashfs`` from a directory; ``unsquashfs`` back into one. Every file is owned by root in the image (``-all-root``), setuid and
 setgid bits are dropped, as in the directory format.
 
 The compressor comes from the ``squashfs_compressor`` setting, ``NAME[:OPTIONS]`` in
