@@ -53,15 +53,18 @@ def _wait_stopped(p: subprocess.Popen) -> None:
     pytest.fail("the stop hook was never reached")
 
 
-def _wait_flock_waiter(pid: int) -> None:
-    """Until pid waits for a flock (a '->' entry of /proc/locks names it)."""
+def _wait_flock_waiter(p: subprocess.Popen) -> None:
+    """Until p waits for a flock (a '->' entry of /proc/locks names it)."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         with open("/proc/locks") as f:
-            if any("->" in line and f" {pid} " in line for line in f):
+            if any("->" in line and f" {p.pid} " in line for line in f):
                 return
+        if p.poll() is not None:
+            pytest.fail(f"exited {p.returncode} without waiting for the lease: "
+                        f"{p.communicate()}")
         time.sleep(0.02)
-    pytest.fail(f"pid {pid} never waited for the lease")
+    pytest.fail(f"pid {p.pid} never waited for the lease")
 
 
 def test_rmi_refuses_while_a_run_holds_the_lease(user, store_env, bb):
@@ -89,7 +92,7 @@ def test_run_waiting_on_a_delete_fails_cleanly(user, store_env, bb):
     try:
         _wait_stopped(rmi)
         run = _popen(user, store_env, "run", bb, "sh", "-c", PROBE)
-        _wait_flock_waiter(run.pid)
+        _wait_flock_waiter(run)
     finally:
         os.kill(rmi.pid, signal.SIGCONT)
     rout, rerr = rmi.communicate(timeout=120)
@@ -170,3 +173,72 @@ def test_many_runs_racing_rmi_never_lose_files(user, store_env, image_files):
             outcomes["refused"] += 1
             ok(hp(user, store_env, "rmi", "test/busybox:1"))
     print(outcomes)
+
+
+# ----------------------------------------------------------------- the C launcher's warm path
+
+def _lease_file(store_env) -> str:
+    locks = os.path.join(store_env["HPCRUN_STORE"], "locks")
+    (name,) = [n for n in os.listdir(locks) if n.startswith("lease-")]
+    return os.path.join(locks, name)
+
+
+def _warm(user, store_env, bb) -> None:
+    """Run twice: the first plans in Python and writes the plan cache entry."""
+    for _ in range(2):
+        assert ok(hp(user, store_env, "run", bb, "sh", "-c", "echo warm")).stdout == "warm\n"
+
+
+def test_warm_run_takes_the_lease_before_its_checks(user, store_env, bb):
+    """With a cached plan no Python starts: the launcher itself waits for the lease."""
+    import fcntl
+    _warm(user, store_env, bb)
+    with open(_lease_file(store_env), "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)          # as a delete under way holds it
+        run = _popen(user, store_env, "run", bb, "sh", "-c", PROBE)
+        try:
+            _wait_flock_waiter(run)
+            assert os.path.realpath(f"/proc/{run.pid}/exe") == os.path.realpath(util.HPCRUN)
+        finally:
+            fcntl.flock(held, fcntl.LOCK_UN)
+    out, err = run.communicate(timeout=120)
+    assert run.returncode == 0 and out.split() == ["started", "intact"], err
+
+
+def test_warm_run_waiting_on_a_delete_fails_cleanly(user, store_env, bb):
+    _warm(user, store_env, bb)
+    rmi = _popen(user, store_env, "rmi", bb, HPCRUN_TEST_STOP_AT="exclusive")
+    try:
+        _wait_stopped(rmi)
+        run = _popen(user, store_env, "run", bb, "sh", "-c", PROBE)
+        _wait_flock_waiter(run)
+    finally:
+        os.kill(rmi.pid, signal.SIGCONT)
+    rout, rerr = rmi.communicate(timeout=120)
+    out, err = run.communicate(timeout=120)
+    assert rmi.returncode == 0 and "Deleted: sha256:" in rout, rerr
+    assert run.returncode == 125 and out == "", (out, err)
+    assert err.startswith(f"hpcrun: error: no such image: {bb}"), err
+
+
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
+def test_the_command_does_not_inherit_the_lease(user, store_env, bb, warm):
+    """The execve closes the lease (O_CLOEXEC): a running command holds no descriptor
+    of the store, and an rmi meets the /proc scan, not a lease held for the
+    container's life."""
+    import fcntl
+    if warm:
+        _warm(user, store_env, bb)
+    run = _popen(user, store_env, "run", bb, "sh", "-c", "echo started; exec sleep 600")
+    try:
+        assert run.stdout.readline() == "started\n"
+        lease = _lease_file(store_env)
+        fds = [os.readlink(f"/proc/{run.pid}/fd/{n}") for n in os.listdir(f"/proc/{run.pid}/fd")]
+        assert lease not in fds and not any("/store/" in f for f in fds), fds
+        with open(lease, "rb") as f:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)   # nobody holds it
+        cp = hp(user, store_env, "rmi", bb)
+        assert cp.returncode == 1 and "being used by a running container" in cp.stderr
+    finally:
+        run.kill()
+        run.communicate(timeout=120)

@@ -15,6 +15,7 @@ from ..errors import HpcrunError, NotFound, StoreError
 from .store import REPAIR_HINT, Store, stop_point
 
 _LEASES: list = []     # fds of the leases this process holds (closed by execve)
+_LEASE_PATHS: list = []
 
 
 def for_run(name: str, *, pull: bool = True, store=None,
@@ -49,6 +50,7 @@ def for_run(name: str, *, pull: bool = True, store=None,
         if lease:
             fd = st.lease(rec.hex)
             _LEASES.append(fd)
+            _LEASE_PATHS.append(st.lease_path(rec.hex))
             # under the lease: a delete that ran before it is visible now
             if not os.path.exists(st._record_path(rec.hex)):
                 release()
@@ -65,7 +67,20 @@ def for_run(name: str, *, pull: bool = True, store=None,
             st.close()
 
 
+def held() -> bool:
+    """Whether this process holds an image lease (then it must reach the command's
+    execve itself, not exec another program first: runtime/pipeline.execute)."""
+    return bool(_LEASES)
+
+
+def lease_paths() -> list:
+    """The lease files this process holds (the plan cache records them for the C
+    launcher, which takes the same lease on a warm run)."""
+    return list(_LEASE_PATHS)
+
+
 def release() -> None:
     """Give up the leases this process holds (a caller that will not exec)."""
     while _LEASES:
         os.close(_LEASES.pop())
+    del _LEASE_PATHS[:]

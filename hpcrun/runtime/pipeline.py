@@ -112,7 +112,10 @@ def execute(word: str, command) -> int:
     from hpcrun.slurm import stepplan
     # HPCRUN_EXECUTOR=cffi (a test hook) takes the cffi path where the program exists.
     prog = stepplan.task_program() if os.environ.get("HPCRUN_EXECUTOR") != "cffi" else None
-    if prog is not None:
+    # A store image's lease (hpcrun.image.resolve) must last until the command's execve,
+    # when the container's root is pinned; an exec into the program would drop it first.
+    resolve = sys.modules.get("hpcrun.image.resolve")
+    if prog is not None and not (resolve is not None and resolve.held()):
         os.execv(prog, [prog, word, "--", *command])
     from hpcrun import _core
     return _core.plan_exec(word, list(command))
