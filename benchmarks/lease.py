@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Start-up of `hpcrun run NAME /bin/true` on a store image, with the image lease (this
 tree) next to a peer hpcrun without it (default /opt/hpcrun/venv/bin/hpcrun: the lead's
-checkout), plus ch-run on the same directory as the floor. Interleaved rounds in rotating
-order, one store, medians and the ratio printed.
+checkout), warm (a cached plan: the C launcher, no Python) and cold (the plan cache
+off: Python plans), plus ch-run on the same directory as the floor. Interleaved rounds
+in rotating order, one store, medians and the ratios printed. Each hpcrun runs in a
+working directory of its own, so the two never share (and rewrite) a plan cache entry.
 
 Run as root (it drops to HPCRUN_TEST_USER, default hpcuser) or as any user.
 Usage: benchmarks/lease.py [--rounds N] [--peer PATH]
@@ -65,28 +67,44 @@ def main() -> None:
            "LANG": "C.UTF-8"}
     subprocess.run([HPCRUN, "import", tar, "bench/bb:1"], env=env, check=True,
                    capture_output=True)
-    rec = subprocess.run([HPCRUN, "inspect", "-f", "{{.Hpcrun.Paths}}", "bench/bb:1"],
+    rec = subprocess.run([HPCRUN, "inspect", "-f", "{{.Hpcrun.Formats}}", "bench/bb:1"],
                          env=env, capture_output=True, text=True).stdout
-    contenders = {"hpcrun (lease)": [HPCRUN, "run", "bench/bb:1", "/bin/true"],
-                  "peer (no lease)": [a.peer, "run", "bench/bb:1", "/bin/true"]}
+    cold = dict(env, HPCRUN_NO_PLAN_CACHE="1")
+    contenders = {   # name: (argv, env, cwd)
+        "warm, lease": ([HPCRUN, "run", "bench/bb:1", "/bin/true"], env, "mine"),
+        "warm, peer": ([a.peer, "run", "bench/bb:1", "/bin/true"], env, "peer"),
+        "cold, lease": ([HPCRUN, "run", "bench/bb:1", "/bin/true"], cold, "mine"),
+        "cold, peer": ([a.peer, "run", "bench/bb:1", "/bin/true"], cold, "peer"),
+    }
+    for sub in ("mine", "peer", "chrun"):
+        os.mkdir(os.path.join(work, sub))
     chrun = shutil.which("ch-run")
     dirimg = os.path.join(work, "store", "images")
     if chrun:
         d = os.path.join(dirimg, os.listdir(dirimg)[0], "rootfs")
-        contenders["ch-run (dir)"] = [chrun, d, "--", "/bin/true"]
+        contenders["ch-run (dir)"] = ([chrun, d, "--", "/bin/true"], env, "chrun")
     times: dict = {k: [] for k in contenders}
     names = list(contenders)
+
+    def once(k):
+        argv, e, sub = contenders[k]
+        os.chdir(os.path.join(work, sub))
+        return spawn_wait(argv, e)
     for k in names:                                   # warm up, and prove each works
-        spawn_wait(contenders[k], env)
+        once(k)
     for i in range(a.rounds):
         for k in names[i % len(names):] + names[:i % len(names)]:
-            times[k].append(spawn_wait(contenders[k], env))
-    print(f"hpcrun run NAME /bin/true, {a.rounds} interleaved rounds, median ms "
-          f"(image paths: {rec.strip() or '?'})")
+            times[k].append(once(k))
+    os.chdir("/")
+    print(f"hpcrun run NAME /bin/true on a store image ({rec.strip() or '?'}), "
+          f"{a.rounds} interleaved rounds, median ms")
     med = {k: statistics.median(v) for k, v in times.items()}
     for k in names:
-        print(f"  {k:18s} {med[k]:7.2f} ms")
-    print(f"  ratio lease / no lease: {med['hpcrun (lease)'] / med['peer (no lease)']:.3f}")
+        print(f"  {k:14s} {med[k]:7.2f} ms")
+    for w in ("warm", "cold"):
+        print(f"  ratio {w}, lease / peer: {med[w + ', lease'] / med[w + ', peer']:.3f}")
+    if "ch-run (dir)" in med:
+        print(f"  ratio warm, lease / ch-run: {med['warm, lease'] / med['ch-run (dir)']:.3f}")
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -180,12 +180,7 @@ class Store:
         self.tmp = os.path.join(self.root, "tmp")
         self.tags_file = os.path.join(self.root, "tags.json")
         try:
-            old = os.umask(0o077)
-            try:
-                for d in (self.blobs, self.images_dir, self.records, self.locks, self.tmp):
-                    os.makedirs(d, exist_ok=True)
-            finally:
-                os.umask(old)
+            self._make_dirs()
             self._hold = open(os.path.join(self.locks, "store.lock"), "a+b")
         except OSError as e:
             raise StoreError(f"cannot use the image store {self.root}: {e.strerror}",
@@ -200,6 +195,15 @@ class Store:
                 self._clean()
             finally:
                 fcntl.flock(self._hold, fcntl.LOCK_SH)
+
+    def _make_dirs(self) -> None:
+        """The store's root and its directories (private: 0700). Raises OSError."""
+        old = os.umask(0o077)
+        try:
+            for d in (self.blobs, self.images_dir, self.records, self.locks, self.tmp):
+                os.makedirs(d, exist_ok=True)
+        finally:
+            os.umask(old)
 
     def close(self) -> None:
         """Release the shared store lock (lets other processes clean leftovers)."""
