@@ -60,11 +60,11 @@ def main() -> None:
         os.setgroups([])
         os.setgid(pw.pw_gid)
         os.setuid(pw.pw_uid)
-        home = pw.pw_dir
+        home, name = pw.pw_dir, pw.pw_name
     else:
-        home = os.environ.get("HOME", "/tmp")
-    env = {"PATH": "/usr/bin:/bin", "HOME": home, "HPCRUN_STORE": os.path.join(work, "store"),
-           "LANG": "C.UTF-8"}
+        home, name = os.environ.get("HOME", "/tmp"), pwd.getpwuid(os.getuid()).pw_name
+    env = {"PATH": "/usr/bin:/bin", "HOME": home, "USER": name,
+           "HPCRUN_STORE": os.path.join(work, "store"), "LANG": "C.UTF-8"}
     subprocess.run([HPCRUN, "import", tar, "bench/bb:1"], env=env, check=True,
                    capture_output=True)
     rec = subprocess.run([HPCRUN, "inspect", "-f", "{{.Hpcrun.Formats}}", "bench/bb:1"],
