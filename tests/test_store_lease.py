@@ -87,23 +87,31 @@ def test_rmi_refuses_while_a_run_holds_the_lease(user, store_env, bb):
     ok(hp(user, store_env, "rmi", bb))          # lease gone with the container
 
 
-def test_run_waiting_on_a_delete_fails_cleanly(user, store_env, bb):
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
+def test_run_waiting_on_a_delete_fails_cleanly(user, store_env, bb, warm):
+    """A delete under way holds the lease: `run` (Python, or the C launcher with a
+    cached plan) waits, then finds the image gone and starts nothing."""
+    if warm:
+        _warm(user, store_env, bb)
     rmi = _popen(user, store_env, "rmi", bb, HPCRUN_TEST_STOP_AT="exclusive")
     try:
         _wait_stopped(rmi)
         run = _popen(user, store_env, "run", bb, "sh", "-c", PROBE)
         _wait_flock_waiter(run)
+        if warm:
+            assert os.path.realpath(f"/proc/{run.pid}/exe") == os.path.realpath(util.HPCRUN)
     finally:
         os.kill(rmi.pid, signal.SIGCONT)
     rout, rerr = rmi.communicate(timeout=120)
     out, err = run.communicate(timeout=120)
-    assert rmi.returncode == 0, rerr
-    assert "Deleted: sha256:" in rout
+    assert rmi.returncode == 0 and "Deleted: sha256:" in rout, rerr
     assert run.returncode == 125
     assert out == ""                            # the container never started
-    assert err.splitlines() == [
-        f"hpcrun: error: no such image: {bb}: it was removed while starting",
-        "hint: pull, load or import it again"]
+    assert err.startswith(f"hpcrun: error: no such image: {bb}"), err
+    if not warm:    # (warm: the launcher's entry misses, and Python finds no image)
+        assert err.splitlines() == [
+            f"hpcrun: error: no such image: {bb}: it was removed while starting",
+            "hint: pull, load or import it again"]
 
 
 def test_prune_keeps_an_image_a_run_holds(user, store_env, bb):
@@ -203,22 +211,6 @@ def test_warm_run_takes_the_lease_before_its_checks(user, store_env, bb):
             fcntl.flock(held, fcntl.LOCK_UN)
     out, err = run.communicate(timeout=120)
     assert run.returncode == 0 and out.split() == ["started", "intact"], err
-
-
-def test_warm_run_waiting_on_a_delete_fails_cleanly(user, store_env, bb):
-    _warm(user, store_env, bb)
-    rmi = _popen(user, store_env, "rmi", bb, HPCRUN_TEST_STOP_AT="exclusive")
-    try:
-        _wait_stopped(rmi)
-        run = _popen(user, store_env, "run", bb, "sh", "-c", PROBE)
-        _wait_flock_waiter(run)
-    finally:
-        os.kill(rmi.pid, signal.SIGCONT)
-    rout, rerr = rmi.communicate(timeout=120)
-    out, err = run.communicate(timeout=120)
-    assert rmi.returncode == 0 and "Deleted: sha256:" in rout, rerr
-    assert run.returncode == 125 and out == "", (out, err)
-    assert err.startswith(f"hpcrun: error: no such image: {bb}"), err
 
 
 @pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])

@@ -196,6 +196,22 @@ class Store:
             finally:
                 fcntl.flock(self._hold, fcntl.LOCK_SH)
 
+    @contextlib.contextmanager
+    def _alone(self) -> Iterator[bool]:
+        """The store lock exclusively, if no other Store is open (True), else False;
+        shared again afterwards."""
+        fcntl.flock(self._hold, fcntl.LOCK_UN)
+        try:
+            fcntl.flock(self._hold, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fcntl.flock(self._hold, fcntl.LOCK_SH)
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(self._hold, fcntl.LOCK_SH)
+
     def _make_dirs(self) -> None:
         """The store's root and its directories (private: 0700). Raises OSError."""
         old = os.umask(0o077)
@@ -561,15 +577,9 @@ class Store:
                     done.append(f"removed the name {_familiar(t)}: its image is gone")
                 self._write_tags(tags)
         if done:
-            fcntl.flock(self._hold, fcntl.LOCK_UN)
-            try:
-                fcntl.flock(self._hold, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                pass                    # others use the store: the next Store() cleans
-            else:
-                self._clean()           # the images/<hex> of records moved aside
-            finally:
-                fcntl.flock(self._hold, fcntl.LOCK_SH)
+            with self._alone() as alone:
+                if alone:               # else others use the store: the next Store() cleans
+                    self._clean()       # the images/<hex> of records moved aside
         return done
 
     def _move_aside(self, path: str) -> str:
@@ -986,14 +996,10 @@ class Store:
                 deleted.append(r.id)
         # Blobs and leftovers only when no other hpcrun process uses the store: a running
         # pull owns blobs that no record names yet.
-        fcntl.flock(self._hold, fcntl.LOCK_UN)
-        try:
-            fcntl.flock(self._hold, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            fcntl.flock(self._hold, fcntl.LOCK_SH)
-            log.warning("other hpcrun processes use the store: unreferenced blobs kept")
-            return deleted, freed
-        try:
+        with self._alone() as alone:
+            if not alone:
+                log.warning("other hpcrun processes use the store: unreferenced blobs kept")
+                return deleted, freed
             self._clean(partials=True)
             used = self._blobs_in_use()
             if used is None:
@@ -1005,8 +1011,6 @@ class Store:
                     p = os.path.join(self.blobs, name)
                     freed += os.lstat(p).st_size
                     os.unlink(p)
-        finally:
-            fcntl.flock(self._hold, fcntl.LOCK_SH)
         return deleted, freed
 
 
