@@ -178,10 +178,11 @@ def preserve_fds(value) -> int:
     if value is None or value == "":
         return 0
     v = str(value)
-    if not v.isdigit() or int(v) > 65536:
-        raise UsageError(f"--preserve-fds {value!r} is not a number of descriptors",
+    if not v.isdigit() or int(v) > 256:
+        raise UsageError(f"--preserve-fds {value!r} is not a number of descriptors "
+                         "from 0 to 256",
                          "give N >= 0: descriptors 3 .. 2+N are kept, e.g. --preserve-fds 1 "
-                         "keeps descriptor 3")
+                         "keeps descriptor 3 (hpcrun's own descriptors sit at 512 and up)")
     return int(v)
 
 

@@ -112,7 +112,12 @@ def execute(word: str, command) -> int:
     from hpcrun.slurm import stepplan
     # HPCRUN_EXECUTOR=cffi (a test hook) takes the cffi path where the program exists.
     prog = stepplan.task_program() if os.environ.get("HPCRUN_EXECUTOR") != "cffi" else None
+    # A store image's lease (hpcrun.image.resolve) must last until the command's execve,
+    # when the container's root is pinned: it is handed on through the exec.
     if prog is not None:
+        resolve = sys.modules.get("hpcrun.image.resolve")
+        if resolve is not None and resolve.held():
+            resolve.inherit()
         os.execv(prog, [prog, word, "--", *command])
     from hpcrun import _core
     return _core.plan_exec(word, list(command))
