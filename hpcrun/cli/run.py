@@ -31,6 +31,15 @@ Run CMD in IMAGE (a root directory, a squashfs file or an image name), rootless.
       --network host|none    none: own network namespace with only lo
       --hostname NAME        own uts namespace with this host name
       --unpack               squashfs: extract once to a node-local cache instead of FUSE
+      --cpus N               CPU quota (1.5 = one and a half CPUs)
+      --cpuset-cpus LIST     CPUs the container may use (0-3,5)
+  -m, --memory SIZE          memory limit (512m, 4g); killed at it: exit 137
+      --memory-swap SIZE     memory plus swap (-1: unlimited swap)
+      --pids-limit N         most processes and threads (-1: unlimited)
+      --limits strict|best-effort  best-effort: apply what this host can, warn for the
+                             rest (default strict: an error)
+      --limits-view          /proc/meminfo and /sys/devices/system/cpu/online show the
+                             limits (as lxcfs)
   -h, --help                 this help
 
 Exit status: the command's; 125 hpcrun failed, 126 cannot execute, 127 not found,
@@ -55,6 +64,13 @@ OPTIONS = {
     "--network": ("network", "choice:host|none"), "--net": ("network", "choice:host|none"),
     "--hostname": ("hostname", "value"),
     "--unpack": ("unpack", "flag"),
+    "--cpus": ("cpus", "value"),
+    "--cpuset-cpus": ("cpuset_cpus", "value"),
+    "-m": ("memory", "value"), "--memory": ("memory", "value"),
+    "--memory-swap": ("memory_swap", "value"),
+    "--pids-limit": ("pids_limit", "value"),
+    "--limits": ("limits", "choice:strict|best-effort"),
+    "--limits-view": ("limits_view", "flag"),
 }
 
 

@@ -168,10 +168,21 @@ def plan(opts, image, environ=None) -> Spec:
     stopsig = stop_signal(conf.get("StopSignal"))
     if stopsig and not (flags & F_PID):
         flags |= F_MONITOR      # translating SIGTERM needs a process in between
+
+    # -- resource limits (imported only when asked for: the hot path stays small)
+    limits = None
+    if opts.cpus or opts.cpuset_cpus or opts.memory or opts.memory_swap or opts.pids_limit:
+        from hpcrun import cgroups
+        limits = cgroups.plan(opts, environ)
+        mounts += cgroups.view_mounts(limits)
+        if opts.limits_view:
+            mounts += cgroups.content_mounts(limits)
+        if limits.memory or limits.memory_swap or limits.cgroups or limits.pids:
+            flags |= F_MONITOR  # it watches, reports the OOM and removes the cgroup
     return Spec(image=image.path, squashfuse=squashfuse, flags=flags, hostname=opts.hostname,
                 uid=uid, gid=gid, mounts=tuple(mounts), workdir=workdir,
                 workdir_required=required, argv=tuple(argv), env=tuple(env),
-                stop_signal=stopsig)
+                stop_signal=stopsig, limits=limits)
 
 
 def _visible_cwd(mounts) -> str:
@@ -214,9 +225,23 @@ def run(spec: Spec) -> int:
     from hpcrun import _core
     if os.environ.get("HPCRUN_VERBOSE", "0") not in ("", "0", "1"):
         _log_spec(spec)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    return _core.enter(spec)
+    lim = spec.limits
+    if lim is None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        return _core.enter(spec)
+    from hpcrun import cgroups, log
+    log.info(lim.summary())
+    cgroups.create(lim)
+    try:
+        if lim.affinity:
+            os.sched_setaffinity(0, lim.affinity)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        return _core.enter(spec)
+    except BaseException:
+        cgroups.remove(lim)     # entering failed: the C monitor never owned them
+        raise
 
 
 def _log_spec(spec: Spec) -> None:

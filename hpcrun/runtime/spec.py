@@ -26,6 +26,7 @@ M_PROC = 0x10
 M_CONTENT = 0x20
 M_USERFILE = 0x40
 M_SYSFS = 0x80
+M_NOSKEL = 0x100
 
 
 class _Frozen:
@@ -80,9 +81,9 @@ class Spec(_Frozen):
     """Everything the C core needs to enter a container and exec its command."""
 
     __slots__ = ("image", "squashfuse", "flags", "hostname", "uid", "gid", "mounts",
-                 "workdir", "workdir_required", "argv", "env", "stop_signal")
+                 "workdir", "workdir_required", "argv", "env", "stop_signal", "limits")
     _defaults = {"squashfuse": None, "flags": 0, "hostname": None, "mounts": (),
-                 "workdir": "/", "workdir_required": False, "stop_signal": 0}
+                 "workdir": "/", "workdir_required": False, "stop_signal": 0, "limits": None}
 
 
 class RunOptions(_Frozen):
@@ -90,8 +91,11 @@ class RunOptions(_Frozen):
 
     __slots__ = ("image", "command", "env", "env_files", "cleanenv", "volumes", "workdir",
                  "entrypoint", "fakeroot", "writable_tmpfs", "pid", "ipc", "network",
-                 "hostname", "home", "scratch", "unpack")
+                 "hostname", "home", "scratch", "unpack", "cpus", "cpuset_cpus", "memory",
+                 "memory_swap", "pids_limit", "limits", "limits_view")
     _defaults = {"command": (), "env": (), "env_files": (), "cleanenv": False, "volumes": (),
                  "workdir": None, "entrypoint": None, "fakeroot": False,
                  "writable_tmpfs": False, "pid": "host", "ipc": "host", "network": "host",
-                 "hostname": None, "home": True, "scratch": False, "unpack": False}
+                 "hostname": None, "home": True, "scratch": False, "unpack": False,
+                 "cpus": None, "cpuset_cpus": None, "memory": None, "memory_swap": None,
+                 "pids_limit": None, "limits": None, "limits_view": False}
