@@ -446,6 +446,7 @@ def create(lim: Limits) -> None:
         if lim.tier == TIER_CGROUP2:
             _v2_enable(os.path.dirname(lim.cgroups[0]), lim)
         for d in lim.cgroups:
+            _sweep(os.path.dirname(d))
             try:
                 os.mkdir(d, 0o755)
             except FileExistsError:
@@ -470,6 +471,22 @@ def create(lim: Limits) -> None:
         remove(lim, made)
         raise LimitsError(f"can't create cgroup {e.filename}: {e.strerror}",
                           "see 'hpcrun check'") from None
+
+
+def _sweep(parent: str) -> None:
+    """Remove hpcrun-<pid> cgroups whose launcher is gone: one killed before its
+    container (and the reaper) started leaves an empty one. rmdir fails on any cgroup
+    that still holds processes, so a live container's is never touched."""
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for n in names:
+        if n.startswith("hpcrun-") and n[7:].isdigit() and not os.path.exists(f"/proc/{n[7:]}"):
+            try:
+                os.rmdir(os.path.join(parent, n))
+            except OSError:
+                pass
 
 
 def _v2_enable(parent: str, lim: Limits) -> None:

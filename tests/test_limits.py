@@ -1,0 +1,244 @@
+"""Resource limits, enforced by the real kernel in each tier this machine can run:
+the watchdog tier as the unprivileged user (no writable cgroup), cgroup v1 as root.
+Shares of CPU are measured inside, never assumed; the only bounds are physical ones
+(a process bound to one CPU cannot use more than one CPU-second a second)."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+
+import util
+from hpcrun import cgroups
+from fixtures_runtime import processes_with, run
+from limits_helpers import (cpu_line, hpcrun_cgroups, lim_tools, monitors,  # noqa: F401
+                            run_root, started)
+
+pytestmark = [pytest.mark.userns, pytest.mark.root]
+
+OOM = re.compile(r"^hpcrun: container killed: out of memory \(limit 64M, peak (\d+)M\)$")
+
+
+def oom_peak(cp) -> int:
+    assert cp.returncode == 137, cp.stderr
+    lines = [ln for ln in cp.stderr.splitlines() if ln.startswith("hpcrun: container killed")]
+    assert len(lines) == 1, cp.stderr
+    m = OOM.match(lines[0])
+    assert m, cp.stderr
+    return int(m.group(1))
+
+
+# ---------------------------------------------------------------- memory
+
+def test_memory_watchdog_kills_at_limit_as_user(user, rt_image, lim_tools):
+    cp = run(user, "-v", f"{lim_tools}:/t", "--memory", "64m", rt_image, "/t/eat", "400")
+    peak = oom_peak(cp)
+    assert 56 <= peak < 400     # it got near the limit, and was stopped well before 400M
+
+
+def test_memory_watchdog_counts_every_process(user, rt_image, lim_tools):
+    # three processes of 40M each: none is over 64M alone, the container is
+    cp = run(user, "-v", f"{lim_tools}:/t", "--memory", "64m", rt_image, "sh", "-c",
+             "/t/eat 40 30 & /t/eat 40 30 & /t/eat 40 30 & wait")
+    assert oom_peak(cp) >= 64
+
+
+def test_memory_under_limit_runs_to_the_end(user, rt_image, lim_tools):
+    cp = run(user, "-v", f"{lim_tools}:/t", "--memory", "64m", rt_image, "/t/eat", "20")
+    assert cp.returncode == 0, cp.stderr
+    assert "killed" not in cp.stderr
+
+
+def test_memory_watchdog_with_pid_namespace(user, rt_image, lim_tools):
+    cp = run(user, "--pid=private", "-v", f"{lim_tools}:/t", "--memory", "64m", rt_image,
+             "sh", "-c", "/t/eat 400; echo survived")
+    oom_peak(cp)
+    assert "survived" not in cp.stdout
+
+
+def test_memory_cgroup_v1_as_root(rt_image, lim_tools):
+    before = hpcrun_cgroups()
+    cp = run_root("-v", f"{lim_tools}:/t", "--memory", "64m", rt_image, "/t/eat", "400")
+    assert 56 <= oom_peak(cp) <= 64     # the kernel's own peak: it never passes the limit
+    assert hpcrun_cgroups() == before
+
+
+def test_memory_cgroup_v1_kills_whole_container(rt_image, lim_tools):
+    # v1 has no memory.oom.group: the monitor kills the rest once the kernel kills one
+    cp = run_root("-v", f"{lim_tools}:/t", "--memory", "64m", rt_image, "sh", "-c",
+                  "sleep 60 & /t/eat 400; wait; echo survived")
+    oom_peak(cp)
+    assert "survived" not in cp.stdout
+
+
+# ---------------------------------------------------------------- CPUs
+
+def test_cpuset_visible_inside_as_user(user, rt_image):
+    cp = run(user, "--cpuset-cpus", "1", rt_image, "sh", "-c",
+             "nproc; grep Cpus_allowed_list /proc/self/status")
+    assert cp.returncode == 0, cp.stderr
+    lines = cp.stdout.split()
+    assert lines[0] == "1" and lines[-1] == "1", cp.stdout
+
+
+def test_cpus_binds_whole_cpus_as_user(user, rt_image):
+    cp = run(user, "--cpus", "1", rt_image, "nproc")
+    assert cp.returncode == 0, cp.stderr
+    assert cp.stdout.strip() == "1"
+
+
+def test_cpuset_effective_as_user(user, rt_image, lim_tools):
+    # two CPU-bound processes bound to CPU 0: together they get at most one CPU
+    cp = run(user, "--cpuset-cpus", "0", "-v", f"{lim_tools}:/t", rt_image, "sh", "-c",
+             "/t/spin 1.5 & /t/spin 1.5 & wait")
+    assert cp.returncode == 0, cp.stderr
+    res = cpu_line(cp.stdout)
+    assert len(res) == 2, cp.stdout
+    wall = max(w for w, _, _ in res)
+    assert all(seen == {0} for _, _, seen in res), res
+    assert sum(c for _, c, _ in res) <= wall * 1.05, res
+
+
+def test_cpu_quota_cgroup_v1_as_root(rt_image, lim_tools):
+    cp = run_root("--cpus", "0.5", "-v", f"{lim_tools}:/t", rt_image, "sh", "-c",
+                  "cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us; /t/spin 2")
+    assert cp.returncode == 0, cp.stderr
+    assert cp.stdout.splitlines()[0] == "50000"
+    (wall, cpu, _), = cpu_line(cp.stdout)
+    # half a CPU: measured, with the scheduler's period of slack
+    assert cpu <= wall * 0.5 + 0.15, (wall, cpu)
+
+
+def test_cpuset_cgroup_v1_as_root(rt_image):
+    cp = run_root("--cpuset-cpus", "1", rt_image, "sh", "-c",
+                  "nproc; cat /sys/fs/cgroup/cpuset/cpuset.cpus")
+    assert cp.returncode == 0, cp.stderr
+    assert cp.stdout.split() == ["1", "1"]
+
+
+# ---------------------------------------------------------------- processes
+
+def test_pids_limit_stops_fork_loop_as_user(user, rt_image, lim_tools, user_tmp):
+    cp = run(user, "--pids-limit", "12", "-v", f"{lim_tools}:/t", "-v", f"{user_tmp}:/out",
+             rt_image, "/t/forks.sh", "40", "/out/started", timeout=60)
+    assert "can't fork" in cp.stderr or "Resource temporarily unavailable" in cp.stderr, cp.stderr
+    n = started(os.path.join(user_tmp, "started"))
+    assert 0 < n < 12, (n, cp.stderr)
+    # the host survived and the user can still start processes
+    assert run(user, rt_image, "true").returncode == 0
+
+
+def test_pids_limit_cgroup_v1_as_root(rt_image, lim_tools, tmp_path):
+    cp = run_root("--pids-limit", "12", "-v", f"{lim_tools}:/t", "-v", f"{tmp_path}:/out",
+                  rt_image, "sh", "-c",
+                  "cat /sys/fs/cgroup/pids/pids.max; /t/forks.sh 40 /out/started", timeout=60)
+    assert cp.stdout.splitlines()[0] == "12", cp.stdout
+    n = started(os.path.join(tmp_path, "started"))
+    assert 0 < n < 12, (n, cp.stderr)
+
+
+# ---------------------------------------------------------------- what the container sees
+
+def test_cgroup_view_v1_as_root(rt_image):
+    cp = run_root("--memory", "64m", rt_image, "sh", "-c",
+                  "grep memory /proc/self/cgroup; cat /sys/fs/cgroup/memory/memory.limit_in_bytes;"
+                  " echo 1 > /sys/fs/cgroup/memory/memory.limit_in_bytes && echo wrote")
+    assert cp.returncode != 0 or "wrote" not in cp.stdout
+    out = cp.stdout.split()
+    assert out[0].endswith("memory:/"), cp.stdout       # a cgroup namespace rooted there
+    assert out[1] == str(64 << 20)                      # the cgroup with the limit itself
+    assert "wrote" not in cp.stdout                     # read-only
+
+
+def test_limits_view_files(user, rt_image):
+    cp = run(user, "--limits-view", "--memory", "64m", "--cpuset-cpus", "1", rt_image, "sh",
+             "-c", "grep MemTotal /proc/meminfo; cat /sys/devices/system/cpu/online")
+    assert cp.returncode == 0, cp.stderr
+    assert cp.stdout.split() == ["MemTotal:", "65536", "kB", "1"], cp.stdout
+
+
+def test_tier_reported_with_v(user, rt_image):
+    cp = run(user, "--memory", "64m", rt_image, "true", env={"HPCRUN_VERBOSE": "1"})
+    assert "limits: no cgroup" in cp.stderr and "memory 64M by the watchdog" in cp.stderr
+    cp = run_root("--memory", "64m", rt_image, "true", env={**os.environ, "HPCRUN_VERBOSE": "1"})
+    assert "limits: cgroup v1: memory 64M" in cp.stderr, cp.stderr
+
+
+# ---------------------------------------------------------------- leftovers
+
+def test_nothing_left_after_exit(user, rt_image):
+    before = hpcrun_cgroups()
+    assert run_root("--memory", "64m", "--cpus", "1", "--pids-limit", "50", rt_image,
+                    "true").returncode == 0
+    assert run(user, "--memory", "64m", rt_image, "true").returncode == 0
+    assert hpcrun_cgroups() == before
+    assert monitors() == []
+
+
+def _comm(pid) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _start_and_kill(argv, user=None, token=""):
+    """Start hpcrun, wait until the container runs (the launcher has become its monitor),
+    SIGKILL the launcher."""
+    kw = dict(user=user.uid, group=user.gid, extra_groups=[], env=util.user_env(user)) if user else {}
+    p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd="/", **kw)
+    for _ in range(200):
+        if _comm(p.pid) == "hpcrun:monitor":
+            break
+        time.sleep(0.05)
+    assert _comm(p.pid) == "hpcrun:monitor", "the container did not start"
+    time.sleep(0.2)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    return p.pid
+
+
+def _gone(check) -> bool:
+    for _ in range(200):
+        if check():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_nothing_left_after_sigkill_cgroup_v1(rt_image):
+    token = f"hpcrun-lim-kill-{os.getpid()}"
+    pid = _start_and_kill([util.HPCRUN, "run", "--memory", "64m", "--pids-limit", "50",
+                           rt_image, "sh", "-c", f"sleep 300 {token} & sleep 300"], token=token)
+    assert _gone(lambda: not [d for d in hpcrun_cgroups() if d.endswith(f"-{pid}")])
+    assert _gone(lambda: not processes_with(token))
+    assert _gone(lambda: not monitors())
+
+
+def test_nothing_left_after_sigkill_watchdog(user, rt_image):
+    token = f"hpcrun-lim-wkill-{os.getpid()}"
+    _start_and_kill([util.HPCRUN, "run", "--pid=private", "--memory", "64m", rt_image, "sh",
+                     "-c", f"sleep 300 {token} & sleep 300"], user=user, token=token)
+    assert _gone(lambda: not processes_with(token))
+    assert _gone(lambda: not monitors())
+
+
+def test_stale_cgroup_of_a_dead_launcher_is_removed(rt_image):
+    """A launcher killed before its container started (no reaper yet) leaves an empty
+    hpcrun-<pid> directory; the next run removes it."""
+    p = subprocess.Popen(["true"])
+    p.wait()                                 # a pid that is surely not running now
+    mem = cgroups.detect().v1_dirs["memory"]
+    stale = os.path.join(mem, f"hpcrun-{p.pid}")
+    os.mkdir(stale)
+    try:
+        assert run_root("--memory", "64m", rt_image, "true").returncode == 0
+        assert not os.path.exists(stale)
+    finally:
+        if os.path.exists(stale):
+            os.rmdir(stale)
