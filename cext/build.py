@@ -43,7 +43,9 @@ with open(os.path.join(HERE, "core.h")) as f:
 ffi.set_source(
     "hpcrun._ccore",
     '#include "core.h"',
-    sources=[os.path.join(SRC, "core.c")],
+    # task.c too: its plan executor (hpcrun_plan_exec) is what Python runs plans with
+    # where the per-task program cannot run; its program entry point is unused here.
+    sources=[os.path.join(SRC, "core.c"), os.path.join(SRC, "task.c")],
     include_dirs=[SRC],
     extra_compile_args=CFLAGS,
     # -z now: every symbol bound at load time, so a monitor that has dropped the

@@ -1720,8 +1720,15 @@ int hpcrun_enter(const struct hpcrun_spec *s, char *err, size_t errlen, int *cod
     }
     /* unshare(CLONE_NEWUSER) is EINVAL in a multi-threaded process; a clone()d child is
      * single-threaded, so a threaded caller takes the monitored path. */
-    if ((s->flags & (HPCRUN_F_PID | HPCRUN_F_MONITOR)) || s->limits || count_threads() > 1)
-        return enter_monitored(&c, s);
+    if ((s->flags & (HPCRUN_F_PID | HPCRUN_F_MONITOR)) || s->limits || count_threads() > 1) {
+        int r = enter_monitored(&c, s);
+        if (r < 0 && s->limits && s->limits->tier != HPCRUN_TIER_WATCHDOG) {
+            int e = errno;
+            cgroup_remove(s->limits);   /* made for a container that never started */
+            errno = e;
+        }
+        return r;
+    }
     return enter_in_place(&c, s);
 }
 

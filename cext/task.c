@@ -75,20 +75,56 @@ extern int hpcrun_trim_monitor;
 #define MAX_ITEMS 512
 #define KEEPER_ARGV0 "/.hpcrun-keeper-holds-this-container"
 #define PLAN_HEAD "# hpcrun node-container plan 1"
+#define PLAN_VERSION 2   /* hpcrun/runtime/plan.py VERSION: see also there */
 #define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 struct plan {
     const char *image, *sq, *fuse, *host, *wd, *tmpfs, *cache;
-    int flags, uid, gid, stop, wdreq, wdcwd, clean, share, version;
+    int flags, uid, gid, stop, wdreq, wdcwd, clean, share, pmix, version;
     struct hpcrun_mount m[MAX_ITEMS];
     int nm;
     const char *entry[MAX_ITEMS], *cmd[MAX_ITEMS], *args[MAX_ITEMS], *set[MAX_ITEMS], *own[MAX_ITEMS], *always[64], *py[64];
     int nentry, ncmd, nargs, nset, nown, nalways, npy;
+    struct hpcrun_limits lim;          /* lim= (tier 0: none) */
+    char *cg[9];                       /* cg=, NULL-terminated */
+    int ncg;
 };
 
 /* ---------------------------------------------------------------- errors */
 
 static const char *hint_text;
+
+/* Hints for the steps the C core names in its messages (a substring -> what to do).
+ * The one table: Python's hpcrun/_core.py asks hpcrun_hint too. */
+static const char *const HINTS[][2] = {
+    {"can't create a user namespace", "unprivileged user namespaces may be disabled here; "
+     "run 'hpcrun check' and ask the admin to enable them (user.max_user_namespaces)"},
+    {"can't open /dev/fuse", "this node does not let users mount FUSE; "
+     "use --unpack to extract the squashfs image into a node-local cache instead"},
+    {"can't mount squashfs", "the squashfs file may be corrupt or truncated; "
+     "check it with 'unsquashfs -s FILE', or rebuild it"},
+    {"can't mount a writable overlay", "--writable-tmpfs needs overlayfs in a user namespace "
+     "(Linux >= 5.11); see 'hpcrun check'"},
+    {"can't bind", "the destination must exist in the image or be creatable: it cannot "
+     "lie inside /proc, /sys, /dev or a read-only or host-backed bind"},
+    {"can't create mount point", "the destination cannot be made inside the image; "
+     "pick another -v destination"},
+    {"can't chdir to", "the working directory does not exist in the container; "
+     "create it in the image, or give -w on a writable mount (/tmp, a -v bind)"},
+    {"can't create working directory", "the working directory must exist in the image or "
+     "lie on a writable mount (/tmp, a -v bind, or use --writable-tmpfs)"},
+    {"command not found", "check the command name and the image's PATH "
+     "(e.g. 'hpcrun run IMAGE -- ls /bin')"},
+    {"can't execute", "the file is not executable, or not a program for this machine"},
+};
+
+const char *hpcrun_hint(const char *msg)
+{
+    for (size_t i = 0; i < sizeof HINTS / sizeof HINTS[0]; i++)
+        if (strstr(msg, HINTS[i][0]))
+            return HINTS[i][1];
+    return NULL;
+}
 
 __attribute__((noreturn, format(printf, 2, 3)))
 static void die(int code, const char *fmt, ...)
@@ -99,8 +135,9 @@ static void die(int code, const char *fmt, ...)
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     dprintf(2, "hpcrun: error: %s\n", msg);
-    if (hint_text)
-        dprintf(2, "hint: %s\n", hint_text);
+    const char *hint = hint_text ? hint_text : hpcrun_hint(msg);
+    if (hint)
+        dprintf(2, "hint: %s\n", hint);
     _exit(code);
 }
 
@@ -144,6 +181,27 @@ static int num(const char *v, int *out)
 }
 
 #define PUSH(arr, n, cap, v) do { if ((n) >= (cap)) return -1; (arr)[(n)++] = (v); } while (0)
+
+/* lim=TIER:MEMORY:MEMORY_SWAP:NPROC:INTERVAL_MS (runtime/plan.py) */
+static int parse_limits(const char *v, struct hpcrun_limits *l)
+{
+    long long f[5];
+    char *end;
+    for (int i = 0; i < 5; i++) {
+        f[i] = strtoll(v, &end, 10);
+        if (end == v || f[i] < 0 || (i < 4 ? *end != ':' : *end != '\0'))
+            return -1;
+        v = end + 1;
+    }
+    if (f[0] < HPCRUN_TIER_CGROUP1 || f[0] > HPCRUN_TIER_WATCHDOG || f[4] > 60000)
+        return -1;
+    l->tier = (int)f[0];
+    l->memory = f[1];
+    l->memory_swap = f[2];
+    l->nproc = f[3];
+    l->interval_ms = (int)f[4];
+    return 0;
+}
 
 /* Parse the plan (a writable copy: values are decoded in place). */
 static int parse_plan(char *text, struct plan *p)
@@ -198,15 +256,20 @@ static int parse_plan(char *text, struct plan *p)
         else if (!strcmp(k, "wdcwd")) p->wdcwd = !strcmp(v, "1");
         else if (!strcmp(k, "clean")) p->clean = !strcmp(v, "1");
         else if (!strcmp(k, "share")) p->share = !strcmp(v, "1");
+        else if (!strcmp(k, "pmix")) p->pmix = !strcmp(v, "1");
         else if (!strcmp(k, "entry")) PUSH(p->entry, p->nentry, MAX_ITEMS, v);
         else if (!strcmp(k, "cmd")) PUSH(p->cmd, p->ncmd, MAX_ITEMS, v);
         else if (!strcmp(k, "arg")) PUSH(p->args, p->nargs, MAX_ITEMS, v);
         else if (!strcmp(k, "own")) PUSH(p->own, p->nown, MAX_ITEMS, v);
         else if (!strcmp(k, "always")) PUSH(p->always, p->nalways, 64, v);
         else if (!strcmp(k, "py")) PUSH(p->py, p->npy, 60, v);
+        else if (!strcmp(k, "lim")) { if (parse_limits(v, &p->lim)) return -1; }
+        else if (!strcmp(k, "limshow")) p->lim.memory_shown = v;
+        else if (!strcmp(k, "cg")) PUSH(p->cg, p->ncg, 8, v);
+        else if (!strcmp(k, "cgmem")) p->lim.memory_cgroup = v;
         else return -1;     /* a key of a newer plan: refuse rather than guess */
     }
-    return p->version == 1 && (p->image || p->sq) && p->npy > 0 ? 0 : -1;
+    return p->version == PLAN_VERSION && (p->image || p->sq) ? 0 : -1;
 }
 
 /* 64-bit FNV-1a of the plan: what a node's shared container is planned for. */
@@ -276,7 +339,11 @@ static void python_unpack(const struct plan *p)
     if (pid < 0)
         die(HPCRUN_EXIT_FAILED, "can't fork: %s", strerror(errno));
     if (pid == 0) {
-        dup2(2, 1);     /* its stdout is not the task's output */
+        /* It prints the unpacked copy's path, which this program works out itself:
+         * neither that nor anything else of it belongs in the task's output. */
+        int null = open("/dev/null", O_WRONLY | O_CLOEXEC);
+        if (null >= 0)
+            dup2(null, 1);
         execv(argv[0], (char *const *)argv);
         dprintf(2, "hpcrun: error: can't run %s: %s\n", argv[0], strerror(errno));
         _exit(HPCRUN_EXIT_FAILED);
@@ -295,7 +362,7 @@ static void python_unpack(const struct plan *p)
 __attribute__((noreturn))
 static void python_task(const struct plan *p, char **cmd, int ncmd, const char *path)
 {
-    if (p->nargs == 0 || getenv("HPCRUN_TASK_FALLBACK"))
+    if (p->nargs == 0 || p->npy == 0 || getenv("HPCRUN_TASK_FALLBACK"))
         die(HPCRUN_EXIT_FAILED, "can't read image %s: %s", path, strerror(errno));
     const char **argv = calloc((size_t)(p->npy + p->nargs + ncmd + 2), sizeof *argv);
     if (!argv)
@@ -782,7 +849,7 @@ static void node_container(const struct plan *p, struct hpcrun_spec *s, const ch
 
 /* ---------------------------------------------------------------- main */
 
-static int task_main(int argc, char **argv)
+int hpcrun_plan_exec(int argc, char **argv)
 {
     hint_text = "this program is started by 'hpcrun srun' (or by job files); run "
                 "'hpcrun task --help' for the per-task command";
@@ -795,7 +862,6 @@ static int task_main(int argc, char **argv)
         die(HPCRUN_EXIT_FAILED, "the step plan given to %s is malformed or of another "
             "hpcrun version", argv[0]);
     hint_text = NULL;
-    hpcrun_trim_monitor = 0;     /* a monitor here has no interpreter's memory to drop */
     char root[PATH_MAX], pmix[2][PATH_MAX], wd[PATH_MAX];
     struct hpcrun_spec s;
     memset(&s, 0, sizeof s);
@@ -816,12 +882,17 @@ static int task_main(int argc, char **argv)
             }
             p.m[i].src = t;
         }
-    pmix_binds(&p, pmix);
+    if (p.pmix)
+        pmix_binds(&p, pmix);
     s.mounts = p.m;
     s.n_mounts = p.nm;
     s.workdir = p.wdcwd ? visible_cwd(&p, wd) : p.wd;
     s.workdir_required = p.wdreq;
     s.stop_signal = p.stop;
+    if (p.lim.tier) {
+        p.lim.cgroups = p.cg;
+        s.limits = &p.lim;
+    }
     char **words = argv + 3;
     int nc = argc - 3;
     if (nc == 0) {               /* no command: the image's CMD */
@@ -829,7 +900,8 @@ static int task_main(int argc, char **argv)
         nc = p.ncmd;
     }
     if (p.nentry + nc == 0) {
-        hint_text = "give a command after the image: srun $TASK -- CMD [ARG...]";
+        hint_text = p.npy ? "give a command after the image: srun $TASK -- CMD [ARG...]"
+                          : "give a command after the image: hpcrun run IMAGE -- CMD [ARG...]";
         die(HPCRUN_EXIT_FAILED, "no command given, and the image has no CMD or ENTRYPOINT");
     }
     char **cmd = calloc((size_t)(p.nentry + nc + 1), sizeof *cmd);
@@ -887,5 +959,6 @@ void hpcrun_task_start(long *sp)
 {
     int argc = (int)sp[0];
     char **argv = (char **)(sp + 1);
-    exit(task_main(argc, argv));
+    hpcrun_trim_monitor = 0;     /* a monitor here has no interpreter's memory to drop */
+    exit(hpcrun_plan_exec(argc, argv));
 }

@@ -95,10 +95,20 @@ def hpcrun_cgroups() -> set:
 
 
 def monitors() -> list:
-    """Host processes named as hpcrun's monitor or reaper."""
+    """Host processes named as hpcrun's monitor or reaper, of this checkout's hpcrun
+    (other checkouts' tests may run beside these)."""
+    import hpcrun
+    mine = (os.path.dirname(hpcrun.__file__), util.VENV_BIN)
     out = []
     for pid, comm in util.live_processes():
-        if comm in ("hpcrun:monitor", "hpcrun:reaper"):
+        if comm not in ("hpcrun:monitor", "hpcrun:reaper"):
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        if any(m in cmd for m in mine):
             out.append((pid, comm))
     return out
 

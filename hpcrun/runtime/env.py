@@ -71,3 +71,49 @@ def compose(host: dict, image_env=(), env_files=(), assigns=(), cleanenv: bool =
             env[kv[0]] = kv[1]
     env.setdefault("PATH", DEFAULT_PATH)
     return [f"{k}={v}" for k, v in env.items()]
+
+
+# -- the same policy split for the C executor (runtime/plan.py) ----------------------
+# What is the same for every invocation of a plan (image ENV, --env-file, -e NAME=VALUE:
+# "fixed", in order) and what is each invocation's own (`-e NAME` alone: the caller's
+# value where it has one). The executor applies them over the caller's environment
+# exactly as compose() does over the host's.
+
+_MARK = object()
+
+
+class _Marking(dict):
+    """A host environment that has every name, each with the value _MARK, so that the
+    parsers above tell which settings copy the caller's value (NAME alone)."""
+
+    def __contains__(self, name):
+        return True
+
+    def __getitem__(self, name):
+        return _MARK
+
+
+def split(image_env=(), env_files=(), assigns=()) -> tuple:
+    """(fixed {NAME: VALUE} in order, set of names that are the caller's own)."""
+    fixed: dict = {}
+    own: set = set()
+    for item in image_env or ():
+        name, sep, value = item.partition("=")
+        if name and sep:
+            fixed[name] = value
+    marking = _Marking()
+    pairs = []
+    for path in env_files:
+        pairs += read_env_file(path, marking)
+    for arg in assigns:
+        kv = parse_assign(arg, marking, "-e")
+        if kv:
+            pairs.append(kv)
+    for name, value in pairs:
+        if value is _MARK:
+            own.add(name)
+        else:
+            fixed.pop(name, None)     # keep the order of the last setting
+            fixed[name] = value
+            own.discard(name)
+    return fixed, own

@@ -225,23 +225,9 @@ def run(spec: Spec) -> int:
     from hpcrun import _core
     if os.environ.get("HPCRUN_VERBOSE", "0") not in ("", "0", "1"):
         _log_spec(spec)
-    lim = spec.limits
-    if lim is None:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        return _core.enter(spec)
-    from hpcrun import cgroups, log
-    log.info(lim.summary())
-    cgroups.create(lim)
-    try:
-        if lim.affinity:
-            os.sched_setaffinity(0, lim.affinity)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        return _core.enter(spec)
-    except BaseException:
-        cgroups.remove(lim)     # entering failed: the C monitor never owned them
-        raise
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return _core.enter(spec)
 
 
 def _log_spec(spec: Spec) -> None:

@@ -61,7 +61,10 @@ def parse_volume(arg: str) -> Mount:
     if not parts[0] or len(parts) > 3:
         raise UsageError(f"bad --volume {arg!r}", "use -v SRC:DST[:ro|rw], e.g. -v /data:/data:ro")
     src = parts[0]
-    dst = parts[1] if len(parts) > 1 and parts[1] else src
+    if len(parts) > 1 and not parts[1]:
+        raise UsageError(f"bad --volume {arg!r}: empty destination",
+                         "write -v SRC or -v SRC:DST[:ro|rw], as Docker does")
+    dst = parts[1] if len(parts) > 1 else src
     mode = parts[2] if len(parts) > 2 else "rw"
     if mode not in ("ro", "rw"):
         raise UsageError(f"bad --volume {arg!r}: unknown mode {mode!r}", "the mode is ro or rw")

@@ -74,7 +74,7 @@ def task_options(step: Step) -> List[str]:
         argv += ["-w", step.workdir]
     if step.scratch:
         argv.append("--scratch")
-    return argv + [step.image]
+    return argv + list(step.options) + [step.image]
 
 
 def task_argv(step: Step, exe: str) -> List[str]:
