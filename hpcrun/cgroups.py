@@ -527,7 +527,7 @@ def describe() -> dict:
     the admin for."""
     host = detect()
     ctls = ("memory", "cpu", "cpuset", "pids")
-    v2_ok = bool(host.v2_dir and host.v2_writable and host.v2_controllers)
+    v2_ok = bool(host.v2_dir and host.v2_writable and host.v2_controllers & set(ctls))
     v1_ok = {c: bool(host.v1_writable.get(c)) for c in ctls}
     tiers = []
     if v2_ok:
@@ -543,16 +543,13 @@ def describe() -> dict:
     best = tiers[0]["tier"]
     ask = None
     if best == "no cgroup":
-        if host.slurm_job:
-            ask = ("a Slurm cgroup.conf with ConstrainRAMSpace=yes / ConstrainCores=yes "
-                   "(task/cgroup) so the job's cgroup carries its limits; with cgroup v2 "
-                   "Slurm can delegate the job's cgroup to the user")
-        elif host.v2_dir:
-            ask = ("a delegated cgroup v2 subtree (systemd: 'systemd-run --user --scope "
-                   "-p Delegate=yes', or a user@.service with Delegate=yes) with the "
-                   "memory, cpu, cpuset and pids controllers enabled")
-        else:
-            ask = "cgroup v2 with a delegated subtree (systemd Delegate=yes)"
+        slurm = ("Slurm: a cgroup.conf with ConstrainRAMSpace=yes and ConstrainCores=yes "
+                 "(TaskPlugin=task/cgroup, ProctrackType=proctrack/cgroup), so jobs' "
+                 "cgroups carry --mem and --cpus-per-task")
+        systemd = ("a delegated cgroup v2 subtree with the memory, cpu, cpuset and pids "
+                   "controllers (systemd: 'systemd-run --user --scope -p Delegate=yes', or "
+                   "Delegate=yes in user@.service)")
+        ask = f"{slurm}; outside Slurm, {systemd}" if host.slurm_job else f"{systemd}; in jobs, {slurm}"
     return {"best": best, "tiers": tiers, "ask": ask,
             "cgroup_v2": host.v2_dir, "cgroup_v2_controllers": sorted(host.v2_controllers),
             "cgroup_v1": dict(host.v1_dirs), "allowed_cpus": format_cpuset(allowed_cpus())}
