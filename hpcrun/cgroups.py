@@ -524,6 +524,79 @@ def remove(lim: Limits, dirs=None) -> None:
             pass
 
 
+# ---------------------------------------------------------------- nested cgroups (cluster --cgroup)
+
+def _nest_parents(controllers) -> dict:
+    own = _own_cgroups()
+    mounts = _cgroup_mounts_any()
+    out = {}
+    for c in controllers:
+        d = _dir(mounts.get(c), own.get(c))
+        if d:
+            out[c] = (d, os.path.basename(mounts[c][0]))
+    return out
+
+
+def _cgroup_mounts_any(text=None) -> dict:
+    """Like _cgroup_mounts, for any v1 controller (freezer too)."""
+    out = {}
+    for line in (text if text is not None else _read("/proc/self/mountinfo") or "").splitlines():
+        left, sep, right = line.partition(" - ")
+        f, r = left.split(), right.split()
+        if sep and len(f) >= 5 and len(r) >= 3 and r[0] == "cgroup":
+            for opt in r[2].split(","):
+                out.setdefault(opt, (f[4], f[3]))
+    return out
+
+
+def nest_missing(controllers):
+    """The first of these v1 controllers that is not mounted or not writable, or None."""
+    parents = _nest_parents(controllers)
+    for c in controllers:
+        if c not in parents or not os.access(parents[c][0], os.W_OK):
+            return c
+    return None
+
+
+def nest_create(name: str, controllers) -> dict:
+    """A cgroup `name` below the caller's own in each v1 controller (cpuset gets its
+    parent's CPUs and memory nodes): {"dirs": {ctl: dir}, "mounts": {ctl: mount name}}."""
+    parents = _nest_parents(controllers)
+    dirs, names = {}, {}
+    for c in controllers:
+        parent, mname = parents[c]
+        d = os.path.join(parent, name)
+        os.makedirs(d, exist_ok=True)
+        if c == "cpuset":
+            for f in ("cpuset.cpus", "cpuset.mems"):
+                with open(os.path.join(d, f), "w") as fh:
+                    fh.write((_read(os.path.join(parent, f)) or "").strip())
+        dirs[c], names[c] = d, mname
+    return {"dirs": dirs, "mounts": names}
+
+
+def nest_remove(nc: dict) -> None:
+    """Remove a nest_create tree, deepest first (Slurm may leave its own dirs in it)."""
+    import signal
+    for d in nc.get("dirs", {}).values():
+        for root, subdirs, _ in sorted(os.walk(d), key=lambda t: -len(t[0])):
+            for pid in (_read(os.path.join(root, "cgroup.procs")) or "").split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (OSError, ValueError):
+                    pass
+        for root, subdirs, _ in sorted(os.walk(d), key=lambda t: -len(t[0])):
+            for _ in range(100):
+                try:
+                    os.rmdir(root)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    import time
+                    time.sleep(0.05)
+
+
 # ---------------------------------------------------------------- hpcrun check
 
 def describe() -> dict:

@@ -7,7 +7,7 @@ import sys
 
 from hpcrun.errors import UsageError
 
-USAGE = """usage: hpcrun cluster up [N] [--name NAME] [--replace]
+USAGE = """usage: hpcrun cluster up [N] [--name NAME] [--replace] [--cgroup]
        hpcrun cluster down [--name NAME]
        hpcrun cluster status [--name NAME] [--format text|json]
        hpcrun cluster env [--name NAME]
@@ -33,6 +33,8 @@ def _parser(sub: str) -> argparse.ArgumentParser:
     if sub == "up":
         p.add_argument("nodes", nargs="?", default="2", help="number of nodes (default 2)")
         p.add_argument("--replace", action="store_true", help="tear down a running cluster first")
+        p.add_argument("--cgroup", action="store_true",
+                       help="Slurm with task/cgroup + proctrack/cgroup (cgroup v1): real job cgroups")
     if sub == "status":
         p.add_argument("--format", choices=("text", "json"), default="text")
     return p
@@ -59,7 +61,7 @@ def main(verb: str, argv: list[str]) -> int:
             n = int(args.nodes)
         except ValueError:
             raise UsageError(f"bad node count {args.nodes!r}", "give a number, e.g. 'hpcrun cluster up 4'")
-        started = c.up(n, replace=args.replace)
+        started = c.up(n, replace=args.replace, cgroup=args.cgroup)
         st = c.status()
         nodes = list(st["nodes"])
         if started:
