@@ -214,7 +214,7 @@ def _gone(check) -> bool:
 def test_nothing_left_after_sigkill_cgroup_v1(rt_image):
     token = f"hpcrun-lim-kill-{os.getpid()}"
     pid = _start_and_kill([util.HPCRUN, "run", "--memory", "64m", "--pids-limit", "50",
-                           rt_image, "sh", "-c", f"sleep 300 {token} & sleep 300"], token=token)
+                           rt_image, "sh", "-c", f"sleep 300 & sleep 300; : {token}"], token=token)
     assert _gone(lambda: not [d for d in hpcrun_cgroups() if d.endswith(f"-{pid}")])
     assert _gone(lambda: not processes_with(token))
     assert _gone(lambda: not monitors())
@@ -223,7 +223,7 @@ def test_nothing_left_after_sigkill_cgroup_v1(rt_image):
 def test_nothing_left_after_sigkill_watchdog(user, rt_image):
     token = f"hpcrun-lim-wkill-{os.getpid()}"
     _start_and_kill([util.HPCRUN, "run", "--pid=private", "--memory", "64m", rt_image, "sh",
-                     "-c", f"sleep 300 {token} & sleep 300"], user=user, token=token)
+                     "-c", f"sleep 300 & sleep 300; : {token}"], user=user, token=token)
     assert _gone(lambda: not processes_with(token))
     assert _gone(lambda: not monitors())
 
