@@ -1086,8 +1086,19 @@ static void trim_memory(void)
  * Everything below that runs in the monitor runs after trim_memory(): no allocator, no
  * stdio, no locale, only system calls and these small helpers. */
 
+/* Processes seen at the last sample, ascending (as /proc lists them), and whether
+ * each is the container's: a pid present at two samples in a row is the same process
+ * (the pid space wraps far slower), so only new ones need their namespace read. */
+#define WATCH_MAX 8192
+#define WATCH_FULL_MS 2000      /* so often every process is checked (hpcrun join) */
+
 struct watch {
     const struct hpcrun_limits *L;
+    int prev[WATCH_MAX], cur[WATCH_MAX];
+    int prev_fd[WATCH_MAX], cur_fd[WATCH_MAX];   /* a container process's statm, kept open */
+    unsigned char prev_in[WATCH_MAX], cur_in[WATCH_MAX];
+    int nprev, nfds;
+    long long listed_ms, full_ms;  /* when /proc was last listed, last fully checked */
     pid_t child;
     int pidns;
     int procfd;                 /* /proc, read again at every sample */
@@ -1160,11 +1171,75 @@ static unsigned long file_num(const char *dir, const char *leaf, const char *key
 /* Sum the memory of the container's processes: resident (statm; pss: proportional, from
  * smaps_rollup, which walks page tables and is only read to confirm a kill) and swap.
  * With kill_them, SIGKILL each instead. Returns the number of processes found. */
+static long long mono_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (long long)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+static void watch_forget(struct watch *w, int j);
+
+/* Between two listings of /proc: the resident memory of the processes already known
+ * to be the container's, from their statm kept open (one pread each). */
+static int watch_reread(struct watch *w, long long *mem, long long *swap)
+{
+    char data[256], path[64];
+    int found = 0;
+    for (int j = 0; j < w->nprev; j++) {
+        if (!w->prev_in[j])
+            continue;
+        ssize_t got;
+        if (w->prev_fd[j] >= 0) {
+            got = pread(w->prev_fd[j], data, sizeof data - 1, 0);
+            if (got <= 0) {          /* exited (ESRCH): the next listing drops it */
+                watch_forget(w, j);
+                w->prev_in[j] = 0;
+                continue;
+            }
+            data[got] = '\0';
+        } else {
+            cat_num(path, sizeof path, "/proc/", (unsigned long)w->prev[j], "/statm");
+            if ((got = read_small(path, data, sizeof data)) <= 0)
+                continue;
+        }
+        unsigned long rss = 0;
+        parse_num(skip_field(data), 10, &rss);
+        *mem += (long long)rss * w->page;
+        found++;
+        if (w->L->memory_swap) {
+            char st[2048];
+            cat_num(path, sizeof path, "/proc/", (unsigned long)w->prev[j], "/status");
+            if (read_small(path, st, sizeof st) > 0)
+                *swap += (long long)key_num(st, "VmSwap:") * 1024;
+        }
+    }
+    return found;
+}
+
+static void watch_forget(struct watch *w, int j)
+{
+    if (w->prev_fd[j] >= 0) {
+        close(w->prev_fd[j]);
+        w->nfds--;
+        w->prev_fd[j] = -1;
+    }
+}
+
 static int watch_scan(struct watch *w, int pss, int kill_them, long long *mem, long long *swap)
 {
-    char dents[4096], path[64], link[64], data[2048];
-    int found = 0;
+    char dents[32768], path[64], link[64], data[2048];
+    int found = 0, j = 0, ncur = 0;
+    long long now = mono_ms();
+    int cached = !pss && !kill_them && now - w->full_ms < WATCH_FULL_MS;
     *mem = *swap = 0;
+    if (!pss && !kill_them && now - w->listed_ms < (w->L->interval_ms > 0 ? w->L->interval_ms : 100))
+        return watch_reread(w, mem, swap);   /* between listings: the known processes */
+    if (!pss && !kill_them) {
+        w->listed_ms = now;
+        if (!cached)
+            w->full_ms = now;
+    }
     if (lseek(w->procfd, 0, SEEK_SET) < 0)
         return 0;
     for (;;) {
@@ -1178,9 +1253,42 @@ static int watch_scan(struct watch *w, int pss, int kill_them, long long *mem, l
             const char *q = parse_num(d->d_name, 10, &pid);
             if (!q || *q)
                 continue;
-            cat_num(path, sizeof path, "/proc/", pid, "/ns/user");
-            ssize_t l = readlink(path, link, sizeof link);
-            if (l != w->userns_len || memcmp(link, w->userns, (size_t)l))
+            int in = -1, fd = -1, track = !pss && !kill_them;
+            if (track) {
+                while (j < w->nprev && w->prev[j] < (int)pid)
+                    watch_forget(w, j++);           /* gone */
+                if (j < w->nprev && w->prev[j] == (int)pid) {
+                    if (cached)
+                        in = w->prev_in[j];
+                    fd = w->prev_fd[j++];
+                }
+            }
+            if (in < 0) {
+                cat_num(path, sizeof path, "/proc/", pid, "/ns/user");
+                ssize_t l = readlink(path, link, sizeof link);
+                in = l == w->userns_len && !memcmp(link, w->userns, (size_t)l);
+            }
+            if (fd >= 0 && !in) {
+                close(fd);
+                w->nfds--;
+                fd = -1;
+            }
+            if (track && in && fd < 0 && w->nfds < 512) {
+                cat_num(path, sizeof path, "/proc/", pid, "/statm");
+                fd = open(path, O_RDONLY | O_CLOEXEC);
+                if (fd >= 0)
+                    w->nfds++;
+            }
+            if (track && ncur < WATCH_MAX) {
+                w->cur[ncur] = (int)pid;
+                w->cur_fd[ncur] = fd;
+                w->cur_in[ncur++] = (unsigned char)in;
+            } else if (track && fd >= 0) {
+                close(fd);
+                w->nfds--;
+                fd = -1;
+            }
+            if (!in)
                 continue;
             found++;
             if (kill_them) {
@@ -1197,7 +1305,10 @@ static int watch_scan(struct watch *w, int pss, int kill_them, long long *mem, l
             }
             cat_num(path, sizeof path, "/proc/", pid, "/statm");
             unsigned long rss = 0;
-            if (read_small(path, data, sizeof data) > 0) {
+            ssize_t got = fd >= 0 ? pread(fd, data, sizeof data - 1, 0) : read_small(path, data, sizeof data);
+            if (fd >= 0 && got >= 0)
+                data[got] = '\0';
+            if (got > 0) {
                 const char *f = skip_field(data);
                 parse_num(f, 10, &rss);
                 *mem += (long long)rss * w->page;
@@ -1208,6 +1319,14 @@ static int watch_scan(struct watch *w, int pss, int kill_them, long long *mem, l
                     *swap += (long long)key_num(data, "VmSwap:") * 1024;
             }
         }
+    }
+    if (!pss && !kill_them) {
+        while (j < w->nprev)
+            watch_forget(w, j++);
+        memcpy(w->prev, w->cur, (size_t)ncur * sizeof *w->cur);
+        memcpy(w->prev_fd, w->cur_fd, (size_t)ncur * sizeof *w->cur_fd);
+        memcpy(w->prev_in, w->cur_in, (size_t)ncur);
+        w->nprev = ncur;
     }
     return found;
 }
@@ -1395,10 +1514,14 @@ static int watch_tick(struct watch *w)
         watch_kill(w);
         return ms;
     }
-    /* Close to the limit: sample five times as often (a burst between two samples is
-     * what the watchdog cannot catch). */
-    if (L->memory && mem > L->memory / 4 * 3)
+    /* The interval follows the headroom: far below the limit (under half) every 2.5
+     * intervals, close to it (over three quarters) five times as often. A burst
+     * between two samples is what the watchdog cannot catch. */
+    long long lim = L->memory ? L->memory : L->memory_swap;
+    if (mem > lim / 4 * 3)
         ms = ms / 5 > 10 ? ms / 5 : 10;
+    else if (mem < lim / 2)
+        ms = ms * 5 / 2;
     return ms;
 }
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 
 from hpcrun.errors import HpcrunError, UsageError
-from hpcrun.runtime.spec import M_NOSKEL, M_CONTENT, M_RDONLY, Mount, _Frozen
+from hpcrun.runtime.spec import M_CONTENT, M_NOSKEL, M_OPTIONAL, M_RDONLY, Mount, _Frozen
 
 # cext/core.h HPCRUN_TIER_* (see also there)
 TIER_CGROUP1 = 1
@@ -522,6 +522,71 @@ def remove(lim: Limits, dirs=None) -> None:
             os.rmdir(d)
         except OSError:
             pass
+
+
+# ---------------------------------------------------------------- the job's limits, seen inside
+
+def _limit_of(d: str, files) -> str | None:
+    for f in files:
+        v = _read(os.path.join(d, f))
+        if v is not None:
+            return v.strip()
+    return None
+
+
+def _carrier(d: str, top: str, files, unlimited) -> str | None:
+    """The highest cgroup from d up to top whose limit is the effective one (the
+    smallest): the job's cgroup, not the step or task leaf below it."""
+    chain = []
+    while True:
+        v = _limit_of(d, files)
+        if v is not None:
+            chain.append((d, v))
+        if d == top or len(d) <= len(top):
+            break
+        d = os.path.dirname(d)
+    limited = [(dd, v) for dd, v in chain if v not in unlimited]
+    if not limited:
+        return None
+    key = (lambda v: int(v)) if limited[0][1].lstrip("-").isdigit() else (lambda v: v)
+    best = min(key(v) for _, v in limited)
+    return [dd for dd, v in limited if key(v) == best][-1]
+
+
+def job_view_mounts(environ) -> list:
+    """In a Slurm job: the job's cgroup (the one carrying its memory limit; for cpuset
+    the one with its CPUs) read-only at /sys/fs/cgroup[/CTL], so the container reads
+    the job's limits rather than an unlimited leaf (enroot#169). Optional mounts: a
+    node where the path is missing simply shows the host's."""
+    if not environ.get("SLURM_JOB_ID"):
+        return []
+    own = _own_cgroups()
+    mounts = _cgroup_mounts()
+    flags = M_RDONLY | M_NOSKEL | M_OPTIONAL
+    out = []
+    v2 = _dir(mounts.get(""), own.get(""))
+    if "memory" not in mounts and v2:
+        top = mounts[""][0]
+        d = _carrier(v2, top, ("memory.max",), ("max",))
+        if d and d != top:
+            out.append(Mount(src=d, dst="/sys/fs/cgroup", flags=flags))
+        return out
+    for ctl, files, unlimited in (("memory", ("memory.limit_in_bytes",), ()),
+                                  ("cpuset", ("cpuset.cpus",), ())):
+        d = _dir(mounts.get(ctl), own.get(ctl))
+        if not d:
+            continue
+        top = mounts[ctl][0]
+        if ctl == "memory":
+            d = _carrier(d, top, files, {str(x) for x in (9223372036854771712, -1)})
+        else:
+            mine = _limit_of(d, files)
+            while d != top and _limit_of(os.path.dirname(d), files) == mine and \
+                    "/job_" in os.path.dirname(d):
+                d = os.path.dirname(d)
+        if d and d != top:
+            out.append(Mount(src=d, dst="/sys/fs/cgroup/" + os.path.basename(top), flags=flags))
+    return out
 
 
 # ---------------------------------------------------------------- nested cgroups (cluster --cgroup)

@@ -179,6 +179,9 @@ def plan(opts, image, environ=None) -> Spec:
             mounts += cgroups.content_mounts(limits)
         if limits.memory or limits.memory_swap or limits.cgroups or limits.pids:
             flags |= F_MONITOR  # it watches, reports the OOM and removes the cgroup
+    if environ.get("SLURM_JOB_ID") and (limits is None or not limits.cgroups):
+        from hpcrun import cgroups  # a few /proc reads: the job's limits, seen inside
+        mounts += cgroups.job_view_mounts(environ)
     return Spec(image=image.path, squashfuse=squashfuse, flags=flags, hostname=opts.hostname,
                 uid=uid, gid=gid, mounts=tuple(mounts), workdir=workdir,
                 workdir_required=required, argv=tuple(argv), env=tuple(env),
