@@ -524,6 +524,62 @@ def remove(lim: Limits, dirs=None) -> None:
             pass
 
 
+# ---------------------------------------------------------------- --ulimit
+
+_RLIMITS = {"nofile": "RLIMIT_NOFILE", "nproc": "RLIMIT_NPROC", "core": "RLIMIT_CORE",
+            "stack": "RLIMIT_STACK", "memlock": "RLIMIT_MEMLOCK", "as": "RLIMIT_AS",
+            "cpu": "RLIMIT_CPU", "fsize": "RLIMIT_FSIZE"}
+_SIZED = ("core", "stack", "memlock", "as", "fsize")
+
+
+def parse_ulimits(values) -> tuple:
+    """Docker's --ulimit NAME=SOFT[:HARD] -> ((resource name, soft, hard), ...); -1 and
+    'unlimited' are RLIM_INFINITY; sizes take units for the byte-sized ones."""
+    import resource
+    out = []
+    for v in values:
+        name, eq, rest = str(v).partition("=")
+        if name not in _RLIMITS or not eq or not rest:
+            raise UsageError(f"--ulimit {v!r}: not NAME=SOFT[:HARD] with NAME one of "
+                             f"{', '.join(sorted(_RLIMITS))}", "e.g. --ulimit nofile=4096", 125)
+        nums = []
+        for part in rest.split(":", 1):
+            if part in ("-1", "unlimited"):
+                nums.append(resource.RLIM_INFINITY)
+            elif name in _SIZED:
+                nums.append(parse_size(part, f"--ulimit {name}"))
+            elif part.isdigit():
+                nums.append(int(part))
+            else:
+                raise UsageError(f"--ulimit {v!r}: {part!r} is not a number (allowed: 0 or "
+                                 "more, or -1 for unlimited)", "e.g. --ulimit nofile=4096", 125)
+        soft, hard = nums[0], nums[-1]
+        if hard != resource.RLIM_INFINITY and (soft == resource.RLIM_INFINITY or soft > hard):
+            raise UsageError(f"--ulimit {v!r}: the soft limit is above the hard one",
+                             f"e.g. --ulimit {name}={rest.split(':')[-1]}", 125)
+        out.append((_RLIMITS[name], soft, hard))
+    return tuple(out)
+
+
+def apply_ulimits(limits) -> None:
+    """setrlimit in the launcher, just before the executor: the container inherits it.
+    Raising a hard limit needs privilege: the error says so."""
+    import resource
+    from hpcrun import log
+    for rname, soft, hard in limits:
+        if rname == "RLIMIT_AS":
+            log.warning("--ulimit as limits address space, not memory: CUDA, ASAN and JVMs "
+                        "reserve far more than they use and fail under it; --memory is the "
+                        "memory limit")
+        try:
+            resource.setrlimit(getattr(resource, rname), (soft, hard))
+        except (ValueError, OSError) as e:
+            cur = resource.getrlimit(getattr(resource, rname))
+            raise LimitsError(f"can't set {rname} to {soft}:{hard}: {e} (hard limit now "
+                              f"{'unlimited' if cur[1] == resource.RLIM_INFINITY else cur[1]})",
+                              "an unprivileged user may only lower a hard limit") from None
+
+
 # ---------------------------------------------------------------- the job's limits, seen inside
 
 def _limit_of(d: str, files) -> str | None:

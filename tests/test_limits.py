@@ -287,3 +287,21 @@ def test_v2_plan_writes_the_v2_files():
                                (d, "cpu.max", "150000 100000"), (d, "cpuset.cpus", "0-1"),
                                (d, "pids.max", "64")}
     assert [(m.src, m.dst) for m in lim.mounts] == [(d, "/sys/fs/cgroup")]
+
+
+# ---------------------------------------------------------------- --ulimit
+
+def test_ulimit_nofile_seen_inside(user, rt_image):
+    cp = run(user, "--ulimit", "nofile=100", rt_image, "sh", "-c", "ulimit -n")
+    assert cp.returncode == 0, cp.stderr
+    assert cp.stdout.strip() == "100"
+
+
+def test_ulimit_as_only_by_name_and_with_a_warning(user, rt_image):
+    cp = run(user, "--ulimit", "as=256m", rt_image, "sh", "-c", "ulimit -v")
+    assert cp.returncode == 0, cp.stderr
+    assert cp.stdout.strip() == str(256 * 1024)
+    assert "hpcrun: warning: --ulimit as limits address space, not memory" in cp.stderr
+    # --memory never sets it
+    cp = run(user, "--memory", "64m", rt_image, "sh", "-c", "ulimit -v")
+    assert cp.stdout.strip() == "unlimited"

@@ -79,3 +79,13 @@ def test_failed_start_removes_cgroup(rt_image):
     assert cp.returncode == 127, cp.stderr
     assert hpcrun_cgroups() == before
     assert monitors() == []
+
+
+@pytest.mark.parametrize("value,needle", [
+    ("nofile=1x", "'1x' is not a number (allowed: 0 or more, or -1"),
+    ("bogus=1", "not NAME=SOFT[:HARD] with NAME one of"),
+    ("nofile=200:100", "the soft limit is above the hard one"),
+    ("nofile=10000000", "can't set RLIMIT_NOFILE to 10000000"),
+])
+def test_bad_ulimit(user, rt_image, value, needle):
+    bad(run(user, "--ulimit", value, rt_image, "true"), needle)

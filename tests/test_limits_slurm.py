@@ -120,3 +120,11 @@ def test_nothing_left_after_scancel(user, cg_cluster, rt_image):
 def _with(token):
     from fixtures_runtime import processes_with
     return processes_with(token)
+
+
+def test_container_in_job_sees_the_jobs_limit(user, cg_cluster, rt_image):
+    """Not `memory.limit_in_bytes` of an unlimited task leaf (enroot#169): the job's."""
+    cp = sh(user, cg_cluster, "srun", "--mem=64M", "-c", "1", util.HPCRUN, "run", rt_image,
+            "sh", "-c", "cat /sys/fs/cgroup/memory/memory.limit_in_bytes; nproc")
+    assert cp.returncode == 0, cp.stderr
+    assert cp.stdout.split() == [str(64 << 20), "1"], cp.stdout

@@ -114,6 +114,9 @@ TABLE = (
     Option("--limits", "limits", CHOICE, "strict: a limit this host can't enforce is an "
            "error; best-effort: apply what it can, say what it did", choices=("strict",
            "best-effort"), where=frozenset((RUN,)), pyxis=""),
+    Option("--ulimit", "ulimits", LIST, "a resource limit, as Docker's: NAME=SOFT[:HARD] "
+           "(nofile, nproc, core, stack, memlock, as; as only by name: it is address "
+           "space, not memory)", metavar="NAME=N[:N]", where=frozenset((RUN,)), pyxis=""),
     Option("--limits-view", "limits_view", FLAG, "/proc/meminfo and "
            "/sys/devices/system/cpu/online show the limits (as lxcfs does)",
            where=frozenset((RUN,)), pyxis=""),

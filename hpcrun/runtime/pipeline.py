@@ -123,6 +123,10 @@ def run(opts, context: str = RUN) -> int:
     if os.environ.get("HPCRUN_VERBOSE", "0") not in ("", "0", "1"):
         from hpcrun.runtime import launch
         launch._log_spec(spec)
+    if opts.ulimits:
+        from hpcrun import cgroups
+        ulimits = cgroups.parse_ulimits(opts.ulimits)      # bad values: before anything
+        cgroups.apply_ulimits(ulimits)
     if spec.limits is None:
         return execute(word, opts.command)
     # Limits: the cgroup is made here, just before the executor; its monitor moves the
