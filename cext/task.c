@@ -52,12 +52,14 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -88,6 +90,9 @@ struct plan {
     struct hpcrun_limits lim;          /* lim= (tier 0: none) */
     char *cg[9];                       /* cg=, NULL-terminated */
     int ncg;
+    const char *aff;                   /* aff=: CPUs to bind to */
+    const char *rl[16];                /* rl=NAME:SOFT:HARD */
+    int nrl;
 };
 
 /* ---------------------------------------------------------------- errors */
@@ -203,6 +208,73 @@ static int parse_limits(const char *v, struct hpcrun_limits *l)
     return 0;
 }
 
+/* aff= and rl= (hpcrun/cgroups.py): CPUs and resource limits the container inherits.
+ * The plan was checked against this host when made; a cached one may meet another
+ * allocation (a Slurm job's CPUs), so the CPUs are checked again. */
+static void apply_binding(const struct plan *p)
+{
+    static const struct { const char *name, *shown; int res; } RL[] = {
+        {"nofile", "NOFILE", RLIMIT_NOFILE}, {"nproc", "NPROC", RLIMIT_NPROC},
+        {"core", "CORE", RLIMIT_CORE}, {"stack", "STACK", RLIMIT_STACK},
+        {"memlock", "MEMLOCK", RLIMIT_MEMLOCK}, {"as", "AS", RLIMIT_AS},
+        {"cpu", "CPU", RLIMIT_CPU}, {"fsize", "FSIZE", RLIMIT_FSIZE},
+    };
+    if (p->aff) {
+        cpu_set_t want, have;
+        CPU_ZERO(&want);
+        const char *q = p->aff;
+        while (*q) {
+            char *end;
+            long a = strtol(q, &end, 10), b = a;
+            if (end == q || a < 0 || a >= CPU_SETSIZE)
+                die(HPCRUN_EXIT_FAILED, "the plan's CPU list %s is malformed", p->aff);
+            if (*end == '-')
+                b = strtol(end + 1, &end, 10);
+            for (long c = a; c <= b && c < CPU_SETSIZE; c++)
+                CPU_SET((int)c, &want);
+            q = *end == ',' ? end + 1 : end;
+            if (*end && *end != ',')
+                die(HPCRUN_EXIT_FAILED, "the plan's CPU list %s is malformed", p->aff);
+        }
+        if (sched_getaffinity(0, sizeof have, &have) == 0) {
+            CPU_AND(&have, &have, &want);
+            if (!CPU_EQUAL(&have, &want)) {
+                hint_text = "pick CPUs from the allowed list (nproc, taskset -p $$)";
+                die(HPCRUN_EXIT_FAILED, "--cpuset-cpus %s: not all of these CPUs are allowed "
+                    "here", p->aff);
+            }
+        }
+        if (sched_setaffinity(0, sizeof want, &want))
+            die(HPCRUN_EXIT_FAILED, "can't bind to CPUs %s: %s", p->aff, strerror(errno));
+    }
+    for (int i = 0; i < p->nrl; i++) {
+        char name[16];
+        long long soft, hard;
+        const char *c = strchr(p->rl[i], ':');
+        if (!c || (size_t)(c - p->rl[i]) >= sizeof name ||
+            sscanf(c + 1, "%lld:%lld", &soft, &hard) != 2)
+            die(HPCRUN_EXIT_FAILED, "the plan's resource limit %s is malformed", p->rl[i]);
+        memcpy(name, p->rl[i], (size_t)(c - p->rl[i]));
+        name[c - p->rl[i]] = '\0';
+        size_t k = 0;
+        while (k < sizeof RL / sizeof *RL && strcmp(RL[k].name, name))
+            k++;
+        if (k == sizeof RL / sizeof *RL)
+            die(HPCRUN_EXIT_FAILED, "the plan's resource limit %s is unknown", name);
+        struct rlimit rl = {soft < 0 ? RLIM_INFINITY : (rlim_t)soft,
+                            hard < 0 ? RLIM_INFINITY : (rlim_t)hard};
+        if (setrlimit(RL[k].res, &rl)) {
+            int e = errno;
+            struct rlimit cur;
+            getrlimit(RL[k].res, &cur);
+            hint_text = "an unprivileged user may only lower a hard limit";
+            errno = e;
+            die(HPCRUN_EXIT_FAILED, "can't set RLIMIT_%s to %lld:%lld: %s (hard limit now %llu)",
+                RL[k].shown, soft, hard, strerror(e), (unsigned long long)cur.rlim_max);
+        }
+    }
+}
+
 /* Parse the plan (a writable copy: values are decoded in place). */
 static int parse_plan(char *text, struct plan *p)
 {
@@ -267,6 +339,8 @@ static int parse_plan(char *text, struct plan *p)
         else if (!strcmp(k, "limshow")) p->lim.memory_shown = v;
         else if (!strcmp(k, "cg")) PUSH(p->cg, p->ncg, 8, v);
         else if (!strcmp(k, "cgmem")) p->lim.memory_cgroup = v;
+        else if (!strcmp(k, "aff")) p->aff = v;
+        else if (!strcmp(k, "rl")) PUSH(p->rl, p->nrl, 16, v);
         else return -1;     /* a key of a newer plan: refuse rather than guess */
     }
     return p->version == PLAN_VERSION && (p->image || p->sq) ? 0 : -1;
@@ -893,6 +967,7 @@ int hpcrun_plan_exec(int argc, char **argv)
         p.lim.cgroups = p.cg;
         s.limits = &p.lim;
     }
+    apply_binding(&p);
     char **words = argv + 3;
     int nc = argc - 3;
     if (nc == 0) {               /* no command: the image's CMD */
@@ -926,6 +1001,8 @@ int hpcrun_plan_exec(int argc, char **argv)
 }
 
 /* ---------------------------------------------------------------- entry point */
+
+#ifndef HPCRUN_NO_TASK_ENTRY   /* (the launcher, cext/launcher.c, links this file too) */
 
 /* The kernel starts a program at its entry point with argc, argv, envp on the stack;
  * the dynamic loader has already run libc's initialisation (environ is set). Align the
@@ -962,3 +1039,4 @@ void hpcrun_task_start(long *sp)
     hpcrun_trim_monitor = 0;     /* a monitor here has no interpreter's memory to drop */
     exit(hpcrun_plan_exec(argc, argv));
 }
+#endif

@@ -533,9 +533,9 @@ _SIZED = ("core", "stack", "memlock", "as", "fsize")
 
 
 def parse_ulimits(values) -> tuple:
-    """Docker's --ulimit NAME=SOFT[:HARD] -> ((resource name, soft, hard), ...); -1 and
-    'unlimited' are RLIM_INFINITY; sizes take units for the byte-sized ones."""
-    import resource
+    """Docker's --ulimit NAME=SOFT[:HARD] -> ((name, soft, hard), ...), -1 for unlimited
+    ('unlimited' too); sizes take units for the byte-sized ones. The C executor sets
+    them (plan word rl=)."""
     out = []
     for v in values:
         name, eq, rest = str(v).partition("=")
@@ -545,7 +545,7 @@ def parse_ulimits(values) -> tuple:
         nums = []
         for part in rest.split(":", 1):
             if part in ("-1", "unlimited"):
-                nums.append(resource.RLIM_INFINITY)
+                nums.append(-1)
             elif name in _SIZED:
                 nums.append(parse_size(part, f"--ulimit {name}"))
             elif part.isdigit():
@@ -554,30 +554,11 @@ def parse_ulimits(values) -> tuple:
                 raise UsageError(f"--ulimit {v!r}: {part!r} is not a number (allowed: 0 or "
                                  "more, or -1 for unlimited)", "e.g. --ulimit nofile=4096", 125)
         soft, hard = nums[0], nums[-1]
-        if hard != resource.RLIM_INFINITY and (soft == resource.RLIM_INFINITY or soft > hard):
+        if hard != -1 and (soft == -1 or soft > hard):
             raise UsageError(f"--ulimit {v!r}: the soft limit is above the hard one",
                              f"e.g. --ulimit {name}={rest.split(':')[-1]}", 125)
-        out.append((_RLIMITS[name], soft, hard))
+        out.append((name, soft, hard))
     return tuple(out)
-
-
-def apply_ulimits(limits) -> None:
-    """setrlimit in the launcher, just before the executor: the container inherits it.
-    Raising a hard limit needs privilege: the error says so."""
-    import resource
-    from hpcrun import log
-    for rname, soft, hard in limits:
-        if rname == "RLIMIT_AS":
-            log.warning("--ulimit as limits address space, not memory: CUDA, ASAN and JVMs "
-                        "reserve far more than they use and fail under it; --memory is the "
-                        "memory limit")
-        try:
-            resource.setrlimit(getattr(resource, rname), (soft, hard))
-        except (ValueError, OSError) as e:
-            cur = resource.getrlimit(getattr(resource, rname))
-            raise LimitsError(f"can't set {rname} to {soft}:{hard}: {e} (hard limit now "
-                              f"{'unlimited' if cur[1] == resource.RLIM_INFINITY else cur[1]})",
-                              "an unprivileged user may only lower a hard limit") from None
 
 
 # ---------------------------------------------------------------- the job's limits, seen inside

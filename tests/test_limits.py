@@ -305,3 +305,42 @@ def test_ulimit_as_only_by_name_and_with_a_warning(user, rt_image):
     # --memory never sets it
     cp = run(user, "--memory", "64m", rt_image, "sh", "-c", "ulimit -v")
     assert cp.stdout.strip() == "unlimited"
+
+
+# ---------------------------------------------------------------- the plan cache
+
+def _execs(user, *args):
+    """hpcrun as the user under strace: (completed process, programs exec'd)."""
+    import shutil
+    util.require(shutil.which("strace") is not None, "strace is not installed")
+    d = util.shared_tmpdir("hpcrun-strace-")
+    os.chmod(d, 0o777)
+    log = os.path.join(d, "log")
+    cp = util.as_user(user, ["strace", "-f", "-qq", "-e", "trace=execve", "-e", "signal=none",
+                             "-o", log, util.HPCRUN, *args])
+    with open(log) as f:
+        progs = [ln.split('"')[1] for ln in f if "execve(" in ln and "= 0" in ln]
+    shutil.rmtree(d, ignore_errors=True)
+    return cp, progs
+
+
+def test_no_cgroup_tier_applies_on_a_warm_run(user, rt_image, lim_tools):
+    """Affinity, rlimits and the watchdog are plan words the C executor applies: a
+    cached plan (no Python) enforces them as the first run did."""
+    args = ("run", "--cpuset-cpus", "1", "--ulimit", "nofile=99", "--memory", "64m",
+            "-v", f"{lim_tools}:/t", rt_image, "sh", "-c", "nproc; ulimit -n; /t/eat 400")
+    first = util.hpcrun(user, *args)
+    cp, progs = _execs(user, *args)
+    assert not any("python" in p for p in progs), progs     # the warm path
+    for c in (first, cp):
+        assert c.stdout.split()[:2] == ["1", "99"], c.stdout
+        oom_peak(c)
+
+
+def test_cgroup_tier_is_never_cached(rt_image):
+    """Its plan names this run's cgroup (hpcrun-<pid>): every run plans its own."""
+    for _ in range(2):
+        cp = run_root("--memory", "64m", rt_image, "sh", "-c",
+                      "cat /sys/fs/cgroup/memory/memory.limit_in_bytes")
+        assert cp.returncode == 0, cp.stderr
+        assert cp.stdout.strip() == str(64 << 20)

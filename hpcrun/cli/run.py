@@ -39,4 +39,5 @@ def parse(argv: list, entry: str = options.RUN):
 def main(verb: str, argv: list) -> int:
     from hpcrun.runtime import pipeline
     opts = parse(argv)
-    return pipeline.run(opts)
+    i = options.image_index(argv, options.RUN)
+    return pipeline.run(opts, words=argv[:i + 1] if i >= 0 else None)

@@ -53,16 +53,23 @@ def read_env_file(path: str, host: dict) -> list:
     return out
 
 
+def _image_env(image_env) -> dict:
+    """The image's ENV list (NAME=VALUE strings) as a dict, in order."""
+    out = {}
+    for item in image_env or ():
+        name, sep, value = item.partition("=")
+        if name and sep:
+            out[name] = value
+    return out
+
+
 def compose(host: dict, image_env=(), env_files=(), assigns=(), cleanenv: bool = False) -> list:
     """The command's environment as a list of NAME=VALUE strings."""
     if cleanenv:
         env = {k: v for k, v in host.items() if k.startswith(ALWAYS)}
     else:
         env = dict(host)
-    for item in image_env or ():
-        name, sep, value = item.partition("=")
-        if name and sep:
-            env[name] = value
+    env.update(_image_env(image_env))
     for path in env_files:
         env.update(read_env_file(path, host))
     for arg in assigns:
@@ -95,12 +102,8 @@ class _Marking(dict):
 
 def split(image_env=(), env_files=(), assigns=()) -> tuple:
     """(fixed {NAME: VALUE} in order, set of names that are the caller's own)."""
-    fixed: dict = {}
+    fixed: dict = _image_env(image_env)
     own: set = set()
-    for item in image_env or ():
-        name, sep, value = item.partition("=")
-        if name and sep:
-            fixed[name] = value
     marking = _Marking()
     pairs = []
     for path in env_files:

@@ -72,7 +72,7 @@ def resolve(opts, context: str = RUN):
 
 
 def prepare(opts, context: str = RUN, environ=None, *, python=(), task_args=()):
-    """Plan the container of `opts` for `context`: (plan word, Spec)."""
+    """Plan the container of `opts` for `context`: (plan word, Spec, Image)."""
     from hpcrun.runtime import env as envpolicy
     from hpcrun.runtime import launch
     from hpcrun.runtime import plan as planfmt
@@ -99,7 +99,7 @@ def prepare(opts, context: str = RUN, environ=None, *, python=(), task_args=()):
                      share=bool(opts.node_container) and context == PLAN)
     word = planfmt.make(opts, image, spec, fixed_env=fixed, own_env=own, sq=sq,
                         python=python, task_args=task_args, **extra)
-    return word, spec
+    return word, spec, image
 
 
 def execute(word: str, command) -> int:
@@ -110,34 +110,48 @@ def execute(word: str, command) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     from hpcrun.slurm import stepplan
-    prog = stepplan.task_program()
+    # HPCRUN_EXECUTOR=cffi (a test hook) takes the cffi path where the program exists.
+    prog = stepplan.task_program() if os.environ.get("HPCRUN_EXECUTOR") != "cffi" else None
     if prog is not None:
         os.execv(prog, [prog, word, "--", *command])
     from hpcrun import _core
     return _core.plan_exec(word, list(command))
 
 
-def run(opts, context: str = RUN) -> int:
-    """`hpcrun run` / the Python form of `hpcrun task`: prepare, then execute."""
-    word, spec = prepare(opts, context)
+def run(opts, context: str = RUN, words=None) -> int:
+    """`hpcrun run` / the Python form of `hpcrun task`: prepare, then execute.
+    words: `hpcrun run`'s option words and IMAGE as given, to remember the plan for
+    the C launcher (runtime/plancache.py) under them."""
+    word, spec, image = prepare(opts, context)
     if os.environ.get("HPCRUN_VERBOSE", "0") not in ("", "0", "1"):
         from hpcrun.runtime import launch
         launch._log_spec(spec)
-    if opts.ulimits:
-        from hpcrun import cgroups
-        ulimits = cgroups.parse_ulimits(opts.ulimits)      # bad values: before anything
-        cgroups.apply_ulimits(ulimits)
-    if spec.limits is None:
+    lim = spec.limits
+    if lim is not None or opts.ulimits:
+        from hpcrun import cgroups, log
+        if lim is not None:
+            log.info(lim.summary())
+        if any(u.startswith("as=") for u in opts.ulimits):
+            log.warning("--ulimit as limits address space, not memory: CUDA, ASAN and JVMs "
+                        "reserve far more than they use and fail under it; --memory is the "
+                        "memory limit")
+    # A plan with its own cgroup is made for this run (hpcrun-<pid>): never cached. The
+    # other limits are words the C executor applies itself (affinity, rlimits, the
+    # watchdog), so such a plan is cached as any other. --ulimit as is not, so that
+    # its warning is never skipped.
+    cacheable = (lim is None or not lim.cgroups) and \
+        not any(u.startswith("as=") for u in opts.ulimits)
+    if words is not None and context == RUN and cacheable and \
+            not os.environ.get("HPCRUN_NO_PLAN_CACHE"):
+        from hpcrun.runtime import plancache
+        plancache.store(words, word, plancache.checks(opts, image, spec))
+    if lim is None or not lim.cgroups:
         return execute(word, opts.command)
-    # Limits: the cgroup is made here, just before the executor; its monitor moves the
-    # container in and removes it (and removes it too if entering fails).
-    from hpcrun import cgroups, log
-    log.info(spec.limits.summary())
-    cgroups.create(spec.limits)
+    # The cgroup is made here, just before the executor; its monitor moves the container
+    # in and removes it (and removes it too if entering fails).
+    cgroups.create(lim)
     try:
-        if spec.limits.affinity:
-            os.sched_setaffinity(0, spec.limits.affinity)
         return execute(word, opts.command)
     except BaseException:
-        cgroups.remove(spec.limits)
+        cgroups.remove(lim)
         raise

@@ -34,6 +34,8 @@ any byte but letters, digits and "/._+@-". Keys (repeatable ones *):
   lim=T:M:S:N:I    resource limits (hpcrun/cgroups.py): tier, memory and memory+swap
                      bytes for the watchdog, RLIMIT_NPROC, sampling interval in ms
   limshow=TEXT     the memory limit as the OOM message shows it (512M)
+  aff=LIST         the CPUs to bind to (0-3,5): sched_setaffinity before entering
+  rl=NAME:S:H      * setrlimit(NAME, soft S, hard H) before entering (-1: unlimited)
   cg=PATH          * a cgroup directory the container joins (made already, removed at
                      the end by the monitor)     cgmem=PATH  the one with memory
   py=ARG           * how to start `hpcrun task` (Python) for what the executor does not
@@ -129,6 +131,13 @@ def make(opts, image, spec, *, fixed_env, own_env, sq=None, pmix=False, tmpfs=No
         words += ["cg=" + esc(d) for d in lim.cgroups]
         if lim.memory_cgroup:
             words.append("cgmem=" + esc(lim.memory_cgroup))
+        if lim.affinity:
+            from hpcrun.cgroups import format_cpuset
+            words.append("aff=" + esc(format_cpuset(lim.affinity)))
+    if opts.ulimits:
+        from hpcrun.cgroups import parse_ulimits
+        for name, soft, hard in parse_ulimits(opts.ulimits):
+            words.append(f"rl={name}:{soft}:{hard}")
     words += ["py=" + esc(a) for a in python]
     words += ["arg=" + esc(a) for a in task_args]
     return ",".join(words)

@@ -240,11 +240,9 @@ def image_arg(image: str, cwd: str) -> str:
                          "copy it into hpcrun once: docker save IMAGE | hpcrun load")
     if image.startswith("docker://"):
         image = image[len("docker://"):]
-    if os.path.isabs(image) or image.startswith(("./", "../", "~")):
+    from ..runtime.image import is_path
+    if is_path(image, cwd):
         return os.path.normpath(os.path.join(cwd, os.path.expanduser(image)))
-    p = os.path.join(cwd, image)
-    if os.path.exists(p):
-        return os.path.normpath(p)
     if "@" in image.split("#", 1)[0] and "#" in image:
         raise UsageError(f"credentials in --container-image={image!r} are not "
                          "supported", "log in once with 'hpcrun login REGISTRY' instead")
@@ -258,32 +256,14 @@ def image_arg(image: str, cwd: str) -> str:
 
 
 def _mounts(spec: str, cwd: str) -> list:
+    """--container-mounts=SRC[:DST[:FLAGS]][,...] (pyxis: FLAGS joined by '+') -> -v words,
+    parsed by the one bind parser (runtime/mounts.py split_bind)."""
+    from ..runtime.mounts import split_bind
     out = []
     for item in spec.split(","):
         if not item:
             continue
-        parts = item.split(":")
-        if len(parts) > 3 or not parts[0]:
-            raise UsageError(f"bad mount {item!r} in --container-mounts",
-                             "write SRC[:DST[:FLAGS]], several separated by ','")
-        src = parts[0]
-        if len(parts) > 1 and not parts[1]:
-            raise UsageError(f"bad mount {item!r} in --container-mounts: empty destination",
-                             "write SRC or SRC:DST[:FLAGS], as pyxis does")
-        dst = parts[1] if len(parts) > 1 else src
-        flags = parts[2].split("+") if len(parts) > 2 and parts[2] else []
-        ro = False
-        for f in flags:
-            if f == "ro":
-                ro = True
-            elif f == "rw":
-                ro = False
-            else:
-                raise UsageError(f"mount flag {f!r} in {item!r} is not "
-                                 "supported", "use 'ro' or 'rw'")
-        if not dst.startswith("/"):
-            raise UsageError(f"mount destination {dst!r} in {item!r} is not "
-                             "an absolute path", "write SRC:/absolute/destination")
+        src, dst, ro = split_bind(item, "--container-mounts", flag_sep="+")
         src = os.path.normpath(os.path.join(cwd, os.path.expanduser(src)))
         if not os.path.exists(src):
             raise UsageError(f"mount source {src} does not exist",

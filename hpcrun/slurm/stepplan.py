@@ -84,7 +84,7 @@ def make(task_args: list, hpcrun: list, environ=None, share: bool = False) -> st
     i = options.image_index(args, options.PLAN)
     if i >= 0 and os.path.exists(args[i]):
         args[i] = os.path.abspath(args[i])     # tasks may start elsewhere
-    word, _ = pipeline.prepare(opts, options.PLAN, environ,
+    word, _, _ = pipeline.prepare(opts, options.PLAN, environ,
                                python=list(hpcrun) + ["task"], task_args=args)
     return word
 
