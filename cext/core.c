@@ -1632,7 +1632,9 @@ static int supervise_limited(pid_t child, int stopsig, const struct hpcrun_limit
     watch_init(&w, L, child, pidns);
     int rfd = reaper_start(L, &reaper);
     int polling = L->tier != HPCRUN_TIER_WATCHDOG ? L->memory_cgroup != NULL : w.procfd >= 0;
-    int ms = polling ? watch_tick(&w) : 0;
+    /* The first sample one interval in: a short command (most of a job's steps) ends
+     * before the watchdog has cost anything. */
+    int ms = L->interval_ms > 0 ? L->interval_ms : 100;
     struct timespec next, now;
     clock_gettime(CLOCK_MONOTONIC, &next);
     forwarded_set(&set);

@@ -139,8 +139,10 @@ def run(opts, context: str = RUN, words=None) -> int:
     # other limits are words the C executor applies itself (affinity, rlimits, the
     # watchdog), so such a plan is cached as any other. --ulimit as is not, so that
     # its warning is never skipped.
+    # A Slurm job's cgroup view names this job's cgroup (the cache key has no job id).
     cacheable = (lim is None or not lim.cgroups) and \
-        not any(u.startswith("as=") for u in opts.ulimits)
+        not any(u.startswith("as=") for u in opts.ulimits) and \
+        not any(m.dst.startswith("/sys/fs/cgroup") for m in spec.mounts)
     if words is not None and context == RUN and cacheable and \
             not os.environ.get("HPCRUN_NO_PLAN_CACHE"):
         from hpcrun.runtime import plancache
