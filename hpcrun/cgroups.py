@@ -410,8 +410,20 @@ def _plan_cgroup(kw, tier, host, allowed, view, environ) -> Limits:
 
 
 def _view(kw, cpus):
-    """Generated files for --limits-view: (dst, content) as lxcfs would show them."""
+    """Generated files for --limits-view: (dst, content) as lxcfs would show them:
+    /sys/devices/system/cpu/online and /proc/cpuinfo with the allowed CPUs only,
+    /proc/meminfo with MemTotal/MemFree/MemAvailable at the limit (a snapshot)."""
     out = [("/sys/devices/system/cpu/online", format_cpuset(cpus) + "\n")]
+    blocks = [b for b in (_read("/proc/cpuinfo") or "").split("\n\n") if b.strip()]
+    kept = []
+    for b in blocks:
+        first, _, rest = b.partition("\n")
+        n = first.partition(":")[2].strip()
+        if first.startswith("processor") and n.isdigit() and int(n) in cpus:
+            kept.append(f"processor\t: {len(kept)}\n{rest}")   # renumbered, as lxcfs does
+    text = "\n\n".join(kept) + "\n\n"
+    if kept and len(text) < 32768:    # the plan is one exec argument (128 KiB at most)
+        out.append(("/proc/cpuinfo", text))
     mem = kw["memory"]
     if mem:
         text = _read("/proc/meminfo") or ""

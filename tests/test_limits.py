@@ -156,9 +156,10 @@ def test_cgroup_view_v1_as_root(rt_image):
 
 def test_limits_view_files(user, rt_image):
     cp = run(user, "--limits-view", "--memory", "64m", "--cpuset-cpus", "1", rt_image, "sh",
-             "-c", "grep MemTotal /proc/meminfo; cat /sys/devices/system/cpu/online")
+             "-c", "grep MemTotal /proc/meminfo; cat /sys/devices/system/cpu/online;"
+             " grep -c ^processor /proc/cpuinfo")
     assert cp.returncode == 0, cp.stderr
-    assert cp.stdout.split() == ["MemTotal:", "65536", "kB", "1"], cp.stdout
+    assert cp.stdout.split() == ["MemTotal:", "65536", "kB", "1", "1"], cp.stdout
 
 
 def test_tier_reported_with_v(user, rt_image):

@@ -101,7 +101,8 @@ TABLE = (
     # Resource limits (hpcrun/cgroups.py): `hpcrun run` only. In a Slurm job the job's
     # own resources (--mem, --cpus-per-task, a job file's resources:) are the limits,
     # which Slurm's task/cgroup enforces and the container sees.
-    Option("--cpus", "cpus", VALUE, "CPU quota (1.5: one and a half CPUs)", metavar="N",
+    Option("--cpus", "cpus", VALUE, "CPU quota (1.5: one and a half CPUs; without a "
+           "writable cgroup: that many whole CPUs, by affinity)", metavar="N",
            where=frozenset((RUN,)), pyxis=""),
     Option("--cpuset-cpus", "cpuset_cpus", VALUE, "CPUs the container may use (0-3,5)",
            metavar="LIST", where=frozenset((RUN,)), pyxis=""),
@@ -117,7 +118,7 @@ TABLE = (
     Option("--ulimit", "ulimits", LIST, "a resource limit, as Docker's: NAME=SOFT[:HARD] "
            "(nofile, nproc, core, stack, memlock, as; as only by name: it is address "
            "space, not memory)", metavar="NAME=N[:N]", where=frozenset((RUN,)), pyxis=""),
-    Option("--limits-view", "limits_view", FLAG, "/proc/meminfo and "
+    Option("--limits-view", "limits_view", FLAG, "/proc/meminfo, /proc/cpuinfo and "
            "/sys/devices/system/cpu/online show the limits (as lxcfs does)",
            where=frozenset((RUN,)), pyxis=""),
     Option("--node-container", "node_container", FLAG,
