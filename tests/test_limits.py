@@ -345,3 +345,11 @@ def test_cgroup_tier_is_never_cached(rt_image):
                       "cat /sys/fs/cgroup/memory/memory.limit_in_bytes")
         assert cp.returncode == 0, cp.stderr
         assert cp.stdout.strip() == str(64 << 20)
+
+
+def test_memory_swap_cgroup_v1_as_root(rt_image):
+    cp = run_root("--memory", "64m", "--memory-swap", "96m", rt_image, "sh", "-c",
+                  "cat /sys/fs/cgroup/memory/memory.limit_in_bytes "
+                  "/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes")
+    assert cp.returncode == 0, cp.stderr
+    assert cp.stdout.split() == [str(64 << 20), str(96 << 20)]
