@@ -91,6 +91,7 @@ struct plan {
     char *cg[9];                       /* cg=, NULL-terminated */
     int ncg;
     const char *aff;                   /* aff=: CPUs to bind to */
+    int affn;                          /* affn=: only so many of them */
     const char *rl[16];                /* rl=NAME:SOFT:HARD */
     int nrl;
 };
@@ -244,6 +245,23 @@ static void apply_binding(const struct plan *p)
                     "here", p->aff);
             }
         }
+        if (p->affn > 0 && p->affn < CPU_COUNT(&want)) {
+            /* N of them, from the CPU we run on upwards (wrapping): side by side
+             * containers spread the way the scheduler has placed their launchers. */
+            cpu_set_t pick;
+            int start = sched_getcpu(), n = 0;
+            CPU_ZERO(&pick);
+            for (int pass = 0; pass < 2 && n < p->affn; pass++)
+                for (int c = pass ? 0 : (start > 0 ? start : 0); c < CPU_SETSIZE && n < p->affn; c++) {
+                    if (pass && c >= start)
+                        break;
+                    if (CPU_ISSET(c, &want) && !CPU_ISSET(c, &pick)) {
+                        CPU_SET(c, &pick);
+                        n++;
+                    }
+                }
+            want = pick;
+        }
         if (sched_setaffinity(0, sizeof want, &want))
             die(HPCRUN_EXIT_FAILED, "can't bind to CPUs %s: %s", p->aff, strerror(errno));
     }
@@ -340,6 +358,7 @@ static int parse_plan(char *text, struct plan *p)
         else if (!strcmp(k, "cg")) PUSH(p->cg, p->ncg, 8, v);
         else if (!strcmp(k, "cgmem")) p->lim.memory_cgroup = v;
         else if (!strcmp(k, "aff")) p->aff = v;
+        else if (!strcmp(k, "affn")) { if (num(v, &p->affn)) return -1; }
         else if (!strcmp(k, "rl")) PUSH(p->rl, p->nrl, 16, v);
         else return -1;     /* a key of a newer plan: refuse rather than guess */
     }

@@ -47,11 +47,12 @@ class Limits(_Frozen):
     """What was asked for, parsed and checked; and how it will be applied."""
 
     __slots__ = ("tier", "cpus", "cpuset", "memory", "memory_swap", "pids", "affinity",
+                 "affinity_count",
                  "cgroups", "writes", "memory_cgroup", "view", "mounts", "notes",
                  "interval_ms", "memory_shown")
     _defaults = {"cpus": None, "cpuset": None, "memory": 0, "memory_swap": 0, "pids": 0,
                  "interval_ms": WATCH_INTERVAL_MS, "memory_shown": None,
-                 "affinity": None, "cgroups": (), "writes": (), "memory_cgroup": None,
+                 "affinity": None, "affinity_count": 0, "cgroups": (), "writes": (), "memory_cgroup": None,
                  "view": (), "mounts": (), "notes": ()}
 
     def summary(self) -> str:
@@ -309,11 +310,11 @@ def plan(opts, environ=None, host: Host | None = None) -> Limits | None:
     kw = dict(cpus=cpus, cpuset=cpuset, memory=memory, memory_swap=memory_swap, pids=pids,
               memory_shown=format_size(memory) if memory else None)
     if tier == TIER_WATCHDOG:
-        return _plan_watchdog(kw, mode, allowed, host)
+        return _plan_watchdog(kw, mode, allowed, host, bool(opts.limits_view))
     return _plan_cgroup(kw, tier, host, allowed, bool(opts.limits_view), environ)
 
 
-def _plan_watchdog(kw, mode, allowed, host) -> Limits:
+def _plan_watchdog(kw, mode, allowed, host, view=False) -> Limits:
     notes = []
     affinity = None
     cpus, cpuset = kw["cpus"], kw["cpuset"]
@@ -325,11 +326,20 @@ def _plan_watchdog(kw, mode, allowed, host) -> Limits:
                 f"use --cpus {int(cpus) + 1} or --cpuset-cpus, add --limits=best-effort to "
                 f"bind {int(cpus) + 1} CPUs, or see 'hpcrun check' for what to ask the admin")
         notes.append(f"--cpus {cpus:g} rounded up to {int(cpus) + 1} whole CPUs (best effort)")
+    count = 0
     if cpuset or cpus:
         pool = sorted(cpuset or allowed)
         n = min(len(pool), -int(-(cpus or len(pool)) // 1))
-        affinity = frozenset(pool[:n])
-        notes.append(f"cpus {format_cpuset(affinity)} by affinity")
+        if n < len(pool) and not view:
+            # N of the pool, chosen by the executor when it starts: from the CPU it runs
+            # on, so containers started side by side spread as the scheduler placed them
+            # (and a cached plan is no fixed choice).
+            affinity, count = frozenset(pool), n
+            notes.append(f"cpus: {n} of {format_cpuset(pool)} by affinity, from the CPU "
+                         "it starts on")
+        else:
+            affinity = frozenset(pool[:n])
+            notes.append(f"cpus {format_cpuset(affinity)} by affinity")
     if kw["memory"]:
         notes.append(f"memory {format_size(kw['memory'])} by the watchdog "
                      f"(every {WATCH_INTERVAL_MS} ms)")
@@ -339,8 +349,8 @@ def _plan_watchdog(kw, mode, allowed, host) -> Limits:
         notes.append(f"pids {kw['pids']} by RLIMIT_NPROC in the user namespace")
     if kw["memory_swap"] == -1:
         kw["memory_swap"] = 0
-    return Limits(tier=TIER_WATCHDOG, affinity=affinity, notes=tuple(notes),
-                  view=_view(kw, affinity or allowed), **kw)
+    return Limits(tier=TIER_WATCHDOG, affinity=affinity, affinity_count=count,
+                  notes=tuple(notes), view=_view(kw, affinity or allowed), **kw)
 
 
 def _plan_cgroup(kw, tier, host, allowed, view, environ) -> Limits:

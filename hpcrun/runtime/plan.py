@@ -35,6 +35,7 @@ any byte but letters, digits and "/._+@-". Keys (repeatable ones *):
                      bytes for the watchdog, RLIMIT_NPROC, sampling interval in ms
   limshow=TEXT     the memory limit as the OOM message shows it (512M)
   aff=LIST         the CPUs to bind to (0-3,5): sched_setaffinity before entering
+  affn=N           only N of them: from the CPU the executor runs on, upwards, wrapping
   rl=NAME:S:H      * setrlimit(NAME, soft S, hard H) before entering (-1: unlimited)
   cg=PATH          * a cgroup directory the container joins (made already, removed at
                      the end by the monitor)     cgmem=PATH  the one with memory
@@ -134,6 +135,8 @@ def make(opts, image, spec, *, fixed_env, own_env, sq=None, pmix=False, tmpfs=No
         if lim.affinity:
             from hpcrun.cgroups import format_cpuset
             words.append("aff=" + esc(format_cpuset(lim.affinity)))
+            if lim.affinity_count:
+                words.append(f"affn={lim.affinity_count}")
     if opts.ulimits:
         from hpcrun.cgroups import parse_ulimits
         for name, soft, hard in parse_ulimits(opts.ulimits):
