@@ -101,8 +101,11 @@ def kernel(img, tools, pw, rounds):
                     raise RuntimeError(f"{' '.join(argv)} failed: {cp.stderr.strip()}")
                 out.append(float(cp.stdout.split()[-1]))
         mb, mc = statistics.median(bare), statistics.median(cont)
+        # On a shared machine other work lands on CPU 0 too: the fastest round of each
+        # is the least disturbed one, the median shows the spread.
         print(f"kernel   {tier:<18} taskset -c 0 {mb:.3f} s   hpcrun --cpuset-cpus 0 {mc:.3f} s"
-              f"   ratio {mb / mc:.3f} (target >= 0.99)")
+              f"   ratio {mb / mc:.3f} median, {min(bare) / min(cont):.3f} best of "
+              f"{len(bare)} (target >= 0.99)")
 
 
 def watchdog(img, tools, pw, seconds=10.0, procs=20, eat=0, limit="1G", regime=""):
@@ -176,7 +179,7 @@ def main():
         subprocess.run(["cc", "-O2", "-static", "-o", os.path.join(tools, "kernel"),
                         os.path.join(tools, "kernel.c")], check=True)
         startup(img, pw, rounds)
-        kernel(img, tools, pw, max(3, rounds // 6))
+        kernel(img, tools, pw, max(4, rounds // 4))
         watchdog(img, tools, pw, regime="far below the limit: a sample every 250 ms")
         watchdog(img, tools, pw, eat=70, limit="100m",
                  regime="at 70% of the limit: a sample every 100 ms")
