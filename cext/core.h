@@ -75,6 +75,8 @@ struct hpcrun_spec {
     char *const *argv;       /* NULL-terminated */
     char *const *envp;       /* NULL-terminated; PATH in here is used to find argv[0] */
     int stop_signal;         /* the image's STOPSIGNAL: what a forwarded SIGTERM becomes (0: SIGTERM) */
+    int preserve_fds;        /* --preserve-fds N: keep descriptors 3 .. 2+N open in the command;
+                              * the others above 2 are closed at exec (PMI_FD's is kept) */
     const struct hpcrun_limits *limits;  /* NULL: none; else needs HPCRUN_F_MONITOR or _PID */
 };
 

@@ -75,6 +75,7 @@ def enter(spec) -> int:
     s.argv = a.strv(spec.argv)
     s.envp = a.strv(spec.env)
     s.stop_signal = spec.stop_signal
+    s.preserve_fds = spec.preserve_fds
     lim = spec.limits
     if lim is not None:
         cl = ffi.new("struct hpcrun_limits *")

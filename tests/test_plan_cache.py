@@ -187,3 +187,22 @@ def test_executor_parity(user, rt_config_image, user_tmp, executor):
     assert cp.returncode == 7, cp.stderr
     assert cp.stdout.splitlines() == ["env:from-image:e:h:/opt/app:/usr/bin:/bin", "cwd:/opt/app",
                                       "1", "/data"]
+
+
+def test_planted_plan_cache_is_refused(user, own_image):
+    """Another user's directory at the plan cache's place: refused, nothing run."""
+    import pwd
+    d = plans_dir(user)
+    shutil.rmtree(d, ignore_errors=True)
+    ok(util.hpcrun(user, "run", own_image, "true"))          # makes the parent
+    shutil.rmtree(d)
+    os.mkdir(d, 0o777)
+    os.chmod(d, 0o777)                                       # (root's, world-writable)
+    try:
+        cp = util.hpcrun(user, "run", own_image, "sh", "-c", "echo ran")
+        assert cp.returncode == 125 and "ran" not in cp.stdout, cp.stdout + cp.stderr
+        assert cp.stderr.startswith(f"hpcrun: error: refusing to use the plan cache {d}"), cp.stderr
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    ok(util.hpcrun(user, "run", own_image, "true"))          # made afresh, private
+    assert os.stat(d).st_uid == user.uid

@@ -98,6 +98,9 @@ TABLE = (
     Option("--unpack", "unpack", FLAG,
            "squashfs: extract once to a node-local cache instead of FUSE "
            "(Slurm tasks always do)", where=frozenset((RUN,)), pyxis=""),
+    Option("--preserve-fds", "preserve_fds", VALUE,
+           "keep descriptors 3 .. 2+N open in the command (the others above 2 are "
+           "closed; PMI_FD's always stays)", metavar="N", where=frozenset((RUN,)), pyxis=""),
     # Resource limits (hpcrun/cgroups.py): `hpcrun run` only. In a Slurm job the job's
     # own resources (--mem, --cpus-per-task, a job file's resources:) are the limits,
     # which Slurm's task/cgroup enforces and the container sees.

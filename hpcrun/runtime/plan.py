@@ -27,6 +27,7 @@ any byte but letters, digits and "/._+@-". Keys (repeatable ones *):
                      a set= of the same name applies only where the caller has none)
   clean=1          --cleanenv: drop the rest of the caller's variables but ...
   always=PREFIX    * ... those starting with these
+  pfds=N           --preserve-fds: descriptors 3 .. 2+N stay open in the command
   pmix=1           bind Slurm's PMIx directories (tasks of a step)
   tmpfs=PATTERN    Slurm's TmpFS (%n, %h expanded by the executor), for those
   cache=DIR        node cache base (HPCRUN_NODE_CACHE wins)
@@ -114,6 +115,8 @@ def make(opts, image, spec, *, fixed_env, own_env, sq=None, pmix=False, tmpfs=No
         from hpcrun.runtime import env as envpolicy
         words.append("clean=1")
         words += ["always=" + esc(p) for p in envpolicy.ALWAYS]
+    if spec.preserve_fds:
+        words.append(f"pfds={spec.preserve_fds}")
     if pmix:
         words.append("pmix=1")
     if tmpfs:

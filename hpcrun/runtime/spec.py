@@ -83,9 +83,11 @@ class Spec(_Frozen):
     """Everything the C core needs to enter a container and exec its command."""
 
     __slots__ = ("image", "squashfuse", "flags", "hostname", "uid", "gid", "mounts",
-                 "workdir", "workdir_required", "argv", "env", "stop_signal", "limits")
+                 "workdir", "workdir_required", "argv", "env", "stop_signal", "preserve_fds",
+                 "limits")
     _defaults = {"squashfuse": None, "flags": 0, "hostname": None, "mounts": (),
-                 "workdir": "/", "workdir_required": False, "stop_signal": 0, "limits": None}
+                 "workdir": "/", "workdir_required": False, "stop_signal": 0,
+                 "preserve_fds": 0, "limits": None}
 
 
 class RunOptions(_Frozen):
