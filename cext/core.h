@@ -35,11 +35,31 @@
 #define HPCRUN_M_CONTENT  0x20  /* src is file content (bound from a private tmpfs) */
 #define HPCRUN_M_USERFILE 0x40  /* with CONTENT: the image's own file plus this line */
 #define HPCRUN_M_SYSFS    0x80  /* /sys: a fresh sysfs with a new network namespace, else the host's */
+#define HPCRUN_M_NOSKEL   0x100 /* the mount point lies on an earlier mount (/sys/fs/cgroup/...,
+                                   /proc/meminfo): no skeleton entry; skipped if it is missing */
 
 struct hpcrun_mount {
     const char *src;  /* absolute host path (symlinks resolved), or content */
     const char *dst;  /* absolute path inside the container */
     int flags;
+};
+
+/* hpcrun_limits.tier: how resource limits are enforced (hpcrun/cgroups.py decides). */
+#define HPCRUN_TIER_CGROUP1 1   /* cgroup v1 directories (root) */
+#define HPCRUN_TIER_CGROUP2 2   /* a writable cgroup v2 subtree */
+#define HPCRUN_TIER_WATCHDOG 3  /* no writable cgroup: the monitor samples /proc */
+
+/* Limits the monitor applies and watches; hpcrun/cgroups.py made any cgroup already. */
+struct hpcrun_limits {
+    int tier;                  /* HPCRUN_TIER_* */
+    char *const *cgroups;      /* cgroup tiers: directories the container joins (NULL-terminated),
+                                  emptied and removed when it ends, even if the monitor is killed */
+    const char *memory_cgroup; /* cgroup tiers: the directory with the memory controller, or NULL */
+    long long memory;          /* bytes; the watchdog enforces it (0: none) */
+    long long memory_swap;     /* watchdog: memory + swap, bytes (0: none) */
+    long long nproc;           /* watchdog tier: RLIMIT_NPROC in the container's user namespace */
+    int interval_ms;           /* watchdog sampling (and OOM polling) interval */
+    const char *memory_shown;  /* the limit as shown in the OOM message ("512M") */
 };
 
 struct hpcrun_spec {
@@ -57,6 +77,7 @@ struct hpcrun_spec {
     int stop_signal;         /* the image's STOPSIGNAL: what a forwarded SIGTERM becomes (0: SIGTERM) */
     int preserve_fds;        /* --preserve-fds N: keep descriptors 3 .. 2+N open in the command;
                               * the others above 2 are closed at exec (PMI_FD's is kept) */
+    const struct hpcrun_limits *limits;  /* NULL: none; else needs HPCRUN_F_MONITOR or _PID */
 };
 
 /* Enter the container described by spec and exec its command.

@@ -28,6 +28,7 @@ M_PROC = 0x10
 M_CONTENT = 0x20
 M_USERFILE = 0x40
 M_SYSFS = 0x80
+M_NOSKEL = 0x100
 
 
 class _Frozen:
@@ -82,10 +83,11 @@ class Spec(_Frozen):
     """Everything the C core needs to enter a container and exec its command."""
 
     __slots__ = ("image", "squashfuse", "flags", "hostname", "uid", "gid", "mounts",
-                 "workdir", "workdir_required", "argv", "env", "stop_signal", "preserve_fds")
+                 "workdir", "workdir_required", "argv", "env", "stop_signal", "preserve_fds",
+                 "limits")
     _defaults = {"squashfuse": None, "flags": 0, "hostname": None, "mounts": (),
                  "workdir": "/", "workdir_required": False, "stop_signal": 0,
-                 "preserve_fds": 0}
+                 "preserve_fds": 0, "limits": None}
 
 
 class RunOptions(_Frozen):
