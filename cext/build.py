@@ -27,7 +27,8 @@ CFLAGS = ["-std=gnu11", "-Wall", "-Wextra", "-Werror", "-O2", "-D_FORTIFY_SOURCE
 # programs. setup.py passes this to setuptools.Extension; it is never imported.
 TASK_EXTENSION = dict(
     name="hpcrun._task",
-    sources=[os.path.join(SRC, "task.c"), os.path.join(SRC, "core.c")],
+    sources=[os.path.join(SRC, "task.c"), os.path.join(SRC, "core.c"),
+             os.path.join(SRC, "seccomp.c")],
     include_dirs=[SRC],
     extra_compile_args=CFLAGS,
     extra_link_args=["-Wl,-e,hpcrun_task_entry", "-Wl,-z,now", "-Wl,-z,relro"],
@@ -43,7 +44,7 @@ with open(os.path.join(HERE, "core.h")) as f:
 ffi.set_source(
     "hpcrun._ccore",
     '#include "core.h"',
-    sources=[os.path.join(SRC, "core.c")],
+    sources=[os.path.join(SRC, "core.c"), os.path.join(SRC, "seccomp.c")],
     include_dirs=[SRC],
     extra_compile_args=CFLAGS,
     # -z now: every symbol bound at load time, so a monitor that has dropped the
@@ -68,6 +69,7 @@ if __name__ == "__main__":
     cc = (sysconfig.get_config_var("CC") or "cc").split()
     out = os.path.join("hpcrun", "_task" + sysconfig.get_config_var("EXT_SUFFIX"))
     subprocess.run(cc + ["-fPIC", "-shared", "-o", out + ".new"] + TASK_EXTENSION["extra_compile_args"]
-                   + ["-I", HERE] + [os.path.join(HERE, "task.c"), os.path.join(HERE, "core.c")]
+                   + ["-I", HERE] + [os.path.join(HERE, "task.c"), os.path.join(HERE, "core.c"),
+                                     os.path.join(HERE, "seccomp.c")]
                    + TASK_EXTENSION["extra_link_args"], check=True)
     os.replace(out + ".new", out)
