@@ -21,6 +21,7 @@ VERBS = {
     "logs": "job", "wait": "job", "schema": "job",
     "srun": "srun", "task": "task",
     "cluster": "cluster",
+    "build": "build",
 }
 
 # Verbs whose failures use Docker's run conventions (125 for hpcrun's own failure).
@@ -31,7 +32,7 @@ USAGE = """usage: hpcrun [-v|-vv] COMMAND [ARGS...]
 Rootless containers for HPC batch jobs.
 
 Containers:  run, check
-Images:      pull, push, login, logout, load, save, import, export, convert,
+Images:      build, pull, push, login, logout, load, save, import, export, convert,
              images, inspect, history, tag, rmi, prune
 Slurm:       submit, render, jobs, status, cancel, logs, wait, srun, task, schema,
              cluster up|down|status|env
