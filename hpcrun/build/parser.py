@@ -269,19 +269,24 @@ def expand_literal(s: str, lookup: Lookup, escape: str = "\\") -> str:
 def _lex(s: str, lookup: Lookup, escape: str, split: bool) -> list:
     words: list = []
     cur: list = []
-    have = False
+    have = False        # a word is under way (literal text or quotes seen)
     i = 0
     n = len(s)
+
+    def end():
+        nonlocal cur, have
+        if have:
+            words.append("".join(cur))
+        cur, have = [], False
+
     while i < n:
         ch = s[i]
         if split and ch in " \t\n":
-            if have:
-                words.append("".join(cur))
-                cur, have = [], False
+            end()
             i += 1
             continue
-        have = True
         if ch == escape:
+            have = True
             if i + 1 < n:
                 cur.append(s[i + 1])
                 i += 2
@@ -289,12 +294,14 @@ def _lex(s: str, lookup: Lookup, escape: str, split: bool) -> list:
                 cur.append(ch)
                 i += 1
         elif ch == "'":
+            have = True
             j = s.find("'", i + 1)
             if j < 0:
                 raise ValueError("unmatched single quote")
             cur.append(s[i + 1:j])
             i = j + 1
         elif ch == '"':
+            have = True
             i += 1
             while True:
                 if i >= n:
@@ -314,11 +321,23 @@ def _lex(s: str, lookup: Lookup, escape: str, split: bool) -> list:
                     i += 1
         elif ch == "$":
             v, i = _var(s, i, lookup, escape)
-            cur.append(v)
+            if not split:
+                cur.append(v)
+                have = True
+                continue
+            # unquoted: the value is split on blanks, as Docker's lexer does
+            pieces = re.split(r"[ \t\n]+", v)
+            for k, piece in enumerate(pieces):
+                if k:
+                    end()
+                if piece:
+                    cur.append(piece)
+                    have = True
         else:
+            have = True
             cur.append(ch)
             i += 1
-    if have:
+    if have or not split:
         words.append("".join(cur))
     return words
 
