@@ -27,14 +27,15 @@ from hpcrun.build.parser import BuildError, Instruction
 from hpcrun.image import archive
 from hpcrun.image.store import Store, sha256_bytes
 from hpcrun.runtime import mounts as mnt
-from hpcrun.runtime.spec import (F_FAKEROOT, F_NET, F_RW_ROOT, F_SECCOMP_FAKE, M_FILE,
-                                 M_OPTIONAL, M_PROC, M_RDONLY, M_SYSFS, Mount, Spec)
+from hpcrun.runtime.spec import (F_FAKEROOT, F_NET, F_RW_ROOT, F_SECCOMP_FAKE, M_CONTENT,
+                                 M_FILE, M_OPTIONAL, M_PROC, M_RDONLY, M_SYSFS, Mount, Spec)
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PROXY_ARGS = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_PROXY",
               "ftp_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy")
 FS_STEPS = {"RUN", "COPY", "ADD", "WORKDIR"}
 CACHE_VERSION = "hpcrun-build-1"
+APT_CONF = "/etc/apt/apt.conf.d/00hpcrun-build-sandbox"
 
 
 class Options:
@@ -533,10 +534,23 @@ class Builder:
         for f in ("/etc/resolv.conf", "/etc/hosts"):
             mounts.append(Mount(src=os.path.realpath(f), dst=f,
                                 flags=M_FILE | M_RDONLY | M_OPTIONAL))
+        # apt drops to its _apt user for downloads and then checks that the switch
+        # happened, which the filter only pretends: keep apt as (fake) root, through a
+        # config file bound for this step only, so the image is not changed.
+        apt_conf = os.path.join(st.tree, APT_CONF.lstrip("/"))
+        apt_made = False
+        if os.path.isdir(os.path.dirname(apt_conf)) and not os.path.lexists(apt_conf):
+            mounts.append(Mount(src='APT::Sandbox::User "root";\n', dst=APT_CONF,
+                                flags=M_CONTENT))
+            apt_made = True
         spec = Spec(image=st.tree, flags=flags, uid=uid, gid=gid, mounts=tuple(mounts),
                     workdir=cfg.get("WorkingDir") or "/", workdir_required=True,
                     argv=tuple(argv), env=tuple(f"{k}={v}" for k, v in env.items()))
-        status, last = run_in(spec, None if self.opts.quiet else self.opts.out)
+        try:
+            status, last = run_in(spec, None if self.opts.quiet else self.opts.out)
+        finally:
+            if apt_made and os.path.isfile(apt_conf) and os.path.getsize(apt_conf) == 0:
+                os.unlink(apt_conf)     # the mount point the C core made
         if status != 0:
             what = f"exit status {status}" if status < 128 or status == 255 else \
                 f"killed by signal {status - 128}" if status < 160 else f"exit status {status}"
@@ -805,15 +819,29 @@ def run_in(spec: Spec, out) -> tuple[int, list]:
     os.close(w)
     last: list = []
     buf = b""
+    # a terminal gets the output as it comes; a log (batch job) whole lines, each the
+    # last state of a line that redraws itself with \r (apt's, dpkg's progress)
+    tty = out is not None and hasattr(out, "isatty") and out.isatty()
+    pending = b""
     with os.fdopen(r, "rb", buffering=0) as f:
         while True:
             chunk = f.read(65536)
             if not chunk:
                 break
-            if out is not None:
+            if out is not None and tty:
                 out.write(chunk.decode("utf-8", "replace"))
                 out.flush()
+            elif out is not None:
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                if lines:
+                    out.write("".join(ln.rsplit(b"\r", 1)[-1].decode("utf-8", "replace") + "\n"
+                                      for ln in lines))
+                    out.flush()
             buf = (buf + chunk)[-16384:]
+    if out is not None and pending:
+        out.write(pending.rsplit(b"\r", 1)[-1].decode("utf-8", "replace") + "\n")
+        out.flush()
     last = buf.decode("utf-8", "replace").splitlines()[-20:]
     _, st = os.waitpid(pid, 0)
     if os.WIFSIGNALED(st):
