@@ -168,14 +168,15 @@ class Builder:
             target = t
         # global ARGs (before the first FROM): usable in FROM lines
         self.global_args: dict = {}
+        needed = self._needed(stages, names, target)
+        self.total = len(glob) + sum(1 + len(s.instructions) for s in stages if s.index in needed)
         for ins in glob:
+            self.step += 1
+            self.say(f"Step {self.step}/{self.total} : {ins.original}")
             for k, v in self._arg_pairs(ins, lambda n: self.global_args.get(n)):
                 self.global_args[k] = self.opts.build_args.get(k, v)
                 if k in self.opts.build_args:
                     self.used_args.add(k)
-        needed = self._needed(stages, names, target)
-        self.total = len(glob) + sum(1 + len(s.instructions) for s in stages if s.index in needed)
-        self.step = len(glob)
         for s in stages:
             if s.index not in needed:
                 continue
