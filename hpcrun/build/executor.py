@@ -711,6 +711,9 @@ class Builder:
             os.makedirs(os.path.dirname(target), exist_ok=True)
             if kind == "dir":
                 os.makedirs(target, exist_ok=True)
+                if sub is not None:     # a directory copied over one keeps the source's mode
+                    mode = src[1][1] if isinstance(src, tuple) else os.stat(src).st_mode
+                    os.chmod(target, stat.S_IMODE(mode) | 0o700)
             else:
                 if os.path.lexists(target) and not os.path.isdir(target):
                     os.unlink(target)
@@ -947,8 +950,7 @@ def _inside(tree: str, path: str, ins) -> str:
             i += 1
             continue
         nxt = os.path.join(cur, p)
-        if os.path.islink(nxt) and i < len(parts) - 1 or (os.path.islink(nxt) and
-                                                          path.endswith("/")):
+        if os.path.islink(nxt):     # Docker follows links in the destination, in the root
             depth += 1
             if depth > 40:
                 raise ins_error(ins, f"too many symlinks on {path}")
