@@ -839,18 +839,22 @@ def run_in(spec: Spec, out) -> tuple[int, list]:
                 pending += chunk
                 *lines, pending = pending.split(b"\n")
                 if lines:
-                    out.write("".join(ln.rsplit(b"\r", 1)[-1].decode("utf-8", "replace") + "\n"
-                                      for ln in lines))
+                    out.write("".join(_last_state(ln) + "\n" for ln in lines))
                     out.flush()
             buf = (buf + chunk)[-16384:]
     if out is not None and pending:
-        out.write(pending.rsplit(b"\r", 1)[-1].decode("utf-8", "replace") + "\n")
+        out.write(_last_state(pending) + "\n")
         out.flush()
     last = buf.decode("utf-8", "replace").splitlines()[-20:]
     _, st = os.waitpid(pid, 0)
     if os.WIFSIGNALED(st):
         return 128 + os.WTERMSIG(st), last
     return os.WEXITSTATUS(st), last
+
+
+def _last_state(line: bytes) -> str:
+    """What a line that redraws itself with \\r shows last."""
+    return line.rstrip(b"\r").rsplit(b"\r", 1)[-1].decode("utf-8", "replace")
 
 
 def _env_pairs(env):
