@@ -97,13 +97,21 @@ class Cache:
     def object_path(self, digest: str) -> str:
         return os.path.join(self.objects, digest)
 
-    def put_object(self, src: str, digest: str) -> None:
+    def put_object(self, src: str, digest: str, link: bool = False) -> None:
+        """link: hard-link instead of copying (only for files nothing writes to: an
+        image the store unpacked); where that fails, copy."""
         dst = self.object_path(digest)
         if os.path.exists(dst):
             return
         tmp = self.tmp_path("obj")
-        shutil.copyfile(src, tmp)
-        os.chmod(tmp, 0o600)
+        if link:
+            try:
+                os.link(src, tmp)
+            except OSError:
+                link = False
+        if not link:
+            shutil.copyfile(src, tmp)
+            os.chmod(tmp, 0o600)
         os.replace(tmp, dst)
 
     # ------------------------------------------------------------------ manifests
@@ -144,7 +152,7 @@ class Cache:
 
     # ------------------------------------------------------------------ trees
     def snapshot(self, root: str, prev: dict | None, owners: dict | None = None,
-                 default_owner=(0, 0)) -> dict:
+                 default_owner=(0, 0), link: bool = False) -> dict:
         """Walk root into a manifest, hashing only files whose (size, mtime, inode)
         changed since prev; new contents go to objects/. owners: path -> [uid, gid]
         recorded for new entries (COPY --chown); unchanged paths keep theirs."""
@@ -175,7 +183,7 @@ class Cache:
                         dg = old[4]
                     else:
                         dg = sha256_file(full)
-                        self.put_object(full, dg)
+                        self.put_object(full, dg, link)
                     e = ["f", mode, st.st_size, own, dg, sig]
                 elif stat.S_ISFIFO(st.st_mode):
                     e = ["p", mode, 0, own, None, 0]
@@ -213,11 +221,69 @@ class Cache:
             os.chmod(p, mode | 0o700)   # we must be able to write in it (root could)
         return out
 
-    def write_tar(self, entries: dict, out) -> None:
-        """A layer tar of the whole tree: owners as recorded, stable mtimes."""
+    def signatures(self, root: str, entries: dict) -> dict:
+        """entries with the stat signatures of a tree known to match them (a copy of
+        the unpacked base): the next snapshot then hashes only what a RUN changed."""
+        out = {}
+        for rel, e in entries.items():
+            if e[0] == "f":
+                try:
+                    st = os.lstat(os.path.join(root, rel))
+                except OSError:
+                    out[rel] = e
+                    continue
+                out[rel] = e[:5] + [[st.st_size, st.st_mtime_ns, st.st_ino]]
+            else:
+                out[rel] = e
+        return out
+
+    def sync(self, root: str, old: dict, new: dict) -> dict:
+        """Bring a tree that matches `old` to `new`, touching only what differs."""
+        for rel in sorted(old, reverse=True):       # children before their parents
+            o, n = old[rel], new.get(rel)
+            if n is not None and (o[:5] == n[:5] or (o[0] == n[0] == "d")):
+                continue
+            p = os.path.join(root, rel)
+            if os.path.isdir(p) and not os.path.islink(p):
+                rmtree(p)
+            elif os.path.lexists(p):
+                os.unlink(p)
+        out = {}
+        for rel in sorted(new):
+            n, o = new[rel], old.get(rel)
+            if o is not None and o[:5] == n[:5]:
+                out[rel] = o
+                continue
+            p = os.path.join(root, rel)
+            if n[0] == "d":
+                if not os.path.isdir(p):
+                    os.mkdir(p, 0o700)
+                os.chmod(p, n[1] | 0o700)
+                out[rel] = n
+            elif n[0] == "l":
+                os.symlink(n[4], p)
+                out[rel] = n
+            elif n[0] == "f":
+                shutil.copyfile(self.object_path(n[4]), p)
+                os.chmod(p, n[1])
+                st = os.lstat(p)
+                out[rel] = n[:5] + [[st.st_size, st.st_mtime_ns, st.st_ino]]
+            elif n[0] == "p":
+                os.mkfifo(p, n[1])
+                out[rel] = n
+        return out
+
+    def write_tar(self, entries: dict, out, paths=None, whiteouts=()) -> None:
+        """A layer tar: the entries named in paths (all when None), owners as recorded,
+        stable mtimes, and an OCI whiteout (.wh.NAME) for each path in whiteouts."""
         tf = tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT,
                           bufsize=_CHUNK)
-        for rel in sorted(entries):
+        for rel in sorted(whiteouts):
+            d, _, name = rel.rpartition("/")
+            ti = tarfile.TarInfo(f"{d}/.wh.{name}" if d else f".wh.{name}")
+            ti.mtime = 0
+            tf.addfile(ti)
+        for rel in (sorted(entries) if paths is None else paths):
             e = entries[rel]
             ti = tarfile.TarInfo(rel)
             ti.mode = e[1]

@@ -17,16 +17,17 @@ import re
 import shutil
 import signal
 import stat
+import subprocess
 import sys
 import tarfile
 import time
 
 from hpcrun.build import parser as P
+from hpcrun.build import tree as T
 from hpcrun.build.cache import Cache, sha256_file, sha256_text
 from hpcrun.build.parser import BuildError, Instruction
 from hpcrun.image import archive
-from hpcrun.image.store import Store, sha256_bytes
-from hpcrun.runtime import mounts as mnt
+from hpcrun.image.store import Store
 from hpcrun.runtime.spec import (F_FAKEROOT, F_NET, F_RW_ROOT, F_SECCOMP_FAKE, M_CONTENT,
                                  M_FILE, M_OPTIONAL, M_PROC, M_RDONLY, M_SYSFS, Mount, Spec)
 
@@ -74,6 +75,13 @@ class State:
         self.args: dict = {}            # ARGs declared in the stage -> value
         self.cmd_set = False
         self.history: list = []
+        self.stale = False              # the tree lags behind fs (a COPY or a cache hit)
+        # the store image the stage grew from (None: scratch)
+        self.base_fs = None
+        self.base_dir = None
+        self.base_layers = None
+        self.base_diff_ids = None
+        self.base_history = 0
 
 
 # ------------------------------------------------------------------------------ split
@@ -240,6 +248,8 @@ class Builder:
             src = self.states[names[ref.lower()].index]
             st = State(src.key, src.fs, json.loads(json.dumps(src.config)), dict(src.meta))
             st.history = list(src.history)
+            st.base_fs, st.base_dir, st.base_layers = src.base_fs, src.base_dir, src.base_layers
+            st.base_diff_ids, st.base_history = src.base_diff_ids, src.base_history
             self.say(" ---> stage " + ref.lower())
         elif ref == "scratch":
             empty = self.cache.put_fs({})
@@ -277,7 +287,7 @@ class Builder:
                 root = os.path.join(tmp, "rootfs")
                 squash.unsquash(rec.sqfs_path, root)
             try:
-                entries = self.cache.snapshot(root, None)
+                entries = self.cache.snapshot(root, None, link=tmp is None)
             finally:
                 if tmp:
                     shutil.rmtree(tmp, ignore_errors=True)
@@ -287,6 +297,12 @@ class Builder:
         self.say(f" ---> {rec.short_id}")
         st = State(key, doc["fs"], json.loads(json.dumps(doc["config"])), {})
         st.history = list(rec.config.get("history") or [])
+        st.base_fs, st.base_dir = doc["fs"], rec.dir_path
+        st.base_layers = [dict(d) for d in rec.manifest.get("layers", [])]
+        st.base_diff_ids = list((rec.config.get("rootfs") or {}).get("diff_ids") or [])
+        if len(st.base_diff_ids) != len(st.base_layers):
+            st.base_layers = None       # cannot stack on it: one layer with everything
+        st.base_history = len(st.history)
         return st
 
     # -------------------------------------------------------------- one step
@@ -473,38 +489,55 @@ class Builder:
             if c == "WORKDIR":
                 st.config["WorkingDir"] = desc[8:]
             st.history.append({"created_by": desc})
-            if st.tree is not None and st.entries is not None:
-                # the tree no longer matches: drop it; the next miss rebuilds it
-                shutil.rmtree(os.path.dirname(st.tree), ignore_errors=True)
-                st.tree = st.entries = None
+            if st.tree is not None:
+                st.stale = True     # brought up to date (sync) by the next RUN that misses
             return
         self.misses += 1
-        self._ensure_tree(st)
-        owners = {}
-        default_owner = [0, 0]
         if c == "RUN":
-            default_owner = list(self._run(st, ins, argv, net))
-        elif c == "WORKDIR":
-            p = os.path.join(st.tree, desc[8:].lstrip("/"))
-            _mkdir_in(st.tree, p, ins)
-            st.config["WorkingDir"] = desc[8:]
+            self._ensure_tree(st)
+            uid_gid = list(self._run(st, ins, argv, net))
+            entries = self.cache.snapshot(st.tree, st.entries, None, uid_gid)
+            st.entries = entries
         else:
-            owners = self._copy(st, ins, *srcs)
-        entries = self.cache.snapshot(st.tree, st.entries, owners, default_owner)
+            try:
+                entries = dict(self.cache.get_fs(st.fs))
+                if c == "WORKDIR":
+                    T.mkdirs(entries, desc[8:])
+                    st.config["WorkingDir"] = desc[8:]
+                else:
+                    self._copy(entries, ins, *srcs)
+            except T.TreeError as e:
+                raise ins_error(ins, str(e)) from e
+            if st.tree is not None:
+                st.stale = True
         fsid = self.cache.put_fs(entries)
-        st.entries = entries
         st.key, st.fs = key, fsid
         st.history.append({"created_by": desc})
         self.cache.put_entry(key, {"fs": fsid})
 
     def _ensure_tree(self, st: State) -> None:
+        """The stage's tree on disk, matching st.fs: made once (a copy of the store's
+        unpacked base when the stage still is its base, else from objects/), then only
+        the differences applied."""
+        want = self.cache.get_fs(st.fs)
         if st.tree is not None:
+            if st.stale:
+                st.entries = self.cache.sync(st.tree, st.entries, want)
+                st.stale = False
             return
         d = self.cache.work_dir()
         root = os.path.join(d, "rootfs")
-        os.mkdir(root, 0o755)
-        st.entries = self.cache.materialize(self.cache.get_fs(st.fs), root)
+        if st.base_dir and st.fs == st.base_fs and os.path.isdir(st.base_dir):
+            subprocess.run(["cp", "-a", "--reflink=auto", st.base_dir, root], check=True)
+            meta = os.path.join(root, ".hpcrun")
+            if os.path.lexists(meta):
+                shutil.rmtree(meta)
+            st.entries = self.cache.signatures(root, want)
+        else:
+            os.mkdir(root, 0o755)
+            st.entries = self.cache.materialize(want, root)
         st.tree = root
+        st.stale = False
 
     # -------------------------------------------------------------- RUN
     def _run(self, st: State, ins: Instruction, argv, net) -> tuple:
@@ -521,7 +554,7 @@ class Builder:
         uid, gid, flags = 0, 0, F_FAKEROOT | F_RW_ROOT | F_SECCOMP_FAKE
         user = cfg.get("User")
         if user and user.split(":")[0] not in ("0", "root"):
-            ids = _resolve_owner(st.tree, user)
+            ids = _resolve_owner(_tree_reader(st.tree), user)
             if ids is None:
                 raise ins_error(ins, f"USER {user} is not in the image's /etc/passwd",
                                 "create the user in an earlier RUN (useradd), or give a uid")
@@ -681,115 +714,146 @@ class Builder:
                     out.append((rel, _ekind(e), _edata(e), ("entry", e)))
         return out
 
-    def _copy(self, st: State, ins, files, dest, chown, src_stage) -> dict:
-        """Copy the listed sources into the tree; returns the owners to record."""
+    def _copy(self, entries: dict, ins, files, dest, chown, src_stage) -> None:
+        """Apply a COPY/ADD to a manifest: contents go to objects/, entries change."""
         is_add = ins.cmd == "ADD"
-        owner = None
+        owner = [0, 0]
         if chown:
-            owner = _resolve_owner(st.tree, chown)
-            if owner is None:
+            ids = _resolve_owner(lambda rel: self._read_file(entries, rel), chown)
+            if ids is None:
                 raise ins_error(ins, f"--chown={chown}: no such user or group in the image",
                                 "give numeric ids (--chown=1000:1000) or create the user first")
-        tops = [f for f in files if "//" not in f[0]]
-        dest_is_dir = dest.endswith("/") or len(tops) > 1
-        dest_host = _inside(st.tree, dest, ins)
-        if os.path.isdir(dest_host):
-            dest_is_dir = True
-        owners = {}
-        created = []
-
-        def place(rel_top, sub, kind, data, src):
-            if sub is None:
-                if kind == "dir":
-                    target = dest_host
-                elif dest_is_dir:
-                    target = os.path.join(dest_host, os.path.basename(rel_top))
-                else:
-                    target = dest_host
-            else:
-                target = os.path.join(dest_host, sub)
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            if kind == "dir":
-                os.makedirs(target, exist_ok=True)
-                if sub is not None:     # a directory copied over one keeps the source's mode
-                    mode = src[1][1] if isinstance(src, tuple) else os.stat(src).st_mode
-                    os.chmod(target, stat.S_IMODE(mode) | 0o700)
-            else:
-                if os.path.lexists(target) and not os.path.isdir(target):
-                    os.unlink(target)
-                if kind == "link":
-                    os.symlink(data, target)
-                elif kind == "file":
-                    _copy_content(self.cache, src, target)
-                elif kind == "url":
-                    _download(data, target if not dest_is_dir else
-                              os.path.join(dest_host, os.path.basename(data.rstrip("/")) or "index"))
-            created.append(target)
-
-        for rel, kind, data, src in files:
-            if "//" in rel:
-                top, sub = rel.split("//", 1)
-            else:
-                top, sub = rel, None
-            if is_add and kind == "file" and sub is None and _is_archive(src):
-                out = dest_host if dest_is_dir or dest.endswith("/") else dest_host
-                os.makedirs(out, exist_ok=True)
-                _extract(src, out, ins, created)
-                continue
-            place(top, sub, kind, data, src)
+            owner = list(ids)
+        chmod = None
         if ins.flags.get("chmod"):
             try:
-                mode = int(ins.flags["chmod"], 8)
+                chmod = int(ins.flags["chmod"], 8)
             except ValueError:
                 raise ins_error(ins, f"--chmod={ins.flags['chmod']}: give an octal mode")
-            for p in created:
-                if not os.path.islink(p):
-                    os.chmod(p, mode)
-        n = len(st.tree.rstrip("/")) + 1
-        for p in created:
-            rel = p[n:]
-            owners[rel] = list(owner) if owner else [0, 0]
-        return owners
+        tops = [f for f in files if "//" not in f[0]]
+        dest_rel = T.resolve(entries, dest)
+        dest_is_dir = dest.endswith("/") or len(tops) > 1 or T.is_dir(entries, dest_rel)
+        tmps = []
+        try:
+            items = []
+            for rel, kind, data, src in files:
+                top, _, sub = rel.partition("//")
+                if is_add and kind == "url":
+                    d = self.cache.work_dir()
+                    tmps.append(d)
+                    name = os.path.basename(data.rstrip("/").split("?")[0]) or "index.html"
+                    path = os.path.join(d, name)
+                    _download(data, path)
+                    items.append((name, None, "file", f"{sha256_file(path)}:600", path))
+                elif is_add and kind == "file" and not sub and _is_archive(src):
+                    d = self.cache.work_dir()
+                    tmps.append(d)
+                    _extract(src, d, ins)
+                    dest_is_dir = True
+                    items.append((top, "", "dir", "", d))
+                    for dirpath, dirnames, filenames in os.walk(d):
+                        for n in sorted(dirnames + filenames):
+                            full = os.path.join(dirpath, n)
+                            items.append((top, os.path.relpath(full, d), *_kind(full)))
+                else:
+                    items.append((top, sub if "//" in rel else None, kind, data, src))
+            for top, sub, kind, data, src in items:
+                if sub is None:
+                    if kind == "dir":
+                        T.mkdirs(entries, dest_rel, owner)
+                        continue
+                    target = (f"{dest_rel}/{os.path.basename(top)}" if dest_rel else
+                              os.path.basename(top)) if dest_is_dir else dest_rel
+                elif sub == "":
+                    T.mkdirs(entries, dest_rel, owner)
+                    continue
+                else:
+                    base = T.mkdirs(entries, dest_rel, owner)
+                    target = T.resolve(entries, f"{base}/{sub}" if base else sub,
+                                       follow_last=False)
+                if not target:
+                    raise T.TreeError(f"cannot copy {top} onto the root itself")
+                if kind == "dir":
+                    mode = src[1][1] if isinstance(src, tuple) else \
+                        stat.S_IMODE(os.stat(src).st_mode)
+                    e = ["d", chmod if chmod is not None else mode, 0, owner, None, 0]
+                elif kind == "link":
+                    e = ["l", 0o777, 0, owner, data, 0]
+                elif kind == "file":
+                    digest, _, mode_s = data.partition(":")
+                    if isinstance(src, tuple):
+                        size = src[1][2]
+                    else:
+                        size = os.path.getsize(src)
+                        self.cache.put_object(src, digest)
+                    e = ["f", chmod if chmod is not None else int(mode_s, 8), size, owner,
+                         digest, 0]
+                else:
+                    continue
+                T.put(entries, target, e, owner)
+        finally:
+            for d in tmps:
+                shutil.rmtree(d, ignore_errors=True)
+
+    def _read_file(self, entries: dict, rel: str) -> str | None:
+        r = T.resolve(entries, rel)
+        e = entries.get(r)
+        if e is None or e[0] != "f":
+            return None
+        with open(self.cache.object_path(e[4]), encoding="utf-8", errors="replace") as f:
+            return f.read()
 
     # -------------------------------------------------------------- commit
     def _commit(self, st: State, stage: Stage):
+        """Record the image: the base image's layers (blobs already in the store) and
+        one layer with what the build changed (whiteouts for what it removed)."""
         final_key = sha256_text(st.key, "image", json.dumps(st.config, sort_keys=True),
                                 json.dumps(st.meta, sort_keys=True))
         doc = None if self.opts.no_cache else self.cache.get_entry(final_key)
-        if doc is not None and not self.store.has_blob(doc["layer"]):
+        if doc is not None and not all(self.store.has_blob(d["digest"]) for d in doc["layers"]):
             doc = None
         if doc is None:
+            base_layers = list(st.base_layers or [])
+            base_diff_ids = list(st.base_diff_ids or [])
+            if base_layers and not all(self.store.has_blob(d["digest"]) for d in base_layers):
+                base_layers = []
+            base_entries = self.cache.get_fs(st.base_fs) if base_layers else {}
+            if not base_layers:
+                base_diff_ids = []
             entries = self.cache.get_fs(st.fs)
-            tmp = self.cache.tmp_path("layer")
-            with open(tmp, "wb") as f:
-                self.cache.write_tar(entries, f)
-            try:
-                with open(tmp, "rb") as f:
-                    layer, size = self.store.put_blob_file(f)
-            finally:
-                os.unlink(tmp)
+            write, gone = T.diff(base_entries, entries)
+            layers = list(base_layers)
+            diff_ids = list(base_diff_ids)
+            if write or gone or not layers:
+                tmp = self.cache.tmp_path("layer")
+                with open(tmp, "wb") as f:
+                    self.cache.write_tar(entries, f, write, gone)
+                try:
+                    with open(tmp, "rb") as f:
+                        layer, size = self.store.put_blob_file(f)
+                finally:
+                    os.unlink(tmp)
+                layers.append({"mediaType": archive.layer_media("tar", False), "size": size,
+                               "digest": layer})
+                diff_ids.append(layer)
             os_, arch = archive.host_platform()
             now = time.strftime("%Y-%m-%dT%H:%M:%S.000000000Z", time.gmtime())
             cfg = {k: v for k, v in st.config.items() if v is not None}
-            history = [dict(h, created=h.get("created", now)) for h in st.history]
-            # one layer holds the whole tree: the last entry that is not empty names it
-            for h in history:
-                h["empty_layer"] = True
-            if history:
-                history[-1].pop("empty_layer", None)
+            ours = [dict(h, created=h.get("created", now), empty_layer=True)
+                    for h in st.history[st.base_history:]]
+            if len(layers) > len(base_layers) and ours:
+                ours[-1].pop("empty_layer")
+            history = list(st.history[:st.base_history]) + ours
             image = {"architecture": arch, "os": os_, "created": now, "config": cfg,
-                     "rootfs": {"type": "layers", "diff_ids": [layer]},
+                     "rootfs": {"type": "layers", "diff_ids": diff_ids},
                      "history": history, **st.meta}
-            cfg_bytes = json.dumps(image, sort_keys=True).encode()
-            doc = {"layer": layer, "size": size, "config": cfg_bytes.decode()}
+            doc = {"layers": layers,
+                   "config": json.dumps(image, sort_keys=True)}
             self.cache.put_entry(final_key, doc)
         cfg_bytes = doc["config"].encode()
-        desc = {"mediaType": archive.layer_media("tar", False), "size": doc["size"],
-                "digest": doc["layer"]}
-        manifest = archive.make_manifest(cfg_bytes, [desc])
-        rec = self.store.commit_image(manifest, cfg_bytes, tags=self.opts.tags,
-                                      fmt=self.opts.fmt, source="build")
-        return rec
+        manifest = archive.make_manifest(cfg_bytes, doc["layers"])
+        return self.store.commit_image(manifest, cfg_bytes, tags=self.opts.tags,
+                                       fmt=self.opts.fmt, source="build")
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -931,69 +995,19 @@ def _edata(e) -> str:
     return ""
 
 
-def _copy_content(cache: Cache, src, target: str) -> None:
-    if isinstance(src, tuple):          # ("entry", manifest entry) of a stage
-        e = src[1]
-        shutil.copyfile(cache.object_path(e[4]), target)
-        os.chmod(target, e[1])
-    else:
-        shutil.copyfile(src, target)
-        shutil.copymode(src, target)
-
-
-def _inside(tree: str, path: str, ins) -> str:
-    """A path in the image, with every symlink on it resolved inside the tree."""
-    parts = [p for p in path.split("/") if p and p != "."]
-    cur = tree
-    depth = 0
-    i = 0
-    while i < len(parts):
-        p = parts[i]
-        if p == "..":
-            cur = os.path.dirname(cur) if cur != tree else tree
-            i += 1
-            continue
-        nxt = os.path.join(cur, p)
-        if os.path.islink(nxt):     # Docker follows links in the destination, in the root
-            depth += 1
-            if depth > 40:
-                raise ins_error(ins, f"too many symlinks on {path}")
-            t = os.readlink(nxt)
-            rest = parts[i + 1:]
-            if t.startswith("/"):
-                cur = tree
-            parts = [x for x in t.split("/") if x and x != "."] + rest
-            i = 0
-            continue
-        cur = nxt
-        i += 1
-    if not (cur == tree or cur.startswith(tree + "/")):
-        cur = tree
-    return cur
-
-
-def _mkdir_in(tree, p, ins) -> None:
-    try:
-        os.makedirs(_inside(tree, p[len(tree):], ins), exist_ok=True)
-    except OSError as e:
-        raise ins_error(ins, f"cannot create the directory: {e.strerror}") from e
-
-
-def _resolve_owner(tree: str, spec: str):
+def _resolve_owner(read, spec: str):
+    """USER/--chown NAME[:GROUP] -> (uid, gid), names looked up in the image's
+    /etc/passwd and /etc/group through read(relpath) -> text or None."""
     user, _, group = spec.partition(":")
 
-    def lookup(fname, name, field_gid=False):
+    def lookup(fname, name):
         if name.isdigit():
             return int(name), None
-        try:
-            with open(os.path.join(tree, "etc", fname)) as f:
-                for line in f:
-                    p = line.rstrip("\n").split(":")
-                    if len(p) > 3 and p[0] == name and p[2].isdigit():
-                        return int(p[2]), (int(p[3]) if fname == "passwd" and p[3].isdigit()
-                                           else None)
-        except OSError:
-            pass
+        text = read(f"etc/{fname}") or ""
+        for line in text.splitlines():
+            p = line.split(":")
+            if len(p) > 3 and p[0] == name and p[2].isdigit():
+                return int(p[2]), (int(p[3]) if fname == "passwd" and p[3].isdigit() else None)
         return None, None
     uid, pgid = lookup("passwd", user)
     if uid is None:
@@ -1007,6 +1021,16 @@ def _resolve_owner(tree: str, spec: str):
     return uid, gid
 
 
+def _tree_reader(tree: str):
+    def read(rel):
+        try:
+            with open(os.path.join(tree, rel), encoding="utf-8", errors="replace") as f:
+                return f.read()
+        except OSError:
+            return None
+    return read
+
+
 def _is_archive(src) -> bool:
     if isinstance(src, tuple):
         return False
@@ -1016,7 +1040,7 @@ def _is_archive(src) -> bool:
         return False
 
 
-def _extract(src: str, out: str, ins, created: list) -> None:
+def _extract(src: str, out: str, ins) -> None:
     """ADD of a local tar (plain, gzip, bzip2, xz): extracted, never outside `out`;
     device nodes skipped, owners not applied (recorded as root, as Docker does)."""
     base = os.path.realpath(out)
@@ -1053,7 +1077,6 @@ def _extract(src: str, out: str, ins, created: list) -> None:
                     with tf.extractfile(m) as fsrc, open(target, "wb") as fdst:
                         shutil.copyfileobj(fsrc, fdst)
                     os.chmod(target, m.mode & 0o7777)
-                created.append(target)
     except (tarfile.TarError, OSError) as e:
         raise ins_error(ins, f"cannot extract {os.path.basename(src)}: {e}") from e
 
