@@ -374,3 +374,49 @@ def test_bad_target_and_undeclared_build_arg(user, bstore, ctx):
     assert records(bstore["HPCRUN_STORE"]) == before
     # the predefined proxy ARGs need no declaration
     ok(build(user, bstore, ctx.dir, "--build-arg", "http_proxy=http://proxy.invalid:3128"))
+
+
+# ------------------------------------------------------------------ more forms
+
+
+def test_add_url_squashfs_format_and_copy_from_an_image(user, bstore, ctx, tmp_path):
+    import http.server
+    import threading
+    served = tmp_path / "www"
+    served.mkdir()
+    (served / "remote.txt").write_text("over http\n")
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, directory=str(served), **kw)
+
+        def log_message(self, *a):
+            pass
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        ctx("Dockerfile", f"FROM test/busybox:1\nADD http://127.0.0.1:{srv.server_port}/remote.txt /dl/\n"
+                          "COPY --from=test/busybox:1 /bin/busybox /copied-busybox\n")
+        ok(build(user, bstore, ctx.dir, "--format", "squashfs", "-t", "url:1"))
+    finally:
+        srv.shutdown()
+    doc = inspect(user, bstore, "url:1")
+    assert doc["Hpcrun"]["Formats"] == ["squashfs"]
+    # ADD gives a downloaded file mode 600, root's: read it as (fake) root
+    out = ok(hp(user, bstore, "run", "--fakeroot", "url:1", "--", "sh", "-c",
+                "cat /dl/remote.txt; cmp /bin/busybox /copied-busybox && echo same")).stdout
+    assert out == "over http\nsame\n"
+
+
+def test_siblings_share_the_cached_contents(user, bstore, ctx):
+    ctx("big.bin", "x" * 100000)
+    ctx("Dockerfile", "FROM test/busybox:1\nCOPY big.bin /big.bin\nRUN echo a > /which\n")
+    ok(build(user, bstore, ctx.dir, "-t", "sib:a"))
+    objects = os.path.join(bstore["HPCRUN_STORE"], "build-cache", "objects")
+    n = len(os.listdir(objects))
+    ctx("Dockerfile", "FROM test/busybox:1\nCOPY big.bin /big.bin\nRUN echo b > /which\n")
+    cp = ok(build(user, bstore, ctx.dir, "-t", "sib:b"))
+    assert _steps(cp.stderr) == ["hit", "run"]
+    assert len(os.listdir(objects)) == n + 1          # only /which's new content
+    assert run(user, bstore, "sib:b", "cat", "/which") == "b\n"

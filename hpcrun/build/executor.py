@@ -35,7 +35,7 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PROXY_ARGS = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_PROXY",
               "ftp_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy")
 FS_STEPS = {"RUN", "COPY", "ADD", "WORKDIR"}
-CACHE_VERSION = "hpcrun-build-1"
+CACHE_VERSION = "hpcrun-build-2"   # bump when what an entry means changes
 APT_CONF = "/etc/apt/apt.conf.d/00hpcrun-build-sandbox"
 
 
@@ -488,7 +488,7 @@ class Builder:
             st.key, st.fs = key, hit["fs"]
             if c == "WORKDIR":
                 st.config["WorkingDir"] = desc[8:]
-            st.history.append({"created_by": desc})
+            st.history.append({"created_by": ins.original})
             if st.tree is not None:
                 st.stale = True     # brought up to date (sync) by the next RUN that misses
             return
@@ -512,7 +512,7 @@ class Builder:
                 st.stale = True
         fsid = self.cache.put_fs(entries)
         st.key, st.fs = key, fsid
-        st.history.append({"created_by": desc})
+        st.history.append({"created_by": ins.original})
         self.cache.put_entry(key, {"fs": fsid})
 
     def _ensure_tree(self, st: State) -> None:
@@ -737,7 +737,7 @@ class Builder:
         try:
             items = []
             for rel, kind, data, src in files:
-                top, _, sub = rel.partition("//")
+                top, _, sub = rel.partition("//") if kind != "url" else (rel, "", "")
                 if is_add and kind == "url":
                     d = self.cache.work_dir()
                     tmps.append(d)
@@ -810,7 +810,8 @@ class Builder:
         final_key = sha256_text(st.key, "image", json.dumps(st.config, sort_keys=True),
                                 json.dumps(st.meta, sort_keys=True))
         doc = None if self.opts.no_cache else self.cache.get_entry(final_key)
-        if doc is not None and not all(self.store.has_blob(d["digest"]) for d in doc["layers"]):
+        if doc is not None and not all(self.store.has_blob(d["digest"])
+                                       for d in doc.get("layers") or [{"digest": "-"}]):
             doc = None
         if doc is None:
             base_layers = list(st.base_layers or [])
