@@ -423,12 +423,15 @@ def test_siblings_share_the_cached_contents(user, bstore, ctx):
 
 
 def test_files_a_run_removes_are_gone_from_the_image(user, bstore, ctx):
-    """The build's layer whites out what it removed from the base's layers."""
+    """A step's layer whites out what it removed from the layers below."""
     ctx("Dockerfile", "FROM test/busybox:1\nRUN rm /bin/vi && mkdir -p /d/sub && echo x > /d/sub/f\n"
                       "RUN rm -r /d/sub && echo y > /d/sub\n")
     ok(build(user, bstore, ctx.dir, "-t", "rm:1"))
     out = run(user, bstore, "rm:1", "sh", "-c", "test -e /bin/vi || echo no-vi; cat /d/sub; "
               "test -e /bin/ls && echo ls")
     assert out == "no-vi\ny\nls\n"
+    # one layer per RUN on top of the base's
     assert len(inspect(user, bstore, "rm:1")["RootFS"]["Layers"]) == \
-        len(inspect(user, bstore, "test/busybox:1")["RootFS"]["Layers"]) + 1
+        len(inspect(user, bstore, "test/busybox:1")["RootFS"]["Layers"]) + 2
+    hist = ok(hp(user, bstore, "history", "rm:1")).stdout.splitlines()
+    assert "RUN rm -r /d/sub" in hist[1] and "RUN rm /bin/vi" in hist[2]

@@ -35,7 +35,7 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PROXY_ARGS = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_PROXY",
               "ftp_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy")
 FS_STEPS = {"RUN", "COPY", "ADD", "WORKDIR"}
-CACHE_VERSION = "hpcrun-build-2"   # bump when what an entry means changes
+CACHE_VERSION = "hpcrun-build-3"   # bump when what an entry means changes
 APT_CONF = "/etc/apt/apt.conf.d/00hpcrun-build-sandbox"
 
 
@@ -488,7 +488,7 @@ class Builder:
             st.key, st.fs = key, hit["fs"]
             if c == "WORKDIR":
                 st.config["WorkingDir"] = desc[8:]
-            st.history.append({"created_by": ins.original})
+            st.history.append({"created_by": ins.original, "_fs": st.fs})
             if st.tree is not None:
                 st.stale = True     # brought up to date (sync) by the next RUN that misses
             return
@@ -512,7 +512,7 @@ class Builder:
                 st.stale = True
         fsid = self.cache.put_fs(entries)
         st.key, st.fs = key, fsid
-        st.history.append({"created_by": ins.original})
+        st.history.append({"created_by": ins.original, "_fs": fsid})
         self.cache.put_entry(key, {"fs": fsid})
 
     def _ensure_tree(self, st: State) -> None:
@@ -804,9 +804,30 @@ class Builder:
             return f.read()
 
     # -------------------------------------------------------------- commit
+    def _layer(self, prev_fs, fsid) -> dict:
+        """The layer taking manifest prev_fs (None: nothing) to fsid, as a store blob
+        (made once: remembered in the cache by the two manifest ids)."""
+        key = sha256_text(CACHE_VERSION, "layer", prev_fs or "", fsid)
+        doc = self.cache.get_entry(key)
+        if doc is not None and self.store.has_blob(doc["digest"]):
+            return doc
+        write, gone = T.diff(self.cache.get_fs(prev_fs) if prev_fs else {},
+                             self.cache.get_fs(fsid))
+        tmp = self.cache.tmp_path("layer")
+        try:
+            with open(tmp, "wb") as f:
+                self.cache.write_tar(self.cache.get_fs(fsid), f, write, gone)
+            with open(tmp, "rb") as f:
+                digest, size = self.store.put_blob_file(f)
+        finally:
+            os.unlink(tmp)
+        doc = {"mediaType": archive.layer_media("tar", False), "size": size, "digest": digest}
+        self.cache.put_entry(key, doc)
+        return doc
+
     def _commit(self, st: State, stage: Stage):
-        """Record the image: the base image's layers (blobs already in the store) and
-        one layer with what the build changed (whiteouts for what it removed)."""
+        """Record the image: the base image's layers (blobs already in the store), then
+        one layer per step that changed files (whiteouts for what it removed)."""
         final_key = sha256_text(st.key, "image", json.dumps(st.config, sort_keys=True),
                                 json.dumps(st.meta, sort_keys=True))
         doc = None if self.opts.no_cache else self.cache.get_entry(final_key)
@@ -817,39 +838,38 @@ class Builder:
             base_layers = list(st.base_layers or [])
             base_diff_ids = list(st.base_diff_ids or [])
             if base_layers and not all(self.store.has_blob(d["digest"]) for d in base_layers):
-                base_layers = []
-            base_entries = self.cache.get_fs(st.base_fs) if base_layers else {}
-            if not base_layers:
-                base_diff_ids = []
-            entries = self.cache.get_fs(st.fs)
-            write, gone = T.diff(base_entries, entries)
-            layers = list(base_layers)
-            diff_ids = list(base_diff_ids)
-            if write or gone or not layers:
-                tmp = self.cache.tmp_path("layer")
-                with open(tmp, "wb") as f:
-                    self.cache.write_tar(entries, f, write, gone)
-                try:
-                    with open(tmp, "rb") as f:
-                        layer, size = self.store.put_blob_file(f)
-                finally:
-                    os.unlink(tmp)
-                layers.append({"mediaType": archive.layer_media("tar", False), "size": size,
-                               "digest": layer})
-                diff_ids.append(layer)
-            os_, arch = archive.host_platform()
+                base_layers, base_diff_ids = [], []     # one layer with everything, then
+            prev = st.base_fs if base_layers else None
+            layers, diff_ids = list(base_layers), list(base_diff_ids)
             now = time.strftime("%Y-%m-%dT%H:%M:%S.000000000Z", time.gmtime())
+            ours = []
+            # one layer per step that changed files (Docker's shape: siblings share the
+            # layers of their common steps, history shows each step's size)
+            for h in st.history[st.base_history:]:
+                h = dict(h, created=h.get("created", now))
+                fsid = h.pop("_fs", None)
+                if fsid is None or fsid == prev:
+                    h["empty_layer"] = True
+                else:
+                    desc = self._layer(prev, fsid)
+                    layers.append(desc)
+                    diff_ids.append(desc["digest"])
+                    h.pop("empty_layer", None)
+                    prev = fsid
+                ours.append(h)
+            if not layers:              # FROM scratch and nothing copied: an empty layer
+                layers.append(self._layer(None, st.fs))
+                diff_ids.append(layers[-1]["digest"])
+                if ours:
+                    ours[-1].pop("empty_layer", None)
+            os_, arch = archive.host_platform()
             cfg = {k: v for k, v in st.config.items() if v is not None}
-            ours = [dict(h, created=h.get("created", now), empty_layer=True)
-                    for h in st.history[st.base_history:]]
-            if len(layers) > len(base_layers) and ours:
-                ours[-1].pop("empty_layer")
-            history = list(st.history[:st.base_history]) + ours
+            base_hist = [{k: v for k, v in h.items() if k != "_fs"}
+                         for h in st.history[:st.base_history]]
             image = {"architecture": arch, "os": os_, "created": now, "config": cfg,
                      "rootfs": {"type": "layers", "diff_ids": diff_ids},
-                     "history": history, **st.meta}
-            doc = {"layers": layers,
-                   "config": json.dumps(image, sort_keys=True)}
+                     "history": base_hist + ours, **st.meta}
+            doc = {"layers": layers, "config": json.dumps(image, sort_keys=True)}
             self.cache.put_entry(final_key, doc)
         cfg_bytes = doc["config"].encode()
         manifest = archive.make_manifest(cfg_bytes, doc["layers"])
