@@ -435,3 +435,33 @@ def test_files_a_run_removes_are_gone_from_the_image(user, bstore, ctx):
         len(inspect(user, bstore, "test/busybox:1")["RootFS"]["Layers"]) + 2
     hist = ok(hp(user, bstore, "history", "rm:1")).stdout.splitlines()
     assert "RUN rm -r /d/sub" in hist[1] and "RUN rm /bin/vi" in hist[2]
+
+
+def test_seccomp_filter_calls_one_by_one(user, bstore, ctx):
+    """A static C probe (tests/data/build/fakeroot_probe.c) in a RUN: what each call
+    returns under the fake-root filter, and what really happened."""
+    import shutil as sh
+    util.require(sh.which("gcc") is not None, "gcc is not installed")
+    probe = os.path.join(ctx.dir, "probe")
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "build",
+                       "fakeroot_probe.c")
+    cc = subprocess.run(["gcc", "-static", "-O2", "-o", probe, src], capture_output=True,
+                        text=True)
+    util.require(cc.returncode == 0, "no static C library to build the probe: " + cc.stderr)
+    os.chown(probe, user.uid, user.gid)
+    ctx("Dockerfile", "FROM test/busybox:1\nCOPY probe /probe\nRUN /probe\n")
+    cp = ok(build(user, bstore, ctx.dir))
+    got = dict(ln.split(" ", 1) for ln in cp.stderr.splitlines()
+               if ln.split(" ", 1)[0] in ("chown", "fchownat", "owner", "setgroups",
+                                          "setresgid", "setresuid", "setfsuid", "uid",
+                                          "capset", "mknod-chr", "mknod-blk", "mknod-reg",
+                                          "mknod-fifo", "exists", "setxattr-acl",
+                                          "setxattr-user"))
+    for call in ("chown", "fchownat", "setgroups", "setresgid", "setresuid", "setfsuid",
+                 "capset", "mknod-chr", "mknod-blk", "mknod-reg", "mknod-fifo"):
+        assert got[call] == "0 0", (call, got)
+    assert got["owner"] == "0 0"            # the chowns had no effect
+    assert got["uid"] == "0"                # nor did setresuid
+    assert got["exists"] == "chr 0 blk 0 reg 1 fifo 1"
+    assert got["setxattr-acl"] == "-1 ENOTSUP"
+    assert got["setxattr-user"] == "-1 ENOTSUP"
