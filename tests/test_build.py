@@ -465,3 +465,17 @@ def test_seccomp_filter_calls_one_by_one(user, bstore, ctx):
     assert got["exists"] == "chr 0 blk 0 reg 1 fifo 1"
     assert got["setxattr-acl"] == "-1 ENOTSUP"
     assert got["setxattr-user"] == "-1 ENOTSUP"
+
+
+@pytest.mark.parametrize("args,code,msg", [
+    ((), 2, "Missing argument 'CONTEXT'"),
+    (("--network", "bogus", "."), 2, "--network"),
+    (("-t", "x@sha256:" + "0" * 64, "."), 2, "a digest cannot name a built image"),
+    (("/nonexistent-context",), 1, "build context /nonexistent-context is not a directory"),
+    (("-f", "/nonexistent/Dockerfile", "/"), 1, "cannot read the Dockerfile"),
+])
+def test_build_badargs(user, store_env, args, code, msg):
+    cp = hp(user, store_env, "build", *args)
+    assert cp.returncode == code, cp.stderr
+    assert cp.stderr.startswith("hpcrun: error: ") and msg in cp.stderr
+    assert "\nhint: " in cp.stderr
