@@ -255,11 +255,7 @@ class Builder:
             empty = self.cache.put_fs({})
             st = State(sha256_text(CACHE_VERSION, "scratch"), empty, {}, {})
         else:
-            rec = self.store.get(ref)
-            if rec is None:
-                raise ins_error(ins, f"base image {ref} not found in the image store",
-                                f"pull it first: hpcrun pull {ref} (or import/load it)")
-            st = self._base_state(rec, ins)
+            st = self._base_state(self._image(ins, ref), ins)
         triggers = list(st.config.pop("OnBuild", None) or [])
         for t in triggers:
             try:
@@ -274,6 +270,23 @@ class Builder:
             self.say(f"Step {self.step}/{self.total} : {i.original}")
             self._step(st, i, s, names)
         return st
+
+    def _image(self, ins, ref: str, what: str = "base image "):
+        """A store image by name, id or digest; pulled when missing, as Docker does."""
+        from hpcrun.errors import HpcrunError
+        rec = self.store.get(ref)
+        if rec is not None:
+            return rec
+        from hpcrun.image.progress import Progress
+        from hpcrun.image.pull import pull
+        try:
+            return pull(ref, store=self.store, progress=Progress(quiet=self.opts.quiet))
+        except HpcrunError as e:
+            hint = ("name a stage defined above (FROM ... AS NAME) or an image in "
+                    "'hpcrun images'" if what == "--from=" else
+                    f"pull, load or import it first (hpcrun pull {ref})")
+            raise ins_error(ins, f"{what}{ref} not found: not in the image store, and "
+                                 f"pulling it failed: {e.what}", hint) from e
 
     def _base_state(self, rec, ins) -> State:
         key = sha256_text(CACHE_VERSION, "image", rec.id)
@@ -464,13 +477,7 @@ class Builder:
                     elif frm.lower() in names and names[frm.lower()].index < stage.index:
                         src_stage = self.states[names[frm.lower()].index]
                     else:
-                        rec = self.store.get(frm)
-                        if rec is None:
-                            raise ins_error(ins, f"--from={frm}: no earlier stage or stored "
-                                                 "image has this name",
-                                            "name a stage defined above (FROM ... AS NAME) "
-                                            "or an image in 'hpcrun images'")
-                        src_stage = self._base_state(rec, ins)
+                        src_stage = self._base_state(self._image(ins, frm, "--from="), ins)
                     files = self._stage_sources(ins, src_stage, srcs)
                 else:
                     files = self._context_sources(ins, srcs, c == "ADD")
