@@ -171,7 +171,20 @@ def plan(opts, image, environ=None) -> Spec:
     return Spec(image=image.path, squashfuse=squashfuse, flags=flags, hostname=opts.hostname,
                 uid=uid, gid=gid, mounts=tuple(mounts), workdir=workdir,
                 workdir_required=required, argv=tuple(argv), env=tuple(env),
-                stop_signal=stopsig)
+                stop_signal=stopsig, preserve_fds=preserve_fds(opts.preserve_fds))
+
+
+def preserve_fds(value) -> int:
+    """--preserve-fds N (Docker's, podman's): descriptors 3 .. 2+N stay open in the
+    command; the C core closes every other one above 2 at exec, but PMI_FD's."""
+    if value is None or value == "":
+        return 0
+    v = str(value)
+    if not v.isdigit() or int(v) > 65536:
+        raise UsageError(f"--preserve-fds {value!r} is not a number of descriptors",
+                         "give N >= 0: descriptors 3 .. 2+N are kept, e.g. --preserve-fds 1 "
+                         "keeps descriptor 3")
+    return int(v)
 
 
 def _visible_cwd(mounts) -> str:
