@@ -890,7 +890,7 @@ class Builder:
 def run_in(spec: Spec, out) -> tuple[int, list]:
     """Fork; the child enters the container of spec and execs (the C core). Streams
     its output to out (unless None) and returns (status, last lines)."""
-    from hpcrun import _core
+    from hpcrun import _core            # in the parent: the child only calls it
     from hpcrun.errors import ContainerError
     r, w = os.pipe()
     sys.stdout.flush()
@@ -909,8 +909,11 @@ def run_in(spec: Spec, out) -> tuple[int, list]:
             except ContainerError as e:
                 os.write(2, f"hpcrun: error: {e.what}\n".encode())
                 os._exit(e.code)
-        except BaseException:
-            pass
+        except BaseException as e:     # never back into the builder's code from the child
+            try:
+                os.write(2, f"hpcrun: error: cannot start the RUN step: {e!r}\n".encode())
+            except BaseException:
+                pass
         os._exit(125)
     os.close(w)
     last: list = []
