@@ -55,9 +55,12 @@ extern int hpcrun_trim_monitor;
 
 #define MAX_ENTRY (1 << 20)
 
+/* `python -c` puts the current directory first on sys.path: dropped before anything
+ * is imported, or an `hpcrun/` folder where the user stands would be run instead of
+ * the installed package (`-P` would do it, but only from Python 3.11 on). */
 static const char PY_MAIN[] =
-    "import sys; sys.argv[0] = sys.argv.pop(1); from hpcrun.cli.main import main; "
-    "sys.exit(main())";
+    "import sys; sys.path[:] = [p for p in sys.path if p not in ('', '.')]; "
+    "sys.argv[0] = sys.argv.pop(1); from hpcrun.cli.main import main; sys.exit(main())";
 
 static uint64_t fnv_add(uint64_t h, const char *s, size_t n)
 {
@@ -104,12 +107,26 @@ static void slow_path(int argc, char **argv)
     _exit(HPCRUN_EXIT_FAILED);
 }
 
-/* A directory of the caller's own: a real directory, owned, no group/other write. */
+/* A directory of the caller's own: a real directory, owned, no group/other write.
+ * (hpcrun.fsutil.private_dir states the full rule and refuses with a message; here any
+ * doubt is only a miss, and Python then refuses or repairs.) */
 static int private_dir(const char *path)
 {
     struct stat st;
     return lstat(path, &st) == 0 && S_ISDIR(st.st_mode) && st.st_uid == getuid() &&
            !(st.st_mode & 022);
+}
+
+/* A level above the state directories: root's (writable by others only if sticky, as
+ * /var/tmp) or the caller's own and private. */
+static int safe_parent(const char *path)
+{
+    struct stat st;
+    if (lstat(path, &st) || !S_ISDIR(st.st_mode))
+        return 0;
+    if (st.st_uid == 0)
+        return !(st.st_mode & 022) || (st.st_mode & S_ISVTX);
+    return st.st_uid == getuid() && !(st.st_mode & 022);
 }
 
 /* Append an escaped word (as hpcrun/runtime/plan.py esc) to the key buffer. */
@@ -266,7 +283,8 @@ static char *lookup(int argc, char **argv, int img)
 
     char dir[128], path[256];
     snprintf(dir, sizeof dir, "/var/tmp/hpcrun-%u", (unsigned)getuid());
-    if (!private_dir(dir))
+    if (!safe_parent("/") || !safe_parent("/var") || !safe_parent("/var/tmp") ||
+        !private_dir(dir))
         return NULL;
     snprintf(dir + strlen(dir), sizeof dir - strlen(dir), "/plans");
     if (!private_dir(dir))

@@ -288,19 +288,86 @@ static void cache_dir(const struct plan *p, char *out)
         die(HPCRUN_EXIT_FAILED, "node cache path too long: %s", base);
 }
 
-static int mkdirs(const char *path, mode_t mode)
+/* Refuse the node cache PATH because LEVEL (PATH or a directory above it) PROBLEM. */
+__attribute__((noreturn))
+static void refuse_dir(const char *path, const char *level, const char *problem)
 {
-    char p[PATH_MAX];
-    snprintf(p, sizeof p, "%s", path);
-    for (char *s = p + 1; *s; s++) {
-        if (*s != '/')
-            continue;
-        *s = '\0';
-        if (mkdir(p, mode) && errno != EEXIST)
-            return -1;
-        *s = '/';
+    static char hint[PATH_MAX + 200];
+    snprintf(hint, sizeof hint, "remove %s, or ask its owner or an admin to; or set node_cache "
+             "(HPCRUN_NODE_CACHE) to a directory you own that no one else can write (see "
+             "'Security' in the README)", level);
+    hint_text = hint;
+    if (!strcmp(path, level))
+        die(HPCRUN_EXIT_FAILED, "refusing to use the node cache %s: %s %s", path, path, problem);
+    die(HPCRUN_EXIT_FAILED, "refusing to use the node cache %s: %s (above it) %s", path, level,
+        problem);
+}
+
+/* Make (0700) and check the node cache PATH by hpcrun.fsutil.private_dir's rule (see
+ * there; the two must agree): each level is opened from its parent's descriptor
+ * (openat, O_NOFOLLOW) and checked on the opened directory (fstat). The cache itself
+ * must be ours; a level owned by us must not be writable by group or others; one above
+ * it owned by root may be only if sticky (/var/tmp); a symlink is followed only if root
+ * owns it; any other owner is refused. */
+static void private_dir(const char *path)
+{
+    char p[PATH_MAX], level[PATH_MAX] = "", why[160];
+    uid_t me = geteuid();
+    size_t ll = 0;
+    if (snprintf(p, sizeof p, "%s", path) >= (int)sizeof p)
+        die(HPCRUN_EXIT_FAILED, "node cache path too long: %s", path);
+    int fd = open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        die(HPCRUN_EXIT_FAILED, "can't open /: %s", strerror(errno));
+    char *save = NULL, *next;
+    for (char *name = strtok_r(p, "/", &save); name; name = next) {
+        next = strtok_r(NULL, "/", &save);
+        int last = next == NULL;    /* the cache itself: it must be ours */
+        ll += (size_t)snprintf(level + ll, sizeof level - ll, "/%s", name);
+        struct stat st;
+        if (fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) &&
+            (errno != ENOENT || (mkdirat(fd, name, 0700) && errno != EEXIST) ||
+             fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW)))
+            die(HPCRUN_EXIT_FAILED, "cannot create the node cache %s: %s: %s", path, level,
+                strerror(errno));
+        int flags = O_RDONLY | O_DIRECTORY | O_CLOEXEC;
+        if (S_ISLNK(st.st_mode)) {
+            if (st.st_uid != 0) {
+                snprintf(why, sizeof why, "is a symbolic link owned by uid %u (only root's "
+                         "are followed)", (unsigned)st.st_uid);
+                refuse_dir(path, level, why);
+            }
+        } else if (!S_ISDIR(st.st_mode)) {
+            refuse_dir(path, level, "is not a directory");
+        } else {
+            flags |= O_NOFOLLOW;
+        }
+        int nfd = openat(fd, name, flags);
+        if (nfd < 0 && errno == ELOOP)
+            refuse_dir(path, level, "was replaced by a symbolic link");
+        if (nfd < 0 || fstat(nfd, &st))
+            die(HPCRUN_EXIT_FAILED, "cannot use the node cache %s: %s: %s", path, level,
+                strerror(errno));
+        close(fd);
+        fd = nfd;
+        mode_t m = st.st_mode & 07777;
+        if (!S_ISDIR(st.st_mode))
+            refuse_dir(path, level, "is not a directory");
+        int rootdir = st.st_uid == 0 && !last;
+        if (rootdir ? (m & 022) && !(m & S_ISVTX) : st.st_uid != me || (m & 022)) {
+            if (rootdir)
+                snprintf(why, sizeof why, "is writable by group or others without the "
+                         "sticky bit (mode %04o)", (unsigned)m);
+            else if (st.st_uid == me)
+                snprintf(why, sizeof why, "is writable by group or others (mode %04o; chmod "
+                         "go-w it)", (unsigned)m);
+            else
+                snprintf(why, sizeof why, "is owned by uid %u, not by you",
+                         (unsigned)st.st_uid);
+            refuse_dir(path, level, why);
+        }
     }
-    return mkdir(p, mode) && errno != EEXIST ? -1 : 0;
+    close(fd);
 }
 
 /* Run `hpcrun task --unpack-only SQ` (Python) and wait for it. */
@@ -378,11 +445,14 @@ static const char *image_root(const struct plan *p, char *buf, char **cmd, int n
     if (snprintf(buf, PATH_MAX, "%s/sq-%llx-%llx-%llx-%llx", dir, (unsigned long long)st.st_dev,
                  (unsigned long long)st.st_ino, (unsigned long long)st.st_size, mt) >= PATH_MAX)
         die(HPCRUN_EXIT_FAILED, "node cache path too long: %s", dir);
+    /* The entry's name is computable by anyone who can stat the image: use it only in a
+     * private cache (no one else can have made it) and only if it is our directory. */
     struct stat d;
-    if (stat(buf, &d) == 0 && S_ISDIR(d.st_mode))
+    private_dir(dir);
+    if (lstat(buf, &d) == 0 && S_ISDIR(d.st_mode) && d.st_uid == geteuid())
         return buf;
     python_unpack(p);           /* once per node and image: the others wait on its lock */
-    if (stat(buf, &d) || !S_ISDIR(d.st_mode))
+    if (lstat(buf, &d) || !S_ISDIR(d.st_mode) || d.st_uid != geteuid())
         die(HPCRUN_EXIT_FAILED, "the unpacked image %s did not appear", buf);
     return buf;
 }
@@ -776,10 +846,9 @@ static void node_container(const struct plan *p, struct hpcrun_spec *s, const ch
     char dir[PATH_MAX], base[128], path[PATH_MAX + 160];
     cache_dir(p, dir);
     snprintf(base, sizeof base, "step-%s.%s", job, step);
-    if (mkdirs(dir, 0700))
-        die(HPCRUN_EXIT_FAILED, "cannot create the node cache %s: %s", dir, strerror(errno));
+    private_dir(dir);
     snprintf(path, sizeof path, "%s/%s.lock", dir, base);
-    int lock = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    int lock = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (lock < 0)
         die(HPCRUN_EXIT_FAILED, "can't open %s: %s", path, strerror(errno));
     while (flock(lock, LOCK_EX) && errno == EINTR)

@@ -478,7 +478,7 @@ def test_seccomp_filter_calls_one_by_one(user, bstore, ctx, abi):
 
 
 @pytest.mark.parametrize("args,code,msg", [
-    ((), 2, "Missing argument 'CONTEXT'"),
+    ((), 2, "missing argument CONTEXT"),
     (("--network", "bogus", "."), 2, "--network"),
     (("-t", "x@sha256:" + "0" * 64, "."), 2, "a digest cannot name a built image"),
     (("/nonexistent-context",), 1, "build context /nonexistent-context is not a directory"),

@@ -98,10 +98,16 @@ def checks(opts, image, spec, environ=None) -> list:
 
 def store(words, word: str, check_lines, environ=None) -> None:
     """Write the entry for `hpcrun run WORDS...` (atomic; errors only cost a miss)."""
-    d = cache_dir()
+    from hpcrun import fsutil
+    from hpcrun.errors import HpcrunError
     try:
-        _private(os.path.dirname(d))
-        _private(d)
+        d = fsutil.private_dir(cache_dir(), "the plan cache",
+                               "HPCRUN_NO_PLAN_CACHE=1 (no cache)")
+    except fsutil.UnsafeDir:
+        raise                  # a planted or foreign directory: say so, run nothing
+    except HpcrunError:
+        return                 # one that cannot be made (read-only /var/tmp): no cache
+    try:
         k = key(words, environ)
         body = f"{HEAD}\nkey {k}\n" + "".join(
             c + "\n" if c.startswith("real ") else f"check {c}\n" for c in check_lines) + \
@@ -117,15 +123,3 @@ def store(words, word: str, check_lines, environ=None) -> None:
         os.replace(tmp, name)
     except (OSError, ValueError):
         pass
-
-
-def _private(path: str) -> None:
-    """A directory of the caller's own (made 0700); raises OSError otherwise."""
-    import stat
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
-    st = os.lstat(path)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
-        raise OSError(f"{path} is not a private directory of yours")
