@@ -6,6 +6,7 @@
  * errno, and returns -1. Only a failed execve in a child process exits. */
 #define _GNU_SOURCE
 #include "core.h"
+#include "seccomp.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -851,6 +852,38 @@ static int do_mounts(struct ctx *c, const struct hpcrun_spec *s, const char *low
 }
 
 /* Build the container's root at BASE/NEWROOT and pivot into it. */
+/* HPCRUN_F_RW_ROOT (a build's root): the image directory is the build's own copy, so
+ * mount points it lacks are made in it, as Docker's RUN leaves them in a layer. */
+static int rw_root_mountpoints(struct ctx *c, const struct hpcrun_spec *s, const char *lower)
+{
+    char p[PATH_MAX];
+    for (int i = 0; i < s->n_mounts; i++) {
+        const struct hpcrun_mount *m = &s->mounts[i];
+        int is_file = (m->flags & (HPCRUN_M_FILE | HPCRUN_M_CONTENT)) != 0;
+        if ((m->flags & HPCRUN_M_OPTIONAL) && !(m->flags & HPCRUN_M_CONTENT)) {
+            if (pjoin(c, p, OLDROOT, m->src))
+                return -1;
+            if (access(p, F_OK))
+                continue;
+        }
+        if (under_tmpfs(s, i) || have_mountpoint(lower, m->dst, is_file))
+            continue;
+        if (pjoin(c, p, lower, m->dst))
+            return -1;
+        char *slash = strrchr(p, '/');
+        if (is_file && slash) {
+            *slash = '\0';
+            int r = mkdir_p(p, 0755);
+            *slash = '/';
+            if (r || create_file(p, "", 0, 0644))
+                return fail(c, "can't create mount point %s in the build root", m->dst);
+        } else if (!is_file && mkdir_p(p, 0755)) {
+            return fail(c, "can't create mount point %s in the build root", m->dst);
+        }
+    }
+    return 0;
+}
+
 static int setup_fs(struct ctx *c, const struct hpcrun_spec *s)
 {
     char lower[PATH_MAX], opts[3 * PATH_MAX + 64], esc1[2 * PATH_MAX], p[PATH_MAX];
@@ -885,7 +918,9 @@ static int setup_fs(struct ctx *c, const struct hpcrun_spec *s)
     /* Mount points the image lacks go into a skeleton layered above it, so the image is
      * never changed on disk (it may be read-only, shared, owned by root). */
     int skeleton = 0, underlaid = 0;
-    for (int i = 0; i < s->n_mounts; i++) {
+    if ((s->flags & HPCRUN_F_RW_ROOT) && rw_root_mountpoints(c, s, lower))
+        return -1;
+    for (int i = 0; !(s->flags & HPCRUN_F_RW_ROOT) && i < s->n_mounts; i++) {
         const struct hpcrun_mount *m = &s->mounts[i];
         int is_file = (m->flags & (HPCRUN_M_FILE | HPCRUN_M_CONTENT)) != 0;
         if (m->flags & HPCRUN_M_NOSKEL)
@@ -925,8 +960,8 @@ static int setup_fs(struct ctx *c, const struct hpcrun_spec *s)
         }
     } else if (mount(lower, NEWROOT, NULL, MS_BIND | MS_REC, NULL)) {
         return fail(c, "can't bind %s to /", s->image);
-    } else if (remount_ro_rec(c, NEWROOT, "the image")) {
-        /* Read-only now, with whatever is mounted below the image directory on the host;
+    } else if (!(s->flags & HPCRUN_F_RW_ROOT) && remount_ro_rec(c, NEWROOT, "the image")) {
+        /* Read-only now (a build's root stays writable), with whatever is mounted below the image directory on the host;
          * the container's own mounts come next and keep their own modes. */
         return -1;
     }
@@ -1198,6 +1233,8 @@ static int do_exec(struct ctx *c, const struct hpcrun_spec *s)
     int eacces = 0, last = ENOENT;
     if (block_tty_injection(c))
         return -1;
+    if ((s->flags & HPCRUN_F_SECCOMP_FAKE) && hpcrun_seccomp_fake_install())
+        return fail(c, "can't install the fake-root seccomp filter");
     cloexec_inherited(s);
     if (strchr(file, '/')) {
         execve(file, s->argv, s->envp);

@@ -25,6 +25,9 @@
 #define HPCRUN_F_SQUASH   0x40  /* image is a squashfs file: mount it with squashfuse */
 #define HPCRUN_F_MONITOR  0x80  /* keep a host-side monitor even without a pid namespace */
 #define HPCRUN_F_NO_OVERLAY 0x100 /* do not use overlayfs (HPCRUN_NO_OVERLAY=1): underlay */
+#define HPCRUN_F_RW_ROOT  0x4000 /* bind the image directory read-write, no overlay or
+                                  * skeleton: missing mount points are made in it (build) */
+#define HPCRUN_F_SECCOMP_FAKE 0x8000 /* fake-root seccomp filter (cext/seccomp.c) before exec */
 
 /* hpcrun_mount.flags: the default-bind table (hpcrun/runtime/mounts.py) is data. */
 #define HPCRUN_M_RDONLY   0x01  /* remount read-only */

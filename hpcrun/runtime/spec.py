@@ -18,6 +18,8 @@ F_UTS = 0x20
 F_SQUASH = 0x40
 F_MONITOR = 0x80
 F_NO_OVERLAY = 0x100
+F_RW_ROOT = 0x4000        # hpcrun build: the root directory read-write, no overlay
+F_SECCOMP_FAKE = 0x8000   # hpcrun build: fake-root seccomp filter (cext/seccomp.c)
 
 # hpcrun_mount.flags (cext/core.h HPCRUN_M_*)
 M_RDONLY = 0x01
