@@ -206,3 +206,18 @@ def test_planted_plan_cache_is_refused(user, own_image):
         shutil.rmtree(d, ignore_errors=True)
     ok(util.hpcrun(user, "run", own_image, "true"))          # made afresh, private
     assert os.stat(d).st_uid == user.uid
+
+
+def test_a_planted_hpcrun_package_in_the_cwd_is_not_imported(user, user_tmp):
+    """The launcher's Python fallback must not import from the current directory."""
+    pkg = os.path.join(user_tmp, "hpcrun", "cli")
+    os.makedirs(pkg)
+    for d in (os.path.dirname(pkg), pkg):
+        open(os.path.join(d, "__init__.py"), "w").close()
+    with open(os.path.join(pkg, "main.py"), "w") as f:
+        f.write("def main():\n    print('PLANTED')\n    return 3\n")
+    for root, dirs, files in os.walk(user_tmp):
+        for n in dirs + files:
+            os.chmod(os.path.join(root, n), 0o755)
+    cp = util.as_user(user, [util.HPCRUN, "--version"], cwd=user_tmp)
+    assert cp.returncode == 0 and "PLANTED" not in cp.stdout and cp.stdout.startswith("hpcrun ")

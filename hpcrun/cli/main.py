@@ -33,6 +33,7 @@ VERBS = {
     "tag": ("image", "Images"),
     "rmi": ("image", "Images"),
     "prune": ("image", "Images"),
+    "build": ("build", "Images"),
     "submit": ("job", "Slurm"),
     "render": ("job", "Slurm"),
     "jobs": ("job", "Slurm"),

@@ -175,11 +175,25 @@ def plan(opts, image, environ=None) -> Spec:
     stopsig = stop_signal(conf.get("StopSignal"))
     if stopsig and not (flags & F_PID):
         flags |= F_MONITOR      # translating SIGTERM needs a process in between
+
+    # -- resource limits (imported only when asked for: the hot path stays small)
+    limits = None
+    if opts.cpus or opts.cpuset_cpus or opts.memory or opts.memory_swap or opts.pids_limit:
+        from hpcrun import cgroups
+        limits = cgroups.plan(opts, environ)
+        mounts += cgroups.view_mounts(limits)
+        if opts.limits_view:
+            mounts += cgroups.content_mounts(limits)
+        if limits.memory or limits.memory_swap or limits.cgroups or limits.pids:
+            flags |= F_MONITOR  # it watches, reports the OOM and removes the cgroup
+    if environ.get("SLURM_JOB_ID") and (limits is None or not limits.cgroups):
+        from hpcrun import cgroups  # a few /proc reads: the job's limits, seen inside
+        mounts += cgroups.job_view_mounts(environ)
     return Spec(image=image.path, squashfuse=squashfuse, flags=flags, hostname=opts.hostname,
                 uid=uid, gid=gid, mounts=tuple(mounts), workdir=workdir,
                 workdir_required=required, argv=tuple(argv), env=tuple(env),
                 stop_signal=stopsig, preserve_fds=preserve_fds(opts.preserve_fds),
-                extra_env=gpu_env, reads=reads)
+                limits=limits, extra_env=gpu_env, reads=reads)
 
 
 def preserve_fds(value) -> int:
@@ -188,10 +202,11 @@ def preserve_fds(value) -> int:
     if value is None or value == "":
         return 0
     v = str(value)
-    if not v.isdigit() or int(v) > 65536:
-        raise UsageError(f"--preserve-fds {value!r} is not a number of descriptors",
+    if not v.isdigit() or int(v) > 256:
+        raise UsageError(f"--preserve-fds {value!r} is not a number of descriptors "
+                         "from 0 to 256",
                          "give N >= 0: descriptors 3 .. 2+N are kept, e.g. --preserve-fds 1 "
-                         "keeps descriptor 3")
+                         "keeps descriptor 3 (hpcrun's own descriptors sit at 512 and up)")
     return int(v)
 
 

@@ -119,7 +119,12 @@ def execute(word: str, command) -> int:
     from hpcrun.slurm import stepplan
     # HPCRUN_EXECUTOR=cffi (a test hook) takes the cffi path where the program exists.
     prog = stepplan.task_program() if os.environ.get("HPCRUN_EXECUTOR") != "cffi" else None
+    # A store image's lease (hpcrun.image.resolve) must last until the command's execve,
+    # when the container's root is pinned: it is handed on through the exec.
     if prog is not None:
+        resolve = sys.modules.get("hpcrun.image.resolve")
+        if resolve is not None and resolve.held():
+            resolve.inherit()
         os.execv(prog, [prog, word, "--", *command])
     from hpcrun import _core
     return _core.plan_exec(word, list(command))
@@ -133,7 +138,34 @@ def run(opts, context: str = RUN, words=None) -> int:
     if os.environ.get("HPCRUN_VERBOSE", "0") not in ("", "0", "1"):
         from hpcrun.runtime import launch
         launch._log_spec(spec)
-    if words is not None and context == RUN and not os.environ.get("HPCRUN_NO_PLAN_CACHE"):
+    lim = spec.limits
+    if lim is not None or opts.ulimits:
+        from hpcrun import cgroups, log
+        if lim is not None:
+            log.info(lim.summary())
+        if any(u.startswith("as=") for u in opts.ulimits):
+            log.warning("--ulimit as limits address space, not memory: CUDA, ASAN and JVMs "
+                        "reserve far more than they use and fail under it; --memory is the "
+                        "memory limit")
+    # A plan with its own cgroup is made for this run (hpcrun-<pid>): never cached. The
+    # other limits are words the C executor applies itself (affinity, rlimits, the
+    # watchdog), so such a plan is cached as any other. --ulimit as is not, so that
+    # its warning is never skipped.
+    # A Slurm job's cgroup view names this job's cgroup (the cache key has no job id).
+    cacheable = (lim is None or not lim.cgroups) and \
+        not any(u.startswith("as=") for u in opts.ulimits) and \
+        not any(m.dst.startswith("/sys/fs/cgroup") for m in spec.mounts)
+    if words is not None and context == RUN and cacheable and \
+            not os.environ.get("HPCRUN_NO_PLAN_CACHE"):
         from hpcrun.runtime import plancache
         plancache.store(words, word, plancache.checks(opts, image, spec))
-    return execute(word, opts.command)
+    if lim is None or not lim.cgroups:
+        return execute(word, opts.command)
+    # The cgroup is made here, just before the executor; its monitor moves the container
+    # in and removes it (and removes it too if entering fails).
+    cgroups.create(lim)
+    try:
+        return execute(word, opts.command)
+    except BaseException:
+        cgroups.remove(lim)
+        raise

@@ -18,7 +18,7 @@ import os
 
 from hpcrun.runtime import plan as planfmt
 
-HEAD = "hpcrun-plan-cache 1"
+HEAD = "hpcrun-plan-cache 2"
 _GPU_KEYS = ("CUDA_VISIBLE_DEVICES", "SLURM_STEP_GPUS", "SLURM_JOB_GPUS",
              "NVIDIA_DRIVER_CAPABILITIES")
 _FNV0 = 1469598103934665603
@@ -68,7 +68,9 @@ def _resolves(path: str) -> str:
 
 def checks(opts, image, spec, environ=None) -> list:
     """What the plan depends on: `check` lines (a file's identity: its content
-    matters) and `real` lines (a path's resolution: where it leads matters)."""
+    matters) and `real` lines (a path's resolution: where it leads matters); before
+    them, a store image's `lease` line (the lease file the launcher holds shared from
+    before the checks until the command's execve, as `run` does in Python)."""
     environ = os.environ if environ is None else environ
     ident = [os.path.join(image.path, ".hpcrun", "config.json"),
              os.path.join(image.path, "etc", "passwd"), "/etc/passwd", "/etc/group"]
@@ -93,6 +95,11 @@ def checks(opts, image, spec, environ=None) -> list:
     from hpcrun import configfiles
     ident += configfiles.files() + [os.path.join(configfiles.sysdir(), "conf.d")]
     out, seen = [], set()
+    if image.name:
+        # first: the launcher takes a store image's lease before it checks the rest
+        import sys
+        resolve = sys.modules.get("hpcrun.image.resolve")
+        out += [f"lease {planfmt.esc(p)}" for p in (resolve.lease_paths() if resolve else [])]
     for kind, paths in (("check", ident), ("real", real)):
         for p in paths:
             if (kind, p) not in seen:
@@ -115,7 +122,8 @@ def store(words, word: str, check_lines, environ=None) -> None:
     try:
         k = key(words, environ)
         body = f"{HEAD}\nkey {k}\n" + "".join(
-            c + "\n" if c.startswith("real ") else f"check {c}\n" for c in check_lines) + \
+            c + "\n" if c.startswith(("real ", "lease ")) else f"check {c}\n"
+            for c in check_lines) + \
             f"plan {word}\n"
         data = body.encode() + f"sum {_fnv(body.encode()):016x}\n".encode()
         name = os.path.join(d, f"{_fnv(k.encode()):016x}")
