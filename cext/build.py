@@ -65,12 +65,15 @@ def build_launcher(root: str, out: str, python: str, cc=None) -> str:
     launcher_header(root)
     cc = cc or (sysconfig.get_config_var("CC") or "cc").split()
     c = os.path.join(root, "cext")
-    subprocess.run(cc + CFLAGS + ["-DHPCRUN_NO_TASK_ENTRY", f'-DHPCRUN_PYTHON="{python}"',
-                                  "-I", c, "-o", out + ".new",
-                                  os.path.join(c, "launcher.c"), os.path.join(c, "task.c"),
-                                  os.path.join(c, "core.c"), os.path.join(c, "seccomp.c"),
-                                  "-Wl,-z,now", "-Wl,-z,relro"],
-                   check=True)
+    cmd = cc + CFLAGS + ["-DHPCRUN_NO_TASK_ENTRY", f'-DHPCRUN_PYTHON="{python}"',
+                         "-I", c, "-o", out + ".new",
+                         os.path.join(c, "launcher.c"), os.path.join(c, "task.c"),
+                         os.path.join(c, "core.c"), os.path.join(c, "seccomp.c"),
+                         "-Wl,-z,now", "-Wl,-z,relro"]
+    # Linked statically where the C library allows (no loader work: ~0.25 ms of each
+    # start here); the launcher calls nothing that needs NSS. Else dynamically.
+    if subprocess.run(cmd + ["-static-pie"], capture_output=True).returncode != 0:
+        subprocess.run(cmd, check=True)
     os.chmod(out + ".new", 0o755)
     os.replace(out + ".new", out)
     return out
