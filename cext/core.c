@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <net/if.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -21,6 +22,8 @@
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <time.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -59,6 +62,11 @@ struct ctx {
     int fuse_go;      /* tells the squashfuse child to start, once the mount exists */
     int in_pidns;     /* this process is PID 1 of a new pid namespace */
 };
+
+/* An instance's supervisor keeps its writable overlay's upper directory open (set only
+ * in that process; see hpcrun_instance). */
+static int instance_keep_upper;
+static int instance_upper_fd = -1;
 
 /* ---------------------------------------------------------------- errors */
 
@@ -707,6 +715,8 @@ static int setup_fs(struct ctx *c, const struct hpcrun_spec *s)
             errno = EPERM;
         if ((s->flags & HPCRUN_F_NO_OVERLAY) || mount("overlay", NEWROOT, "overlay", MS_NOSUID, opts))
             return fail(c, "can't mount a writable overlay on %s", s->image);
+        if (instance_keep_upper && (instance_upper_fd = open(UPPER, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
+            return fail(c, "can't open the overlay's upper directory");
     } else if (skeleton) {
         snprintf(opts, sizeof opts, "lowerdir=%s:%s", UPPER, esc1);
         if ((s->flags & HPCRUN_F_NO_OVERLAY) ||
@@ -1329,6 +1339,294 @@ int hpcrun_join(int pid, char *const *argv, char *const *envp, const char *workd
     }
     prctl(PR_SET_NAME, "hpcrun:monitor");
     _exit(supervise(child, 0, 0));
+}
+
+/* ---------------------------------------------------------------- instance supervisor */
+
+/* Decimal digits of v into buf (no stdio after trim_memory: see parse_num). */
+static size_t fmt_ulong(char *buf, unsigned long v, int width)
+{
+    char t[24];
+    size_t n = 0;
+    do {
+        t[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v || (int)n < width);
+    for (size_t i = 0; i < n; i++)
+        buf[i] = t[n - 1 - i];
+    return n;
+}
+
+/* One output stream of the command: what is read waits here for its newline. */
+struct logbuf {
+    int fd;          /* read end of the command's pipe; -1 at EOF */
+    char stream;     /* '1' stdout, '2' stderr */
+    size_t len;
+    char buf[8192];
+};
+
+/* Append "SECONDS.NANOS S TEXT\n" to the log, as one write (O_APPEND keeps lines whole). */
+static void log_line(int logfd, char stream, const char *text, size_t len)
+{
+    char line[8192 + 48];
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    size_t n = fmt_ulong(line, (unsigned long)ts.tv_sec, 1);
+    line[n++] = '.';
+    n += fmt_ulong(line + n, (unsigned long)ts.tv_nsec, 9);
+    line[n++] = ' ';
+    line[n++] = stream;
+    line[n++] = ' ';
+    memcpy(line + n, text, len);
+    n += len;
+    line[n++] = '\n';
+    if (write(logfd, line, n) < 0) { /* a full disk loses log lines, not the command */ }
+}
+
+/* Read what the pipe has (it is non-blocking) and log each complete line; at EOF (or
+ * when flushing) the rest too. */
+static void log_drain(struct logbuf *b, int logfd, int flush)
+{
+    while (b->fd >= 0) {
+        ssize_t n = read(b->fd, b->buf + b->len, sizeof b->buf - b->len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n == 0 || (n < 0 && errno != EAGAIN)) {
+            close(b->fd);
+            b->fd = -1;
+            flush = 1;
+            break;
+        }
+        if (n < 0)
+            break;
+        b->len += (size_t)n;
+        size_t start = 0;
+        for (size_t i = 0; i < b->len; i++)
+            if (b->buf[i] == '\n') {
+                log_line(logfd, b->stream, b->buf + start, i - start);
+                start = i + 1;
+            }
+        if (start == 0 && b->len == sizeof b->buf) {   /* a line longer than the buffer */
+            log_line(logfd, b->stream, b->buf, b->len);
+            start = b->len;
+        }
+        memmove(b->buf, b->buf + start, b->len - start);
+        b->len -= start;
+    }
+    if (flush && b->len) {
+        log_line(logfd, b->stream, b->buf, b->len);
+        b->len = 0;
+    }
+}
+
+/* The exit code, written to a temporary name and renamed: a reader sees all or nothing. */
+static void write_exit(int statefd, int code)
+{
+    char buf[16];
+    size_t n = fmt_ulong(buf, (unsigned long)code, 1);
+    buf[n++] = '\n';
+    int fd = openat(statefd, "exit.tmp", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return;
+    ssize_t w = write(fd, buf, n);
+    close(fd);
+    if (w == (ssize_t)n)
+        renameat(statefd, "exit.tmp", statefd, "exit");
+}
+
+/* PID 1 of an instance. The forwarded signals are blocked (since before the clone) and
+ * read from a signalfd, so one poll(2) loop serves signals and the command's output.
+ * The instance ends with its command (the kernel kills what is left in the pid
+ * namespace when PID 1 exits), or, without a command, once stopped. */
+static int instance_supervise(pid_t cmd, int stopsig, struct logbuf *out, int logfd, int statefd)
+{
+    sigset_t set;
+    forwarded_set(&set);
+    int sfd = signalfd(-1, &set, SFD_CLOEXEC);
+    int stopping = 0, code = 0;
+    for (;;) {
+        int st;
+        pid_t p;
+        while ((p = waitpid(-1, &st, WNOHANG)) > 0)
+            if (p == cmd) {
+                code = wstatus_code(st);
+                log_drain(&out[0], logfd, 1);
+                log_drain(&out[1], logfd, 1);
+                write_exit(statefd, code);
+                return code;
+            }
+        if (p < 0 && errno == ECHILD && stopping) {
+            write_exit(statefd, code);
+            return code;
+        }
+        struct pollfd pf[3] = {{sfd, POLLIN, 0}, {out[0].fd, POLLIN, 0}, {out[1].fd, POLLIN, 0}};
+        if (poll(pf, 3, -1) < 0 && errno != EINTR)
+            return HPCRUN_EXIT_FAILED;
+        for (int i = 0; i < 2; i++)
+            if (pf[i + 1].revents)
+                log_drain(&out[i], logfd, 0);
+        struct signalfd_siginfo si;
+        if (!(pf[0].revents & POLLIN) || read(sfd, &si, sizeof si) != (ssize_t)sizeof si)
+            continue;
+        int sig = (int)si.ssi_signo;
+        if (sig == SIGCHLD)
+            continue;
+        if (cmd > 0) {
+            kill(cmd, sig == SIGTERM && stopsig > 0 ? stopsig : sig);
+        } else if (sig == SIGTERM || sig == SIGINT || sig == SIGHUP) {
+            stopping = 1;
+            kill(-1, SIGTERM);     /* from PID 1: every other process of the instance */
+        } else {
+            kill(-1, sig);
+        }
+    }
+}
+
+/* Move fd to exactly number `to`, close-on-exec (the supervisor never execs; the
+ * command must not inherit it). */
+static int move_fd(int fd, int to)
+{
+    if (fd == to)
+        return fcntl(fd, F_SETFD, FD_CLOEXEC);
+    if (dup3(fd, to, O_CLOEXEC) < 0)
+        return -1;
+    close(fd);
+    return 0;
+}
+
+/* The child of hpcrun_instance: PID 1 of the new pid namespace. */
+static void instance_child(struct ctx *c, const struct hpcrun_spec *s, int statefd, int go,
+                           int rep, const sigset_t *orig)
+{
+    char b;
+    int out[2], errp[2];
+    prctl(PR_SET_NAME, "hpcrun:instance");
+    if (read(go, &b, 1) != 1)
+        _exit(HPCRUN_EXIT_FAILED);    /* the parent failed to map us: it reports */
+    close(go);
+    if (setsid() < 0) {
+        fail(c, "can't start a session for the instance");
+        report_and_exit(c, rep);
+    }
+    /* Descriptors: 0-2 /dev/null, 3 the state dir, 4 the upper dir; the report pipe
+     * above them, everything else closed. */
+    int hi_state = fcntl(statefd, F_DUPFD_CLOEXEC, 10), hi_rep = fcntl(rep, F_DUPFD_CLOEXEC, 10);
+    int null = open("/dev/null", O_RDWR);
+    if (hi_state < 0 || hi_rep < 0 || null < 0) {
+        fail(c, "can't set up the instance's descriptors");
+        report_and_exit(c, rep);
+    }
+    rep = hi_rep;
+    for (int fd = 0; fd < 3; fd++)
+        if (null != fd)
+            dup2(null, fd);
+    if (null > 2)
+        close(null);
+    if (move_fd(hi_state, HPCRUN_INSTANCE_STATE_FD) || move_fd(rep, 5)) {
+        fail(c, "can't set up the instance's descriptors");
+        report_and_exit(c, hi_rep);
+    }
+    statefd = HPCRUN_INSTANCE_STATE_FD;
+    rep = 5;
+    syscall(SYS_close_range, 6, ~0U, 0);
+    int logfd = openat(statefd, "log", O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+    if (logfd < 0) {
+        fail(c, "can't open the instance's log");
+        report_and_exit(c, rep);
+    }
+    c->in_pidns = 1;
+    instance_keep_upper = 1;
+    if (enter_rest(c, s) || chdir_work(c, s))
+        report_and_exit(c, rep);
+    if (instance_upper_fd >= 0 && move_fd(instance_upper_fd, HPCRUN_INSTANCE_UPPER_FD)) {
+        fail(c, "can't keep the overlay's upper directory");
+        report_and_exit(c, rep);
+    }
+    struct logbuf lb[2];
+    memset(lb, 0, sizeof lb);
+    lb[0].fd = lb[1].fd = -1;
+    lb[0].stream = '1';
+    lb[1].stream = '2';
+    pid_t cmd = 0;
+    if (s->argv && s->argv[0]) {
+        if (pipe2(out, O_CLOEXEC) || pipe2(errp, O_CLOEXEC)) {
+            fail(c, "can't create the instance's output pipes");
+            report_and_exit(c, rep);
+        }
+        cmd = fork();
+        if (cmd < 0) {
+            fail(c, "can't fork");
+            report_and_exit(c, rep);
+        }
+        if (cmd == 0) {
+            dup2(out[1], 1);
+            dup2(errp[1], 2);
+            reset_signals(orig);
+            do_exec(c, s);
+            report_and_exit(c, rep);
+        }
+        close(out[1]);
+        close(errp[1]);
+        lb[0].fd = out[0];
+        lb[1].fd = errp[0];
+        fcntl(out[0], F_SETFL, O_NONBLOCK);
+        fcntl(errp[0], F_SETFL, O_NONBLOCK);
+    }
+    close(rep);
+    int stopsig = s->stop_signal;
+    trim_memory();
+    _exit(instance_supervise(cmd, stopsig, lb, logfd, statefd));
+}
+
+int hpcrun_instance(const struct hpcrun_spec *s, int state_dir, int *pid_out, char *err,
+                    size_t errlen, int *code)
+{
+    struct ctx c = {err, errlen, code, -1, -1, -1, -1, 0};
+    sigset_t fwd, orig;
+    int rep[2], go[2];
+    *code = HPCRUN_EXIT_FAILED;
+    if (errlen) err[0] = '\0';
+    forwarded_set(&fwd);
+    if (pipe2(rep, O_CLOEXEC) || pipe2(go, O_CLOEXEC))
+        return fail(&c, "can't create pipe");
+    sigprocmask(SIG_BLOCK, &fwd, &orig);
+    pid_t pid = (pid_t)syscall(SYS_clone, SIGCHLD | CLONE_NEWUSER | CLONE_NEWPID,
+                               NULL, NULL, NULL, NULL);
+    if (pid == 0) {
+        close(rep[0]);
+        close(go[1]);
+        instance_child(&c, s, state_dir, go[0], rep[1], &orig);
+    }
+    int e = errno;
+    sigprocmask(SIG_SETMASK, &orig, NULL);
+    close(rep[1]);
+    close(go[0]);
+    if (pid < 0) {
+        close(rep[0]);
+        close(go[1]);
+        errno = e;
+        return fail(&c, "can't create user and pid namespaces");
+    }
+    char procdir[32];
+    snprintf(procdir, sizeof procdir, "/proc/%d", (int)pid);
+    int r = write_maps(&c, procdir, s->uid, s->gid, geteuid(), getegid());
+    if (r == 0 && write(go[1], "g", 1) != 1)
+        r = fail(&c, "can't start the instance");
+    close(go[1]);
+    if (r == 0)
+        r = read_report(&c, rep[0]);
+    else
+        close(rep[0]);
+    if (r) {
+        e = errno;
+        kill(pid, SIGKILL);
+        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+            ;
+        errno = e;
+        return -1;
+    }
+    *pid_out = (int)pid;
+    return 0;
 }
 
 /* ---------------------------------------------------------------- probes */

@@ -21,10 +21,13 @@ VERBS = {
     "logs": "job", "wait": "job", "schema": "job",
     "srun": "srun", "task": "task",
     "cluster": "cluster",
+    # instances
+    "instance": "instance", "ps": "instance",
+    "exec": "exec",
 }
 
 # Verbs whose failures use Docker's run conventions (125 for hpcrun's own failure).
-CONTAINER_VERBS = {"run", "srun", "task"}
+CONTAINER_VERBS = {"run", "srun", "task", "exec"}
 
 USAGE = """usage: hpcrun [-v|-vv] COMMAND [ARGS...]
 
