@@ -1508,8 +1508,8 @@ static void instance_child(struct ctx *c, const struct hpcrun_spec *s, int state
         fail(c, "can't start a session for the instance");
         report_and_exit(c, rep);
     }
-    /* Descriptors: 0-2 /dev/null, 3 the state dir, 4 the upper dir; the report pipe
-     * above them, everything else closed. */
+    /* Descriptors: 0-2 /dev/null, 3 the state dir, 4 the upper dir, 5 the report pipe,
+     * everything else closed. */
     int hi_state = fcntl(statefd, F_DUPFD_CLOEXEC, 10), hi_rep = fcntl(rep, F_DUPFD_CLOEXEC, 10);
     int null = open("/dev/null", O_RDWR);
     if (hi_state < 0 || hi_rep < 0 || null < 0) {
@@ -1517,10 +1517,11 @@ static void instance_child(struct ctx *c, const struct hpcrun_spec *s, int state
         report_and_exit(c, rep);
     }
     rep = hi_rep;
-    for (int fd = 0; fd < 3; fd++)
-        if (null != fd)
+    /* 0-2 and a placeholder at 4 (so nothing opened before the upper dir takes it). */
+    for (int fd = 0; fd < 5; fd++)
+        if (null != fd && fd != 3)
             dup2(null, fd);
-    if (null > 2)
+    if (null > 4)
         close(null);
     if (move_fd(hi_state, HPCRUN_INSTANCE_STATE_FD) || move_fd(rep, 5)) {
         fail(c, "can't set up the instance's descriptors");

@@ -18,12 +18,14 @@ VERBS = {
     "tag": "image", "rmi": "image", "prune": "image",
     # slurm
     "submit": "job", "render": "job", "jobs": "job", "status": "job", "cancel": "job",
-    "logs": "job", "wait": "job", "schema": "job",
+    "logs": "observe", "wait": "observe", "schema": "job",   # instance names, else job
     "srun": "srun", "task": "task",
     "cluster": "cluster",
     # instances
     "instance": "instance", "ps": "instance",
     "exec": "exec",
+    "top": "observe", "stats": "observe", "kill": "observe", "pause": "observe",
+    "unpause": "observe", "diff": "observe", "cp": "observe", "commit": "observe",
 }
 
 # Verbs whose failures use Docker's run conventions (125 for hpcrun's own failure).
@@ -38,6 +40,8 @@ Images:      pull, push, login, logout, load, save, import, export, convert,
              images, inspect, history, tag, rmi, prune
 Slurm:       submit, render, jobs, status, cancel, logs, wait, srun, task, schema,
              cluster up|down|status|env
+Instances:   instance start|list|stop, exec, ps, top, stats, logs, kill, pause,
+             unpause, wait, diff, cp, commit
 
 Run 'hpcrun COMMAND --help' for a command's options.
 """
