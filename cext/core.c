@@ -15,6 +15,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1247,33 +1248,32 @@ int hpcrun_enter(const struct hpcrun_spec *s, char *err, size_t errlen, int *cod
 
 /* ---------------------------------------------------------------- join */
 
-int hpcrun_join(int pid, char *const *argv, char *const *envp, const char *workdir,
-                char *err, size_t errlen, int *code)
+/* setns into the user, ipc, uts, net, pid and mount namespaces of pid, the user
+ * namespace first (it grants the rights the others need). *pidns: a pid namespace was
+ * joined, which applies to our children only. */
+static int join_namespaces(struct ctx *c, int pid, int *pidns)
 {
-    struct ctx c = {err, errlen, code, -1, -1, -1, -1, 0};
     static const struct { const char *name; int type; } ns[] = {
         {"user", CLONE_NEWUSER}, {"ipc", CLONE_NEWIPC}, {"uts", CLONE_NEWUTS},
         {"net", CLONE_NEWNET}, {"pid", CLONE_NEWPID}, {"mnt", CLONE_NEWNS},
     };
     int fds[6];
     char p[64];
-    *code = HPCRUN_EXIT_FAILED;
-    if (errlen) err[0] = '\0';
     if (count_threads() > 1) {
         errno = EINVAL;
-        return failx(&c, HPCRUN_EXIT_FAILED, "can't join a container from a multi-threaded process");
+        return failx(c, HPCRUN_EXIT_FAILED, "can't join a container from a multi-threaded process");
     }
     /* Open them all first: after setns(user) the host's /proc/PID may look different. */
     for (int i = 0; i < 6; i++) {
         snprintf(p, sizeof p, "/proc/%d/ns/%s", pid, ns[i].name);
         fds[i] = open(p, O_RDONLY | O_CLOEXEC);
         if (fds[i] < 0) {
-            fail(&c, "can't open %s", p);
+            fail(c, "can't open %s", p);
             for (int j = 0; j < i; j++) close(fds[j]);
             return -1;
         }
     }
-    int pidns = 0;
+    *pidns = 0;
     for (int i = 0; i < 6; i++) {
         struct stat a, b;
         snprintf(p, sizeof p, "/proc/self/ns/%s", ns[i].name);
@@ -1285,14 +1285,26 @@ int hpcrun_join(int pid, char *const *argv, char *const *envp, const char *workd
             continue;
         }
         if (ns[i].type == CLONE_NEWPID)
-            pidns = 1;
+            *pidns = 1;
         if (setns(fds[i], ns[i].type)) {
-            fail(&c, "can't join the %s namespace of process %d", ns[i].name, pid);
+            fail(c, "can't join the %s namespace of process %d", ns[i].name, pid);
             for (int j = i; j < 6; j++) close(fds[j]);
             return -1;
         }
         close(fds[i]);
     }
+    return 0;
+}
+
+int hpcrun_join(int pid, char *const *argv, char *const *envp, const char *workdir,
+                char *err, size_t errlen, int *code)
+{
+    struct ctx c = {err, errlen, code, -1, -1, -1, -1, 0};
+    *code = HPCRUN_EXIT_FAILED;
+    if (errlen) err[0] = '\0';
+    int pidns = 0;
+    if (join_namespaces(&c, pid, &pidns))
+        return -1;
     /* setns(2) into a mount namespace already set our root and cwd to its root. */
     struct hpcrun_spec s;
     memset(&s, 0, sizeof s);
@@ -1628,6 +1640,177 @@ int hpcrun_instance(const struct hpcrun_spec *s, int state_dir, int *pid_out, ch
     }
     *pid_out = (int)pid;
     return 0;
+}
+
+
+/* ---------------------------------------------------------------- batch server */
+
+/* Read exactly n bytes; 0 at a clean EOF before the first byte, -1 otherwise. */
+static int read_full(int fd, void *buf, size_t n)
+{
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = read(fd, (char *)buf + got, n - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return got == 0 && r == 0 ? 0 : -1;
+        got += (size_t)r;
+    }
+    return 1;
+}
+
+static int write_full(int fd, const void *buf, size_t n)
+{
+    size_t done = 0;
+    while (done < n) {
+        ssize_t w = write(fd, (const char *)buf + done, n - done);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return -1;
+        done += (size_t)w;
+    }
+    return 0;
+}
+
+struct growbuf {
+    char *p;
+    size_t len, cap;
+};
+
+static int grow_read(struct growbuf *b, int fd)
+{
+    if (b->cap - b->len < 65536) {
+        size_t cap = b->cap ? b->cap * 2 : 65536;
+        char *q = realloc(b->p, cap);
+        if (!q)
+            return -1;
+        b->p = q;
+        b->cap = cap;
+    }
+    ssize_t n = read(fd, b->p + b->len, b->cap - b->len);
+    if (n < 0 && errno == EINTR)
+        return 1;
+    if (n <= 0)
+        return 0;
+    b->len += (size_t)n;
+    return 1;
+}
+
+/* Split a request's NUL-terminated strings: workdir, argv[nargv], envp[nenv]. */
+static int split_request(char *data, size_t len, unsigned nargv, unsigned nenv,
+                         const char **workdir, char **argv, char **envp)
+{
+    char *p = data, *end = data + len;
+    size_t total = 1 + (size_t)nargv + nenv;
+    for (size_t i = 0; i < total; i++) {
+        char *z = memchr(p, '\0', (size_t)(end - p));
+        if (!z)
+            return -1;
+        if (i == 0) *workdir = p;
+        else if (i <= nargv) argv[i - 1] = p;
+        else envp[i - 1 - nargv] = p;
+        p = z + 1;
+    }
+    argv[nargv] = NULL;
+    envp[nenv] = NULL;
+    return nargv ? 0 : -1;
+}
+
+/* Run one request in a child (already in the container's namespaces: forked after
+ * setns, so in its pid namespace too) and answer with its status and output. */
+static int serve_one(struct ctx *c, int out_fd, const char *workdir, char **argv, char **envp,
+                     const sigset_t *orig)
+{
+    int po[2], pe[2];
+    if (pipe2(po, O_CLOEXEC) || pipe2(pe, O_CLOEXEC))
+        return fail(c, "can't create pipe");
+    /* vfork: the server is a copy of a Python process, and copying its page tables
+     * for every command would cost more than the command's exec. The child only
+     * rearranges descriptors, changes directory and execs (or writes and _exits). */
+    pid_t child = vfork();
+    if (child < 0)
+        return fail(c, "can't fork");
+    if (child == 0) {
+        struct hpcrun_spec s;
+        memset(&s, 0, sizeof s);
+        s.argv = argv;
+        s.envp = envp;
+        s.workdir = workdir;
+        s.workdir_required = 1;
+        int null = open("/dev/null", O_RDONLY);
+        dup2(null, 0);
+        dup2(po[1], 1);
+        dup2(pe[1], 2);
+        reset_signals(orig);
+        if (chdir_work(c, &s) == 0)
+            do_exec(c, &s);
+        if (write(2, "hpcrun: error: ", 15) < 0 || write(2, c->err, strlen(c->err)) < 0 ||
+            write(2, "\n", 1) < 0) { /* nobody to tell */ }
+        _exit(*c->code);
+    }
+    close(po[1]);
+    close(pe[1]);
+    struct growbuf b[2];
+    memset(b, 0, sizeof b);
+    int fds[2] = {po[0], pe[0]};
+    while (fds[0] >= 0 || fds[1] >= 0) {
+        struct pollfd pf[2] = {{fds[0], POLLIN, 0}, {fds[1], POLLIN, 0}};
+        if (poll(pf, 2, -1) < 0 && errno != EINTR)
+            break;
+        for (int i = 0; i < 2; i++)
+            if (fds[i] >= 0 && pf[i].revents) {
+                int r = grow_read(&b[i], fds[i]);
+                if (r <= 0) {
+                    close(fds[i]);
+                    fds[i] = -1;
+                }
+            }
+    }
+    int st;
+    while (waitpid(child, &st, 0) < 0 && errno == EINTR)
+        ;
+    int32_t hdr[3] = {wstatus_code(st), (int32_t)b[0].len, (int32_t)b[1].len};
+    int r = write_full(out_fd, hdr, sizeof hdr) || write_full(out_fd, b[0].p, b[0].len) ||
+            write_full(out_fd, b[1].p, b[1].len);
+    free(b[0].p);
+    free(b[1].p);
+    return r ? fail(c, "can't write the answer") : 0;
+}
+
+int hpcrun_serve(int pid, int in_fd, int out_fd, char *err, size_t errlen, int *code)
+{
+    struct ctx c = {err, errlen, code, -1, -1, -1, -1, 0};
+    *code = HPCRUN_EXIT_FAILED;
+    if (errlen) err[0] = '\0';
+    int pidns = 0;
+    if (join_namespaces(&c, pid, &pidns))
+        return -1;
+    sigset_t orig;
+    sigprocmask(SIG_SETMASK, NULL, &orig);
+    signal(SIGPIPE, SIG_IGN);
+    prctl(PR_SET_NAME, "hpcrun:batch");
+    for (;;) {
+        uint32_t hdr[3];   /* length of the strings, argc, envc */
+        int r = read_full(in_fd, hdr, sizeof hdr);
+        if (r == 0)
+            _exit(0);
+        if (r < 0 || hdr[0] > (64u << 20) || hdr[1] > 1u << 16 || hdr[2] > 1u << 16)
+            _exit(HPCRUN_EXIT_FAILED);
+        char *data = malloc(hdr[0] + 1);
+        char **argv = calloc(hdr[1] + 1, sizeof *argv), **envp = calloc(hdr[2] + 1, sizeof *envp);
+        const char *workdir = "/";
+        if (!data || !argv || !envp || read_full(in_fd, data, hdr[0]) != 1)
+            _exit(HPCRUN_EXIT_FAILED);
+        data[hdr[0]] = '\0';
+        if (split_request(data, hdr[0], hdr[1], hdr[2], &workdir, argv, envp) ||
+            serve_one(&c, out_fd, workdir, argv, envp, &orig))
+            _exit(HPCRUN_EXIT_FAILED);
+        free(data);
+        free(argv);
+        free(envp);
+    }
 }
 
 /* ---------------------------------------------------------------- probes */

@@ -91,6 +91,14 @@ int hpcrun_join(int pid, char *const *argv, char *const *envp, const char *workd
 int hpcrun_instance(const struct hpcrun_spec *spec, int state_dir, int *pid,
                     char *err, size_t errlen, int *code);
 
+/* The batch server behind `hpcrun exec --batch` and hpcrun.api: join pid's namespaces
+ * as hpcrun_join does, then answer requests on in_fd until EOF, one at a time, each
+ * run in a forked child inside the container. Request: three native uint32 (length
+ * of the strings, argc, envc), then NUL-terminated strings: workdir, argv, envp.
+ * Answer on out_fd: three native int32 (exit status or 128+N, stdout length, stderr
+ * length), then stdout, then stderr. Returns only on failure to join (-1). */
+int hpcrun_serve(int pid, int in_fd, int out_fd, char *err, size_t errlen, int *code);
+
 /* hpcrun_probe: what `hpcrun check` asks the kernel, each in a forked child. */
 #define HPCRUN_PROBE_USERNS 1
 #define HPCRUN_PROBE_MOUNT 2

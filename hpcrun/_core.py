@@ -168,3 +168,14 @@ def instance(spec, state_dir: int) -> int:
     if lib.hpcrun_instance(s, state_dir, pid, err, ERRLEN, code) < 0:
         _raise(err, code)
     return pid[0]
+
+
+def serve(pid: int, in_fd: int = 0, out_fd: int = 1) -> int:
+    """Join the container of process pid and answer command requests on in_fd until
+    EOF (cext/core.h hpcrun_serve; hpcrun.api speaks the protocol). Never returns
+    unless joining fails (raising ContainerError)."""
+    err = ffi.new("char[]", ERRLEN)
+    code = ffi.new("int *")
+    lib.hpcrun_serve(int(pid), in_fd, out_fd, err, ERRLEN, code)
+    _raise(err, code)
+    return code[0]

@@ -21,12 +21,15 @@ Run CMD inside the running instance NAME (see 'hpcrun ps').
   -w, --workdir DIR        working directory inside (default: the instance's)
   -u, --user UID           must be the instance's own id: a rootless instance maps one
   -i, -t, -it              accepted for Docker's sake (stdin and the terminal are yours)
+      --batch              no CMD: answer command requests on stdin, one at a time, each
+                           in its own process in the instance (hpcrun.api's transport;
+                           the protocol is in cext/core.h, hpcrun_serve)
   -h, --help               this help
 """
 
 
 def parse(argv: list):
-    env, workdir, user = [], None, None
+    env, workdir, user, batch = [], None, None, False
     i, n = 0, len(argv)
     while i < n:
         a = argv[i]
@@ -39,6 +42,10 @@ def parse(argv: list):
             sys.stdout.write(USAGE)
             raise SystemExit(0)
         if a in ("-i", "-t", "-it", "-ti", "--interactive", "--tty"):
+            i += 1
+            continue
+        if a == "--batch":
+            batch = True
             i += 1
             continue
         name, eq, value = a.partition("=")
@@ -66,6 +73,11 @@ def parse(argv: list):
     cmd = argv[i + 1:]
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
+    if batch:
+        if cmd or env or workdir or user:
+            raise UsageError("exec --batch takes only the instance name",
+                             "each request carries its own command, environment and workdir")
+        return name, None, env, workdir, user
     if not cmd:
         raise UsageError("exec: no command given", f"e.g. hpcrun exec {name} sh")
     return name, cmd, env, workdir, user
@@ -89,6 +101,9 @@ def main(verb: str, argv: list) -> int:
     name, cmd, extra, workdir, user = parse(argv)
     from hpcrun.instance import state
     r = state.get_running(name)
+    if cmd is None:
+        from hpcrun import _core
+        return _core.serve(r.pid, 0, 1)
     uid, default_wd = r.exec_info()
     if user is not None and user not in (str(uid), r.user_name()):
         raise UsageError(f"exec -u {user}: instance {name} maps only uid {uid}",
