@@ -158,3 +158,16 @@ def test_list_json(inst, rt_image):
     inst.ok("instance", "start", "--name", "js", rt_image)
     rows = json.loads(inst.ok("ps", "--format", "json").stdout)
     assert [(r["name"], r["pid"], r["status"]) for r in rows] == [("js", inst.pid("js"), "running")]
+
+
+def test_names_are_scoped_to_the_slurm_job(inst, rt_image):
+    job = {"SLURM_JOB_ID": "4242"}
+    inst.ok("instance", "start", "--name", "scoped", rt_image, env=job)
+    assert os.path.isdir(os.path.join(inst.xdg, "hpcrun", "job4242", "scoped"))
+    assert "scoped" in inst.ok("ps", env=job).stdout
+    assert "scoped" not in inst.ok("ps").stdout                  # outside the job
+    assert "scoped" not in inst.ok("ps", env={"SLURM_JOB_ID": "1"}).stdout
+    # The same name in another scope is another instance.
+    inst.ok("instance", "start", "--name", "scoped", rt_image)
+    inst.ok("instance", "stop", "scoped", env=job)
+    inst.ok("instance", "stop", "scoped")

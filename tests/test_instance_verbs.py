@@ -166,3 +166,20 @@ def test_logs_and_wait_of_a_job_id_still_reach_slurm(inst):
     # Not an instance name: the job verb answers (here: no Slurm job 999999999).
     cp = inst("logs", "999999999")
     assert "instance" not in cp.stderr
+
+
+def test_commit_then_run(inst, rt_user_image, user_tmp):
+    store = {"HPCRUN_STORE": os.path.join(user_tmp, "store")}
+    inst.ok("instance", "start", "--name", "cmt", "--writable-tmpfs", rt_user_image)
+    inst.ok("exec", "cmt", "sh", "-c", "echo committed > /hello; rm /bin/vi")
+    image_id = inst.ok("commit", "cmt", "mine:v1", env=store).stdout.strip()
+    assert image_id.startswith("sha256:")
+    assert "mine" in inst.ok("images", env=store).stdout
+    assert inst.ok("run", "mine:v1", "cat", "/hello", env=store).stdout == "committed\n"
+    assert inst("run", "mine:v1", "test", "-e", "/bin/vi", env=store).returncode == 1
+    # A committed image committed again keeps its layers and adds one.
+    inst.ok("instance", "start", "--name", "cmt2", "--writable-tmpfs", "mine:v1", env=store)
+    inst.ok("exec", "cmt2", "sh", "-c", "echo second > /second")
+    inst.ok("commit", "cmt2", "mine:v2", env=store)
+    out = inst.ok("run", "mine:v2", "cat", "/hello", "/second", env=store).stdout
+    assert out == "committed\nsecond\n"
