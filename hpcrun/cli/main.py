@@ -26,10 +26,12 @@ VERBS = {
     "exec": "exec",
     "top": "observe", "stats": "observe", "kill": "observe", "pause": "observe",
     "unpause": "observe", "diff": "observe", "cp": "observe", "commit": "observe",
+    # workflow tools that only know Singularity/Apptainer
+    "singularity": "singularity", "shim": "singularity", "snakemake": "snakemake",
 }
 
 # Verbs whose failures use Docker's run conventions (125 for hpcrun's own failure).
-CONTAINER_VERBS = {"run", "srun", "task", "exec"}
+CONTAINER_VERBS = {"run", "srun", "task", "exec", "singularity"}
 
 USAGE = """usage: hpcrun [-v|-vv] COMMAND [ARGS...]
 
@@ -42,6 +44,7 @@ Slurm:       submit, render, jobs, status, cancel, logs, wait, srun, task, schem
              cluster up|down|status|env
 Instances:   instance start|list|stop, exec, ps, top, stats, logs, kill, pause,
              unpause, wait, diff, cp, commit
+Workflows:   snakemake IMAGE [ARGS], singularity (shim for tools), shim DIR
 
 Run 'hpcrun COMMAND --help' for a command's options.
 """
