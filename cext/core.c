@@ -1450,12 +1450,14 @@ static void write_exit(int statefd, int code)
  * read from a signalfd, so one poll(2) loop serves signals and the command's output.
  * The instance ends with its command (the kernel kills what is left in the pid
  * namespace when PID 1 exits), or, without a command, once stopped. */
-static int instance_supervise(pid_t cmd, int stopsig, struct logbuf *out, int logfd, int statefd)
+static int instance_supervise(pid_t cmd, int stopsig, struct logbuf *out, int logfd, int statefd,
+                              int anchor)
 {
     sigset_t set;
     forwarded_set(&set);
     int sfd = signalfd(-1, &set, SFD_CLOEXEC);
     int stopping = 0, code = 0;
+    struct timespec deadline = {0, 0};
     for (;;) {
         int st;
         pid_t p;
@@ -1471,16 +1473,37 @@ static int instance_supervise(pid_t cmd, int stopsig, struct logbuf *out, int lo
             write_exit(statefd, code);
             return code;
         }
-        struct pollfd pf[3] = {{sfd, POLLIN, 0}, {out[0].fd, POLLIN, 0}, {out[1].fd, POLLIN, 0}};
-        if (poll(pf, 3, -1) < 0 && errno != EINTR)
+        int timeout = -1;
+        if (deadline.tv_sec) {
+            struct timespec now;
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            long ms = (deadline.tv_sec - now.tv_sec) * 1000 + (deadline.tv_nsec - now.tv_nsec) / 1000000;
+            if (ms <= 0) {
+                write_exit(statefd, 128 + SIGKILL);
+                return 128 + SIGKILL;      /* PID 1 exits: the kernel kills the rest */
+            }
+            timeout = (int)ms;
+        }
+        struct pollfd pf[4] = {{sfd, POLLIN, 0}, {out[0].fd, POLLIN, 0}, {out[1].fd, POLLIN, 0},
+                               {deadline.tv_sec ? -1 : anchor, POLLIN, 0}};
+        if (poll(pf, 4, timeout) < 0 && errno != EINTR)
             return HPCRUN_EXIT_FAILED;
         for (int i = 0; i < 2; i++)
             if (pf[i + 1].revents)
                 log_drain(&out[i], logfd, 0);
-        struct signalfd_siginfo si;
-        if (!(pf[0].revents & POLLIN) || read(sfd, &si, sizeof si) != (ssize_t)sizeof si)
-            continue;
-        int sig = (int)si.ssi_signo;
+        int sig = 0;
+        if (pf[3].revents) {
+            /* The Slurm step that started us is gone: stop as on SIGTERM, and end for
+             * good ten seconds later (Slurm's own KillWait default). */
+            sig = SIGTERM;
+            clock_gettime(CLOCK_MONOTONIC, &deadline);
+            deadline.tv_sec += 10;
+        } else {
+            struct signalfd_siginfo si;
+            if (!(pf[0].revents & POLLIN) || read(sfd, &si, sizeof si) != (ssize_t)sizeof si)
+                continue;
+            sig = (int)si.ssi_signo;
+        }
         if (sig == SIGCHLD)
             continue;
         if (cmd > 0) {
@@ -1508,7 +1531,7 @@ static int move_fd(int fd, int to)
 
 /* The child of hpcrun_instance: PID 1 of the new pid namespace. */
 static void instance_child(struct ctx *c, const struct hpcrun_spec *s, int statefd, int go,
-                           int rep, const sigset_t *orig)
+                           int rep, int anchor, const sigset_t *orig)
 {
     char b;
     int out[2], errp[2];
@@ -1521,10 +1544,11 @@ static void instance_child(struct ctx *c, const struct hpcrun_spec *s, int state
         report_and_exit(c, rep);
     }
     /* Descriptors: 0-2 /dev/null, 3 the state dir, 4 the upper dir, 5 the report pipe,
-     * everything else closed. */
+     * 6 the anchor's pidfd, everything else closed. */
     int hi_state = fcntl(statefd, F_DUPFD_CLOEXEC, 10), hi_rep = fcntl(rep, F_DUPFD_CLOEXEC, 10);
+    int hi_anchor = anchor >= 0 ? fcntl(anchor, F_DUPFD_CLOEXEC, 10) : -1;
     int null = open("/dev/null", O_RDWR);
-    if (hi_state < 0 || hi_rep < 0 || null < 0) {
+    if (hi_state < 0 || hi_rep < 0 || null < 0 || (anchor >= 0 && hi_anchor < 0)) {
         fail(c, "can't set up the instance's descriptors");
         report_and_exit(c, rep);
     }
@@ -1541,7 +1565,12 @@ static void instance_child(struct ctx *c, const struct hpcrun_spec *s, int state
     }
     statefd = HPCRUN_INSTANCE_STATE_FD;
     rep = 5;
-    syscall(SYS_close_range, 6, ~0U, 0);
+    if (hi_anchor >= 0 && move_fd(hi_anchor, 6)) {
+        fail(c, "can't keep the Slurm step's pidfd");
+        report_and_exit(c, rep);
+    }
+    anchor = hi_anchor >= 0 ? 6 : -1;
+    syscall(SYS_close_range, 7, ~0U, 0);
     int logfd = openat(statefd, "log", O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
     if (logfd < 0) {
         fail(c, "can't open the instance's log");
@@ -1588,11 +1617,11 @@ static void instance_child(struct ctx *c, const struct hpcrun_spec *s, int state
     close(rep);
     int stopsig = s->stop_signal;
     trim_memory();
-    _exit(instance_supervise(cmd, stopsig, lb, logfd, statefd));
+    _exit(instance_supervise(cmd, stopsig, lb, logfd, statefd, anchor));
 }
 
-int hpcrun_instance(const struct hpcrun_spec *s, int state_dir, int *pid_out, char *err,
-                    size_t errlen, int *code)
+int hpcrun_instance(const struct hpcrun_spec *s, int state_dir, int anchor, int *pid_out,
+                    char *err, size_t errlen, int *code)
 {
     struct ctx c = {err, errlen, code, -1, -1, -1, -1, 0};
     sigset_t fwd, orig;
@@ -1608,7 +1637,7 @@ int hpcrun_instance(const struct hpcrun_spec *s, int state_dir, int *pid_out, ch
     if (pid == 0) {
         close(rep[0]);
         close(go[1]);
-        instance_child(&c, s, state_dir, go[0], rep[1], &orig);
+        instance_child(&c, s, state_dir, go[0], rep[1], anchor, &orig);
     }
     int e = errno;
     sigprocmask(SIG_SETMASK, &orig, NULL);

@@ -86,9 +86,11 @@ int hpcrun_join(int pid, char *const *argv, char *const *envp, const char *workd
  * the command's stdout and stderr, one timestamped line at a time, to the file "log"
  * in state_dir ("SECONDS.NANOS 1|2 TEXT"), and its exit code to "exit" when it ends.
  * Without a command it waits; SIGTERM, SIGINT or SIGHUP then goes to every process of
- * the instance, and it exits 0 once its children are gone. 0 once the command runs
- * (*pid: the supervisor's pid); -1 as hpcrun_enter on failure (nothing left running). */
-int hpcrun_instance(const struct hpcrun_spec *spec, int state_dir, int *pid,
+ * the instance, and it exits 0 once its children are gone. anchor: a pidfd (or -1);
+ * when that process ends (the Slurm step that started the instance), the instance
+ * stops as on SIGTERM and ends at most 10 s later. 0 once the command runs (*pid: the
+ * supervisor's pid); -1 as hpcrun_enter on failure (nothing left running). */
+int hpcrun_instance(const struct hpcrun_spec *spec, int state_dir, int anchor, int *pid,
                     char *err, size_t errlen, int *code);
 
 /* The batch server behind `hpcrun exec --batch` and hpcrun.api: join pid's namespaces

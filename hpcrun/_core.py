@@ -155,17 +155,18 @@ def probe(what: str):
     return r == 0, ffi.string(err).decode("utf-8", "replace")
 
 
-def instance(spec, state_dir: int) -> int:
+def instance(spec, state_dir: int, anchor: int = -1) -> int:
     """Start an instance of a runtime Spec (see cext/core.h hpcrun_instance): its C
     supervisor is PID 1 of new user and pid namespaces, detached, with the state
-    directory open as descriptor 3. Returns the supervisor's pid once the command runs;
-    raises ContainerError (nothing left running) otherwise."""
+    directory open as descriptor 3; anchor: a pidfd whose process's end stops the
+    instance (-1: none). Returns the supervisor's pid once the command runs; raises
+    ContainerError (nothing left running) otherwise."""
     a = _Arena()
     s = _cspec(a, spec)
     err = ffi.new("char[]", ERRLEN)
     code = ffi.new("int *")
     pid = ffi.new("int *")
-    if lib.hpcrun_instance(s, state_dir, pid, err, ERRLEN, code) < 0:
+    if lib.hpcrun_instance(s, state_dir, anchor, pid, err, ERRLEN, code) < 0:
         _raise(err, code)
     return pid[0]
 

@@ -142,3 +142,13 @@ def test_worker_that_cannot_reach_its_manager(user, wf_image):
     assert "could not connect" in cp.stderr
     assert time.monotonic() - t < 30
     _no_hpcrun_left(user, "work_queue_worker")
+
+
+def test_singularity_shim_refuses_what_it_does_not_know(user, wf_image):
+    cp = util.hpcrun(user, "singularity", "exec", "--overlay", "x.img", wf_image, "true")
+    assert cp.returncode == 125
+    errs = [l for l in cp.stderr.splitlines() if l.startswith("hpcrun: error:")]
+    assert len(errs) == 1 and "unsupported option '--overlay'" in errs[0]
+    cp = util.hpcrun(user, "singularity", "build", "x.sif", "docker://alpine")
+    assert cp.returncode == 125 and "unsupported command" in cp.stderr
+    assert util.hpcrun(user, "singularity", "--version").stdout.startswith("apptainer version")

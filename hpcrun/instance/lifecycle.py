@@ -80,10 +80,13 @@ def start(opts, name: str | None = None, environ=None) -> state.Record:
         with open(os.path.join(d, "record.json"), "w") as f:
             json.dump(info, f)
         fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        anchor = _slurm_anchor()
         try:
-            pid = _core.instance(spec, fd)
+            pid = _core.instance(spec, fd, anchor)
         finally:
             os.close(fd)
+            if anchor >= 0:
+                os.close(anchor)
         start = state.start_time(pid)
         if start is None:
             # It ended at once (e.g. the command exited): the record still tells why.
@@ -95,6 +98,29 @@ def start(opts, name: str | None = None, environ=None) -> state.Record:
         state.remove(d)
         raise
     return state.Record(name, d, pid)
+
+
+def _slurm_anchor() -> int:
+    """Under Slurm, a pidfd of the slurmstepd above us (-1 elsewhere): the supervisor
+    leaves the step's process tree when it detaches, so where Slurm tracks processes by
+    parentage (proctrack/linuxproc) rather than by cgroup, the instance itself ends
+    with the step. A pidfd names the process itself, never a reused pid."""
+    if not os.environ.get("SLURM_JOB_ID"):
+        return -1
+    pid = os.getppid()
+    while pid > 1:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                s = f.read()
+        except OSError:
+            return -1
+        if s[s.index("(") + 1:s.rindex(")")] == "slurmstepd":
+            try:
+                return os.pidfd_open(pid)
+            except OSError:
+                return -1
+        pid = int(s[s.rindex(")") + 2:].split()[1])
+    return -1
 
 
 def _gone(pid: int, start: str) -> bool:
