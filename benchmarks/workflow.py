@@ -4,7 +4,8 @@ interleaved, on the sample DAG (generate, compress, sort, merge sequence-like da
 hpcrun.workflow.dag), and checks that every configuration's outputs are identical.
 
 Configurations (Makeflow drives all but `api`):
-  bare        the tasks on the host
+  bare        the tasks on the host, with the image's tools (its static busybox) first
+              on PATH, so that every configuration runs the same programs
   per-task    a container per task:  makeflow --wrapper 'hpcrun run -v DIR:/mnt -w /mnt IMG'
   ch-run      a container per task:  makeflow --wrapper 'ch-run -b DIR:/mnt -c /mnt IMG --'
   per-worker  a container per worker: makeflow -T wq, work_queue_worker inside hpcrun run
@@ -67,10 +68,10 @@ class User:
                     "PATH": f"{VENV_BIN}:/usr/local/bin:/usr/bin:/bin",
                     "XDG_RUNTIME_DIR": runtime_dir}
 
-    def popen(self, argv, cwd, **kw):
+    def popen(self, argv, cwd, env=None, **kw):
         if self.root:
             kw.update(user=self.pw.pw_uid, group=self.pw.pw_gid, extra_groups=[])
-        return subprocess.Popen(argv, cwd=cwd, env=self.env, **kw)
+        return subprocess.Popen(argv, cwd=cwd, env=env or self.env, **kw)
 
     def run(self, argv, cwd="/", check=True, **kw):
         p = self.popen(argv, cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
@@ -117,9 +118,9 @@ def watch(p, d: str, label: str, total: int) -> None:
         time.sleep(0.5)
 
 
-def run_makeflow(u: User, d: str, argv: list, label: str, total: int) -> float:
+def run_makeflow(u: User, d: str, argv: list, label: str, total: int, env=None) -> float:
     t = time.perf_counter()
-    p = u.popen(argv, d, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    p = u.popen(argv, d, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     watch(p, d, label, total)
     out = p.stdout.read()
     dt = time.perf_counter() - t
@@ -191,7 +192,12 @@ def run_config(cfg: str, u: User, work: str, image: str, args, chains: int, line
             times = task_times(d)
         else:
             argv = mf + (["--wrapper", wrap] if wrap else []) + ["wf.mf"]
-            span = run_makeflow(u, d, argv, label, total)
+            env = None
+            if cfg == "bare":
+                # The image's own tools (static busybox) on the host: the containers'
+                # cost is then the only difference, not busybox awk against mawk.
+                env = dict(u.env, PATH=f"{image}/bin:{image}/usr/bin:" + u.env["PATH"])
+            span = run_makeflow(u, d, argv, label, total, env)
             times = task_times(d)
     finally:
         if cfg == "shared":

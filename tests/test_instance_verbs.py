@@ -115,6 +115,16 @@ def test_pause_stops_every_process_and_unpause_continues(inst, rt_image):
     assert all(_state(p) != "T" for p in others)
 
 
+def test_stop_of_a_paused_instance_is_prompt(inst, rt_image):
+    inst.ok("instance", "start", "--name", "pzs", rt_image, "sh", "-c", "sleep 300 & wait")
+    members = ns_members(inst.pid("pzs"))
+    inst.ok("pause", "pzs")
+    t = time.monotonic()
+    inst.ok("instance", "stop", "-t", "30", "pzs")
+    assert time.monotonic() - t < 20
+    assert not [p for p, _ in util.live_processes() if p in members]
+
+
 def test_diff_markers(inst, rt_user_image):
     inst.ok("instance", "start", "--name", "df", "--writable-tmpfs", rt_user_image)
     inst.ok("exec", "df", "sh", "-c",

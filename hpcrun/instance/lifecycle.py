@@ -165,6 +165,9 @@ def stop(name: str, timeout: float = 10.0) -> int | None:
         raise state.NotFound(f"no such instance: {name}",
                              "see 'hpcrun ps -a' for your instances")
     if r.running:
+        from hpcrun.instance import observe
+        if observe.paused(r):
+            observe.pause(r, False)     # a stopped process would take SIGTERM only later
         signal_instance(r, signal.SIGTERM)
         if not wait_gone(r, timeout):
             signal_instance(r, signal.SIGKILL)   # PID 1 killed: the kernel ends the rest
