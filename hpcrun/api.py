@@ -55,12 +55,21 @@ def _cli(*args: str) -> str:
     return cp.stdout
 
 
+def _option_table() -> dict:
+    """flag -> (attribute, kind) of `hpcrun run`: the option table where it exists
+    (hpcrun.runtime.options.TABLE), else the run parser's own (hpcrun.cli.run.OPTIONS)."""
+    try:
+        from hpcrun.runtime.options import TABLE  # type: ignore[import-not-found]
+        return {o.name: (o.attr, o.kind) for o in TABLE}
+    except ImportError:
+        from hpcrun.cli.run import OPTIONS
+        return dict(OPTIONS)
+
+
 def _option_args(opts: Mapping[str, Any]) -> list:
-    """Keyword arguments named as RunOptions attributes -> `hpcrun run` options, from the
-    run parser's own table (hpcrun.cli.run.OPTIONS)."""
-    from hpcrun.cli.run import OPTIONS
+    """Keyword arguments named as RunOptions attributes -> `hpcrun run` options."""
     by_attr: dict = {}
-    for flag, (attr, kind) in OPTIONS.items():
+    for flag, (attr, kind) in _option_table().items():
         if flag.startswith("--") and (attr not in by_attr or kind == "off"):
             by_attr[attr] = (flag, kind)
     out = []

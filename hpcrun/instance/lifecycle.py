@@ -175,21 +175,3 @@ def stop(name: str, timeout: float = 10.0) -> int | None:
     code = r.exit_code()
     state.remove(r.dir)
     return code
-
-
-def processes(r: state.Record) -> list:
-    """Host pids of every process in the instance's pid namespace (the supervisor's)."""
-    try:
-        ns = os.readlink(f"/proc/{r.pid}/ns/pid")
-    except OSError:
-        return []
-    out = []
-    for p in os.listdir("/proc"):
-        if not p.isdigit():
-            continue
-        try:
-            if os.readlink(f"/proc/{p}/ns/pid") == ns:
-                out.append(int(p))
-        except OSError:
-            continue
-    return sorted(out)

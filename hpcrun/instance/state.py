@@ -57,11 +57,8 @@ def _private_dir(path: str) -> str:
 
 def root(create: bool = True) -> str:
     """The user's instance directory (created 0700 and checked)."""
-    override = os.environ.get("HPCRUN_INSTANCE_DIR")
     xdg = os.environ.get("XDG_RUNTIME_DIR")
-    if override:
-        base = override
-    elif xdg and os.path.isdir(xdg):
+    if xdg and os.path.isdir(xdg):
         _check_private(xdg)
         base = os.path.join(xdg, "hpcrun")
     else:
