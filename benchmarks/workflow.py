@@ -15,6 +15,11 @@ Configurations (Makeflow drives all but `api`):
 Variants: the half-second workload (--lines, default 40000 reads per generated file: about 0.4 s a task here) and a
 short-task one (--short-lines, default 200: tens of milliseconds).
 
+Makespan is wall time; on a shared machine it moves with everyone else's load, so the
+CPU time of each run (user + system of every process it waited for: tasks, wrappers,
+workers, exec servers) is reported beside it, and the CPU each configuration adds per
+task over bare.
+
 Then the per-command entry cost, interleaved: hpcrun.api exec, hpcrun exec, ch-run,
 hpcrun run (each runs /bin/true in the same image).
 
@@ -166,8 +171,17 @@ finally:
     return span, times
 
 
+def cpu_children() -> float:
+    """User + system seconds of every child (and its descendants) waited for so far."""
+    import resource
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def run_config(cfg: str, u: User, work: str, image: str, args, chains: int, lines: int,
                label: str, runtime_dir: str) -> tuple:
+    """(makespan, {task: seconds}, outputs, number of tasks, CPU seconds of the run)."""
+    cpu0 = cpu_children()
     d = tempfile.mkdtemp(prefix=f"{cfg}-", dir=work)
     os.chmod(d, 0o755)
     info = dag.write(d, chains, lines)
@@ -204,7 +218,7 @@ def run_config(cfg: str, u: User, work: str, image: str, args, chains: int, line
             u.run([HPCRUN, "instance", "stop", "bench-shared"], check=False)
     outputs = dag.text_outputs(d)
     shutil.rmtree(d, ignore_errors=True)
-    return span, times, outputs, total
+    return span, times, outputs, total, cpu_children() - cpu0
 
 
 def run_workers(u: User, d: str, image: str, args, label: str, total: int) -> float:
@@ -294,7 +308,7 @@ def plots(out: str, results: dict, overheads: dict) -> list:
     fig, axes = plt.subplots(1, len(variants), figsize=(6 * len(variants), 4), squeeze=False)
     for ax, v in zip(axes[0], variants):
         cfgs = [c for c in overheads[v] if overheads[v][c]]
-        ax.boxplot([[x * 1000 for x in overheads[v][c]] for c in cfgs], labels=cfgs,
+        ax.boxplot([[x * 1000 for x in overheads[v][c]] for c in cfgs], tick_labels=cfgs,
                    showfliers=False)
         ax.axhline(0, color="grey", lw=0.5)
         ax.set_title(f"per-task overhead vs bare, {v}")
@@ -341,6 +355,7 @@ def main() -> int:
     variants = {k: variants[k] for k in args.variants.split(",")}
     results: dict = {v: {c: [] for c in configs} for v in variants}
     task_t: dict = {v: {c: [] for c in configs} for v in variants}
+    cpu_s: dict = {v: {c: [] for c in configs} for v in variants}
     overheads: dict = {v: {c: [] for c in configs if c != "bare"} for v in variants}
     ntasks = 0
     try:
@@ -350,15 +365,17 @@ def main() -> int:
                 order = configs[r % len(configs):] + configs[:r % len(configs)]
                 for c in order:
                     label = f"{v} round {r + 1}/{args.rounds} {c}"
-                    span, times, outs, ntasks = run_config(c, u, work, image, args, chains,
-                                                           lines, label, runtime)
+                    span, times, outs, ntasks, cpu = run_config(c, u, work, image, args,
+                                                                chains, lines, label, runtime)
                     if ref is None:
                         ref = outs
                     if outs != ref:
                         sys.exit(f"benchmarks/workflow.py: {label}: outputs differ")
                     results[v][c].append(span)
+                    cpu_s[v][c].append(cpu)
                     task_t[v][c].append(times)
-                    say(f"{label}: {span:.2f} s, {ntasks} tasks, outputs identical")
+                    say(f"{label}: {span:.2f} s, CPU {cpu:.2f} s, {ntasks} tasks, "
+                        "outputs identical")
             bare_t = task_t[v].get("bare") or []
             if bare_t:
                 med = {}
@@ -387,14 +404,21 @@ def main() -> int:
         b = statistics.median(results[v]["bare"]) if "bare" in results[v] else None
         ch = statistics.median(results[v]["ch-run"]) if "ch-run" in results[v] else None
         lines_md += [f"**{v}** ({variants[v]} reads per generated file)", "",
-                     "| configuration | makespan (s) | vs bare | vs ch-run | per-task overhead, median (ms) |",
-                     "|---|---:|---:|---:|---:|"]
+                     "| configuration | makespan (s) | vs bare | vs ch-run | CPU (s) | CPU vs bare "
+                     "| CPU per task over bare (ms) | per-task wall over bare, median (ms) |",
+                     "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        bc = statistics.median(cpu_s[v]["bare"]) if "bare" in cpu_s[v] else None
         for c in configs:
             m = statistics.median(results[v][c])
+            cm = statistics.median(cpu_s[v][c])
             oh = overheads[v].get(c)
-            lines_md.append(f"| {c} | {m:.2f} | {m / b:.3f}x |" if b else f"| {c} | {m:.2f} | - |")
-            lines_md[-1] += f" {m / ch:.3f}x |" if ch else " - |"
-            lines_md[-1] += f" {statistics.median(oh) * 1000:.1f} |" if oh else " - |"
+            row = f"| {c} | {m:.2f} |"
+            row += f" {m / b:.3f}x |" if b else " - |"
+            row += f" {m / ch:.3f}x |" if ch else " - |"
+            row += f" {cm:.2f} |"
+            row += f" {cm / bc:.3f}x | {(cm - bc) / ntasks * 1000:.1f} |" if bc else " - | - |"
+            row += f" {statistics.median(oh) * 1000:.1f} |" if oh else " - |"
+            lines_md.append(row)
         lines_md.append("")
     lines_md += ["**Per-command entry** (median of %d, /bin/true)" % args.entry_rounds, "",
                  "| entry | ms | vs ch-run |", "|---|---:|---:|"]

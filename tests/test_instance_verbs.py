@@ -63,7 +63,7 @@ def test_stats_cpu_of_a_busy_instance(inst, rt_image):
 
 def test_logs_streams_tail_and_timestamps(inst, rt_image):
     inst.ok("instance", "start", "--name", "lg", rt_image,
-            "sh", "-c", "echo one; echo two >&2; echo three; sleep 300")
+            "sh", "-c", "echo one; echo two >&2; sleep 0.3; echo three; sleep 300")
     for _ in range(100):
         cp = inst.ok("logs", "lg")
         if "three" in cp.stdout:
