@@ -10,11 +10,15 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <net/if.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -62,6 +66,7 @@ struct ctx {
     int fuse_log;     /* memfd holding squashfuse's stderr */
     int fuse_go;      /* tells the squashfuse child to start, once the mount exists */
     int in_pidns;     /* this process is PID 1 of a new pid namespace */
+    int image_mounts; /* mounts below the image directory: 0 not looked yet, 1 none, 2 some */
 };
 
 /* An instance's supervisor keeps its writable overlay's upper directory open (set only
@@ -213,6 +218,143 @@ static int remount_ro(struct ctx *c, const char *path, const char *shown)
     return 0;
 }
 
+/* HPCRUN_CORE_FALLBACKS=1 (tests): take the paths for kernels without mount_setattr(2)
+ * and close_range(2), so that they are exercised here too. */
+static int use_fallbacks(void)
+{
+    const char *v = getenv("HPCRUN_CORE_FALLBACKS");
+    return v && !strcmp(v, "1");
+}
+
+/* mount_setattr(2) (Linux >= 5.12); the struct under our own name, since only newer
+ * glibc (2.36) and kernel headers declare it. */
+#ifndef SYS_mount_setattr
+#define SYS_mount_setattr 442   /* the same on every architecture (unified table) */
+#endif
+#ifndef AT_RECURSIVE
+#define AT_RECURSIVE 0x8000
+#endif
+#ifndef MOUNT_ATTR_RDONLY
+#define MOUNT_ATTR_RDONLY 0x00000001
+#endif
+struct hpcrun_mount_attr {
+    uint64_t attr_set, attr_clr, propagation, userns_fd;
+};
+
+/* mountinfo escapes space, tab, newline and backslash as \ooo (octal): decode in place. */
+static void unescape_mountinfo(char *s)
+{
+    char *o = s;
+    for (char *p = s; *p; p++) {
+        if (p[0] == '\\' && p[1] >= '0' && p[1] <= '3' && p[2] >= '0' && p[2] <= '7' &&
+            p[3] >= '0' && p[3] <= '7') {
+            *o++ = (char)((p[1] - '0') * 64 + (p[2] - '0') * 8 + (p[3] - '0'));
+            p += 3;
+        } else {
+            *o++ = *p;
+        }
+    }
+    *o = '\0';
+}
+
+/* The mounts strictly below path in /proc/self/mountinfo (field 5, the mount point as
+ * seen from our root; before the final pivot the host's /proc is under OLDROOT): how
+ * many there are, each remounted read-only (keeping its locked flags) with remount;
+ * -1 on failure, the message filled. For kernels without mount_setattr. */
+static int mounts_below(struct ctx *c, const char *path, int remount, const char *shown)
+{
+    int fd = open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        fd = open(OLDROOT "/proc/self/mountinfo", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return fail(c, "can't read the mount table to make %s read-only", shown);
+    size_t len = 0, cap = 0;
+    char *buf = NULL;
+    for (;;) {
+        if (len + 4096 > cap) {
+            char *nb = realloc(buf, cap = cap ? cap * 2 : 65536);
+            if (!nb) {
+                free(buf);
+                close(fd);
+                return fail(c, "can't read the mount table to make %s read-only", shown);
+            }
+            buf = nb;
+        }
+        ssize_t n = read(fd, buf + len, cap - len - 1);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        len += (size_t)n;
+    }
+    close(fd);
+    buf[len] = '\0';
+    size_t pl = strlen(path);
+    int r = 0, found = 0;
+    for (char *line = buf, *next; line && *line && r == 0; line = next) {
+        next = strchr(line, '\n');
+        if (next)
+            *next++ = '\0';
+        char *f = line;   /* id parent major:minor root MOUNT-POINT options ... */
+        for (int i = 0; i < 4 && f; i++) {
+            f = strchr(f, ' ');
+            if (f) f++;
+        }
+        if (!f)
+            continue;
+        char *end = strchr(f, ' ');
+        if (end)
+            *end = '\0';
+        unescape_mountinfo(f);
+        if (strncmp(f, path, pl) || f[pl] != '/')
+            continue;     /* not below path */
+        found++;
+        if (remount &&
+            mount(NULL, f, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | locked_flags(f), NULL) &&
+            errno != ENOENT)
+            r = fail(c, "can't make %s read-only (the mount at %s below it)", shown, f + pl);
+    }
+    free(buf);
+    return r ? r : found;
+}
+
+/* A read-only bind is read-only all the way down, as bubblewrap's --ro-bind and
+ * Docker's recursive read-only: -v /:/host:ro must not leave /host/dev/shm writable.
+ * mount_setattr(AT_RECURSIVE) sets MOUNT_ATTR_RDONLY on the whole tree at once and
+ * leaves the other (possibly locked) flags alone; where the kernel lacks it, remount
+ * each mount, keeping the locked flags. */
+static int remount_ro_rec(struct ctx *c, const char *path, const char *shown)
+{
+    struct hpcrun_mount_attr a = {MOUNT_ATTR_RDONLY, 0, 0, 0};
+    if (!use_fallbacks() &&
+        syscall(SYS_mount_setattr, AT_FDCWD, path, AT_RECURSIVE, &a, sizeof a) == 0)
+        return 0;
+    if (remount_ro(c, path, shown))
+        return -1;
+    return mounts_below(c, path, 1, shown) < 0 ? -1 : 0;
+}
+
+/* The same for a bind of an entry of the image directory `lower` (the underlay binds
+ * every one): without mount_setattr, one look at the mount table tells whether anything
+ * is mounted below the image at all, instead of one per entry. */
+static int remount_ro_entry(struct ctx *c, const char *path, const char *shown,
+                            const char *lower)
+{
+    struct hpcrun_mount_attr a = {MOUNT_ATTR_RDONLY, 0, 0, 0};
+    if (!use_fallbacks() &&
+        syscall(SYS_mount_setattr, AT_FDCWD, path, AT_RECURSIVE, &a, sizeof a) == 0)
+        return 0;
+    if (!c->image_mounts) {
+        int n = mounts_below(c, lower, 0, "the image");
+        if (n < 0)
+            return -1;
+        c->image_mounts = n ? 2 : 1;
+    }
+    if (remount_ro(c, path, shown))
+        return -1;
+    return c->image_mounts == 2 && mounts_below(c, path, 1, shown) < 0 ? -1 : 0;
+}
+
 static const char *env_get(char *const *envp, const char *name)
 {
     size_t n = strlen(name);
@@ -247,25 +389,27 @@ static int write_maps(struct ctx *c, const char *procdir, unsigned int uid, unsi
 
 /* ---------------------------------------------------------------- squashfuse */
 
-/* Start squashfuse on the image. It runs in our user namespace but the host's mount
- * namespace, so it does not keep the container's mount namespace alive: when the
- * container's last process exits the mount goes, the FUSE connection is aborted and
- * squashfuse exits. We open /dev/fuse here (it must be opened in the user namespace
- * that mounts it) and hand it over as /dev/fd/N (libfuse >= 3.3), so squashfuse needs
- * neither fusermount nor privilege. It may only read the device once the mount exists
- * (before that a read is EPERM), so the child waits on a pipe until fuse_mount() says
- * go; if we fail first, the pipe closes and it exits. Double fork: the command must
- * not inherit it as a child it could wait for. */
+/* Start squashfuse on the image, in the host's user and mount namespaces: forked
+ * before we unshare anything, so that it is no process of the container's user
+ * namespace. Were it one (as it once was), the command could read its
+ * /proc/PID/root and /proc/PID/fd (same uid, same user namespace: ptrace access
+ * allowed) and so reach the host's tree; from a child user namespace the kernel refuses
+ * that (ptrace across user namespaces needs CAP_SYS_PTRACE over the target's).
+ * The mount is ours: /dev/fuse must be opened in the user namespace that mounts it, so
+ * fuse_open() opens it there and fuse_mount() hands the descriptor to the waiting
+ * server over a socket (SCM_RIGHTS) once the mount exists (before that a read is
+ * EPERM); squashfuse serves it as /dev/fd/N (libfuse >= 3.3), needing neither
+ * fusermount nor privilege. When the container's last process exits the mount goes,
+ * the connection is aborted and squashfuse exits; if entering fails first, the socket
+ * closes and the server exits without starting. Double fork: the command must not
+ * inherit it as a child it could wait for. */
 static int fuse_spawn(struct ctx *c, const struct hpcrun_spec *s)
 {
-    int pp[2], go[2];
-    c->fuse_fd = open("/dev/fuse", O_RDWR | O_CLOEXEC);
-    if (c->fuse_fd < 0)
-        return fail(c, "can't open /dev/fuse to mount %s", s->image);
+    int pp[2], sp[2];
     c->fuse_log = memfd_create("squashfuse-stderr", MFD_CLOEXEC);
     if (c->fuse_log < 0)
         return fail(c, "can't create memfd");
-    if (pipe2(pp, O_CLOEXEC) || pipe2(go, O_CLOEXEC))
+    if (pipe2(pp, O_CLOEXEC) || socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp))
         return fail(c, "can't create pipe");
     pid_t a = fork();
     if (a < 0)
@@ -274,12 +418,27 @@ static int fuse_spawn(struct ctx *c, const struct hpcrun_spec *s)
         pid_t b = fork();
         if (b == 0) {
             char fdpath[32], g;
-            close(go[1]);
-            if (read(go[0], &g, 1) != 1)
+            union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int))]; } u;
+            struct iovec iov = {&g, 1};
+            struct msghdr mh;
+            memset(&mh, 0, sizeof mh);
+            mh.msg_iov = &iov;
+            mh.msg_iovlen = 1;
+            mh.msg_control = u.buf;
+            mh.msg_controllen = sizeof u.buf;
+            close(sp[0]);
+            ssize_t n;
+            do
+                n = recvmsg(sp[1], &mh, MSG_CMSG_CLOEXEC);
+            while (n < 0 && errno == EINTR);
+            struct cmsghdr *cm = n == 1 ? CMSG_FIRSTHDR(&mh) : NULL;
+            if (!cm || cm->cmsg_type != SCM_RIGHTS)
                 _exit(0);       /* entering failed before the mount: nothing to serve */
+            int fd;
+            memcpy(&fd, CMSG_DATA(cm), sizeof fd);
             setsid();   /* not in the terminal's process group: ^C is for the command */
-            snprintf(fdpath, sizeof fdpath, "/dev/fd/%d", c->fuse_fd);
-            fcntl(c->fuse_fd, F_SETFD, 0);
+            snprintf(fdpath, sizeof fdpath, "/dev/fd/%d", fd);
+            fcntl(fd, F_SETFD, 0);
             dup2(c->fuse_log, 2);
             int nul = open("/dev/null", O_RDWR);
             if (nul >= 0) {
@@ -298,8 +457,8 @@ static int fuse_spawn(struct ctx *c, const struct hpcrun_spec *s)
         _exit(w == (ssize_t)sizeof b ? 0 : 1);
     }
     close(pp[1]);
-    close(go[0]);
-    c->fuse_go = go[1];
+    close(sp[1]);
+    c->fuse_go = sp[0];
     pid_t b = -1;
     ssize_t r;
     do
@@ -316,6 +475,40 @@ static int fuse_spawn(struct ctx *c, const struct hpcrun_spec *s)
     return 0;
 }
 
+/* In the container's user namespace, before its mount namespace exists. */
+static int fuse_open(struct ctx *c, const struct hpcrun_spec *s)
+{
+    c->fuse_fd = open("/dev/fuse", O_RDWR | O_CLOEXEC);
+    if (c->fuse_fd < 0)
+        return fail(c, "can't open /dev/fuse to mount %s", s->image);
+    return 0;
+}
+
+/* Hand the mounted connection to the server: the go-ahead and the descriptor at once. */
+static int fuse_hand_over(struct ctx *c)
+{
+    char g = 'g';
+    union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int))]; } u;
+    struct iovec iov = {&g, 1};
+    struct msghdr mh;
+    memset(&u, 0, sizeof u);
+    memset(&mh, 0, sizeof mh);
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = u.buf;
+    mh.msg_controllen = sizeof u.buf;
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(cm), &c->fuse_fd, sizeof(int));
+    ssize_t n;
+    do
+        n = sendmsg(c->fuse_go, &mh, MSG_NOSIGNAL);
+    while (n < 0 && errno == EINTR);
+    return n == 1 ? 0 : -1;
+}
+
 static int fuse_mount(struct ctx *c, const struct hpcrun_spec *s, const char *target)
 {
     char opts[128];
@@ -324,7 +517,7 @@ static int fuse_mount(struct ctx *c, const struct hpcrun_spec *s, const char *ta
              c->fuse_fd, s->uid, s->gid);
     if (mount("squashfuse", target, "fuse.squashfuse", MS_NOSUID | MS_NODEV | MS_RDONLY, opts))
         return fail(c, "can't mount squashfs %s", s->image);
-    if (write(c->fuse_go, "g", 1) != 1)
+    if (fuse_hand_over(c))
         return fail(c, "can't start squashfuse");
     close(c->fuse_go);
     c->fuse_go = -1;
@@ -489,7 +682,8 @@ static int underlay(struct ctx *c, const struct hpcrun_spec *s, const char *lowe
                 closedir(d);
                 return fail(c, "can't bind %s%s/%s from the image", rel, "", e->d_name);
             }
-            if (!r && remount_ro(c, b, e->d_name)) {
+            if (!r && (S_ISDIR(si.st_mode) ? remount_ro_entry(c, b, e->d_name, lower)
+                                            : remount_ro(c, b, e->d_name))) {
                 closedir(d);
                 return -1;
             }
@@ -651,7 +845,10 @@ static int do_mounts(struct ctx *c, const struct hpcrun_spec *s, const char *low
                 return fail(c, "can't bind a synthesized file to %s", m->dst);
             return fail(c, "can't bind %s to %s", m->src, m->dst);
         }
-        if ((m->flags & (HPCRUN_M_RDONLY | HPCRUN_M_CONTENT)) && remount_ro(c, dst, m->dst))
+        /* nothing can be mounted below a file: a plain remount does */
+        int file = (m->flags & (HPCRUN_M_FILE | HPCRUN_M_CONTENT)) != 0;
+        if ((m->flags & (HPCRUN_M_RDONLY | HPCRUN_M_CONTENT)) &&
+            (file ? remount_ro(c, dst, m->dst) : remount_ro_rec(c, dst, m->dst)))
             return -1;
     }
     return 0;
@@ -732,11 +929,16 @@ static int setup_fs(struct ctx *c, const struct hpcrun_spec *s)
         }
     } else if (mount(lower, NEWROOT, NULL, MS_BIND | MS_REC, NULL)) {
         return fail(c, "can't bind %s to /", s->image);
+    } else if (remount_ro_rec(c, NEWROOT, "the image")) {
+        /* Read-only now, with whatever is mounted below the image directory on the host;
+         * the container's own mounts come next and keep their own modes. */
+        return -1;
     }
 
     if (do_mounts(c, s, lower))
         return -1;
-    if (!writable && (!skeleton || underlaid) && remount_ro(c, NEWROOT, "the image"))
+    /* The underlay's tmpfs, not its binds (each made read-only already). */
+    if (underlaid && remount_ro(c, NEWROOT, "the image"))
         return -1;
 
     /* pivot_root(".", ".") stacks the old root on top of the new one; detaching it
@@ -773,7 +975,7 @@ static int net_lo_up(struct ctx *c)
 static int enter_rest(struct ctx *c, const struct hpcrun_spec *s)
 {
     int fl = CLONE_NEWNS;
-    if (s->flags & HPCRUN_F_SQUASH && fuse_spawn(c, s))
+    if (s->flags & HPCRUN_F_SQUASH && fuse_open(c, s))
         return -1;
     if (s->flags & HPCRUN_F_IPC) fl |= CLONE_NEWIPC;
     if (s->flags & HPCRUN_F_NET) fl |= CLONE_NEWNET;
@@ -790,20 +992,196 @@ static int enter_rest(struct ctx *c, const struct hpcrun_spec *s)
 
 /* ---------------------------------------------------------------- exec */
 
+/* The working directory must lie inside the container's root. A path through a magic
+ * link (/proc/self/fd/N of an inherited directory, /proc/PID/cwd of a host process)
+ * would start the command outside it, the runc CVE-2024-21626 class. The kernel's
+ * getcwd(2) tells: it prefixes "(unreachable)" to a directory not below our root (the
+ * raw syscall; glibc's getcwd turns that into ENOENT). */
+static int cwd_inside(struct ctx *c, const char *shown)
+{
+    char p[PATH_MAX];
+    long n = syscall(SYS_getcwd, p, sizeof p);
+    if (n > 0 && p[0] == '/')
+        return 0;
+    if (n < 0 && errno != ENOENT)
+        return fail(c, "can't tell where working directory %s lies", shown);
+    errno = EPERM;
+    return failx(c, HPCRUN_EXIT_FAILED, "can't use working directory %s: it lies outside "
+                 "the container's root", shown);
+}
+
 static int chdir_work(struct ctx *c, const struct hpcrun_spec *s)
 {
     char p[PATH_MAX];
+    const char *wd = s->workdir && *s->workdir ? s->workdir : "/";
     if (!s->workdir || !*s->workdir || chdir(s->workdir) == 0)
-        return 0;
+        return cwd_inside(c, wd);
     if (!s->workdir_required)
-        return chdir("/") ? fail(c, "can't chdir to /") : 0;
+        return chdir("/") ? fail(c, "can't chdir to /") : cwd_inside(c, "/");
     if (errno == ENOENT && snprintf(p, sizeof p, "%s", s->workdir) < (int)sizeof p) {
         if (mkdir_p(p, 0755))
             return fail(c, "can't create working directory %s", s->workdir);
         if (chdir(p) == 0)
-            return 0;
+            return cwd_inside(c, wd);
     }
     return fail(c, "can't chdir to %s", s->workdir);
+}
+
+/* ---------------------------------------------------------------- descriptors */
+
+/* Variables that name a descriptor the command needs: the PMI-1/PMI-2 wire protocol's
+ * (Slurm's mpi/pmi2, MPICH's hydra, Flux). PMIx connects by socket path instead. */
+static const char *const FD_VARS[] = {"PMI_FD"};
+
+/* Mark every inherited descriptor above 2 close-on-exec, but 3 .. 2+preserve (Docker's
+ * --preserve-fds) and those FD_VARS name in the command's environment: a descriptor of
+ * the host's (`3</`) would reach the host's tree through /proc/self/fd/3. Close-on-exec
+ * rather than close: the report pipe to a parent must stay until execve succeeds.
+ * close_range(2) with CLOSE_RANGE_CLOEXEC (Linux >= 5.11) over the ranges between the
+ * kept ones; else each open descriptor from /proc/self/fd (or up to the limit). */
+#ifndef SYS_close_range
+#define SYS_close_range 436
+#endif
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
+#define MAX_KEPT (sizeof FD_VARS / sizeof *FD_VARS)
+
+static int kept_fd(int fd, unsigned int first, const int *keep, size_t nkeep)
+{
+    if ((unsigned int)fd < first)
+        return 1;
+    for (size_t i = 0; i < nkeep; i++)
+        if (keep[i] == fd)
+            return 1;
+    return 0;
+}
+
+static void cloexec_inherited(const struct hpcrun_spec *s)
+{
+    int keep[MAX_KEPT] = {0};
+    size_t nkeep = 0;
+    unsigned int first = 3 + (unsigned int)(s->preserve_fds > 0 ? s->preserve_fds : 0);
+    for (size_t i = 0; i < MAX_KEPT; i++) {
+        const char *v = env_get(s->envp, FD_VARS[i]);
+        char *end;
+        long n;
+        if (!v || !*v)
+            continue;
+        errno = 0;
+        n = strtol(v, &end, 10);
+        if (!*end && !errno && n >= (long)first && n < 0x7fffffff)
+            keep[nkeep++] = (int)n;
+    }
+    /* sort the few kept ones, then mark the gaps between them */
+    for (size_t i = 1; i < nkeep; i++)
+        for (size_t j = i; j > 0 && keep[j - 1] > keep[j]; j--) {
+            int t = keep[j];
+            keep[j] = keep[j - 1];
+            keep[j - 1] = t;
+        }
+    if (!use_fallbacks()) {
+        unsigned int lo = first;
+        int ok = 1;
+        for (size_t i = 0; i < nkeep && ok; i++) {
+            unsigned int k = (unsigned int)keep[i];
+            if (k < lo)
+                continue;           /* the same one twice */
+            if (k > lo && syscall(SYS_close_range, lo, k - 1, CLOSE_RANGE_CLOEXEC))
+                ok = 0;
+            lo = k + 1;
+        }
+        if (ok && syscall(SYS_close_range, lo, ~0U, CLOSE_RANGE_CLOEXEC) == 0)
+            return;
+    }
+    DIR *d = opendir("/proc/self/fd");
+    if (d) {
+        int self = dirfd(d);
+        for (struct dirent *e; (e = readdir(d));) {
+            char *end;
+            long fd = strtol(e->d_name, &end, 10);
+            if (*end || e->d_name[0] < '0' || e->d_name[0] > '9' || fd == self ||
+                kept_fd((int)fd, first, keep, nkeep))
+                continue;
+            fcntl((int)fd, F_SETFD, FD_CLOEXEC);
+        }
+        closedir(d);
+        return;
+    }
+    long max = sysconf(_SC_OPEN_MAX);
+    if (max < 0 || max > (1L << 20))
+        max = 1L << 20;
+    for (long fd = first; fd < max; fd++)
+        if (!kept_fd((int)fd, first, keep, nkeep))
+            fcntl((int)fd, F_SETFD, FD_CLOEXEC);
+}
+
+/* ---------------------------------------------------------------- terminal injection */
+
+/* TIOCSTI pushes bytes into a terminal's input queue, TIOCLINUX (selection paste) does
+ * the same on a virtual console: a command holding the caller's terminal could type
+ * commands into the caller's shell after it exits. A seccomp filter refuses both
+ * ioctls (EPERM) to the command and all it starts; job control and every other ioctl
+ * stay (setsid would cost the command its controlling terminal, and ^C with it).
+ * The request is an unsigned int to the kernel: compare the low 32 bits only (a 64-bit
+ * compare is bypassed by setting high bits, CVE-2019-10063). 32-bit system calls of a
+ * 64-bit kernel (i386 on x86-64, arm on arm64) have their own ioctl number. Installing
+ * needs CAP_SYS_ADMIN in our user namespace (held here) or no_new_privs, which we do
+ * not set: it would change what the image's programs may do. */
+#if defined(__x86_64__)
+#define NATIVE_ARCH AUDIT_ARCH_X86_64
+#define COMPAT_ARCH AUDIT_ARCH_I386
+#define COMPAT_IOCTL 54
+#define X32_IOCTL (0x40000000 | 514)
+#elif defined(__aarch64__)
+#define NATIVE_ARCH AUDIT_ARCH_AARCH64
+#define COMPAT_ARCH AUDIT_ARCH_ARM
+#define COMPAT_IOCTL 54
+#define X32_IOCTL __NR_ioctl
+#endif
+
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define ARG1_LOW offsetof(struct seccomp_data, args[1])
+#else
+#define ARG1_LOW (offsetof(struct seccomp_data, args[1]) + 4)
+#endif
+
+static int tty_filter_done;   /* once per process: a fork inherits the filter */
+
+static int block_tty_injection(struct ctx *c)
+{
+#ifdef NATIVE_ARCH
+    struct sock_filter f[] = {
+        /* 0 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+        /* 1 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, NATIVE_ARCH, 0, 4),
+        /* 2 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        /* 3 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_ioctl, 6, 0),
+        /* 4 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, X32_IOCTL, 5, 0),
+        /* 5 */ BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        /* 6 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, COMPAT_ARCH, 0, 2),
+        /* 7 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        /* 8 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, COMPAT_IOCTL, 1, 0),
+        /* 9 */ BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        /* 10 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, ARG1_LOW),
+        /* 11 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, TIOCSTI, 2, 0),
+        /* 12 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, TIOCLINUX, 1, 0),
+        /* 13 */ BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        /* 14 */ BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)),
+    };
+    struct sock_fprog prog = {(unsigned short)(sizeof f / sizeof *f), f};
+    if (tty_filter_done)
+        return 0;
+    /* SPEC_ALLOW: a filter must not turn on the speculative-store-bypass mitigation
+     * for the whole job (kernels before 5.16 do, by default, for seccomp'd tasks: a
+     * cost on every HPC code's memory traffic); before Linux 4.17 there is no flag. */
+    if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_SPEC_ALLOW, &prog) &&
+        (errno != EINVAL || syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog)))
+        return fail(c, "can't install the seccomp filter against terminal injection (TIOCSTI)");
+    tty_filter_done = 1;
+#else
+    (void)c;    /* an architecture without the numbers above: no filter */
+#endif
+    return 0;
 }
 
 static void reset_signals(const sigset_t *mask)
@@ -822,6 +1200,9 @@ static int do_exec(struct ctx *c, const struct hpcrun_spec *s)
     const char *file = s->argv[0];
     char p[PATH_MAX];
     int eacces = 0, last = ENOENT;
+    if (block_tty_injection(c))
+        return -1;
+    cloexec_inherited(s);
     if (strchr(file, '/')) {
         execve(file, s->argv, s->envp);
         last = errno;
@@ -1124,8 +1505,14 @@ static int enter_in_place(struct ctx *c, const struct hpcrun_spec *s)
     sigset_t cur;
     unsigned int ouid = geteuid(), ogid = getegid();   /* 65534 once unshared */
     sigprocmask(SIG_SETMASK, NULL, &cur);
-    if (unshare(CLONE_NEWUSER))
-        return fail(c, "can't create a user namespace");
+    if ((s->flags & HPCRUN_F_SQUASH) && fuse_spawn(c, s))
+        return -1;
+    if (unshare(CLONE_NEWUSER)) {
+        fail(c, "can't create a user namespace");
+        if (c->fuse_pid > 0)
+            kill(c->fuse_pid, SIGKILL);
+        return -1;
+    }
     if (write_maps(c, "/proc/self", s->uid, s->gid, ouid, ogid) || enter_rest(c, s) || chdir_work(c, s)) {
         if (c->fuse_pid > 0)
             kill(c->fuse_pid, SIGKILL);
@@ -1149,6 +1536,10 @@ static int enter_monitored(struct ctx *c, const struct hpcrun_spec *s)
     forwarded_set(&fwd);
     if (pipe2(rep, O_CLOEXEC) || pipe2(go, O_CLOEXEC))
         return fail(c, "can't create pipe");
+    if ((s->flags & HPCRUN_F_SQUASH) && fuse_spawn(c, s)) {   /* before: see there */
+        close(rep[0]); close(rep[1]); close(go[0]); close(go[1]);
+        return -1;
+    }
     if (threaded)
         forward_from_other_threads(old);
     sigprocmask(SIG_BLOCK, &fwd, &orig);
@@ -1161,6 +1552,8 @@ static int enter_monitored(struct ctx *c, const struct hpcrun_spec *s)
         if (threaded)
             forward_restore(old);
         close(rep[0]); close(rep[1]); close(go[0]); close(go[1]);
+        if (c->fuse_pid > 0)
+            kill(c->fuse_pid, SIGKILL);
         errno = e;
         return fail(c, "can't create user%s namespace", pidns ? " and pid" : "");
     }
@@ -1198,6 +1591,10 @@ static int enter_monitored(struct ctx *c, const struct hpcrun_spec *s)
     }
     close(rep[1]);
     close(go[0]);
+    if (c->fuse_go >= 0) {
+        close(c->fuse_go);      /* the child's copy hands the connection over */
+        c->fuse_go = -1;
+    }
     if (threaded)
         forward_to(pid, pidns ? 0 : s->stop_signal);
     char procdir[32];
@@ -1213,6 +1610,8 @@ static int enter_monitored(struct ctx *c, const struct hpcrun_spec *s)
     if (r) {
         int e = errno;
         kill(pid, SIGKILL);
+        if (c->fuse_pid > 0)
+            kill(c->fuse_pid, SIGKILL);
         while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
             ;
         sigprocmask(SIG_SETMASK, &orig, NULL);
@@ -1232,7 +1631,7 @@ static int enter_monitored(struct ctx *c, const struct hpcrun_spec *s)
 
 int hpcrun_enter(const struct hpcrun_spec *s, char *err, size_t errlen, int *code)
 {
-    struct ctx c = {err, errlen, code, -1, -1, -1, -1, 0};
+    struct ctx c = {err, errlen, code, -1, -1, -1, -1, 0, 0};
     *code = HPCRUN_EXIT_FAILED;
     if (errlen) err[0] = '\0';
     if (!s->argv || !s->argv[0]) {
@@ -1299,7 +1698,7 @@ static int join_namespaces(struct ctx *c, int pid, int *pidns)
 int hpcrun_join(int pid, char *const *argv, char *const *envp, const char *workdir,
                 char *err, size_t errlen, int *code)
 {
-    struct ctx c = {err, errlen, code, -1, -1, -1, -1, 0};
+    struct ctx c = {err, errlen, code, -1, -1, -1, -1, 0, 0};
     *code = HPCRUN_EXIT_FAILED;
     if (errlen) err[0] = '\0';
     int pidns = 0;
@@ -1623,7 +2022,7 @@ static void instance_child(struct ctx *c, const struct hpcrun_spec *s, int state
 int hpcrun_instance(const struct hpcrun_spec *s, int state_dir, int anchor, int *pid_out,
                     char *err, size_t errlen, int *code)
 {
-    struct ctx c = {err, errlen, code, -1, -1, -1, -1, 0};
+    struct ctx c = {err, errlen, code, -1, -1, -1, -1, 0, 0};
     sigset_t fwd, orig;
     int rep[2], go[2];
     *code = HPCRUN_EXIT_FAILED;
@@ -1810,7 +2209,7 @@ static int serve_one(struct ctx *c, int out_fd, const char *workdir, char **argv
 
 int hpcrun_serve(int pid, int in_fd, int out_fd, char *err, size_t errlen, int *code)
 {
-    struct ctx c = {err, errlen, code, -1, -1, -1, -1, 0};
+    struct ctx c = {err, errlen, code, -1, -1, -1, -1, 0, 0};
     *code = HPCRUN_EXIT_FAILED;
     if (errlen) err[0] = '\0';
     int pidns = 0;
@@ -1903,7 +2302,7 @@ static int probe_child(struct ctx *c, int what)
 int hpcrun_probe(int what, char *err, size_t errlen)
 {
     int code;
-    struct ctx c = {err, errlen, &code, -1, -1, -1, -1, 0};
+    struct ctx c = {err, errlen, &code, -1, -1, -1, -1, 0, 0};
     int rep[2];
     if (errlen) err[0] = '\0';
     if (pipe2(rep, O_CLOEXEC))

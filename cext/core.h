@@ -55,6 +55,8 @@ struct hpcrun_spec {
     char *const *argv;       /* NULL-terminated */
     char *const *envp;       /* NULL-terminated; PATH in here is used to find argv[0] */
     int stop_signal;         /* the image's STOPSIGNAL: what a forwarded SIGTERM becomes (0: SIGTERM) */
+    int preserve_fds;        /* --preserve-fds N: keep descriptors 3 .. 2+N open in the command;
+                              * the others above 2 are closed at exec (PMI_FD's is kept) */
 };
 
 /* Enter the container described by spec and exec its command.
@@ -110,6 +112,16 @@ int hpcrun_serve(int pid, int in_fd, int out_fd, char *err, size_t errlen, int *
 #define HPCRUN_PROBE_NET 6
 /* 0 if it works; -1 with errno and err filled otherwise. */
 int hpcrun_probe(int what, char *err, size_t errlen);
+
+/* Execute a container plan (hpcrun/runtime/plan.py states its grammar): argv is
+ * {PROGRAM, PLAN, "--", COMMAND...}. The one executor of plans: the per-task program
+ * (cext/task.c's entry point) and Python (hpcrun/_core.py plan_exec) both call it.
+ * Never returns: the command replaces the process, or the process stays as its
+ * monitor and exits with its status; failures print one line and exit 125. */
+int hpcrun_plan_exec(int argc, char **argv);
+
+/* The hint for an error message of the core (NULL: none). */
+const char *hpcrun_hint(const char *msg);
 
 const char *hpcrun_core_version(void);
 

@@ -41,6 +41,7 @@
  *   tmpfs=PATTERN    Slurm's TmpFS (%n, %h expanded here), for PMIx's directories
  *   cache=DIR        node cache base (HPCRUN_NODE_CACHE wins)
  *   share=1          one container per node and step
+ *   pfds=N           --preserve-fds: descriptors 3 .. 2+N stay open in the command
  *   py=ARG           * how to start `hpcrun task` (Python) for what is not done here
  *   arg=ARG          * the step's `hpcrun task` options and IMAGE as given: where the
  *                      image is not on this node, `hpcrun task ARGS -- COMMAND` runs
@@ -75,11 +76,12 @@ extern int hpcrun_trim_monitor;
 #define MAX_ITEMS 512
 #define KEEPER_ARGV0 "/.hpcrun-keeper-holds-this-container"
 #define PLAN_HEAD "# hpcrun node-container plan 1"
+#define PLAN_VERSION 2   /* hpcrun/runtime/plan.py VERSION: see also there */
 #define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 struct plan {
     const char *image, *sq, *fuse, *host, *wd, *tmpfs, *cache;
-    int flags, uid, gid, stop, wdreq, wdcwd, clean, share, version;
+    int flags, uid, gid, stop, wdreq, wdcwd, clean, share, pmix, pfds, version;
     struct hpcrun_mount m[MAX_ITEMS];
     int nm;
     const char *entry[MAX_ITEMS], *cmd[MAX_ITEMS], *args[MAX_ITEMS], *set[MAX_ITEMS], *own[MAX_ITEMS], *always[64], *py[64];
@@ -90,6 +92,42 @@ struct plan {
 
 static const char *hint_text;
 
+/* Hints for the steps the C core names in its messages (a substring -> what to do).
+ * The one table: Python's hpcrun/_core.py asks hpcrun_hint too. */
+static const char *const HINTS[][2] = {
+    {"can't create a user namespace", "unprivileged user namespaces may be disabled here; "
+     "run 'hpcrun check' and ask the admin to enable them (user.max_user_namespaces)"},
+    {"can't open /dev/fuse", "this node does not let users mount FUSE; "
+     "use --unpack to extract the squashfs image into a node-local cache instead"},
+    {"can't mount squashfs", "the squashfs file may be corrupt or truncated; "
+     "check it with 'unsquashfs -s FILE', or rebuild it"},
+    {"can't mount a writable overlay", "--writable-tmpfs needs overlayfs in a user namespace "
+     "(Linux >= 5.11); see 'hpcrun check'"},
+    {"can't bind", "the destination must exist in the image or be creatable: it cannot "
+     "lie inside /proc, /sys, /dev or a read-only or host-backed bind"},
+    {"can't create mount point", "the destination cannot be made inside the image; "
+     "pick another -v destination"},
+    {"can't use working directory", "a path through /proc/self/fd or /proc/PID/cwd leads "
+     "out of the container; give a directory inside the image or a bind"},
+    {"can't install the seccomp filter", "the kernel refused seccomp (CONFIG_SECCOMP_FILTER, "
+     "or a seccomp policy around hpcrun); see the README, 'Isolation'"},
+    {"can't chdir to", "the working directory does not exist in the container; "
+     "create it in the image, or give -w on a writable mount (/tmp, a -v bind)"},
+    {"can't create working directory", "the working directory must exist in the image or "
+     "lie on a writable mount (/tmp, a -v bind, or use --writable-tmpfs)"},
+    {"command not found", "check the command name and the image's PATH "
+     "(e.g. 'hpcrun run IMAGE -- ls /bin')"},
+    {"can't execute", "the file is not executable, or not a program for this machine"},
+};
+
+const char *hpcrun_hint(const char *msg)
+{
+    for (size_t i = 0; i < sizeof HINTS / sizeof HINTS[0]; i++)
+        if (strstr(msg, HINTS[i][0]))
+            return HINTS[i][1];
+    return NULL;
+}
+
 __attribute__((noreturn, format(printf, 2, 3)))
 static void die(int code, const char *fmt, ...)
 {
@@ -99,8 +137,9 @@ static void die(int code, const char *fmt, ...)
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     dprintf(2, "hpcrun: error: %s\n", msg);
-    if (hint_text)
-        dprintf(2, "hint: %s\n", hint_text);
+    const char *hint = hint_text ? hint_text : hpcrun_hint(msg);
+    if (hint)
+        dprintf(2, "hint: %s\n", hint);
     _exit(code);
 }
 
@@ -198,6 +237,8 @@ static int parse_plan(char *text, struct plan *p)
         else if (!strcmp(k, "wdcwd")) p->wdcwd = !strcmp(v, "1");
         else if (!strcmp(k, "clean")) p->clean = !strcmp(v, "1");
         else if (!strcmp(k, "share")) p->share = !strcmp(v, "1");
+        else if (!strcmp(k, "pmix")) p->pmix = !strcmp(v, "1");
+        else if (!strcmp(k, "pfds")) { if (num(v, &p->pfds)) return -1; }
         else if (!strcmp(k, "entry")) PUSH(p->entry, p->nentry, MAX_ITEMS, v);
         else if (!strcmp(k, "cmd")) PUSH(p->cmd, p->ncmd, MAX_ITEMS, v);
         else if (!strcmp(k, "arg")) PUSH(p->args, p->nargs, MAX_ITEMS, v);
@@ -206,7 +247,7 @@ static int parse_plan(char *text, struct plan *p)
         else if (!strcmp(k, "py")) PUSH(p->py, p->npy, 60, v);
         else return -1;     /* a key of a newer plan: refuse rather than guess */
     }
-    return p->version == 1 && (p->image || p->sq) && p->npy > 0 ? 0 : -1;
+    return p->version == PLAN_VERSION && (p->image || p->sq) ? 0 : -1;
 }
 
 /* 64-bit FNV-1a of the plan: what a node's shared container is planned for. */
@@ -247,19 +288,86 @@ static void cache_dir(const struct plan *p, char *out)
         die(HPCRUN_EXIT_FAILED, "node cache path too long: %s", base);
 }
 
-static int mkdirs(const char *path, mode_t mode)
+/* Refuse the node cache PATH because LEVEL (PATH or a directory above it) PROBLEM. */
+__attribute__((noreturn))
+static void refuse_dir(const char *path, const char *level, const char *problem)
 {
-    char p[PATH_MAX];
-    snprintf(p, sizeof p, "%s", path);
-    for (char *s = p + 1; *s; s++) {
-        if (*s != '/')
-            continue;
-        *s = '\0';
-        if (mkdir(p, mode) && errno != EEXIST)
-            return -1;
-        *s = '/';
+    static char hint[PATH_MAX + 200];
+    snprintf(hint, sizeof hint, "remove %s, or ask its owner or an admin to; or set node_cache "
+             "(HPCRUN_NODE_CACHE) to a directory you own that no one else can write (see "
+             "'Security' in the README)", level);
+    hint_text = hint;
+    if (!strcmp(path, level))
+        die(HPCRUN_EXIT_FAILED, "refusing to use the node cache %s: %s %s", path, path, problem);
+    die(HPCRUN_EXIT_FAILED, "refusing to use the node cache %s: %s (above it) %s", path, level,
+        problem);
+}
+
+/* Make (0700) and check the node cache PATH by hpcrun.fsutil.private_dir's rule (see
+ * there; the two must agree): each level is opened from its parent's descriptor
+ * (openat, O_NOFOLLOW) and checked on the opened directory (fstat). The cache itself
+ * must be ours; a level owned by us must not be writable by group or others; one above
+ * it owned by root may be only if sticky (/var/tmp); a symlink is followed only if root
+ * owns it; any other owner is refused. */
+static void private_dir(const char *path)
+{
+    char p[PATH_MAX], level[PATH_MAX] = "", why[160];
+    uid_t me = geteuid();
+    size_t ll = 0;
+    if (snprintf(p, sizeof p, "%s", path) >= (int)sizeof p)
+        die(HPCRUN_EXIT_FAILED, "node cache path too long: %s", path);
+    int fd = open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        die(HPCRUN_EXIT_FAILED, "can't open /: %s", strerror(errno));
+    char *save = NULL, *next;
+    for (char *name = strtok_r(p, "/", &save); name; name = next) {
+        next = strtok_r(NULL, "/", &save);
+        int last = next == NULL;    /* the cache itself: it must be ours */
+        ll += (size_t)snprintf(level + ll, sizeof level - ll, "/%s", name);
+        struct stat st;
+        if (fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) &&
+            (errno != ENOENT || (mkdirat(fd, name, 0700) && errno != EEXIST) ||
+             fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW)))
+            die(HPCRUN_EXIT_FAILED, "cannot create the node cache %s: %s: %s", path, level,
+                strerror(errno));
+        int flags = O_RDONLY | O_DIRECTORY | O_CLOEXEC;
+        if (S_ISLNK(st.st_mode)) {
+            if (st.st_uid != 0) {
+                snprintf(why, sizeof why, "is a symbolic link owned by uid %u (only root's "
+                         "are followed)", (unsigned)st.st_uid);
+                refuse_dir(path, level, why);
+            }
+        } else if (!S_ISDIR(st.st_mode)) {
+            refuse_dir(path, level, "is not a directory");
+        } else {
+            flags |= O_NOFOLLOW;
+        }
+        int nfd = openat(fd, name, flags);
+        if (nfd < 0 && errno == ELOOP)
+            refuse_dir(path, level, "was replaced by a symbolic link");
+        if (nfd < 0 || fstat(nfd, &st))
+            die(HPCRUN_EXIT_FAILED, "cannot use the node cache %s: %s: %s", path, level,
+                strerror(errno));
+        close(fd);
+        fd = nfd;
+        mode_t m = st.st_mode & 07777;
+        if (!S_ISDIR(st.st_mode))
+            refuse_dir(path, level, "is not a directory");
+        int rootdir = st.st_uid == 0 && !last;
+        if (rootdir ? (m & 022) && !(m & S_ISVTX) : st.st_uid != me || (m & 022)) {
+            if (rootdir)
+                snprintf(why, sizeof why, "is writable by group or others without the "
+                         "sticky bit (mode %04o)", (unsigned)m);
+            else if (st.st_uid == me)
+                snprintf(why, sizeof why, "is writable by group or others (mode %04o; chmod "
+                         "go-w it)", (unsigned)m);
+            else
+                snprintf(why, sizeof why, "is owned by uid %u, not by you",
+                         (unsigned)st.st_uid);
+            refuse_dir(path, level, why);
+        }
     }
-    return mkdir(p, mode) && errno != EEXIST ? -1 : 0;
+    close(fd);
 }
 
 /* Run `hpcrun task --unpack-only SQ` (Python) and wait for it. */
@@ -276,7 +384,11 @@ static void python_unpack(const struct plan *p)
     if (pid < 0)
         die(HPCRUN_EXIT_FAILED, "can't fork: %s", strerror(errno));
     if (pid == 0) {
-        dup2(2, 1);     /* its stdout is not the task's output */
+        /* It prints the unpacked copy's path, which this program works out itself:
+         * neither that nor anything else of it belongs in the task's output. */
+        int null = open("/dev/null", O_WRONLY | O_CLOEXEC);
+        if (null >= 0)
+            dup2(null, 1);
         execv(argv[0], (char *const *)argv);
         dprintf(2, "hpcrun: error: can't run %s: %s\n", argv[0], strerror(errno));
         _exit(HPCRUN_EXIT_FAILED);
@@ -295,7 +407,7 @@ static void python_unpack(const struct plan *p)
 __attribute__((noreturn))
 static void python_task(const struct plan *p, char **cmd, int ncmd, const char *path)
 {
-    if (p->nargs == 0 || getenv("HPCRUN_TASK_FALLBACK"))
+    if (p->nargs == 0 || p->npy == 0 || getenv("HPCRUN_TASK_FALLBACK"))
         die(HPCRUN_EXIT_FAILED, "can't read image %s: %s", path, strerror(errno));
     const char **argv = calloc((size_t)(p->npy + p->nargs + ncmd + 2), sizeof *argv);
     if (!argv)
@@ -333,11 +445,14 @@ static const char *image_root(const struct plan *p, char *buf, char **cmd, int n
     if (snprintf(buf, PATH_MAX, "%s/sq-%llx-%llx-%llx-%llx", dir, (unsigned long long)st.st_dev,
                  (unsigned long long)st.st_ino, (unsigned long long)st.st_size, mt) >= PATH_MAX)
         die(HPCRUN_EXIT_FAILED, "node cache path too long: %s", dir);
+    /* The entry's name is computable by anyone who can stat the image: use it only in a
+     * private cache (no one else can have made it) and only if it is our directory. */
     struct stat d;
-    if (stat(buf, &d) == 0 && S_ISDIR(d.st_mode))
+    private_dir(dir);
+    if (lstat(buf, &d) == 0 && S_ISDIR(d.st_mode) && d.st_uid == geteuid())
         return buf;
     python_unpack(p);           /* once per node and image: the others wait on its lock */
-    if (stat(buf, &d) || !S_ISDIR(d.st_mode))
+    if (lstat(buf, &d) || !S_ISDIR(d.st_mode) || d.st_uid != geteuid())
         die(HPCRUN_EXIT_FAILED, "the unpacked image %s did not appear", buf);
     return buf;
 }
@@ -731,10 +846,9 @@ static void node_container(const struct plan *p, struct hpcrun_spec *s, const ch
     char dir[PATH_MAX], base[128], path[PATH_MAX + 160];
     cache_dir(p, dir);
     snprintf(base, sizeof base, "step-%s.%s", job, step);
-    if (mkdirs(dir, 0700))
-        die(HPCRUN_EXIT_FAILED, "cannot create the node cache %s: %s", dir, strerror(errno));
+    private_dir(dir);
     snprintf(path, sizeof path, "%s/%s.lock", dir, base);
-    int lock = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    int lock = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (lock < 0)
         die(HPCRUN_EXIT_FAILED, "can't open %s: %s", path, strerror(errno));
     while (flock(lock, LOCK_EX) && errno == EINTR)
@@ -782,7 +896,7 @@ static void node_container(const struct plan *p, struct hpcrun_spec *s, const ch
 
 /* ---------------------------------------------------------------- main */
 
-static int task_main(int argc, char **argv)
+int hpcrun_plan_exec(int argc, char **argv)
 {
     hint_text = "this program is started by 'hpcrun srun' (or by job files); run "
                 "'hpcrun task --help' for the per-task command";
@@ -795,7 +909,6 @@ static int task_main(int argc, char **argv)
         die(HPCRUN_EXIT_FAILED, "the step plan given to %s is malformed or of another "
             "hpcrun version", argv[0]);
     hint_text = NULL;
-    hpcrun_trim_monitor = 0;     /* a monitor here has no interpreter's memory to drop */
     char root[PATH_MAX], pmix[2][PATH_MAX], wd[PATH_MAX];
     struct hpcrun_spec s;
     memset(&s, 0, sizeof s);
@@ -816,12 +929,14 @@ static int task_main(int argc, char **argv)
             }
             p.m[i].src = t;
         }
-    pmix_binds(&p, pmix);
+    if (p.pmix)
+        pmix_binds(&p, pmix);
     s.mounts = p.m;
     s.n_mounts = p.nm;
     s.workdir = p.wdcwd ? visible_cwd(&p, wd) : p.wd;
     s.workdir_required = p.wdreq;
     s.stop_signal = p.stop;
+    s.preserve_fds = p.pfds;
     char **words = argv + 3;
     int nc = argc - 3;
     if (nc == 0) {               /* no command: the image's CMD */
@@ -829,7 +944,8 @@ static int task_main(int argc, char **argv)
         nc = p.ncmd;
     }
     if (p.nentry + nc == 0) {
-        hint_text = "give a command after the image: srun $TASK -- CMD [ARG...]";
+        hint_text = p.npy ? "give a command after the image: srun $TASK -- CMD [ARG...]"
+                          : "give a command after the image: hpcrun run IMAGE -- CMD [ARG...]";
         die(HPCRUN_EXIT_FAILED, "no command given, and the image has no CMD or ENTRYPOINT");
     }
     char **cmd = calloc((size_t)(p.nentry + nc + 1), sizeof *cmd);
@@ -854,6 +970,8 @@ static int task_main(int argc, char **argv)
 }
 
 /* ---------------------------------------------------------------- entry point */
+
+#ifndef HPCRUN_NO_TASK_ENTRY   /* (the launcher, cext/launcher.c, links this file too) */
 
 /* The kernel starts a program at its entry point with argc, argv, envp on the stack;
  * the dynamic loader has already run libc's initialisation (environ is set). Align the
@@ -887,5 +1005,7 @@ void hpcrun_task_start(long *sp)
 {
     int argc = (int)sp[0];
     char **argv = (char **)(sp + 1);
-    exit(task_main(argc, argv));
+    hpcrun_trim_monitor = 0;     /* a monitor here has no interpreter's memory to drop */
+    exit(hpcrun_plan_exec(argc, argv));
 }
+#endif

@@ -7,12 +7,13 @@ Exit status: 0 when containers can run here (user namespaces work), 1 otherwise.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 
-from hpcrun.errors import UsageError
+import click
 
-USAGE = "usage: hpcrun check [--format text|json]\n"
+from hpcrun.cli.app import format_option
 
 
 def _read(path: str):
@@ -130,30 +131,16 @@ def collect() -> list:
     return results
 
 
-def main(verb: str, argv: list) -> int:
-    fmt = "text"
-    i = 0
-    while i < len(argv):
-        a = argv[i]
-        if a in ("-h", "--help"):
-            sys.stdout.write(USAGE)
-            return 0
-        if a.startswith("--format="):
-            fmt = a.split("=", 1)[1]
-        elif a == "--format" and i + 1 < len(argv):
-            fmt = argv[i + 1]
-            i += 1
-        else:
-            raise UsageError(f"unknown argument {a!r} for check", USAGE.strip())
-        i += 1
-    if fmt not in ("text", "json"):
-        raise UsageError(f"unknown --format value {fmt!r}", "use --format text or --format json")
+@click.command("check", help="Check what this host lets you do without root. User, mount, "
+               "pid and network namespaces, FUSE, cgroups, Slurm, and what to ask the "
+               "admin for. Exit status 0 when containers can run here, 1 otherwise.")
+@format_option("text", "json")
+def check(out) -> int:
     results = collect()
     slurm = _slurm_line()
     tasks = _task_line()
     can_run = all(ok for _, ok, _, _, essential in results if essential)
-    if fmt == "json":
-        import json
+    if out == "json":
         doc = {"can_run": can_run, "slurm_backend": slurm.split(": ", 1)[1],
                "slurm_tasks": tasks.split(": ", 1)[1],
                "checks": [{"name": n, "ok": ok, "detail": d, "ask_admin": a,
@@ -169,3 +156,6 @@ def main(verb: str, argv: list) -> int:
         sys.stdout.write("containers can run here\n" if can_run else
                          "containers cannot run here: see 'ask the admin' above\n")
     return 0 if can_run else 1
+
+
+COMMANDS = {"check": check}

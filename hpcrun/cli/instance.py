@@ -12,7 +12,7 @@ import time
 
 import click
 
-from hpcrun.cli import _click
+from hpcrun.cli.app import CONTEXT, format_option
 from hpcrun.errors import UsageError
 
 
@@ -24,7 +24,7 @@ def _ago(t: float) -> str:
     return f"{s} seconds ago"
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings=CONTEXT)
 def instance():
     """Long-lived containers: start one, enter it with 'hpcrun exec', stop it."""
 
@@ -82,10 +82,10 @@ def _list(all_, fmt):
 
 @instance.command("list")
 @click.option("-a", "--all", "all_", is_flag=True, help="also exited instances")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
-def list_(all_, fmt):
+@format_option()
+def list_(all_, out):
     """List your instances (of this Slurm job, inside one)."""
-    return _list(all_, fmt)
+    return _list(all_, out)
 
 
 instance.add_command(list_, "ls")
@@ -110,15 +110,12 @@ def stop(timeout, all_, names):
     return 0
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command("ps", context_settings=CONTEXT)
 @click.option("-a", "--all", "all_", is_flag=True, help="also exited instances")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
-def ps(all_, fmt):
+@format_option()
+def ps(all_, out):
     """List your running instances (Docker's 'ps')."""
-    return _list(all_, fmt)
+    return _list(all_, out)
 
 
-def main(verb: str, argv: list) -> int:
-    if verb == "ps":
-        return _click.run(ps, "hpcrun ps", argv)
-    return _click.run(instance, "hpcrun instance", argv)
+COMMANDS = {"instance": instance, "ps": ps}

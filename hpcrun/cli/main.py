@@ -1,53 +1,74 @@
 """`hpcrun` entry point: global flags, then dispatch to the verb's module.
 
 Kept import-light: `hpcrun run` is on the per-task hot path, so this module imports
-only sys/os, and each verb's module is imported only when that verb is used.
-Each verb module exposes ``main(verb: str, argv: list[str]) -> int``.
+only sys/os, and each verb's module is imported only when that verb is used. The hot
+verbs (FAST) keep hand-written parsers and never import click; every other verb is a
+click command, reached through hpcrun.cli.app (which imports click).
 """
 import os
 import sys
 
-# verb -> module under hpcrun.cli
+# The registry: one line per verb, verb -> (module under hpcrun.cli, section of
+# `hpcrun --help`). To add a command group (instances, build, exec, ...): write
+# hpcrun/cli/NAME.py with click commands and a module-level
+# ``COMMANDS = {"verb": click_command, ...}``, then add one line per verb here:
+#     "exec": ("instance", "Containers"),
+# `hpcrun --help`, `hpcrun VERB --help` and shell completion pick it up from this table.
+# Sections are listed in the order they first appear here.
 VERBS = {
-    # runtime
-    "run": "run", "check": "check",
-    # images
-    "pull": "image", "push": "image", "login": "image", "logout": "image",
-    "load": "image", "save": "image", "import": "image", "export": "image",
-    "convert": "image", "images": "image", "inspect": "image", "history": "image",
-    "tag": "image", "rmi": "image", "prune": "image",
-    # slurm
-    "submit": "job", "render": "job", "jobs": "job", "status": "job", "cancel": "job",
-    "logs": "observe", "wait": "observe", "schema": "job",   # instance names, else job
-    "srun": "srun", "task": "task",
-    "cluster": "cluster",
-    # instances
-    "instance": "instance", "ps": "instance",
-    "exec": "exec",
-    "top": "observe", "stats": "observe", "kill": "observe", "pause": "observe",
-    "unpause": "observe", "diff": "observe", "cp": "observe", "commit": "observe",
-    # workflow tools that only know Singularity/Apptainer
-    "singularity": "singularity", "shim": "singularity", "snakemake": "snakemake",
+    "run": ("run", "Containers"),
+    "check": ("check", "Containers"),
+    "pull": ("image", "Images"),
+    "push": ("image", "Images"),
+    "login": ("image", "Images"),
+    "logout": ("image", "Images"),
+    "load": ("image", "Images"),
+    "save": ("image", "Images"),
+    "import": ("image", "Images"),
+    "export": ("image", "Images"),
+    "convert": ("image", "Images"),
+    "images": ("image", "Images"),
+    "inspect": ("image", "Images"),
+    "history": ("image", "Images"),
+    "tag": ("image", "Images"),
+    "rmi": ("image", "Images"),
+    "prune": ("image", "Images"),
+    "submit": ("job", "Slurm"),
+    "render": ("job", "Slurm"),
+    "jobs": ("job", "Slurm"),
+    "status": ("job", "Slurm"),
+    "cancel": ("job", "Slurm"),
+    "logs": ("observe", "Slurm"),      # an instance's, else a job's (observe.py)
+    "wait": ("observe", "Slurm"),
+    "schema": ("job", "Slurm"),
+    "srun": ("srun", "Slurm"),
+    "task": ("task", "Slurm"),
+    "cluster": ("cluster", "Slurm"),
+    "instance": ("instance", "Instances"),
+    "ps": ("instance", "Instances"),
+    "exec": ("exec", "Instances"),
+    "top": ("observe", "Instances"),
+    "stats": ("observe", "Instances"),
+    "kill": ("observe", "Instances"),
+    "pause": ("observe", "Instances"),
+    "unpause": ("observe", "Instances"),
+    "diff": ("observe", "Instances"),
+    "cp": ("observe", "Instances"),
+    "commit": ("observe", "Instances"),
+    "snakemake": ("snakemake", "Workflows"),
+    "singularity": ("singularity", "Workflows"),
+    "shim": ("singularity", "Workflows"),
 }
+
+# The hot paths: hand-written parsers, each module exposes
+# ``main(verb: str, argv: list[str]) -> int`` and prints its own --help. No click here.
+FAST = {"run", "task", "srun", "exec", "singularity", "shim", "snakemake"}
 
 # Verbs whose failures use Docker's run conventions (125 for hpcrun's own failure).
 CONTAINER_VERBS = {"run", "srun", "task", "exec", "singularity"}
 
-USAGE = """usage: hpcrun [-v|-vv] COMMAND [ARGS...]
-
-Rootless containers for HPC batch jobs.
-
-Containers:  run, check
-Images:      pull, push, login, logout, load, save, import, export, convert,
-             images, inspect, history, tag, rmi, prune
-Slurm:       submit, render, jobs, status, cancel, logs, wait, srun, task, schema,
-             cluster up|down|status|env
-Instances:   instance start|list|stop, exec, ps, top, stats, logs, kill, pause,
-             unpause, wait, diff, cp, commit
-Workflows:   snakemake IMAGE [ARGS], singularity (shim for tools), shim DIR
-
-Run 'hpcrun COMMAND --help' for a command's options.
-"""
+# click's completion protocol: the shell calls `hpcrun` with this variable set.
+COMPLETE_VAR = "_HPCRUN_COMPLETE"
 
 
 def _fail(what, hint=None, code=2, exc=None):
@@ -61,13 +82,16 @@ def _fail(what, hint=None, code=2, exc=None):
 
 
 def main(argv=None):
+    if COMPLETE_VAR in os.environ:
+        from hpcrun.cli import app
+        return app.complete()
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = 0
     while argv and argv[0].startswith("-"):
         a = argv.pop(0)
         if a in ("-h", "--help"):
-            sys.stdout.write(USAGE)
-            return 0
+            from hpcrun.cli import app
+            return app.root_help(sys.stdout, 0)
         if a == "--version":
             from hpcrun import __version__
             sys.stdout.write(f"hpcrun {__version__}\n")
@@ -83,12 +107,12 @@ def main(argv=None):
         from hpcrun import log
         log.set_verbosity(verbose)
     if not argv:
-        sys.stderr.write(USAGE)
-        return 2
+        from hpcrun.cli import app
+        return app.root_help(sys.stderr, 2)
     verb = argv.pop(0)
-    mod = VERBS.get(verb)
+    entry = VERBS.get(verb)
     container = verb in CONTAINER_VERBS
-    if mod is None:
+    if entry is None:
         import difflib
         m = difflib.get_close_matches(verb, VERBS, n=1)
         return _fail(f"unknown command {verb!r}",
@@ -97,8 +121,10 @@ def main(argv=None):
     from importlib import import_module
     from hpcrun.errors import HpcrunError
     try:
-        module = import_module("hpcrun.cli." + mod)
-        return module.main(verb, argv)
+        if verb in FAST:
+            return import_module("hpcrun.cli." + entry[0]).main(verb, argv)
+        from hpcrun.cli import app
+        return app.main(verb, argv)
     except HpcrunError as e:
         code = e.code
         if container and code not in (126, 127):

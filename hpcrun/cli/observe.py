@@ -1,5 +1,5 @@
 """Observing and steering instances with Docker's spellings: top, stats, logs, kill,
-pause, unpause, wait, diff, cp, commit.
+pause, unpause, wait, diff, cp, commit (click commands, COMMANDS for the registry).
 
 `logs` and `wait` are also Slurm job verbs (hpcrun.cli.job): an argument that names one
 of your instances means the instance, anything else goes on to the job verb.
@@ -14,10 +14,9 @@ import time
 
 import click
 
-from hpcrun.cli import _click
+from hpcrun.cli.app import CONTEXT as CTX
+from hpcrun.cli.app import Choice
 from hpcrun.errors import UsageError
-
-CTX = {"help_option_names": ["-h", "--help"]}
 
 
 def _get(name):
@@ -48,7 +47,8 @@ def top(name):
 
 @click.command(context_settings=CTX)
 @click.option("--no-stream", is_flag=True, help="print one sample and exit")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.option("--format", "fmt", type=Choice(["table", "json"]), default="table",
+              show_default=True, help="json: one object per line, Docker's keys")
 @click.argument("names", nargs=-1, required=True)
 def stats(no_stream, fmt, names):
     """CPU, memory and process count of instances, from /proc (CPU % of one core)."""
@@ -79,7 +79,7 @@ def stats(no_stream, fmt, names):
             return 0
 
 
-@click.command(context_settings=CTX)
+@click.command("logs", context_settings=CTX)
 @click.option("-f", "--follow", is_flag=True, help="keep printing until the instance ends")
 @click.option("-t", "--timestamps", is_flag=True, help="prefix each line with its time")
 @click.option("-n", "--tail", default="all", help="only the last N lines")
@@ -147,7 +147,7 @@ def _pause(on):
     return cmd
 
 
-@click.command(context_settings=CTX)
+@click.command("wait", context_settings=CTX)
 @click.argument("names", nargs=-1, required=True)
 def wait(names):
     """Wait for instances to end; print each one's exit code."""
@@ -194,11 +194,8 @@ def commit(name, image):
     sys.stdout.write(c.commit(_get(name), image) + "\n")
 
 
-COMMANDS = {"top": top, "stats": stats, "logs": logs, "kill": kill, "pause": _pause(True),
-            "unpause": _pause(False), "wait": wait, "diff": diff, "cp": cp, "commit": commit}
-
-
 def _names_an_instance(argv) -> bool:
+    """Do the arguments (less options and --tail's value) all name your instances?"""
     from hpcrun.instance import state
     args, skip = [], False
     for a in argv:
@@ -208,18 +205,33 @@ def _names_an_instance(argv) -> bool:
             skip = True
         elif not a.startswith("-"):
             args.append(a)
-    if not args:
+    if not args or not all(set(a) <= state.NAME_CHARS for a in args):
         return False
     try:
-        return all(state.lookup(a) is not None for a in args
-                   if set(a) <= state.NAME_CHARS)
-    except Exception:
+        return all(state.lookup(a) is not None for a in args)
+    except Exception:   # an unusable state directory: not an instance, the job verb says
         return False
 
 
-def main(verb: str, argv: list) -> int:
-    if verb in ("logs", "wait") and not _names_an_instance(argv) and "-h" not in argv \
-            and "--help" not in argv:
+class _Either(click.Command):
+    """`logs`/`wait`: the instance command when the arguments name your instances, else
+    the Slurm job command (hpcrun.cli.job), whose options and help it shows."""
+
+    def __init__(self, verb: str, inst_cmd: click.Command):
         from hpcrun.cli import job
-        return job.main(verb, argv)
-    return _click.run(COMMANDS[verb], f"hpcrun {verb}", argv)
+        self.inst_cmd, self.job_cmd = inst_cmd, job.COMMANDS[verb]
+        super().__init__(verb, params=list(self.job_cmd.params),
+                         help=f"{self.job_cmd.help} For an instance NAME: "
+                              f"{(inst_cmd.help or '').strip()} (see 'hpcrun {verb} NAME "
+                              "--help').",
+                         short_help=self.job_cmd.short_help,
+                         context_settings=self.job_cmd.context_settings)
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        cmd = self.inst_cmd if _names_an_instance(args) else self.job_cmd
+        return cmd.make_context(info_name, args, parent=parent, **extra)
+
+
+COMMANDS = {"top": top, "stats": stats, "logs": _Either("logs", logs), "kill": kill,
+            "pause": _pause(True), "unpause": _pause(False), "wait": _Either("wait", wait),
+            "diff": diff, "cp": cp, "commit": commit}

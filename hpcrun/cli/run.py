@@ -1,146 +1,43 @@
 """`hpcrun run [OPTIONS] IMAGE [--] CMD [ARG...]`: the per-task hot path.
 
-A hand-written option parser (argparse alone costs milliseconds); only os/sys, the
-runtime planning modules and the C core are imported on the way to exec.
-Every failure raises an HpcrunError: the dispatcher prints it and exits 125
-(126/127 kept), so a job script can tell hpcrun's failures from the command's.
+The option parser is generated from the option table (hpcrun/runtime/options.py;
+argparse or click alone cost milliseconds); only os/sys, the runtime planning modules
+and the C core are imported on the way to exec. Every failure raises an HpcrunError:
+the dispatcher prints it and exits 125 (126/127 kept), so a job script can tell
+hpcrun's failures from the command's.
 """
 from __future__ import annotations
 
 import sys
 
-from hpcrun.errors import ImageError, UsageError
+from hpcrun.errors import UsageError
+from hpcrun.runtime import options
 
-USAGE = """usage: hpcrun run [OPTIONS] IMAGE [--] CMD [ARG...]
-
-Run CMD in IMAGE (a root directory, a squashfs file or an image name), rootless.
-
-  -e, --env NAME[=VALUE]     set a variable (NAME alone copies the host's value)
-      --env-file FILE        read NAME=VALUE lines
-      --cleanenv             drop the host environment (SLURM_*, PMI*, PMIX_*, OMPI_*,
-                             UCX_*, FI_* always pass)
-  -v, --volume SRC[:DST[:ro|rw]]  bind a host path (repeatable; SRC must exist)
-      --no-home              do not bind $HOME
-      --scratch              bind $SLURM_TMPDIR (else $TMPDIR) at /scratch
-  -w, --workdir DIR          working directory inside
-      --entrypoint CMD       override the image's ENTRYPOINT
-      --fakeroot             be uid/gid 0 inside (mapped to you)
-      --writable-tmpfs       writable image; changes are discarded at exit
-      --pid host|private     private: own pid namespace with a small init as PID 1
-      --ipc host|private     private: own ipc namespace
-      --network host|none    none: own network namespace with only lo
-      --hostname NAME        own uts namespace with this host name
-      --unpack               squashfs: extract once to a node-local cache instead of FUSE
-  -h, --help                 this help
-
-Exit status: the command's; 125 hpcrun failed, 126 cannot execute, 127 not found,
-128+N killed by signal N.
-"""
-
-# option -> (attribute, kind): kind "flag" sets True/False, "value" takes one argument,
-# "list" appends one argument, "choice:<a>|<b>" takes one of the choices.
-OPTIONS = {
-    "-e": ("env", "list"), "--env": ("env", "list"),
-    "--env-file": ("env_files", "list"),
-    "--cleanenv": ("cleanenv", "flag"),
-    "-v": ("volumes", "list"), "--volume": ("volumes", "list"),
-    "--no-home": ("home", "off"),
-    "--scratch": ("scratch", "flag"),
-    "-w": ("workdir", "value"), "--workdir": ("workdir", "value"),
-    "--entrypoint": ("entrypoint", "value"),
-    "--fakeroot": ("fakeroot", "flag"),
-    "--writable-tmpfs": ("writable_tmpfs", "flag"),
-    "--pid": ("pid", "choice:host|private"),
-    "--ipc": ("ipc", "choice:host|private"),
-    "--network": ("network", "choice:host|none"), "--net": ("network", "choice:host|none"),
-    "--hostname": ("hostname", "value"),
-    "--unpack": ("unpack", "flag"),
-}
+ABOUT = "Run CMD in IMAGE (a root directory, a squashfs file or an image name), rootless."
+EXIT = """Exit status: the command's; 125 hpcrun failed, 126 cannot execute, 127 not found,
+128+N killed by signal N."""
 
 
-def parse(argv: list):
-    """argv after 'run' -> RunOptions; options stop at IMAGE (everything after it is the
-    command), as in Docker."""
+def usage() -> str:
+    return options.help_text(options.RUN, "hpcrun run [OPTIONS] IMAGE [--] CMD [ARG...]",
+                             ABOUT, EXIT)
+
+
+def parse(argv: list, entry: str = options.RUN):
+    """argv after 'run' (or 'task') -> RunOptions; options stop at IMAGE."""
     from hpcrun.runtime.spec import RunOptions
-    vals: dict = {}
-    lists: dict = {}
-    i = 0
-    n = len(argv)
-    image = None
-    while i < n:
-        a = argv[i]
-        if a == "--":
-            i += 1
-            if i < n:
-                image = argv[i]
-                i += 1
-            break
-        if not a.startswith("-") or a == "-":
-            image = a
-            i += 1
-            break
-        if a in ("-h", "--help"):
-            sys.stdout.write(USAGE)
-            raise SystemExit(0)
-        name, eq, inline = a.partition("=")
-        if not eq and len(a) > 2 and a[1] != "-" and a[:2] in OPTIONS:
-            name, inline, eq = a[:2], a[2:], "="      # -eFOO=bar, -v/src:/dst
-        spec = OPTIONS.get(name)
-        if spec is None:
-            raise UsageError(f"unknown option {a!r} for run", "see 'hpcrun run --help'")
-        attr, kind = spec
-        if kind in ("flag", "off"):
-            if eq:
-                raise UsageError(f"option {name} takes no value", "see 'hpcrun run --help'")
-            vals[attr] = kind == "flag"
-            i += 1
-            continue
-        if eq:
-            value = inline
-            i += 1
-        else:
-            if i + 1 >= n:
-                raise UsageError(f"option {name} needs a value", "see 'hpcrun run --help'")
-            value = argv[i + 1]
-            i += 2
-        if kind == "list":
-            lists.setdefault(attr, []).append(value)
-        elif kind.startswith("choice:"):
-            choices = kind[7:].split("|")
-            if value not in choices:
-                raise UsageError(f"unknown {name} value {value!r}",
-                                 f"use {' or '.join(name + ' ' + c for c in choices)}")
-            vals[attr] = value
-        else:
-            if attr == "hostname" and not value:
-                raise UsageError("--hostname needs a non-empty name", "e.g. --hostname node1")
-            vals[attr] = value
+    vals, image, command, help_asked = options.parse(argv, entry)
+    if help_asked:
+        sys.stdout.write(usage())
+        raise SystemExit(0)
     if image is None:
-        raise UsageError("no image given", "usage: hpcrun run [OPTIONS] IMAGE [--] CMD [ARG...]")
-    command = argv[i:]
-    if command and command[0] == "--":
-        command = command[1:]
-    for k, v in lists.items():
-        vals[k] = tuple(v)
+        raise UsageError("no image given",
+                         f"usage: hpcrun {entry} [OPTIONS] IMAGE [--] CMD [ARG...]")
     return RunOptions(image=image, command=tuple(command), **vals)
 
 
 def main(verb: str, argv: list) -> int:
+    from hpcrun.runtime import pipeline
     opts = parse(argv)
-    from hpcrun.runtime import image as img
-    from hpcrun.runtime import launch
-    image = img.resolve(opts.image)
-    if image.kind == "squashfs":
-        if opts.unpack:
-            root = img.unpack(image.path)
-            image = img.Image(path=root, kind="dir", config=image.config or img.dir_config(root),
-                              name=image.name)
-        elif not launch.fuse_allowed():
-            raise ImageError(f"can't mount squashfs image {opts.image}: this node does not let "
-                             "users use FUSE (/dev/fuse)",
-                             "add --unpack to extract it once into a node-local cache, or ask "
-                             "the admin to allow FUSE")
-        elif image.config is None:
-            image = image.replace(config=img.squashfs_config(image.path))
-    spec = launch.plan(opts, image)
-    return launch.run(spec)
+    i = options.image_index(argv, options.RUN)
+    return pipeline.run(opts, words=argv[:i + 1] if i >= 0 else None)

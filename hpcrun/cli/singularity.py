@@ -101,7 +101,9 @@ def main(verb: str, argv: list) -> int:
         return _shim(argv)
     if not argv or argv[0] in ("-h", "--help"):
         sys.stdout.write("usage: hpcrun singularity --version | exec|run [OPTIONS] IMAGE "
-                         "[CMD...] | instance start|stop ...\n")
+                         "[CMD...] | instance start|stop|list ...\n\nThe Singularity/Apptainer "
+                         "command lines workflow tools generate, run by hpcrun (see "
+                         "'hpcrun shim').\n")
         return 0
     while argv and argv[0] in ("--quiet", "-q", "--silent", "-s", "--debug", "-d"):
         argv = argv[1:]
@@ -135,7 +137,18 @@ def main(verb: str, argv: list) -> int:
                      "the shim knows --version, exec, run, instance start|stop|list")
 
 
+SHIM_USAGE = """usage: hpcrun shim DIR
+
+Write the Singularity shim's 'singularity' and 'apptainer' scripts into DIR.
+Put DIR first on PATH, and Makeflow, Snakemake and other tools that call singularity
+run hpcrun containers.
+"""
+
+
 def _shim(argv: list) -> int:
+    if argv in (["-h"], ["--help"]):
+        sys.stdout.write(SHIM_USAGE)
+        return 0
     if len(argv) != 1 or argv[0].startswith("-"):
         raise UsageError("usage: hpcrun shim DIR",
                          "writes 'singularity' and 'apptainer' into DIR; put DIR first on PATH")

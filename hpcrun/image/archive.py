@@ -19,6 +19,8 @@ from typing import BinaryIO, Optional, Sequence
 
 from ..errors import ImageError, UsageError
 from . import layers as L
+from . import ociconfig
+from .ociconfig import parse_signal
 from .store import (MT_DOCKER_MANIFEST, MT_OCI_MANIFEST, ImageRecord, Store, digest_hex,
                     rmtree, sha256_bytes)
 
@@ -155,10 +157,7 @@ def _load_docker(store: Store, tf, index: dict, what: str, fmt: str):
         except (KeyError, TypeError) as e:
             raise ImageError(f"{what}: manifest.json entry {n} is malformed ({e})") from e
         cfg = _member(tf, index, cfg_name, what).read()
-        try:
-            cfgd = json.loads(cfg)
-        except ValueError as e:
-            raise ImageError(f"{what}: image config {cfg_name!r} is not JSON") from e
+        cfgd = ociconfig.loads(cfg, f"{cfg_name} in {what}")
         diff_ids = (cfgd.get("rootfs") or {}).get("diff_ids") or []
         if len(diff_ids) != len(layer_names):
             raise ImageError(f"{what}: the config lists {len(diff_ids)} layers, manifest.json "
@@ -221,6 +220,7 @@ def _load_oci(store: Store, tf, index: dict, what: str, fmt: str):
         except (ValueError, KeyError, TypeError) as e:
             raise ImageError(f"{what}: image manifest {desc.get('digest')} is malformed") from e
         cfg = blob(cfg_desc)
+        ociconfig.loads(cfg, f"{cfg_desc.get('digest')} in {what}")
         for ld in layer_descs:
             dg = ld["digest"]
             if not store.has_blob(dg):
@@ -378,6 +378,11 @@ def apply_changes(conf: dict, changes: Sequence[str]) -> dict:
                 vols[v] = {}
             conf["Volumes"] = vols
         elif instr == "STOPSIGNAL":
+            try:
+                parse_signal(rest)
+            except ValueError as e:
+                raise UsageError(f"--change {ch!r}: {e}",
+                                 "e.g. --change 'STOPSIGNAL SIGINT' (a name or a number)") from None
             conf["StopSignal"] = rest
         else:
             raise UsageError(f"--change {ch!r}: unsupported instruction {instr!r}", _CHANGE_HINT)
@@ -420,6 +425,44 @@ def _exec_form(rest: str, ch: str) -> list[str]:
     return ["/bin/sh", "-c", rest]
 
 
+def _check_tar_input(f, what: str) -> None:
+    """Refuse what cannot be a tarball before storing any of it: a device (/dev/zero, a
+    terminal: endless or interactive input), or data that is neither compressed nor
+    starts with a tar header (an endless stream of zeros from a pipe is caught here)."""
+    import stat as S
+    try:
+        mode = os.fstat(f.fileno()).st_mode
+    except (OSError, AttributeError, ValueError, io.UnsupportedOperation):
+        mode = None
+    if mode is not None and not (S.S_ISREG(mode) or S.S_ISFIFO(mode) or S.S_ISSOCK(mode)):
+        kind = "a terminal" if S.S_ISCHR(mode) and os.isatty(f.fileno()) else \
+            "a device" if S.S_ISCHR(mode) or S.S_ISBLK(mode) else "not a regular file"
+        raise ImageError(f"cannot import {what}: it is {kind}",
+                         "give a root filesystem tarball (a file, or a pipe on stdin)")
+    head = f.peek(512)[:512] if hasattr(f, "peek") else b""
+    if len(head) == 512 and L.sniff(head[:8]) == "tar" and not _is_tar_header(head):
+        raise ImageError(f"{what}: not a tar archive",
+                         "give a root filesystem tarball (tar, tar.gz or tar.zst)")
+
+
+class _Bounded:
+    """A reader that refuses to give more than LIMIT bytes (max_image_size): an endless
+    compressed or piped input ends with a clear error, not a full disk."""
+
+    def __init__(self, f, limit: int, what: str):
+        self.f, self.left, self.limit, self.what = f, limit, limit, what
+
+    def read(self, n: int = -1) -> bytes:
+        b = self.f.read(n)
+        self.left -= len(b)
+        if self.left < 0:
+            raise ImageError(f"cannot import {self.what}: larger than max_image_size "
+                             f"({self.limit} bytes)",
+                             "raise max_image_size (HPCRUN_MAX_IMAGE_SIZE) if the tarball "
+                             "is really that large")
+        return b
+
+
 def import_tar(store: Store, src, name: Optional[str] = None, changes: Sequence[str] = (),
                *, fmt: str = "dir", message: str = "") -> ImageRecord:
     """Make a one-layer image from a root filesystem tar (path, file object or stdin)."""
@@ -431,7 +474,10 @@ def import_tar(store: Store, src, name: Optional[str] = None, changes: Sequence[
                              "give REPOSITORY[:TAG]")
     f = _open_input(src, "give a root filesystem tarball, or - for stdin")
     try:
-        dg, size = store.put_blob_file(f)
+        _check_tar_input(f, src if isinstance(src, str) else "stdin")
+        from .. import config as cfgmod
+        dg, size = store.put_blob_file(_Bounded(f, int(cfgmod.get("max_image_size")),  # type: ignore[arg-type]
+                                                src if isinstance(src, str) else "stdin"))
     finally:
         if isinstance(src, (str, os.PathLike)):
             f.close()
@@ -462,6 +508,7 @@ def import_tar(store: Store, src, name: Optional[str] = None, changes: Sequence[
         "history": [{"created": now, "created_by": "hpcrun import",
                      **({"comment": message} if message else {})}],
     }
+    ociconfig.validate(cfg, "made by --change")
     cfg_bytes = json.dumps(cfg, sort_keys=True).encode()
     kind = L.sniff(head)
     oci = kind in ("zstd", "xz")

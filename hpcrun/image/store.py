@@ -41,6 +41,7 @@ from typing import Iterator, Optional, Sequence
 
 from .. import log
 from ..errors import ImageError, NotFound, StoreError
+from ..fsutil import private_dir
 
 FORMATS = ("dir", "squashfs")
 _HEX = re.compile(r"[0-9a-f]{64}\Z")
@@ -177,6 +178,9 @@ class Store:
         self.locks = os.path.join(self.root, "locks")
         self.tmp = os.path.join(self.root, "tmp")
         self.tags_file = os.path.join(self.root, "tags.json")
+        # The root must be private (another user could pre-create a guessable path):
+        # then no one else can plant anything below it (see fsutil.private_dir).
+        private_dir(self.root, "the image store", "'store' in the configuration or HPCRUN_STORE")
         try:
             old = os.umask(0o077)
             try:

@@ -16,7 +16,6 @@ ROOT is $XDG_RUNTIME_DIR/hpcrun where XDG_RUNTIME_DIR is set, else
 from __future__ import annotations
 
 import os
-import stat
 
 from hpcrun.errors import HpcrunError, NotFound, UsageError
 
@@ -27,53 +26,24 @@ class InstanceError(HpcrunError):
     """An instance is missing, gone, or its state directory is unsafe."""
 
 
-def _check_private(path: str) -> None:
-    """PATH must be a real directory (not a symlink), owned by us, not writable by group
-    or others. (A shared hpcrun.fsutil.private_dir was planned by another helper; it was
-    not on main when this was written.)"""
-    st = os.lstat(path)
-    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-        raise InstanceError(f"instance directory {path} is not a directory (a symlink?)",
-                            "remove it; hpcrun creates its own private directory")
-    if st.st_uid != os.getuid():
-        raise InstanceError(f"instance directory {path} is owned by uid {st.st_uid}, not you",
-                            "set XDG_RUNTIME_DIR to a directory of your own, or remove it")
-    if st.st_mode & 0o022:
-        raise InstanceError(f"instance directory {path} is writable by group or others",
-                            f"chmod 700 {path}")
-
-
-def _private_dir(path: str) -> str:
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
-    except FileNotFoundError:
-        _private_dir(os.path.dirname(path))
-        os.mkdir(path, 0o700)
-    _check_private(path)
-    return path
-
-
 def root(create: bool = True) -> str:
-    """The user's instance directory (created 0700 and checked)."""
+    """The user's instance directory, checked by the shared state-directory rule
+    (hpcrun.fsutil.private_dir: every level up from / must be root's or yours and not
+    writable by others, symlinks only root's; the directory itself yours and 0700),
+    and created where missing. CREATE is kept for callers that only read; the check
+    is the same."""
+    from hpcrun.fsutil import private_dir
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     if xdg and os.path.isdir(xdg):
-        _check_private(xdg)
         base = os.path.join(xdg, "hpcrun")
+        setting = "XDG_RUNTIME_DIR"
     else:
-        base = f"/var/tmp/hpcrun-{os.getuid()}"
-        if create or os.path.lexists(base):
-            _private_dir(base)
-        base = os.path.join(base, "instances")
+        base = f"/var/tmp/hpcrun-{os.getuid()}/instances"
+        setting = "XDG_RUNTIME_DIR (to a directory of your own)"
     job = os.environ.get("SLURM_JOB_ID")
     if job and job.isdigit():
         base = os.path.join(base, "job" + job)
-    if create:
-        return _private_dir(base)
-    if os.path.lexists(base):
-        _check_private(base)
-    return base
+    return private_dir(base, "the instance directory", setting)
 
 
 def check_name(name: str) -> str:

@@ -13,23 +13,20 @@ from hpcrun.runtime import mounts as mnt
 from hpcrun.runtime.spec import (F_FAKEROOT, F_IPC, F_MONITOR, F_NET, F_NO_OVERLAY, F_PID,
                                  F_SQUASH, F_UTS, F_WRITABLE, M_CONTENT, Spec)
 
-SIGNALS = {"HUP": 1, "INT": 2, "QUIT": 3, "KILL": 9, "USR1": 10, "USR2": 12, "TERM": 15,
-           "CONT": 18, "STOP": 19, "WINCH": 28, "PWR": 30}
-
-
 def stop_signal(value) -> int:
-    """STOPSIGNAL: SIGTERM, TERM, 15 or SIGRTMIN+3 -> number (0: keep SIGTERM)."""
+    """STOPSIGNAL: SIGTERM, TERM, 15 or SIGRTMIN+3 -> number (0: keep SIGTERM). The
+    config was validated when it was read; a bad value here is still refused, never
+    silently replaced by SIGTERM (hpcrun.image.ociconfig.parse_signal)."""
     if not value:
         return 0
-    v = str(value).upper()
-    if v.isdigit():
-        return int(v)
-    v = v[3:] if v.startswith("SIG") else v
-    if v.startswith("RTMIN"):
-        import signal
-        off = v[5:].lstrip("+") or "0"
-        return int(signal.SIGRTMIN) + int(off) if off.isdigit() else 0
-    n = SIGNALS.get(v, 0)
+    from hpcrun.errors import ImageError
+    from hpcrun.image.ociconfig import parse_signal
+    try:
+        n = parse_signal(str(value))
+    except ValueError as e:
+        raise ImageError(f"invalid STOPSIGNAL in the image config: {e}",
+                         "fix the image's StopSignal, or re-import it with "
+                         "--change 'STOPSIGNAL SIGTERM'") from None
     return 0 if n == 15 else n
 
 
@@ -76,11 +73,12 @@ def _image_user(value, rootfs):
 
 
 def _argv(value) -> list:
-    """A config's Entrypoint/Cmd: a list, or a string in shell form (sh -c)."""
+    """A config's Entrypoint/Cmd: a list; one string is the one-element list, as in
+    Docker's image config (hpcrun.image.ociconfig makes it a list when it is read)."""
     if not value:
         return []
     if isinstance(value, str):
-        return ["/bin/sh", "-c", value]
+        return [value]
     return [str(v) for v in value]
 
 
@@ -171,7 +169,20 @@ def plan(opts, image, environ=None) -> Spec:
     return Spec(image=image.path, squashfuse=squashfuse, flags=flags, hostname=opts.hostname,
                 uid=uid, gid=gid, mounts=tuple(mounts), workdir=workdir,
                 workdir_required=required, argv=tuple(argv), env=tuple(env),
-                stop_signal=stopsig)
+                stop_signal=stopsig, preserve_fds=preserve_fds(opts.preserve_fds))
+
+
+def preserve_fds(value) -> int:
+    """--preserve-fds N (Docker's, podman's): descriptors 3 .. 2+N stay open in the
+    command; the C core closes every other one above 2 at exec, but PMI_FD's."""
+    if value is None or value == "":
+        return 0
+    v = str(value)
+    if not v.isdigit() or int(v) > 65536:
+        raise UsageError(f"--preserve-fds {value!r} is not a number of descriptors",
+                         "give N >= 0: descriptors 3 .. 2+N are kept, e.g. --preserve-fds 1 "
+                         "keeps descriptor 3")
+    return int(v)
 
 
 def _visible_cwd(mounts) -> str:
