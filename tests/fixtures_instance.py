@@ -97,3 +97,17 @@ def evil_inst(evil, rt_image):
     d = _runtime_dir(evil)
     yield Inst(evil, d)
     shutil.rmtree(d, ignore_errors=True)
+
+
+def traced_execs(user, argv, env) -> tuple:
+    """Run argv as the user under strace: (completed process, programs exec'd)."""
+    util.require(shutil.which("strace") is not None, "strace is not installed")
+    d = util.shared_tmpdir("hpcrun-strace-")
+    os.chmod(d, 0o777)
+    log = os.path.join(d, "log")
+    cp = util.as_user(user, ["strace", "-f", "-qq", "-e", "trace=execve", "-e", "signal=none",
+                             "-o", log, *argv], env=env)
+    with open(log) as f:
+        progs = [ln.split('"')[1] for ln in f if "execve(" in ln and "= 0" in ln]
+    shutil.rmtree(d, ignore_errors=True)
+    return cp, progs

@@ -171,3 +171,20 @@ def test_names_are_scoped_to_the_slurm_job(inst, rt_image):
     inst.ok("instance", "start", "--name", "scoped", rt_image)
     inst.ok("instance", "stop", "scoped", env=job)
     inst.ok("instance", "stop", "scoped")
+
+
+def test_exec_through_the_launcher_starts_no_python(inst, rt_image):
+    """The installed command (cext/launcher.c) reads the record and joins in C."""
+    from fixtures_instance import traced_execs
+    with open(util.HPCRUN, "rb") as f:
+        util.require(f.read(4) == b"\x7fELF", "the hpcrun command is not the C launcher here")
+    inst.ok("instance", "start", "--name", "fast", "-e", "FROM=start", rt_image)
+    cp, progs = traced_execs(inst.user, [util.HPCRUN, "exec", "-e", "X=1", "-w", "/etc", "fast",
+                                         "sh", "-c", "echo $FROM $X $PWD"], inst.env())
+    assert cp.returncode == 0 and cp.stdout == "start 1 /etc\n", cp.stderr
+    assert not any("python" in p for p in progs), progs
+    # What the fast path leaves (here -u) goes to Python, with the same result.
+    cp, progs = traced_execs(inst.user, [util.HPCRUN, "exec", "-u", str(inst.user.uid), "fast",
+                                         "sh", "-c", "echo $FROM"], inst.env())
+    assert cp.returncode == 0 and cp.stdout == "start\n", cp.stderr
+    assert any("python" in p for p in progs), progs
