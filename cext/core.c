@@ -6,6 +6,7 @@
  * errno, and returns -1. Only a failed execve in a child process exits. */
 #define _GNU_SOURCE
 #include "core.h"
+#include "seccomp.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -23,12 +24,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
-#include <time.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -592,6 +594,22 @@ static int skeleton_add(struct ctx *c, const char *dst, int is_file)
     return 0;
 }
 
+/* A symlink at dst (to target) in the skeleton: CDI's create-symlinks hook, made over
+ * the image, never in it. An entry the image has at dst is shadowed by it. */
+static int skeleton_link(struct ctx *c, const char *root, const char *target, const char *dst)
+{
+    char p[PATH_MAX];
+    if (pjoin(c, p, root, dst))
+        return -1;
+    char *slash = strrchr(p, '/');
+    *slash = '\0';
+    int r = slash != p && mkdir_p(p, 0755);
+    *slash = '/';
+    if (r || (symlink(target, p) && errno != EEXIST))
+        return fail(c, "can't create symlink %s -> %s", dst, target);
+    return 0;
+}
+
 /* ---------------------------------------------------------------- underlay */
 
 /* Re-create the skeleton's subtree at dst (directories and empty files). */
@@ -611,6 +629,17 @@ static int copy_skeleton(struct ctx *c, const char *skel, const char *dst)
             closedir(d);
             errno = ENAMETOOLONG;
             return fail(c, "can't create mount point %s", d2);
+        }
+        if (S_ISLNK(st.st_mode)) {
+            char t[PATH_MAX];
+            ssize_t n = readlink(s2, t, sizeof t - 1);
+            if (n >= 0)
+                t[n] = '\0';
+            if (n < 0 || (symlink(t, d2) && errno != EEXIST)) {
+                closedir(d);
+                return fail(c, "can't create symlink %s", d2);
+            }
+            continue;
         }
         if (S_ISDIR(st.st_mode) ? (mkdir(d2, 0755) && errno != EEXIST) || copy_skeleton(c, s2, d2)
                                 : create_file(d2, "", 0, 0644)) {
@@ -797,10 +826,17 @@ static int do_mounts(struct ctx *c, const struct hpcrun_spec *s, const char *low
     char dst[PATH_MAX], src[PATH_MAX];
     for (int i = 0; i < s->n_mounts; i++) {
         const struct hpcrun_mount *m = &s->mounts[i];
+        if (m->flags & HPCRUN_M_SYMLINK) {
+            /* made in the skeleton by setup_fs, unless a tmpfs listed before hides it */
+            if (under_tmpfs(s, i) && skeleton_link(c, NEWROOT, m->src, m->dst))
+                return -1;
+            continue;
+        }
         if (pjoin(c, dst, NEWROOT, m->dst))
             return -1;
         if (m->flags & HPCRUN_M_TMPFS) {
-            if (mount("tmpfs", dst, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777"))
+            if (mount("tmpfs", dst, "tmpfs", MS_NOSUID | MS_NODEV,
+                      (m->flags & HPCRUN_M_CLOSED) ? "mode=0755" : "mode=1777"))
                 return fail(c, "can't mount tmpfs on %s", m->dst);
             continue;
         }
@@ -831,6 +867,8 @@ static int do_mounts(struct ctx *c, const struct hpcrun_spec *s, const char *low
         }
         if ((m->flags & HPCRUN_M_OPTIONAL) && access(src, F_OK))
             continue;
+        if ((m->flags & HPCRUN_M_NOSKEL) && access(dst, F_OK))
+            continue;       /* e.g. /sys/fs/cgroup/memory in a fresh sysfs */
         if (under_tmpfs(s, i) && access(dst, F_OK)) {
             int is_file = (m->flags & (HPCRUN_M_FILE | HPCRUN_M_CONTENT)) != 0;
             char *slash = strrchr(dst, '/');
@@ -855,6 +893,38 @@ static int do_mounts(struct ctx *c, const struct hpcrun_spec *s, const char *low
 }
 
 /* Build the container's root at BASE/NEWROOT and pivot into it. */
+/* HPCRUN_F_RW_ROOT (a build's root): the image directory is the build's own copy, so
+ * mount points it lacks are made in it, as Docker's RUN leaves them in a layer. */
+static int rw_root_mountpoints(struct ctx *c, const struct hpcrun_spec *s, const char *lower)
+{
+    char p[PATH_MAX];
+    for (int i = 0; i < s->n_mounts; i++) {
+        const struct hpcrun_mount *m = &s->mounts[i];
+        int is_file = (m->flags & (HPCRUN_M_FILE | HPCRUN_M_CONTENT)) != 0;
+        if ((m->flags & HPCRUN_M_OPTIONAL) && !(m->flags & HPCRUN_M_CONTENT)) {
+            if (pjoin(c, p, OLDROOT, m->src))
+                return -1;
+            if (access(p, F_OK))
+                continue;
+        }
+        if (under_tmpfs(s, i) || have_mountpoint(lower, m->dst, is_file))
+            continue;
+        if (pjoin(c, p, lower, m->dst))
+            return -1;
+        char *slash = strrchr(p, '/');
+        if (is_file && slash) {
+            *slash = '\0';
+            int r = mkdir_p(p, 0755);
+            *slash = '/';
+            if (r || create_file(p, "", 0, 0644))
+                return fail(c, "can't create mount point %s in the build root", m->dst);
+        } else if (!is_file && mkdir_p(p, 0755)) {
+            return fail(c, "can't create mount point %s in the build root", m->dst);
+        }
+    }
+    return 0;
+}
+
 static int setup_fs(struct ctx *c, const struct hpcrun_spec *s)
 {
     char lower[PATH_MAX], opts[3 * PATH_MAX + 64], esc1[2 * PATH_MAX], p[PATH_MAX];
@@ -889,9 +959,21 @@ static int setup_fs(struct ctx *c, const struct hpcrun_spec *s)
     /* Mount points the image lacks go into a skeleton layered above it, so the image is
      * never changed on disk (it may be read-only, shared, owned by root). */
     int skeleton = 0, underlaid = 0;
-    for (int i = 0; i < s->n_mounts; i++) {
+    if ((s->flags & HPCRUN_F_RW_ROOT) && rw_root_mountpoints(c, s, lower))
+        return -1;
+    for (int i = 0; !(s->flags & HPCRUN_F_RW_ROOT) && i < s->n_mounts; i++) {
         const struct hpcrun_mount *m = &s->mounts[i];
         int is_file = (m->flags & (HPCRUN_M_FILE | HPCRUN_M_CONTENT)) != 0;
+        if (m->flags & HPCRUN_M_NOSKEL)
+            continue;       /* on an earlier mount (/sys, /proc): nothing to make */
+        if (m->flags & HPCRUN_M_SYMLINK) {
+            if (under_tmpfs(s, i))
+                continue;
+            if (skeleton_link(c, UPPER, m->src, m->dst))
+                return -1;
+            skeleton = 1;
+            continue;
+        }
         if ((m->flags & HPCRUN_M_OPTIONAL) && !(m->flags & HPCRUN_M_CONTENT)) {
             if (pjoin(c, p, OLDROOT, m->src))
                 return -1;
@@ -929,8 +1011,8 @@ static int setup_fs(struct ctx *c, const struct hpcrun_spec *s)
         }
     } else if (mount(lower, NEWROOT, NULL, MS_BIND | MS_REC, NULL)) {
         return fail(c, "can't bind %s to /", s->image);
-    } else if (remount_ro_rec(c, NEWROOT, "the image")) {
-        /* Read-only now, with whatever is mounted below the image directory on the host;
+    } else if (!(s->flags & HPCRUN_F_RW_ROOT) && remount_ro_rec(c, NEWROOT, "the image")) {
+        /* Read-only now (a build's root stays writable), with whatever is mounted below the image directory on the host;
          * the container's own mounts come next and keep their own modes. */
         return -1;
     }
@@ -1202,6 +1284,8 @@ static int do_exec(struct ctx *c, const struct hpcrun_spec *s)
     int eacces = 0, last = ENOENT;
     if (block_tty_injection(c))
         return -1;
+    if ((s->flags & HPCRUN_F_SECCOMP_FAKE) && hpcrun_seccomp_fake_install())
+        return fail(c, "can't install the fake-root seccomp filter");
     cloexec_inherited(s);
     if (strchr(file, '/')) {
         execve(file, s->argv, s->envp);
@@ -1461,6 +1545,609 @@ static void trim_memory(void)
     }
 }
 
+/* ---------------------------------------------------------------- limits */
+
+/* Resource limits (hpcrun/cgroups.py chose the tier and made any cgroup). The monitor
+ * moves the container's first process into the cgroups before it starts, watches for
+ * OOM kills, and removes the cgroups when the container ends; a reaper process removes
+ * them if the monitor itself is killed. Without a writable cgroup, the monitor is the
+ * watchdog: it sums the memory of the container's processes (those in its user
+ * namespace) from /proc at an interval and kills the container at the limit.
+ * Everything below that runs in the monitor runs after trim_memory(): no allocator, no
+ * stdio, no locale, only system calls and these small helpers. */
+
+/* Processes seen at the last sample, ascending (as /proc lists them), and whether
+ * each is the container's: a pid present at two samples in a row is the same process
+ * (the pid space wraps far slower), so only new ones need their namespace read. */
+#define WATCH_MAX 8192
+#define WATCH_FULL_MS 2000      /* so often every process is checked (hpcrun join) */
+
+struct watch {
+    const struct hpcrun_limits *L;
+    int prev[WATCH_MAX], cur[WATCH_MAX];
+    int prev_fd[WATCH_MAX], cur_fd[WATCH_MAX];   /* a container process's statm, kept open */
+    unsigned char prev_in[WATCH_MAX], cur_in[WATCH_MAX];
+    int nprev, nfds;
+    long long listed_ms, full_ms;  /* when /proc was last listed, last fully checked */
+    pid_t child;
+    int pidns;
+    int procfd;                 /* /proc, read again at every sample */
+    char userns[64];            /* readlink of the container's /proc/PID/ns/user */
+    ssize_t userns_len;
+    long long peak;             /* the largest sample (watchdog), bytes */
+    unsigned long oom_seen;     /* cgroup tiers: oom_kill count already acted on */
+    int oom;                    /* the container was killed for memory */
+    long page;
+};
+
+/* a + number + b into buf (paths under /proc and cgroup directories). */
+static void cat_num(char *buf, size_t len, const char *a, unsigned long n, const char *b)
+{
+    char t[24];
+    size_t k = 0, i = 0;
+    do t[k++] = (char)('0' + n % 10); while ((n /= 10));
+    for (; *a && i + 1 < len; a++) buf[i++] = *a;
+    while (k && i + 1 < len) buf[i++] = t[--k];
+    for (; b && *b && i + 1 < len; b++) buf[i++] = *b;
+    buf[i] = '\0';
+}
+
+static ssize_t read_small(const char *path, char *buf, size_t len)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t n, got = 0;
+    while ((size_t)got < len - 1 && (n = read(fd, buf + got, len - 1 - (size_t)got)) > 0)
+        got += n;
+    close(fd);
+    buf[got] = '\0';
+    return got;
+}
+
+/* The number after "key" at the start of a line of buf (e.g. "oom_kill ", "Pss:"). */
+static unsigned long key_num(const char *buf, const char *key)
+{
+    size_t kl = strlen(key);
+    for (const char *l = buf; l && *l; l = strchr(l, '\n'), l = l ? l + 1 : NULL)
+        if (!strncmp(l, key, kl)) {
+            const char *p = l + kl;
+            unsigned long v = 0;
+            while (*p == ' ' || *p == '\t') p++;
+            parse_num(p, 10, &v);
+            return v;
+        }
+    return 0;
+}
+
+static unsigned long file_num(const char *dir, const char *leaf, const char *key)
+{
+    char p[PATH_MAX], buf[1024];
+    size_t n = strlen(dir);
+    if (n + strlen(leaf) + 2 > sizeof p)
+        return 0;
+    memcpy(p, dir, n);
+    p[n] = '/';
+    memcpy(p + n + 1, leaf, strlen(leaf) + 1);
+    if (read_small(p, buf, sizeof buf) <= 0)
+        return 0;
+    if (key)
+        return key_num(buf, key);
+    unsigned long v = 0;
+    parse_num(buf, 10, &v);
+    return v;
+}
+
+/* Sum the memory of the container's processes: resident (statm; pss: proportional, from
+ * smaps_rollup, which walks page tables and is only read to confirm a kill) and swap.
+ * With kill_them, SIGKILL each instead. Returns the number of processes found. */
+static long long mono_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (long long)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+static void watch_forget(struct watch *w, int j);
+
+/* Between two listings of /proc: the resident memory of the processes already known
+ * to be the container's, from their statm kept open (one pread each). */
+static int watch_reread(struct watch *w, long long *mem, long long *swap)
+{
+    char data[256], path[64];
+    int found = 0;
+    for (int j = 0; j < w->nprev; j++) {
+        if (!w->prev_in[j])
+            continue;
+        ssize_t got;
+        if (w->prev_fd[j] >= 0) {
+            got = pread(w->prev_fd[j], data, sizeof data - 1, 0);
+            if (got <= 0) {          /* exited (ESRCH): the next listing drops it */
+                watch_forget(w, j);
+                w->prev_in[j] = 0;
+                continue;
+            }
+            data[got] = '\0';
+        } else {
+            cat_num(path, sizeof path, "/proc/", (unsigned long)w->prev[j], "/statm");
+            if ((got = read_small(path, data, sizeof data)) <= 0)
+                continue;
+        }
+        unsigned long rss = 0;
+        parse_num(skip_field(data), 10, &rss);
+        *mem += (long long)rss * w->page;
+        found++;
+        if (w->L->memory_swap) {
+            char st[2048];
+            cat_num(path, sizeof path, "/proc/", (unsigned long)w->prev[j], "/status");
+            if (read_small(path, st, sizeof st) > 0)
+                *swap += (long long)key_num(st, "VmSwap:") * 1024;
+        }
+    }
+    return found;
+}
+
+static void watch_forget(struct watch *w, int j)
+{
+    if (w->prev_fd[j] >= 0) {
+        close(w->prev_fd[j]);
+        w->nfds--;
+        w->prev_fd[j] = -1;
+    }
+}
+
+static int watch_scan(struct watch *w, int pss, int kill_them, long long *mem, long long *swap)
+{
+    char dents[32768], path[64], link[64], data[2048];
+    int found = 0, j = 0, ncur = 0;
+    long long now = mono_ms();
+    int cached = !pss && !kill_them && now - w->full_ms < WATCH_FULL_MS;
+    *mem = *swap = 0;
+    if (!pss && !kill_them && now - w->listed_ms < (w->L->interval_ms > 0 ? w->L->interval_ms : 100))
+        return watch_reread(w, mem, swap);   /* between listings: the known processes */
+    if (!pss && !kill_them) {
+        w->listed_ms = now;
+        if (!cached)
+            w->full_ms = now;
+    }
+    if (lseek(w->procfd, 0, SEEK_SET) < 0)
+        return 0;
+    for (;;) {
+        long n = syscall(SYS_getdents64, w->procfd, dents, sizeof dents);
+        if (n <= 0)
+            break;
+        for (long off = 0; off < n;) {
+            struct dirent64 *d = (struct dirent64 *)(dents + off);
+            unsigned long pid;
+            off += d->d_reclen;
+            const char *q = parse_num(d->d_name, 10, &pid);
+            if (!q || *q)
+                continue;
+            int in = -1, fd = -1, track = !pss && !kill_them;
+            if (track) {
+                while (j < w->nprev && w->prev[j] < (int)pid)
+                    watch_forget(w, j++);           /* gone */
+                if (j < w->nprev && w->prev[j] == (int)pid) {
+                    if (cached)
+                        in = w->prev_in[j];
+                    fd = w->prev_fd[j++];
+                }
+            }
+            if (in < 0) {
+                cat_num(path, sizeof path, "/proc/", pid, "/ns/user");
+                ssize_t l = readlink(path, link, sizeof link);
+                in = l == w->userns_len && !memcmp(link, w->userns, (size_t)l);
+            }
+            if (fd >= 0 && !in) {
+                close(fd);
+                w->nfds--;
+                fd = -1;
+            }
+            if (track && in && fd < 0 && w->nfds < 512) {
+                cat_num(path, sizeof path, "/proc/", pid, "/statm");
+                fd = open(path, O_RDONLY | O_CLOEXEC);
+                if (fd >= 0)
+                    w->nfds++;
+            }
+            if (track && ncur < WATCH_MAX) {
+                w->cur[ncur] = (int)pid;
+                w->cur_fd[ncur] = fd;
+                w->cur_in[ncur++] = (unsigned char)in;
+            } else if (track && fd >= 0) {
+                close(fd);
+                w->nfds--;
+                fd = -1;
+            }
+            if (!in)
+                continue;
+            found++;
+            if (kill_them) {
+                kill((pid_t)pid, SIGKILL);
+                continue;
+            }
+            if (pss) {
+                cat_num(path, sizeof path, "/proc/", pid, "/smaps_rollup");
+                if (read_small(path, data, sizeof data) > 0) {
+                    *mem += (long long)key_num(data, "Pss:") * 1024;
+                    *swap += (long long)key_num(data, "SwapPss:") * 1024;
+                }
+                continue;
+            }
+            cat_num(path, sizeof path, "/proc/", pid, "/statm");
+            unsigned long rss = 0;
+            ssize_t got = fd >= 0 ? pread(fd, data, sizeof data - 1, 0) : read_small(path, data, sizeof data);
+            if (fd >= 0 && got >= 0)
+                data[got] = '\0';
+            if (got > 0) {
+                const char *f = skip_field(data);
+                parse_num(f, 10, &rss);
+                *mem += (long long)rss * w->page;
+            }
+            if (w->L->memory_swap) {
+                cat_num(path, sizeof path, "/proc/", pid, "/status");
+                if (read_small(path, data, sizeof data) > 0)
+                    *swap += (long long)key_num(data, "VmSwap:") * 1024;
+            }
+        }
+    }
+    if (!pss && !kill_them) {
+        while (j < w->nprev)
+            watch_forget(w, j++);
+        memcpy(w->prev, w->cur, (size_t)ncur * sizeof *w->cur);
+        memcpy(w->prev_fd, w->cur_fd, (size_t)ncur * sizeof *w->cur_fd);
+        memcpy(w->prev_in, w->cur_in, (size_t)ncur);
+        w->nprev = ncur;
+    }
+    return found;
+}
+
+/* Every process of a cgroup: SIGKILL. cgroup.procs is read in pieces, a number that
+ * straddles two pieces carried over. Returns how many were signalled. */
+static int cgroup_kill(const char *dir)
+{
+    char p[PATH_MAX], buf[4096];
+    size_t n = strlen(dir), carry = 0;
+    int killed = 0;
+    if (n + sizeof "/cgroup.procs" > sizeof p)
+        return 0;
+    memcpy(p, dir, n);
+    memcpy(p + n, "/cgroup.procs", sizeof "/cgroup.procs");
+    int fd = open(p, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    for (;;) {
+        ssize_t r = read(fd, buf + carry, sizeof buf - 1 - carry);
+        if (r <= 0)
+            break;
+        size_t len = carry + (size_t)r, start = 0;
+        for (size_t i = 0; i < len; i++)
+            if (buf[i] == '\n') {
+                unsigned long pid;
+                buf[i] = '\0';
+                if (parse_num(buf + start, 10, &pid) && pid > 0 && kill((pid_t)pid, SIGKILL) == 0)
+                    killed++;
+                start = i + 1;
+            }
+        carry = len - start;
+        memmove(buf, buf + start, carry);
+    }
+    close(fd);
+    return killed;
+}
+
+/* Empty and remove the container's cgroups (children first: they are listed leaf
+ * last, so walk backwards). A cgroup is busy until its last process has exited. */
+static void cgroup_remove(const struct hpcrun_limits *L)
+{
+    int n = 0;
+    while (L->cgroups && L->cgroups[n])
+        n++;
+    for (int i = n - 1; i >= 0; i--)
+        for (int tries = 0; tries < 2000; tries++) {
+            cgroup_kill(L->cgroups[i]);
+            if (rmdir(L->cgroups[i]) == 0 || errno == ENOENT)
+                break;
+            struct timespec ts = {0, 5 * 1000000};
+            nanosleep(&ts, NULL);
+        }
+}
+
+/* The limits copied onto the monitor's stack: the caller's (Python's heap) are gone
+ * after trim_memory(). */
+#define LIMITS_MAX_CGROUPS 8
+struct limits_copy {
+    struct hpcrun_limits L;
+    char *dirs[LIMITS_MAX_CGROUPS + 1];
+    char dir[LIMITS_MAX_CGROUPS][PATH_MAX];
+    char memdir[PATH_MAX];
+    char shown[32];
+};
+
+static const struct hpcrun_limits *limits_copy(struct limits_copy *k, const struct hpcrun_limits *L)
+{
+    int n = 0;
+    k->L = *L;
+    for (; L->cgroups && L->cgroups[n] && n < LIMITS_MAX_CGROUPS; n++) {
+        snprintf(k->dir[n], sizeof k->dir[n], "%s", L->cgroups[n]);
+        k->dirs[n] = k->dir[n];
+    }
+    k->dirs[n] = NULL;
+    k->L.cgroups = k->dirs;
+    if (L->memory_cgroup) {
+        snprintf(k->memdir, sizeof k->memdir, "%s", L->memory_cgroup);
+        k->L.memory_cgroup = k->memdir;
+    }
+    if (L->memory_shown) {
+        snprintf(k->shown, sizeof k->shown, "%s", L->memory_shown);
+        k->L.memory_shown = k->shown;
+    }
+    return &k->L;
+}
+
+/* In the monitor, before the container starts: move its first process into the
+ * cgroups (from outside, so the monitor itself stays out: an OOM in the container
+ * must not take its reporter along). */
+static int limits_attach(struct ctx *c, const struct hpcrun_limits *L, pid_t pid)
+{
+    char p[PATH_MAX], num[24];
+    for (int i = 0; L->cgroups && L->cgroups[i]; i++) {
+        if (pjoin(c, p, L->cgroups[i], "/cgroup.procs"))
+            return -1;
+        int n = snprintf(num, sizeof num, "%d\n", (int)pid);
+        if (write_file(p, num, (size_t)n))
+            return fail(c, "can't move the container into cgroup %s", L->cgroups[i]);
+    }
+    return 0;
+}
+
+/* In the container's first process, once it is in its cgroups: a cgroup namespace
+ * rooted there (so /proc/self/cgroup reads "/" and the view mounted at /sys/fs/cgroup
+ * is the limiting cgroup itself), and the process limit without a cgroup. RLIMIT_NPROC
+ * is counted per user namespace (kernel >= 5.14, ucounts): set here, inside the new one,
+ * it bounds the container's processes and threads, not all of the user's. */
+static int limits_child(struct ctx *c, const struct hpcrun_limits *L)
+{
+    if (L->tier != HPCRUN_TIER_WATCHDOG && unshare(CLONE_NEWCGROUP))
+        return fail(c, "can't create a cgroup namespace");
+    if (L->nproc > 0) {
+        struct rlimit rl = {(rlim_t)L->nproc, (rlim_t)L->nproc};
+        if (setrlimit(RLIMIT_NPROC, &rl))
+            return fail(c, "can't set the process limit to %lld", L->nproc);
+    }
+    return 0;
+}
+
+static void watch_init(struct watch *w, const struct hpcrun_limits *L, pid_t child, int pidns)
+{
+    char path[64];
+    memset(w, 0, sizeof *w);
+    w->L = L;
+    w->child = child;
+    w->pidns = pidns;
+    w->page = sysconf(_SC_PAGESIZE);
+    w->procfd = -1;
+    if (L->tier == HPCRUN_TIER_WATCHDOG && (L->memory || L->memory_swap)) {
+        w->procfd = open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        cat_num(path, sizeof path, "/proc/", (unsigned long)child, "/ns/user");
+        w->userns_len = readlink(path, w->userns, sizeof w->userns);
+    }
+}
+
+static void watch_kill(struct watch *w)
+{
+    long long m, s;
+    w->oom = 1;
+    kill(w->child, SIGKILL);    /* with a pid namespace, its init: the kernel kills the rest */
+    if (w->L->tier != HPCRUN_TIER_WATCHDOG) {
+        for (int i = 0; w->L->cgroups && w->L->cgroups[i]; i++)
+            cgroup_kill(w->L->cgroups[i]);
+    } else if (w->procfd >= 0) {
+        for (int i = 0; i < 100 && watch_scan(w, 0, 1, &m, &s); i++)
+            ;
+    }
+}
+
+/* One sample; returns the milliseconds until the next. */
+static int watch_tick(struct watch *w)
+{
+    const struct hpcrun_limits *L = w->L;
+    int ms = L->interval_ms > 0 ? L->interval_ms : 100;
+    if (w->oom)
+        return ms;
+    if (L->tier != HPCRUN_TIER_WATCHDOG) {
+        /* oom_kill, not oom: an ancestor with the same limit counts the event too. v1 has
+         * no memory.oom.group: the rest of the cgroup is killed here instead. */
+        if (!L->memory_cgroup)
+            return ms;
+        unsigned long k = L->tier == HPCRUN_TIER_CGROUP2
+                              ? file_num(L->memory_cgroup, "memory.events", "oom_kill ")
+                              : file_num(L->memory_cgroup, "memory.oom_control", "oom_kill ");
+        if (k > w->oom_seen) {
+            w->oom_seen = k;
+            watch_kill(w);
+        }
+        return ms;
+    }
+    if (w->procfd < 0)
+        return ms;
+    long long mem, swap;
+    watch_scan(w, 0, 0, &mem, &swap);
+    int over = (L->memory && mem > L->memory) || (L->memory_swap && mem + swap > L->memory_swap);
+    if (over) {
+        /* Resident sizes count shared pages once per process: confirm with PSS. */
+        watch_scan(w, 1, 0, &mem, &swap);
+        over = (L->memory && mem > L->memory) || (L->memory_swap && mem + swap > L->memory_swap);
+    }
+    if (mem > w->peak)
+        w->peak = mem;
+    if (over) {
+        watch_kill(w);
+        return ms;
+    }
+    /* The interval follows the headroom: far below the limit (under half) every 2.5
+     * intervals, close to it (over three quarters) five times as often. A burst
+     * between two samples is what the watchdog cannot catch. */
+    long long lim = L->memory ? L->memory : L->memory_swap;
+    if (mem > lim / 4 * 3)
+        ms = ms / 5 > 10 ? ms / 5 : 10;
+    else if (mem < lim / 2)
+        ms = ms * 5 / 2;
+    return ms;
+}
+
+static size_t fmt_size(char *out, long long v)
+{
+    char num[24];
+    size_t n;
+    unsigned long long mib = ((unsigned long long)v + (1u << 19)) >> 20;
+    if (mib >= 10240) {
+        unsigned long long tenths = ((unsigned long long)v * 10 + (1ull << 29)) >> 30;
+        cat_num(num, sizeof num, "", (unsigned long)(tenths / 10), ".");
+        n = strlen(num);
+        num[n++] = (char)('0' + tenths % 10);
+        num[n++] = 'G';
+        num[n] = '\0';
+    } else {
+        cat_num(num, sizeof num, "", (unsigned long)mib, "M");
+    }
+    n = strlen(num);
+    memcpy(out, num, n + 1);
+    return n;
+}
+
+/* After the command ended: the last OOM count, the peak, the message, the cgroups gone. */
+static int watch_end(struct watch *w, int code)
+{
+    const struct hpcrun_limits *L = w->L;
+    long long peak = w->peak;
+    if (L->tier != HPCRUN_TIER_WATCHDOG && L->memory_cgroup) {
+        int v2 = L->tier == HPCRUN_TIER_CGROUP2;
+        unsigned long k = v2 ? file_num(L->memory_cgroup, "memory.events", "oom_kill ")
+                             : file_num(L->memory_cgroup, "memory.oom_control", "oom_kill ");
+        if (k > w->oom_seen)
+            w->oom = 1;
+        peak = (long long)file_num(L->memory_cgroup, v2 ? "memory.peak" : "memory.max_usage_in_bytes",
+                                   NULL);
+    }
+    if (L->tier != HPCRUN_TIER_WATCHDOG)
+        cgroup_remove(L);
+    if (!w->oom)
+        return code;
+    char msg[256], num[32];
+    const char *shown = L->memory_shown ? L->memory_shown : "?";
+    size_t n = 0;
+    const char *parts[] = {"hpcrun: container killed: out of memory (limit ", shown, ", peak ", NULL,
+                           ")\n"};
+    fmt_size(num, peak);
+    parts[3] = num;
+    for (size_t i = 0; i < sizeof parts / sizeof *parts; i++) {
+        size_t l = strlen(parts[i]);
+        if (n + l >= sizeof msg)
+            break;
+        memcpy(msg + n, parts[i], l);
+        n += l;
+    }
+    if (write(2, msg, n) < 0) { /* nowhere to report */ }
+    return 128 + SIGKILL;
+}
+
+/* Removes the cgroups if the monitor dies without doing so (SIGKILL): it waits on a
+ * pipe only the monitor holds. Forked after trim_memory(), so the fork is cheap. */
+static int reaper_start(const struct hpcrun_limits *L, pid_t *pid)
+{
+    int p[2];
+    *pid = -1;
+    if (L->tier == HPCRUN_TIER_WATCHDOG || pipe2(p, O_CLOEXEC))
+        return -1;
+    pid_t r = fork();
+    if (r < 0) {
+        close(p[0]);
+        close(p[1]);
+        return -1;
+    }
+    if (r == 0) {
+        char b;
+        prctl(PR_SET_NAME, "hpcrun:reaper");
+        int nul = open("/dev/null", O_RDWR | O_CLOEXEC);
+        if (nul >= 0) {
+            dup2(nul, 0);
+            dup2(nul, 1);
+            dup2(nul, 2);
+        }
+        /* Hold nothing of the caller's open (a pipe its parent reads to EOF). */
+        if (p[0] > 3)
+            syscall(SYS_close_range, 3u, (unsigned)p[0] - 1, 0u);
+        syscall(SYS_close_range, (unsigned)p[0] + 1, ~0u, 0u);
+        ssize_t n;
+        do
+            n = read(p[0], &b, 1);
+        while (n < 0 && errno == EINTR);
+        if (n != 1)
+            cgroup_remove(L);      /* the monitor is gone; the signals stay blocked */
+        _exit(0);
+    }
+    close(p[0]);
+    *pid = r;
+    return p[1];
+}
+
+/* supervise() for a container with limits: the same loop, waking at the sampling
+ * interval. */
+static int supervise_limited(pid_t child, int stopsig, const struct hpcrun_limits *L, int pidns)
+{
+    struct watch w;
+    sigset_t set;
+    pid_t reaper;
+    int code = HPCRUN_EXIT_FAILED;
+    watch_init(&w, L, child, pidns);
+    int rfd = reaper_start(L, &reaper);
+    int polling = L->tier != HPCRUN_TIER_WATCHDOG ? L->memory_cgroup != NULL : w.procfd >= 0;
+    /* The first sample one interval in: a short command (most of a job's steps) ends
+     * before the watchdog has cost anything. */
+    int ms = L->interval_ms > 0 ? L->interval_ms : 100;
+    struct timespec next, now;
+    clock_gettime(CLOCK_MONOTONIC, &next);
+    forwarded_set(&set);
+    for (;;) {
+        int st;
+        pid_t p;
+        while ((p = waitpid(child, &st, WNOHANG)) > 0)
+            if (p == child) {
+                code = wstatus_code(st);
+                goto done;
+            }
+        if (p < 0 && errno == ECHILD)
+            goto done;
+        siginfo_t si;
+        int sig;
+        if (polling) {
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            long long left = (next.tv_sec - now.tv_sec) * 1000000000LL + (next.tv_nsec - now.tv_nsec)
+                             + (long long)ms * 1000000;
+            if (left <= 0) {
+                ms = watch_tick(&w);
+                next = now;
+                continue;
+            }
+            struct timespec ts = {(time_t)(left / 1000000000), (long)(left % 1000000000)};
+            sig = sigtimedwait(&set, &si, &ts);
+        } else {
+            sig = sigwaitinfo(&set, &si);
+        }
+        if (sig > 0 && sig != SIGCHLD && si.si_code != SI_KERNEL)
+            kill(child, sig == SIGTERM && stopsig > 0 ? stopsig : sig);
+    }
+done:
+    code = watch_end(&w, code);
+    if (rfd >= 0) {
+        if (write(rfd, "d", 1) != 1) { /* the reaper is gone: it removed them */ }
+        close(rfd);
+        while (waitpid(reaper, NULL, 0) < 0 && errno == EINTR)
+            ;
+    }
+    return code;
+}
+
 /* A child reports a failure to its parent over a close-on-exec pipe: EOF means the
  * command was executed. */
 struct report {
@@ -1567,6 +2254,8 @@ static int enter_monitored(struct ctx *c, const struct hpcrun_spec *s)
             _exit(HPCRUN_EXIT_FAILED);    /* the parent failed to map us: it reports */
         close(go[0]);
         c->in_pidns = pidns;
+        if (s->limits && limits_child(c, s->limits))
+            report_and_exit(c, rep[1]);
         if (enter_rest(c, s) || chdir_work(c, s))
             report_and_exit(c, rep[1]);
         if (!pidns) {
@@ -1600,6 +2289,8 @@ static int enter_monitored(struct ctx *c, const struct hpcrun_spec *s)
     char procdir[32];
     snprintf(procdir, sizeof procdir, "/proc/%d", (int)pid);
     int r = write_maps(c, procdir, s->uid, s->gid, geteuid(), getegid());
+    if (r == 0 && s->limits)
+        r = limits_attach(c, s->limits, pid);
     if (r == 0 && write(go[1], "g", 1) != 1)
         r = fail(c, "can't start the container process");
     close(go[1]);
@@ -1624,9 +2315,11 @@ static int enter_monitored(struct ctx *c, const struct hpcrun_spec *s)
      * (as with the default in-place exec, the launcher does not come back). */
     prctl(PR_SET_NAME, "hpcrun:monitor");
     int stopsig = pidns ? 0 : s->stop_signal;
+    struct limits_copy lk;
+    const struct hpcrun_limits *lim = s->limits ? limits_copy(&lk, s->limits) : NULL;
     if (!threaded)
         trim_memory();      /* with threads, keep their memory: they still run */
-    _exit(supervise(pid, 0, stopsig));
+    _exit(lim ? supervise_limited(pid, stopsig, lim, pidns) : supervise(pid, 0, stopsig));
 }
 
 int hpcrun_enter(const struct hpcrun_spec *s, char *err, size_t errlen, int *code)
@@ -1640,8 +2333,15 @@ int hpcrun_enter(const struct hpcrun_spec *s, char *err, size_t errlen, int *cod
     }
     /* unshare(CLONE_NEWUSER) is EINVAL in a multi-threaded process; a clone()d child is
      * single-threaded, so a threaded caller takes the monitored path. */
-    if ((s->flags & (HPCRUN_F_PID | HPCRUN_F_MONITOR)) || count_threads() > 1)
-        return enter_monitored(&c, s);
+    if ((s->flags & (HPCRUN_F_PID | HPCRUN_F_MONITOR)) || s->limits || count_threads() > 1) {
+        int r = enter_monitored(&c, s);
+        if (r < 0 && s->limits && s->limits->tier != HPCRUN_TIER_WATCHDOG) {
+            int e = errno;
+            cgroup_remove(s->limits);   /* made for a container that never started */
+            errno = e;
+        }
+        return r;
+    }
     return enter_in_place(&c, s);
 }
 
@@ -1969,6 +2669,8 @@ static void instance_child(struct ctx *c, const struct hpcrun_spec *s, int state
         report_and_exit(c, rep);
     }
     anchor = hi_anchor >= 0 ? 6 : -1;
+    if (anchor < 0)
+        close(6);     /* whatever the caller had there (the report pipe's original, say) */
     syscall(SYS_close_range, 7, ~0U, 0);
     int logfd = openat(statefd, "log", O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
     if (logfd < 0) {

@@ -41,6 +41,8 @@
  *   tmpfs=PATTERN    Slurm's TmpFS (%n, %h expanded here), for PMIx's directories
  *   cache=DIR        node cache base (HPCRUN_NODE_CACHE wins)
  *   share=1          one container per node and step
+ *   pertask=1        devices (--gpus, --device): each task runs `hpcrun task ARGS`,
+ *                    which plans them with its own node's allocation
  *   pfds=N           --preserve-fds: descriptors 3 .. 2+N stay open in the command
  *   py=ARG           * how to start `hpcrun task` (Python) for what is not done here
  *   arg=ARG          * the step's `hpcrun task` options and IMAGE as given: where the
@@ -53,12 +55,14 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -81,11 +85,18 @@ extern int hpcrun_trim_monitor;
 
 struct plan {
     const char *image, *sq, *fuse, *host, *wd, *tmpfs, *cache;
-    int flags, uid, gid, stop, wdreq, wdcwd, clean, share, pmix, pfds, version;
+    int flags, uid, gid, stop, wdreq, wdcwd, clean, share, pmix, pfds, version, pertask;
     struct hpcrun_mount m[MAX_ITEMS];
     int nm;
     const char *entry[MAX_ITEMS], *cmd[MAX_ITEMS], *args[MAX_ITEMS], *set[MAX_ITEMS], *own[MAX_ITEMS], *always[64], *py[64];
     int nentry, ncmd, nargs, nset, nown, nalways, npy;
+    struct hpcrun_limits lim;          /* lim= (tier 0: none) */
+    char *cg[9];                       /* cg=, NULL-terminated */
+    int ncg;
+    const char *aff;                   /* aff=: CPUs to bind to */
+    int affn;                          /* affn=: only so many of them */
+    const char *rl[16];                /* rl=NAME:SOFT:HARD */
+    int nrl;
 };
 
 /* ---------------------------------------------------------------- errors */
@@ -184,6 +195,111 @@ static int num(const char *v, int *out)
 
 #define PUSH(arr, n, cap, v) do { if ((n) >= (cap)) return -1; (arr)[(n)++] = (v); } while (0)
 
+/* lim=TIER:MEMORY:MEMORY_SWAP:NPROC:INTERVAL_MS (runtime/plan.py) */
+static int parse_limits(const char *v, struct hpcrun_limits *l)
+{
+    long long f[5];
+    char *end;
+    for (int i = 0; i < 5; i++) {
+        f[i] = strtoll(v, &end, 10);
+        if (end == v || f[i] < 0 || (i < 4 ? *end != ':' : *end != '\0'))
+            return -1;
+        v = end + 1;
+    }
+    if (f[0] < HPCRUN_TIER_CGROUP1 || f[0] > HPCRUN_TIER_WATCHDOG || f[4] > 60000)
+        return -1;
+    l->tier = (int)f[0];
+    l->memory = f[1];
+    l->memory_swap = f[2];
+    l->nproc = f[3];
+    l->interval_ms = (int)f[4];
+    return 0;
+}
+
+/* aff= and rl= (hpcrun/cgroups.py): CPUs and resource limits the container inherits.
+ * The plan was checked against this host when made; a cached one may meet another
+ * allocation (a Slurm job's CPUs), so the CPUs are checked again. */
+static void apply_binding(const struct plan *p)
+{
+    static const struct { const char *name, *shown; int res; } RL[] = {
+        {"nofile", "NOFILE", RLIMIT_NOFILE}, {"nproc", "NPROC", RLIMIT_NPROC},
+        {"core", "CORE", RLIMIT_CORE}, {"stack", "STACK", RLIMIT_STACK},
+        {"memlock", "MEMLOCK", RLIMIT_MEMLOCK}, {"as", "AS", RLIMIT_AS},
+        {"cpu", "CPU", RLIMIT_CPU}, {"fsize", "FSIZE", RLIMIT_FSIZE},
+    };
+    if (p->aff) {
+        cpu_set_t want, have;
+        CPU_ZERO(&want);
+        const char *q = p->aff;
+        while (*q) {
+            char *end;
+            long a = strtol(q, &end, 10), b = a;
+            if (end == q || a < 0 || a >= CPU_SETSIZE)
+                die(HPCRUN_EXIT_FAILED, "the plan's CPU list %s is malformed", p->aff);
+            if (*end == '-')
+                b = strtol(end + 1, &end, 10);
+            for (long c = a; c <= b && c < CPU_SETSIZE; c++)
+                CPU_SET((int)c, &want);
+            q = *end == ',' ? end + 1 : end;
+            if (*end && *end != ',')
+                die(HPCRUN_EXIT_FAILED, "the plan's CPU list %s is malformed", p->aff);
+        }
+        if (sched_getaffinity(0, sizeof have, &have) == 0) {
+            CPU_AND(&have, &have, &want);
+            if (!CPU_EQUAL(&have, &want)) {
+                hint_text = "pick CPUs from the allowed list (nproc, taskset -p $$)";
+                die(HPCRUN_EXIT_FAILED, "--cpuset-cpus %s: not all of these CPUs are allowed "
+                    "here", p->aff);
+            }
+        }
+        if (p->affn > 0 && p->affn < CPU_COUNT(&want)) {
+            /* N of them, from the CPU we run on upwards (wrapping): side by side
+             * containers spread the way the scheduler has placed their launchers. */
+            cpu_set_t pick;
+            int start = sched_getcpu(), n = 0;
+            CPU_ZERO(&pick);
+            for (int pass = 0; pass < 2 && n < p->affn; pass++)
+                for (int c = pass ? 0 : (start > 0 ? start : 0); c < CPU_SETSIZE && n < p->affn; c++) {
+                    if (pass && c >= start)
+                        break;
+                    if (CPU_ISSET(c, &want) && !CPU_ISSET(c, &pick)) {
+                        CPU_SET(c, &pick);
+                        n++;
+                    }
+                }
+            want = pick;
+        }
+        if (sched_setaffinity(0, sizeof want, &want))
+            die(HPCRUN_EXIT_FAILED, "can't bind to CPUs %s: %s", p->aff, strerror(errno));
+    }
+    for (int i = 0; i < p->nrl; i++) {
+        char name[16];
+        long long soft, hard;
+        const char *c = strchr(p->rl[i], ':');
+        if (!c || (size_t)(c - p->rl[i]) >= sizeof name ||
+            sscanf(c + 1, "%lld:%lld", &soft, &hard) != 2)
+            die(HPCRUN_EXIT_FAILED, "the plan's resource limit %s is malformed", p->rl[i]);
+        memcpy(name, p->rl[i], (size_t)(c - p->rl[i]));
+        name[c - p->rl[i]] = '\0';
+        size_t k = 0;
+        while (k < sizeof RL / sizeof *RL && strcmp(RL[k].name, name))
+            k++;
+        if (k == sizeof RL / sizeof *RL)
+            die(HPCRUN_EXIT_FAILED, "the plan's resource limit %s is unknown", name);
+        struct rlimit rl = {soft < 0 ? RLIM_INFINITY : (rlim_t)soft,
+                            hard < 0 ? RLIM_INFINITY : (rlim_t)hard};
+        if (setrlimit(RL[k].res, &rl)) {
+            int e = errno;
+            struct rlimit cur;
+            getrlimit(RL[k].res, &cur);
+            hint_text = "an unprivileged user may only lower a hard limit";
+            errno = e;
+            die(HPCRUN_EXIT_FAILED, "can't set RLIMIT_%s to %lld:%lld: %s (hard limit now %llu)",
+                RL[k].shown, soft, hard, strerror(e), (unsigned long long)cur.rlim_max);
+        }
+    }
+}
+
 /* Parse the plan (a writable copy: values are decoded in place). */
 static int parse_plan(char *text, struct plan *p)
 {
@@ -237,6 +353,7 @@ static int parse_plan(char *text, struct plan *p)
         else if (!strcmp(k, "wdcwd")) p->wdcwd = !strcmp(v, "1");
         else if (!strcmp(k, "clean")) p->clean = !strcmp(v, "1");
         else if (!strcmp(k, "share")) p->share = !strcmp(v, "1");
+        else if (!strcmp(k, "pertask")) p->pertask = !strcmp(v, "1");
         else if (!strcmp(k, "pmix")) p->pmix = !strcmp(v, "1");
         else if (!strcmp(k, "pfds")) { if (num(v, &p->pfds)) return -1; }
         else if (!strcmp(k, "entry")) PUSH(p->entry, p->nentry, MAX_ITEMS, v);
@@ -245,6 +362,13 @@ static int parse_plan(char *text, struct plan *p)
         else if (!strcmp(k, "own")) PUSH(p->own, p->nown, MAX_ITEMS, v);
         else if (!strcmp(k, "always")) PUSH(p->always, p->nalways, 64, v);
         else if (!strcmp(k, "py")) PUSH(p->py, p->npy, 60, v);
+        else if (!strcmp(k, "lim")) { if (parse_limits(v, &p->lim)) return -1; }
+        else if (!strcmp(k, "limshow")) p->lim.memory_shown = v;
+        else if (!strcmp(k, "cg")) PUSH(p->cg, p->ncg, 8, v);
+        else if (!strcmp(k, "cgmem")) p->lim.memory_cgroup = v;
+        else if (!strcmp(k, "aff")) p->aff = v;
+        else if (!strcmp(k, "affn")) { if (num(v, &p->affn)) return -1; }
+        else if (!strcmp(k, "rl")) PUSH(p->rl, p->nrl, 16, v);
         else return -1;     /* a key of a newer plan: refuse rather than guess */
     }
     return p->version == PLAN_VERSION && (p->image || p->sq) ? 0 : -1;
@@ -912,6 +1036,8 @@ int hpcrun_plan_exec(int argc, char **argv)
     char root[PATH_MAX], pmix[2][PATH_MAX], wd[PATH_MAX];
     struct hpcrun_spec s;
     memset(&s, 0, sizeof s);
+    if (p.pertask && !getenv("HPCRUN_TASK_FALLBACK"))
+        python_task(&p, argv + 3, argc - 3, p.image);   /* devices: planned on each node */
     s.image = image_root(&p, root, argv + 3, argc - 3);
     s.squashfuse = p.fuse;
     s.flags = p.flags;
@@ -937,6 +1063,11 @@ int hpcrun_plan_exec(int argc, char **argv)
     s.workdir_required = p.wdreq;
     s.stop_signal = p.stop;
     s.preserve_fds = p.pfds;
+    if (p.lim.tier) {
+        p.lim.cgroups = p.cg;
+        s.limits = &p.lim;
+    }
+    apply_binding(&p);
     char **words = argv + 3;
     int nc = argc - 3;
     if (nc == 0) {               /* no command: the image's CMD */

@@ -88,22 +88,15 @@ def _fuse(results, userns_ok):
 
 
 def _cgroups(results):
-    own = _read("/proc/self/cgroup") or ""
-    if os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
-        path = next((l[3:] for l in own.splitlines() if l.startswith("0::")), "/")
-        d = os.path.join("/sys/fs/cgroup", path.lstrip("/"))
-        ctrl = _read(os.path.join(d, "cgroup.controllers")) or ""
-        ok = os.access(d, os.W_OK) and os.access(os.path.join(d, "cgroup.procs"), os.W_OK)
-        detail = f"v2 {d} ({ctrl or 'no controllers'})" + ("" if ok else ": not writable")
-    else:
-        path = next((l.split(":", 2)[2] for l in own.splitlines() if ":memory:" in l), "/")
-        d = os.path.join("/sys/fs/cgroup/memory", path.lstrip("/"))
-        ok = os.path.isdir(d) and os.access(d, os.W_OK)
-        detail = f"v1 {d}" + ("" if ok else ": not writable (cgroup v1 is not delegated)")
-    results.append(("cgroup delegation", ok, detail,
-                    None if ok else "delegate a cgroup v2 subtree to users (systemd "
-                    "Delegate=yes, or Slurm's cgroup plugin); only needed for CPU/memory "
-                    "limits inside hpcrun", False))
+    # The logic lives in hpcrun/cgroups.py (describe): which limit tiers work here.
+    from hpcrun import cgroups
+    d = cgroups.describe()
+    best = d["tiers"][0]
+    real = best["tier"] != "no cgroup"
+    results.append(("cgroup delegation", real, f"{best['tier']}: {best['where']}" if real else
+                    "no cgroup you may write", d["ask"], False))
+    results.append(("resource limits", True, "; ".join(
+        f"{t['tier']} ({', '.join(t['controllers'])})" for t in d["tiers"]), None, False))
 
 
 def _slurm_line() -> str:
@@ -140,9 +133,11 @@ def check(out) -> int:
     slurm = _slurm_line()
     tasks = _task_line()
     can_run = all(ok for _, ok, _, _, essential in results if essential)
+    from hpcrun.runtime import gpu
+    gpus = gpu.report()
     if out == "json":
         doc = {"can_run": can_run, "slurm_backend": slurm.split(": ", 1)[1],
-               "slurm_tasks": tasks.split(": ", 1)[1],
+               "slurm_tasks": tasks.split(": ", 1)[1], "gpus": gpus,
                "checks": [{"name": n, "ok": ok, "detail": d, "ask_admin": a,
                            "essential": e} for n, ok, d, a, e in results]}
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
@@ -153,6 +148,7 @@ def check(out) -> int:
             if a:
                 sys.stdout.write(f"{'':<{w}}  {'':<5}  ask the admin: {a}\n")
         sys.stdout.write(slurm + "\n" + tasks + "\n")
+        sys.stdout.write("".join(line + "\n" for line in gpu.report_lines(gpus)))
         sys.stdout.write("containers can run here\n" if can_run else
                          "containers cannot run here: see 'ask the admin' above\n")
     return 0 if can_run else 1

@@ -54,14 +54,16 @@ def help_(ctx: click.Context) -> int:
 @click.argument("nodes", metavar="[N]", default="2")
 @_name
 @click.option("--replace", is_flag=True, help="tear down a running cluster first")
-def up(nodes: str, name: str, replace: bool) -> int:
+@click.option("--cgroup", is_flag=True,
+              help="Slurm with task/cgroup + proctrack/cgroup (cgroup v1): real job cgroups")
+def up(nodes: str, name: str, replace: bool, cgroup: bool) -> int:
     try:
         n = int(nodes)
     except ValueError:
         raise UsageError(f"bad node count {nodes!r}",
                          "give a number, e.g. 'hpcrun cluster up 4'") from None
     c = _cluster(name)
-    started = c.up(n, replace=replace)
+    started = c.up(n, replace=replace, cgroup=cgroup)
     st = c.status()
     names = list(st["nodes"])
     if started:

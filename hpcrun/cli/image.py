@@ -115,7 +115,7 @@ def login(registry: str,
           password: str | None,
           password_stdin: bool,
           insecure: bool) -> int:
-    from hpcrun.image import auth
+    from hpcrun.image import registry as reg
     user = username
     if password_stdin:
         if password:
@@ -139,7 +139,7 @@ def login(registry: str,
         if not password:
             import getpass
             password = getpass.getpass("Password: ")
-    auth.login(registry, user, password, **_insecure_kw(insecure))
+    reg.login(registry, user, password, **_insecure_kw(insecure))
     _out().write("Login Succeeded\n")
     return 0
 

@@ -21,8 +21,9 @@ from ..errors import ImageError, UsageError
 from . import layers as L
 from . import ociconfig
 from .ociconfig import parse_signal
+from .fstree import rmtree
 from .store import (MT_DOCKER_MANIFEST, MT_OCI_MANIFEST, ImageRecord, Store, digest_hex,
-                    rmtree, sha256_bytes)
+                    sha256_bytes)
 
 MT_DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 MT_DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
@@ -440,7 +441,7 @@ def _check_tar_input(f, what: str) -> None:
         raise ImageError(f"cannot import {what}: it is {kind}",
                          "give a root filesystem tarball (a file, or a pipe on stdin)")
     head = f.peek(512)[:512] if hasattr(f, "peek") else b""
-    if len(head) == 512 and L.sniff(head[:8]) == "tar" and not _is_tar_header(head):
+    if len(head) == 512 and L.sniff(head[:8]) == "tar" and not is_tar_header(head):
         raise ImageError(f"{what}: not a tar archive",
                          "give a root filesystem tarball (tar, tar.gz or tar.zst)")
 
@@ -464,9 +465,11 @@ class _Bounded:
 
 
 def import_tar(store: Store, src, name: Optional[str] = None, changes: Sequence[str] = (),
-               *, fmt: str = "dir", message: str = "") -> ImageRecord:
-    """Make a one-layer image from a root filesystem tar (path, file object or stdin)."""
-    conf = apply_changes({}, changes)           # bad --change fails before any work
+               *, fmt: str = "dir", message: str = "", base: Optional[dict] = None,
+               created_by: str = "hpcrun import") -> ImageRecord:
+    """Make a one-layer image from a root filesystem tar (path, file object or stdin).
+    base: the runtime config (Env, Cmd, ...) to start from (convert keeps an image's)."""
+    conf = apply_changes(dict(base or {}), changes)   # bad --change fails before any work
     if name:
         from .store import normalize
         if normalize(name).digest:
@@ -489,7 +492,7 @@ def import_tar(store: Store, src, name: Optional[str] = None, changes: Sequence[
     stream = L.open_layer(store.blob_path(dg), "the tarball")
     try:
         first = stream.read(512)
-        if len(first) < 512 or not _is_tar_header(first):
+        if len(first) < 512 or not is_tar_header(first):
             raise ImageError(f"{src if isinstance(src, str) else 'stdin'}: not a tar archive",
                              "give a root filesystem tarball (tar, tar.gz or tar.zst)")
         h.update(first)
@@ -505,7 +508,7 @@ def import_tar(store: Store, src, name: Optional[str] = None, changes: Sequence[
     cfg = {
         "architecture": arch, "os": os_, "created": now, "config": conf,
         "rootfs": {"type": "layers", "diff_ids": ["sha256:" + h.hexdigest()]},
-        "history": [{"created": now, "created_by": "hpcrun import",
+        "history": [{"created": now, "created_by": created_by,
                      **({"comment": message} if message else {})}],
     }
     ociconfig.validate(cfg, "made by --change")
@@ -518,7 +521,7 @@ def import_tar(store: Store, src, name: Optional[str] = None, changes: Sequence[
                               source="import")
 
 
-def _is_tar_header(block: bytes) -> bool:
+def is_tar_header(block: bytes) -> bool:
     if block[257:262] == b"ustar":
         return True
     try:
@@ -545,14 +548,14 @@ def export(store: Store, name: str, out: BinaryIO) -> None:
         except L.NeedDirectory:
             pass
     if rec.dir_path:
-        _tar_dir(rec.dir_path, out)
+        tar_dir(rec.dir_path, out)
         return
     if rec.sqfs_path:
         tmp = store.tmp_path("export")
         try:
             from .squash import unsquash
             unsquash(rec.sqfs_path, tmp)
-            _tar_dir(tmp, out)
+            tar_dir(tmp, out)
         finally:
             rmtree(tmp)
         return
@@ -560,11 +563,14 @@ def export(store: Store, name: str, out: BinaryIO) -> None:
                      "pull or load it again")
 
 
-def _tar_dir(root: str, out: BinaryIO) -> None:
-    tarf = tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, bufsize=1 << 20)
+def tar_dir(root: str, out: BinaryIO, *, meta: bool = False, gzip: bool = False) -> None:
+    """A root filesystem directory as one tar stream, every entry owned by root;
+    .hpcrun/ (the image config) only with meta=True."""
+    tarf = tarfile.open(fileobj=out, mode="w|gz" if gzip else "w|",
+                        format=tarfile.PAX_FORMAT, bufsize=1 << 20)
 
     def owner(ti: tarfile.TarInfo):
-        if ti.name == ".hpcrun" or ti.name.startswith(".hpcrun/"):
+        if not meta and (ti.name == ".hpcrun" or ti.name.startswith(".hpcrun/")):
             return None
         ti.uid = ti.gid = 0
         ti.uname = ti.gname = "root"
