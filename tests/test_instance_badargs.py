@@ -134,3 +134,10 @@ def test_exec_without_command(inst, rt_image):
     cp = inst("exec", "nc")
     assert cp.returncode == 125
     _one_error(cp, "no command given")
+
+
+def test_start_with_resource_limits_is_refused_not_ignored(inst, rt_image):
+    cp = inst("instance", "start", "--name", "lim", "--memory", "1G", rt_image)
+    assert cp.returncode == 2
+    _one_error(cp, "resource limits")
+    assert not os.path.exists(inst.state("lim"))

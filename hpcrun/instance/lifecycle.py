@@ -11,6 +11,7 @@ import os
 import signal
 import time
 
+from hpcrun.errors import UsageError
 from hpcrun.instance import state
 from hpcrun.instance.state import InstanceError
 from hpcrun.runtime.spec import F_MONITOR, F_PID
@@ -65,6 +66,10 @@ def start(opts, name: str | None = None, environ=None) -> state.Record:
         opts = opts.replace(command=("true",))     # plan() wants a command; none runs
     spec = launch.plan(opts, image, environ)
     argv = () if idle else spec.argv
+    if getattr(spec, "limits", None) is not None:
+        raise UsageError("instance start: resource limits (--memory, --cpus, --pids-limit, "
+                         "...) are not applied to instances yet",
+                         "start the instance without them, or use hpcrun run")
     spec = spec.replace(flags=(spec.flags | F_PID) & ~F_MONITOR, argv=argv)
     name = name or _free_name(base)
     d = _claim(base, name)
