@@ -15,6 +15,7 @@
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <net/if.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -29,6 +30,7 @@
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -68,6 +70,11 @@ struct ctx {
     int in_pidns;     /* this process is PID 1 of a new pid namespace */
     int image_mounts; /* mounts below the image directory: 0 not looked yet, 1 none, 2 some */
 };
+
+/* An instance's supervisor keeps its writable overlay's upper directory open (set only
+ * in that process; see hpcrun_instance). */
+static int instance_keep_upper;
+static int instance_upper_fd = -1;
 
 /* ---------------------------------------------------------------- errors */
 
@@ -988,6 +995,8 @@ static int setup_fs(struct ctx *c, const struct hpcrun_spec *s)
             errno = EPERM;
         if ((s->flags & HPCRUN_F_NO_OVERLAY) || mount("overlay", NEWROOT, "overlay", MS_NOSUID, opts))
             return fail(c, "can't mount a writable overlay on %s", s->image);
+        if (instance_keep_upper && (instance_upper_fd = open(UPPER, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
+            return fail(c, "can't open the overlay's upper directory");
     } else if (skeleton) {
         snprintf(opts, sizeof opts, "lowerdir=%s:%s", UPPER, esc1);
         if ((s->flags & HPCRUN_F_NO_OVERLAY) ||
@@ -2338,33 +2347,32 @@ int hpcrun_enter(const struct hpcrun_spec *s, char *err, size_t errlen, int *cod
 
 /* ---------------------------------------------------------------- join */
 
-int hpcrun_join(int pid, char *const *argv, char *const *envp, const char *workdir,
-                char *err, size_t errlen, int *code)
+/* setns into the user, ipc, uts, net, pid and mount namespaces of pid, the user
+ * namespace first (it grants the rights the others need). *pidns: a pid namespace was
+ * joined, which applies to our children only. */
+static int join_namespaces(struct ctx *c, int pid, int *pidns)
 {
-    struct ctx c = {err, errlen, code, -1, -1, -1, -1, 0, 0};
     static const struct { const char *name; int type; } ns[] = {
         {"user", CLONE_NEWUSER}, {"ipc", CLONE_NEWIPC}, {"uts", CLONE_NEWUTS},
         {"net", CLONE_NEWNET}, {"pid", CLONE_NEWPID}, {"mnt", CLONE_NEWNS},
     };
     int fds[6];
     char p[64];
-    *code = HPCRUN_EXIT_FAILED;
-    if (errlen) err[0] = '\0';
     if (count_threads() > 1) {
         errno = EINVAL;
-        return failx(&c, HPCRUN_EXIT_FAILED, "can't join a container from a multi-threaded process");
+        return failx(c, HPCRUN_EXIT_FAILED, "can't join a container from a multi-threaded process");
     }
     /* Open them all first: after setns(user) the host's /proc/PID may look different. */
     for (int i = 0; i < 6; i++) {
         snprintf(p, sizeof p, "/proc/%d/ns/%s", pid, ns[i].name);
         fds[i] = open(p, O_RDONLY | O_CLOEXEC);
         if (fds[i] < 0) {
-            fail(&c, "can't open %s", p);
+            fail(c, "can't open %s", p);
             for (int j = 0; j < i; j++) close(fds[j]);
             return -1;
         }
     }
-    int pidns = 0;
+    *pidns = 0;
     for (int i = 0; i < 6; i++) {
         struct stat a, b;
         snprintf(p, sizeof p, "/proc/self/ns/%s", ns[i].name);
@@ -2376,14 +2384,26 @@ int hpcrun_join(int pid, char *const *argv, char *const *envp, const char *workd
             continue;
         }
         if (ns[i].type == CLONE_NEWPID)
-            pidns = 1;
+            *pidns = 1;
         if (setns(fds[i], ns[i].type)) {
-            fail(&c, "can't join the %s namespace of process %d", ns[i].name, pid);
+            fail(c, "can't join the %s namespace of process %d", ns[i].name, pid);
             for (int j = i; j < 6; j++) close(fds[j]);
             return -1;
         }
         close(fds[i]);
     }
+    return 0;
+}
+
+int hpcrun_join(int pid, char *const *argv, char *const *envp, const char *workdir,
+                char *err, size_t errlen, int *code)
+{
+    struct ctx c = {err, errlen, code, -1, -1, -1, -1, 0, 0};
+    *code = HPCRUN_EXIT_FAILED;
+    if (errlen) err[0] = '\0';
+    int pidns = 0;
+    if (join_namespaces(&c, pid, &pidns))
+        return -1;
     /* setns(2) into a mount namespace already set our root and cwd to its root. */
     struct hpcrun_spec s;
     memset(&s, 0, sizeof s);
@@ -2430,6 +2450,497 @@ int hpcrun_join(int pid, char *const *argv, char *const *envp, const char *workd
     }
     prctl(PR_SET_NAME, "hpcrun:monitor");
     _exit(supervise(child, 0, 0));
+}
+
+/* ---------------------------------------------------------------- instance supervisor */
+
+/* Decimal digits of v into buf (no stdio after trim_memory: see parse_num). */
+static size_t fmt_ulong(char *buf, unsigned long v, int width)
+{
+    char t[24];
+    size_t n = 0;
+    do {
+        t[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v || (int)n < width);
+    for (size_t i = 0; i < n; i++)
+        buf[i] = t[n - 1 - i];
+    return n;
+}
+
+/* One output stream of the command: what is read waits here for its newline. */
+struct logbuf {
+    int fd;          /* read end of the command's pipe; -1 at EOF */
+    char stream;     /* '1' stdout, '2' stderr */
+    size_t len;
+    char buf[8192];
+};
+
+/* Append "SECONDS.NANOS S TEXT\n" to the log, as one write (O_APPEND keeps lines whole). */
+static void log_line(int logfd, char stream, const char *text, size_t len)
+{
+    char line[8192 + 48];
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    size_t n = fmt_ulong(line, (unsigned long)ts.tv_sec, 1);
+    line[n++] = '.';
+    n += fmt_ulong(line + n, (unsigned long)ts.tv_nsec, 9);
+    line[n++] = ' ';
+    line[n++] = stream;
+    line[n++] = ' ';
+    memcpy(line + n, text, len);
+    n += len;
+    line[n++] = '\n';
+    if (write(logfd, line, n) < 0) { /* a full disk loses log lines, not the command */ }
+}
+
+/* Read what the pipe has (it is non-blocking) and log each complete line; at EOF (or
+ * when flushing) the rest too. */
+static void log_drain(struct logbuf *b, int logfd, int flush)
+{
+    while (b->fd >= 0) {
+        ssize_t n = read(b->fd, b->buf + b->len, sizeof b->buf - b->len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n == 0 || (n < 0 && errno != EAGAIN)) {
+            close(b->fd);
+            b->fd = -1;
+            flush = 1;
+            break;
+        }
+        if (n < 0)
+            break;
+        b->len += (size_t)n;
+        size_t start = 0;
+        for (size_t i = 0; i < b->len; i++)
+            if (b->buf[i] == '\n') {
+                log_line(logfd, b->stream, b->buf + start, i - start);
+                start = i + 1;
+            }
+        if (start == 0 && b->len == sizeof b->buf) {   /* a line longer than the buffer */
+            log_line(logfd, b->stream, b->buf, b->len);
+            start = b->len;
+        }
+        memmove(b->buf, b->buf + start, b->len - start);
+        b->len -= start;
+    }
+    if (flush && b->len) {
+        log_line(logfd, b->stream, b->buf, b->len);
+        b->len = 0;
+    }
+}
+
+/* The exit code, written to a temporary name and renamed: a reader sees all or nothing. */
+static void write_exit(int statefd, int code)
+{
+    char buf[16];
+    size_t n = fmt_ulong(buf, (unsigned long)code, 1);
+    buf[n++] = '\n';
+    int fd = openat(statefd, "exit.tmp", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return;
+    ssize_t w = write(fd, buf, n);
+    close(fd);
+    if (w == (ssize_t)n)
+        renameat(statefd, "exit.tmp", statefd, "exit");
+}
+
+/* PID 1 of an instance. The forwarded signals are blocked (since before the clone) and
+ * read from a signalfd, so one poll(2) loop serves signals and the command's output.
+ * The instance ends with its command (the kernel kills what is left in the pid
+ * namespace when PID 1 exits), or, without a command, once stopped. */
+static int instance_supervise(pid_t cmd, int stopsig, struct logbuf *out, int logfd, int statefd,
+                              int anchor)
+{
+    sigset_t set;
+    forwarded_set(&set);
+    int sfd = signalfd(-1, &set, SFD_CLOEXEC);
+    int stopping = 0, code = 0;
+    struct timespec deadline = {0, 0};
+    for (;;) {
+        int st;
+        pid_t p;
+        while ((p = waitpid(-1, &st, WNOHANG)) > 0)
+            if (p == cmd) {
+                code = wstatus_code(st);
+                log_drain(&out[0], logfd, 1);
+                log_drain(&out[1], logfd, 1);
+                write_exit(statefd, code);
+                return code;
+            }
+        if (p < 0 && errno == ECHILD && stopping) {
+            write_exit(statefd, code);
+            return code;
+        }
+        int timeout = -1;
+        if (deadline.tv_sec) {
+            struct timespec now;
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            long ms = (deadline.tv_sec - now.tv_sec) * 1000 + (deadline.tv_nsec - now.tv_nsec) / 1000000;
+            if (ms <= 0) {
+                write_exit(statefd, 128 + SIGKILL);
+                return 128 + SIGKILL;      /* PID 1 exits: the kernel kills the rest */
+            }
+            timeout = (int)ms;
+        }
+        struct pollfd pf[4] = {{sfd, POLLIN, 0}, {out[0].fd, POLLIN, 0}, {out[1].fd, POLLIN, 0},
+                               {deadline.tv_sec ? -1 : anchor, POLLIN, 0}};
+        if (poll(pf, 4, timeout) < 0 && errno != EINTR)
+            return HPCRUN_EXIT_FAILED;
+        for (int i = 0; i < 2; i++)
+            if (pf[i + 1].revents)
+                log_drain(&out[i], logfd, 0);
+        int sig = 0;
+        if (pf[3].revents) {
+            /* The Slurm step that started us is gone: stop as on SIGTERM, and end for
+             * good ten seconds later (Slurm's own KillWait default). */
+            sig = SIGTERM;
+            clock_gettime(CLOCK_MONOTONIC, &deadline);
+            deadline.tv_sec += 10;
+        } else {
+            struct signalfd_siginfo si;
+            if (!(pf[0].revents & POLLIN) || read(sfd, &si, sizeof si) != (ssize_t)sizeof si)
+                continue;
+            sig = (int)si.ssi_signo;
+        }
+        if (sig == SIGCHLD)
+            continue;
+        if (cmd > 0) {
+            kill(cmd, sig == SIGTERM && stopsig > 0 ? stopsig : sig);
+        } else if (sig == SIGTERM || sig == SIGINT || sig == SIGHUP) {
+            stopping = 1;
+            kill(-1, SIGTERM);     /* from PID 1: every other process of the instance */
+        } else {
+            kill(-1, sig);
+        }
+    }
+}
+
+/* Move fd to exactly number `to`, close-on-exec (the supervisor never execs; the
+ * command must not inherit it). */
+static int move_fd(int fd, int to)
+{
+    if (fd == to)
+        return fcntl(fd, F_SETFD, FD_CLOEXEC);
+    if (dup3(fd, to, O_CLOEXEC) < 0)
+        return -1;
+    close(fd);
+    return 0;
+}
+
+/* The child of hpcrun_instance: PID 1 of the new pid namespace. */
+static void instance_child(struct ctx *c, const struct hpcrun_spec *s, int statefd, int go,
+                           int rep, int anchor, const sigset_t *orig)
+{
+    char b;
+    int out[2], errp[2];
+    prctl(PR_SET_NAME, "hpcrun:instance");
+    if (read(go, &b, 1) != 1)
+        _exit(HPCRUN_EXIT_FAILED);    /* the parent failed to map us: it reports */
+    close(go);
+    if (setsid() < 0) {
+        fail(c, "can't start a session for the instance");
+        report_and_exit(c, rep);
+    }
+    /* Descriptors: 0-2 /dev/null, 3 the state dir, 4 the upper dir, 5 the report pipe,
+     * 6 the anchor's pidfd, everything else closed. */
+    int hi_state = fcntl(statefd, F_DUPFD_CLOEXEC, 10), hi_rep = fcntl(rep, F_DUPFD_CLOEXEC, 10);
+    int hi_anchor = anchor >= 0 ? fcntl(anchor, F_DUPFD_CLOEXEC, 10) : -1;
+    int null = open("/dev/null", O_RDWR);
+    if (hi_state < 0 || hi_rep < 0 || null < 0 || (anchor >= 0 && hi_anchor < 0)) {
+        fail(c, "can't set up the instance's descriptors");
+        report_and_exit(c, rep);
+    }
+    rep = hi_rep;
+    /* 0-2 and a placeholder at 4 (so nothing opened before the upper dir takes it). */
+    for (int fd = 0; fd < 5; fd++)
+        if (null != fd && fd != 3)
+            dup2(null, fd);
+    if (null > 4)
+        close(null);
+    if (move_fd(hi_state, HPCRUN_INSTANCE_STATE_FD) || move_fd(rep, 5)) {
+        fail(c, "can't set up the instance's descriptors");
+        report_and_exit(c, hi_rep);
+    }
+    statefd = HPCRUN_INSTANCE_STATE_FD;
+    rep = 5;
+    if (hi_anchor >= 0 && move_fd(hi_anchor, 6)) {
+        fail(c, "can't keep the Slurm step's pidfd");
+        report_and_exit(c, rep);
+    }
+    anchor = hi_anchor >= 0 ? 6 : -1;
+    if (anchor < 0)
+        close(6);     /* whatever the caller had there (the report pipe's original, say) */
+    syscall(SYS_close_range, 7, ~0U, 0);
+    int logfd = openat(statefd, "log", O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+    if (logfd < 0) {
+        fail(c, "can't open the instance's log");
+        report_and_exit(c, rep);
+    }
+    c->in_pidns = 1;
+    instance_keep_upper = 1;
+    if (enter_rest(c, s) || chdir_work(c, s))
+        report_and_exit(c, rep);
+    if (instance_upper_fd >= 0 && move_fd(instance_upper_fd, HPCRUN_INSTANCE_UPPER_FD)) {
+        fail(c, "can't keep the overlay's upper directory");
+        report_and_exit(c, rep);
+    }
+    struct logbuf lb[2];
+    memset(lb, 0, sizeof lb);
+    lb[0].fd = lb[1].fd = -1;
+    lb[0].stream = '1';
+    lb[1].stream = '2';
+    pid_t cmd = 0;
+    if (s->argv && s->argv[0]) {
+        if (pipe2(out, O_CLOEXEC) || pipe2(errp, O_CLOEXEC)) {
+            fail(c, "can't create the instance's output pipes");
+            report_and_exit(c, rep);
+        }
+        cmd = fork();
+        if (cmd < 0) {
+            fail(c, "can't fork");
+            report_and_exit(c, rep);
+        }
+        if (cmd == 0) {
+            dup2(out[1], 1);
+            dup2(errp[1], 2);
+            reset_signals(orig);
+            do_exec(c, s);
+            report_and_exit(c, rep);
+        }
+        close(out[1]);
+        close(errp[1]);
+        lb[0].fd = out[0];
+        lb[1].fd = errp[0];
+        fcntl(out[0], F_SETFL, O_NONBLOCK);
+        fcntl(errp[0], F_SETFL, O_NONBLOCK);
+    }
+    close(rep);
+    int stopsig = s->stop_signal;
+    trim_memory();
+    _exit(instance_supervise(cmd, stopsig, lb, logfd, statefd, anchor));
+}
+
+int hpcrun_instance(const struct hpcrun_spec *s, int state_dir, int anchor, int *pid_out,
+                    char *err, size_t errlen, int *code)
+{
+    struct ctx c = {err, errlen, code, -1, -1, -1, -1, 0, 0};
+    sigset_t fwd, orig;
+    int rep[2], go[2];
+    *code = HPCRUN_EXIT_FAILED;
+    if (errlen) err[0] = '\0';
+    forwarded_set(&fwd);
+    if (pipe2(rep, O_CLOEXEC) || pipe2(go, O_CLOEXEC))
+        return fail(&c, "can't create pipe");
+    sigprocmask(SIG_BLOCK, &fwd, &orig);
+    pid_t pid = (pid_t)syscall(SYS_clone, SIGCHLD | CLONE_NEWUSER | CLONE_NEWPID,
+                               NULL, NULL, NULL, NULL);
+    if (pid == 0) {
+        close(rep[0]);
+        close(go[1]);
+        instance_child(&c, s, state_dir, go[0], rep[1], anchor, &orig);
+    }
+    int e = errno;
+    sigprocmask(SIG_SETMASK, &orig, NULL);
+    close(rep[1]);
+    close(go[0]);
+    if (pid < 0) {
+        close(rep[0]);
+        close(go[1]);
+        errno = e;
+        return fail(&c, "can't create user and pid namespaces");
+    }
+    char procdir[32];
+    snprintf(procdir, sizeof procdir, "/proc/%d", (int)pid);
+    int r = write_maps(&c, procdir, s->uid, s->gid, geteuid(), getegid());
+    if (r == 0 && write(go[1], "g", 1) != 1)
+        r = fail(&c, "can't start the instance");
+    close(go[1]);
+    if (r == 0)
+        r = read_report(&c, rep[0]);
+    else
+        close(rep[0]);
+    if (r) {
+        e = errno;
+        kill(pid, SIGKILL);
+        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+            ;
+        errno = e;
+        return -1;
+    }
+    *pid_out = (int)pid;
+    return 0;
+}
+
+
+/* ---------------------------------------------------------------- batch server */
+
+/* Read exactly n bytes; 0 at a clean EOF before the first byte, -1 otherwise. */
+static int read_full(int fd, void *buf, size_t n)
+{
+    size_t got = 0;
+    while (got < n) {
+        ssize_t r = read(fd, (char *)buf + got, n - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return got == 0 && r == 0 ? 0 : -1;
+        got += (size_t)r;
+    }
+    return 1;
+}
+
+static int write_full(int fd, const void *buf, size_t n)
+{
+    size_t done = 0;
+    while (done < n) {
+        ssize_t w = write(fd, (const char *)buf + done, n - done);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return -1;
+        done += (size_t)w;
+    }
+    return 0;
+}
+
+struct growbuf {
+    char *p;
+    size_t len, cap;
+};
+
+static int grow_read(struct growbuf *b, int fd)
+{
+    if (b->cap - b->len < 65536) {
+        size_t cap = b->cap ? b->cap * 2 : 65536;
+        char *q = realloc(b->p, cap);
+        if (!q)
+            return -1;
+        b->p = q;
+        b->cap = cap;
+    }
+    ssize_t n = read(fd, b->p + b->len, b->cap - b->len);
+    if (n < 0 && errno == EINTR)
+        return 1;
+    if (n <= 0)
+        return 0;
+    b->len += (size_t)n;
+    return 1;
+}
+
+/* Split a request's NUL-terminated strings: workdir, argv[nargv], envp[nenv]. */
+static int split_request(char *data, size_t len, unsigned nargv, unsigned nenv,
+                         const char **workdir, char **argv, char **envp)
+{
+    char *p = data, *end = data + len;
+    size_t total = 1 + (size_t)nargv + nenv;
+    for (size_t i = 0; i < total; i++) {
+        char *z = memchr(p, '\0', (size_t)(end - p));
+        if (!z)
+            return -1;
+        if (i == 0) *workdir = p;
+        else if (i <= nargv) argv[i - 1] = p;
+        else envp[i - 1 - nargv] = p;
+        p = z + 1;
+    }
+    argv[nargv] = NULL;
+    envp[nenv] = NULL;
+    return nargv ? 0 : -1;
+}
+
+/* Run one request in a child (already in the container's namespaces: forked after
+ * setns, so in its pid namespace too) and answer with its status and output. */
+static int serve_one(struct ctx *c, int out_fd, const char *workdir, char **argv, char **envp,
+                     const sigset_t *orig)
+{
+    int po[2], pe[2];
+    if (pipe2(po, O_CLOEXEC) || pipe2(pe, O_CLOEXEC))
+        return fail(c, "can't create pipe");
+    /* vfork: the server is a copy of a Python process, and copying its page tables
+     * for every command would cost more than the command's exec. The child only
+     * rearranges descriptors, changes directory and execs (or writes and _exits). */
+    pid_t child = vfork();
+    if (child < 0)
+        return fail(c, "can't fork");
+    if (child == 0) {
+        struct hpcrun_spec s;
+        memset(&s, 0, sizeof s);
+        s.argv = argv;
+        s.envp = envp;
+        s.workdir = workdir;
+        s.workdir_required = 1;
+        int null = open("/dev/null", O_RDONLY);
+        dup2(null, 0);
+        dup2(po[1], 1);
+        dup2(pe[1], 2);
+        reset_signals(orig);
+        if (chdir_work(c, &s) == 0)
+            do_exec(c, &s);
+        if (write(2, "hpcrun: error: ", 15) < 0 || write(2, c->err, strlen(c->err)) < 0 ||
+            write(2, "\n", 1) < 0) { /* nobody to tell */ }
+        _exit(*c->code);
+    }
+    close(po[1]);
+    close(pe[1]);
+    struct growbuf b[2];
+    memset(b, 0, sizeof b);
+    int fds[2] = {po[0], pe[0]};
+    while (fds[0] >= 0 || fds[1] >= 0) {
+        struct pollfd pf[2] = {{fds[0], POLLIN, 0}, {fds[1], POLLIN, 0}};
+        if (poll(pf, 2, -1) < 0 && errno != EINTR)
+            break;
+        for (int i = 0; i < 2; i++)
+            if (fds[i] >= 0 && pf[i].revents) {
+                int r = grow_read(&b[i], fds[i]);
+                if (r <= 0) {
+                    close(fds[i]);
+                    fds[i] = -1;
+                }
+            }
+    }
+    int st;
+    while (waitpid(child, &st, 0) < 0 && errno == EINTR)
+        ;
+    int32_t hdr[3] = {wstatus_code(st), (int32_t)b[0].len, (int32_t)b[1].len};
+    int r = write_full(out_fd, hdr, sizeof hdr) || write_full(out_fd, b[0].p, b[0].len) ||
+            write_full(out_fd, b[1].p, b[1].len);
+    free(b[0].p);
+    free(b[1].p);
+    return r ? fail(c, "can't write the answer") : 0;
+}
+
+int hpcrun_serve(int pid, int in_fd, int out_fd, char *err, size_t errlen, int *code)
+{
+    struct ctx c = {err, errlen, code, -1, -1, -1, -1, 0, 0};
+    *code = HPCRUN_EXIT_FAILED;
+    if (errlen) err[0] = '\0';
+    int pidns = 0;
+    if (join_namespaces(&c, pid, &pidns))
+        return -1;
+    sigset_t orig;
+    sigprocmask(SIG_SETMASK, NULL, &orig);
+    signal(SIGPIPE, SIG_IGN);
+    prctl(PR_SET_NAME, "hpcrun:batch");
+    for (;;) {
+        uint32_t hdr[3];   /* length of the strings, argc, envc */
+        int r = read_full(in_fd, hdr, sizeof hdr);
+        if (r == 0)
+            _exit(0);
+        if (r < 0 || hdr[0] > (64u << 20) || hdr[1] > 1u << 16 || hdr[2] > 1u << 16)
+            _exit(HPCRUN_EXIT_FAILED);
+        char *data = malloc(hdr[0] + 1);
+        char **argv = calloc(hdr[1] + 1, sizeof *argv), **envp = calloc(hdr[2] + 1, sizeof *envp);
+        const char *workdir = "/";
+        if (!data || !argv || !envp || read_full(in_fd, data, hdr[0]) != 1)
+            _exit(HPCRUN_EXIT_FAILED);
+        data[hdr[0]] = '\0';
+        if (split_request(data, hdr[0], hdr[1], hdr[2], &workdir, argv, envp) ||
+            serve_one(&c, out_fd, workdir, argv, envp, &orig))
+            _exit(HPCRUN_EXIT_FAILED);
+        free(data);
+        free(argv);
+        free(envp);
+    }
 }
 
 /* ---------------------------------------------------------------- probes */

@@ -104,6 +104,34 @@ int hpcrun_enter(const struct hpcrun_spec *spec, char *err, size_t errlen, int *
 int hpcrun_join(int pid, char *const *argv, char *const *envp, const char *workdir,
                 char *err, size_t errlen, int *code);
 
+/* Instances (hpcrun/instance/): a long-lived container whose PID 1 is a small C
+ * supervisor. It keeps these descriptors, which the host side reads through
+ * /proc/PID/fd/N (same user, owner of the user namespace): */
+#define HPCRUN_INSTANCE_STATE_FD 3  /* the instance's state directory (log, exit) */
+#define HPCRUN_INSTANCE_UPPER_FD 4  /* --writable-tmpfs: the overlay's upper directory */
+
+/* Start an instance of spec (its flags gain HPCRUN_F_PID): clone a child into new user
+ * and pid namespaces, detached (own session, stdin /dev/null, no parent-death signal),
+ * which builds the file system and, if argv is non-empty, forks the command. The
+ * child is PID 1: it reaps, forwards signals (SIGTERM as the stop signal) and writes
+ * the command's stdout and stderr, one timestamped line at a time, to the file "log"
+ * in state_dir ("SECONDS.NANOS 1|2 TEXT"), and its exit code to "exit" when it ends.
+ * Without a command it waits; SIGTERM, SIGINT or SIGHUP then goes to every process of
+ * the instance, and it exits 0 once its children are gone. anchor: a pidfd (or -1);
+ * when that process ends (the Slurm step that started the instance), the instance
+ * stops as on SIGTERM and ends at most 10 s later. 0 once the command runs (*pid: the
+ * supervisor's pid); -1 as hpcrun_enter on failure (nothing left running). */
+int hpcrun_instance(const struct hpcrun_spec *spec, int state_dir, int anchor, int *pid,
+                    char *err, size_t errlen, int *code);
+
+/* The batch server behind `hpcrun exec --batch` and hpcrun.api: join pid's namespaces
+ * as hpcrun_join does, then answer requests on in_fd until EOF, one at a time, each
+ * run in a forked child inside the container. Request: three native uint32 (length
+ * of the strings, argc, envc), then NUL-terminated strings: workdir, argv, envp.
+ * Answer on out_fd: three native int32 (exit status or 128+N, stdout length, stderr
+ * length), then stdout, then stderr. Returns only on failure to join (-1). */
+int hpcrun_serve(int pid, int in_fd, int out_fd, char *err, size_t errlen, int *code);
+
 /* hpcrun_probe: what `hpcrun check` asks the kernel, each in a forked child. */
 #define HPCRUN_PROBE_USERNS 1
 #define HPCRUN_PROBE_MOUNT 2

@@ -390,8 +390,248 @@ miss:
     return NULL;
 }
 
+/* ---------------------------------------------------------------- exec fast path */
+
+/* `hpcrun exec [-e K=V] [-w DIR] [-i] [-t] NAME CMD...` into a running instance with
+ * no interpreter: the instance's record (hpcrun/instance/state.py: pid, exec, env in
+ * the private state directory) read here, then hpcrun_join. Anything this does not
+ * take in stride (another option, an unsafe or missing directory, a stale record, a
+ * -w that is not there) returns, and Python does it, with its one-line error. */
+
+/* Every level of PATH: a real directory owned by root or us, not writable by others
+ * (root's with the sticky bit may be); the last one ours. The same rule as
+ * hpcrun.fsutil.private_dir, with lstat (a symlink anywhere: leave it to Python). */
+static int exec_private(const char *path)
+{
+    char p[PATH_MAX];
+    size_t n = strlen(path);
+    if (n >= sizeof p || path[0] != '/')
+        return 0;
+    memcpy(p, path, n + 1);
+    uid_t me = geteuid();
+    for (size_t i = 1; i <= n; i++) {
+        if (p[i] != '/' && p[i] != '\0')
+            continue;
+        char c = p[i];
+        p[i] = '\0';
+        struct stat st;
+        int bad = lstat(p, &st) || !S_ISDIR(st.st_mode) ||
+                  (st.st_uid != 0 && st.st_uid != me) ||
+                  (st.st_uid == me && (st.st_mode & 022)) ||
+                  (st.st_uid == 0 && (st.st_mode & 022) && !(st.st_mode & S_ISVTX)) ||
+                  (c == '\0' && st.st_uid != me);
+        p[i] = c;
+        if (bad)
+            return 0;
+    }
+    return 1;
+}
+
+/* The whole (small) file at dir/name, NUL-terminated; NULL if unreadable. */
+static char *exec_slurp(const char *dir, const char *name, size_t *len)
+{
+    char p[PATH_MAX];
+    if (snprintf(p, sizeof p, "%s/%s", dir, name) >= (int)sizeof p)
+        return NULL;
+    int fd = open(p, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return NULL;
+    size_t cap = 4096, n = 0;
+    char *buf = malloc(cap);
+    for (;;) {
+        if (!buf || n + 1 >= cap) {
+            char *q = buf ? realloc(buf, cap *= 2) : NULL;
+            if (!q || cap > MAX_ENTRY) {
+                free(q ? q : buf);
+                close(fd);
+                return NULL;
+            }
+            buf = q;
+        }
+        ssize_t r = read(fd, buf + n, cap - n - 1);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            free(buf);
+            close(fd);
+            return NULL;
+        }
+        if (r == 0)
+            break;
+        n += (size_t)r;
+    }
+    close(fd);
+    buf[n] = '\0';
+    if (len)
+        *len = n;
+    return buf;
+}
+
+/* Field 22 of /proc/PID/stat (the start time), as text; 0 if gone or a zombie. */
+static int exec_start_time(long pid, char *out, size_t outlen)
+{
+    char p[64];
+    snprintf(p, sizeof p, "/proc/%ld", pid);
+    size_t n;
+    char *s = exec_slurp(p, "stat", &n);
+    if (!s)
+        return 0;
+    char *q = strrchr(s, ')');
+    int ok = 0;
+    if (q && q[1] == ' ' && q[2] != 'Z' && q[2] != 'X') {
+        q += 2;
+        for (int field = 3; field < 22 && q; field++) {
+            q = strchr(q, ' ');
+            if (q) q++;
+        }
+        if (q) {
+            size_t k = strcspn(q, " ");
+            if (k < outlen) {
+                memcpy(out, q, k);
+                out[k] = '\0';
+                ok = 1;
+            }
+        }
+    }
+    free(s);
+    return ok;
+}
+
+static void exec_fast(int argc, char **argv)
+{
+    const char *envs[64], *workdir = NULL;
+    int ne = 0, i = 2;
+    for (; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--")) { i++; break; }
+        if (a[0] != '-' || !a[1])
+            break;
+        if (!strcmp(a, "-i") || !strcmp(a, "-t") || !strcmp(a, "-it") || !strcmp(a, "-ti"))
+            continue;
+        const char *v = NULL;
+        int env = 0;
+        if (!strcmp(a, "-e") || !strcmp(a, "--env") || !strcmp(a, "-w") || !strcmp(a, "--workdir")) {
+            if (i + 1 >= argc)
+                return;
+            env = a[1] == 'e' || a[2] == 'e';
+            v = argv[++i];
+        } else if (!strncmp(a, "--env=", 6)) {
+            env = 1, v = a + 6;
+        } else if (!strncmp(a, "-e", 2)) {
+            env = 1, v = a + 2;
+        } else if (!strncmp(a, "--workdir=", 10)) {
+            v = a + 10;
+        } else if (!strncmp(a, "-w", 2)) {
+            v = a + 2;
+        } else {
+            return;       /* -u, --batch, --help, ...: Python */
+        }
+        if (env) {
+            if (!strchr(v, '=') || v[0] == '=' || ne == 64)
+                return;   /* NAME alone copies the host's value: Python does that */
+            envs[ne++] = v;
+        } else {
+            if (v[0] != '/')
+                return;
+            workdir = v;
+        }
+    }
+    if (i + 1 >= argc)
+        return;
+    const char *name = argv[i];
+    char **cmd = argv + i + 1;
+    if (!strcmp(cmd[0], "--"))
+        cmd++;
+    if (!cmd[0] || !name[0] || name[0] == '.' || name[0] == '-' || strlen(name) > 64)
+        return;
+    for (const char *c = name; *c; c++)
+        if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') ||
+              *c == '_' || *c == '.' || *c == '-'))
+            return;
+    /* The state directory, as hpcrun.instance.state.root. */
+    char base[PATH_MAX], dir[PATH_MAX];
+    const char *xdg = getenv("XDG_RUNTIME_DIR"), *job = getenv("SLURM_JOB_ID");
+    struct stat st;
+    int n;
+    if (xdg && *xdg && stat(xdg, &st) == 0 && S_ISDIR(st.st_mode))
+        n = snprintf(base, sizeof base, "%s/hpcrun", xdg);
+    else
+        n = snprintf(base, sizeof base, "/var/tmp/hpcrun-%u/instances", (unsigned)getuid());
+    if (n < 0 || n >= (int)sizeof base)
+        return;
+    if (job && *job && strspn(job, "0123456789") == strlen(job)) {
+        size_t k = strlen(base);
+        if (snprintf(base + k, sizeof base - k, "/job%s", job) >= (int)(sizeof base - k))
+            return;
+    }
+    if (snprintf(dir, sizeof dir, "%s/%s", base, name) >= (int)sizeof dir || !exec_private(dir))
+        return;
+    /* pid + start time: the supervisor, not a process that reused its pid. */
+    char *pidtext = exec_slurp(dir, "pid", NULL), start[32];
+    if (!pidtext)
+        return;
+    char *sp = strchr(pidtext, ' ');
+    long pid = atol(pidtext);
+    if (!sp || pid <= 1 || !exec_start_time(pid, start, sizeof start) ||
+        strncmp(sp + 1, start, strlen(start)) || (sp[1 + strlen(start)] != '\n' &&
+                                                   sp[1 + strlen(start)] != '\0'))
+        return;
+    char *info = exec_slurp(dir, "exec", NULL);
+    size_t elen;
+    char *envtext = exec_slurp(dir, "env", &elen);
+    if (!info || !envtext)
+        return;
+    char *wd = strchr(info, '\n');
+    if (!wd)
+        return;
+    wd++;
+    wd[strcspn(wd, "\n")] = '\0';
+    if (workdir) {
+        char p[PATH_MAX];
+        if (snprintf(p, sizeof p, "/proc/%ld/root%s", pid, workdir) >= (int)sizeof p ||
+            stat(p, &st) || !S_ISDIR(st.st_mode))
+            return;       /* Python says what is missing */
+    }
+    /* The instance's environment with the -e values on top. */
+    size_t count = 0;
+    for (size_t k = 0; k < elen; k++)
+        if (envtext[k] == '\0')
+            count++;
+    char **envp = calloc(count + (size_t)ne + 2, sizeof *envp);
+    if (!envp)
+        return;
+    size_t m = 0;
+    for (char *e = envtext; e < envtext + elen; e += strlen(e) + 1)
+        if (*e)
+            envp[m++] = e;
+    for (int k = 0; k < ne; k++) {
+        size_t key = (size_t)(strchr(envs[k], '=') - envs[k]) + 1;
+        size_t j = 0;
+        for (; j < m; j++)
+            if (!strncmp(envp[j], envs[k], key))
+                break;
+        envp[j] = (char *)envs[k];
+        if (j == m)
+            m++;
+    }
+    envp[m] = NULL;
+    char err[2048];
+    int code = HPCRUN_EXIT_FAILED;
+    fflush(NULL);
+    hpcrun_join((int)pid, cmd, envp, workdir ? workdir : wd, err, sizeof err, &code);
+    /* Only a failure returns; the namespaces may be joined already, so no Python now. */
+    fprintf(stderr, "hpcrun: error: %s\n", err);
+    if (code == HPCRUN_EXIT_NOT_FOUND)
+        fprintf(stderr, "hint: check the command name and the image's PATH "
+                        "(e.g. 'hpcrun exec %s ls /bin')\n", name);
+    exit(code);
+}
+
 int main(int argc, char **argv)
 {
+    if (argc >= 4 && !strcmp(argv[1], "exec"))
+        exec_fast(argc, argv);     /* returns only to leave it to Python */
+
     if (argc >= 3 && !strcmp(argv[1], "run")) {
         int img = image_index(argc, argv, 2);
         char *plan = img > 0 ? lookup(argc, argv, img) : NULL;

@@ -45,17 +45,8 @@ class _Arena:
         return arr
 
 
-def enter(spec) -> int:
-    """Enter the container of a runtime Spec and run its command.
-
-    Never returns once the command runs. Default options: the process becomes the
-    command. With a pid namespace (or a STOPSIGNAL, or a threaded caller) this process
-    becomes a small C monitor (the interpreter's memory dropped) that forwards signals
-    and exits with the command's status, 128+N for a death by signal N.
-    Raises ContainerError (code 125/126/127) if the container can't be entered or the
-    command can't be executed.
-    """
-    a = _Arena()
+def _cspec(a: _Arena, spec):
+    """A runtime Spec as the C core's struct hpcrun_spec (buffers kept alive by a)."""
     s = ffi.new("struct hpcrun_spec *")
     s.image = a.str(spec.image)
     s.squashfuse = a.str(spec.squashfuse)
@@ -68,6 +59,7 @@ def enter(spec) -> int:
         mounts[i].src = a.str(m.src)
         mounts[i].dst = a.str(m.dst)
         mounts[i].flags = m.flags
+    a.keep.append(mounts)
     s.mounts = mounts
     s.n_mounts = len(spec.mounts)
     s.workdir = a.str(spec.workdir)
@@ -89,6 +81,22 @@ def enter(spec) -> int:
         cl.interval_ms = lim.interval_ms
         cl.memory_shown = a.str(lim.memory_shown)
         s.limits = cl
+    a.keep.append(s)
+    return s
+
+
+def enter(spec) -> int:
+    """Enter the container of a runtime Spec and run its command.
+
+    Never returns once the command runs. Default options: the process becomes the
+    command. With a pid namespace (or a STOPSIGNAL, or a threaded caller) this process
+    becomes a small C monitor (the interpreter's memory dropped) that forwards signals
+    and exits with the command's status, 128+N for a death by signal N.
+    Raises ContainerError (code 125/126/127) if the container can't be entered or the
+    command can't be executed.
+    """
+    a = _Arena()
+    s = _cspec(a, spec)
     err = ffi.new("char[]", ERRLEN)
     code = ffi.new("int *")
     r = lib.hpcrun_enter(s, err, ERRLEN, code)
@@ -144,3 +152,30 @@ def probe(what: str):
     err = ffi.new("char[]", ERRLEN)
     r = lib.hpcrun_probe(PROBES[what], err, ERRLEN)
     return r == 0, ffi.string(err).decode("utf-8", "replace")
+
+
+def instance(spec, state_dir: int, anchor: int = -1) -> int:
+    """Start an instance of a runtime Spec (see cext/core.h hpcrun_instance): its C
+    supervisor is PID 1 of new user and pid namespaces, detached, with the state
+    directory open as descriptor 3; anchor: a pidfd whose process's end stops the
+    instance (-1: none). Returns the supervisor's pid once the command runs; raises
+    ContainerError (nothing left running) otherwise."""
+    a = _Arena()
+    s = _cspec(a, spec)
+    err = ffi.new("char[]", ERRLEN)
+    code = ffi.new("int *")
+    pid = ffi.new("int *")
+    if lib.hpcrun_instance(s, state_dir, anchor, pid, err, ERRLEN, code) < 0:
+        _raise(err, code)
+    return pid[0]
+
+
+def serve(pid: int, in_fd: int = 0, out_fd: int = 1) -> int:
+    """Join the container of process pid and answer command requests on in_fd until
+    EOF (cext/core.h hpcrun_serve; hpcrun.api speaks the protocol). Never returns
+    unless joining fails (raising ContainerError)."""
+    err = ffi.new("char[]", ERRLEN)
+    code = ffi.new("int *")
+    lib.hpcrun_serve(int(pid), in_fd, out_fd, err, ERRLEN, code)
+    _raise(err, code)
+    return code[0]

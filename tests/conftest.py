@@ -9,7 +9,8 @@ import pytest
 import util
 
 # Each area keeps its fixtures in its own module, so areas do not edit one file.
-pytest_plugins = ["fixtures_runtime", "fixtures_image", "fixtures_registry", "fixtures_slurm"]
+pytest_plugins = ["fixtures_runtime", "fixtures_image", "fixtures_registry", "fixtures_slurm",
+                  "fixtures_instance", "fixtures_workflow"]
 
 
 @pytest.fixture(scope="session")

@@ -172,6 +172,8 @@ def _fast_options(verb: str) -> list:
                              shell_complete=complete_image_or_path
                              if n == "container-image" else None)
                 for n, o in srun.OPTIONS.items()]
+    if verb not in ("run", "task"):
+        return []       # exec, singularity, snakemake: their own parsers, no table
     options = import_module("hpcrun.runtime.options")
     entry = options.RUN if verb == "run" else options.TASK
     out = []

@@ -39,20 +39,34 @@ VERBS = {
     "jobs": ("job", "Slurm"),
     "status": ("job", "Slurm"),
     "cancel": ("job", "Slurm"),
-    "logs": ("job", "Slurm"),
-    "wait": ("job", "Slurm"),
+    "logs": ("observe", "Slurm"),      # an instance's, else a job's (observe.py)
+    "wait": ("observe", "Slurm"),
     "schema": ("job", "Slurm"),
     "srun": ("srun", "Slurm"),
     "task": ("task", "Slurm"),
     "cluster": ("cluster", "Slurm"),
+    "instance": ("instance", "Instances"),
+    "ps": ("instance", "Instances"),
+    "exec": ("exec", "Instances"),
+    "top": ("observe", "Instances"),
+    "stats": ("observe", "Instances"),
+    "kill": ("observe", "Instances"),
+    "pause": ("observe", "Instances"),
+    "unpause": ("observe", "Instances"),
+    "diff": ("observe", "Instances"),
+    "cp": ("observe", "Instances"),
+    "commit": ("observe", "Instances"),
+    "snakemake": ("snakemake", "Workflows"),
+    "singularity": ("singularity", "Workflows"),
+    "shim": ("singularity", "Workflows"),
 }
 
 # The hot paths: hand-written parsers, each module exposes
 # ``main(verb: str, argv: list[str]) -> int`` and prints its own --help. No click here.
-FAST = {"run", "task", "srun"}
+FAST = {"run", "task", "srun", "exec", "singularity", "shim", "snakemake"}
 
 # Verbs whose failures use Docker's run conventions (125 for hpcrun's own failure).
-CONTAINER_VERBS = {"run", "srun", "task"}
+CONTAINER_VERBS = {"run", "srun", "task", "exec", "singularity"}
 
 # click's completion protocol: the shell calls `hpcrun` with this variable set.
 COMPLETE_VAR = "_HPCRUN_COMPLETE"

@@ -1,0 +1,437 @@
+#!/usr/bin/env python3
+"""Workflow tools bare and in containers: one command runs every configuration,
+interleaved, on the sample DAG (generate, compress, sort, merge sequence-like data;
+hpcrun.workflow.dag), and checks that every configuration's outputs are identical.
+
+Configurations (Makeflow drives all but `api`):
+  bare        the tasks on the host, with the image's tools (its static busybox) first
+              on PATH, so that every configuration runs the same programs
+  per-task    a container per task:  makeflow --wrapper 'hpcrun run -v DIR:/mnt -w /mnt IMG'
+  ch-run      a container per task:  makeflow --wrapper 'ch-run -b DIR:/mnt -c /mnt IMG --'
+  per-worker  a container per worker: makeflow -T wq, work_queue_worker inside hpcrun run
+  shared      an instance, tasks entered with exec: --wrapper 'hpcrun exec -w /mnt NAME'
+  api         the same DAG run by a small scheduler here through hpcrun.api
+              (Instance.batch: one joined process per slot, a fork+exec per task)
+Variants: the half-second workload (--lines, default 40000 reads per generated file: about 0.4 s a task here) and a
+short-task one (--short-lines, default 200: tens of milliseconds).
+
+Makespan is wall time; on a shared machine it moves with everyone else's load, so the
+CPU time of each run (user + system of every process it waited for: tasks, wrappers,
+workers, exec servers) is reported beside it, and the CPU each configuration adds per
+task over bare.
+
+Then the per-command entry cost, interleaved: hpcrun.api exec, hpcrun exec, ch-run,
+hpcrun run (each runs /bin/true in the same image).
+
+Writes OUT/workflow.md (the Markdown table) and OUT/makespan.png, OUT/overhead.png
+(matplotlib). Progress on a terminal; one line per run otherwise.
+
+Run as root (it drops to HPCRUN_TEST_USER, default hpcuser) or as a user:
+  benchmarks/workflow.py [--tasks 500] [--rounds 1] [--jobs 2] [--out DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pwd
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+from hpcrun.workflow import dag  # noqa: E402
+
+VENV_BIN = os.path.dirname(sys.executable)
+HPCRUN = os.path.join(VENV_BIN, "hpcrun")
+USER = os.environ.get("HPCRUN_TEST_USER", "hpcuser")
+CONFIGS = ("bare", "per-task", "ch-run", "per-worker", "shared", "api")
+TTY = sys.stderr.isatty()
+
+
+def say(msg: str, transient: bool = False) -> None:
+    if transient:
+        if TTY:
+            sys.stderr.write("\r\033[K" + msg)
+            sys.stderr.flush()
+        return
+    sys.stderr.write(("\r\033[K" if TTY else "") + msg + "\n")
+    sys.stderr.flush()
+
+
+class User:
+    """Runs commands as the unprivileged user (or as ourselves when not root)."""
+
+    def __init__(self, runtime_dir: str):
+        self.root = os.geteuid() == 0
+        self.pw = pwd.getpwnam(USER) if self.root else pwd.getpwuid(os.getuid())
+        self.env = {"HOME": self.pw.pw_dir, "USER": self.pw.pw_name, "LANG": "C.UTF-8",
+                    "PATH": f"{VENV_BIN}:/usr/local/bin:/usr/bin:/bin",
+                    "XDG_RUNTIME_DIR": runtime_dir}
+
+    def popen(self, argv, cwd, env=None, **kw):
+        if self.root:
+            kw.update(user=self.pw.pw_uid, group=self.pw.pw_gid, extra_groups=[])
+        return subprocess.Popen(argv, cwd=cwd, env=env or self.env, **kw)
+
+    def run(self, argv, cwd="/", check=True, **kw):
+        p = self.popen(argv, cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+        out, err = p.communicate()
+        if check and p.returncode != 0:
+            sys.exit(f"benchmarks/workflow.py: {' '.join(argv)} failed:\n{err.strip()}")
+        return subprocess.CompletedProcess(argv, p.returncode, out, err)
+
+    def chown(self, path: str) -> None:
+        if self.root:
+            for d, dirs, files in os.walk(path):
+                for n in [d] + [os.path.join(d, x) for x in dirs + files]:
+                    os.lchown(n, self.pw.pw_uid, self.pw.pw_gid)
+
+
+def task_times(d: str) -> dict:
+    """node id -> seconds from running to complete, from Makeflow's log."""
+    start, out = {}, {}
+    try:
+        f = open(os.path.join(d, "wf.mf.makeflowlog"))
+    except FileNotFoundError:
+        return out
+    with f:
+        for line in f:
+            if line.startswith("#"):
+                continue
+            p = line.split()
+            if len(p) < 3:
+                continue
+            ts, node, state = int(p[0]) / 1e6, p[1], p[2]
+            if state == "1":
+                start[node] = ts
+            elif state == "2" and node in start:
+                out[node] = ts - start[node]
+    return out
+
+
+def watch(p, d: str, label: str, total: int) -> None:
+    """Wait for process p, showing how many tasks are done (on a terminal)."""
+    while p.poll() is None:
+        if TTY:
+            done = len(task_times(d))
+            say(f"{label}: {done}/{total} tasks", transient=True)
+        time.sleep(0.5)
+
+
+def run_makeflow(u: User, d: str, argv: list, label: str, total: int, env=None) -> float:
+    t = time.perf_counter()
+    p = u.popen(argv, d, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    watch(p, d, label, total)
+    out = p.stdout.read()
+    dt = time.perf_counter() - t
+    if p.returncode != 0 or "failed" in out.split("nothing left to do")[0][-2000:]:
+        sys.exit(f"benchmarks/workflow.py: {label} failed:\n{out[-2000:]}")
+    return dt
+
+
+def run_api(u: User, d: str, image: str, jobs: int, chains: int, lines: int,
+            runtime_dir: str) -> tuple:
+    """The DAG level by level through hpcrun.api, in a child as the user; (makespan,
+    per-task seconds)."""
+    script = f"""
+import json, sys, time
+sys.path.insert(0, {os.path.dirname(HERE)!r})
+from hpcrun.api import Instance
+from hpcrun.workflow import dag
+tasks = dag.tasks({chains}, {lines})
+inst = Instance.start({image!r}, name="bench-api", volumes=[{d!r} + ":/mnt"], workdir="/mnt")
+try:
+    done, times, t0 = set(), [], time.perf_counter()
+    pending = list(tasks)
+    while pending:
+        ready = [t for t in pending if all(i in done for i in t[1])]
+        pending = [t for t in pending if t not in ready]
+        def one(t):
+            s = time.perf_counter()
+            r = inst.exec(["sh", "wf.sh", *t[2]], workdir="/mnt")
+            if r.status != 0:
+                raise SystemExit(r.stderr.decode())
+            return time.perf_counter() - s
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor({jobs}) as pool:
+            times += list(pool.map(one, ready))
+        done.update(o for t in ready for o in t[0])
+    print(json.dumps([time.perf_counter() - t0, times]))
+finally:
+    inst.stop()
+"""
+    import json
+    cp = u.run([sys.executable, "-c", script], cwd=d)
+    span, times = json.loads(cp.stdout)
+    return span, times
+
+
+def cpu_children() -> float:
+    """User + system seconds of every child (and its descendants) waited for so far."""
+    import resource
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def run_config(cfg: str, u: User, work: str, image: str, args, chains: int, lines: int,
+               label: str, runtime_dir: str) -> tuple:
+    """(makespan, {task: seconds}, outputs, number of tasks, CPU seconds of the run)."""
+    cpu0 = cpu_children()
+    d = tempfile.mkdtemp(prefix=f"{cfg}-", dir=work)
+    os.chmod(d, 0o755)
+    info = dag.write(d, chains, lines)
+    u.chown(d)
+    total = info["tasks"]
+    mf = ["makeflow", "-j", str(args.jobs)]
+    wrap = None
+    if cfg == "per-task":
+        wrap = f"{HPCRUN} run -v {d}:/mnt -w /mnt {image}"
+    elif cfg == "ch-run":
+        wrap = f"ch-run -b {d}:/mnt -c /mnt {image} --"
+    elif cfg == "shared":
+        u.run([HPCRUN, "instance", "start", "--name", "bench-shared", "-v", f"{d}:/mnt", image])
+        wrap = f"{HPCRUN} exec -w /mnt bench-shared"
+    times: dict = {}
+    try:
+        if cfg == "api":
+            span, tl = run_api(u, d, image, args.jobs, chains, lines, runtime_dir)
+            times = {str(i): t for i, t in enumerate(tl)}
+        elif cfg == "per-worker":
+            span = run_workers(u, d, image, args, label, total)
+            times = task_times(d)
+        else:
+            argv = mf + (["--wrapper", wrap] if wrap else []) + ["wf.mf"]
+            env = None
+            if cfg == "bare":
+                # The image's own tools (static busybox) on the host: the containers'
+                # cost is then the only difference, not busybox awk against mawk.
+                env = dict(u.env, PATH=f"{image}/bin:{image}/usr/bin:" + u.env["PATH"])
+            span = run_makeflow(u, d, argv, label, total, env)
+            times = task_times(d)
+    finally:
+        if cfg == "shared":
+            u.run([HPCRUN, "instance", "stop", "bench-shared"], check=False)
+    outputs = dag.text_outputs(d)
+    shutil.rmtree(d, ignore_errors=True)
+    return span, times, outputs, total, cpu_children() - cpu0
+
+
+def run_workers(u: User, d: str, image: str, args, label: str, total: int) -> float:
+    wdir = tempfile.mkdtemp(prefix="workers-", dir=os.path.dirname(d))
+    os.chmod(wdir, 0o755)
+    u.chown(wdir)
+    t = time.perf_counter()
+    mf = u.popen(["makeflow", "-T", "wq", "-p", "0", "-Z", "port.txt", "wf.mf"], d,
+                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    port_file = os.path.join(d, "port.txt")
+    while not (os.path.exists(port_file) and os.path.getsize(port_file)):
+        if mf.poll() is not None:
+            sys.exit(f"benchmarks/workflow.py: makeflow -T wq ended: {mf.stdout.read()[-1000:]}")
+        time.sleep(0.05)
+    with open(port_file) as f:
+        port = f.read().strip()
+    workers = [u.popen([HPCRUN, "run", "-v", f"{wdir}:/work", image, "work_queue_worker",
+                        "-s", "/work", "--cores", "1", "-t", "10", "localhost", port], "/",
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+               for _ in range(args.jobs)]
+    watch(mf, d, label, total)
+    out = mf.stdout.read()
+    span = time.perf_counter() - t
+    for w in workers:
+        w.terminate()
+        w.wait()
+    shutil.rmtree(wdir, ignore_errors=True)
+    if mf.returncode != 0:
+        sys.exit(f"benchmarks/workflow.py: {label} failed:\n{out[-2000:]}")
+    return span
+
+
+def entry_cost(u: User, image: str, rounds: int, work: str) -> dict:
+    """Per-command entry, ms (median): API exec, hpcrun exec, ch-run, hpcrun run."""
+    script = f"""
+import json, sys, time, subprocess, os
+sys.path.insert(0, {os.path.dirname(HERE)!r})
+from hpcrun.api import Instance
+inst = Instance.start({image!r}, name="bench-entry")
+inst.exec(["true"])
+res = {{"api exec": [], "hpcrun exec": [], "ch-run": [], "hpcrun run": []}}
+argvs = {{"hpcrun exec": [{HPCRUN!r}, "exec", "bench-entry", "true"],
+          "ch-run": [{shutil.which("ch-run")!r}, {image!r}, "--", "true"],
+          "hpcrun run": [{HPCRUN!r}, "run", {image!r}, "true"]}}
+try:
+    for i in range({rounds}):
+        order = list(res)
+        order = order[i % 4:] + order[:i % 4]
+        for k in order:
+            t = time.perf_counter()
+            if k == "api exec":
+                assert inst.exec(["true"]).status == 0
+            else:
+                pid = os.posix_spawn(argvs[k][0], argvs[k], os.environ)
+                assert os.waitpid(pid, 0)[1] == 0
+            res[k].append((time.perf_counter() - t) * 1000)
+finally:
+    inst.stop()
+print(json.dumps(res))
+"""
+    import json
+    cp = u.run([sys.executable, "-c", script], cwd=work)
+    return {k: statistics.median(v) for k, v in json.loads(cp.stdout).items()}
+
+
+def plots(out: str, results: dict, overheads: dict) -> list:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        say("matplotlib is not installed: no plots (pip install matplotlib)")
+        return []
+    files = []
+    variants = list(results)
+    fig, axes = plt.subplots(1, len(variants), figsize=(6 * len(variants), 4), squeeze=False)
+    for ax, v in zip(axes[0], variants):
+        cfgs = list(results[v])
+        ax.bar(cfgs, [statistics.median(results[v][c]) for c in cfgs], color="#4477aa")
+        ax.set_title(f"makespan, {v}")
+        ax.set_ylabel("seconds")
+        ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    p = os.path.join(out, "makespan.png")
+    fig.savefig(p, dpi=100)
+    files.append(p)
+    fig, axes = plt.subplots(1, len(variants), figsize=(6 * len(variants), 4), squeeze=False)
+    for ax, v in zip(axes[0], variants):
+        cfgs = [c for c in overheads[v] if overheads[v][c]]
+        ax.boxplot([[x * 1000 for x in overheads[v][c]] for c in cfgs], tick_labels=cfgs,
+                   showfliers=False)
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.set_title(f"per-task overhead vs bare, {v}")
+        ax.set_ylabel("ms")
+        ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    p = os.path.join(out, "overhead.png")
+    fig.savefig(p, dpi=100)
+    files.append(p)
+    return files
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tasks", type=int, default=500, help="about this many tasks (default 500)")
+    ap.add_argument("--lines", type=int, default=40000, help="reads per generated file")
+    ap.add_argument("--short-lines", type=int, default=200, help="reads, short-task variant")
+    ap.add_argument("--rounds", type=int, default=1, help="rounds of every configuration")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="tasks at once")
+    ap.add_argument("--entry-rounds", type=int, default=200)
+    ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap.add_argument("--variants", default="half-second,short")
+    ap.add_argument("--out", default=os.path.join(HERE, "results", "workflow"))
+    args = ap.parse_args()
+    configs = args.configs.split(",")
+    for c in configs:
+        if c not in CONFIGS:
+            sys.exit(f"benchmarks/workflow.py: unknown configuration {c!r} ({', '.join(CONFIGS)})")
+    chains = max(1, round((args.tasks - 1) / 3.1))
+    for tool in ("makeflow", "work_queue_worker", "ch-run"):
+        if not shutil.which(tool):
+            sys.exit(f"benchmarks/workflow.py: {tool} is not installed "
+                     "(apt-get install coop-computing-tools charliecloud)")
+    work = tempfile.mkdtemp(prefix="hpcrun-bench-wf-", dir="/tmp")
+    os.chmod(work, 0o755)
+    runtime = os.path.join(work, "runtime")
+    os.mkdir(runtime, 0o700)
+    u = User(runtime)
+    u.chown(runtime)
+    image = os.path.join(work, "image")
+    from hpcrun.workflow.images import make_workflow_rootfs
+    make_workflow_rootfs(image)
+    variants = {"half-second": args.lines, "short": args.short_lines}
+    variants = {k: variants[k] for k in args.variants.split(",")}
+    results: dict = {v: {c: [] for c in configs} for v in variants}
+    task_t: dict = {v: {c: [] for c in configs} for v in variants}
+    cpu_s: dict = {v: {c: [] for c in configs} for v in variants}
+    overheads: dict = {v: {c: [] for c in configs if c != "bare"} for v in variants}
+    ntasks = 0
+    try:
+        for v, lines in variants.items():
+            ref = None
+            for r in range(args.rounds):
+                order = configs[r % len(configs):] + configs[:r % len(configs)]
+                for c in order:
+                    label = f"{v} round {r + 1}/{args.rounds} {c}"
+                    span, times, outs, ntasks, cpu = run_config(c, u, work, image, args,
+                                                                chains, lines, label, runtime)
+                    if ref is None:
+                        ref = outs
+                    if outs != ref:
+                        sys.exit(f"benchmarks/workflow.py: {label}: outputs differ")
+                    results[v][c].append(span)
+                    cpu_s[v][c].append(cpu)
+                    task_t[v][c].append(times)
+                    say(f"{label}: {span:.2f} s, CPU {cpu:.2f} s, {ntasks} tasks, "
+                        "outputs identical")
+            bare_t = task_t[v].get("bare") or []
+            if bare_t:
+                med = {}
+                for times in bare_t:
+                    for n, t in times.items():
+                        med.setdefault(n, []).append(t)
+                base = statistics.median([statistics.median(x) for x in med.values()])
+                for c in overheads[v]:
+                    for times in task_t[v][c]:
+                        if c == "api":
+                            overheads[v][c] += [t - base for t in times.values()]
+                        else:
+                            overheads[v][c] += [t - statistics.median(med[n])
+                                                for n, t in times.items() if n in med]
+        say("per-command entry ...")
+        entry = entry_cost(u, image, args.entry_rounds, work)
+    finally:
+        subprocess.run([HPCRUN, "instance", "stop", "--all"], env=u.env, capture_output=True,
+                       **({"user": u.pw.pw_uid, "group": u.pw.pw_gid} if u.root else {}))
+        shutil.rmtree(work, ignore_errors=True)
+
+    os.makedirs(args.out, exist_ok=True)
+    lines_md = [f"Sample DAG: {ntasks} tasks ({chains} chains), {args.jobs} at once, "
+                f"{args.rounds} round(s), interleaved; {os.cpu_count()} CPUs.", ""]
+    for v in variants:
+        b = statistics.median(results[v]["bare"]) if "bare" in results[v] else None
+        ch = statistics.median(results[v]["ch-run"]) if "ch-run" in results[v] else None
+        lines_md += [f"**{v}** ({variants[v]} reads per generated file)", "",
+                     "| configuration | makespan (s) | vs bare | vs ch-run | CPU (s) | CPU vs bare "
+                     "| CPU per task over bare (ms) | per-task wall over bare, median (ms) |",
+                     "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        bc = statistics.median(cpu_s[v]["bare"]) if "bare" in cpu_s[v] else None
+        for c in configs:
+            m = statistics.median(results[v][c])
+            cm = statistics.median(cpu_s[v][c])
+            oh = overheads[v].get(c)
+            row = f"| {c} | {m:.2f} |"
+            row += f" {m / b:.3f}x |" if b else " - |"
+            row += f" {m / ch:.3f}x |" if ch else " - |"
+            row += f" {cm:.2f} |"
+            row += f" {cm / bc:.3f}x | {(cm - bc) / ntasks * 1000:.1f} |" if bc else " - | - |"
+            row += f" {statistics.median(oh) * 1000:.1f} |" if oh else " - |"
+            lines_md.append(row)
+        lines_md.append("")
+    lines_md += ["**Per-command entry** (median of %d, /bin/true)" % args.entry_rounds, "",
+                 "| entry | ms | vs ch-run |", "|---|---:|---:|"]
+    for k, ms in entry.items():
+        lines_md.append(f"| {k} | {ms:.2f} | {ms / entry['ch-run']:.2f}x |")
+    md = "\n".join(lines_md) + "\n"
+    with open(os.path.join(args.out, "workflow.md"), "w") as f:
+        f.write(md)
+    sys.stdout.write(md)
+    for p in plots(args.out, results, overheads):
+        say(f"wrote {p}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
