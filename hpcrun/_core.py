@@ -111,7 +111,7 @@ def join(pid: int, argv, env, workdir: str = "/") -> int:
     the command replaces this process, or with a pid namespace a small C monitor stays
     and exits with the command's status. For ranks of a node sharing one container (CMA
     shared memory needs one user namespace)."""
-    import sys
+    import sys  # lazy: keeps hpcrun run's start-up small
     for f in (sys.stdout, sys.stderr):
         try:
             f.flush()

@@ -6,6 +6,7 @@
         status, out, err = inst.exec(["sh", "-c", "echo hi"])
         results = inst.batch([["gzip", "-k", f"/data/{i}"] for i in range(100)], parallel=2)
 
+
 start() runs `hpcrun instance start` (so every run option and check is the CLI's);
 exec() and batch() talk to `hpcrun exec --batch` servers, each a process joined to the
 instance once (setns) that forks one child per command: a command costs a fork and an
@@ -20,8 +21,11 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterable, Mapping, NamedTuple, Optional, Sequence
+import json
 
 from hpcrun.errors import HpcrunError
+from hpcrun.instance import state
+from hpcrun.runtime.options import TABLE
 
 __all__ = ["Instance", "ExecResult", "InstanceError", "instances"]
 
@@ -56,14 +60,8 @@ def _cli(*args: str) -> str:
 
 
 def _option_table() -> dict:
-    """flag -> (attribute, kind) of `hpcrun run`: the option table where it exists
-    (hpcrun.runtime.options.TABLE), else the run parser's own (hpcrun.cli.run.OPTIONS)."""
-    try:
-        from hpcrun.runtime.options import TABLE  # type: ignore[import-not-found]
-        return {o.name: (o.attr, o.kind) for o in TABLE}
-    except ImportError:
-        from hpcrun.cli.run import OPTIONS
-        return dict(OPTIONS)
+    """flag -> (attribute, kind) of `hpcrun run`, from the option table."""
+    return {o.name: (o.attr, o.kind) for o in TABLE}
 
 
 def _option_args(opts: Mapping[str, Any]) -> list:
@@ -184,7 +182,6 @@ class Instance:
 
     # -- commands
     def _record(self):
-        from hpcrun.instance import state
         try:
             r = state.get_running(self.name)
         except HpcrunError as e:
@@ -238,5 +235,4 @@ class Instance:
 
 def instances() -> list:
     """Names of your running instances."""
-    import json
     return [r["name"] for r in json.loads(_cli("ps", "--format", "json"))]

@@ -701,7 +701,7 @@ def nest_create(name: str, controllers) -> dict:
 
 def nest_remove(nc: dict) -> None:
     """Remove a nest_create tree, deepest first (Slurm may leave its own dirs in it)."""
-    import signal
+    import signal  # lazy: keeps hpcrun run's start-up small
     for d in nc.get("dirs", {}).values():
         for root, subdirs, _ in sorted(os.walk(d), key=lambda t: -len(t[0])):
             for pid in (_read(os.path.join(root, "cgroup.procs")) or "").split():
@@ -717,7 +717,7 @@ def nest_remove(nc: dict) -> None:
                 except FileNotFoundError:
                     break
                 except OSError:
-                    import time
+                    import time  # lazy: keeps hpcrun run's start-up small
                     time.sleep(0.05)
 
 

@@ -73,7 +73,7 @@ KEYS: dict[str, Key] = {k.name: k for k in [
 
 
 def _suggest(name: str) -> str | None:
-    import difflib
+    import difflib  # lazy: keeps hpcrun run's start-up small
     m = difflib.get_close_matches(name, KEYS.keys(), n=1)
     return m[0] if m else None
 

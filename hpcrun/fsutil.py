@@ -111,7 +111,7 @@ def _refuse(what: str, path: str, level: str, problem: str, setting: str) -> Hpc
 
 
 def _owner(uid: int) -> str:
-    import pwd
+    import pwd  # lazy: keeps hpcrun run's start-up small
     try:
         return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
     except KeyError:
@@ -121,7 +121,7 @@ def _owner(uid: int) -> str:
 def _problem(st: os.stat_result, me: int, last: bool) -> str | None:
     """Why the directory STAT cannot be trusted, or None (see the rule above); LAST: it
     is the state directory itself, which must be the caller's."""
-    import stat as S
+    import stat as S  # lazy: keeps hpcrun run's start-up small
     if not S.S_ISDIR(st.st_mode):
         return "is not a directory"
     mode = S.S_IMODE(st.st_mode)
@@ -141,7 +141,7 @@ def private_dir(path: str, what: str, setting: str) -> str:
     (mode 0700) where missing; refused with UnsafeDir naming the level and the way to
     recover otherwise (see the rule above), HpcrunError if a level cannot be made. WHAT names the directory in messages
     ("the image store"), SETTING the setting that moves it ("HPCRUN_STORE or 'store'")."""
-    import stat as S
+    import stat as S  # lazy: keeps hpcrun run's start-up small
     path = os.path.abspath(os.path.expanduser(path))
     me = os.geteuid()
     fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -177,7 +177,7 @@ def private_dir(path: str, what: str, setting: str) -> str:
             except UnsafeDir:
                 raise
             except OSError as e:
-                import errno
+                import errno  # lazy: keeps hpcrun run's start-up small
                 if e.errno == errno.ELOOP:   # replaced by a symlink after the lstat
                     raise _refuse(what, path, level, "was replaced by a symbolic link",
                                   setting) from None
@@ -199,7 +199,7 @@ def private_entry(path: str, what: str, setting: str) -> bool:
     by the caller, False when it does not exist; refused otherwise. In a private
     directory no one else can plant an entry; this catches what root or an earlier
     version left there."""
-    import stat as S
+    import stat as S  # lazy: keeps hpcrun run's start-up small
     try:
         st = os.lstat(path)
     except FileNotFoundError:

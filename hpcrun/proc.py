@@ -36,5 +36,5 @@ def run(argv: Sequence[str], *, check: bool = True, capture: bool = True,
 
 
 def which(name: str) -> str | None:
-    from shutil import which as _which
+    from shutil import which as _which  # lazy: keeps hpcrun run's start-up small
     return _which(name)

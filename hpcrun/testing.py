@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+from .errors import NotFound
 
 BUSYBOX = "/bin/busybox"
 DIRS = ("bin", "sbin", "usr/bin", "usr/sbin", "etc", "tmp", "proc", "sys", "dev",
@@ -25,7 +26,6 @@ def busybox_version() -> str:
 
 def make_busybox_rootfs(root: str, busybox: str = BUSYBOX) -> str:
     """Fill ROOT with busybox, its applet links, /etc/passwd, /etc/group, /etc/os-release."""
-    from .errors import NotFound
     if not os.path.exists(busybox):
         raise NotFound(f"{busybox} not found", "install busybox-static")
     for d in DIRS:

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import urllib.request
 
 from hpcrun.build import parser as P
 from hpcrun.build import tree as T
@@ -30,6 +31,10 @@ from hpcrun.image import archive
 from hpcrun.image.store import Store
 from hpcrun.runtime.spec import (F_FAKEROOT, F_NET, F_RW_ROOT, F_SECCOMP_FAKE, M_CONTENT,
                                  M_FILE, M_OPTIONAL, M_PROC, M_RDONLY, M_SYSFS, Mount, Spec)
+from hpcrun.errors import ContainerError
+from hpcrun.errors import HpcrunError
+from hpcrun.image.progress import Progress
+from hpcrun.image.pull import pull
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PROXY_ARGS = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_PROXY",
@@ -273,12 +278,9 @@ class Builder:
 
     def _image(self, ins, ref: str, what: str = "base image "):
         """A store image by name, id or digest; pulled when missing, as Docker does."""
-        from hpcrun.errors import HpcrunError
         rec = self.store.get(ref)
         if rec is not None:
             return rec
-        from hpcrun.image.progress import Progress
-        from hpcrun.image.pull import pull
         try:
             return pull(ref, store=self.store, progress=Progress(quiet=self.opts.quiet))
         except HpcrunError as e:
@@ -295,7 +297,7 @@ class Builder:
             root = rec.dir_path
             tmp = None
             if root is None:
-                from hpcrun.image import squash
+                from hpcrun.image import squash  # lazy: only this branch needs it
                 tmp = self.cache.work_dir()
                 root = os.path.join(tmp, "rootfs")
                 squash.unsquash(rec.sqfs_path, root)
@@ -891,7 +893,6 @@ def run_in(spec: Spec, out) -> tuple[int, list]:
     """Fork; the child enters the container of spec and execs (the C core). Streams
     its output to out (unless None) and returns (status, last lines)."""
     from hpcrun import _core            # in the parent: the child only calls it
-    from hpcrun.errors import ContainerError
     r, w = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -1113,7 +1114,6 @@ def _extract(src: str, out: str, ins) -> None:
 
 
 def _download(url: str, target: str) -> None:
-    import urllib.request
     tmp = target + ".part"
     with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
         shutil.copyfileobj(r, f)

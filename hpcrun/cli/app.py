@@ -69,8 +69,8 @@ def format_option(*choices: str, help: str | None = None):
 def complete_image(ctx, param, incomplete: str):
     """Image names in the store (for IMAGE arguments)."""
     try:
-        from hpcrun.image.reference import try_parse
-        from hpcrun.image.store import Store
+        from hpcrun.image.reference import try_parse  # lazy: only this command needs it
+        from hpcrun.image.store import Store  # lazy: only this command needs it
         names = []
         for rec in Store().images():
             for t in rec.tags:

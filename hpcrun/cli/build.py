@@ -70,8 +70,8 @@ class _BuildCommand(click.Command):
 def build_cmd(tags, dockerfile, build_args, target, no_cache, network, fmt, quiet, context):
     """Build an image from a Dockerfile, without privileges (RUN as fake root in a user
     namespace), into the image store. `hpcrun build prune` trims the build cache."""
-    from hpcrun.build.executor import Builder, Options
-    from hpcrun.image.store import Store, normalize
+    from hpcrun.build.executor import Builder, Options  # lazy: only this command needs it
+    from hpcrun.image.store import Store, normalize  # lazy: only this command needs it
     for t in tags:
         try:
             if normalize(t).digest:
@@ -104,8 +104,8 @@ def build_cmd(tags, dockerfile, build_args, target, no_cache, network, fmt, quie
               help="keep cache entries used within this many days")
 def prune_cmd(keep_days):
     """Trim the build cache."""
-    from hpcrun.build.cache import Cache
-    from hpcrun.image.store import Store
+    from hpcrun.build.cache import Cache  # lazy: only this command needs it
+    from hpcrun.image.store import Store  # lazy: only this command needs it
     try:
         with Store() as store:
             c = Cache(store.root)

@@ -25,12 +25,12 @@ def _read(path: str):
 
 
 def _which(name: str):
-    from shutil import which
+    from shutil import which  # lazy: only this command needs it
     return which(name)
 
 
 def _userns(results):
-    from hpcrun import _core
+    from hpcrun import _core  # lazy: only this command needs it
     maxns = _read("/proc/sys/user/max_user_namespaces")
     ok, why = _core.probe("userns")
     detail = f"max_user_namespaces={maxns}" if maxns is not None else ""
@@ -46,7 +46,7 @@ def _userns(results):
 
 
 def _kernel(results, userns_ok):
-    from hpcrun import _core
+    from hpcrun import _core  # lazy: only this command needs it
     rows = (
         ("mount namespace + tmpfs", "mount", True,
          "allow mounts in user namespaces (a kernel >= 3.8 with user namespaces)"),
@@ -65,7 +65,7 @@ def _kernel(results, userns_ok):
 
 
 def _fuse(results, userns_ok):
-    from hpcrun import _core
+    from hpcrun import _core  # lazy: only this command needs it
     sqf = _which("squashfuse_ll") or _which("squashfuse")
     access = os.access("/dev/fuse", os.R_OK | os.W_OK)
     if not os.path.exists("/dev/fuse"):
@@ -107,7 +107,7 @@ def _slurm_line() -> str:
 
 def _task_line() -> str:
     """How Slurm tasks start: the C front end (no Python per task) or Python."""
-    from hpcrun.slurm.stepplan import task_program
+    from hpcrun.slurm.stepplan import task_program  # lazy: only this command needs it
     prog = task_program()
     if prog:
         return f"slurm tasks: C front end {prog} (no Python per task)"
@@ -133,7 +133,7 @@ def check(out) -> int:
     slurm = _slurm_line()
     tasks = _task_line()
     can_run = all(ok for _, ok, _, _, essential in results if essential)
-    from hpcrun.runtime import gpu
+    from hpcrun.runtime import gpu  # lazy: only this command needs it
     gpus = gpu.report()
     if out == "json":
         doc = {"can_run": can_run, "slurm_backend": slurm.split(": ", 1)[1],

@@ -28,7 +28,7 @@ _name = click.option("--name", default="hpcrun", show_default=True, help="cluste
 
 
 def _cluster(name: str):
-    from hpcrun.slurm.cluster import LocalCluster
+    from hpcrun.slurm.cluster import LocalCluster  # lazy: only this command needs it
     return LocalCluster(name)
 
 

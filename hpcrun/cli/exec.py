@@ -99,10 +99,10 @@ def environment(base: list, extra: list) -> list:
 
 def main(verb: str, argv: list) -> int:
     name, cmd, extra, workdir, user = parse(argv)
-    from hpcrun.instance import state
+    from hpcrun.instance import state  # lazy: keeps hpcrun run's start-up small
     r = state.get_running(name)
     if cmd is None:
-        from hpcrun import _core
+        from hpcrun import _core  # lazy: keeps hpcrun run's start-up small
         return _core.serve(r.pid, 0, 1)
     uid, default_wd = r.exec_info()
     if user is not None and user not in (str(uid), r.user_name()):
@@ -115,5 +115,5 @@ def main(verb: str, argv: list) -> int:
         if not os.path.isdir(f"/proc/{r.pid}/root{workdir}"):
             raise state.InstanceError(f"can't chdir to {workdir} in instance {name}: "
                                       "no such directory", "create it first, or pick another -w")
-    from hpcrun import _core
+    from hpcrun import _core  # lazy: keeps hpcrun run's start-up small
     return _core.join(r.pid, cmd, environment(r.env(), extra), workdir or default_wd)

@@ -56,7 +56,7 @@ _quiet = click.option("-q", "--quiet", is_flag=True, help="no progress output")
 
 
 def _store():
-    from hpcrun.image.store import Store
+    from hpcrun.image.store import Store  # lazy: only this command needs it
     return Store()
 
 
@@ -78,9 +78,9 @@ def _insecure_kw(insecure: bool) -> dict:
 @_store_format()
 @_insecure
 def pull(name: str, platform: str | None, quiet: bool, fmt: str, insecure: bool) -> int:
-    from hpcrun.image.pull import pull as do_pull
-    from hpcrun.image.reference import parse
-    from hpcrun.image.store import parse_formats
+    from hpcrun.image.pull import pull as do_pull  # lazy: only this command needs it
+    from hpcrun.image.reference import parse  # lazy: only this command needs it
+    from hpcrun.image.store import parse_formats  # lazy: only this command needs it
     parse_formats(fmt)
     ref = parse(name)
     rec = do_pull(ref, store=_store(), platform=platform, fmt=fmt, quiet=quiet,
@@ -96,7 +96,7 @@ def pull(name: str, platform: str | None, quiet: bool, fmt: str, insecure: bool)
 @_insecure
 def push(name: str, dest: str | None, quiet: bool, insecure: bool) -> int:
     """DESTINATION: the registry reference to push to (default: the image's name)."""
-    from hpcrun.image.push import push as do_push
+    from hpcrun.image.push import push as do_push  # lazy: only this command needs it
     _looked_up(name)
     do_push(_store(), name, dest=dest, quiet=quiet, **_insecure_kw(insecure))
     return 0
@@ -115,7 +115,7 @@ def login(registry: str,
           password: str | None,
           password_stdin: bool,
           insecure: bool) -> int:
-    from hpcrun.image import registry as reg
+    from hpcrun.image import registry as reg  # lazy: only this command needs it
     user = username
     if password_stdin:
         if password:
@@ -137,7 +137,7 @@ def login(registry: str,
             sys.stderr.flush()
             user = sys.stdin.readline().strip()
         if not password:
-            import getpass
+            import getpass  # lazy: only this command needs it
             password = getpass.getpass("Password: ")
     reg.login(registry, user, password, **_insecure_kw(insecure))
     _out().write("Login Succeeded\n")
@@ -147,8 +147,8 @@ def login(registry: str,
 @_command("logout", "Forget the credentials for a registry (default docker.io).")
 @click.argument("registry", metavar="[REGISTRY]", default="docker.io")
 def logout(registry: str) -> int:
-    from hpcrun.image import auth
-    from hpcrun.image.reference import split_registry
+    from hpcrun.image import auth  # lazy: only this command needs it
+    from hpcrun.image.reference import split_registry  # lazy: only this command needs it
     host = split_registry(registry)
     shown = "docker.io" if host == "registry-1.docker.io" else host
     if auth.logout(registry):
@@ -171,12 +171,12 @@ def _output(path: str | None, what: str):
                              "use -o FILE or redirect the output")
         yield sys.stdout.buffer
         return
-    from hpcrun.fsutil import atomic_file
+    from hpcrun.fsutil import atomic_file  # lazy: only this command needs it
     with ExitStack() as stack:
         try:
             f = stack.enter_context(atomic_file(os.path.abspath(path)))
         except OSError as e:
-            from hpcrun.errors import HpcrunError
+            from hpcrun.errors import HpcrunError  # lazy: only this command needs it
             raise HpcrunError(f"cannot write {path}: {e.strerror}",
                               "choose a directory you can write") from e
         yield f
@@ -190,9 +190,9 @@ def _output(path: str | None, what: str):
               help="no progress output (for Docker compatibility; load shows none)")
 @_store_format()
 def load(input_: str | None, quiet: bool, fmt: str) -> int:
-    from hpcrun.image import archive
-    from hpcrun.image.reference import parse
-    from hpcrun.image.store import parse_formats
+    from hpcrun.image import archive  # lazy: only this command needs it
+    from hpcrun.image.reference import parse  # lazy: only this command needs it
+    from hpcrun.image.store import parse_formats  # lazy: only this command needs it
     parse_formats(fmt)
     if input_ is None and sys.stdin.isatty():
         raise UsageError("requested load from stdin, but stdin is a terminal",
@@ -213,7 +213,7 @@ def load(input_: str | None, quiet: bool, fmt: str) -> int:
 @click.option("-o", "--output", metavar="FILE", type=click.Path(),
               help="write to FILE instead of stdout")
 def save(names: tuple[str, ...], output: str | None) -> int:
-    from hpcrun.image import archive
+    from hpcrun.image import archive  # lazy: only this command needs it
     _looked_up(*names)
     st = _store()
     for n in names:
@@ -232,8 +232,8 @@ def save(names: tuple[str, ...], output: str | None) -> int:
 @click.option("-m", "--message", default="", help="commit message (in the history)")
 @_store_format()
 def import_(file: str, name: str, change: tuple[str, ...], message: str, fmt: str) -> int:
-    from hpcrun.image import archive
-    from hpcrun.image.store import parse_formats
+    from hpcrun.image import archive  # lazy: only this command needs it
+    from hpcrun.image.store import parse_formats  # lazy: only this command needs it
     parse_formats(fmt)
     if name is not None:
         _new_name(name)
@@ -257,7 +257,7 @@ def import_(file: str, name: str, change: tuple[str, ...], message: str, fmt: st
 @click.option("-o", "--output", metavar="FILE", type=click.Path(),
               help="write to FILE instead of stdout")
 def export(name: str, output: str | None) -> int:
-    from hpcrun.image import archive
+    from hpcrun.image import archive  # lazy: only this command needs it
     _looked_up(name)
     st = _store()
     st.require(name)
@@ -298,7 +298,7 @@ def convert(src: str, dst: str | None, fmt: str | None, keep: bool) -> int:
     if not fmt:
         raise UsageError("hpcrun convert IMAGE needs --format dir|squashfs",
                          "or give a destination: hpcrun convert SRC DST")
-    from hpcrun.image.store import parse_formats
+    from hpcrun.image.store import parse_formats  # lazy: only this command needs it
     parse_formats(fmt)
     _looked_up(src)
     rec = _store().convert(src, fmt, keep=keep)
@@ -333,7 +333,7 @@ def since(created: str) -> str:
 def _parse_time(s: str):
     if not s:
         return None
-    import calendar
+    import calendar  # lazy: only this command needs it
     base = s[:19]
     try:
         t = calendar.timegm(time.strptime(base, "%Y-%m-%dT%H:%M:%S"))
@@ -349,7 +349,7 @@ def _parse_time(s: str):
 
 
 def _split_tag(canonical: str) -> tuple[str, str]:
-    from hpcrun.image.reference import try_parse
+    from hpcrun.image.reference import try_parse  # lazy: only this command needs it
     r = try_parse(canonical)
     if r is None:
         return canonical, "<none>"
@@ -380,8 +380,8 @@ def images(filter_: str | None,
            no_trunc: bool,
            digests: bool,
            out: str) -> int:
-    from hpcrun.image.layers import human_size
-    from hpcrun.image.reference import try_parse
+    from hpcrun.image.layers import human_size  # lazy: only this command needs it
+    from hpcrun.image.reference import try_parse  # lazy: only this command needs it
     recs = _store().images()
     want = None
     if filter_:
@@ -436,7 +436,7 @@ def images(filter_: str | None,
 
 def inspect_doc(rec) -> dict:
     """Docker's `image inspect` object, plus hpcrun's formats and paths."""
-    from hpcrun.image.reference import try_parse
+    from hpcrun.image.reference import try_parse  # lazy: only this command needs it
     cfg = rec.config
     tags = []
     for t in rec.tags:
@@ -469,7 +469,7 @@ def inspect_doc(rec) -> dict:
 
 
 def _template(tmpl: str, doc: dict) -> str:
-    import re
+    import re  # lazy: only this command needs it
 
     def look(path: str):
         v = doc
@@ -498,7 +498,7 @@ def _template(tmpl: str, doc: dict) -> str:
 @click.option("-f", "--format", "out", default="json", show_default=True,
               help="json, or a template with {{.Field.Sub}} / {{json .Field}}")
 def inspect(names: tuple[str, ...], out: str) -> int:
-    from hpcrun.errors import NotFound
+    from hpcrun.errors import NotFound  # lazy: only this command needs it
     _looked_up(*names)
     st = _store()
     docs, missing = [], []
@@ -525,7 +525,7 @@ def inspect(names: tuple[str, ...], out: str) -> int:
 @click.option("-H", "--human", is_flag=True, default=True, hidden=True)
 @format_option("table", "json", help="json: one JSON object per line")
 def history(name: str, quiet: bool, no_trunc: bool, human: bool, out: str) -> int:
-    from hpcrun.image.layers import human_size
+    from hpcrun.image.layers import human_size  # lazy: only this command needs it
     _looked_up(name)
     rec = _store().require(name)
     hist = list(rec.config.get("history") or [])
@@ -570,7 +570,7 @@ def history(name: str, quiet: bool, no_trunc: bool, human: bool, out: str) -> in
 def _looked_up(*names: str) -> None:
     """Refuse a name that is neither an image id nor a canonical reference, with the
     reference parser's reason (one parser for every verb)."""
-    from hpcrun.image.reference import parse_lookup
+    from hpcrun.image.reference import parse_lookup  # lazy: only this command needs it
     for n in names:
         parse_lookup(n)
 
@@ -578,7 +578,7 @@ def _looked_up(*names: str) -> None:
 def _new_name(name: str):
     """A name to give an image: a canonical REPOSITORY[:TAG] (lower-case repository, as
     Docker requires), by the one reference parser; no digest."""
-    from hpcrun.image.reference import parse_name
+    from hpcrun.image.reference import parse_name  # lazy: only this command needs it
     return parse_name(name)
 
 
@@ -623,7 +623,7 @@ def rmi(names: tuple[str, ...], force: bool) -> int:
               help="only move damaged store files (image records, tags.json) aside; "
                    "deletes no healthy image")
 def prune(all_: bool, force: bool, repair: bool) -> int:
-    from hpcrun.image.layers import human_size
+    from hpcrun.image.layers import human_size  # lazy: only this command needs it
     st = _store()
     if repair:
         if all_:

@@ -36,8 +36,8 @@ def instance():
 def start(name, args):
     """Start IMAGE as an instance: [RUN OPTIONS] IMAGE [CMD...] (the options of
     'hpcrun run'). Without CMD (and no ENTRYPOINT) it runs nothing and waits."""
-    from hpcrun.cli import run as runcli
-    from hpcrun.instance import lifecycle
+    from hpcrun.cli import run as runcli  # lazy: only this command needs it
+    from hpcrun.instance import lifecycle  # lazy: only this command needs it
     args = list(args)
     if not args:
         raise UsageError("instance start: no image given",
@@ -49,7 +49,7 @@ def start(name, args):
 
 
 def _rows(all_: bool) -> list:
-    from hpcrun.instance import state
+    from hpcrun.instance import state  # lazy: only this command needs it
     rows = []
     for r in state.all_records():
         code = r.exit_code()
@@ -98,7 +98,7 @@ instance.add_command(list_, "ls")
 @click.argument("names", nargs=-1)
 def stop(timeout, all_, names):
     """Stop instances: the stop signal, SIGKILL after -t seconds; the record goes."""
-    from hpcrun.instance import lifecycle, state
+    from hpcrun.instance import lifecycle, state  # lazy: only this command needs it
     if all_ == bool(names):
         raise UsageError("instance stop: give instance names or --all, not both or neither",
                          "hpcrun instance stop NAME  or  hpcrun instance stop --all")

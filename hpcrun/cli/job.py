@@ -20,7 +20,7 @@ _IDS_HELP = "ID: a job id (123, or 123_4 for one array task)"
 def _complete_job(ctx: click.Context, param: click.Parameter, incomplete: str) -> list:
     """Your jobs' ids, with their names and states (for ID arguments)."""
     try:
-        from hpcrun.slurm import jobs
+        from hpcrun.slurm import jobs  # lazy: only this command needs it
         infos = jobs.user_jobs(all_users=False)
     except Exception:  # completion must never print a traceback into the shell
         return []
@@ -44,7 +44,7 @@ def _job_file():
               "commands and scripts, submit nothing")
 @format_option("text", "json", help="json: [{step, job_id}, ...]")
 def submit(file: str, dry_run: bool, out: str) -> int:
-    from hpcrun.slurm import jobfile, jobs
+    from hpcrun.slurm import jobfile, jobs  # lazy: only this command needs it
     job = jobfile.load(file)
     done, scripts = jobs.submit(job, dry_run=dry_run)
     w = sys.stdout.write
@@ -66,7 +66,7 @@ def submit(file: str, dry_run: bool, out: str) -> int:
 @_job_file()
 @click.option("--step", metavar="NAME", help="only this step's script")
 def render(file: str, step: str | None) -> int:
-    from hpcrun.slurm import jobfile, render as rnd
+    from hpcrun.slurm import jobfile, render as rnd  # lazy: only this command needs it
     job = jobfile.load(file)
     steps = [job.step(step)] if step else list(job.steps)
     exe = rnd.hpcrun_exe()
@@ -82,7 +82,7 @@ def render(file: str, step: str | None) -> int:
 @click.option("-a", "--all-users", is_flag=True, help="every user's jobs, not only yours")
 @format_option("table", "json")
 def jobs_(all_users: bool, out: str) -> int:
-    from hpcrun.slurm import jobs
+    from hpcrun.slurm import jobs  # lazy: only this command needs it
     _show(jobs.user_jobs(all_users=all_users), out)
     return 0
 
@@ -91,7 +91,7 @@ def jobs_(all_users: bool, out: str) -> int:
 @_ids()
 @format_option("table", "json")
 def status(ids: tuple[str, ...], out: str) -> int:
-    from hpcrun.slurm import jobs
+    from hpcrun.slurm import jobs  # lazy: only this command needs it
     _show(jobs.lookup(list(ids)), out)
     return 0
 
@@ -99,7 +99,7 @@ def status(ids: tuple[str, ...], out: str) -> int:
 @click.command("cancel", help="Cancel jobs (every task of an array id). " + _IDS_HELP)
 @_ids()
 def cancel(ids: tuple[str, ...]) -> int:
-    from hpcrun.slurm import jobs
+    from hpcrun.slurm import jobs  # lazy: only this command needs it
     jobs.cancel(list(ids))
     return 0
 
@@ -110,7 +110,7 @@ def cancel(ids: tuple[str, ...]) -> int:
 @click.option("-f", "--follow", is_flag=True,
               help="keep printing new output until the job ends")
 def logs(ids: tuple[str, ...], follow: bool) -> int:
-    from hpcrun.slurm import jobs
+    from hpcrun.slurm import jobs  # lazy: only this command needs it
     return jobs.logs(list(ids), follow=follow)
 
 
@@ -123,7 +123,7 @@ def logs(ids: tuple[str, ...], follow: bool) -> int:
               help="give up after this long (exit 125)")
 @format_option("text", "json", help="json: the finished jobs, as 'status --format json'")
 def wait(ids: tuple[str, ...], timeout: float | None, out: str) -> int:
-    from hpcrun.slurm import jobs
+    from hpcrun.slurm import jobs  # lazy: only this command needs it
     try:
         infos = jobs.wait(list(ids), timeout=timeout)
     except HpcrunError as e:
@@ -143,13 +143,13 @@ def wait(ids: tuple[str, ...], timeout: float | None, out: str) -> int:
 @click.command("schema", help="Print the job file's JSON Schema (for editors and "
                "validators).")
 def schema() -> int:
-    from hpcrun.slurm.jobfile import schema_text
+    from hpcrun.slurm.jobfile import schema_text  # lazy: only this command needs it
     sys.stdout.write(schema_text())
     return 0
 
 
 def _show(infos, fmt: str) -> None:
-    from hpcrun.slurm import jobs
+    from hpcrun.slurm import jobs  # lazy: only this command needs it
     if fmt == "json":
         sys.stdout.write(json.dumps([j.as_dict() for j in infos], indent=1) + "\n")
     else:

@@ -77,24 +77,24 @@ def _fail(what, hint=None, code=2, exc=None):
     if hint:
         sys.stderr.write(f"hint: {hint}\n")
     if exc is not None and int(os.environ.get("HPCRUN_VERBOSE", "0") or 0) >= 2:
-        import traceback
+        import traceback  # lazy: keeps hpcrun run's start-up small
         traceback.print_exception(type(exc), exc, exc.__traceback__)
     return code
 
 
 def main(argv=None):
     if COMPLETE_VAR in os.environ:
-        from hpcrun.cli import app
+        from hpcrun.cli import app  # lazy: keeps hpcrun run's start-up small
         return app.complete()
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = 0
     while argv and argv[0].startswith("-"):
         a = argv.pop(0)
         if a in ("-h", "--help"):
-            from hpcrun.cli import app
+            from hpcrun.cli import app  # lazy: keeps hpcrun run's start-up small
             return app.root_help(sys.stdout, 0)
         if a == "--version":
-            from hpcrun import __version__
+            from hpcrun import __version__  # lazy: keeps hpcrun run's start-up small
             sys.stdout.write(f"hpcrun {__version__}\n")
             return 0
         if a in ("-v", "--verbose"):
@@ -105,21 +105,21 @@ def main(argv=None):
             return _fail(f"unknown option {a!r}", "see 'hpcrun --help'")
     if verbose:
         os.environ["HPCRUN_VERBOSE"] = str(verbose)
-        from hpcrun import log
+        from hpcrun import log  # lazy: keeps hpcrun run's start-up small
         log.set_verbosity(verbose)
     if not argv:
-        from hpcrun.cli import app
+        from hpcrun.cli import app  # lazy: keeps hpcrun run's start-up small
         return app.root_help(sys.stderr, 2)
     verb = argv.pop(0)
     entry = VERBS.get(verb)
     container = verb in CONTAINER_VERBS
     if entry is None:
-        import difflib
+        import difflib  # lazy: keeps hpcrun run's start-up small
         m = difflib.get_close_matches(verb, VERBS, n=1)
         return _fail(f"unknown command {verb!r}",
                      f"did you mean 'hpcrun {m[0]}'?" if m else "see 'hpcrun --help'",
                      125 if container else 2)
-    from hpcrun.errors import HpcrunError
+    from hpcrun.errors import HpcrunError  # lazy: keeps hpcrun run's start-up small
     try:
         if verb in FAST:
             # (__import__, not importlib.import_module: importing importlib costs the
@@ -127,7 +127,7 @@ def main(argv=None):
             name = "hpcrun.cli." + entry[0]
             __import__(name)
             return sys.modules[name].main(verb, argv)
-        from hpcrun.cli import app
+        from hpcrun.cli import app  # lazy: keeps hpcrun run's start-up small
         return app.main(verb, argv)
     except HpcrunError as e:
         code = e.code

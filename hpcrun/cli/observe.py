@@ -20,7 +20,7 @@ from hpcrun.errors import UsageError
 
 
 def _get(name):
-    from hpcrun.instance import state
+    from hpcrun.instance import state  # lazy: only this command needs it
     return state.get_running(name)
 
 
@@ -34,7 +34,7 @@ def _table(rows) -> None:
 @click.argument("name")
 def top(name):
     """The processes of instance NAME: host PID and PPID, and CPID, the pid inside."""
-    from hpcrun.instance import observe
+    from hpcrun.instance import observe  # lazy: only this command needs it
     r = _get(name)
     rows = [("UID", "PID", "PPID", "CPID", "STIME", "TIME", "CMD")]
     for p in observe.processes(r):
@@ -52,7 +52,7 @@ def top(name):
 @click.argument("names", nargs=-1, required=True)
 def stats(no_stream, fmt, names):
     """CPU, memory and process count of instances, from /proc (CPU % of one core)."""
-    from hpcrun.instance import observe
+    from hpcrun.instance import observe  # lazy: only this command needs it
     recs = [_get(n) for n in names]
     first = True
     while True:
@@ -86,7 +86,7 @@ def stats(no_stream, fmt, names):
 @click.argument("name")
 def logs(follow, timestamps, tail, name):
     """The output of instance NAME's command (stdout to stdout, stderr to stderr)."""
-    from hpcrun.instance import observe, state
+    from hpcrun.instance import observe, state  # lazy: only this command needs it
     state.check_name(name)
     r = state.lookup(name)
     if r is None:
@@ -123,7 +123,7 @@ SIGNAMES = {s.name[3:]: s.value for s in signal.Signals if not s.name.startswith
 @click.argument("names", nargs=-1, required=True)
 def kill(sig, names):
     """Send a signal to instances' commands (SIGKILL by default, as Docker)."""
-    from hpcrun.instance import observe
+    from hpcrun.instance import observe  # lazy: only this command needs it
     s = sig.upper()
     s = s[3:] if s.startswith("SIG") else s
     num = int(s) if s.isdigit() else SIGNAMES.get(s)
@@ -138,7 +138,7 @@ def _pause(on):
     @click.command("pause" if on else "unpause", context_settings=CTX)
     @click.argument("names", nargs=-1, required=True)
     def cmd(names):
-        from hpcrun.instance import observe
+        from hpcrun.instance import observe  # lazy: only this command needs it
         for n in names:
             observe.pause(_get(n), on)
             sys.stdout.write(n + "\n")
@@ -151,7 +151,7 @@ def _pause(on):
 @click.argument("names", nargs=-1, required=True)
 def wait(names):
     """Wait for instances to end; print each one's exit code."""
-    from hpcrun.instance import lifecycle, state
+    from hpcrun.instance import lifecycle, state  # lazy: only this command needs it
     for n in names:
         state.check_name(n)
         r = state.lookup(n)
@@ -171,7 +171,7 @@ def wait(names):
 def diff(name):
     """Changes in a --writable-tmpfs instance against its image: A added, C changed,
     D deleted."""
-    from hpcrun.instance import observe
+    from hpcrun.instance import observe  # lazy: only this command needs it
     for kind, path in observe.diff(_get(name)):
         sys.stdout.write(f"{kind} {path}\n")
 
@@ -181,7 +181,7 @@ def diff(name):
 @click.argument("dst")
 def cp(src, dst):
     """Copy files between an instance and the host: NAME:PATH HOSTPATH, or back."""
-    from hpcrun.instance import observe
+    from hpcrun.instance import observe  # lazy: only this command needs it
     observe.cp(src, dst)
 
 
@@ -190,13 +190,13 @@ def cp(src, dst):
 @click.argument("image")
 def commit(name, image):
     """Make a --writable-tmpfs instance's changes a new image NAME[:TAG] in the store."""
-    from hpcrun.instance import commit as c
+    from hpcrun.instance import commit as c  # lazy: only this command needs it
     sys.stdout.write(c.commit(_get(name), image) + "\n")
 
 
 def _names_an_instance(argv) -> bool:
     """Do the arguments (less options and --tail's value) all name your instances?"""
-    from hpcrun.instance import state
+    from hpcrun.instance import state  # lazy: only this command needs it
     args, skip = [], False
     for a in argv:
         if skip:
@@ -218,7 +218,7 @@ class _Either(click.Command):
     the Slurm job command (hpcrun.cli.job), whose options and help it shows."""
 
     def __init__(self, verb: str, inst_cmd: click.Command):
-        from hpcrun.cli import job
+        from hpcrun.cli import job  # lazy: only this command needs it
         self.inst_cmd, self.job_cmd = inst_cmd, job.COMMANDS[verb]
         super().__init__(verb, params=list(self.job_cmd.params),
                          help=f"{self.job_cmd.help} For an instance NAME: "

@@ -25,7 +25,7 @@ def usage() -> str:
 
 def parse(argv: list, entry: str = options.RUN):
     """argv after 'run' (or 'task') -> RunOptions; options stop at IMAGE."""
-    from hpcrun.runtime.spec import RunOptions
+    from hpcrun.runtime.spec import RunOptions  # lazy: keeps hpcrun run's start-up small
     vals, image, command, help_asked = options.parse(argv, entry)
     if help_asked:
         sys.stdout.write(usage())
@@ -37,7 +37,7 @@ def parse(argv: list, entry: str = options.RUN):
 
 
 def main(verb: str, argv: list) -> int:
-    from hpcrun.runtime import pipeline
+    from hpcrun.runtime import pipeline  # lazy: keeps hpcrun run's start-up small
     opts = parse(argv)
     i = options.image_index(argv, options.RUN)
     return pipeline.run(opts, words=argv[:i + 1] if i >= 0 else None)

@@ -114,15 +114,15 @@ def main(verb: str, argv: list) -> int:
     if sub in ("exec", "run"):
         opts, image, cmd = exec_args(rest)
         if image.startswith("instance://"):
-            from hpcrun.cli import exec as execcli
+            from hpcrun.cli import exec as execcli  # lazy: only this command needs it
             wd = opts[opts.index("-w") + 1]
             return execcli.main("exec", ["-w", wd, image[len("instance://"):], *cmd])
         if sub == "exec" and not cmd:
             raise UsageError("singularity shim: exec needs a command", "singularity exec IMAGE CMD")
-        from hpcrun.cli import run as runcli
+        from hpcrun.cli import run as runcli  # lazy: only this command needs it
         return runcli.main("run", [*opts, image, *(["--"] + cmd if cmd else [])])
     if sub == "instance" and rest:
-        from hpcrun.cli import instance as inst
+        from hpcrun.cli import instance as inst  # lazy: only this command needs it
         if rest[0] == "start":
             opts, image, names = exec_args(rest[1:])
             if len(names) != 1:

@@ -41,19 +41,19 @@ def main(verb: str, argv: list) -> int:
         sys.stdout.write(USAGE)
         return 0 if argv else 2
     image, args = argv[0], argv[1:]
-    from hpcrun.runtime import image as img
+    from hpcrun.runtime import image as img  # lazy: only this command needs it
     path = img.resolve(image).path          # a missing image fails here, in one line
     snakefile, args = _snakefile(args)
-    import shutil
+    import shutil  # lazy: only this command needs it
     exe = shutil.which("snakemake")
     if exe is None:
         raise NotFound("snakemake is not installed", "apt-get install snakemake, or pip install snakemake")
     version = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout.strip()
     major = int(version.split(".")[0]) if version[:1].isdigit() else 7
     d = os.path.abspath(os.path.join(".snakemake", "hpcrun"))
-    from hpcrun.cli import singularity
-    import contextlib
-    import io
+    from hpcrun.cli import singularity  # lazy: only this command needs it
+    import contextlib  # lazy: only this command needs it
+    import io  # lazy: only this command needs it
     with contextlib.redirect_stdout(io.StringIO()):
         singularity.main("shim", [os.path.join(d, "bin")])
     wrapper = os.path.join(d, "Snakefile")

@@ -12,7 +12,7 @@ import sys
 
 
 def main(verb: str, argv: list) -> int:
-    from hpcrun.slurm import srun
+    from hpcrun.slurm import srun  # lazy: keeps hpcrun run's start-up small
     if argv and argv[0] in ("-h", "--help"):
         sys.stdout.write(srun.USAGE)
         return 0
@@ -24,8 +24,8 @@ def main(verb: str, argv: list) -> int:
         import shlex
         sys.stdout.write(" ".join(shlex.quote(a) for a in args) + "\n")
         return 0
-    from hpcrun import log
-    from hpcrun.runtime.image import is_path
+    from hpcrun import log  # lazy: keeps hpcrun run's start-up small
+    from hpcrun.runtime.image import is_path  # lazy: keeps hpcrun run's start-up small
     if not is_path(plan.image):
         # An image name: pull it here, once for the whole step, if the store lacks it
         # (the tasks then find it in the store; on a cluster whose store is node-local,
@@ -33,7 +33,7 @@ def main(verb: str, argv: list) -> int:
         from hpcrun.image.resolve import for_run
         for_run(plan.image, pull=True)
     if not _on_path("srun"):
-        from hpcrun.errors import NotFound
+        from hpcrun.errors import NotFound  # lazy: keeps hpcrun run's start-up small
         raise NotFound("srun: command not found",
                        "run inside a Slurm allocation on a machine with Slurm, or start "
                        "the local cluster: hpcrun cluster up; eval \"$(hpcrun cluster env)\"")

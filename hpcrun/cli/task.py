@@ -39,13 +39,13 @@ def usage() -> str:
 
 def _plan(argv: list) -> int:
     """`hpcrun task --plan [run options] IMAGE`: print the C front end and a step plan."""
-    from hpcrun.errors import UsageError
-    from hpcrun.slurm import srun, stepplan
+    from hpcrun.errors import UsageError  # lazy: keeps hpcrun run's start-up small
+    from hpcrun.slurm import srun, stepplan  # lazy: keeps hpcrun run's start-up small
     i = options.image_index(argv, options.PLAN)
     if i < 0 or i != len(argv) - 1:
         raise UsageError("--plan takes run options and IMAGE, no command",
                          "the command goes on the srun line: srun $TASK -- COMMAND")
-    from hpcrun.runtime import pipeline
+    from hpcrun.runtime import pipeline  # lazy: keeps hpcrun run's start-up small
     pipeline.run_options(argv, options.PLAN)          # the options are checked here
     prog = stepplan.task_program()
     if prog is None:
@@ -58,7 +58,7 @@ def _plan(argv: list) -> int:
 
 
 def main(verb: str, argv: list[str]) -> int:
-    from hpcrun.errors import UsageError
+    from hpcrun.errors import UsageError  # lazy: keeps hpcrun run's start-up small
     if not argv or argv[0] in ("-h", "--help"):
         (sys.stdout if argv else sys.stderr).write(usage())
         return 0 if argv else 125
@@ -73,16 +73,16 @@ def main(verb: str, argv: list[str]) -> int:
         from hpcrun.slurm import prepare
         sys.stdout.write(prepare.unpack_once(argv[1]) + "\n")
         return 0
-    from hpcrun.runtime import pipeline
+    from hpcrun.runtime import pipeline  # lazy: keeps hpcrun run's start-up small
     opts = pipeline.run_options(argv, options.TASK)
     if opts.node_container:
-        import os
-        from hpcrun import log
+        import os  # lazy: keeps hpcrun run's start-up small
+        from hpcrun import log  # lazy: keeps hpcrun run's start-up small
         if os.environ.get("SLURM_JOB_ID") and os.environ.get("SLURM_STEP_ID"):
             # The node's container for the step: planned as the per-task program would
             # be, executed by the same C executor in this process.
             i = options.image_index(argv, options.TASK)
-            from hpcrun.slurm import srun, stepplan
+            from hpcrun.slurm import srun, stepplan  # lazy: keeps hpcrun run's start-up small
             word = stepplan.make(argv[:i + 1], srun.hpcrun_command(), share=True)
             return pipeline.execute(word, opts.command)
         log.info("--node-container: not in a Slurm step; a container of its own")

@@ -16,6 +16,7 @@ import sys
 import tarfile
 import time
 from typing import BinaryIO, Optional, Sequence
+import stat as S
 
 from ..errors import ImageError, UsageError
 from . import layers as L
@@ -24,6 +25,8 @@ from .ociconfig import parse_signal
 from .fstree import rmtree
 from .store import (MT_DOCKER_MANIFEST, MT_OCI_MANIFEST, ImageRecord, Store, digest_hex,
                     sha256_bytes)
+from .platform import host_platform as host
+from .platform import host_platform as host, match_platform, platform_str
 
 MT_DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 MT_DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
@@ -35,7 +38,6 @@ MT_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 
 
 def host_platform() -> tuple[str, str]:
-    from .platform import host_platform as host
     p = host()
     return p["os"], p["architecture"]
 
@@ -50,7 +52,7 @@ def _open_input(src, hint: str):
     try:
         return open(src, "rb")
     except OSError as e:
-        from ..errors import NotFound
+        from ..errors import NotFound  # lazy: only this branch needs it
         raise NotFound(f"cannot open {src}: {e.strerror}", hint) from e
 
 
@@ -229,7 +231,7 @@ def _load_oci(store: Store, tf, index: dict, what: str, fmt: str):
         tags = []
         name = ann.get("io.containerd.image.name") or ann.get("org.opencontainers.image.ref.name")
         if name and ("/" in name or ":" in name):
-            from .reference import try_parse
+            from .reference import try_parse  # lazy: only this branch needs it
             if try_parse(name) is not None:
                 tags.append(name)
         rec = store.commit_image(mbytes, cfg, tags=tags, fmt=fmt, source="oci-archive")
@@ -238,7 +240,6 @@ def _load_oci(store: Store, tf, index: dict, what: str, fmt: str):
 
 
 def _pick_platform(index: dict, blob, what: str) -> bytes:
-    from .platform import host_platform as host, match_platform, platform_str
     want = host()
     d = match_platform(index, want)
     if d is None:
@@ -266,7 +267,7 @@ def save(store: Store, names: Sequence[str], out: BinaryIO) -> None:
     recs = []
     for n in names:
         rec = store.require(n)
-        from .reference import try_parse
+        from .reference import try_parse  # lazy: only this branch needs it
         ref = try_parse(n)
         tags = [ref.familiar] if ref is not None and str(ref) in rec.tags else []
         recs.append((rec, tags))
@@ -430,7 +431,6 @@ def _check_tar_input(f, what: str) -> None:
     """Refuse what cannot be a tarball before storing any of it: a device (/dev/zero, a
     terminal: endless or interactive input), or data that is neither compressed nor
     starts with a tar header (an endless stream of zeros from a pipe is caught here)."""
-    import stat as S
     try:
         mode = os.fstat(f.fileno()).st_mode
     except (OSError, AttributeError, ValueError, io.UnsupportedOperation):
@@ -471,14 +471,14 @@ def import_tar(store: Store, src, name: Optional[str] = None, changes: Sequence[
     base: the runtime config (Env, Cmd, ...) to start from (convert keeps an image's)."""
     conf = apply_changes(dict(base or {}), changes)   # bad --change fails before any work
     if name:
-        from .store import normalize
+        from .store import normalize  # lazy: only this branch needs it
         if normalize(name).digest:
             raise UsageError(f"cannot import as a digest reference: {name!r}",
                              "give REPOSITORY[:TAG]")
     f = _open_input(src, "give a root filesystem tarball, or - for stdin")
     try:
         _check_tar_input(f, src if isinstance(src, str) else "stdin")
-        from .. import config as cfgmod
+        from .. import config as cfgmod  # lazy: only this branch needs it
         dg, size = store.put_blob_file(_Bounded(f, int(cfgmod.get("max_image_size")),  # type: ignore[arg-type]
                                                 src if isinstance(src, str) else "stdin"))
     finally:
@@ -539,7 +539,7 @@ def export(store: Store, name: str, out: BinaryIO) -> None:
     rec = store.require(name)
     paths = [store.blob_path(dg) for dg in rec.layers]
     if all(os.path.exists(p) for p in paths):
-        from .. import config
+        from .. import config  # lazy: only this branch needs it
         try:
             L.flatten_stream(paths, out, root_owned=False,
                              max_size=int(config.get("max_image_size")),  # type: ignore[arg-type]
@@ -553,7 +553,7 @@ def export(store: Store, name: str, out: BinaryIO) -> None:
     if rec.sqfs_path:
         tmp = store.tmp_path("export")
         try:
-            from .squash import unsquash
+            from .squash import unsquash  # lazy: only this branch needs it
             unsquash(rec.sqfs_path, tmp)
             tar_dir(tmp, out)
         finally:

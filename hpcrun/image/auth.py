@@ -23,6 +23,7 @@ from typing import Optional
 from .. import log
 from ..errors import HpcrunError
 from .reference import HUB_API, split_registry
+from ..fsutil import atomic_write
 
 _HUB_KEYS = ("https://index.docker.io/v1/", "index.docker.io", "docker.io",
              "registry-1.docker.io", "https://registry-1.docker.io")
@@ -113,7 +114,6 @@ def lookup(registry: str) -> Optional[tuple[str, str]]:
 
 
 def _write_atomic(path: str, doc: dict) -> None:
-    from ..fsutil import atomic_write
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     atomic_write(path, json.dumps(doc, indent=1, sort_keys=True) + "\n", mode=0o600, fsync=True)
 

@@ -30,9 +30,17 @@ import os
 import stat
 import tarfile
 from typing import BinaryIO, Iterable, Iterator, Optional, Sequence
+import copy
+import hashlib
+import json
+import queue
+import subprocess
+import threading
+import time
 
 from .. import log
 from ..errors import ImageError
+from .. import log as _log
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -107,9 +115,6 @@ class _Checked(_Forward):
     DEPTH = 8  # chunks decompressed ahead
 
     def __init__(self, inner, raw, what: str):
-        import hashlib
-        import queue
-        import threading
         self.inner = inner
         self.raw = raw
         self.what = what
@@ -124,7 +129,6 @@ class _Checked(_Forward):
         self._t.start()
 
     def _work(self) -> None:
-        import queue
         while not self._stop:
             try:
                 data = self.inner.read(CHUNK)
@@ -199,10 +203,7 @@ class _Pipe(_Forward):
     (exit status at end of stream) becomes ImageError naming the layer."""
 
     def __init__(self, argv: list, f, what: str):
-        import subprocess
-        from .. import log as _log
         _log.debug("exec: " + " ".join(argv))
-        import hashlib
         self.what = what
         self.raw = f
         self.pos = 0
@@ -213,7 +214,7 @@ class _Pipe(_Forward):
         self.p = subprocess.Popen(argv, stdin=f if seekable else subprocess.PIPE,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=CHUNK)
         if not seekable:
-            import threading
+            import threading  # lazy: only this branch needs it
 
             def feed() -> None:
                 try:
@@ -241,7 +242,6 @@ class _Pipe(_Forward):
 
     def check(self) -> None:
         """Raise the decompressor's error if it has failed (waits briefly for its exit)."""
-        import subprocess
         try:
             self.p.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -279,13 +279,13 @@ def open_layer(path_or_file, what: str | None = None):
     head = f.peek(8)[:8]
     kind = sniff(head)
     if kind == "gzip":
-        import gzip
+        import gzip  # lazy: only this branch needs it
         inner = gzip.GzipFile(fileobj=f, mode="rb")
     elif kind == "zstd":
         try:
             import zstandard  # type: ignore
         except ImportError:
-            from ..proc import which
+            from ..proc import which  # lazy: only this branch needs it
             if which("zstd"):
                 return _Pipe(["zstd", "-dc", "-q"], f, what)
             f.close()
@@ -294,7 +294,7 @@ def open_layer(path_or_file, what: str | None = None):
                              "pip install 'hpcrun[zstd]', or install zstd") from None
         inner = zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True)
     elif kind == "xz":
-        import lzma
+        import lzma  # lazy: only this branch needs it
         inner = lzma.LZMAFile(f, "rb")
     else:
         return f
@@ -332,7 +332,6 @@ def diff_ids_of(config: bytes | None) -> list | None:
     """The config's rootfs.diff_ids, or None when it has none to check against."""
     if not config:
         return None
-    import json
     try:
         ids = (json.loads(config).get("rootfs") or {}).get("diff_ids")
     except (ValueError, AttributeError):
@@ -606,7 +605,7 @@ def _rm(p: str) -> None:
     except FileNotFoundError:
         return
     if stat.S_ISDIR(st.st_mode):
-        import shutil
+        import shutil  # lazy: only this branch needs it
         shutil.rmtree(p)
     else:
         os.unlink(p)
@@ -671,7 +670,7 @@ def extract(layers: Iterable, dest: str, *, max_size: int | None = None,
         except tarfile.TarError as e:
             raise _damaged(what, e, stream) from e
         except OSError as e:
-            from ..errors import StoreError
+            from ..errors import StoreError  # lazy: only this branch needs it
             raise StoreError(f"cannot unpack {what} entry {cur!r} into {dest}: {e.strerror}",
                              "check the free space and permissions of the image store "
                              "(HPCRUN_STORE)") from e
@@ -828,7 +827,6 @@ def _extra(out_tf: tarfile.TarFile, extra: Sequence) -> None:
 
 def meta_entries(config: bytes, mtime: float | None = None) -> list:
     """Tar entries for .hpcrun/config.json (the image config next to the root filesystem)."""
-    import time
     t = mtime if mtime is not None else time.time()
     d = tarfile.TarInfo(".hpcrun/")
     d.type, d.mode, d.mtime = tarfile.DIRTYPE, 0o755, t
@@ -838,7 +836,6 @@ def meta_entries(config: bytes, mtime: float | None = None) -> list:
 
 
 def _as_link(m: tarfile.TarInfo, target: str) -> tarfile.TarInfo:
-    import copy
     m = copy.copy(m)
     m.linkname = target
     m.size = 0

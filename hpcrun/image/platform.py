@@ -5,6 +5,7 @@ Shared by the registry client (manifest lists) and archives (oci-archive indexes
 from __future__ import annotations
 
 from typing import Optional
+import platform as _p
 
 _ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64",
          "armv7l": "arm", "armv6l": "arm", "ppc64le": "ppc64le", "s390x": "s390x",
@@ -12,7 +13,6 @@ _ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm6
 
 
 def host_platform() -> dict:
-    import platform as _p
     m = _p.machine()
     arch = _ARCH.get(m, m)
     p = {"os": "linux", "architecture": arch}
@@ -29,7 +29,7 @@ def parse_platform(s: Optional[str]) -> dict:
         return host_platform()
     parts = s.strip().lower().split("/")
     if not 1 <= len(parts) <= 3 or not all(parts):
-        from ..errors import UsageError
+        from ..errors import UsageError  # lazy: only this branch needs it
         raise UsageError(f"invalid platform {s!r}", "use OS/ARCH[/VARIANT], e.g. linux/amd64 or linux/arm64/v8")
     if len(parts) == 1:
         parts = ["linux"] + parts

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import threading
 from typing import Optional, Union
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
 from .. import config, log
 from ..errors import ImageError, RegistryError
@@ -24,6 +25,7 @@ from .progress import Progress, short
 from .reference import Reference, parse
 from .registry import (INDEX_TYPES, MANIFEST_TYPES, Registry, check_digest, parse_platform,
                        platform_str, select_platform)
+from .store import Store
 
 LAYER_TYPES = (
     "application/vnd.docker.image.rootfs.diff.tar.gzip",
@@ -102,7 +104,6 @@ def pull(ref: Union[str, Reference], *, store=None, platform: Optional[str] = No
          fmt: str = "dir", quiet: bool = False, insecure: Optional[bool] = None,
          progress: Optional[Progress] = None):
     """Pull an image into the store and return its ImageRecord."""
-    from .store import Store
 
     r = parse(ref) if isinstance(ref, str) else ref
     store = store if store is not None else Store()
@@ -149,7 +150,6 @@ def pull(ref: Union[str, Reference], *, store=None, platform: Optional[str] = No
 
 def _fetch_layers(reg: Registry, store, r: Reference, layers: list[dict], prog: Progress) -> list[str]:
     """Download the missing layer blobs, `pull_parallel` at once; returns those fetched."""
-    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
     todo: list[dict] = []
     seen = set()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from typing import Optional
+from concurrent.futures import ThreadPoolExecutor
 
 from .. import config
 from ..errors import NotFound, StoreError, UsageError
@@ -64,7 +65,7 @@ def push(store, name: str, dest: Optional[str] = None, *, quiet: bool = False,
          progress: Optional[Progress] = None) -> str:
     """Push image `name` from the store to `dest` (default: `name`). Returns the manifest digest."""
     if store is None:
-        from .store import Store
+        from .store import Store  # lazy: only this branch needs it
         store = Store()
     rec = store.get(name)
     if rec is None:
@@ -124,7 +125,6 @@ def _upload_one(reg: Registry, store, repo: str, desc: dict, sources: list[str],
 
 
 def _upload_all(reg, store, repo, layers, sources, prog, chunk_size) -> None:
-    from concurrent.futures import ThreadPoolExecutor
     todo, seen = [], set()
     for d in layers:
         if d["digest"] not in seen:

@@ -47,6 +47,7 @@ from . import auth
 from .platform import (available_platforms, host_platform, match_platform,  # noqa: F401
                        parse_platform, platform_str)
 from .reference import HUB_API, split_registry
+from .. import config
 
 # Media types
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
@@ -91,7 +92,6 @@ def _user_certs_dir() -> str:
 
 def certs_dirs(host: str) -> list[str]:
     """Per-registry certificate directories that exist, system first then the user's."""
-    from .. import config
     names = [host]
     if host == HUB_API:
         names += ["docker.io", "index.docker.io"]
@@ -136,7 +136,6 @@ def ssl_context(host: str, verify: bool = True) -> ssl.SSLContext:
 
 
 def is_insecure(host: str) -> bool:
-    from .. import config
     for h in config.get("insecure_registries") or []:
         h = h.strip()
         for p in ("https://", "http://"):

@@ -79,7 +79,7 @@ def inherit() -> None:
     inherited descriptor close-on-exec but those it is told to keep (PMI_FD,
     --preserve-fds N, which never reach 512), so the command's execve still closes
     them: the lease lasts exactly until the container's root is pinned."""
-    import fcntl
+    import fcntl  # lazy: keeps hpcrun run's start-up small
     for i, fd in enumerate(_LEASES):
         high = fcntl.fcntl(fd, fcntl.F_DUPFD, 512)     # (F_DUPFD: no close-on-exec)
         os.close(fd)

@@ -24,7 +24,7 @@ from . import layers as L
 
 
 def compressor() -> tuple[str, str]:
-    from .. import config
+    from .. import config  # lazy: keeps hpcrun run's start-up small
     spec = str(config.get("squashfs_compressor"))
     name, _, opts = spec.partition(":")
     name = name.strip().lower()

@@ -74,7 +74,7 @@ def entry_name(fmt: str) -> str:
 def crash_point(step: str) -> None:
     """Test hook: SIGKILL ourselves at `step` when HPCRUN_TEST_CRASH_AT names it."""
     if os.environ.get("HPCRUN_TEST_CRASH_AT") == step:
-        import signal
+        import signal  # lazy: keeps hpcrun run's start-up small
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -82,12 +82,12 @@ def stop_point(step: str) -> None:
     """Test hook: SIGSTOP ourselves at `step` when HPCRUN_TEST_STOP_AT names it (a test
     then acts in the window and sends SIGCONT). Tests only."""
     if os.environ.get("HPCRUN_TEST_STOP_AT") == step:
-        import signal
+        import signal  # lazy: keeps hpcrun run's start-up small
         os.kill(os.getpid(), signal.SIGSTOP)
 
 
 def sha256_bytes(data: bytes) -> str:
-    import hashlib
+    import hashlib  # lazy: keeps hpcrun run's start-up small
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
@@ -171,7 +171,7 @@ class Store:
 
     def __init__(self, root: str | None = None):
         if root is None:
-            from .. import config
+            from .. import config  # lazy: keeps hpcrun run's start-up small
             root = str(config.get("store"))
         self.root = os.path.abspath(os.path.expanduser(root))
         self.blobs = os.path.join(self.root, "blobs", "sha256")
@@ -364,7 +364,7 @@ class Store:
     def blob_writer(self, digest: str, size: int | None = None,
                     resume: bool = False) -> Iterator[BlobWriter]:
         """Write a blob: temp file in tmp/, verified (sha256, size), fsynced, renamed in."""
-        import hashlib
+        import hashlib  # lazy: keeps hpcrun run's start-up small
         hexd = digest_hex(digest)
         h = hashlib.sha256()
         if resume:
@@ -420,7 +420,7 @@ class Store:
 
     def put_blob_file(self, src, digest: str | None = None) -> tuple[str, int]:
         """Copy a file object into the store; returns (digest, size)."""
-        import hashlib
+        import hashlib  # lazy: keeps hpcrun run's start-up small
         tmp = self.tmp_path("blob")
         h = hashlib.sha256()
         n = 0
@@ -703,7 +703,7 @@ class Store:
     def _build_formats(self, hexd: str, layers: list, config: bytes, formats: list,
                        exists: bool):
         """Build formats into tmp/, rename into images/<hex>/. Caller holds the image lock."""
-        from .. import config as cfgmod
+        from .. import config as cfgmod  # lazy: keeps hpcrun run's start-up small
         from .formats import build as build_format  # lazy: `run` never builds (tarfile)
         max_size = int(cfgmod.get("max_image_size"))  # type: ignore[arg-type]
         d = os.path.join(self.images_dir, hexd)
@@ -802,7 +802,7 @@ class Store:
         """By tag, by full or short id (optionally 'sha256:'-prefixed), by repo digest."""
         s = name_or_id.strip()
         tm = self._tags()
-        from .reference import try_parse
+        from .reference import try_parse  # lazy: keeps hpcrun run's start-up small
         ref = None if s.startswith("sha256:") else try_parse(s)
         if ref is not None:
             if ref.digest is not None:
@@ -879,7 +879,7 @@ class Store:
                 raise
             return self._remove_damaged(name_or_id)
         lines: list[str] = []
-        from .reference import try_parse
+        from .reference import try_parse  # lazy: keeps hpcrun run's start-up small
         ref = try_parse(name_or_id)
         by_name = ref is not None and ref.digest is None and str(ref) in rec.tags
         with contextlib.ExitStack() as leased:
@@ -913,7 +913,7 @@ class Store:
         hits = [n[:-5] for n in os.listdir(self.records) if n.endswith(".json")
                 and _SHORT.match(h) and n.startswith(h)]
         if not hits:
-            from .reference import try_parse
+            from .reference import try_parse  # lazy: keeps hpcrun run's start-up small
             ref = try_parse(name_or_id)
             img_id = self._tags().get(str(ref)) if ref is not None else None
             if img_id and os.path.lexists(self._record_path(digest_hex(img_id))):
@@ -1099,12 +1099,12 @@ def parse_formats(fmt: str) -> list[str]:
 
 def normalize(name: str):
     """Parse a name with the registry helper's reference rules."""
-    from .reference import parse
+    from .reference import parse  # lazy: keeps hpcrun run's start-up small
     return parse(name)
 
 
 def _familiar(canonical: str) -> str:
-    from .reference import try_parse
+    from .reference import try_parse  # lazy: keeps hpcrun run's start-up small
     r = try_parse(canonical)
     return r.familiar if r is not None else canonical
 

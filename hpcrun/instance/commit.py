@@ -17,6 +17,7 @@ import tempfile
 import time
 
 from hpcrun.instance import observe, state
+from hpcrun.image.store import Store
 
 
 def _tar_tree(out: str, top: str, *, uid: int, gid: int, skip=(), whiteouts: bool) -> None:
@@ -55,7 +56,6 @@ def _put(store, path: str) -> dict:
 
 def commit(r: state.Record, image: str) -> str:
     """Commit instance R as IMAGE; returns the new image's id."""
-    from hpcrun.image.store import Store
     info = r.info()
     upper = observe.upper_dir(r)
     skip = {m for m in observe.mount_points(r) if m != "/"}

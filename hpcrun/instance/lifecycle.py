@@ -21,7 +21,7 @@ NAMES = ("ada", "bohr", "curie", "dirac", "euler", "fermi", "gauss", "hopper", "
 
 
 def _free_name(base: str) -> str:
-    import random
+    import random  # lazy: keeps hpcrun run's start-up small
     for _ in range(100):
         n = f"{random.choice(NAMES)}_{random.randrange(16**4):04x}"
         if not os.path.exists(os.path.join(base, n)):
@@ -51,9 +51,9 @@ def _claim(base: str, name: str) -> str:
 def start(opts, name: str | None = None, environ=None) -> state.Record:
     """Start an instance of RunOptions OPTS; returns its record once the command runs.
     Without a command the supervisor just waits (an instance to `exec` into)."""
-    from hpcrun import _core
-    from hpcrun.runtime import image as img
-    from hpcrun.runtime import launch
+    from hpcrun import _core  # lazy: keeps hpcrun run's start-up small
+    from hpcrun.runtime import image as img  # lazy: keeps hpcrun run's start-up small
+    from hpcrun.runtime import launch  # lazy: keeps hpcrun run's start-up small
     base = state.root()
     if name is not None:
         state.check_name(name)
@@ -170,7 +170,7 @@ def stop(name: str, timeout: float = 10.0) -> int | None:
         raise state.NotFound(f"no such instance: {name}",
                              "see 'hpcrun ps -a' for your instances")
     if r.running:
-        from hpcrun.instance import observe
+        from hpcrun.instance import observe  # lazy: keeps hpcrun run's start-up small
         if observe.paused(r):
             observe.pause(r, False)     # a stopped process would take SIGTERM only later
         signal_instance(r, signal.SIGTERM)

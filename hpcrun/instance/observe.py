@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import stat
 import time
+import shutil
+import signal
 
 from hpcrun.errors import NotFound, UsageError
 from hpcrun.instance import state
@@ -179,7 +181,6 @@ def kill(r: state.Record, sig: int) -> None:
     """Docker's kill: the signal reaches the command. SIGKILL and SIGSTOP cannot be
     forwarded, so they go to the command itself (an idle instance: every process, then
     SIGTERM to the supervisor so it records the end)."""
-    import signal
     if sig in (signal.SIGKILL, signal.SIGSTOP):
         cmd = command_pid(r)
         if cmd is not None:
@@ -203,7 +204,6 @@ def _try_kill(pid: int, sig: int) -> None:
 def pause(r: state.Record, on: bool) -> None:
     """No freezer cgroup of the user's here: SIGSTOP (SIGCONT) every process of the
     instance but the supervisor, which must stay able to take a stop."""
-    import signal
     flag = os.path.join(r.dir, "paused")
     if on:
         open(flag, "w").close()
@@ -318,7 +318,6 @@ def split_spec(s: str):
 
 
 def cp(src: str, dst: str) -> None:
-    import shutil
     sname, spath = split_spec(src)
     dname, dpath = split_spec(dst)
     if (sname is None) == (dname is None):

@@ -32,7 +32,7 @@ def root(create: bool = True) -> str:
     writable by others, symlinks only root's; the directory itself yours and 0700),
     and created where missing. CREATE is kept for callers that only read; the check
     is the same."""
-    from hpcrun.fsutil import private_dir
+    from hpcrun.fsutil import private_dir  # lazy: keeps hpcrun run's start-up small
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     if xdg and os.path.isdir(xdg):
         base = os.path.join(xdg, "hpcrun")
@@ -111,7 +111,7 @@ class Record:
         return None
 
     def info(self) -> dict:
-        import json
+        import json  # lazy: keeps hpcrun run's start-up small
         try:
             with open(os.path.join(self.dir, "record.json")) as f:
                 return json.load(f)

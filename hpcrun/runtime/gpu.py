@@ -90,7 +90,7 @@ class DeviceError(HpcrunError):
 
 
 def _warn(msg: str) -> None:
-    from hpcrun import log
+    from hpcrun import log  # lazy: keeps hpcrun run's start-up small
     log.warning(msg)
 
 
@@ -267,7 +267,7 @@ _SHT_VERDEF, _SHT_VERNEED = 0x6ffffffd, 0x6ffffffe
 def elf_versions(path: str) -> tuple:
     """(versions needed from glibc's libraries, versions defined) of an ELF file, read
     from its .gnu.version_r and .gnu.version_d sections; ((), ()) if it is not ELF."""
-    import mmap
+    import mmap  # lazy: keeps hpcrun run's start-up small
     try:
         with open(path, "rb") as f:
             m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
@@ -426,7 +426,7 @@ class Driver:
         """[(soname as listed, host path)] of the driver libraries of self.caps."""
         if self._libs is not None:
             return self._libs
-        from hpcrun import proc
+        from hpcrun import proc  # lazy: keeps hpcrun run's start-up small
         argv = ["ldconfig", "-p"]
         if self.root:
             argv[1:1] = ["-C", self.root + "/etc/ld.so.cache"]
@@ -848,7 +848,7 @@ def ldcache(image, mounts, folders, uid, gid, squashfuse=None) -> str | None:
     out = os.path.join(d, key)
     if os.path.isfile(out):
         return out
-    from hpcrun import fsutil
+    from hpcrun import fsutil  # lazy: keeps hpcrun run's start-up small
     d = fsutil.private_dir(d, "the ld.so.cache directory", "HPCRUN_CDI_SPEC_DIRS")
     tmp = f"{key}.tmp-{os.getpid()}"
     if not run_ldconfig(image, libs, folders, ldc, d, tmp, uid, gid, squashfuse):
@@ -863,7 +863,7 @@ def run_ldconfig(image, libs, folders, ldc, outdir, name, uid, gid, squashfuse) 
     """Run the image's ldconfig in a helper container (the libraries bound as in the
     real one, OUTDIR bound at LDCACHE_DIR): `ldconfig -X -C LDCACHE_DIR/NAME FOLDERS`.
     False where a squashfs image turns out to have no ldconfig."""
-    from hpcrun.runtime.spec import F_SQUASH, Spec
+    from hpcrun.runtime.spec import F_SQUASH, Spec  # lazy: keeps hpcrun run's start-up small
     flags = F_SQUASH if image.kind == "squashfs" else 0
     out = f"{LDCACHE_DIR}/{name}"
     if ldc:
@@ -882,7 +882,7 @@ def run_ldconfig(image, libs, folders, ldc, outdir, name, uid, gid, squashfuse) 
             os.close(r)
             os.dup2(w, 1)
             os.dup2(w, 2)
-            from hpcrun import _core
+            from hpcrun import _core  # lazy: keeps hpcrun run's start-up small
             _core.enter(spec)
         except BaseException as e:      # noqa: BLE001 - report, then leave the fork
             os.write(2, f"{getattr(e, 'what', e)}\n".encode(errors="replace"))

@@ -44,7 +44,7 @@ UNPACK_SETTING = "HPCRUN_UNPACK_CACHE"
 def _cache_dir(kind: str) -> str:
     """The private cache directory of --unpack trees (kind "unpack") or of squashfs files'
     configs ("config"), made if missing (hpcrun.fsutil.private_dir)."""
-    from hpcrun.fsutil import private_dir
+    from hpcrun.fsutil import private_dir  # lazy: keeps hpcrun run's start-up small
     base = os.environ.get("HPCRUN_UNPACK_CACHE") or os.path.join(
         "/var/tmp", f"hpcrun-{os.getuid()}", "unpack")
     path = base if kind == "unpack" else os.path.join(base, kind)
@@ -59,9 +59,9 @@ def squashfs_config(path: str) -> dict:
     the file's identity, so later runs skip the subprocess (atomic rename: racing runs
     agree). The cached copy is validated like the original (hpcrun.image.ociconfig).
     """
-    from hpcrun.errors import HpcrunError
-    from hpcrun.fsutil import UnsafeDir
-    from hpcrun.runtime.unpack import key
+    from hpcrun.errors import HpcrunError  # lazy: keeps hpcrun run's start-up small
+    from hpcrun.fsutil import UnsafeDir  # lazy: keeps hpcrun run's start-up small
+    from hpcrun.runtime.unpack import key  # lazy: keeps hpcrun run's start-up small
     try:
         st = os.stat(path)
     except OSError as e:
@@ -84,7 +84,7 @@ def squashfs_config(path: str) -> dict:
             return ociconfig.inner(ociconfig.loads(raw or b"{}", what))
         except ImageError:
             pass            # a damaged copy: the file itself decides, and replaces it
-    from hpcrun import proc
+    from hpcrun import proc  # lazy: keeps hpcrun run's start-up small
     if not proc.which("unsquashfs"):
         return {}
     cp = proc.run(["unsquashfs", "-cat", path, CONFIG], check=False, text=False)
@@ -92,7 +92,7 @@ def squashfs_config(path: str) -> dict:
     conf = ociconfig.loads(raw, what)
     try:
         if cache:
-            from hpcrun.fsutil import atomic_write
+            from hpcrun.fsutil import atomic_write  # lazy: keeps hpcrun run's start-up small
             atomic_write(cache, raw, mode=0o600)
     except OSError:
         pass   # a full cache only costs the next run a subprocess
@@ -154,7 +154,7 @@ def resolve(arg: str) -> Image:
 
 def _from_store(name: str) -> Image:
     try:
-        from hpcrun.image.resolve import for_run
+        from hpcrun.image.resolve import for_run  # lazy: keeps hpcrun run's start-up small
     except ImportError:
         raise NotFound(f"no such image: {name}",
                        "give a root directory or a squashfs file (the image store is "
@@ -169,7 +169,7 @@ def _from_store(name: str) -> Image:
 def unpack(path: str) -> str:
     """--unpack: the squashfs file extracted once into the private node-local cache and
     reused (hpcrun.runtime.unpack, the same code as the Slurm node cache's)."""
-    from hpcrun.runtime import unpack as unpacker
+    from hpcrun.runtime import unpack as unpacker  # lazy: keeps hpcrun run's start-up small
     base = os.environ.get("HPCRUN_UNPACK_CACHE") or os.path.join(
         "/var/tmp", f"hpcrun-{os.getuid()}", "unpack")
     return unpacker.unpack_once(path, base, what="the --unpack cache", setting=UNPACK_SETTING)

@@ -19,8 +19,8 @@ def stop_signal(value) -> int:
     silently replaced by SIGTERM (hpcrun.image.ociconfig.parse_signal)."""
     if not value:
         return 0
-    from hpcrun.errors import ImageError
-    from hpcrun.image.ociconfig import parse_signal
+    from hpcrun.errors import ImageError  # lazy: keeps hpcrun run's start-up small
+    from hpcrun.image.ociconfig import parse_signal  # lazy: keeps hpcrun run's start-up small
     try:
         n = parse_signal(str(value))
     except ValueError as e:
@@ -31,8 +31,8 @@ def stop_signal(value) -> int:
 
 
 def _user_names(uid: int, gid: int):
-    import grp
-    import pwd
+    import grp  # lazy: keeps hpcrun run's start-up small
+    import pwd  # lazy: keeps hpcrun run's start-up small
     try:
         name = pwd.getpwuid(os.getuid()).pw_name
     except KeyError:
@@ -179,7 +179,7 @@ def plan(opts, image, environ=None) -> Spec:
     # -- resource limits (imported only when asked for: the hot path stays small)
     limits = None
     if opts.cpus or opts.cpuset_cpus or opts.memory or opts.memory_swap or opts.pids_limit:
-        from hpcrun import cgroups
+        from hpcrun import cgroups  # lazy: keeps hpcrun run's start-up small
         limits = cgroups.plan(opts, environ)
         mounts += cgroups.view_mounts(limits)
         if opts.limits_view:
@@ -247,7 +247,7 @@ def fuse_allowed() -> bool:
 
 def run(spec: Spec) -> int:
     """Enter and run. Default options: never returns (the process becomes the command)."""
-    from hpcrun import _core
+    from hpcrun import _core  # lazy: keeps hpcrun run's start-up small
     if os.environ.get("HPCRUN_VERBOSE", "0") not in ("", "0", "1"):
         _log_spec(spec)
     sys.stdout.flush()
@@ -257,7 +257,7 @@ def run(spec: Spec) -> int:
 
 def _log_spec(spec: Spec) -> None:
     """-vv: what the C core is about to do."""
-    from hpcrun import log
+    from hpcrun import log  # lazy: keeps hpcrun run's start-up small
     log.debug(f"image {spec.image} flags {spec.flags:#x} uid {spec.uid} gid {spec.gid}")
     for m in spec.mounts:
         src = "<content>" if m.flags & M_CONTENT else m.src

@@ -30,7 +30,7 @@ RUN, TASK, PLAN = options.RUN, options.TASK, options.PLAN
 
 def run_options(argv, entry: str = RUN):
     """Option words (+ IMAGE [--] CMD) -> RunOptions; UsageError for bad options."""
-    from hpcrun.runtime.spec import RunOptions
+    from hpcrun.runtime.spec import RunOptions  # lazy: keeps hpcrun run's start-up small
     vals, image, command, help_asked = options.parse(list(argv), entry)
     if help_asked:
         raise UsageError(f"--help is not an option here", f"run 'hpcrun {entry} --help'")
@@ -43,8 +43,8 @@ def run_options(argv, entry: str = RUN):
 def resolve(opts, context: str = RUN):
     """The image to plan, as the context needs it: (Image, squashfs file the executor
     unpacks or None)."""
-    from hpcrun.runtime import image as img
-    from hpcrun.runtime import launch
+    from hpcrun.runtime import image as img  # lazy: keeps hpcrun run's start-up small
+    from hpcrun.runtime import launch  # lazy: keeps hpcrun run's start-up small
     image = img.resolve(opts.image)
     if image.kind != "squashfs":
         return image, None
@@ -53,7 +53,7 @@ def resolve(opts, context: str = RUN):
         return img.Image(path=image.path, kind="dir", name=image.name,
                          config=image.config or img.squashfs_config(image.path)), image.path
     if context == TASK:
-        from hpcrun.slurm import prepare
+        from hpcrun.slurm import prepare  # lazy: keeps hpcrun run's start-up small
         root = prepare.unpack_once(image.path)
         return img.Image(path=root, kind="dir", name=image.name,
                          config=image.config if image.config else img.dir_config(root)), None
@@ -73,9 +73,9 @@ def resolve(opts, context: str = RUN):
 
 def prepare(opts, context: str = RUN, environ=None, *, python=(), task_args=()):
     """Plan the container of `opts` for `context`: (plan word, Spec, Image)."""
-    from hpcrun.runtime import env as envpolicy
-    from hpcrun.runtime import launch
-    from hpcrun.runtime import plan as planfmt
+    from hpcrun.runtime import env as envpolicy  # lazy: keeps hpcrun run's start-up small
+    from hpcrun.runtime import launch  # lazy: keeps hpcrun run's start-up small
+    from hpcrun.runtime import plan as planfmt  # lazy: keeps hpcrun run's start-up small
     environ = dict(os.environ if environ is None else environ)
     slurm = context in (TASK, PLAN)
     if slurm and opts.scratch and not (environ.get("SLURM_TMPDIR") or environ.get("TMPDIR")):
@@ -100,6 +100,7 @@ def prepare(opts, context: str = RUN, environ=None, *, python=(), task_args=()):
                                  opts.env_files, opts.env)
     extra = {}
     if slurm:
+        # lazy: keeps hpcrun run's start-up small
         from hpcrun.slurm import prepare as slurmprep
         extra = dict(pmix=True, tmpfs=slurmprep.tmpfs_pattern(environ),
                      cache=slurmprep.cache_base(),
@@ -126,7 +127,7 @@ def execute(word: str, command) -> int:
     from hpcrun.slurm import stepplan   # lazy: only where the cffi module is missing
     prog = stepplan.task_program()
     if prog is None:
-        from hpcrun.errors import ContainerError
+        from hpcrun.errors import ContainerError  # lazy: keeps hpcrun run's start-up small
         raise ContainerError("neither the C core nor the per-task program of hpcrun is "
                              "built for this platform", "reinstall hpcrun: pip install .")
     # A store image's lease (hpcrun.image.resolve) must last until the command's execve,
@@ -144,11 +145,11 @@ def run(opts, context: str = RUN, words=None) -> int:
     the C launcher (runtime/plancache.py) under them."""
     word, spec, image = prepare(opts, context)
     if os.environ.get("HPCRUN_VERBOSE", "0") not in ("", "0", "1"):
-        from hpcrun.runtime import launch
+        from hpcrun.runtime import launch  # lazy: keeps hpcrun run's start-up small
         launch._log_spec(spec)
     lim = spec.limits
     if lim is not None or opts.ulimits:
-        from hpcrun import cgroups, log
+        from hpcrun import cgroups, log  # lazy: keeps hpcrun run's start-up small
         if lim is not None:
             log.info(lim.summary())
         if any(u.startswith("as=") for u in opts.ulimits):
@@ -165,7 +166,7 @@ def run(opts, context: str = RUN, words=None) -> int:
         not any(m.dst.startswith("/sys/fs/cgroup") for m in spec.mounts)
     if words is not None and context == RUN and cacheable and \
             not os.environ.get("HPCRUN_NO_PLAN_CACHE"):
-        from hpcrun.runtime import plancache
+        from hpcrun.runtime import plancache  # lazy: keeps hpcrun run's start-up small
         plancache.store(words, word, plancache.checks(opts, image, spec))
     if lim is None or not lim.cgroups:
         return execute(word, opts.command)

@@ -70,7 +70,7 @@ def encode_args(args) -> str:
 
 
 def decode_args(word: str) -> list:
-    from urllib.parse import unquote
+    from urllib.parse import unquote  # lazy: keeps hpcrun run's start-up small
     return [unquote(a, errors="surrogateescape") for a in word.split(",")]
 
 
@@ -114,7 +114,7 @@ def make(opts, image, spec, *, fixed_env, own_env, sq=None, pmix=False, tmpfs=No
         words.append(f"set={esc(name)}:{esc(value)}")
     words += ["own=" + esc(name) for name in sorted(own_env)]
     if opts.cleanenv:
-        from hpcrun.runtime import env as envpolicy
+        from hpcrun.runtime import env as envpolicy  # lazy: keeps hpcrun run's start-up small
         words.append("clean=1")
         words += ["always=" + esc(p) for p in envpolicy.ALWAYS]
     if spec.preserve_fds:
@@ -140,12 +140,12 @@ def make(opts, image, spec, *, fixed_env, own_env, sq=None, pmix=False, tmpfs=No
         if lim.memory_cgroup:
             words.append("cgmem=" + esc(lim.memory_cgroup))
         if lim.affinity:
-            from hpcrun.cgroups import format_cpuset
+            from hpcrun.cgroups import format_cpuset  # lazy: keeps hpcrun run's start-up small
             words.append("aff=" + esc(format_cpuset(lim.affinity)))
             if lim.affinity_count:
                 words.append(f"affn={lim.affinity_count}")
     if opts.ulimits:
-        from hpcrun.cgroups import parse_ulimits
+        from hpcrun.cgroups import parse_ulimits  # lazy: keeps hpcrun run's start-up small
         for name, soft, hard in parse_ulimits(opts.ulimits):
             words.append(f"rl={name}:{soft}:{hard}")
     words += ["py=" + esc(a) for a in python]

@@ -92,7 +92,7 @@ def checks(opts, image, spec, environ=None) -> list:
     if environ.get("HOME"):
         real.append(environ["HOME"])
     ident += [os.path.abspath(f) for f in opts.env_files]
-    from hpcrun import configfiles
+    from hpcrun import configfiles  # lazy: keeps hpcrun run's start-up small
     ident += configfiles.files() + [os.path.join(configfiles.sysdir(), "conf.d")]
     out, seen = [], set()
     if image.name:
@@ -110,8 +110,8 @@ def checks(opts, image, spec, environ=None) -> list:
 
 def store(words, word: str, check_lines, environ=None) -> None:
     """Write the entry for `hpcrun run WORDS...` (atomic; errors only cost a miss)."""
-    from hpcrun import fsutil
-    from hpcrun.errors import HpcrunError
+    from hpcrun import fsutil  # lazy: keeps hpcrun run's start-up small
+    from hpcrun.errors import HpcrunError  # lazy: keeps hpcrun run's start-up small
     try:
         d = fsutil.private_dir(cache_dir(), "the plan cache",
                                "HPCRUN_NO_PLAN_CACHE=1 (no cache)")

@@ -65,9 +65,9 @@ def unpack_once(path: str, cache: str, *, what: str, setting: str,
 
 def _unpack(path: str, dest: str) -> float:
     """Unpack into dest atomically (the caller holds dest's lock); the seconds it took."""
-    import time
+    import time  # lazy: keeps hpcrun run's start-up small
 
-    from hpcrun import log, proc
+    from hpcrun import log, proc  # lazy: keeps hpcrun run's start-up small
     # We hold the lock: leftovers of a caller killed while unpacking are ours to remove.
     parent, stem = os.path.dirname(dest), os.path.basename(dest) + ".tmp-"
     for name in os.listdir(parent):
@@ -97,7 +97,7 @@ def _unpack(path: str, dest: str) -> float:
 
 def rmtree(p: str) -> None:
     """Remove an unpacked tree, read-only directories included."""
-    import shutil
+    import shutil  # lazy: keeps hpcrun run's start-up small
 
     def onerror(func, path, exc):               # unpacked read-only dirs: make writable, retry
         try:

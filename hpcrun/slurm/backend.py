@@ -18,9 +18,14 @@ import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
+from dataclasses import asdict
+import shlex
+import subprocess
+import tempfile
 
 from .. import log, proc
 from ..errors import HpcrunError, NotFound, SlurmError
+from .. import config
 
 FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED",
             "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "REVOKED", "SPECIAL_EXIT"}
@@ -61,7 +66,6 @@ class JobInfo:
         return self.state in FINISHED
 
     def as_dict(self) -> Dict[str, Any]:
-        from dataclasses import asdict
         return asdict(self)
 
 
@@ -246,7 +250,6 @@ class CliBackend:
         self.env = env
 
     def _run(self, argv: List[str], **kw):
-        import subprocess
         kw.setdefault("timeout", 120)
         try:
             return proc.run(argv, env=self.env, **kw)
@@ -490,7 +493,6 @@ def sbatch_request(script: str, argv: Sequence[str]) -> Tuple[Dict[str, str], Li
     """The long options of a submission as sbatch reads them: the script's #SBATCH
     lines up to its first command, then the command line (which wins). Returns
     (option -> value, words this backend does not know)."""
-    import shlex
     words: List[str] = []
     for line in script.splitlines()[1:]:
         s = line.strip()
@@ -590,7 +592,6 @@ class PyslurmBackend:
                               lambda: self.ps.slurmctld.Config.load().version))
 
     def submit(self, script: str, argv: Sequence[str], cwd: Optional[str] = None) -> str:
-        import tempfile
         opts, unknown = sbatch_request(script, argv)
         attrs, why = submit_attributes(opts) if not unknown else (
             {}, "pyslurm has no attribute for " + " ".join(unknown))
@@ -670,7 +671,6 @@ class PyslurmBackend:
 # Choosing the backend
 
 def _wanted() -> str:
-    from .. import config
     want = str(config.get("slurm_backend")).strip().lower()
     if want not in ("auto", "cli", "pyslurm"):
         raise HpcrunError(f"slurm_backend = {want!r} is not a backend",

@@ -33,9 +33,13 @@ import signal
 import time
 import zlib
 from typing import Any
+import fcntl
+import subprocess
+import sys
 
 from .. import log, proc
 from ..errors import CommandError, HpcrunError, NotFound, SlurmError, UsageError
+from ..fsutil import atomic_write
 
 BASE_DIR = os.environ.get("HPCRUN_CLUSTER_DIR", "/run/hpcrun/cluster")
 NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,10}$")
@@ -239,7 +243,7 @@ class LocalCluster:
             raise UsageError(f"bad node count {nodes!r}", f"give a number from 1 to {MAX_NODES}")
         self._preflight()
         if self._cgroup:
-            from hpcrun import cgroups
+            from hpcrun import cgroups  # lazy: only this branch needs it
             missing = cgroups.nest_missing(CLUSTER_CONTROLLERS)
             if missing:
                 raise HpcrunError(f"cluster up --cgroup needs the cgroup v1 {missing} "
@@ -326,7 +330,7 @@ class LocalCluster:
                                     f"--seed-file={mdir}/munged.seed", "--num-threads=4"]})
         node_cgroups = {}
         if getattr(self, "_cgroup", False):
-            from hpcrun import cgroups
+            from hpcrun import cgroups  # lazy: only this branch needs it
             for nm in names:
                 node_cgroups[nm] = cgroups.nest_create(f"hpcrun-cluster-{nm}", CLUSTER_CONTROLLERS)
         st = {"name": self.name, "subnet": net, "nodes": names, "addrs": addrs,
@@ -355,7 +359,6 @@ class LocalCluster:
 
     @staticmethod
     def _write(path: str, text: str) -> None:
-        from ..fsutil import atomic_write
         atomic_write(path, text, mode=0o644)  # world-readable: users submit with it
 
     def _network(self, n: int, net: str) -> None:
@@ -412,8 +415,6 @@ class LocalCluster:
 
     def _start_all(self, launch: list[dict]) -> None:
         """Start the daemons under one reaper process (see _REAPER)."""
-        import subprocess
-        import sys
         spec = os.path.join(self.dir, "run", "launch.json")
         # A clean environment: the daemons must not inherit a client's SLURM_CONF etc.
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
@@ -547,7 +548,7 @@ class LocalCluster:
         for ns in nss:
             proc.run(["ip", "netns", "del", ns], check=False)
         if st and st.get("node_cgroups"):
-            from hpcrun import cgroups
+            from hpcrun import cgroups  # lazy: only this branch needs it
             for nc in st["node_cgroups"].values():
                 cgroups.nest_remove(nc)
         if os.path.exists(f"/sys/class/net/{self.host_if}"):
@@ -675,7 +676,6 @@ class _lock:
     parent of the clusters' directory, which is never removed)."""
 
     def __enter__(self):
-        import fcntl
         parent = os.path.dirname(BASE_DIR.rstrip("/")) or "/"
         os.makedirs(parent, mode=0o755, exist_ok=True)
         self.fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)

@@ -16,8 +16,13 @@ import os
 import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
+from yaml.constructor import SafeConstructor
+import difflib
+import shlex
+import yaml
 
 from ..errors import JobFileError, NotFound, UsageError
+from ..runtime import options
 
 Path = Tuple[Any, ...]   # ("steps", "train", "mounts", 1)
 
@@ -42,7 +47,6 @@ def schema() -> dict:
     """The job file schema: the data file plus the `container:` mapping, which is
     generated from the option table (hpcrun/runtime/options.py), at the top level and
     in every step."""
-    from ..runtime import options
     with open(SCHEMA_FILE) as f:
         s = json.load(f)
     s.setdefault("definitions", {})["container"] = options.job_schema()
@@ -155,8 +159,6 @@ def _err(doc: _Doc, path: Path, what: str, hint: Optional[str] = None,
 
 
 def _load_yaml(text: str, path: str) -> Tuple[Any, _Doc]:
-    import yaml
-    from yaml.constructor import SafeConstructor
 
     doc = _Doc(path)
     try:
@@ -309,7 +311,7 @@ class _Walker:
         if types and not any(_is(v, t) for t in types):
             self._type_error(v, s, path)
         if "enum" in s and v not in s["enum"]:
-            import difflib
+            import difflib  # lazy: only this branch needs it
             m = difflib.get_close_matches(str(v), [str(x) for x in s["enum"]], n=1)
             raise _err(self.doc, path, f"{_show(v)} is not one of "
                        + ", ".join(str(x) for x in s["enum"]),
@@ -373,7 +375,6 @@ class _Walker:
                 self.check(x, extra, path + (k,))
 
     def _suggest(self, k: str, known: List[str], path: Path) -> str:
-        import difflib
         norm = k.replace("-", "_").lower()
         if norm in known:
             return f"did you mean {norm!r}? (keys are spelled with underscores)"
@@ -426,7 +427,6 @@ def _scalar_text(doc: _Doc, path: Path, v: Any) -> str:
 
 def _order(doc: _Doc, steps: Dict[str, dict]) -> List[str]:
     """Step names, dependencies first; missing steps and cycles are errors."""
-    import difflib
     for name, st in steps.items():
         for i, dep in enumerate(st.get("depends_on") or []):
             p = ("steps", name, "depends_on", i)
@@ -462,7 +462,6 @@ def _order(doc: _Doc, steps: Dict[str, dict]) -> List[str]:
 
 
 def _command(doc: _Doc, path: Path, v: Any) -> Tuple[str, ...]:
-    import shlex
     if isinstance(v, str):
         try:
             words = shlex.split(v)
@@ -502,7 +501,6 @@ def _resources(doc: _Doc, top: dict, step: dict, tpath: Path,
 
 def _container(doc: _Doc, top: dict, step: dict) -> Tuple[str, ...]:
     """`container:` (top level, then the step's, key by key) -> option words."""
-    from ..runtime import options
     merged = dict(top)
     merged.update(step)
     try:

@@ -19,6 +19,9 @@ import sys
 import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
+import getpass
+import re
+import threading
 
 from .. import log
 from ..errors import HpcrunError, JobFileError, NotFound, SlurmError
@@ -27,6 +30,8 @@ from . import backend as _backend
 from .backend import CliBackend, JobInfo
 from .jobfile import JobFile, Step
 from .render import hpcrun_exe, render, sbatch_argv  # noqa: F401 (hpcrun_exe re-exported)
+from .. import config
+from ..image import reference
 
 # `hpcrun wait` exit status for a job that did not complete (see README, slurm-jobs).
 STATE_CODES = {"TIMEOUT": 124, "CANCELLED": 143, "OUT_OF_MEMORY": 137, "PREEMPTED": 143}
@@ -73,15 +78,13 @@ def _check_name(img: str, where: str) -> None:
     The store is node-local, so an image missing here is not an error as long as its
     registry has it (the job pulls it on the nodes). A registry that does not answer
     within 15 s, or asks for credentials we lack, leaves the question open (warning)."""
-    from ..image import reference
     try:
         ref = reference.parse(img)
     except HpcrunError as e:
         raise JobFileError(f"{where}: {e.what}", e.hint) from None
-    from .. import config
     if os.path.isdir(str(config.get("store"))):
         try:
-            from ..image.store import Store
+            from ..image.store import Store  # lazy: only this branch needs it
             st = Store()
             try:
                 if st.get(img) is not None:
@@ -102,12 +105,11 @@ def _check_name(img: str, where: str) -> None:
 
 def _registry_has(ref) -> Optional[bool]:
     """True / False when the registry says whether the manifest exists; None otherwise."""
-    import threading
     result: List[Optional[bool]] = [None]
 
     def probe() -> None:
         try:
-            from ..image.registry import Registry
+            from ..image.registry import Registry  # lazy: only this branch needs it
             reg = Registry(ref.registry)
             try:
                 result[0] = reg.has_manifest(ref.repository, ref.digest or ref.tag)
@@ -219,7 +221,7 @@ def write_record(jid: str, rec: Dict) -> None:
     d = state_dir()
     try:
         os.makedirs(d, exist_ok=True)
-        from ..fsutil import atomic_write
+        from ..fsutil import atomic_write  # lazy: only this branch needs it
         atomic_write(_record_path(jid), json.dumps(rec, indent=1, sort_keys=True))
     except OSError as e:
         log.warning(f"cannot record job {jid} in {d}: {e.strerror} "
@@ -338,7 +340,6 @@ def _matches(j: JobInfo, want: str) -> bool:
 
 
 def _check_id(jid: str) -> str:
-    import re
     if not re.fullmatch(r"\d+(_\d+)?", jid):
         raise HpcrunError(f"{jid!r} is not a job id", "job ids look like 123 or 123_4 "
                           "(array task); 'hpcrun jobs' lists yours")
@@ -419,7 +420,6 @@ def table(infos: Sequence[JobInfo]) -> str:
 
 
 def user_jobs(be: Optional[CliBackend] = None, all_users: bool = False) -> List[JobInfo]:
-    import getpass
     be = be or _backend.get()
     me = getpass.getuser()
     infos = [j for j in be.query(user=None if all_users else me)

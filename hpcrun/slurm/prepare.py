@@ -53,7 +53,7 @@ def cache_base() -> str:
         if _no_config_files():
             base = os.path.join("/var/tmp", f"hpcrun-{os.getuid()}", "nodecache")
         else:
-            from .. import config
+            from .. import config  # lazy: keeps hpcrun run's start-up small
             base = str(config.get("node_cache"))
     return base
 
@@ -70,14 +70,14 @@ def unpack_once(path: str, st: os.stat_result | None = None) -> str:
     """The unpacked copy of squashfs file `path` on this node, made by the first caller
     (under an flock; the others wait) and logged in prepare.log: hpcrun.runtime.unpack
     in this node's private cache directory."""
-    from ..runtime import unpack
+    from ..runtime import unpack  # lazy: keeps hpcrun run's start-up small
     root = cache_root()
     return unpack.unpack_once(path, root, what="the node cache", setting=NODE_CACHE_SETTING,
                               st=st, on_unpacked=lambda dest, s: _log(root, path, dest, s))
 
 
 def _log(root: str, path: str, dest: str, seconds: float) -> None:
-    import time
+    import time  # lazy: keeps hpcrun run's start-up small
     e = os.environ
     line = (f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} node={node_name()} "
             f"job={e.get('SLURM_JOB_ID', '-')} step={e.get('SLURM_STEP_ID', '-')} "

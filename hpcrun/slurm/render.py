@@ -15,8 +15,10 @@ import os
 import shlex
 import sys
 from typing import Dict, List, Optional, Sequence
+from shutil import which
 
 from .jobfile import JobFile, Step
+from ..runtime.image import is_path
 
 
 def hpcrun_exe() -> str:
@@ -32,7 +34,6 @@ def hpcrun_exe() -> str:
     cand = os.path.join(os.path.dirname(sys.executable), "hpcrun")
     if os.path.exists(cand):
         return cand
-    from shutil import which
     return which("hpcrun") or "hpcrun"
 
 
@@ -91,7 +92,6 @@ def task_argv(step: Step, exe: str) -> List[str]:
 def _is_reference(image: str) -> bool:
     """An image name or registry reference (not a path): it may need pulling. The
     rule is runtime/image.py is_path (the job file resolved relative paths already)."""
-    from ..runtime.image import is_path
     return not is_path(image)
 
 

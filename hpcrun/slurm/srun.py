@@ -158,7 +158,7 @@ def split(argv: list) -> tuple:
                                      UNSUPPORTED[name])
                 opt = OPTIONS.get(name)
                 if opt is None:
-                    import difflib
+                    import difflib  # lazy: keeps hpcrun run's start-up small
                     m = difflib.get_close_matches(name, [*OPTIONS, *UNSUPPORTED], n=1)
                     raise UsageError(f"unknown container option --{name}",
                                      f"did you mean --{m[0]}?" if m else
@@ -240,7 +240,7 @@ def image_arg(image: str, cwd: str) -> str:
                          "copy it into hpcrun once: docker save IMAGE | hpcrun load")
     if image.startswith("docker://"):
         image = image[len("docker://"):]
-    from ..runtime.image import is_path
+    from ..runtime.image import is_path  # lazy: keeps hpcrun run's start-up small
     if is_path(image, cwd):
         return os.path.normpath(os.path.join(cwd, os.path.expanduser(image)))
     if "@" in image.split("#", 1)[0] and "#" in image:
@@ -258,7 +258,7 @@ def image_arg(image: str, cwd: str) -> str:
 def _mounts(spec: str, cwd: str) -> list:
     """--container-mounts=SRC[:DST[:FLAGS]][,...] (pyxis: FLAGS joined by '+') -> -v words,
     parsed by the one bind parser (runtime/mounts.py split_bind)."""
-    from ..runtime.mounts import split_bind
+    from ..runtime.mounts import split_bind  # lazy: keeps hpcrun run's start-up small
     out = []
     for item in spec.split(","):
         if not item:
@@ -337,7 +337,7 @@ def plan(argv: list, environ=None,
 
 def hpcrun_command(argv0: "str | None" = None) -> list:
     """How the tasks start hpcrun: this very entry point, by absolute path."""
-    import sys
+    import sys  # lazy: keeps hpcrun run's start-up small
     a0 = argv0 if argv0 is not None else sys.argv[0]
     if a0 and os.path.basename(a0) == "hpcrun":
         p = os.path.abspath(a0)

@@ -41,7 +41,7 @@ def task_program() -> str | None:
 def _interpreter_ok(path: str) -> bool:
     """Its program interpreter (ELF PT_INTERP) exists here: it was built for this
     platform's C library."""
-    import struct
+    import struct  # lazy: keeps hpcrun run's start-up small
     try:
         with open(path, "rb") as f:
             head = f.read(64)
@@ -69,10 +69,10 @@ def make(task_args: list, hpcrun: list, environ=None, share: bool = False) -> st
     """The step plan for `hpcrun task [run options] IMAGE` (task_args: the words before
     `--`; the command comes after the plan). `hpcrun`: how to start hpcrun (Python) on
     a node. Raises HpcrunError (UsageError, NotFound, ...) for bad options or images."""
-    from hpcrun.runtime import options, pipeline
+    from hpcrun.runtime import options, pipeline  # lazy: keeps hpcrun run's start-up small
     opts = pipeline.run_options(list(task_args), options.PLAN)
     if opts.command:
-        from hpcrun.errors import UsageError
+        from hpcrun.errors import UsageError  # lazy: keeps hpcrun run's start-up small
         raise UsageError("a step plan takes run options and IMAGE, no command",
                          "the command goes on the srun line: srun $TASK -- COMMAND")
     opts = opts.replace(node_container=share or opts.node_container)
