@@ -31,6 +31,10 @@ Run CMD in IMAGE (a root directory, a squashfs file or an image name), rootless.
       --network host|none    none: own network namespace with only lo
       --hostname NAME        own uts namespace with this host name
       --unpack               squashfs: extract once to a node-local cache instead of FUSE
+      --join[=KEY]           one container per node for the ranks of an MPI launch
+                             (the default under mpirun, mpiexec, srun); KEY: by hand
+      --no-join              a container per rank (Open MPI then copies through shared
+                             memory: OMPI_MCA_btl_vader_single_copy_mechanism=none)
   -h, --help                 this help
 
 Exit status: the command's; 125 hpcrun failed, 126 cannot execute, 127 not found,
@@ -55,6 +59,8 @@ OPTIONS = {
     "--network": ("network", "choice:host|none"), "--net": ("network", "choice:host|none"),
     "--hostname": ("hostname", "value"),
     "--unpack": ("unpack", "flag"),
+    "--join": ("join", "optional:auto"),
+    "--no-join": ("join", "const:"),
 }
 
 
@@ -89,6 +95,14 @@ def parse(argv: list):
         if spec is None:
             raise UsageError(f"unknown option {a!r} for run", "see 'hpcrun run --help'")
         attr, kind = spec
+        if kind.startswith(("optional:", "const:")):
+            # --join (a default value) or --join=KEY; --no-join (a constant)
+            if eq and (kind.startswith("const:") or not inline):
+                raise UsageError(f"option {name} takes no value" if kind.startswith("const:")
+                                 else f"option {name}= needs a value", "see 'hpcrun run --help'")
+            vals[attr] = inline if eq else kind.partition(":")[2]
+            i += 1
+            continue
         if kind in ("flag", "off"):
             if eq:
                 raise UsageError(f"option {name} takes no value", "see 'hpcrun run --help'")
@@ -127,6 +141,11 @@ def parse(argv: list):
 
 def main(verb: str, argv: list) -> int:
     opts = parse(argv)
+    separate = None
+    if opts.join != "":
+        separate = _join(argv, opts)   # returns only where the ranks can't share one
+    elif _mpi().several_on_node() is not None:
+        separate = "--no-join"
     from hpcrun.runtime import image as img
     from hpcrun.runtime import launch
     image = img.resolve(opts.image)
@@ -142,5 +161,44 @@ def main(verb: str, argv: list) -> int:
                              "the admin to allow FUSE")
         elif image.config is None:
             image = image.replace(config=img.squashfs_config(image.path))
+    if separate:
+        # The launcher's PMIx server directory (its dstore) at the same path, as the C
+        # front end binds it for the ranks it starts.
+        from hpcrun.slurm import prepare
+        binds = prepare.slurm_binds()[1::2]
+        if binds:
+            opts = opts.replace(volumes=tuple(binds) + tuple(opts.volumes))
     spec = launch.plan(opts, image)
+    if separate:
+        spec = spec.replace(env=_mpi().separate_env(spec.env, separate))
     return launch.run(spec)
+
+
+def _mpi():
+    from hpcrun import mpi
+    return mpi
+
+
+def _join(argv: list, opts):
+    """Ranks of an MPI launch on one node share one container (Open MPI's cross-memory
+    attach works only within a user namespace): hand the rank to the C front end
+    (cext/task.c), which makes the node's container or joins it. Returns None where
+    there is nothing to join (not under a launcher, the node's only rank), else why
+    the rank gets a container of its own (no C front end here)."""
+    import os
+    ln = _mpi().several_on_node() if opts.join is None else True
+    if ln is None:
+        return None
+    from hpcrun import log
+    from hpcrun.slurm import srun, stepplan
+    prog = stepplan.task_program()
+    if prog is None:
+        return "the per-task program is not built for this platform"
+    words = argv[:len(argv) - len(opts.command)]
+    if len(words) > 1 and words[-1] == "--":
+        words = words[:-1]
+    plan = stepplan.make(words, srun.hpcrun_command(), join=opts.join or "auto")
+    log.debug(f"joining the node's container: {prog} {plan}")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(prog, [prog, plan, "--", *opts.command])

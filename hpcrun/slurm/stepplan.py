@@ -82,10 +82,12 @@ def _interpreter_ok(path: str) -> bool:
     return False
 
 
-def make(task_args: list, hpcrun: list, environ=None, share: bool = False) -> str:
+def make(task_args: list, hpcrun: list, environ=None, share: bool = False,
+         join: "str | None" = None) -> str:
     """The step plan for `hpcrun task [run options] IMAGE` (task_args: the words before
     `--`; the command comes after the plan). `hpcrun`: how to start hpcrun (Python) on
-    a node. Raises HpcrunError (UsageError, NotFound, ...) for bad options or images."""
+    a node. join: "auto" or a key: the ranks of an MPI launch on a node share one
+    container (`hpcrun run` under mpirun; cext/task.c). Raises HpcrunError (UsageError, NotFound, ...) for bad options or images."""
     from ..cli import run
     from ..runtime import env as envpolicy
     from ..runtime import image as img
@@ -138,6 +140,8 @@ def make(task_args: list, hpcrun: list, environ=None, share: bool = False) -> st
     words.append("cache=" + _esc(prepare.cache_base()))
     if share:
         words.append("share=1")
+    if join:
+        words.append("join=" + _esc(join))
     words += ["py=" + _esc(a) for a in list(hpcrun) + ["task"]]
     # Where the image is not on a node (the store is node-local by default), the task
     # runs `hpcrun task ARGS -- COMMAND` there instead, which pulls it into that store.
