@@ -858,24 +858,37 @@ static void own_or_die(const char *what, const char *name, long uid)
         "not join another user's container", name, what, uid);
 }
 
-/* Open MPI between ranks in different user namespaces: cross-memory attach fails
- * (and its fallback hangs at 64 KiB): turn the single-copy mechanism off unless the
- * user chose one. */
+/* Ranks in different user namespaces: Open MPI's cross-memory attach fails (and its
+ * fallback hangs at 64 KiB), and UCX (MPICH's ch4:ucx, Open MPI's pml ucx) can't open
+ * a peer's shared memory through /proc/PID/fd nor use CMA (without CMA, its rendezvous
+ * goes over TCP, whose close at MPI_Finalize sometimes hangs with UCX 1.13: eager
+ * messages only). Turn these off, unless the user set them. */
+static const char *const separate_vars[] = {"OMPI_MCA_btl_vader_single_copy_mechanism=none",
+                                            "UCX_POSIX_USE_PROC_LINK=n", "UCX_TLS=^cma",
+                                            "UCX_RNDV_THRESH=inf", NULL};
+
 static char **separate_env(char *const *env, const char *why)
 {
-    static const char var[] = "OMPI_MCA_btl_vader_single_copy_mechanism";
     size_t n = 0;
-    for (; env[n]; n++)
-        if (name_is(env[n], var))
-            return (char **)env;
-    char **out = calloc(n + 2, sizeof *out);
+    while (env[n])
+        n++;
+    char **out = calloc(n + 5, sizeof *out);
     if (!out)
         die(HPCRUN_EXIT_FAILED, "out of memory");
     memcpy(out, env, n * sizeof *out);
-    out[n] = (char *)"OMPI_MCA_btl_vader_single_copy_mechanism=none";
-    if (verbose())
-        dprintf(2, "hpcrun: %s: this rank has a user namespace of its own, so "
-                "OMPI_MCA_btl_vader_single_copy_mechanism=none (no cross-memory attach)\n", why);
+    for (int v = 0; separate_vars[v]; v++) {
+        const char *kv = separate_vars[v];
+        size_t l = (size_t)(strchr(kv, '=') - kv);
+        int set = 0;
+        for (size_t i = 0; i < n && !set; i++)
+            set = !strncmp(env[i], kv, l) && env[i][l] == '=';
+        if (set)
+            continue;
+        out[n++] = (char *)kv;
+        if (verbose())
+            dprintf(2, "hpcrun: %s: this rank has a user namespace of its own, so %s\n",
+                    why, kv);
+    }
     return out;
 }
 
@@ -920,6 +933,8 @@ static void node_container(const struct plan *p, struct hpcrun_spec *s, const ch
             die(code, "%s", err);
         }
         int made = pid <= 0;
+        if (!made)
+            starttime(pid, now, sizeof now);
         if (made) {
             pid = start_keeper(s, dir, base);    /* it changes its own copy of s only */
             starttime(pid, now, sizeof now);
@@ -948,12 +963,14 @@ static void node_container(const struct plan *p, struct hpcrun_spec *s, const ch
         if (verbose() && p->join)
             dprintf(2, "hpcrun: %s the node's container for %s (keeper %d)\n",
                     made ? "made" : "joining", name, pid);
-        char err[1024];
+        char err[1024], after[64];
         int code;
         hpcrun_join(pid, s->argv, s->envp, s->workdir, err, sizeof err, &code);
         /* The keeper ended between the plan's check and the join (its launcher ended
-         * as we started): elect again, once or twice, then say so. */
-        if (tries < 2 && live_keeper(path, NULL, 0) != pid)
+         * as we started): nothing was entered (its namespaces could not be opened), so
+         * elect again, once or twice, then say so. A command that fails is no reason. */
+        starttime(pid, after, sizeof after);
+        if (tries < 2 && code == HPCRUN_EXIT_FAILED && strcmp(after, now))
             continue;
         die(code, "%s", err);
     }

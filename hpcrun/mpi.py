@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import os
 
-SINGLE_COPY = "OMPI_MCA_btl_vader_single_copy_mechanism"
+SEPARATE = ("OMPI_MCA_btl_vader_single_copy_mechanism=none", "UCX_POSIX_USE_PROC_LINK=n",
+            "UCX_TLS=^cma", "UCX_RNDV_THRESH=inf")
 
 
 class Launcher:
@@ -57,13 +58,16 @@ def several_on_node(environ=None) -> Launcher | None:
 
 def separate_env(env, why: str) -> tuple:
     """The command's environment (NAME=VALUE items) for a rank in a user namespace of
-    its own: Open MPI's cross-memory attach fails between user namespaces and its
-    fallback hangs at 64 KiB, so the single-copy mechanism goes off unless the user
-    set it. Says so at -v."""
+    its own: Open MPI's cross-memory attach fails between user namespaces (and its
+    fallback hangs at 64 KiB), and UCX (MPICH's ch4:ucx, Open MPI's pml ucx) can't open
+    a peer's shared memory through /proc/PID/fd nor use CMA (and, without CMA, its
+    rendezvous over TCP sometimes hangs at MPI_Finalize: eager only); these go off unless the user set them
+    (cext/task.c's separate_env does the same). Says so at -v."""
     env = tuple(env)
-    if any(kv.startswith(SINGLE_COPY + "=") for kv in env):
-        return env
-    from hpcrun import log
-    log.info(f"{why}: this rank has a user namespace of its own, so {SINGLE_COPY}=none "
-             "(no cross-memory attach)")
-    return env + (SINGLE_COPY + "=none",)
+    names = {kv.partition("=")[0] for kv in env}
+    add = tuple(kv for kv in SEPARATE if kv.partition("=")[0] not in names)
+    if add:
+        from hpcrun import log
+        for kv in add:
+            log.info(f"{why}: this rank has a user namespace of its own, so {kv}")
+    return env + add
