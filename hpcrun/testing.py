@@ -93,7 +93,7 @@ def _copy_tree(root: str, tree: str, elfs: list) -> None:
 
 
 def make_mpi_rootfs(root: str, programs: dict, mpi: str = "openmpi",
-                    python: bool = False) -> str:
+                    python: bool = False, mpi4py: str = "") -> str:
     """A busybox image with MPI programs (name -> C source, built with the host's mpicc
     of `mpi` ("openmpi" or "mpich") into /opt/mpi/NAME) and that MPI inside.
 
@@ -101,7 +101,8 @@ def make_mpi_rootfs(root: str, programs: dict, mpi: str = "openmpi",
     (Open MPI + PMIx; MPICH + libfabric's providers), plus the plugin directories, help
     files and settings, each copied to the same path as on the host, so the image runs
     the host's MPI with no host mount. python=True adds the host's python3 and mpi4py
-    (python3-mpi4py, built for Open MPI) with the standard library (make_python_tree).
+    with the standard library (make_python_tree): Debian's python3-mpi4py (built for
+    Open MPI), or the package directory `mpi4py` (e.g. one built with mpicc.mpich).
     """
     make_busybox_rootfs(root)
     os.makedirs(os.path.join(root, "opt/mpi"), exist_ok=True)
@@ -118,16 +119,16 @@ def make_mpi_rootfs(root: str, programs: dict, mpi: str = "openmpi",
         _copy_tree(root, tree, elfs)
     elfs += [p for p in MPI_LIBS[mpi] if os.path.exists(p)]
     if python:
-        elfs += make_python_tree(root)
+        elfs += make_python_tree(root, mpi4py)
     _copy_libs(root, elfs)
     subprocess.run(["chmod", "-R", "a+rX", root], check=True)
     return root
 
 
-def make_python_tree(root: str) -> list:
+def make_python_tree(root: str, mpi4py: str = "") -> list:
     """The host's python3 interpreter, its standard library (without tests and idle) and
-    mpi4py, copied to the same paths in root; returns the ELF files whose libraries the
-    image then needs."""
+    mpi4py (Debian's, or the package directory given), copied to the same paths in root
+    (mpi4py to Debian's); returns the ELF files whose libraries the image then needs."""
     import sysconfig
     exe = os.path.realpath("/usr/bin/python3")
     os.makedirs(root + "/usr/bin", exist_ok=True)
@@ -140,8 +141,9 @@ def make_python_tree(root: str) -> list:
     shutil.copytree(stdlib, root + stdlib, symlinks=True, dirs_exist_ok=True, ignore=skip)
     elfs = [exe]
     dist = "/usr/lib/python3/dist-packages/mpi4py"
-    if os.path.isdir(dist):
-        shutil.copytree(dist, root + dist, symlinks=True, dirs_exist_ok=True, ignore=skip)
+    src = mpi4py or dist
+    if os.path.isdir(src):
+        shutil.copytree(src, root + dist, symlinks=True, dirs_exist_ok=True, ignore=skip)
     for d in (stdlib + "/lib-dynload", dist):
         for dd, _, files in os.walk(root + d):
             elfs += [os.path.join(dd, n) for n in files if n.endswith(".so")]
