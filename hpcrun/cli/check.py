@@ -12,7 +12,8 @@ import sys
 
 from hpcrun.errors import UsageError
 
-USAGE = "usage: hpcrun check [--format text|json]\n"
+USAGE = ("usage: hpcrun check [--format text|json]\n"
+         "       hpcrun check --mpi IMAGE [--format json]   what --mpi=host would bind\n")
 
 
 def _read(path: str):
@@ -131,6 +132,11 @@ def collect() -> list:
 
 
 def main(verb: str, argv: list) -> int:
+    if argv and (argv[0] == "--mpi" or argv[0].startswith("--mpi=")):
+        from hpcrun import mpi
+        text, code = mpi.check_report(argv)
+        sys.stdout.write(text)
+        return code
     fmt = "text"
     i = 0
     while i < len(argv):

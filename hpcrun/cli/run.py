@@ -33,6 +33,8 @@ Run CMD in IMAGE (a root directory, a squashfs file or an image name), rootless.
       --unpack               squashfs: extract once to a node-local cache instead of FUSE
       --join[=KEY]           one container per node for the ranks of an MPI launch
                              (the default under mpirun, mpiexec, srun); KEY: by hand
+      --mpi host|image       host: bind the host's MPI and fabric libraries over the
+                             image's ABI-compatible MPI (see 'hpcrun check --mpi IMAGE')
       --no-join              a container per rank (Open MPI then copies through shared
                              memory: OMPI_MCA_btl_vader_single_copy_mechanism=none)
   -h, --help                 this help
@@ -61,6 +63,7 @@ OPTIONS = {
     "--unpack": ("unpack", "flag"),
     "--join": ("join", "optional:auto"),
     "--no-join": ("join", "const:"),
+    "--mpi": ("mpi", "choice:host|image"),
 }
 
 
@@ -141,6 +144,9 @@ def parse(argv: list):
 
 def main(verb: str, argv: list) -> int:
     opts = parse(argv)
+    if opts.mpi == "host":
+        argv = _host_mpi(argv, opts)
+        opts = parse(argv)
     separate = None
     if opts.join != "":
         separate = _join(argv, opts)   # returns only where the ranks can't share one
@@ -172,6 +178,28 @@ def main(verb: str, argv: list) -> int:
     if separate:
         spec = spec.replace(env=_mpi().separate_env(spec.env, separate))
     return launch.run(spec)
+
+
+def _host_mpi(argv: list, opts) -> list:
+    """--mpi=host: argv with the binds and library path that put the host's MPI in
+    place of the image's, before IMAGE (so a rank handed to the C front end has them
+    too). Refuses an image whose MPI is not ABI-compatible (hpcrun.mpi.host_plan)."""
+    mpi = _mpi()
+    from hpcrun.runtime import image as img
+    try:
+        image = img.resolve(opts.image)
+        root = img.unpack(image.path) if image.kind == "squashfs" and opts.unpack else None
+        plan = mpi.host_plan(root or mpi.image_root(opts.image))
+    except mpi.HostMPIError as e:
+        raise UsageError(e.what, e.hint) from None
+    from hpcrun import log
+    log.info(f"--mpi=host: {plan['why']}; binding {len(plan['binds'])} host paths")
+    extra = mpi.host_run_args(plan, (image.config or {}).get("Env") or ())
+    words = argv[:len(argv) - len(opts.command)]
+    j = len(words) - 2 if len(words) > 1 and words[-1] == "--" else len(words) - 1
+    if j > 0 and words[j - 1] == "--":
+        j -= 1
+    return words[:j] + extra + words[j:] + argv[len(words):]
 
 
 def _mpi():

@@ -90,9 +90,9 @@ class RunOptions(_Frozen):
 
     __slots__ = ("image", "command", "env", "env_files", "cleanenv", "volumes", "workdir",
                  "entrypoint", "fakeroot", "writable_tmpfs", "pid", "ipc", "network",
-                 "hostname", "home", "scratch", "unpack", "join")
+                 "hostname", "home", "scratch", "unpack", "join", "mpi")
     _defaults = {"command": (), "env": (), "env_files": (), "cleanenv": False, "volumes": (),
                  "workdir": None, "entrypoint": None, "fakeroot": False,
                  "writable_tmpfs": False, "pid": "host", "ipc": "host", "network": "host",
                  "hostname": None, "home": True, "scratch": False, "unpack": False,
-                 "join": None}
+                 "join": None, "mpi": "image"}
