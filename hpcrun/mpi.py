@@ -309,3 +309,56 @@ def check_report(argv: list) -> tuple:
              f"  binds ({len(plan['binds'])}, read-only; LD_LIBRARY_PATH={plan['ld_library_path']}):"]
     lines += [f"    {s} -> {d}" for s, d in plan["binds"]]
     return "\n".join(lines) + "\n", 0
+
+
+# ---------------------------------------------------------------- PMIx versions
+#
+# A PMIx server (srun --mpi=pmix, Open MPI's mpirun/orted, PRRTE) tells its clients
+# where it listens in one variable per wire version it speaks; a client looks for the
+# variables of its own version and older ones. A client that finds none of them does
+# not fail cleanly: depending on the version it retries or waits. So hpcrun checks the
+# image's PMIx library against the variables before the rank starts.
+PMIX_URIS = (("PMIX_SERVER_URI41", (4, 1)), ("PMIX_SERVER_URI4", (4, 0)),
+             ("PMIX_SERVER_URI3", (3, 0)), ("PMIX_SERVER_URI21", (2, 1)),
+             ("PMIX_SERVER_URI2", (2, 0)), ("PMIX_SERVER_URI", (1, 0)))
+PMIX_LIBS = ("libpmix.so.2", "libpmix.so.1", "libpmix.so")
+
+
+def pmix_version(image_root: str) -> tuple | None:
+    """(major, minor, text) of the image's PMIx client library, or None (no PMIx)."""
+    import re
+    _, path = _find_lib(image_root, PMIX_LIBS)
+    if path is None:
+        return None
+    data = _read(os.path.realpath(image_root + path) if os.path.islink(image_root + path)
+                 else image_root + path)
+    if not data and os.path.islink(image_root + path):
+        data = _read(image_root + os.path.join(os.path.dirname(path),
+                                               os.readlink(image_root + path)))
+    m = re.search(rb"(?:OpenPMIx|PMIx) v?(\d+)\.(\d+)\.(\d+\w*)", data) or \
+        re.search(rb"pmix-(\d+)\.(\d+)\.(\d+\w*)", data)
+    if not m:
+        return None
+    return int(m.group(1)), int(m.group(2)), b".".join(m.groups()).decode()
+
+
+def pmix_check(image_root: str, environ=None) -> None:
+    """Raise HostMPIError where this rank's launcher runs a PMIx server the image's
+    PMIx client can't reach (it offers only newer wire versions)."""
+    e = os.environ if environ is None else environ
+    offered = [k for k, _ in PMIX_URIS if k in e]
+    if "PMIX_NAMESPACE" not in e or not offered:
+        return
+    v = pmix_version(image_root)
+    if v is None:
+        return                     # no PMIx in the image: its MPI uses something else
+    usable = [k for k, ver in PMIX_URIS if k in e and ver <= (v[0], v[1])]
+    if usable:
+        return
+    server = e.get("PMIX_VERSION", "newer")
+    raise HostMPIError(f"PMIx mismatch: the image's PMIx {v[2]} looks for "
+                       f"{' or '.join(k for k, ver in PMIX_URIS if ver <= (v[0], v[1]))}, "
+                       f"the launcher's PMIx server ({server}) offers only "
+                       f"{', '.join(offered)}",
+                       "rebuild the image with a PMIx of version 2.1 or later (PMIx "
+                       "talks across versions from there), or use --mpi=host")

@@ -148,6 +148,9 @@ def main(verb: str, argv: list) -> int:
         argv = _host_mpi(argv, opts)
         opts = parse(argv)
     separate = None
+    import os
+    if "PMIX_NAMESPACE" in os.environ and os.path.isdir(opts.image):
+        _pmix_check(opts.image)
     if opts.join != "":
         separate = _join(argv, opts)   # returns only where the ranks can't share one
     elif _mpi().several_on_node() is not None:
@@ -200,6 +203,16 @@ def _host_mpi(argv: list, opts) -> list:
     if j > 0 and words[j - 1] == "--":
         j -= 1
     return words[:j] + extra + words[j:] + argv[len(words):]
+
+
+def _pmix_check(root: str) -> None:
+    """A PMIx client in the image that can't reach the launcher's server is a clear
+    error here, not a hang in MPI_Init (hpcrun.mpi.pmix_check)."""
+    mpi = _mpi()
+    try:
+        mpi.pmix_check(root)
+    except mpi.HostMPIError as e:
+        raise UsageError(e.what, e.hint) from None
 
 
 def _mpi():
