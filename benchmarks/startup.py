@@ -6,8 +6,11 @@ Contenders (each round runs every one once, in rotating order, so drift hits all
   python -c pass the venv's interpreter alone (the floor for a Python launcher)
   ch-run         Debian's charliecloud, directory image
   bwrap          bubblewrap: ro-bind image, /proc, /dev
-  hpcrun         hpcrun run, directory image (the 12 ms target)
-  hpcrun pid     hpcrun run --pid=private
+  hpcrun         hpcrun run, directory image, warm plan cache (the C launcher finds the
+                 plan Python made earlier: no interpreter starts; target <= 1.5 x ch-run)
+  hpcrun cold    the same with HPCRUN_NO_PLAN_CACHE=1: Python plans every run (the
+                 cold figure; target <= the 10.9 ms of the Python-only launcher)
+  hpcrun pid     hpcrun run --pid=private (warm)
   hpcrun sqfs    hpcrun run on a squashfs file via squashfuse (needs /dev/fuse: opened to
                  users for the run when started as root, restored afterwards)
   ch-run sqfs    ch-run on the same squashfs file, where its build supports it
@@ -15,7 +18,9 @@ Then the host memory hpcrun keeps while a container runs: none by default (the
 launcher became the command), the C monitor and init with --pid=private, bwrap's.
 
 Run as root (it drops to HPCRUN_TEST_USER, default hpcuser, for the measurements) or
-as any user. Usage: benchmarks/startup.py [--rounds N] [--hpcrun PATH]
+as any user. Usage: benchmarks/startup.py [--rounds N] [--hpcrun PATH] [--no-squashfs]
+[--baseline PATH] (--baseline: another hpcrun to time in the same run, e.g. an older
+release installed elsewhere)
 (--hpcrun: the hpcrun command to time, default the one next to this Python; e.g. a
 pip-installed one, whose generated launcher imports `re`, ~4 ms here).
 """
@@ -32,6 +37,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HPCRUN = os.path.join(os.path.dirname(sys.executable), "hpcrun")
+BASELINE = None
 USER = os.environ.get("HPCRUN_TEST_USER", "hpcuser")
 
 
@@ -114,26 +120,34 @@ def measure(rounds: int, image: str, sqfs: str | None) -> None:
         "bwrap": [shutil.which("bwrap") or "/usr/bin/bwrap", "--unshare-user", "--ro-bind", image,
                   "/", "--proc", "/proc", "--dev", "/dev", "/bin/true"],
         "hpcrun": [HPCRUN, "run", image, "--", "/bin/true"],
+        "hpcrun cold": [HPCRUN, "run", image, "--", "/bin/true"],
         "hpcrun pid": [HPCRUN, "run", "--pid=private", image, "--", "/bin/true"],
     }
+    if BASELINE:
+        # another installation of hpcrun, e.g. the release before the plan cache
+        contenders["baseline"] = [BASELINE, "run", image, "--", "/bin/true"]
+    # per-contender environment additions
+    extra = {"hpcrun cold": {"HPCRUN_NO_PLAN_CACHE": "1"}}
+    envs = {k: dict(env, **extra.get(k, {})) for k in contenders}
     if sqfs:
         contenders["hpcrun sqfs"] = [HPCRUN, "run", sqfs, "--", "/bin/true"]
         contenders["ch-run sqfs"] = [shutil.which("ch-run") or "/usr/bin/ch-run", sqfs, "--",
                                      "/bin/true"]
     skipped = {}
+    envs = {k: dict(env, **extra.get(k, {})) for k in contenders}
     for k, argv in list(contenders.items()):
-        if not works(argv, env):
+        if not works(argv, envs[k]):
             skipped[k] = "does not run here"
             del contenders[k]
     times = {k: [] for k in contenders}
     names = list(contenders)
     for k in names:                          # warm-up: page cache, pyc
         for _ in range(3):
-            spawn_wait(contenders[k], env)
+            spawn_wait(contenders[k], envs[k])
     for r in range(rounds):
         order = names[r % len(names):] + names[:r % len(names)]
         for k in order:
-            times[k].append(spawn_wait(contenders[k], env))
+            times[k].append(spawn_wait(contenders[k], envs[k]))
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"start-up of /bin/true, uid {os.getuid()}, {rounds} interleaved rounds, "
           f"{os.cpu_count()} CPUs")
@@ -158,8 +172,10 @@ def measure(rounds: int, image: str, sqfs: str | None) -> None:
 
 
 def main() -> int:
-    global HPCRUN
+    global HPCRUN, BASELINE
     rounds = 100
+    if "--baseline" in sys.argv:
+        BASELINE = sys.argv[sys.argv.index("--baseline") + 1]
     if "--rounds" in sys.argv:
         rounds = int(sys.argv[sys.argv.index("--rounds") + 1])
     if "--hpcrun" in sys.argv:
@@ -171,7 +187,7 @@ def main() -> int:
     sqfs = os.path.join(tmp, "busybox.sqfs")
     fuse_mode = None
     try:
-        if shutil.which("mksquashfs"):
+        if shutil.which("mksquashfs") and "--no-squashfs" not in sys.argv:
             subprocess.run(["mksquashfs", image, sqfs, "-noappend", "-quiet", "-no-progress"],
                            check=True, capture_output=True)
             os.chmod(sqfs, 0o644)

@@ -83,6 +83,16 @@ int hpcrun_join(int pid, char *const *argv, char *const *envp, const char *workd
 /* 0 if it works; -1 with errno and err filled otherwise. */
 int hpcrun_probe(int what, char *err, size_t errlen);
 
+/* Execute a container plan (hpcrun/runtime/plan.py states its grammar): argv is
+ * {PROGRAM, PLAN, "--", COMMAND...}. The one executor of plans: the per-task program
+ * (cext/task.c's entry point) and Python (hpcrun/_core.py plan_exec) both call it.
+ * Never returns: the command replaces the process, or the process stays as its
+ * monitor and exits with its status; failures print one line and exit 125. */
+int hpcrun_plan_exec(int argc, char **argv);
+
+/* The hint for an error message of the core (NULL: none). */
+const char *hpcrun_hint(const char *msg);
+
 const char *hpcrun_core_version(void);
 
 #endif

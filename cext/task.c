@@ -41,9 +41,11 @@
  *   tmpfs=PATTERN    Slurm's TmpFS (%n, %h expanded here), for PMIx's directories
  *   cache=DIR        node cache base (HPCRUN_NODE_CACHE wins)
  *   share=1          one container per node and step
- *   join=auto|KEY    one container per node for the ranks of an MPI launch (`hpcrun
- *                      run` under mpirun, mpiexec.hydra, srun): the launcher's job
- *                      (auto; see launcher_key), or KEY (--join=KEY)
+ *   join=auto|off|KEY  one container per node for the ranks of an MPI launch
+ *                      (`hpcrun run` under mpirun, mpiexec.hydra, srun): the
+ *                      launcher's job (auto; see launcher_key), KEY (--join=KEY), or
+ *                      none (off); ranks left alone get separate_vars
+ *   pmixv=M.N        the image's PMIx client version (pmix_check)
  *   py=ARG           * how to start `hpcrun task` (Python) for what is not done here
  *   arg=ARG          * the step's `hpcrun task` options and IMAGE as given: where the
  *                      image is not on this node, `hpcrun task ARGS -- COMMAND` runs
@@ -78,11 +80,12 @@ extern int hpcrun_trim_monitor;
 #define MAX_ITEMS 512
 #define KEEPER_ARGV0 "/.hpcrun-keeper-holds-this-container"
 #define PLAN_HEAD "# hpcrun node-container plan 1"
+#define PLAN_VERSION 2   /* hpcrun/runtime/plan.py VERSION: see also there */
 #define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 struct plan {
-    const char *image, *sq, *fuse, *host, *wd, *tmpfs, *cache, *join;
-    int flags, uid, gid, stop, wdreq, wdcwd, clean, share, version;
+    const char *image, *sq, *fuse, *host, *wd, *tmpfs, *cache, *join, *pmixv;
+    int flags, uid, gid, stop, wdreq, wdcwd, clean, share, pmix, version;
     struct hpcrun_mount m[MAX_ITEMS];
     int nm;
     const char *entry[MAX_ITEMS], *cmd[MAX_ITEMS], *args[MAX_ITEMS], *set[MAX_ITEMS], *own[MAX_ITEMS], *always[64], *py[64];
@@ -93,6 +96,38 @@ struct plan {
 
 static const char *hint_text;
 
+/* Hints for the steps the C core names in its messages (a substring -> what to do).
+ * The one table: Python's hpcrun/_core.py asks hpcrun_hint too. */
+static const char *const HINTS[][2] = {
+    {"can't create a user namespace", "unprivileged user namespaces may be disabled here; "
+     "run 'hpcrun check' and ask the admin to enable them (user.max_user_namespaces)"},
+    {"can't open /dev/fuse", "this node does not let users mount FUSE; "
+     "use --unpack to extract the squashfs image into a node-local cache instead"},
+    {"can't mount squashfs", "the squashfs file may be corrupt or truncated; "
+     "check it with 'unsquashfs -s FILE', or rebuild it"},
+    {"can't mount a writable overlay", "--writable-tmpfs needs overlayfs in a user namespace "
+     "(Linux >= 5.11); see 'hpcrun check'"},
+    {"can't bind", "the destination must exist in the image or be creatable: it cannot "
+     "lie inside /proc, /sys, /dev or a read-only or host-backed bind"},
+    {"can't create mount point", "the destination cannot be made inside the image; "
+     "pick another -v destination"},
+    {"can't chdir to", "the working directory does not exist in the container; "
+     "create it in the image, or give -w on a writable mount (/tmp, a -v bind)"},
+    {"can't create working directory", "the working directory must exist in the image or "
+     "lie on a writable mount (/tmp, a -v bind, or use --writable-tmpfs)"},
+    {"command not found", "check the command name and the image's PATH "
+     "(e.g. 'hpcrun run IMAGE -- ls /bin')"},
+    {"can't execute", "the file is not executable, or not a program for this machine"},
+};
+
+const char *hpcrun_hint(const char *msg)
+{
+    for (size_t i = 0; i < sizeof HINTS / sizeof HINTS[0]; i++)
+        if (strstr(msg, HINTS[i][0]))
+            return HINTS[i][1];
+    return NULL;
+}
+
 __attribute__((noreturn, format(printf, 2, 3)))
 static void die(int code, const char *fmt, ...)
 {
@@ -102,8 +137,9 @@ static void die(int code, const char *fmt, ...)
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     dprintf(2, "hpcrun: error: %s\n", msg);
-    if (hint_text)
-        dprintf(2, "hint: %s\n", hint_text);
+    const char *hint = hint_text ? hint_text : hpcrun_hint(msg);
+    if (hint)
+        dprintf(2, "hint: %s\n", hint);
     _exit(code);
 }
 
@@ -194,6 +230,7 @@ static int parse_plan(char *text, struct plan *p)
         else if (!strcmp(k, "tmpfs")) p->tmpfs = v;
         else if (!strcmp(k, "cache")) p->cache = v;
         else if (!strcmp(k, "join")) p->join = v;
+        else if (!strcmp(k, "pmixv")) p->pmixv = v;
         else if (!strcmp(k, "flags")) { if (num(v, &p->flags)) return -1; }
         else if (!strcmp(k, "uid")) { if (num(v, &p->uid)) return -1; }
         else if (!strcmp(k, "gid")) { if (num(v, &p->gid)) return -1; }
@@ -202,6 +239,7 @@ static int parse_plan(char *text, struct plan *p)
         else if (!strcmp(k, "wdcwd")) p->wdcwd = !strcmp(v, "1");
         else if (!strcmp(k, "clean")) p->clean = !strcmp(v, "1");
         else if (!strcmp(k, "share")) p->share = !strcmp(v, "1");
+        else if (!strcmp(k, "pmix")) p->pmix = !strcmp(v, "1");
         else if (!strcmp(k, "entry")) PUSH(p->entry, p->nentry, MAX_ITEMS, v);
         else if (!strcmp(k, "cmd")) PUSH(p->cmd, p->ncmd, MAX_ITEMS, v);
         else if (!strcmp(k, "arg")) PUSH(p->args, p->nargs, MAX_ITEMS, v);
@@ -210,7 +248,7 @@ static int parse_plan(char *text, struct plan *p)
         else if (!strcmp(k, "py")) PUSH(p->py, p->npy, 60, v);
         else return -1;     /* a key of a newer plan: refuse rather than guess */
     }
-    return p->version == 1 && (p->image || p->sq) && p->npy > 0 ? 0 : -1;
+    return p->version == PLAN_VERSION && (p->image || p->sq) ? 0 : -1;
 }
 
 /* 64-bit FNV-1a of the plan: what a node's shared container is planned for. */
@@ -280,7 +318,11 @@ static void python_unpack(const struct plan *p)
     if (pid < 0)
         die(HPCRUN_EXIT_FAILED, "can't fork: %s", strerror(errno));
     if (pid == 0) {
-        dup2(2, 1);     /* its stdout is not the task's output */
+        /* It prints the unpacked copy's path, which this program works out itself:
+         * neither that nor anything else of it belongs in the task's output. */
+        int null = open("/dev/null", O_WRONLY | O_CLOEXEC);
+        if (null >= 0)
+            dup2(null, 1);
         execv(argv[0], (char *const *)argv);
         dprintf(2, "hpcrun: error: can't run %s: %s\n", argv[0], strerror(errno));
         _exit(HPCRUN_EXIT_FAILED);
@@ -299,7 +341,7 @@ static void python_unpack(const struct plan *p)
 __attribute__((noreturn))
 static void python_task(const struct plan *p, char **cmd, int ncmd, const char *path)
 {
-    if (p->nargs == 0 || getenv("HPCRUN_TASK_FALLBACK"))
+    if (p->nargs == 0 || p->npy == 0 || getenv("HPCRUN_TASK_FALLBACK"))
         die(HPCRUN_EXIT_FAILED, "can't read image %s: %s", path, strerror(errno));
     const char **argv = calloc((size_t)(p->npy + p->nargs + ncmd + 2), sizeof *argv);
     if (!argv)
@@ -876,6 +918,7 @@ static char **separate_env(char *const *env, const char *why)
     if (!out)
         die(HPCRUN_EXIT_FAILED, "out of memory");
     memcpy(out, env, n * sizeof *out);
+    size_t k = n;
     for (int v = 0; separate_vars[v]; v++) {
         const char *kv = separate_vars[v];
         size_t l = (size_t)(strchr(kv, '=') - kv);
@@ -884,7 +927,7 @@ static char **separate_env(char *const *env, const char *why)
             set = !strncmp(env[i], kv, l) && env[i][l] == '=';
         if (set)
             continue;
-        out[n++] = (char *)kv;
+        out[k++] = (char *)kv;
         if (verbose())
             dprintf(2, "hpcrun: %s: this rank has a user namespace of its own, so %s\n",
                     why, kv);
@@ -926,9 +969,8 @@ static void node_container(const struct plan *p, struct hpcrun_spec *s, const ch
             close(lock);         /* planned for other options: a container of our own */
             char err[1024];
             int code;
-            if (p->join)
-                s->envp = separate_env(s->envp, "the node's container was made with "
-                                       "other options");
+            s->envp = separate_env(s->envp, "the node's container was made with "
+                                   "other options");
             hpcrun_enter(s, err, sizeof err, &code);
             die(code, "%s", err);
         }
@@ -1020,9 +1062,44 @@ static int launcher_key(char *id, size_t len, const char **who)
     return 1;
 }
 
+/* The image's PMIx client (version `want`, "M.N") against the launcher's PMIx server:
+ * the server names where it listens in one variable per wire version it speaks; a
+ * client looks for its own version's and older ones, and one that finds none does not
+ * fail cleanly (it waits or retries). So: an error here, before the command starts. */
+static void pmix_check(const char *want)
+{
+    static const struct { const char *var; int v; } uris[] = {
+        {"PMIX_SERVER_URI41", 41}, {"PMIX_SERVER_URI4", 40}, {"PMIX_SERVER_URI3", 30},
+        {"PMIX_SERVER_URI21", 21}, {"PMIX_SERVER_URI2", 20}, {"PMIX_SERVER_URI", 10}};
+    int maj = 0, min = 0;
+    if (!getenv("PMIX_NAMESPACE") || sscanf(want, "%d.%d", &maj, &min) != 2)
+        return;
+    int client = maj * 10 + (min > 9 ? 9 : min);
+    char offered[256] = "", looks[256] = "";
+    size_t o = 0, l = 0;
+    for (size_t i = 0; i < sizeof uris / sizeof uris[0]; i++) {
+        int has = getenv(uris[i].var) != NULL;
+        if (has && uris[i].v <= client)
+            return;                  /* one it can use */
+        if (has && o < sizeof offered)
+            o += (size_t)snprintf(offered + o, sizeof offered - o, "%s%s", o ? ", " : "",
+                                  uris[i].var);
+        if (uris[i].v <= client && l < sizeof looks)
+            l += (size_t)snprintf(looks + l, sizeof looks - l, "%s%s", l ? " or " : "",
+                                  uris[i].var);
+    }
+    if (!*offered)
+        return;                      /* no PMIx server here: nothing to check */
+    const char *sv = getenv("PMIX_VERSION");
+    hint_text = "rebuild the image with a PMIx of version 2.1 or later (PMIx talks across "
+                "versions from there), or use --mpi=host";
+    die(HPCRUN_EXIT_FAILED, "PMIx mismatch: the image's PMIx %s looks for %s, the launcher's "
+        "PMIx server (%s) offers only %s", want, looks, sv ? sv : "newer", offered);
+}
+
 /* ---------------------------------------------------------------- main */
 
-static int task_main(int argc, char **argv)
+int hpcrun_plan_exec(int argc, char **argv)
 {
     hint_text = "this program is started by 'hpcrun srun' (or by job files); run "
                 "'hpcrun task --help' for the per-task command";
@@ -1035,7 +1112,6 @@ static int task_main(int argc, char **argv)
         die(HPCRUN_EXIT_FAILED, "the step plan given to %s is malformed or of another "
             "hpcrun version", argv[0]);
     hint_text = NULL;
-    hpcrun_trim_monitor = 0;     /* a monitor here has no interpreter's memory to drop */
     char root[PATH_MAX], pmix[2][PATH_MAX], wd[PATH_MAX];
     struct hpcrun_spec s;
     memset(&s, 0, sizeof s);
@@ -1056,7 +1132,8 @@ static int task_main(int argc, char **argv)
             }
             p.m[i].src = t;
         }
-    pmix_binds(&p, pmix);
+    if (p.pmix)
+        pmix_binds(&p, pmix);
     s.mounts = p.m;
     s.n_mounts = p.nm;
     s.workdir = p.wdcwd ? visible_cwd(&p, wd) : p.wd;
@@ -1069,7 +1146,8 @@ static int task_main(int argc, char **argv)
         nc = p.ncmd;
     }
     if (p.nentry + nc == 0) {
-        hint_text = "give a command after the image: srun $TASK -- CMD [ARG...]";
+        hint_text = p.npy ? "give a command after the image: srun $TASK -- CMD [ARG...]"
+                          : "give a command after the image: hpcrun run IMAGE -- CMD [ARG...]";
         die(HPCRUN_EXIT_FAILED, "no command given, and the image has no CMD or ENTRYPOINT");
     }
     char **cmd = calloc((size_t)(p.nentry + nc + 1), sizeof *cmd);
@@ -1088,17 +1166,24 @@ static int task_main(int argc, char **argv)
         snprintf(base, sizeof base, "step-%s.%s", getenv("SLURM_JOB_ID"), getenv("SLURM_STEP_ID"));
         node_container(&p, &s, key, base, base);
     }
+    if (p.pmixv)
+        pmix_check(p.pmixv);
     if (p.join) {
         char id[256];
         const char *who = "--join";
-        int several = strcmp(p.join, "auto") ? (snprintf(id, sizeof id, "%s", p.join), 1)
-                                              : launcher_key(id, sizeof id, &who);
-        if (several && shareable) {
+        int off = !strcmp(p.join, "off");
+        int several = strcmp(p.join, "auto") && !off
+                          ? (snprintf(id, sizeof id, "%s", p.join), 1)
+                          : launcher_key(id, sizeof id, &who);
+        if (off)
+            who = p.npy ? "a container per task" : "--no-join";
+        if (several && shareable && !off) {
             snprintf(base, sizeof base, "join-%016llx", (unsigned long long)fnv(id));
             node_container(&p, &s, key, base, id);
         }
         if (several)
-            s.envp = separate_env(s.envp, shareable ? who : "--pid=private or a STOPSIGNAL");
+            s.envp = separate_env(s.envp, shareable || off ? who
+                                                           : "--pid=private, a STOPSIGNAL or squashfuse");
     }
     char err[1024];
     int code;
@@ -1107,6 +1192,8 @@ static int task_main(int argc, char **argv)
 }
 
 /* ---------------------------------------------------------------- entry point */
+
+#ifndef HPCRUN_NO_TASK_ENTRY   /* (the launcher, cext/launcher.c, links this file too) */
 
 /* The kernel starts a program at its entry point with argc, argv, envp on the stack;
  * the dynamic loader has already run libc's initialisation (environ is set). Align the
@@ -1140,5 +1227,7 @@ void hpcrun_task_start(long *sp)
 {
     int argc = (int)sp[0];
     char **argv = (char **)(sp + 1);
-    exit(task_main(argc, argv));
+    hpcrun_trim_monitor = 0;     /* a monitor here has no interpreter's memory to drop */
+    exit(hpcrun_plan_exec(argc, argv));
 }
+#endif

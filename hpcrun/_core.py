@@ -12,35 +12,10 @@ from hpcrun.errors import ContainerError
 
 ERRLEN = 2048
 
-# Hints for the steps the C core names in its messages (prefix -> hint).
-_HINTS = (
-    ("can't create a user namespace", "unprivileged user namespaces may be disabled here; "
-     "run 'hpcrun check' and ask the admin to enable them (user.max_user_namespaces)"),
-    ("can't open /dev/fuse", "this node does not let users mount FUSE; "
-     "use --unpack to extract the squashfs image into a node-local cache instead"),
-    ("can't mount squashfs", "the squashfs file may be corrupt or truncated; "
-     "check it with 'unsquashfs -s FILE', or rebuild it"),
-    ("can't mount a writable overlay", "--writable-tmpfs needs overlayfs in a user namespace "
-     "(Linux >= 5.11); see 'hpcrun check'"),
-    ("can't bind", "the destination must exist in the image or be creatable: it cannot "
-     "lie inside /proc, /sys, /dev or a read-only or host-backed bind"),
-    ("can't create mount point", "the destination cannot be made inside the image; "
-     "pick another -v destination"),
-    ("can't chdir to", "the working directory does not exist in the container; "
-     "create it in the image, or give -w on a writable mount (/tmp, a -v bind)"),
-    ("can't create working directory", "the working directory must exist in the image or "
-     "lie on a writable mount (/tmp, a -v bind, or use --writable-tmpfs)"),
-    ("command not found", "check the command name and the image's PATH "
-     "(e.g. 'hpcrun run IMAGE -- ls /bin')"),
-    ("can't execute", "the file is not executable, or not a program for this machine"),
-)
-
-
 def _hint(msg: str) -> str | None:
-    for prefix, hint in _HINTS:
-        if prefix in msg:
-            return hint
-    return None
+    """The C core's hint for its message (one table, cext/task.c HINTS)."""
+    h = lib.hpcrun_hint(msg.encode("utf-8", "replace"))
+    return ffi.string(h).decode() if h != ffi.NULL else None
 
 
 def _raise(err, code) -> None:
@@ -128,6 +103,16 @@ def join(pid: int, argv, env, workdir: str = "/") -> int:
     if r < 0:
         _raise(err, code)
     return r
+
+
+def plan_exec(word: str, command) -> int:
+    """Execute a container plan (hpcrun/runtime/plan.py) with the C executor, in this
+    process. Never returns: the command replaces the process, or the process stays
+    as its monitor; a failure prints one line and exits 125."""
+    a = _Arena()
+    argv = ["hpcrun", word, "--", *command]
+    r = lib.hpcrun_plan_exec(len(argv), a.strv(argv))
+    return int(r)
 
 
 def version() -> str:

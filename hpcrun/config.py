@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass
 from typing import Callable
 
+from . import configfiles
 from .errors import HpcrunError
 
 
@@ -78,14 +79,7 @@ def _suggest(name: str) -> str | None:
 
 
 def _files() -> list[str]:
-    sysdir = os.environ.get("HPCRUN_SYSCONFDIR", "/etc/hpcrun")
-    files = [os.path.join(sysdir, "hpcrun.conf")]
-    confd = os.path.join(sysdir, "conf.d")
-    if os.path.isdir(confd):
-        files += sorted(os.path.join(confd, f) for f in os.listdir(confd) if f.endswith(".conf"))
-    xdg = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    files.append(os.path.join(xdg, "hpcrun", "hpcrun.conf"))
-    return files
+    return configfiles.files()
 
 
 def _parse(key: Key, raw: str, where: str):

@@ -1,76 +1,43 @@
-"""MPI launchers and libraries, as data (no I/O beyond reading the environment and,
-for --mpi=host, the host's and the image's files).
+"""MPI in containers, as data: which launcher started a rank, the host's MPI for
+--mpi=host, the image's PMIx client; all decided here, carried out by the plan
+executor (cext/task.c) or by binds and variables in the plan.
 
-launcher(environ): which launcher started this rank and how many ranks share its
-node, read from the variables each launcher exports (cext/task.c's launcher_key reads
-the same ones to name the node's container). Used by `hpcrun run` to decide whether
-its ranks join one container per node (the default) and, where they cannot, to make
-Open MPI use a transport that works between user namespaces.
+- join_word(): what a plan says about the ranks of an MPI launch on one node: share
+  the node's container (join=auto, the default of `hpcrun run`; --join=KEY), or not
+  (join=off: --no-join, and a container per task under srun). The executor reads the
+  launcher's variables (OMPI_COMM_WORLD_LOCAL_*, MPI_LOCALNRANKS/PMI_FD of MPICH's
+  hydra, SLURM_*, PMIX_*) per invocation, elects the node's first rank by flock,
+  and sets SEPARATE below for ranks left in user namespaces of their own.
+- host_plan(): --mpi=host, the host's MPI library, fabric libraries and plugin trees
+  for an image whose MPI has the same ABI; HostMPIError where it has not.
+- pmix_word(): the image's PMIx client version, so that the executor can refuse a
+  launcher's PMIx server the client can't reach (a clear error, not a hang).
 
-On the `hpcrun run` hot path: imports os only.
+On the `hpcrun run` hot path (join_word, pmix_word): imports os only.
 """
 from __future__ import annotations
 
 import os
 
+# For ranks in different user namespaces (the executor sets them, unless the user
+# did): Open MPI's cross-memory attach fails between user namespaces (and its
+# fallback hangs at 64 KiB); UCX (MPICH's ch4:ucx, Open MPI's pml ucx) can't open a
+# peer's shared memory through /proc/PID/fd nor use CMA, and without CMA its
+# rendezvous goes over TCP, whose close at MPI_Finalize sometimes hangs (UCX 1.13):
+# eager messages only. See also cext/task.c separate_vars.
 SEPARATE = ("OMPI_MCA_btl_vader_single_copy_mechanism=none", "UCX_POSIX_USE_PROC_LINK=n",
             "UCX_TLS=^cma", "UCX_RNDV_THRESH=inf")
 
 
-class Launcher:
-    __slots__ = ("name", "local_rank", "local_size")
-
-    def __init__(self, name, local_rank, local_size):
-        self.name, self.local_rank, self.local_size = name, local_rank, local_size
-
-    def __repr__(self):
-        return f"Launcher({self.name!r}, {self.local_rank!r}, {self.local_size!r})"
-
-
-def _int(v):
-    return int(v) if v is not None and v.isdigit() else None
-
-
-def launcher(environ=None) -> Launcher | None:
-    """The MPI launcher (or srun) that started this process, or None. local_size None:
-    the launcher does not say how many ranks share the node."""
-    e = os.environ if environ is None else environ
-    if "OMPI_COMM_WORLD_LOCAL_SIZE" in e:
-        return Launcher("Open MPI", _int(e.get("OMPI_COMM_WORLD_LOCAL_RANK")),
-                        _int(e.get("OMPI_COMM_WORLD_LOCAL_SIZE")))
-    if "MPI_LOCALNRANKS" in e or "PMI_FD" in e or "HYDI_CONTROL_FD" in e:
-        return Launcher("MPICH hydra", _int(e.get("MPI_LOCALRANKID")),
-                        _int(e.get("MPI_LOCALNRANKS")))
-    if e.get("SLURM_JOB_ID") and e.get("SLURM_STEP_ID"):
-        tasks, nodes = _int(e.get("SLURM_STEP_NUM_TASKS")), _int(e.get("SLURM_STEP_NUM_NODES"))
-        size = 1 if tasks is not None and tasks == nodes else None
-        return Launcher("srun", _int(e.get("SLURM_LOCALID")), size)
-    if e.get("PMIX_NAMESPACE") and "PMIX_RANK" in e:
-        return Launcher("PMIx", None, None)
-    return None
-
-
-def several_on_node(environ=None) -> Launcher | None:
-    """The launcher, where this rank may share its node with others of the launch."""
-    ln = launcher(environ)
-    return ln if ln is not None and ln.local_size != 1 else None
-
-
-def separate_env(env, why: str) -> tuple:
-    """The command's environment (NAME=VALUE items) for a rank in a user namespace of
-    its own: Open MPI's cross-memory attach fails between user namespaces (and its
-    fallback hangs at 64 KiB), and UCX (MPICH's ch4:ucx, Open MPI's pml ucx) can't open
-    a peer's shared memory through /proc/PID/fd nor use CMA (and, without CMA, its
-    rendezvous over TCP sometimes hangs at MPI_Finalize: eager only); these go off unless the user set them
-    (cext/task.c's separate_env does the same). Says so at -v."""
-    env = tuple(env)
-    names = {kv.partition("=")[0] for kv in env}
-    add = tuple(kv for kv in SEPARATE if kv.partition("=")[0] not in names)
-    if add:
-        from hpcrun import log
-        for kv in add:
-            log.info(f"{why}: this rank has a user namespace of its own, so {kv}")
-    return env + add
+def join_word(opts, context: str, share: bool) -> str | None:
+    """The plan's join= value for these options in this context (runtime/pipeline.py):
+    run: auto, KEY (--join=KEY) or off (--no-join); a Slurm task's own container
+    (not the step's node container): off."""
+    if context == "run":
+        if getattr(opts, "no_join", False):
+            return "off"
+        return getattr(opts, "join", None) or "auto"
+    return None if share else "off"
 
 
 # ---------------------------------------------------------------- --mpi=host
@@ -108,10 +75,15 @@ class HostMPIError(Exception):
 
 
 def _find_lib(root: str, names) -> tuple:
-    """(soname, path inside root) of the first MPI library found under root's lib dirs
-    (and /opt/*/lib), or (None, None)."""
-    import glob
-    dirs = list(LIB_DIRS) + sorted(d[len(root):] for d in glob.glob(root + "/opt/*/lib*"))
+    """(soname, path inside root) of the first of `names` found under root's library
+    directories (and /opt/*/lib*), or (None, None)."""
+    dirs = list(LIB_DIRS)
+    try:
+        for o in sorted(os.listdir(root + "/opt")):
+            for sub in ("lib", "lib64"):
+                dirs.append(f"/opt/{o}/{sub}")
+    except OSError:
+        pass
     for d in dirs:
         for so in names:
             p = d + "/" + so
@@ -255,28 +227,33 @@ def _dedup(binds) -> list:
     return out
 
 
-def image_root(name: str) -> str:
+def image_root(image) -> str:
     """A directory image's root for --mpi=host (a squashfs file must be unpacked first:
-    the libraries are looked for in it)."""
-    from hpcrun.runtime import image as img
-    image = img.resolve(name)
-    if image.kind != "dir":
-        raise HostMPIError(f"--mpi=host: {name} is a squashfs image, whose libraries can't "
-                           "be checked before it is mounted",
-                           "add --unpack (hpcrun run) or use the image's directory")
+    its libraries are looked for before it is mounted)."""
+    if image.kind != "dir" or not os.path.isdir(image.path):
+        raise HostMPIError(f"--mpi=host: {image.path} is a squashfs image, whose libraries "
+                           "can't be checked before it is mounted",
+                           "add --unpack (hpcrun run), or use the image's directory")
     return image.path
 
 
-def host_run_args(plan: dict, image_env=()) -> list:
-    """`hpcrun run` options that carry out a host_plan: read-only binds and the
-    library path (the image's own LD_LIBRARY_PATH after the host's libraries)."""
-    args = []
-    for src, dst in plan["binds"]:
-        args += ["-v", f"{src}:{dst}:ro"]
-    old = next((kv.partition("=")[2] for kv in image_env
+def with_host_mpi(opts, image):
+    """opts with what --mpi=host adds (runtime/launch.py plan calls this): the host's
+    libraries bound read-only, and LD_LIBRARY_PATH with their directory first (then the
+    image's own LD_LIBRARY_PATH). Raises UsageError for an incompatible image."""
+    from hpcrun.errors import UsageError
+    try:
+        plan = host_plan(image_root(image))
+    except HostMPIError as e:
+        raise UsageError(e.what, e.hint) from None
+    from hpcrun import log
+    log.info(f"--mpi=host: {plan['why']}; binding {len(plan['binds'])} host paths")
+    old = next((kv.partition("=")[2] for kv in (image.config or {}).get("Env") or ()
                 if kv.startswith("LD_LIBRARY_PATH=")), "")
-    args += ["-e", "LD_LIBRARY_PATH=" + plan["ld_library_path"] + (":" + old if old else "")]
-    return args
+    lib = "LD_LIBRARY_PATH=" + plan["ld_library_path"] + (":" + old if old else "")
+    return opts.replace(volumes=tuple(opts.volumes) + tuple(f"{a}:{b}:ro"
+                                                            for a, b in plan["binds"]),
+                        env=(lib,) + tuple(opts.env))
 
 
 def check_report(argv: list) -> tuple:
@@ -293,7 +270,8 @@ def check_report(argv: list) -> tuple:
         raise UsageError("check --mpi takes one IMAGE", "usage: hpcrun check --mpi IMAGE "
                          "[--format json]")
     try:
-        plan = host_plan(image_root(words[0]))
+        from hpcrun.runtime import image as img
+        plan = host_plan(image_root(img.resolve(words[0])))
     except HostMPIError as e:
         if fmt == "json":
             return json.dumps({"compatible": False, "error": e.what, "hint": e.hint},
@@ -314,51 +292,49 @@ def check_report(argv: list) -> tuple:
 # ---------------------------------------------------------------- PMIx versions
 #
 # A PMIx server (srun --mpi=pmix, Open MPI's mpirun/orted, PRRTE) tells its clients
-# where it listens in one variable per wire version it speaks; a client looks for the
-# variables of its own version and older ones. A client that finds none of them does
-# not fail cleanly: depending on the version it retries or waits. So hpcrun checks the
-# image's PMIx library against the variables before the rank starts.
-PMIX_URIS = (("PMIX_SERVER_URI41", (4, 1)), ("PMIX_SERVER_URI4", (4, 0)),
-             ("PMIX_SERVER_URI3", (3, 0)), ("PMIX_SERVER_URI21", (2, 1)),
-             ("PMIX_SERVER_URI2", (2, 0)), ("PMIX_SERVER_URI", (1, 0)))
+# where it listens in one variable per wire version it speaks (PMIX_SERVER_URI41 ...
+# PMIX_SERVER_URI); a client looks for those of its own version and older ones, and
+# one that finds none does not fail cleanly. The plan carries the image's client
+# version (pmixv=); the executor (cext/task.c pmix_check) compares it with the
+# variables of each invocation.
 PMIX_LIBS = ("libpmix.so.2", "libpmix.so.1", "libpmix.so")
 
 
 def pmix_version(image_root: str) -> tuple | None:
-    """(major, minor, text) of the image's PMIx client library, or None (no PMIx)."""
-    import re
+    """(major, minor, text) of the image's PMIx client library, or None (no PMIx, or
+    no version string found). Reads the library's bytes (no `re`: hot path)."""
     _, path = _find_lib(image_root, PMIX_LIBS)
     if path is None:
         return None
-    data = _read(os.path.realpath(image_root + path) if os.path.islink(image_root + path)
-                 else image_root + path)
-    if not data and os.path.islink(image_root + path):
-        data = _read(image_root + os.path.join(os.path.dirname(path),
-                                               os.readlink(image_root + path)))
-    m = re.search(rb"(?:OpenPMIx|PMIx) v?(\d+)\.(\d+)\.(\d+\w*)", data) or \
-        re.search(rb"pmix-(\d+)\.(\d+)\.(\d+\w*)", data)
-    if not m:
+    data = _read(image_root + _inside(image_root, path))
+    for mark in (b"OpenPMIx ", b"PMIx v", b"pmix-"):
+        at = data.find(mark)
+        while at >= 0:
+            j = at + len(mark)
+            k = j
+            while k < len(data) and data[k:k + 1] in b"0123456789.abcrc":
+                k += 1
+            text = data[j:k].decode("ascii", "replace").rstrip(".")
+            parts = text.split(".")
+            if len(parts) >= 2 and parts[0].isdigit() and parts[1].isdigit():
+                return int(parts[0]), int(parts[1]), text
+            at = data.find(mark, k)
+    return None
+
+
+def _inside(root: str, path: str) -> str:
+    """path inside the image with its symlinks resolved within the image."""
+    for _ in range(16):
+        if not os.path.islink(root + path):
+            return path
+        t = os.readlink(root + path)
+        path = t if t.startswith("/") else os.path.normpath(os.path.join(os.path.dirname(path), t))
+    return path
+
+
+def pmix_word(image) -> str | None:
+    """The plan's pmixv= value: the image's PMIx client MAJOR.MINOR, where it has one."""
+    if image.kind != "dir" or not os.path.isdir(image.path):
         return None
-    return int(m.group(1)), int(m.group(2)), b".".join(m.groups()).decode()
-
-
-def pmix_check(image_root: str, environ=None) -> None:
-    """Raise HostMPIError where this rank's launcher runs a PMIx server the image's
-    PMIx client can't reach (it offers only newer wire versions)."""
-    e = os.environ if environ is None else environ
-    offered = [k for k, _ in PMIX_URIS if k in e]
-    if "PMIX_NAMESPACE" not in e or not offered:
-        return
-    v = pmix_version(image_root)
-    if v is None:
-        return                     # no PMIx in the image: its MPI uses something else
-    usable = [k for k, ver in PMIX_URIS if k in e and ver <= (v[0], v[1])]
-    if usable:
-        return
-    server = e.get("PMIX_VERSION", "newer")
-    raise HostMPIError(f"PMIx mismatch: the image's PMIx {v[2]} looks for "
-                       f"{' or '.join(k for k, ver in PMIX_URIS if ver <= (v[0], v[1]))}, "
-                       f"the launcher's PMIx server ({server}) offers only "
-                       f"{', '.join(offered)}",
-                       "rebuild the image with a PMIx of version 2.1 or later (PMIx "
-                       "talks across versions from there), or use --mpi=host")
+    v = pmix_version(image.path)
+    return f"{v[0]}.{v[1]}" if v else None

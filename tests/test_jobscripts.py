@@ -53,7 +53,7 @@ def test_single(slurm_cluster, user, workdir, task_image, node_cache):
     info = wait_job(slurm_cluster, jobid)
     out = _read(os.path.join(workdir, f"single-{jobid}.out"))
     assert info["JobState"] == "COMPLETED", out
-    tasks = re.findall(r"^task (\d) of 4 on (\S+) uid=4242$", out, re.M)
+    tasks = re.findall(rf"^task (\d) of 4 on (\S+) uid={user.uid}$", out, re.M)
     assert sorted(t for t, _ in tasks) == ["0", "1", "2", "3"]
     assert len({n for _, n in tasks}) == 2
     assert "NAME=busybox-test" in out
@@ -148,7 +148,7 @@ def test_demo(slurm_cluster, user, user_tmp):
     cp = subprocess.run(["bash", os.path.join(JOBSCRIPTS, "demo.sh")], env=env,
                         capture_output=True, text=True, timeout=300)
     assert cp.returncode == 0, cp.stdout + cp.stderr
-    nodes = set(re.findall(r"^task \d of 4 on (\S+) uid=4242$", cp.stdout, re.M))
+    nodes = set(re.findall(rf"^task \d of 4 on (\S+) uid={user.uid}$", cp.stdout, re.M))
     assert len(nodes) == 2
     assert 'PRETTY_NAME="hpcrun example image (BusyBox' in cp.stdout
     assert len(prepare_log(os.path.join(user_tmp, "nodecache"))) == 2

@@ -60,17 +60,17 @@ def test_value_given_to_a_switch(user, busybox_rootfs):
 
 def test_bad_mount_flag(user, busybox_rootfs):
     _fails(_srun(user, f"--container-image={busybox_rootfs}", "--container-mounts=/tmp:/x:rx",
-                 "--", "true"), "mount flag 'rx'", "use 'ro' or 'rw'")
+                 "--", "true"), "bad --container-mounts '/tmp:/x:rx': unknown mode 'rx'", "the mode is ro or rw")
 
 
 def test_relative_mount_destination(user, busybox_rootfs):
     _fails(_srun(user, f"--container-image={busybox_rootfs}", "--container-mounts=/tmp:data",
-                 "--", "true"), "mount destination 'data'")
+                 "--", "true"), "bad --container-mounts '/tmp:data': destination 'data' is not an absolute path")
 
 
 def test_too_many_mount_fields(user, busybox_rootfs):
     _fails(_srun(user, f"--container-image={busybox_rootfs}",
-                 "--container-mounts=/tmp:/a:ro:x", "--", "true"), "bad mount '/tmp:/a:ro:x'")
+                 "--container-mounts=/tmp:/a:ro:x", "--", "true"), "bad --container-mounts '/tmp:/a:ro:x'")
 
 
 def test_missing_mount_source(user, busybox_rootfs):

@@ -25,7 +25,8 @@ def main(verb: str, argv: list) -> int:
         sys.stdout.write(" ".join(shlex.quote(a) for a in args) + "\n")
         return 0
     from hpcrun import log
-    if not plan.image.startswith("/"):
+    from hpcrun.runtime.image import is_path
+    if not is_path(plan.image):
         # An image name: pull it here, once for the whole step, if the store lacks it
         # (the tasks then find it in the store; on a cluster whose store is node-local,
         # each node's first task pulls under the store's lock).

@@ -53,16 +53,23 @@ def read_env_file(path: str, host: dict) -> list:
     return out
 
 
+def _image_env(image_env) -> dict:
+    """The image's ENV list (NAME=VALUE strings) as a dict, in order."""
+    out = {}
+    for item in image_env or ():
+        name, sep, value = item.partition("=")
+        if name and sep:
+            out[name] = value
+    return out
+
+
 def compose(host: dict, image_env=(), env_files=(), assigns=(), cleanenv: bool = False) -> list:
     """The command's environment as a list of NAME=VALUE strings."""
     if cleanenv:
         env = {k: v for k, v in host.items() if k.startswith(ALWAYS)}
     else:
         env = dict(host)
-    for item in image_env or ():
-        name, sep, value = item.partition("=")
-        if name and sep:
-            env[name] = value
+    env.update(_image_env(image_env))
     for path in env_files:
         env.update(read_env_file(path, host))
     for arg in assigns:
@@ -71,3 +78,45 @@ def compose(host: dict, image_env=(), env_files=(), assigns=(), cleanenv: bool =
             env[kv[0]] = kv[1]
     env.setdefault("PATH", DEFAULT_PATH)
     return [f"{k}={v}" for k, v in env.items()]
+
+
+# -- the same policy split for the C executor (runtime/plan.py) ----------------------
+# What is the same for every invocation of a plan (image ENV, --env-file, -e NAME=VALUE:
+# "fixed", in order) and what is each invocation's own (`-e NAME` alone: the caller's
+# value where it has one). The executor applies them over the caller's environment
+# exactly as compose() does over the host's.
+
+_MARK = object()
+
+
+class _Marking(dict):
+    """A host environment that has every name, each with the value _MARK, so that the
+    parsers above tell which settings copy the caller's value (NAME alone)."""
+
+    def __contains__(self, name):
+        return True
+
+    def __getitem__(self, name):
+        return _MARK
+
+
+def split(image_env=(), env_files=(), assigns=()) -> tuple:
+    """(fixed {NAME: VALUE} in order, set of names that are the caller's own)."""
+    fixed: dict = _image_env(image_env)
+    own: set = set()
+    marking = _Marking()
+    pairs = []
+    for path in env_files:
+        pairs += read_env_file(path, marking)
+    for arg in assigns:
+        kv = parse_assign(arg, marking, "-e")
+        if kv:
+            pairs.append(kv)
+    for name, value in pairs:
+        if value is _MARK:
+            own.add(name)
+        else:
+            fixed.pop(name, None)     # keep the order of the last setting
+            fixed[name] = value
+            own.discard(name)
+    return fixed, own

@@ -116,6 +116,20 @@ def check_rootfs(path: str) -> None:
                          "get one with 'hpcrun pull' or 'hpcrun export'")
 
 
+PATH_PREFIXES = ("/", "./", "../", "~")
+
+
+def is_path(arg: str, cwd: str | None = None) -> bool:
+    """The one rule for an IMAGE argument, at every entry point: spelled as a path
+    (/, ./, ../, ~, . or ..), or naming a file or directory that exists (relative to
+    cwd), it is a path: a root directory or a squashfs file. Anything else is an image
+    name or id from the store (names contain "/" too: library/ubuntu, ghcr.io/org/img,
+    localhost:5000/x). A file's suffix decides nothing (app.sqfs may be a name)."""
+    if arg.startswith(PATH_PREFIXES) or arg in (".", ".."):
+        return True
+    return os.path.lexists(os.path.join(cwd, arg) if cwd else arg)
+
+
 def resolve(arg: str) -> Image:
     if os.path.isdir(arg):
         path = os.path.realpath(arg)
@@ -128,9 +142,7 @@ def resolve(arg: str) -> Image:
                              "IMAGE is a root directory, a squashfs file or an image name "
                              "(see 'hpcrun images')")
         return Image(path=path, kind="squashfs", config=None)
-    # Something spelled as a path is a path; anything else may be an image name, and
-    # names contain "/" too (library/ubuntu, ghcr.io/org/img, localhost:5000/x).
-    if arg.startswith(("/", "./", "../", "~")) or arg in (".", "..") or os.path.lexists(arg):
+    if is_path(arg):
         raise NotFound(f"no such image: {arg}",
                        "IMAGE is a root directory, a squashfs file or an image name "
                        "(see 'hpcrun images')")

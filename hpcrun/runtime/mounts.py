@@ -55,26 +55,41 @@ def bind(src: str, dst: str, readonly: bool = False, what: str = "bind source") 
     return Mount(src=real, dst=dst, flags=flags)
 
 
-def parse_volume(arg: str) -> Mount:
-    """-v SRC[:DST[:ro|rw]] (Docker's spelling; DST defaults to SRC)."""
+def split_bind(arg: str, what: str = "--volume", flag_sep: str = "") -> tuple:
+    """The one bind parser: SRC[:DST[:MODE]] -> (src, dst, readonly). DST defaults to
+    SRC (an empty DST is refused, as Docker and pyxis refuse it); MODE is ro or rw, or
+    several joined by flag_sep (pyxis's ro+rw...); DST must be absolute and not /."""
+    hint = ("write SRC or SRC:DST[:ro|rw], e.g. /data:/data:ro"
+            + (", several separated by ','" if what != "--volume" else ""))
     parts = arg.split(":")
     if not parts[0] or len(parts) > 3:
-        raise UsageError(f"bad --volume {arg!r}", "use -v SRC:DST[:ro|rw], e.g. -v /data:/data:ro")
+        raise UsageError(f"bad {what} {arg!r}", hint)
+    if len(parts) > 1 and not parts[1]:
+        raise UsageError(f"bad {what} {arg!r}: empty destination", hint)
     src = parts[0]
-    dst = parts[1] if len(parts) > 1 and parts[1] else src
-    mode = parts[2] if len(parts) > 2 else "rw"
-    if mode not in ("ro", "rw"):
-        raise UsageError(f"bad --volume {arg!r}: unknown mode {mode!r}", "the mode is ro or rw")
+    dst = parts[1] if len(parts) > 1 else src
+    modes = parts[2].split(flag_sep) if len(parts) > 2 and flag_sep else parts[2:]
+    readonly = False
+    for mode in modes:
+        if mode not in ("ro", "rw"):
+            raise UsageError(f"bad {what} {arg!r}: unknown mode {mode!r}", "the mode is ro or rw")
+        readonly = mode == "ro"
     if not dst.startswith("/"):
-        raise UsageError(f"bad --volume {arg!r}: destination {dst!r} is not an absolute path",
+        raise UsageError(f"bad {what} {arg!r}: destination {dst!r} is not an absolute path",
                          "write the destination inside the container as /path")
     dst = os.path.normpath(dst)
     if dst.startswith("//"):
         dst = "/" + dst.lstrip("/")
     if dst == "/":
-        raise UsageError(f"bad --volume {arg!r}: cannot bind over /",
+        raise UsageError(f"bad {what} {arg!r}: cannot bind over /",
                          "bind to a directory inside the image")
-    return bind(os.path.abspath(src), dst, mode == "ro")
+    return src, dst, readonly
+
+
+def parse_volume(arg: str) -> Mount:
+    """-v SRC[:DST[:ro|rw]] (Docker's spelling; DST defaults to SRC)."""
+    src, dst, readonly = split_bind(arg)
+    return bind(os.path.abspath(src), dst, readonly)
 
 
 def sort_binds(mounts: list) -> list:

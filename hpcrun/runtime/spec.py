@@ -6,6 +6,8 @@ Flag values mirror cext/core.h (see also there).
 """
 from __future__ import annotations
 
+from hpcrun.runtime import options as _options
+
 # hpcrun_spec.flags (cext/core.h HPCRUN_F_*)
 F_FAKEROOT = 0x01
 F_WRITABLE = 0x02
@@ -86,13 +88,8 @@ class Spec(_Frozen):
 
 
 class RunOptions(_Frozen):
-    """The options of `hpcrun run`, as parsed (hpcrun/cli/run.py)."""
+    """The container options as parsed: IMAGE, the command, and one attribute per
+    entry of the option table (hpcrun/runtime/options.py), with its defaults."""
 
-    __slots__ = ("image", "command", "env", "env_files", "cleanenv", "volumes", "workdir",
-                 "entrypoint", "fakeroot", "writable_tmpfs", "pid", "ipc", "network",
-                 "hostname", "home", "scratch", "unpack", "join", "mpi")
-    _defaults = {"command": (), "env": (), "env_files": (), "cleanenv": False, "volumes": (),
-                 "workdir": None, "entrypoint": None, "fakeroot": False,
-                 "writable_tmpfs": False, "pid": "host", "ipc": "host", "network": "host",
-                 "hostname": None, "home": True, "scratch": False, "unpack": False,
-                 "join": None, "mpi": "image"}
+    __slots__ = ("image", "command") + tuple(o.attr for o in _options.TABLE)
+    _defaults = {"command": (), **_options.defaults()}

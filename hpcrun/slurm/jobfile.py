@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..errors import JobFileError, NotFound
+from ..errors import JobFileError, NotFound, UsageError
 
 Path = Tuple[Any, ...]   # ("steps", "train", "mounts", 1)
 
@@ -39,13 +39,21 @@ _RESOURCE_KEYS = ("nodes", "ntasks", "ntasks_per_node", "cpus_per_task", "mem", 
 
 
 def schema() -> dict:
+    """The job file schema: the data file plus the `container:` mapping, which is
+    generated from the option table (hpcrun/runtime/options.py), at the top level and
+    in every step."""
+    from ..runtime import options
     with open(SCHEMA_FILE) as f:
-        return json.load(f)
+        s = json.load(f)
+    s.setdefault("definitions", {})["container"] = options.job_schema()
+    ref = {"$ref": "#/definitions/container"}
+    s["properties"]["container"] = ref
+    s["definitions"]["step"]["properties"]["container"] = ref
+    return s
 
 
 def schema_text() -> str:
-    with open(SCHEMA_FILE) as f:
-        return f.read()
+    return json.dumps(schema(), indent=2) + "\n"
 
 
 # ---------------------------------------------------------------------------
@@ -77,6 +85,7 @@ class Step:
     mounts: Tuple[str, ...] = ()
     workdir: Optional[str] = None
     scratch: bool = False
+    options: Tuple[str, ...] = ()      # `container:` as hpcrun run option words
     mpi: Optional[str] = None
     array: Optional[str] = None
     output: Optional[str] = None
@@ -491,6 +500,17 @@ def _resources(doc: _Doc, top: dict, step: dict, tpath: Path,
     return Resources(**vals), tuple(sorted(lines.items()))
 
 
+def _container(doc: _Doc, top: dict, step: dict) -> Tuple[str, ...]:
+    """`container:` (top level, then the step's, key by key) -> option words."""
+    from ..runtime import options
+    merged = dict(top)
+    merged.update(step)
+    try:
+        return tuple(options.job_argv(merged))
+    except UsageError as e:
+        raise JobFileError(f"{doc.path}: container: {e.what}", e.hint) from None
+
+
 def validate(data: Any, doc: _Doc) -> None:
     """Check the loaded data against the schema (raises JobFileError)."""
     s = schema()
@@ -510,7 +530,7 @@ def parse(text: str, path: str = "<job>") -> JobFile:
     name = data.get("name") or re.sub(r"[^A-Za-z0-9_.+-]", "_", stem) or "job"
     steps_in = data.get("steps")
     step_keys = ("image", "command", "env", "mounts", "workdir", "scratch", "mpi",
-                 "array", "output", "error")
+                 "array", "output", "error", "container")
 
     def resolve(sname: str, st: dict, spath: Path) -> Step:
         merged: Dict[str, Any] = {k: data[k] for k in step_keys if k in data}
@@ -553,6 +573,8 @@ def parse(text: str, path: str = "<job>") -> JobFile:
             mounts=tuple(by_dst.values()),
             workdir=merged.get("workdir"),
             scratch=bool(merged.get("scratch", False)),
+            options=_container(doc, data.get("container") or {},
+                               (st.get("container") or {}) if spath else {}),
             mpi=merged.get("mpi"),
             array=merged.get("array"),
             output=merged.get("output"),

@@ -22,6 +22,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from .. import log
 from ..errors import HpcrunError, JobFileError, NotFound, SlurmError
+from ..runtime.image import is_path
 from . import backend as _backend
 from .backend import CliBackend, JobInfo
 from .jobfile import JobFile, Step
@@ -51,7 +52,7 @@ def check_images(job: JobFile) -> None:
     for step in job.steps:
         img = step.image
         where = f"{job.path}:{step.image_line}: {_field(step, 'image', '')}"
-        if not img.startswith(("/", "~")) and not img.endswith((".sqfs", ".squashfs")):
+        if not is_path(img):
             if img not in checked:
                 _check_name(img, where)
                 checked.add(img)

@@ -74,7 +74,7 @@ def task_options(step: Step) -> List[str]:
         argv += ["-w", step.workdir]
     if step.scratch:
         argv.append("--scratch")
-    return argv + [step.image]
+    return argv + list(step.options) + [step.image]
 
 
 def task_argv(step: Step, exe: str) -> List[str]:
@@ -87,9 +87,10 @@ def task_argv(step: Step, exe: str) -> List[str]:
 
 
 def _is_reference(image: str) -> bool:
-    """An image name or registry reference (not a path): it may need pulling."""
-    return not (image.startswith(("/", "./", "../", "~")) or
-                image.endswith((".sqfs", ".squashfs", ".squash")))
+    """An image name or registry reference (not a path): it may need pulling. The
+    rule is runtime/image.py is_path (the job file resolved relative paths already)."""
+    from ..runtime.image import is_path
+    return not is_path(image)
 
 
 def render(step: Step, exe: str, source: Optional[str] = None) -> str:

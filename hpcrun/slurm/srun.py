@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from ..errors import UsageError
+from ..runtime import options as _options
 from ..runtime.spec import _Frozen   # not dataclasses: ~10 ms of imports per step
 
 USAGE = """usage: hpcrun srun --container-image=IMAGE [CONTAINER OPTIONS] [SRUN OPTIONS] [--] COMMAND [ARG...]
@@ -56,6 +57,9 @@ class Opt(_Frozen):
 
 
 # The table of container options (pyxis's names). Boolean pairs share a destination.
+# Each one maps onto an entry of the option table (hpcrun/runtime/options.py, whose
+# `pyxis` field names it); every other run option that applies to Slurm tasks is taken
+# in the generic spelling --container-NAME[=VALUE] (e.g. --container-pid=private).
 OPTIONS: dict[str, Opt] = {o.name: o for o in [
     Opt("container-image", True, "PYXIS_CONTAINER_IMAGE"),
     Opt("container-mounts", True, "PYXIS_CONTAINER_MOUNTS"),
@@ -72,6 +76,14 @@ OPTIONS: dict[str, Opt] = {o.name: o for o in [
     Opt("container-entrypoint", False, "PYXIS_CONTAINER_ENTRYPOINT"),
     Opt("no-container-entrypoint", False, ""),
 ]}
+# The generic spellings, from the option table.
+GENERIC = {"container-" + o.key: o for o in _options.TABLE
+           if _options.SRUN in o.where and o.pyxis is None}
+for _name, _o in GENERIC.items():
+    OPTIONS[_name] = Opt(_name, _o.takes_value, "", _o.help)
+USAGE = USAGE.replace("\nNot supported", "\nEvery other 'hpcrun run' option for tasks, as --container-NAME[=VALUE]:\n" + "".join(
+    f"  --{n + ('=' + o.metavar if o.takes_value else ''):28} {o.help}\n"
+    for n, o in GENERIC.items()) + "\nNot supported", 1)
 
 UNSUPPORTED = {
     "container-name": "hpcrun does not keep containers between steps; keep state in a "
@@ -161,7 +173,8 @@ def split(argv: list) -> tuple:
                     if val == "":
                         raise UsageError(f"--{name} has an empty value",
                                          f"write --{name}=VALUE")
-                    if name == "container-mounts" and name in container:
+                    if (name == "container-mounts" or (name in GENERIC and GENERIC[name].kind
+                                                       == _options.LIST)) and name in container:
                         val = container[name] + "," + val     # repeated: accumulate
                     container[name] = val
                 else:
@@ -227,11 +240,9 @@ def image_arg(image: str, cwd: str) -> str:
                          "copy it into hpcrun once: docker save IMAGE | hpcrun load")
     if image.startswith("docker://"):
         image = image[len("docker://"):]
-    if os.path.isabs(image) or image.startswith(("./", "../", "~")):
+    from ..runtime.image import is_path
+    if is_path(image, cwd):
         return os.path.normpath(os.path.join(cwd, os.path.expanduser(image)))
-    p = os.path.join(cwd, image)
-    if os.path.exists(p):
-        return os.path.normpath(p)
     if "@" in image.split("#", 1)[0] and "#" in image:
         raise UsageError(f"credentials in --container-image={image!r} are not "
                          "supported", "log in once with 'hpcrun login REGISTRY' instead")
@@ -245,29 +256,14 @@ def image_arg(image: str, cwd: str) -> str:
 
 
 def _mounts(spec: str, cwd: str) -> list:
+    """--container-mounts=SRC[:DST[:FLAGS]][,...] (pyxis: FLAGS joined by '+') -> -v words,
+    parsed by the one bind parser (runtime/mounts.py split_bind)."""
+    from ..runtime.mounts import split_bind
     out = []
     for item in spec.split(","):
         if not item:
             continue
-        parts = item.split(":")
-        if len(parts) > 3 or not parts[0]:
-            raise UsageError(f"bad mount {item!r} in --container-mounts",
-                             "write SRC[:DST[:FLAGS]], several separated by ','")
-        src = parts[0]
-        dst = parts[1] if len(parts) > 1 and parts[1] else src
-        flags = parts[2].split("+") if len(parts) > 2 and parts[2] else []
-        ro = False
-        for f in flags:
-            if f == "ro":
-                ro = True
-            elif f == "rw":
-                ro = False
-            else:
-                raise UsageError(f"mount flag {f!r} in {item!r} is not "
-                                 "supported", "use 'ro' or 'rw'")
-        if not dst.startswith("/"):
-            raise UsageError(f"mount destination {dst!r} in {item!r} is not "
-                             "an absolute path", "write SRC:/absolute/destination")
+        src, dst, ro = split_bind(item, "--container-mounts", flag_sep="+")
         src = os.path.normpath(os.path.join(cwd, os.path.expanduser(src)))
         if not os.path.exists(src):
             raise UsageError(f"mount source {src} does not exist",
@@ -320,6 +316,17 @@ def plan(argv: list, environ=None,
         run.append("--scratch")
     if container.get("no-container-entrypoint") and not container.get("container-entrypoint"):
         run.append("--entrypoint=")      # the command alone, without the image's ENTRYPOINT
+    generic: dict = {}
+    for name, o in GENERIC.items():
+        if name in container:
+            v = container[name]
+            if o.kind == _options.LIST:
+                generic[o.attr] = tuple(x for x in str(v).split(",") if x)
+            elif o.takes_value:
+                generic[o.attr] = _options._check_value(o, str(v))
+            else:
+                generic[o.attr] = o.kind == _options.FLAG
+    run += _options.to_argv(generic)
     if not container.get("container-per-task"):
         # As with pyxis: the first task on a node creates the container, the others
         # join it (hpcrun task --node-container).

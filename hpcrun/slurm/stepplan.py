@@ -8,8 +8,8 @@ the ``hpcrun task`` options into a *step plan*, one command-line word, and runs:
 The program cext/task.c (built as ``hpcrun/_task*.so``, an executable) then starts
 each task's container with no Python at all: it adds the task's own environment,
 Slurm's PMIx directories and the node's unpacked squashfs copy, and either enters a
-container of its own or joins the node's (see cext/task.c for the grammar written
-here and what the program does with it). What it cannot do (unpacking a squashfs
+container of its own or joins the node's (hpcrun/runtime/plan.py states the
+grammar; cext/task.c executes it). What it cannot do (unpacking a squashfs
 file the first time on a node) it hands to ``hpcrun task --unpack-only``.
 
 Where there is no such program (a platform it is not built for) ``hpcrun srun`` falls
@@ -20,28 +20,11 @@ from __future__ import annotations
 import os
 import sys
 
-VERSION = "1"
-SCRATCH = "SCRATCH"       # a mount source the program resolves per task (--scratch)
-# Bytes a value keeps as they are; every other one is written %XX. The plan is then
-# one shell word that needs no quoting: `srun $(hpcrun task --plan IMAGE) -- CMD`.
-_PLAIN = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789/._+@-")
+from hpcrun.runtime import plan as _plan
 
-
-def _esc(value) -> str:
-    b = os.fsencode(value) if not isinstance(value, bytes) else value
-    if b"\0" in b:
-        raise ValueError("a NUL byte cannot be passed to a task")
-    return "".join(chr(c) if c in _PLAIN else f"%{c:02X}" for c in b)
-
-
-def encode_args(args) -> str:
-    """Words as one shell word that needs no quoting (decode_args reverses it)."""
-    return ",".join(_esc(a) for a in args)
-
-
-def decode_args(word: str) -> list:
-    from urllib.parse import unquote
-    return [unquote(a, errors="surrogateescape") for a in word.split(",")]
+# The plan format itself (grammar, version, escaping) lives in hpcrun/runtime/plan.py.
+encode_args = _plan.encode_args
+decode_args = _plan.decode_args
 
 
 def task_program() -> str | None:
@@ -82,74 +65,28 @@ def _interpreter_ok(path: str) -> bool:
     return False
 
 
-def make(task_args: list, hpcrun: list, environ=None, share: bool = False,
-         join: "str | None" = None) -> str:
+def make(task_args: list, hpcrun: list, environ=None, share: bool = False) -> str:
     """The step plan for `hpcrun task [run options] IMAGE` (task_args: the words before
     `--`; the command comes after the plan). `hpcrun`: how to start hpcrun (Python) on
-    a node. join: "auto" or a key: the ranks of an MPI launch on a node share one
-    container (`hpcrun run` under mpirun; cext/task.c). Raises HpcrunError (UsageError, NotFound, ...) for bad options or images."""
-    from ..cli import run
-    from ..runtime import env as envpolicy
-    from ..runtime import image as img
-    from ..runtime import launch
-    from . import prepare
-    environ = dict(os.environ if environ is None else environ)
-    opts = run.parse(list(task_args) + ["--", "true"])
-    image = img.resolve(opts.image)
-    words = [f"v={VERSION}"]
-    if image.kind == "squashfs":
-        # Unpacked once per node (prepare.unpack_once's cache): planned as a directory.
-        words.append("sq=" + _esc(image.path))
-        image = img.Image(path=image.path, kind="dir", name=image.name,
-                          config=image.config or {})
-    if opts.scratch and not (environ.get("SLURM_TMPDIR") or environ.get("TMPDIR")):
-        environ["TMPDIR"] = "/tmp"    # each task binds its own (below); Slurm's default
-    spec = launch.plan(opts, image, environ)
-    words.append("image=" + _esc(spec.image))
-    words += [f"flags={spec.flags}", f"uid={spec.uid}", f"gid={spec.gid}",
-              f"stop={spec.stop_signal or 0}"]
-    if spec.squashfuse:
-        words.append("fuse=" + _esc(spec.squashfuse))
-    if spec.hostname:
-        words.append("host=" + _esc(spec.hostname))
-    for m in spec.mounts:
-        src = _esc(m.src) if m.src else ""
-        if opts.scratch and m.dst == "/scratch":
-            src = SCRATCH             # this task's $SLURM_TMPDIR, else $TMPDIR
-        words.append(f"m={m.flags}:{src}:{_esc(m.dst)}")
-    if opts.workdir or (image.config or {}).get("WorkingDir"):
-        words += ["wd=" + _esc(spec.workdir), f"wdreq={1 if spec.workdir_required else 0}"]
-    else:
-        words.append("wdcwd=1")                  # each task's own cwd, as seen inside
-    # The image's ENTRYPOINT stays in front of the command (Docker's rule); its CMD is
-    # the command when the srun line gives none (and none with --entrypoint).
-    for a in spec.argv[:len(spec.argv) - 1]:
-        words.append("entry=" + _esc(a))
-    if opts.entrypoint is None:
-        words += ["cmd=" + _esc(a) for a in launch._argv((image.config or {}).get("Cmd"))]
-    fixed, own = prepare.env_additions((image.config or {}).get("Env") or (),
-                                       opts.env_files, opts.env, environ)
-    for name, value in fixed.items():
-        words.append(f"set={_esc(name)}:{_esc(value)}")
-    for name in sorted(own):
-        words.append("own=" + _esc(name))
-    if opts.cleanenv:
-        words.append("clean=1")
-        words += ["always=" + _esc(p) for p in envpolicy.ALWAYS]
-    words.append("tmpfs=" + _esc(prepare.tmpfs_pattern(environ)))
-    words.append("cache=" + _esc(prepare.cache_base()))
-    if share:
-        words.append("share=1")
-    if join:
-        words.append("join=" + _esc(join))
-    words += ["py=" + _esc(a) for a in list(hpcrun) + ["task"]]
+    a node. Raises HpcrunError (UsageError, NotFound, ...) for bad options or images."""
+    from hpcrun.runtime import options, pipeline
+    opts = pipeline.run_options(list(task_args), options.PLAN)
+    if opts.command:
+        from hpcrun.errors import UsageError
+        raise UsageError("a step plan takes run options and IMAGE, no command",
+                         "the command goes on the srun line: srun $TASK -- COMMAND")
+    opts = opts.replace(node_container=share or opts.node_container)
     # Where the image is not on a node (the store is node-local by default), the task
     # runs `hpcrun task ARGS -- COMMAND` there instead, which pulls it into that store.
-    args = (["--node-container"] if share else []) + list(task_args)
-    if os.path.exists(args[-1]):
-        args[-1] = os.path.abspath(args[-1])     # tasks may start elsewhere
-    words += ["arg=" + _esc(a) for a in args]
-    return ",".join(words)
+    args = [a for a in task_args if a != "--node-container"]
+    if opts.node_container:
+        args.insert(0, "--node-container")
+    i = options.image_index(args, options.PLAN)
+    if i >= 0 and os.path.exists(args[i]):
+        args[i] = os.path.abspath(args[i])     # tasks may start elsewhere
+    word, _, _ = pipeline.prepare(opts, options.PLAN, environ,
+                               python=list(hpcrun) + ["task"], task_args=args)
+    return word
 
 
 def srun_argv(srun_opts, task_args, command, hpcrun: list, share: bool,
@@ -162,5 +99,3 @@ def srun_argv(srun_opts, task_args, command, hpcrun: list, share: bool,
     return [srun, *srun_opts, prog, plan, "--", *command]
 
 
-if __name__ == "__main__":       # pragma: no cover - a debugging aid
-    sys.stdout.write(make(sys.argv[1:], ["hpcrun"]) + "\n")

@@ -1,0 +1,140 @@
+"""Options -> image -> container: the one pipeline every entry point goes through.
+
+`hpcrun run`, `hpcrun task`, `hpcrun task --plan`, `hpcrun srun` and job files all
+parse their options with the option table (runtime/options.py), resolve IMAGE with
+one rule (runtime/image.py `resolve`), and call prepare() here, which plans the
+container (runtime/launch.py `plan`: identity, namespaces, mounts, workdir) and
+writes it as a plan (runtime/plan.py); the C executor runs it (`execute`).
+The contexts differ only in what a squashfs image becomes and what Slurm adds:
+
+  run   a squashfs file is mounted with squashfuse, or unpacked once into the
+        unpack cache with --unpack
+  task  a squashfs file is unpacked once per node (the node cache); Slurm's PMIx
+        directories are bound; the Python form of a Slurm task
+  plan  like task, but worked out once per step on the launching node: a squashfs
+        file is unpacked by each node's executor, and where the image is not on a
+        node the executor runs `hpcrun task ARGS` there instead
+
+Per-task hot path: import-light (os, sys, and the runtime modules).
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from hpcrun.errors import ImageError, UsageError
+from hpcrun.runtime import options
+
+RUN, TASK, PLAN = options.RUN, options.TASK, options.PLAN
+
+
+def run_options(argv, entry: str = RUN):
+    """Option words (+ IMAGE [--] CMD) -> RunOptions; UsageError for bad options."""
+    from hpcrun.runtime.spec import RunOptions
+    vals, image, command, help_asked = options.parse(list(argv), entry)
+    if help_asked:
+        raise UsageError(f"--help is not an option here", f"run 'hpcrun {entry} --help'")
+    if image is None:
+        raise UsageError("no IMAGE given" if entry != RUN else "no image given",
+                         f"usage: hpcrun {entry} [OPTIONS] IMAGE [--] CMD [ARG...]")
+    return RunOptions(image=image, command=tuple(command), **vals)
+
+
+def resolve(opts, context: str = RUN):
+    """The image to plan, as the context needs it: (Image, squashfs file the executor
+    unpacks or None)."""
+    from hpcrun.runtime import image as img
+    from hpcrun.runtime import launch
+    image = img.resolve(opts.image)
+    if image.kind != "squashfs":
+        return image, None
+    if context == PLAN:
+        # Unpacked once per node by the executor (the node cache): planned as a directory.
+        return img.Image(path=image.path, kind="dir", name=image.name,
+                         config=image.config or img.squashfs_config(image.path)), image.path
+    if context == TASK:
+        from hpcrun.slurm import prepare
+        root = prepare.unpack_once(image.path)
+        return img.Image(path=root, kind="dir", name=image.name,
+                         config=image.config if image.config else img.dir_config(root)), None
+    if opts.unpack:
+        root = img.unpack(image.path)
+        return img.Image(path=root, kind="dir", config=image.config or img.dir_config(root),
+                         name=image.name), None
+    if not launch.fuse_allowed():
+        raise ImageError(f"can't mount squashfs image {opts.image}: this node does not let "
+                         "users use FUSE (/dev/fuse)",
+                         "add --unpack to extract it once into a node-local cache, or ask "
+                         "the admin to allow FUSE")
+    if image.config is None:
+        image = image.replace(config=img.squashfs_config(image.path))
+    return image, None
+
+
+def prepare(opts, context: str = RUN, environ=None, *, python=(), task_args=()):
+    """Plan the container of `opts` for `context`: (plan word, Spec, Image)."""
+    from hpcrun.runtime import env as envpolicy
+    from hpcrun.runtime import launch
+    from hpcrun.runtime import plan as planfmt
+    environ = dict(os.environ if environ is None else environ)
+    slurm = context in (TASK, PLAN)
+    if slurm and opts.scratch and not (environ.get("SLURM_TMPDIR") or environ.get("TMPDIR")):
+        environ["TMPDIR"] = "/tmp"    # each task binds its own; Slurm's default
+    image, sq = resolve(opts, context)
+    if opts.mpi == "host":
+        from hpcrun import mpi           # the host's MPI: read-only binds, LD_LIBRARY_PATH
+        opts = mpi.with_host_mpi(opts, image)
+    conf = image.config or {}
+    if opts.entrypoint is not None:
+        default = [opts.entrypoint] if opts.entrypoint else []
+    else:
+        default = launch._argv(conf.get("Entrypoint")) + launch._argv(conf.get("Cmd"))
+    if context != PLAN and not opts.command and not default:
+        raise UsageError("no command given",
+                         "give a command after the image: hpcrun run IMAGE -- CMD [ARG...]")
+    spec = launch.plan(opts.replace(command=opts.command or ("true",)), image, environ)
+    fixed, own = envpolicy.split(conf.get("Env") or (), opts.env_files, opts.env)
+    # The executor binds a PMIx server's directory (PMIX_SERVER_TMPDIR: mpirun's,
+    # srun's) where an invocation has one; Slurm's per-step directory too in tasks.
+    extra = {"pmix": True}
+    if slurm:
+        from hpcrun.slurm import prepare as slurmprep
+        extra = dict(pmix=True, tmpfs=slurmprep.tmpfs_pattern(environ),
+                     cache=slurmprep.cache_base(),
+                     share=bool(opts.node_container) and context == PLAN)
+    from hpcrun import mpi
+    word = planfmt.make(opts, image, spec, fixed_env=fixed, own_env=own, sq=sq,
+                        python=python, task_args=task_args,
+                        join=mpi.join_word(opts, context, extra.get("share", False)),
+                        pmixv=mpi.pmix_word(image), **extra)
+    return word, spec, image
+
+
+def execute(word: str, command) -> int:
+    """Run a plan with the C executor: the per-task program, exec'd in place of this
+    process (no interpreter left behind, no cffi import), or, where that program
+    cannot run on this platform, the same executor through the cffi module. Either
+    way this process becomes the command or stays as its monitor."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    from hpcrun.slurm import stepplan
+    # HPCRUN_EXECUTOR=cffi (a test hook) takes the cffi path where the program exists.
+    prog = stepplan.task_program() if os.environ.get("HPCRUN_EXECUTOR") != "cffi" else None
+    if prog is not None:
+        os.execv(prog, [prog, word, "--", *command])
+    from hpcrun import _core
+    return _core.plan_exec(word, list(command))
+
+
+def run(opts, context: str = RUN, words=None) -> int:
+    """`hpcrun run` / the Python form of `hpcrun task`: prepare, then execute.
+    words: `hpcrun run`'s option words and IMAGE as given, to remember the plan for
+    the C launcher (runtime/plancache.py) under them."""
+    word, spec, image = prepare(opts, context)
+    if os.environ.get("HPCRUN_VERBOSE", "0") not in ("", "0", "1"):
+        from hpcrun.runtime import launch
+        launch._log_spec(spec)
+    if words is not None and context == RUN and not os.environ.get("HPCRUN_NO_PLAN_CACHE"):
+        from hpcrun.runtime import plancache
+        plancache.store(words, word, plancache.checks(opts, image, spec))
+    return execute(word, opts.command)
