@@ -63,6 +63,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -479,6 +480,30 @@ static int is_dir(const char *p)
     return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
+/* Slurm's TmpFS setting (%n, %h unexpanded) from slurm.conf ($SLURM_CONF), else
+ * /tmp: for plans made without it (`hpcrun run`, which need not be in Slurm). */
+static const char *slurm_tmpfs(char *out)
+{
+    const char *conf = getenv("SLURM_CONF");
+    snprintf(out, PATH_MAX, "/tmp");
+    FILE *f = fopen(conf && *conf ? conf : "/etc/slurm/slurm.conf", "re");
+    if (!f)
+        return out;
+    char line[PATH_MAX + 64];
+    while (fgets(line, sizeof line, f)) {
+        char *s = line + strspn(line, " \t");
+        if (strncasecmp(s, "tmpfs", 5) || s[5 + strspn(s + 5, " \t")] != '=')
+            continue;
+        s = strchr(s, '=') + 1;
+        s += strspn(s, " \t");
+        s[strcspn(s, "# \t\r\n")] = '\0';
+        if (*s)
+            snprintf(out, PATH_MAX, "%s", s);
+    }
+    fclose(f);
+    return out;
+}
+
 /* Slurm's PMIx directories, bound at the same paths (prepare.slurm_binds). */
 static void pmix_binds(struct plan *p, char bufs[2][PATH_MAX])
 {
@@ -500,7 +525,8 @@ static void pmix_binds(struct plan *p, char bufs[2][PATH_MAX])
         struct utsname u;
         uname(&u);
         size_t o = 0;
-        const char *pat = p->tmpfs && *p->tmpfs ? p->tmpfs : "/tmp";
+        char conf_tmpfs[PATH_MAX];
+        const char *pat = p->tmpfs && *p->tmpfs ? p->tmpfs : slurm_tmpfs(conf_tmpfs);
         for (const char *s = pat; *s && o < sizeof t - 1; s++) {
             const char *rep = NULL;
             if (s[0] == '%' && s[1] == 'n') rep = node_name();
@@ -1177,13 +1203,16 @@ int hpcrun_plan_exec(int argc, char **argv)
                           : launcher_key(id, sizeof id, &who);
         if (off)
             who = p.npy ? "a container per task" : "--no-join";
-        if (several && shareable && !off) {
+        /* A squashfs image mounted by squashfuse can be shared too: the FUSE server
+         * serves the keeper's mount namespace until its last process is gone. */
+        int joinable = !(p.flags & (HPCRUN_F_PID | HPCRUN_F_MONITOR));
+        if (several && joinable && !off) {
             snprintf(base, sizeof base, "join-%016llx", (unsigned long long)fnv(id));
             node_container(&p, &s, key, base, id);
         }
         if (several)
-            s.envp = separate_env(s.envp, shareable || off ? who
-                                                           : "--pid=private, a STOPSIGNAL or squashfuse");
+            s.envp = separate_env(s.envp, joinable || off ? who
+                                                          : "--pid=private or a STOPSIGNAL");
     }
     char err[1024];
     int code;

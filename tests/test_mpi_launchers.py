@@ -269,3 +269,22 @@ def test_image_without_mpi_is_a_clear_error(user, busybox_rootfs, cache):
                 env={"HPCRUN_NODE_CACHE": cache}, timeout=60)
     assert cp.returncode != 0
     assert "hpcrun: error: " in cp.stderr and "/opt/mpi/ns" in cp.stderr
+
+
+def test_squashfs_image_ranks_share_one_mount(user, images, cache):
+    # A squashfs image (mounted with squashfuse where FUSE is allowed, as here): the
+    # ranks join the keeper's container and its one mount; nothing is left after.
+    _require("openmpi")
+    util.require(bool(shutil.which("mksquashfs")) and os.access("/dev/fuse", os.W_OK),
+                 "mksquashfs and a /dev/fuse open to users")
+    sq = os.path.join(os.path.dirname(images["openmpi"]), "ompi.sqfs")
+    if not os.path.exists(sq):
+        subprocess.run(["mksquashfs", images["openmpi"], sq, "-all-root", "-noappend",
+                        "-quiet"], check=True, stdout=subprocess.DEVNULL)
+        os.chmod(sq, 0o644)
+    cp = launch(user, "openmpi", 3, util.HPCRUN, "run", sq, "--", "/opt/mpi/ns",
+                env={"HPCRUN_NODE_CACHE": cache})
+    assert cp.returncode == 0, cp.stderr
+    ns = namespaces(cp.stdout)
+    assert len(ns) == 3 and len(set(ns.values())) == 1, ns
+    wait_for(lambda: not container_processes(user, cache), 30, "the keeper to leave")
