@@ -194,6 +194,9 @@ def main() -> int:
                 if key not in broken:
                     one(key, ["srun", "--mpi=pmix", "-N4", "--ntasks-per-node=2", *vs[name]],
                         ("allreduce_us",))
+            if r + 1 < a.rounds:          # what there is so far, in case it is stopped
+                print(f"--- after round {r + 1}:", flush=True)
+                report(r + 1, names, cases, results, warnings, broken)
         report(a.rounds, names, cases, results, warnings, broken)
         return 0 if not [v for v in broken.values() if v.startswith("HANG")] else 1
 

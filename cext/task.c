@@ -1070,8 +1070,8 @@ static int launcher_key(char *id, size_t len, const char **who)
         snprintf(id, len, "slurm-%s.%s", v, getenv("SLURM_STEP_ID"));
         ls = getenv("SLURM_STEP_NUM_TASKS");
         const char *nn = getenv("SLURM_STEP_NUM_NODES");
-        if (ls && nn && !strcmp(ls, nn))
-            return 0;            /* one task per node */
+        if (!ls || !nn || !strcmp(ls, nn))
+            return 0;            /* not an srun step's task, or one task per node */
     } else if ((v = getenv("PMIX_NAMESPACE")) && getenv("PMIX_RANK")) {
         *who = "PMIx";
         snprintf(id, len, "pmix-%s", v);
