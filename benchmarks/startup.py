@@ -126,6 +126,8 @@ def measure(rounds: int, image: str, sqfs: str | None) -> None:
     if BASELINE:
         # another installation of hpcrun, e.g. the release before the plan cache
         contenders["baseline"] = [BASELINE, "run", image, "--", "/bin/true"]
+        contenders["baseline pid"] = [BASELINE, "run", "--pid=private", image, "--",
+                                      "/bin/true"]
     # per-contender environment additions
     extra = {"hpcrun cold": {"HPCRUN_NO_PLAN_CACHE": "1"}}
     envs = {k: dict(env, **extra.get(k, {})) for k in contenders}
@@ -159,6 +161,10 @@ def measure(rounds: int, image: str, sqfs: str | None) -> None:
         print(f"{k:16} {med[k]:10.2f} {p10:7.2f} {p90:7.2f} {xch:>9} {med[k] / med['bare']:8.2f}")
     for k, why in skipped.items():
         print(f"{k:16} skipped: {why}")
+    for k, base in (("hpcrun", "baseline"), ("hpcrun pid", "baseline pid")):
+        if k in med and base in med:
+            print(f"{k} / {base}: median {med[k] / med[base]:.3f}, "
+                  f"p10 {sorted(times[k])[len(times[k]) // 10] / sorted(times[base])[len(times[base]) // 10]:.3f}")
     print()
     print("host memory while the container runs (the command itself not counted):")
     mem = {k: contenders[k] for k in ("hpcrun", "hpcrun pid", "bwrap", "ch-run") if k in contenders}

@@ -27,7 +27,8 @@ CFLAGS = ["-std=gnu11", "-Wall", "-Wextra", "-Werror", "-O2", "-D_FORTIFY_SOURCE
 # programs. setup.py passes this to setuptools.Extension; it is never imported.
 TASK_EXTENSION = dict(
     name="hpcrun._task",
-    sources=[os.path.join(SRC, "task.c"), os.path.join(SRC, "core.c")],
+    sources=[os.path.join(SRC, "task.c"), os.path.join(SRC, "core.c"),
+             os.path.join(SRC, "seccomp.c")],
     include_dirs=[SRC],
     extra_compile_args=CFLAGS,
     extra_link_args=["-Wl,-e,hpcrun_task_entry", "-Wl,-z,now", "-Wl,-z,relro"],
@@ -64,11 +65,15 @@ def build_launcher(root: str, out: str, python: str, cc=None) -> str:
     launcher_header(root)
     cc = cc or (sysconfig.get_config_var("CC") or "cc").split()
     c = os.path.join(root, "cext")
-    subprocess.run(cc + CFLAGS + ["-DHPCRUN_NO_TASK_ENTRY", f'-DHPCRUN_PYTHON="{python}"',
-                                  "-I", c, "-o", out + ".new",
-                                  os.path.join(c, "launcher.c"), os.path.join(c, "task.c"),
-                                  os.path.join(c, "core.c"), "-Wl,-z,now", "-Wl,-z,relro"],
-                   check=True)
+    cmd = cc + CFLAGS + ["-DHPCRUN_NO_TASK_ENTRY", f'-DHPCRUN_PYTHON="{python}"',
+                         "-I", c, "-o", out + ".new",
+                         os.path.join(c, "launcher.c"), os.path.join(c, "task.c"),
+                         os.path.join(c, "core.c"), os.path.join(c, "seccomp.c"),
+                         "-Wl,-z,now", "-Wl,-z,relro"]
+    # Linked statically where the C library allows (no loader work: ~0.25 ms of each
+    # start here); the launcher calls nothing that needs NSS. Else dynamically.
+    if subprocess.run(cmd + ["-static-pie"], capture_output=True).returncode != 0:
+        subprocess.run(cmd, check=True)
     os.chmod(out + ".new", 0o755)
     os.replace(out + ".new", out)
     return out
@@ -86,7 +91,8 @@ ffi.set_source(
     '#include "core.h"',
     # task.c too: its plan executor (hpcrun_plan_exec) is what Python runs plans with
     # where the per-task program cannot run; its program entry point is unused here.
-    sources=[os.path.join(SRC, "core.c"), os.path.join(SRC, "task.c")],
+    sources=[os.path.join(SRC, "core.c"), os.path.join(SRC, "task.c"),
+             os.path.join(SRC, "seccomp.c")],
     include_dirs=[SRC],
     extra_compile_args=CFLAGS,
     # -z now: every symbol bound at load time, so a monitor that has dropped the
@@ -111,7 +117,8 @@ if __name__ == "__main__":
     cc = (sysconfig.get_config_var("CC") or "cc").split()
     out = os.path.join("hpcrun", "_task" + sysconfig.get_config_var("EXT_SUFFIX"))
     subprocess.run(cc + ["-fPIC", "-shared", "-o", out + ".new"] + TASK_EXTENSION["extra_compile_args"]
-                   + ["-I", HERE] + [os.path.join(HERE, "task.c"), os.path.join(HERE, "core.c")]
+                   + ["-I", HERE] + [os.path.join(HERE, "task.c"), os.path.join(HERE, "core.c"),
+                                     os.path.join(HERE, "seccomp.c")]
                    + TASK_EXTENSION["extra_link_args"], check=True)
     os.replace(out + ".new", out)
     # The `hpcrun` command (./dev installs it into the venv's bin in development).

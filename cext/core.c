@@ -6,21 +6,29 @@
  * errno, and returns -1. Only a failed execve in a child process exits. */
 #define _GNU_SOURCE
 #include "core.h"
+#include "seccomp.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <net/if.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -58,6 +66,7 @@ struct ctx {
     int fuse_log;     /* memfd holding squashfuse's stderr */
     int fuse_go;      /* tells the squashfuse child to start, once the mount exists */
     int in_pidns;     /* this process is PID 1 of a new pid namespace */
+    int image_mounts; /* mounts below the image directory: 0 not looked yet, 1 none, 2 some */
 };
 
 /* ---------------------------------------------------------------- errors */
@@ -204,6 +213,143 @@ static int remount_ro(struct ctx *c, const char *path, const char *shown)
     return 0;
 }
 
+/* HPCRUN_CORE_FALLBACKS=1 (tests): take the paths for kernels without mount_setattr(2)
+ * and close_range(2), so that they are exercised here too. */
+static int use_fallbacks(void)
+{
+    const char *v = getenv("HPCRUN_CORE_FALLBACKS");
+    return v && !strcmp(v, "1");
+}
+
+/* mount_setattr(2) (Linux >= 5.12); the struct under our own name, since only newer
+ * glibc (2.36) and kernel headers declare it. */
+#ifndef SYS_mount_setattr
+#define SYS_mount_setattr 442   /* the same on every architecture (unified table) */
+#endif
+#ifndef AT_RECURSIVE
+#define AT_RECURSIVE 0x8000
+#endif
+#ifndef MOUNT_ATTR_RDONLY
+#define MOUNT_ATTR_RDONLY 0x00000001
+#endif
+struct hpcrun_mount_attr {
+    uint64_t attr_set, attr_clr, propagation, userns_fd;
+};
+
+/* mountinfo escapes space, tab, newline and backslash as \ooo (octal): decode in place. */
+static void unescape_mountinfo(char *s)
+{
+    char *o = s;
+    for (char *p = s; *p; p++) {
+        if (p[0] == '\\' && p[1] >= '0' && p[1] <= '3' && p[2] >= '0' && p[2] <= '7' &&
+            p[3] >= '0' && p[3] <= '7') {
+            *o++ = (char)((p[1] - '0') * 64 + (p[2] - '0') * 8 + (p[3] - '0'));
+            p += 3;
+        } else {
+            *o++ = *p;
+        }
+    }
+    *o = '\0';
+}
+
+/* The mounts strictly below path in /proc/self/mountinfo (field 5, the mount point as
+ * seen from our root; before the final pivot the host's /proc is under OLDROOT): how
+ * many there are, each remounted read-only (keeping its locked flags) with remount;
+ * -1 on failure, the message filled. For kernels without mount_setattr. */
+static int mounts_below(struct ctx *c, const char *path, int remount, const char *shown)
+{
+    int fd = open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        fd = open(OLDROOT "/proc/self/mountinfo", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return fail(c, "can't read the mount table to make %s read-only", shown);
+    size_t len = 0, cap = 0;
+    char *buf = NULL;
+    for (;;) {
+        if (len + 4096 > cap) {
+            char *nb = realloc(buf, cap = cap ? cap * 2 : 65536);
+            if (!nb) {
+                free(buf);
+                close(fd);
+                return fail(c, "can't read the mount table to make %s read-only", shown);
+            }
+            buf = nb;
+        }
+        ssize_t n = read(fd, buf + len, cap - len - 1);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        len += (size_t)n;
+    }
+    close(fd);
+    buf[len] = '\0';
+    size_t pl = strlen(path);
+    int r = 0, found = 0;
+    for (char *line = buf, *next; line && *line && r == 0; line = next) {
+        next = strchr(line, '\n');
+        if (next)
+            *next++ = '\0';
+        char *f = line;   /* id parent major:minor root MOUNT-POINT options ... */
+        for (int i = 0; i < 4 && f; i++) {
+            f = strchr(f, ' ');
+            if (f) f++;
+        }
+        if (!f)
+            continue;
+        char *end = strchr(f, ' ');
+        if (end)
+            *end = '\0';
+        unescape_mountinfo(f);
+        if (strncmp(f, path, pl) || f[pl] != '/')
+            continue;     /* not below path */
+        found++;
+        if (remount &&
+            mount(NULL, f, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | locked_flags(f), NULL) &&
+            errno != ENOENT)
+            r = fail(c, "can't make %s read-only (the mount at %s below it)", shown, f + pl);
+    }
+    free(buf);
+    return r ? r : found;
+}
+
+/* A read-only bind is read-only all the way down, as bubblewrap's --ro-bind and
+ * Docker's recursive read-only: -v /:/host:ro must not leave /host/dev/shm writable.
+ * mount_setattr(AT_RECURSIVE) sets MOUNT_ATTR_RDONLY on the whole tree at once and
+ * leaves the other (possibly locked) flags alone; where the kernel lacks it, remount
+ * each mount, keeping the locked flags. */
+static int remount_ro_rec(struct ctx *c, const char *path, const char *shown)
+{
+    struct hpcrun_mount_attr a = {MOUNT_ATTR_RDONLY, 0, 0, 0};
+    if (!use_fallbacks() &&
+        syscall(SYS_mount_setattr, AT_FDCWD, path, AT_RECURSIVE, &a, sizeof a) == 0)
+        return 0;
+    if (remount_ro(c, path, shown))
+        return -1;
+    return mounts_below(c, path, 1, shown) < 0 ? -1 : 0;
+}
+
+/* The same for a bind of an entry of the image directory `lower` (the underlay binds
+ * every one): without mount_setattr, one look at the mount table tells whether anything
+ * is mounted below the image at all, instead of one per entry. */
+static int remount_ro_entry(struct ctx *c, const char *path, const char *shown,
+                            const char *lower)
+{
+    struct hpcrun_mount_attr a = {MOUNT_ATTR_RDONLY, 0, 0, 0};
+    if (!use_fallbacks() &&
+        syscall(SYS_mount_setattr, AT_FDCWD, path, AT_RECURSIVE, &a, sizeof a) == 0)
+        return 0;
+    if (!c->image_mounts) {
+        int n = mounts_below(c, lower, 0, "the image");
+        if (n < 0)
+            return -1;
+        c->image_mounts = n ? 2 : 1;
+    }
+    if (remount_ro(c, path, shown))
+        return -1;
+    return c->image_mounts == 2 && mounts_below(c, path, 1, shown) < 0 ? -1 : 0;
+}
+
 static const char *env_get(char *const *envp, const char *name)
 {
     size_t n = strlen(name);
@@ -238,25 +384,27 @@ static int write_maps(struct ctx *c, const char *procdir, unsigned int uid, unsi
 
 /* ---------------------------------------------------------------- squashfuse */
 
-/* Start squashfuse on the image. It runs in our user namespace but the host's mount
- * namespace, so it does not keep the container's mount namespace alive: when the
- * container's last process exits the mount goes, the FUSE connection is aborted and
- * squashfuse exits. We open /dev/fuse here (it must be opened in the user namespace
- * that mounts it) and hand it over as /dev/fd/N (libfuse >= 3.3), so squashfuse needs
- * neither fusermount nor privilege. It may only read the device once the mount exists
- * (before that a read is EPERM), so the child waits on a pipe until fuse_mount() says
- * go; if we fail first, the pipe closes and it exits. Double fork: the command must
- * not inherit it as a child it could wait for. */
+/* Start squashfuse on the image, in the host's user and mount namespaces: forked
+ * before we unshare anything, so that it is no process of the container's user
+ * namespace. Were it one (as it once was), the command could read its
+ * /proc/PID/root and /proc/PID/fd (same uid, same user namespace: ptrace access
+ * allowed) and so reach the host's tree; from a child user namespace the kernel refuses
+ * that (ptrace across user namespaces needs CAP_SYS_PTRACE over the target's).
+ * The mount is ours: /dev/fuse must be opened in the user namespace that mounts it, so
+ * fuse_open() opens it there and fuse_mount() hands the descriptor to the waiting
+ * server over a socket (SCM_RIGHTS) once the mount exists (before that a read is
+ * EPERM); squashfuse serves it as /dev/fd/N (libfuse >= 3.3), needing neither
+ * fusermount nor privilege. When the container's last process exits the mount goes,
+ * the connection is aborted and squashfuse exits; if entering fails first, the socket
+ * closes and the server exits without starting. Double fork: the command must not
+ * inherit it as a child it could wait for. */
 static int fuse_spawn(struct ctx *c, const struct hpcrun_spec *s)
 {
-    int pp[2], go[2];
-    c->fuse_fd = open("/dev/fuse", O_RDWR | O_CLOEXEC);
-    if (c->fuse_fd < 0)
-        return fail(c, "can't open /dev/fuse to mount %s", s->image);
+    int pp[2], sp[2];
     c->fuse_log = memfd_create("squashfuse-stderr", MFD_CLOEXEC);
     if (c->fuse_log < 0)
         return fail(c, "can't create memfd");
-    if (pipe2(pp, O_CLOEXEC) || pipe2(go, O_CLOEXEC))
+    if (pipe2(pp, O_CLOEXEC) || socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp))
         return fail(c, "can't create pipe");
     pid_t a = fork();
     if (a < 0)
@@ -265,12 +413,27 @@ static int fuse_spawn(struct ctx *c, const struct hpcrun_spec *s)
         pid_t b = fork();
         if (b == 0) {
             char fdpath[32], g;
-            close(go[1]);
-            if (read(go[0], &g, 1) != 1)
+            union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int))]; } u;
+            struct iovec iov = {&g, 1};
+            struct msghdr mh;
+            memset(&mh, 0, sizeof mh);
+            mh.msg_iov = &iov;
+            mh.msg_iovlen = 1;
+            mh.msg_control = u.buf;
+            mh.msg_controllen = sizeof u.buf;
+            close(sp[0]);
+            ssize_t n;
+            do
+                n = recvmsg(sp[1], &mh, MSG_CMSG_CLOEXEC);
+            while (n < 0 && errno == EINTR);
+            struct cmsghdr *cm = n == 1 ? CMSG_FIRSTHDR(&mh) : NULL;
+            if (!cm || cm->cmsg_type != SCM_RIGHTS)
                 _exit(0);       /* entering failed before the mount: nothing to serve */
+            int fd;
+            memcpy(&fd, CMSG_DATA(cm), sizeof fd);
             setsid();   /* not in the terminal's process group: ^C is for the command */
-            snprintf(fdpath, sizeof fdpath, "/dev/fd/%d", c->fuse_fd);
-            fcntl(c->fuse_fd, F_SETFD, 0);
+            snprintf(fdpath, sizeof fdpath, "/dev/fd/%d", fd);
+            fcntl(fd, F_SETFD, 0);
             dup2(c->fuse_log, 2);
             int nul = open("/dev/null", O_RDWR);
             if (nul >= 0) {
@@ -289,8 +452,8 @@ static int fuse_spawn(struct ctx *c, const struct hpcrun_spec *s)
         _exit(w == (ssize_t)sizeof b ? 0 : 1);
     }
     close(pp[1]);
-    close(go[0]);
-    c->fuse_go = go[1];
+    close(sp[1]);
+    c->fuse_go = sp[0];
     pid_t b = -1;
     ssize_t r;
     do
@@ -307,6 +470,40 @@ static int fuse_spawn(struct ctx *c, const struct hpcrun_spec *s)
     return 0;
 }
 
+/* In the container's user namespace, before its mount namespace exists. */
+static int fuse_open(struct ctx *c, const struct hpcrun_spec *s)
+{
+    c->fuse_fd = open("/dev/fuse", O_RDWR | O_CLOEXEC);
+    if (c->fuse_fd < 0)
+        return fail(c, "can't open /dev/fuse to mount %s", s->image);
+    return 0;
+}
+
+/* Hand the mounted connection to the server: the go-ahead and the descriptor at once. */
+static int fuse_hand_over(struct ctx *c)
+{
+    char g = 'g';
+    union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int))]; } u;
+    struct iovec iov = {&g, 1};
+    struct msghdr mh;
+    memset(&u, 0, sizeof u);
+    memset(&mh, 0, sizeof mh);
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = u.buf;
+    mh.msg_controllen = sizeof u.buf;
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(cm), &c->fuse_fd, sizeof(int));
+    ssize_t n;
+    do
+        n = sendmsg(c->fuse_go, &mh, MSG_NOSIGNAL);
+    while (n < 0 && errno == EINTR);
+    return n == 1 ? 0 : -1;
+}
+
 static int fuse_mount(struct ctx *c, const struct hpcrun_spec *s, const char *target)
 {
     char opts[128];
@@ -315,7 +512,7 @@ static int fuse_mount(struct ctx *c, const struct hpcrun_spec *s, const char *ta
              c->fuse_fd, s->uid, s->gid);
     if (mount("squashfuse", target, "fuse.squashfuse", MS_NOSUID | MS_NODEV | MS_RDONLY, opts))
         return fail(c, "can't mount squashfs %s", s->image);
-    if (write(c->fuse_go, "g", 1) != 1)
+    if (fuse_hand_over(c))
         return fail(c, "can't start squashfuse");
     close(c->fuse_go);
     c->fuse_go = -1;
@@ -390,6 +587,22 @@ static int skeleton_add(struct ctx *c, const char *dst, int is_file)
     return 0;
 }
 
+/* A symlink at dst (to target) in the skeleton: CDI's create-symlinks hook, made over
+ * the image, never in it. An entry the image has at dst is shadowed by it. */
+static int skeleton_link(struct ctx *c, const char *root, const char *target, const char *dst)
+{
+    char p[PATH_MAX];
+    if (pjoin(c, p, root, dst))
+        return -1;
+    char *slash = strrchr(p, '/');
+    *slash = '\0';
+    int r = slash != p && mkdir_p(p, 0755);
+    *slash = '/';
+    if (r || (symlink(target, p) && errno != EEXIST))
+        return fail(c, "can't create symlink %s -> %s", dst, target);
+    return 0;
+}
+
 /* ---------------------------------------------------------------- underlay */
 
 /* Re-create the skeleton's subtree at dst (directories and empty files). */
@@ -409,6 +622,17 @@ static int copy_skeleton(struct ctx *c, const char *skel, const char *dst)
             closedir(d);
             errno = ENAMETOOLONG;
             return fail(c, "can't create mount point %s", d2);
+        }
+        if (S_ISLNK(st.st_mode)) {
+            char t[PATH_MAX];
+            ssize_t n = readlink(s2, t, sizeof t - 1);
+            if (n >= 0)
+                t[n] = '\0';
+            if (n < 0 || (symlink(t, d2) && errno != EEXIST)) {
+                closedir(d);
+                return fail(c, "can't create symlink %s", d2);
+            }
+            continue;
         }
         if (S_ISDIR(st.st_mode) ? (mkdir(d2, 0755) && errno != EEXIST) || copy_skeleton(c, s2, d2)
                                 : create_file(d2, "", 0, 0644)) {
@@ -480,7 +704,8 @@ static int underlay(struct ctx *c, const struct hpcrun_spec *s, const char *lowe
                 closedir(d);
                 return fail(c, "can't bind %s%s/%s from the image", rel, "", e->d_name);
             }
-            if (!r && remount_ro(c, b, e->d_name)) {
+            if (!r && (S_ISDIR(si.st_mode) ? remount_ro_entry(c, b, e->d_name, lower)
+                                            : remount_ro(c, b, e->d_name))) {
                 closedir(d);
                 return -1;
             }
@@ -594,10 +819,17 @@ static int do_mounts(struct ctx *c, const struct hpcrun_spec *s, const char *low
     char dst[PATH_MAX], src[PATH_MAX];
     for (int i = 0; i < s->n_mounts; i++) {
         const struct hpcrun_mount *m = &s->mounts[i];
+        if (m->flags & HPCRUN_M_SYMLINK) {
+            /* made in the skeleton by setup_fs, unless a tmpfs listed before hides it */
+            if (under_tmpfs(s, i) && skeleton_link(c, NEWROOT, m->src, m->dst))
+                return -1;
+            continue;
+        }
         if (pjoin(c, dst, NEWROOT, m->dst))
             return -1;
         if (m->flags & HPCRUN_M_TMPFS) {
-            if (mount("tmpfs", dst, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777"))
+            if (mount("tmpfs", dst, "tmpfs", MS_NOSUID | MS_NODEV,
+                      (m->flags & HPCRUN_M_CLOSED) ? "mode=0755" : "mode=1777"))
                 return fail(c, "can't mount tmpfs on %s", m->dst);
             continue;
         }
@@ -628,6 +860,8 @@ static int do_mounts(struct ctx *c, const struct hpcrun_spec *s, const char *low
         }
         if ((m->flags & HPCRUN_M_OPTIONAL) && access(src, F_OK))
             continue;
+        if ((m->flags & HPCRUN_M_NOSKEL) && access(dst, F_OK))
+            continue;       /* e.g. /sys/fs/cgroup/memory in a fresh sysfs */
         if (under_tmpfs(s, i) && access(dst, F_OK)) {
             int is_file = (m->flags & (HPCRUN_M_FILE | HPCRUN_M_CONTENT)) != 0;
             char *slash = strrchr(dst, '/');
@@ -642,13 +876,48 @@ static int do_mounts(struct ctx *c, const struct hpcrun_spec *s, const char *low
                 return fail(c, "can't bind a synthesized file to %s", m->dst);
             return fail(c, "can't bind %s to %s", m->src, m->dst);
         }
-        if ((m->flags & (HPCRUN_M_RDONLY | HPCRUN_M_CONTENT)) && remount_ro(c, dst, m->dst))
+        /* nothing can be mounted below a file: a plain remount does */
+        int file = (m->flags & (HPCRUN_M_FILE | HPCRUN_M_CONTENT)) != 0;
+        if ((m->flags & (HPCRUN_M_RDONLY | HPCRUN_M_CONTENT)) &&
+            (file ? remount_ro(c, dst, m->dst) : remount_ro_rec(c, dst, m->dst)))
             return -1;
     }
     return 0;
 }
 
 /* Build the container's root at BASE/NEWROOT and pivot into it. */
+/* HPCRUN_F_RW_ROOT (a build's root): the image directory is the build's own copy, so
+ * mount points it lacks are made in it, as Docker's RUN leaves them in a layer. */
+static int rw_root_mountpoints(struct ctx *c, const struct hpcrun_spec *s, const char *lower)
+{
+    char p[PATH_MAX];
+    for (int i = 0; i < s->n_mounts; i++) {
+        const struct hpcrun_mount *m = &s->mounts[i];
+        int is_file = (m->flags & (HPCRUN_M_FILE | HPCRUN_M_CONTENT)) != 0;
+        if ((m->flags & HPCRUN_M_OPTIONAL) && !(m->flags & HPCRUN_M_CONTENT)) {
+            if (pjoin(c, p, OLDROOT, m->src))
+                return -1;
+            if (access(p, F_OK))
+                continue;
+        }
+        if (under_tmpfs(s, i) || have_mountpoint(lower, m->dst, is_file))
+            continue;
+        if (pjoin(c, p, lower, m->dst))
+            return -1;
+        char *slash = strrchr(p, '/');
+        if (is_file && slash) {
+            *slash = '\0';
+            int r = mkdir_p(p, 0755);
+            *slash = '/';
+            if (r || create_file(p, "", 0, 0644))
+                return fail(c, "can't create mount point %s in the build root", m->dst);
+        } else if (!is_file && mkdir_p(p, 0755)) {
+            return fail(c, "can't create mount point %s in the build root", m->dst);
+        }
+    }
+    return 0;
+}
+
 static int setup_fs(struct ctx *c, const struct hpcrun_spec *s)
 {
     char lower[PATH_MAX], opts[3 * PATH_MAX + 64], esc1[2 * PATH_MAX], p[PATH_MAX];
@@ -683,9 +952,21 @@ static int setup_fs(struct ctx *c, const struct hpcrun_spec *s)
     /* Mount points the image lacks go into a skeleton layered above it, so the image is
      * never changed on disk (it may be read-only, shared, owned by root). */
     int skeleton = 0, underlaid = 0;
-    for (int i = 0; i < s->n_mounts; i++) {
+    if ((s->flags & HPCRUN_F_RW_ROOT) && rw_root_mountpoints(c, s, lower))
+        return -1;
+    for (int i = 0; !(s->flags & HPCRUN_F_RW_ROOT) && i < s->n_mounts; i++) {
         const struct hpcrun_mount *m = &s->mounts[i];
         int is_file = (m->flags & (HPCRUN_M_FILE | HPCRUN_M_CONTENT)) != 0;
+        if (m->flags & HPCRUN_M_NOSKEL)
+            continue;       /* on an earlier mount (/sys, /proc): nothing to make */
+        if (m->flags & HPCRUN_M_SYMLINK) {
+            if (under_tmpfs(s, i))
+                continue;
+            if (skeleton_link(c, UPPER, m->src, m->dst))
+                return -1;
+            skeleton = 1;
+            continue;
+        }
         if ((m->flags & HPCRUN_M_OPTIONAL) && !(m->flags & HPCRUN_M_CONTENT)) {
             if (pjoin(c, p, OLDROOT, m->src))
                 return -1;
@@ -721,11 +1002,16 @@ static int setup_fs(struct ctx *c, const struct hpcrun_spec *s)
         }
     } else if (mount(lower, NEWROOT, NULL, MS_BIND | MS_REC, NULL)) {
         return fail(c, "can't bind %s to /", s->image);
+    } else if (!(s->flags & HPCRUN_F_RW_ROOT) && remount_ro_rec(c, NEWROOT, "the image")) {
+        /* Read-only now (a build's root stays writable), with whatever is mounted below the image directory on the host;
+         * the container's own mounts come next and keep their own modes. */
+        return -1;
     }
 
     if (do_mounts(c, s, lower))
         return -1;
-    if (!writable && (!skeleton || underlaid) && remount_ro(c, NEWROOT, "the image"))
+    /* The underlay's tmpfs, not its binds (each made read-only already). */
+    if (underlaid && remount_ro(c, NEWROOT, "the image"))
         return -1;
 
     /* pivot_root(".", ".") stacks the old root on top of the new one; detaching it
@@ -762,7 +1048,7 @@ static int net_lo_up(struct ctx *c)
 static int enter_rest(struct ctx *c, const struct hpcrun_spec *s)
 {
     int fl = CLONE_NEWNS;
-    if (s->flags & HPCRUN_F_SQUASH && fuse_spawn(c, s))
+    if (s->flags & HPCRUN_F_SQUASH && fuse_open(c, s))
         return -1;
     if (s->flags & HPCRUN_F_IPC) fl |= CLONE_NEWIPC;
     if (s->flags & HPCRUN_F_NET) fl |= CLONE_NEWNET;
@@ -779,20 +1065,196 @@ static int enter_rest(struct ctx *c, const struct hpcrun_spec *s)
 
 /* ---------------------------------------------------------------- exec */
 
+/* The working directory must lie inside the container's root. A path through a magic
+ * link (/proc/self/fd/N of an inherited directory, /proc/PID/cwd of a host process)
+ * would start the command outside it, the runc CVE-2024-21626 class. The kernel's
+ * getcwd(2) tells: it prefixes "(unreachable)" to a directory not below our root (the
+ * raw syscall; glibc's getcwd turns that into ENOENT). */
+static int cwd_inside(struct ctx *c, const char *shown)
+{
+    char p[PATH_MAX];
+    long n = syscall(SYS_getcwd, p, sizeof p);
+    if (n > 0 && p[0] == '/')
+        return 0;
+    if (n < 0 && errno != ENOENT)
+        return fail(c, "can't tell where working directory %s lies", shown);
+    errno = EPERM;
+    return failx(c, HPCRUN_EXIT_FAILED, "can't use working directory %s: it lies outside "
+                 "the container's root", shown);
+}
+
 static int chdir_work(struct ctx *c, const struct hpcrun_spec *s)
 {
     char p[PATH_MAX];
+    const char *wd = s->workdir && *s->workdir ? s->workdir : "/";
     if (!s->workdir || !*s->workdir || chdir(s->workdir) == 0)
-        return 0;
+        return cwd_inside(c, wd);
     if (!s->workdir_required)
-        return chdir("/") ? fail(c, "can't chdir to /") : 0;
+        return chdir("/") ? fail(c, "can't chdir to /") : cwd_inside(c, "/");
     if (errno == ENOENT && snprintf(p, sizeof p, "%s", s->workdir) < (int)sizeof p) {
         if (mkdir_p(p, 0755))
             return fail(c, "can't create working directory %s", s->workdir);
         if (chdir(p) == 0)
-            return 0;
+            return cwd_inside(c, wd);
     }
     return fail(c, "can't chdir to %s", s->workdir);
+}
+
+/* ---------------------------------------------------------------- descriptors */
+
+/* Variables that name a descriptor the command needs: the PMI-1/PMI-2 wire protocol's
+ * (Slurm's mpi/pmi2, MPICH's hydra, Flux). PMIx connects by socket path instead. */
+static const char *const FD_VARS[] = {"PMI_FD"};
+
+/* Mark every inherited descriptor above 2 close-on-exec, but 3 .. 2+preserve (Docker's
+ * --preserve-fds) and those FD_VARS name in the command's environment: a descriptor of
+ * the host's (`3</`) would reach the host's tree through /proc/self/fd/3. Close-on-exec
+ * rather than close: the report pipe to a parent must stay until execve succeeds.
+ * close_range(2) with CLOSE_RANGE_CLOEXEC (Linux >= 5.11) over the ranges between the
+ * kept ones; else each open descriptor from /proc/self/fd (or up to the limit). */
+#ifndef SYS_close_range
+#define SYS_close_range 436
+#endif
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
+#define MAX_KEPT (sizeof FD_VARS / sizeof *FD_VARS)
+
+static int kept_fd(int fd, unsigned int first, const int *keep, size_t nkeep)
+{
+    if ((unsigned int)fd < first)
+        return 1;
+    for (size_t i = 0; i < nkeep; i++)
+        if (keep[i] == fd)
+            return 1;
+    return 0;
+}
+
+static void cloexec_inherited(const struct hpcrun_spec *s)
+{
+    int keep[MAX_KEPT] = {0};
+    size_t nkeep = 0;
+    unsigned int first = 3 + (unsigned int)(s->preserve_fds > 0 ? s->preserve_fds : 0);
+    for (size_t i = 0; i < MAX_KEPT; i++) {
+        const char *v = env_get(s->envp, FD_VARS[i]);
+        char *end;
+        long n;
+        if (!v || !*v)
+            continue;
+        errno = 0;
+        n = strtol(v, &end, 10);
+        if (!*end && !errno && n >= (long)first && n < 0x7fffffff)
+            keep[nkeep++] = (int)n;
+    }
+    /* sort the few kept ones, then mark the gaps between them */
+    for (size_t i = 1; i < nkeep; i++)
+        for (size_t j = i; j > 0 && keep[j - 1] > keep[j]; j--) {
+            int t = keep[j];
+            keep[j] = keep[j - 1];
+            keep[j - 1] = t;
+        }
+    if (!use_fallbacks()) {
+        unsigned int lo = first;
+        int ok = 1;
+        for (size_t i = 0; i < nkeep && ok; i++) {
+            unsigned int k = (unsigned int)keep[i];
+            if (k < lo)
+                continue;           /* the same one twice */
+            if (k > lo && syscall(SYS_close_range, lo, k - 1, CLOSE_RANGE_CLOEXEC))
+                ok = 0;
+            lo = k + 1;
+        }
+        if (ok && syscall(SYS_close_range, lo, ~0U, CLOSE_RANGE_CLOEXEC) == 0)
+            return;
+    }
+    DIR *d = opendir("/proc/self/fd");
+    if (d) {
+        int self = dirfd(d);
+        for (struct dirent *e; (e = readdir(d));) {
+            char *end;
+            long fd = strtol(e->d_name, &end, 10);
+            if (*end || e->d_name[0] < '0' || e->d_name[0] > '9' || fd == self ||
+                kept_fd((int)fd, first, keep, nkeep))
+                continue;
+            fcntl((int)fd, F_SETFD, FD_CLOEXEC);
+        }
+        closedir(d);
+        return;
+    }
+    long max = sysconf(_SC_OPEN_MAX);
+    if (max < 0 || max > (1L << 20))
+        max = 1L << 20;
+    for (long fd = first; fd < max; fd++)
+        if (!kept_fd((int)fd, first, keep, nkeep))
+            fcntl((int)fd, F_SETFD, FD_CLOEXEC);
+}
+
+/* ---------------------------------------------------------------- terminal injection */
+
+/* TIOCSTI pushes bytes into a terminal's input queue, TIOCLINUX (selection paste) does
+ * the same on a virtual console: a command holding the caller's terminal could type
+ * commands into the caller's shell after it exits. A seccomp filter refuses both
+ * ioctls (EPERM) to the command and all it starts; job control and every other ioctl
+ * stay (setsid would cost the command its controlling terminal, and ^C with it).
+ * The request is an unsigned int to the kernel: compare the low 32 bits only (a 64-bit
+ * compare is bypassed by setting high bits, CVE-2019-10063). 32-bit system calls of a
+ * 64-bit kernel (i386 on x86-64, arm on arm64) have their own ioctl number. Installing
+ * needs CAP_SYS_ADMIN in our user namespace (held here) or no_new_privs, which we do
+ * not set: it would change what the image's programs may do. */
+#if defined(__x86_64__)
+#define NATIVE_ARCH AUDIT_ARCH_X86_64
+#define COMPAT_ARCH AUDIT_ARCH_I386
+#define COMPAT_IOCTL 54
+#define X32_IOCTL (0x40000000 | 514)
+#elif defined(__aarch64__)
+#define NATIVE_ARCH AUDIT_ARCH_AARCH64
+#define COMPAT_ARCH AUDIT_ARCH_ARM
+#define COMPAT_IOCTL 54
+#define X32_IOCTL __NR_ioctl
+#endif
+
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define ARG1_LOW offsetof(struct seccomp_data, args[1])
+#else
+#define ARG1_LOW (offsetof(struct seccomp_data, args[1]) + 4)
+#endif
+
+static int tty_filter_done;   /* once per process: a fork inherits the filter */
+
+static int block_tty_injection(struct ctx *c)
+{
+#ifdef NATIVE_ARCH
+    struct sock_filter f[] = {
+        /* 0 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+        /* 1 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, NATIVE_ARCH, 0, 4),
+        /* 2 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        /* 3 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_ioctl, 6, 0),
+        /* 4 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, X32_IOCTL, 5, 0),
+        /* 5 */ BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        /* 6 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, COMPAT_ARCH, 0, 2),
+        /* 7 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        /* 8 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, COMPAT_IOCTL, 1, 0),
+        /* 9 */ BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        /* 10 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, ARG1_LOW),
+        /* 11 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, TIOCSTI, 2, 0),
+        /* 12 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, TIOCLINUX, 1, 0),
+        /* 13 */ BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        /* 14 */ BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)),
+    };
+    struct sock_fprog prog = {(unsigned short)(sizeof f / sizeof *f), f};
+    if (tty_filter_done)
+        return 0;
+    /* SPEC_ALLOW: a filter must not turn on the speculative-store-bypass mitigation
+     * for the whole job (kernels before 5.16 do, by default, for seccomp'd tasks: a
+     * cost on every HPC code's memory traffic); before Linux 4.17 there is no flag. */
+    if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_SPEC_ALLOW, &prog) &&
+        (errno != EINVAL || syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog)))
+        return fail(c, "can't install the seccomp filter against terminal injection (TIOCSTI)");
+    tty_filter_done = 1;
+#else
+    (void)c;    /* an architecture without the numbers above: no filter */
+#endif
+    return 0;
 }
 
 static void reset_signals(const sigset_t *mask)
@@ -811,6 +1273,11 @@ static int do_exec(struct ctx *c, const struct hpcrun_spec *s)
     const char *file = s->argv[0];
     char p[PATH_MAX];
     int eacces = 0, last = ENOENT;
+    if (block_tty_injection(c))
+        return -1;
+    if ((s->flags & HPCRUN_F_SECCOMP_FAKE) && hpcrun_seccomp_fake_install())
+        return fail(c, "can't install the fake-root seccomp filter");
+    cloexec_inherited(s);
     if (strchr(file, '/')) {
         execve(file, s->argv, s->envp);
         last = errno;
@@ -1069,6 +1536,609 @@ static void trim_memory(void)
     }
 }
 
+/* ---------------------------------------------------------------- limits */
+
+/* Resource limits (hpcrun/cgroups.py chose the tier and made any cgroup). The monitor
+ * moves the container's first process into the cgroups before it starts, watches for
+ * OOM kills, and removes the cgroups when the container ends; a reaper process removes
+ * them if the monitor itself is killed. Without a writable cgroup, the monitor is the
+ * watchdog: it sums the memory of the container's processes (those in its user
+ * namespace) from /proc at an interval and kills the container at the limit.
+ * Everything below that runs in the monitor runs after trim_memory(): no allocator, no
+ * stdio, no locale, only system calls and these small helpers. */
+
+/* Processes seen at the last sample, ascending (as /proc lists them), and whether
+ * each is the container's: a pid present at two samples in a row is the same process
+ * (the pid space wraps far slower), so only new ones need their namespace read. */
+#define WATCH_MAX 8192
+#define WATCH_FULL_MS 2000      /* so often every process is checked (hpcrun join) */
+
+struct watch {
+    const struct hpcrun_limits *L;
+    int prev[WATCH_MAX], cur[WATCH_MAX];
+    int prev_fd[WATCH_MAX], cur_fd[WATCH_MAX];   /* a container process's statm, kept open */
+    unsigned char prev_in[WATCH_MAX], cur_in[WATCH_MAX];
+    int nprev, nfds;
+    long long listed_ms, full_ms;  /* when /proc was last listed, last fully checked */
+    pid_t child;
+    int pidns;
+    int procfd;                 /* /proc, read again at every sample */
+    char userns[64];            /* readlink of the container's /proc/PID/ns/user */
+    ssize_t userns_len;
+    long long peak;             /* the largest sample (watchdog), bytes */
+    unsigned long oom_seen;     /* cgroup tiers: oom_kill count already acted on */
+    int oom;                    /* the container was killed for memory */
+    long page;
+};
+
+/* a + number + b into buf (paths under /proc and cgroup directories). */
+static void cat_num(char *buf, size_t len, const char *a, unsigned long n, const char *b)
+{
+    char t[24];
+    size_t k = 0, i = 0;
+    do t[k++] = (char)('0' + n % 10); while ((n /= 10));
+    for (; *a && i + 1 < len; a++) buf[i++] = *a;
+    while (k && i + 1 < len) buf[i++] = t[--k];
+    for (; b && *b && i + 1 < len; b++) buf[i++] = *b;
+    buf[i] = '\0';
+}
+
+static ssize_t read_small(const char *path, char *buf, size_t len)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t n, got = 0;
+    while ((size_t)got < len - 1 && (n = read(fd, buf + got, len - 1 - (size_t)got)) > 0)
+        got += n;
+    close(fd);
+    buf[got] = '\0';
+    return got;
+}
+
+/* The number after "key" at the start of a line of buf (e.g. "oom_kill ", "Pss:"). */
+static unsigned long key_num(const char *buf, const char *key)
+{
+    size_t kl = strlen(key);
+    for (const char *l = buf; l && *l; l = strchr(l, '\n'), l = l ? l + 1 : NULL)
+        if (!strncmp(l, key, kl)) {
+            const char *p = l + kl;
+            unsigned long v = 0;
+            while (*p == ' ' || *p == '\t') p++;
+            parse_num(p, 10, &v);
+            return v;
+        }
+    return 0;
+}
+
+static unsigned long file_num(const char *dir, const char *leaf, const char *key)
+{
+    char p[PATH_MAX], buf[1024];
+    size_t n = strlen(dir);
+    if (n + strlen(leaf) + 2 > sizeof p)
+        return 0;
+    memcpy(p, dir, n);
+    p[n] = '/';
+    memcpy(p + n + 1, leaf, strlen(leaf) + 1);
+    if (read_small(p, buf, sizeof buf) <= 0)
+        return 0;
+    if (key)
+        return key_num(buf, key);
+    unsigned long v = 0;
+    parse_num(buf, 10, &v);
+    return v;
+}
+
+/* Sum the memory of the container's processes: resident (statm; pss: proportional, from
+ * smaps_rollup, which walks page tables and is only read to confirm a kill) and swap.
+ * With kill_them, SIGKILL each instead. Returns the number of processes found. */
+static long long mono_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (long long)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+static void watch_forget(struct watch *w, int j);
+
+/* Between two listings of /proc: the resident memory of the processes already known
+ * to be the container's, from their statm kept open (one pread each). */
+static int watch_reread(struct watch *w, long long *mem, long long *swap)
+{
+    char data[256], path[64];
+    int found = 0;
+    for (int j = 0; j < w->nprev; j++) {
+        if (!w->prev_in[j])
+            continue;
+        ssize_t got;
+        if (w->prev_fd[j] >= 0) {
+            got = pread(w->prev_fd[j], data, sizeof data - 1, 0);
+            if (got <= 0) {          /* exited (ESRCH): the next listing drops it */
+                watch_forget(w, j);
+                w->prev_in[j] = 0;
+                continue;
+            }
+            data[got] = '\0';
+        } else {
+            cat_num(path, sizeof path, "/proc/", (unsigned long)w->prev[j], "/statm");
+            if ((got = read_small(path, data, sizeof data)) <= 0)
+                continue;
+        }
+        unsigned long rss = 0;
+        parse_num(skip_field(data), 10, &rss);
+        *mem += (long long)rss * w->page;
+        found++;
+        if (w->L->memory_swap) {
+            char st[2048];
+            cat_num(path, sizeof path, "/proc/", (unsigned long)w->prev[j], "/status");
+            if (read_small(path, st, sizeof st) > 0)
+                *swap += (long long)key_num(st, "VmSwap:") * 1024;
+        }
+    }
+    return found;
+}
+
+static void watch_forget(struct watch *w, int j)
+{
+    if (w->prev_fd[j] >= 0) {
+        close(w->prev_fd[j]);
+        w->nfds--;
+        w->prev_fd[j] = -1;
+    }
+}
+
+static int watch_scan(struct watch *w, int pss, int kill_them, long long *mem, long long *swap)
+{
+    char dents[32768], path[64], link[64], data[2048];
+    int found = 0, j = 0, ncur = 0;
+    long long now = mono_ms();
+    int cached = !pss && !kill_them && now - w->full_ms < WATCH_FULL_MS;
+    *mem = *swap = 0;
+    if (!pss && !kill_them && now - w->listed_ms < (w->L->interval_ms > 0 ? w->L->interval_ms : 100))
+        return watch_reread(w, mem, swap);   /* between listings: the known processes */
+    if (!pss && !kill_them) {
+        w->listed_ms = now;
+        if (!cached)
+            w->full_ms = now;
+    }
+    if (lseek(w->procfd, 0, SEEK_SET) < 0)
+        return 0;
+    for (;;) {
+        long n = syscall(SYS_getdents64, w->procfd, dents, sizeof dents);
+        if (n <= 0)
+            break;
+        for (long off = 0; off < n;) {
+            struct dirent64 *d = (struct dirent64 *)(dents + off);
+            unsigned long pid;
+            off += d->d_reclen;
+            const char *q = parse_num(d->d_name, 10, &pid);
+            if (!q || *q)
+                continue;
+            int in = -1, fd = -1, track = !pss && !kill_them;
+            if (track) {
+                while (j < w->nprev && w->prev[j] < (int)pid)
+                    watch_forget(w, j++);           /* gone */
+                if (j < w->nprev && w->prev[j] == (int)pid) {
+                    if (cached)
+                        in = w->prev_in[j];
+                    fd = w->prev_fd[j++];
+                }
+            }
+            if (in < 0) {
+                cat_num(path, sizeof path, "/proc/", pid, "/ns/user");
+                ssize_t l = readlink(path, link, sizeof link);
+                in = l == w->userns_len && !memcmp(link, w->userns, (size_t)l);
+            }
+            if (fd >= 0 && !in) {
+                close(fd);
+                w->nfds--;
+                fd = -1;
+            }
+            if (track && in && fd < 0 && w->nfds < 512) {
+                cat_num(path, sizeof path, "/proc/", pid, "/statm");
+                fd = open(path, O_RDONLY | O_CLOEXEC);
+                if (fd >= 0)
+                    w->nfds++;
+            }
+            if (track && ncur < WATCH_MAX) {
+                w->cur[ncur] = (int)pid;
+                w->cur_fd[ncur] = fd;
+                w->cur_in[ncur++] = (unsigned char)in;
+            } else if (track && fd >= 0) {
+                close(fd);
+                w->nfds--;
+                fd = -1;
+            }
+            if (!in)
+                continue;
+            found++;
+            if (kill_them) {
+                kill((pid_t)pid, SIGKILL);
+                continue;
+            }
+            if (pss) {
+                cat_num(path, sizeof path, "/proc/", pid, "/smaps_rollup");
+                if (read_small(path, data, sizeof data) > 0) {
+                    *mem += (long long)key_num(data, "Pss:") * 1024;
+                    *swap += (long long)key_num(data, "SwapPss:") * 1024;
+                }
+                continue;
+            }
+            cat_num(path, sizeof path, "/proc/", pid, "/statm");
+            unsigned long rss = 0;
+            ssize_t got = fd >= 0 ? pread(fd, data, sizeof data - 1, 0) : read_small(path, data, sizeof data);
+            if (fd >= 0 && got >= 0)
+                data[got] = '\0';
+            if (got > 0) {
+                const char *f = skip_field(data);
+                parse_num(f, 10, &rss);
+                *mem += (long long)rss * w->page;
+            }
+            if (w->L->memory_swap) {
+                cat_num(path, sizeof path, "/proc/", pid, "/status");
+                if (read_small(path, data, sizeof data) > 0)
+                    *swap += (long long)key_num(data, "VmSwap:") * 1024;
+            }
+        }
+    }
+    if (!pss && !kill_them) {
+        while (j < w->nprev)
+            watch_forget(w, j++);
+        memcpy(w->prev, w->cur, (size_t)ncur * sizeof *w->cur);
+        memcpy(w->prev_fd, w->cur_fd, (size_t)ncur * sizeof *w->cur_fd);
+        memcpy(w->prev_in, w->cur_in, (size_t)ncur);
+        w->nprev = ncur;
+    }
+    return found;
+}
+
+/* Every process of a cgroup: SIGKILL. cgroup.procs is read in pieces, a number that
+ * straddles two pieces carried over. Returns how many were signalled. */
+static int cgroup_kill(const char *dir)
+{
+    char p[PATH_MAX], buf[4096];
+    size_t n = strlen(dir), carry = 0;
+    int killed = 0;
+    if (n + sizeof "/cgroup.procs" > sizeof p)
+        return 0;
+    memcpy(p, dir, n);
+    memcpy(p + n, "/cgroup.procs", sizeof "/cgroup.procs");
+    int fd = open(p, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    for (;;) {
+        ssize_t r = read(fd, buf + carry, sizeof buf - 1 - carry);
+        if (r <= 0)
+            break;
+        size_t len = carry + (size_t)r, start = 0;
+        for (size_t i = 0; i < len; i++)
+            if (buf[i] == '\n') {
+                unsigned long pid;
+                buf[i] = '\0';
+                if (parse_num(buf + start, 10, &pid) && pid > 0 && kill((pid_t)pid, SIGKILL) == 0)
+                    killed++;
+                start = i + 1;
+            }
+        carry = len - start;
+        memmove(buf, buf + start, carry);
+    }
+    close(fd);
+    return killed;
+}
+
+/* Empty and remove the container's cgroups (children first: they are listed leaf
+ * last, so walk backwards). A cgroup is busy until its last process has exited. */
+static void cgroup_remove(const struct hpcrun_limits *L)
+{
+    int n = 0;
+    while (L->cgroups && L->cgroups[n])
+        n++;
+    for (int i = n - 1; i >= 0; i--)
+        for (int tries = 0; tries < 2000; tries++) {
+            cgroup_kill(L->cgroups[i]);
+            if (rmdir(L->cgroups[i]) == 0 || errno == ENOENT)
+                break;
+            struct timespec ts = {0, 5 * 1000000};
+            nanosleep(&ts, NULL);
+        }
+}
+
+/* The limits copied onto the monitor's stack: the caller's (Python's heap) are gone
+ * after trim_memory(). */
+#define LIMITS_MAX_CGROUPS 8
+struct limits_copy {
+    struct hpcrun_limits L;
+    char *dirs[LIMITS_MAX_CGROUPS + 1];
+    char dir[LIMITS_MAX_CGROUPS][PATH_MAX];
+    char memdir[PATH_MAX];
+    char shown[32];
+};
+
+static const struct hpcrun_limits *limits_copy(struct limits_copy *k, const struct hpcrun_limits *L)
+{
+    int n = 0;
+    k->L = *L;
+    for (; L->cgroups && L->cgroups[n] && n < LIMITS_MAX_CGROUPS; n++) {
+        snprintf(k->dir[n], sizeof k->dir[n], "%s", L->cgroups[n]);
+        k->dirs[n] = k->dir[n];
+    }
+    k->dirs[n] = NULL;
+    k->L.cgroups = k->dirs;
+    if (L->memory_cgroup) {
+        snprintf(k->memdir, sizeof k->memdir, "%s", L->memory_cgroup);
+        k->L.memory_cgroup = k->memdir;
+    }
+    if (L->memory_shown) {
+        snprintf(k->shown, sizeof k->shown, "%s", L->memory_shown);
+        k->L.memory_shown = k->shown;
+    }
+    return &k->L;
+}
+
+/* In the monitor, before the container starts: move its first process into the
+ * cgroups (from outside, so the monitor itself stays out: an OOM in the container
+ * must not take its reporter along). */
+static int limits_attach(struct ctx *c, const struct hpcrun_limits *L, pid_t pid)
+{
+    char p[PATH_MAX], num[24];
+    for (int i = 0; L->cgroups && L->cgroups[i]; i++) {
+        if (pjoin(c, p, L->cgroups[i], "/cgroup.procs"))
+            return -1;
+        int n = snprintf(num, sizeof num, "%d\n", (int)pid);
+        if (write_file(p, num, (size_t)n))
+            return fail(c, "can't move the container into cgroup %s", L->cgroups[i]);
+    }
+    return 0;
+}
+
+/* In the container's first process, once it is in its cgroups: a cgroup namespace
+ * rooted there (so /proc/self/cgroup reads "/" and the view mounted at /sys/fs/cgroup
+ * is the limiting cgroup itself), and the process limit without a cgroup. RLIMIT_NPROC
+ * is counted per user namespace (kernel >= 5.14, ucounts): set here, inside the new one,
+ * it bounds the container's processes and threads, not all of the user's. */
+static int limits_child(struct ctx *c, const struct hpcrun_limits *L)
+{
+    if (L->tier != HPCRUN_TIER_WATCHDOG && unshare(CLONE_NEWCGROUP))
+        return fail(c, "can't create a cgroup namespace");
+    if (L->nproc > 0) {
+        struct rlimit rl = {(rlim_t)L->nproc, (rlim_t)L->nproc};
+        if (setrlimit(RLIMIT_NPROC, &rl))
+            return fail(c, "can't set the process limit to %lld", L->nproc);
+    }
+    return 0;
+}
+
+static void watch_init(struct watch *w, const struct hpcrun_limits *L, pid_t child, int pidns)
+{
+    char path[64];
+    memset(w, 0, sizeof *w);
+    w->L = L;
+    w->child = child;
+    w->pidns = pidns;
+    w->page = sysconf(_SC_PAGESIZE);
+    w->procfd = -1;
+    if (L->tier == HPCRUN_TIER_WATCHDOG && (L->memory || L->memory_swap)) {
+        w->procfd = open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        cat_num(path, sizeof path, "/proc/", (unsigned long)child, "/ns/user");
+        w->userns_len = readlink(path, w->userns, sizeof w->userns);
+    }
+}
+
+static void watch_kill(struct watch *w)
+{
+    long long m, s;
+    w->oom = 1;
+    kill(w->child, SIGKILL);    /* with a pid namespace, its init: the kernel kills the rest */
+    if (w->L->tier != HPCRUN_TIER_WATCHDOG) {
+        for (int i = 0; w->L->cgroups && w->L->cgroups[i]; i++)
+            cgroup_kill(w->L->cgroups[i]);
+    } else if (w->procfd >= 0) {
+        for (int i = 0; i < 100 && watch_scan(w, 0, 1, &m, &s); i++)
+            ;
+    }
+}
+
+/* One sample; returns the milliseconds until the next. */
+static int watch_tick(struct watch *w)
+{
+    const struct hpcrun_limits *L = w->L;
+    int ms = L->interval_ms > 0 ? L->interval_ms : 100;
+    if (w->oom)
+        return ms;
+    if (L->tier != HPCRUN_TIER_WATCHDOG) {
+        /* oom_kill, not oom: an ancestor with the same limit counts the event too. v1 has
+         * no memory.oom.group: the rest of the cgroup is killed here instead. */
+        if (!L->memory_cgroup)
+            return ms;
+        unsigned long k = L->tier == HPCRUN_TIER_CGROUP2
+                              ? file_num(L->memory_cgroup, "memory.events", "oom_kill ")
+                              : file_num(L->memory_cgroup, "memory.oom_control", "oom_kill ");
+        if (k > w->oom_seen) {
+            w->oom_seen = k;
+            watch_kill(w);
+        }
+        return ms;
+    }
+    if (w->procfd < 0)
+        return ms;
+    long long mem, swap;
+    watch_scan(w, 0, 0, &mem, &swap);
+    int over = (L->memory && mem > L->memory) || (L->memory_swap && mem + swap > L->memory_swap);
+    if (over) {
+        /* Resident sizes count shared pages once per process: confirm with PSS. */
+        watch_scan(w, 1, 0, &mem, &swap);
+        over = (L->memory && mem > L->memory) || (L->memory_swap && mem + swap > L->memory_swap);
+    }
+    if (mem > w->peak)
+        w->peak = mem;
+    if (over) {
+        watch_kill(w);
+        return ms;
+    }
+    /* The interval follows the headroom: far below the limit (under half) every 2.5
+     * intervals, close to it (over three quarters) five times as often. A burst
+     * between two samples is what the watchdog cannot catch. */
+    long long lim = L->memory ? L->memory : L->memory_swap;
+    if (mem > lim / 4 * 3)
+        ms = ms / 5 > 10 ? ms / 5 : 10;
+    else if (mem < lim / 2)
+        ms = ms * 5 / 2;
+    return ms;
+}
+
+static size_t fmt_size(char *out, long long v)
+{
+    char num[24];
+    size_t n;
+    unsigned long long mib = ((unsigned long long)v + (1u << 19)) >> 20;
+    if (mib >= 10240) {
+        unsigned long long tenths = ((unsigned long long)v * 10 + (1ull << 29)) >> 30;
+        cat_num(num, sizeof num, "", (unsigned long)(tenths / 10), ".");
+        n = strlen(num);
+        num[n++] = (char)('0' + tenths % 10);
+        num[n++] = 'G';
+        num[n] = '\0';
+    } else {
+        cat_num(num, sizeof num, "", (unsigned long)mib, "M");
+    }
+    n = strlen(num);
+    memcpy(out, num, n + 1);
+    return n;
+}
+
+/* After the command ended: the last OOM count, the peak, the message, the cgroups gone. */
+static int watch_end(struct watch *w, int code)
+{
+    const struct hpcrun_limits *L = w->L;
+    long long peak = w->peak;
+    if (L->tier != HPCRUN_TIER_WATCHDOG && L->memory_cgroup) {
+        int v2 = L->tier == HPCRUN_TIER_CGROUP2;
+        unsigned long k = v2 ? file_num(L->memory_cgroup, "memory.events", "oom_kill ")
+                             : file_num(L->memory_cgroup, "memory.oom_control", "oom_kill ");
+        if (k > w->oom_seen)
+            w->oom = 1;
+        peak = (long long)file_num(L->memory_cgroup, v2 ? "memory.peak" : "memory.max_usage_in_bytes",
+                                   NULL);
+    }
+    if (L->tier != HPCRUN_TIER_WATCHDOG)
+        cgroup_remove(L);
+    if (!w->oom)
+        return code;
+    char msg[256], num[32];
+    const char *shown = L->memory_shown ? L->memory_shown : "?";
+    size_t n = 0;
+    const char *parts[] = {"hpcrun: container killed: out of memory (limit ", shown, ", peak ", NULL,
+                           ")\n"};
+    fmt_size(num, peak);
+    parts[3] = num;
+    for (size_t i = 0; i < sizeof parts / sizeof *parts; i++) {
+        size_t l = strlen(parts[i]);
+        if (n + l >= sizeof msg)
+            break;
+        memcpy(msg + n, parts[i], l);
+        n += l;
+    }
+    if (write(2, msg, n) < 0) { /* nowhere to report */ }
+    return 128 + SIGKILL;
+}
+
+/* Removes the cgroups if the monitor dies without doing so (SIGKILL): it waits on a
+ * pipe only the monitor holds. Forked after trim_memory(), so the fork is cheap. */
+static int reaper_start(const struct hpcrun_limits *L, pid_t *pid)
+{
+    int p[2];
+    *pid = -1;
+    if (L->tier == HPCRUN_TIER_WATCHDOG || pipe2(p, O_CLOEXEC))
+        return -1;
+    pid_t r = fork();
+    if (r < 0) {
+        close(p[0]);
+        close(p[1]);
+        return -1;
+    }
+    if (r == 0) {
+        char b;
+        prctl(PR_SET_NAME, "hpcrun:reaper");
+        int nul = open("/dev/null", O_RDWR | O_CLOEXEC);
+        if (nul >= 0) {
+            dup2(nul, 0);
+            dup2(nul, 1);
+            dup2(nul, 2);
+        }
+        /* Hold nothing of the caller's open (a pipe its parent reads to EOF). */
+        if (p[0] > 3)
+            syscall(SYS_close_range, 3u, (unsigned)p[0] - 1, 0u);
+        syscall(SYS_close_range, (unsigned)p[0] + 1, ~0u, 0u);
+        ssize_t n;
+        do
+            n = read(p[0], &b, 1);
+        while (n < 0 && errno == EINTR);
+        if (n != 1)
+            cgroup_remove(L);      /* the monitor is gone; the signals stay blocked */
+        _exit(0);
+    }
+    close(p[0]);
+    *pid = r;
+    return p[1];
+}
+
+/* supervise() for a container with limits: the same loop, waking at the sampling
+ * interval. */
+static int supervise_limited(pid_t child, int stopsig, const struct hpcrun_limits *L, int pidns)
+{
+    struct watch w;
+    sigset_t set;
+    pid_t reaper;
+    int code = HPCRUN_EXIT_FAILED;
+    watch_init(&w, L, child, pidns);
+    int rfd = reaper_start(L, &reaper);
+    int polling = L->tier != HPCRUN_TIER_WATCHDOG ? L->memory_cgroup != NULL : w.procfd >= 0;
+    /* The first sample one interval in: a short command (most of a job's steps) ends
+     * before the watchdog has cost anything. */
+    int ms = L->interval_ms > 0 ? L->interval_ms : 100;
+    struct timespec next, now;
+    clock_gettime(CLOCK_MONOTONIC, &next);
+    forwarded_set(&set);
+    for (;;) {
+        int st;
+        pid_t p;
+        while ((p = waitpid(child, &st, WNOHANG)) > 0)
+            if (p == child) {
+                code = wstatus_code(st);
+                goto done;
+            }
+        if (p < 0 && errno == ECHILD)
+            goto done;
+        siginfo_t si;
+        int sig;
+        if (polling) {
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            long long left = (next.tv_sec - now.tv_sec) * 1000000000LL + (next.tv_nsec - now.tv_nsec)
+                             + (long long)ms * 1000000;
+            if (left <= 0) {
+                ms = watch_tick(&w);
+                next = now;
+                continue;
+            }
+            struct timespec ts = {(time_t)(left / 1000000000), (long)(left % 1000000000)};
+            sig = sigtimedwait(&set, &si, &ts);
+        } else {
+            sig = sigwaitinfo(&set, &si);
+        }
+        if (sig > 0 && sig != SIGCHLD && si.si_code != SI_KERNEL)
+            kill(child, sig == SIGTERM && stopsig > 0 ? stopsig : sig);
+    }
+done:
+    code = watch_end(&w, code);
+    if (rfd >= 0) {
+        if (write(rfd, "d", 1) != 1) { /* the reaper is gone: it removed them */ }
+        close(rfd);
+        while (waitpid(reaper, NULL, 0) < 0 && errno == EINTR)
+            ;
+    }
+    return code;
+}
+
 /* A child reports a failure to its parent over a close-on-exec pipe: EOF means the
  * command was executed. */
 struct report {
@@ -1113,8 +2183,14 @@ static int enter_in_place(struct ctx *c, const struct hpcrun_spec *s)
     sigset_t cur;
     unsigned int ouid = geteuid(), ogid = getegid();   /* 65534 once unshared */
     sigprocmask(SIG_SETMASK, NULL, &cur);
-    if (unshare(CLONE_NEWUSER))
-        return fail(c, "can't create a user namespace");
+    if ((s->flags & HPCRUN_F_SQUASH) && fuse_spawn(c, s))
+        return -1;
+    if (unshare(CLONE_NEWUSER)) {
+        fail(c, "can't create a user namespace");
+        if (c->fuse_pid > 0)
+            kill(c->fuse_pid, SIGKILL);
+        return -1;
+    }
     if (write_maps(c, "/proc/self", s->uid, s->gid, ouid, ogid) || enter_rest(c, s) || chdir_work(c, s)) {
         if (c->fuse_pid > 0)
             kill(c->fuse_pid, SIGKILL);
@@ -1138,6 +2214,10 @@ static int enter_monitored(struct ctx *c, const struct hpcrun_spec *s)
     forwarded_set(&fwd);
     if (pipe2(rep, O_CLOEXEC) || pipe2(go, O_CLOEXEC))
         return fail(c, "can't create pipe");
+    if ((s->flags & HPCRUN_F_SQUASH) && fuse_spawn(c, s)) {   /* before: see there */
+        close(rep[0]); close(rep[1]); close(go[0]); close(go[1]);
+        return -1;
+    }
     if (threaded)
         forward_from_other_threads(old);
     sigprocmask(SIG_BLOCK, &fwd, &orig);
@@ -1150,6 +2230,8 @@ static int enter_monitored(struct ctx *c, const struct hpcrun_spec *s)
         if (threaded)
             forward_restore(old);
         close(rep[0]); close(rep[1]); close(go[0]); close(go[1]);
+        if (c->fuse_pid > 0)
+            kill(c->fuse_pid, SIGKILL);
         errno = e;
         return fail(c, "can't create user%s namespace", pidns ? " and pid" : "");
     }
@@ -1163,6 +2245,8 @@ static int enter_monitored(struct ctx *c, const struct hpcrun_spec *s)
             _exit(HPCRUN_EXIT_FAILED);    /* the parent failed to map us: it reports */
         close(go[0]);
         c->in_pidns = pidns;
+        if (s->limits && limits_child(c, s->limits))
+            report_and_exit(c, rep[1]);
         if (enter_rest(c, s) || chdir_work(c, s))
             report_and_exit(c, rep[1]);
         if (!pidns) {
@@ -1187,11 +2271,17 @@ static int enter_monitored(struct ctx *c, const struct hpcrun_spec *s)
     }
     close(rep[1]);
     close(go[0]);
+    if (c->fuse_go >= 0) {
+        close(c->fuse_go);      /* the child's copy hands the connection over */
+        c->fuse_go = -1;
+    }
     if (threaded)
         forward_to(pid, pidns ? 0 : s->stop_signal);
     char procdir[32];
     snprintf(procdir, sizeof procdir, "/proc/%d", (int)pid);
     int r = write_maps(c, procdir, s->uid, s->gid, geteuid(), getegid());
+    if (r == 0 && s->limits)
+        r = limits_attach(c, s->limits, pid);
     if (r == 0 && write(go[1], "g", 1) != 1)
         r = fail(c, "can't start the container process");
     close(go[1]);
@@ -1202,6 +2292,8 @@ static int enter_monitored(struct ctx *c, const struct hpcrun_spec *s)
     if (r) {
         int e = errno;
         kill(pid, SIGKILL);
+        if (c->fuse_pid > 0)
+            kill(c->fuse_pid, SIGKILL);
         while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
             ;
         sigprocmask(SIG_SETMASK, &orig, NULL);
@@ -1214,14 +2306,16 @@ static int enter_monitored(struct ctx *c, const struct hpcrun_spec *s)
      * (as with the default in-place exec, the launcher does not come back). */
     prctl(PR_SET_NAME, "hpcrun:monitor");
     int stopsig = pidns ? 0 : s->stop_signal;
+    struct limits_copy lk;
+    const struct hpcrun_limits *lim = s->limits ? limits_copy(&lk, s->limits) : NULL;
     if (!threaded)
         trim_memory();      /* with threads, keep their memory: they still run */
-    _exit(supervise(pid, 0, stopsig));
+    _exit(lim ? supervise_limited(pid, stopsig, lim, pidns) : supervise(pid, 0, stopsig));
 }
 
 int hpcrun_enter(const struct hpcrun_spec *s, char *err, size_t errlen, int *code)
 {
-    struct ctx c = {err, errlen, code, -1, -1, -1, -1, 0};
+    struct ctx c = {err, errlen, code, -1, -1, -1, -1, 0, 0};
     *code = HPCRUN_EXIT_FAILED;
     if (errlen) err[0] = '\0';
     if (!s->argv || !s->argv[0]) {
@@ -1230,8 +2324,15 @@ int hpcrun_enter(const struct hpcrun_spec *s, char *err, size_t errlen, int *cod
     }
     /* unshare(CLONE_NEWUSER) is EINVAL in a multi-threaded process; a clone()d child is
      * single-threaded, so a threaded caller takes the monitored path. */
-    if ((s->flags & (HPCRUN_F_PID | HPCRUN_F_MONITOR)) || count_threads() > 1)
-        return enter_monitored(&c, s);
+    if ((s->flags & (HPCRUN_F_PID | HPCRUN_F_MONITOR)) || s->limits || count_threads() > 1) {
+        int r = enter_monitored(&c, s);
+        if (r < 0 && s->limits && s->limits->tier != HPCRUN_TIER_WATCHDOG) {
+            int e = errno;
+            cgroup_remove(s->limits);   /* made for a container that never started */
+            errno = e;
+        }
+        return r;
+    }
     return enter_in_place(&c, s);
 }
 
@@ -1240,7 +2341,7 @@ int hpcrun_enter(const struct hpcrun_spec *s, char *err, size_t errlen, int *cod
 int hpcrun_join(int pid, char *const *argv, char *const *envp, const char *workdir,
                 char *err, size_t errlen, int *code)
 {
-    struct ctx c = {err, errlen, code, -1, -1, -1, -1, 0};
+    struct ctx c = {err, errlen, code, -1, -1, -1, -1, 0, 0};
     static const struct { const char *name; int type; } ns[] = {
         {"user", CLONE_NEWUSER}, {"ipc", CLONE_NEWIPC}, {"uts", CLONE_NEWUTS},
         {"net", CLONE_NEWNET}, {"pid", CLONE_NEWPID}, {"mnt", CLONE_NEWNS},
@@ -1392,7 +2493,7 @@ static int probe_child(struct ctx *c, int what)
 int hpcrun_probe(int what, char *err, size_t errlen)
 {
     int code;
-    struct ctx c = {err, errlen, &code, -1, -1, -1, -1, 0};
+    struct ctx c = {err, errlen, &code, -1, -1, -1, -1, 0, 0};
     int rep[2];
     if (errlen) err[0] = '\0';
     if (pipe2(rep, O_CLOEXEC))

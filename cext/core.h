@@ -25,6 +25,9 @@
 #define HPCRUN_F_SQUASH   0x40  /* image is a squashfs file: mount it with squashfuse */
 #define HPCRUN_F_MONITOR  0x80  /* keep a host-side monitor even without a pid namespace */
 #define HPCRUN_F_NO_OVERLAY 0x100 /* do not use overlayfs (HPCRUN_NO_OVERLAY=1): underlay */
+#define HPCRUN_F_RW_ROOT  0x4000 /* bind the image directory read-write, no overlay or
+                                  * skeleton: missing mount points are made in it (build) */
+#define HPCRUN_F_SECCOMP_FAKE 0x8000 /* fake-root seccomp filter (cext/seccomp.c) before exec */
 
 /* hpcrun_mount.flags: the default-bind table (hpcrun/runtime/mounts.py) is data. */
 #define HPCRUN_M_RDONLY   0x01  /* remount read-only */
@@ -35,11 +38,36 @@
 #define HPCRUN_M_CONTENT  0x20  /* src is file content (bound from a private tmpfs) */
 #define HPCRUN_M_USERFILE 0x40  /* with CONTENT: the image's own file plus this line */
 #define HPCRUN_M_SYSFS    0x80  /* /sys: a fresh sysfs with a new network namespace, else the host's */
+#define HPCRUN_M_NOSKEL   0x100 /* the mount point lies on an earlier mount (/sys/fs/cgroup/...,
+                                   /proc/meminfo): no skeleton entry; skipped if it is missing */
+#define HPCRUN_M_SYMLINK  0x400 /* not a mount: a symlink at dst pointing to src, made in the
+                                 * skeleton over the image (or in a tmpfs listed before it) */
+#define HPCRUN_M_CLOSED   0x800 /* with TMPFS: mode 0755, not 1777 (the container's own /dev:
+                                 * in a sticky world-writable directory the kernel refuses
+                                 * O_CREAT opens of others' device nodes, may_create_in_sticky) */
 
 struct hpcrun_mount {
     const char *src;  /* absolute host path (symlinks resolved), or content */
     const char *dst;  /* absolute path inside the container */
     int flags;
+};
+
+/* hpcrun_limits.tier: how resource limits are enforced (hpcrun/cgroups.py decides). */
+#define HPCRUN_TIER_CGROUP1 1   /* cgroup v1 directories (root) */
+#define HPCRUN_TIER_CGROUP2 2   /* a writable cgroup v2 subtree */
+#define HPCRUN_TIER_WATCHDOG 3  /* no writable cgroup: the monitor samples /proc */
+
+/* Limits the monitor applies and watches; hpcrun/cgroups.py made any cgroup already. */
+struct hpcrun_limits {
+    int tier;                  /* HPCRUN_TIER_* */
+    char *const *cgroups;      /* cgroup tiers: directories the container joins (NULL-terminated),
+                                  emptied and removed when it ends, even if the monitor is killed */
+    const char *memory_cgroup; /* cgroup tiers: the directory with the memory controller, or NULL */
+    long long memory;          /* bytes; the watchdog enforces it (0: none) */
+    long long memory_swap;     /* watchdog: memory + swap, bytes (0: none) */
+    long long nproc;           /* watchdog tier: RLIMIT_NPROC in the container's user namespace */
+    int interval_ms;           /* watchdog sampling (and OOM polling) interval */
+    const char *memory_shown;  /* the limit as shown in the OOM message ("512M") */
 };
 
 struct hpcrun_spec {
@@ -55,6 +83,9 @@ struct hpcrun_spec {
     char *const *argv;       /* NULL-terminated */
     char *const *envp;       /* NULL-terminated; PATH in here is used to find argv[0] */
     int stop_signal;         /* the image's STOPSIGNAL: what a forwarded SIGTERM becomes (0: SIGTERM) */
+    int preserve_fds;        /* --preserve-fds N: keep descriptors 3 .. 2+N open in the command;
+                              * the others above 2 are closed at exec (PMI_FD's is kept) */
+    const struct hpcrun_limits *limits;  /* NULL: none; else needs HPCRUN_F_MONITOR or _PID */
 };
 
 /* Enter the container described by spec and exec its command.

@@ -11,8 +11,9 @@
  *
  * Cache entries (one file each, /var/tmp/hpcrun-<uid>/plans/<fnv64 of the key>):
  *
- *     hpcrun-plan-cache 1
+ *     hpcrun-plan-cache 2
  *     key <the key material, %XX-escaped>
+ *     lease <path>                                              (a store image: 0 or more)
  *     check <path> <dev> <ino> <size> <mtime ns> <ctime ns>     (or: check <path> -)
  *     real <path> <its realpath> D|F|-                          (a directory, a file, absent)
  *     ...
@@ -20,7 +21,7 @@
  *     sum <fnv64 of every line above, hex>
  *
  * The key is the uid, the cwd, the environment variables that planning reads (HOME,
- * XDG_CONFIG_HOME, every HPCRUN_*) and the option words and IMAGE as given. The
+ * XDG_CONFIG_HOME, every HPCRUN_*, and where set the GPU allocation's: GPU_KEYS) and the option words and IMAGE as given. The
  * `check` lines hold the identity of every file whose content planning read (the
  * image's config and /etc/passwd, the store's tags and records, env files, config
  * files, the host's /etc/passwd); the `real` lines every path whose resolution it
@@ -28,6 +29,12 @@
  * or removed fails a check and the run goes to Python, which plans it again. An entry whose sum does not match, or
  * whose file or directory is not the caller's own and private, is ignored. The
  * directories are the caller's (0700, owned, no symlinks; checked with lstat).
+ *
+ * A `lease` line (a store image) comes before the checks: the image's lease file is
+ * opened O_CLOEXEC and flocked shared, as `hpcrun run` does in Python
+ * (hpcrun/image/resolve.py), so rmi / prune / convert, which take it exclusively, cannot
+ * delete the image between the checks and the command's execve, which closes it. A
+ * lease file that is gone or was replaced (an image deleted meanwhile) is a miss.
  */
 #define _GNU_SOURCE
 #include "core.h"
@@ -38,6 +45,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -55,9 +63,12 @@ extern int hpcrun_trim_monitor;
 
 #define MAX_ENTRY (1 << 20)
 
+/* `python -c` puts the current directory first on sys.path: dropped before anything
+ * is imported, or an `hpcrun/` folder where the user stands would be run instead of
+ * the installed package (`-P` would do it, but only from Python 3.11 on). */
 static const char PY_MAIN[] =
-    "import sys; sys.argv[0] = sys.argv.pop(1); from hpcrun.cli.main import main; "
-    "sys.exit(main())";
+    "import sys; sys.path[:] = [p for p in sys.path if p not in ('', '.')]; "
+    "sys.argv[0] = sys.argv.pop(1); from hpcrun.cli.main import main; sys.exit(main())";
 
 static uint64_t fnv_add(uint64_t h, const char *s, size_t n)
 {
@@ -104,12 +115,26 @@ static void slow_path(int argc, char **argv)
     _exit(HPCRUN_EXIT_FAILED);
 }
 
-/* A directory of the caller's own: a real directory, owned, no group/other write. */
+/* A directory of the caller's own: a real directory, owned, no group/other write.
+ * (hpcrun.fsutil.private_dir states the full rule and refuses with a message; here any
+ * doubt is only a miss, and Python then refuses or repairs.) */
 static int private_dir(const char *path)
 {
     struct stat st;
     return lstat(path, &st) == 0 && S_ISDIR(st.st_mode) && st.st_uid == getuid() &&
            !(st.st_mode & 022);
+}
+
+/* A level above the state directories: root's (writable by others only if sticky, as
+ * /var/tmp) or the caller's own and private. */
+static int safe_parent(const char *path)
+{
+    struct stat st;
+    if (lstat(path, &st) || !S_ISDIR(st.st_mode))
+        return 0;
+    if (st.st_uid == 0)
+        return !(st.st_mode & 022) || (st.st_mode & S_ISVTX);
+    return st.st_uid == getuid() && !(st.st_mode & 022);
 }
 
 /* Append an escaped word (as hpcrun/runtime/plan.py esc) to the key buffer. */
@@ -224,6 +249,25 @@ static int real_line(char *line)
     return (*b == 'D' && S_ISDIR(st.st_mode)) || (*b == 'F' && !S_ISDIR(st.st_mode)) ? 0 : -1;
 }
 
+/* lease <path>: hold the image's lease (shared flock, closed by the execve) */
+static int lease_line(char *line)
+{
+    if (unesc(line))
+        return -1;
+    int fd = open(line, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    struct stat held, now;
+    while (flock(fd, LOCK_SH) && errno == EINTR)
+        ;
+    if (fstat(fd, &held) || stat(line, &now) || held.st_dev != now.st_dev ||
+        held.st_ino != now.st_ino) {
+        close(fd);      /* unlinked by a delete while we waited: Python decides */
+        return -1;
+    }
+    return 0;           /* fd stays open until the execve */
+}
+
 /* The cached plan for this invocation, validated; NULL on any miss. */
 static char *lookup(int argc, char **argv, int img)
 {
@@ -259,6 +303,22 @@ static char *lookup(int argc, char **argv, int img)
     for (int i = 0; i < nh; i++)
         if (key_add(key, &len, sizeof key, hv[i]))
             return NULL;
+    /* what GPU planning reads, where set (hpcrun/runtime/plancache.py _GPU_KEYS) */
+    static const char *const GPU_KEYS[] = {"CUDA_VISIBLE_DEVICES", "SLURM_STEP_GPUS",
+                                           "SLURM_JOB_GPUS", "NVIDIA_DRIVER_CAPABILITIES"};
+    for (size_t i = 0; i < sizeof GPU_KEYS / sizeof *GPU_KEYS; i++) {
+        const char *v = getenv(GPU_KEYS[i]);
+        if (!v)
+            continue;
+        char *kv = malloc(strlen(GPU_KEYS[i]) + strlen(v) + 2);
+        if (!kv)
+            return NULL;
+        sprintf(kv, "%s=%s", GPU_KEYS[i], v);
+        int r = key_add(key, &len, sizeof key, kv);
+        free(kv);
+        if (r)
+            return NULL;
+    }
     for (int i = 2; i <= img; i++)
         if (key_add(key, &len, sizeof key, argv[i]))
             return NULL;
@@ -266,7 +326,8 @@ static char *lookup(int argc, char **argv, int img)
 
     char dir[128], path[256];
     snprintf(dir, sizeof dir, "/var/tmp/hpcrun-%u", (unsigned)getuid());
-    if (!private_dir(dir))
+    if (!safe_parent("/") || !safe_parent("/var") || !safe_parent("/var/tmp") ||
+        !private_dir(dir))
         return NULL;
     snprintf(dir + strlen(dir), sizeof dir - strlen(dir), "/plans");
     if (!private_dir(dir))
@@ -302,7 +363,10 @@ static char *lookup(int argc, char **argv, int img)
     int n = 0;
     for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n"), n++) {
         if (n == 0) {
-            if (strcmp(line, "hpcrun-plan-cache 1"))
+            if (strcmp(line, "hpcrun-plan-cache 2"))
+                goto miss;
+        } else if (!strncmp(line, "lease ", 6)) {
+            if (lease_line(line + 6))
                 goto miss;
         } else if (!strncmp(line, "key ", 4)) {
             if (strcmp(line + 4, key))

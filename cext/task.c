@@ -46,6 +46,9 @@
  *                      launcher's job (auto; see launcher_key), KEY (--join=KEY), or
  *                      none (off); ranks left alone get separate_vars
  *   pmixv=M.N        the image's PMIx client version (pmix_check)
+ *   pertask=1        devices (--gpus, --device): each task runs `hpcrun task ARGS`,
+ *                    which plans them with its own node's allocation
+ *   pfds=N           --preserve-fds: descriptors 3 .. 2+N stay open in the command
  *   py=ARG           * how to start `hpcrun task` (Python) for what is not done here
  *   arg=ARG          * the step's `hpcrun task` options and IMAGE as given: where the
  *                      image is not on this node, `hpcrun task ARGS -- COMMAND` runs
@@ -57,6 +60,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -64,6 +68,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -86,11 +91,18 @@ extern int hpcrun_trim_monitor;
 
 struct plan {
     const char *image, *sq, *fuse, *host, *wd, *tmpfs, *cache, *join, *pmixv;
-    int flags, uid, gid, stop, wdreq, wdcwd, clean, share, pmix, version;
+    int flags, uid, gid, stop, wdreq, wdcwd, clean, share, pmix, pfds, version, pertask;
     struct hpcrun_mount m[MAX_ITEMS];
     int nm;
     const char *entry[MAX_ITEMS], *cmd[MAX_ITEMS], *args[MAX_ITEMS], *set[MAX_ITEMS], *own[MAX_ITEMS], *always[64], *py[64];
     int nentry, ncmd, nargs, nset, nown, nalways, npy;
+    struct hpcrun_limits lim;          /* lim= (tier 0: none) */
+    char *cg[9];                       /* cg=, NULL-terminated */
+    int ncg;
+    const char *aff;                   /* aff=: CPUs to bind to */
+    int affn;                          /* affn=: only so many of them */
+    const char *rl[16];                /* rl=NAME:SOFT:HARD */
+    int nrl;
 };
 
 /* ---------------------------------------------------------------- errors */
@@ -112,6 +124,10 @@ static const char *const HINTS[][2] = {
      "lie inside /proc, /sys, /dev or a read-only or host-backed bind"},
     {"can't create mount point", "the destination cannot be made inside the image; "
      "pick another -v destination"},
+    {"can't use working directory", "a path through /proc/self/fd or /proc/PID/cwd leads "
+     "out of the container; give a directory inside the image or a bind"},
+    {"can't install the seccomp filter", "the kernel refused seccomp (CONFIG_SECCOMP_FILTER, "
+     "or a seccomp policy around hpcrun); see the README, 'Isolation'"},
     {"can't chdir to", "the working directory does not exist in the container; "
      "create it in the image, or give -w on a writable mount (/tmp, a -v bind)"},
     {"can't create working directory", "the working directory must exist in the image or "
@@ -185,6 +201,111 @@ static int num(const char *v, int *out)
 
 #define PUSH(arr, n, cap, v) do { if ((n) >= (cap)) return -1; (arr)[(n)++] = (v); } while (0)
 
+/* lim=TIER:MEMORY:MEMORY_SWAP:NPROC:INTERVAL_MS (runtime/plan.py) */
+static int parse_limits(const char *v, struct hpcrun_limits *l)
+{
+    long long f[5];
+    char *end;
+    for (int i = 0; i < 5; i++) {
+        f[i] = strtoll(v, &end, 10);
+        if (end == v || f[i] < 0 || (i < 4 ? *end != ':' : *end != '\0'))
+            return -1;
+        v = end + 1;
+    }
+    if (f[0] < HPCRUN_TIER_CGROUP1 || f[0] > HPCRUN_TIER_WATCHDOG || f[4] > 60000)
+        return -1;
+    l->tier = (int)f[0];
+    l->memory = f[1];
+    l->memory_swap = f[2];
+    l->nproc = f[3];
+    l->interval_ms = (int)f[4];
+    return 0;
+}
+
+/* aff= and rl= (hpcrun/cgroups.py): CPUs and resource limits the container inherits.
+ * The plan was checked against this host when made; a cached one may meet another
+ * allocation (a Slurm job's CPUs), so the CPUs are checked again. */
+static void apply_binding(const struct plan *p)
+{
+    static const struct { const char *name, *shown; int res; } RL[] = {
+        {"nofile", "NOFILE", RLIMIT_NOFILE}, {"nproc", "NPROC", RLIMIT_NPROC},
+        {"core", "CORE", RLIMIT_CORE}, {"stack", "STACK", RLIMIT_STACK},
+        {"memlock", "MEMLOCK", RLIMIT_MEMLOCK}, {"as", "AS", RLIMIT_AS},
+        {"cpu", "CPU", RLIMIT_CPU}, {"fsize", "FSIZE", RLIMIT_FSIZE},
+    };
+    if (p->aff) {
+        cpu_set_t want, have;
+        CPU_ZERO(&want);
+        const char *q = p->aff;
+        while (*q) {
+            char *end;
+            long a = strtol(q, &end, 10), b = a;
+            if (end == q || a < 0 || a >= CPU_SETSIZE)
+                die(HPCRUN_EXIT_FAILED, "the plan's CPU list %s is malformed", p->aff);
+            if (*end == '-')
+                b = strtol(end + 1, &end, 10);
+            for (long c = a; c <= b && c < CPU_SETSIZE; c++)
+                CPU_SET((int)c, &want);
+            q = *end == ',' ? end + 1 : end;
+            if (*end && *end != ',')
+                die(HPCRUN_EXIT_FAILED, "the plan's CPU list %s is malformed", p->aff);
+        }
+        if (sched_getaffinity(0, sizeof have, &have) == 0) {
+            CPU_AND(&have, &have, &want);
+            if (!CPU_EQUAL(&have, &want)) {
+                hint_text = "pick CPUs from the allowed list (nproc, taskset -p $$)";
+                die(HPCRUN_EXIT_FAILED, "--cpuset-cpus %s: not all of these CPUs are allowed "
+                    "here", p->aff);
+            }
+        }
+        if (p->affn > 0 && p->affn < CPU_COUNT(&want)) {
+            /* N of them, from the CPU we run on upwards (wrapping): side by side
+             * containers spread the way the scheduler has placed their launchers. */
+            cpu_set_t pick;
+            int start = sched_getcpu(), n = 0;
+            CPU_ZERO(&pick);
+            for (int pass = 0; pass < 2 && n < p->affn; pass++)
+                for (int c = pass ? 0 : (start > 0 ? start : 0); c < CPU_SETSIZE && n < p->affn; c++) {
+                    if (pass && c >= start)
+                        break;
+                    if (CPU_ISSET(c, &want) && !CPU_ISSET(c, &pick)) {
+                        CPU_SET(c, &pick);
+                        n++;
+                    }
+                }
+            want = pick;
+        }
+        if (sched_setaffinity(0, sizeof want, &want))
+            die(HPCRUN_EXIT_FAILED, "can't bind to CPUs %s: %s", p->aff, strerror(errno));
+    }
+    for (int i = 0; i < p->nrl; i++) {
+        char name[16];
+        long long soft, hard;
+        const char *c = strchr(p->rl[i], ':');
+        if (!c || (size_t)(c - p->rl[i]) >= sizeof name ||
+            sscanf(c + 1, "%lld:%lld", &soft, &hard) != 2)
+            die(HPCRUN_EXIT_FAILED, "the plan's resource limit %s is malformed", p->rl[i]);
+        memcpy(name, p->rl[i], (size_t)(c - p->rl[i]));
+        name[c - p->rl[i]] = '\0';
+        size_t k = 0;
+        while (k < sizeof RL / sizeof *RL && strcmp(RL[k].name, name))
+            k++;
+        if (k == sizeof RL / sizeof *RL)
+            die(HPCRUN_EXIT_FAILED, "the plan's resource limit %s is unknown", name);
+        struct rlimit rl = {soft < 0 ? RLIM_INFINITY : (rlim_t)soft,
+                            hard < 0 ? RLIM_INFINITY : (rlim_t)hard};
+        if (setrlimit(RL[k].res, &rl)) {
+            int e = errno;
+            struct rlimit cur;
+            getrlimit(RL[k].res, &cur);
+            hint_text = "an unprivileged user may only lower a hard limit";
+            errno = e;
+            die(HPCRUN_EXIT_FAILED, "can't set RLIMIT_%s to %lld:%lld: %s (hard limit now %llu)",
+                RL[k].shown, soft, hard, strerror(e), (unsigned long long)cur.rlim_max);
+        }
+    }
+}
+
 /* Parse the plan (a writable copy: values are decoded in place). */
 static int parse_plan(char *text, struct plan *p)
 {
@@ -240,13 +361,22 @@ static int parse_plan(char *text, struct plan *p)
         else if (!strcmp(k, "wdcwd")) p->wdcwd = !strcmp(v, "1");
         else if (!strcmp(k, "clean")) p->clean = !strcmp(v, "1");
         else if (!strcmp(k, "share")) p->share = !strcmp(v, "1");
+        else if (!strcmp(k, "pertask")) p->pertask = !strcmp(v, "1");
         else if (!strcmp(k, "pmix")) p->pmix = !strcmp(v, "1");
+        else if (!strcmp(k, "pfds")) { if (num(v, &p->pfds)) return -1; }
         else if (!strcmp(k, "entry")) PUSH(p->entry, p->nentry, MAX_ITEMS, v);
         else if (!strcmp(k, "cmd")) PUSH(p->cmd, p->ncmd, MAX_ITEMS, v);
         else if (!strcmp(k, "arg")) PUSH(p->args, p->nargs, MAX_ITEMS, v);
         else if (!strcmp(k, "own")) PUSH(p->own, p->nown, MAX_ITEMS, v);
         else if (!strcmp(k, "always")) PUSH(p->always, p->nalways, 64, v);
         else if (!strcmp(k, "py")) PUSH(p->py, p->npy, 60, v);
+        else if (!strcmp(k, "lim")) { if (parse_limits(v, &p->lim)) return -1; }
+        else if (!strcmp(k, "limshow")) p->lim.memory_shown = v;
+        else if (!strcmp(k, "cg")) PUSH(p->cg, p->ncg, 8, v);
+        else if (!strcmp(k, "cgmem")) p->lim.memory_cgroup = v;
+        else if (!strcmp(k, "aff")) p->aff = v;
+        else if (!strcmp(k, "affn")) { if (num(v, &p->affn)) return -1; }
+        else if (!strcmp(k, "rl")) PUSH(p->rl, p->nrl, 16, v);
         else return -1;     /* a key of a newer plan: refuse rather than guess */
     }
     return p->version == PLAN_VERSION && (p->image || p->sq) ? 0 : -1;
@@ -290,19 +420,86 @@ static void cache_dir(const struct plan *p, char *out)
         die(HPCRUN_EXIT_FAILED, "node cache path too long: %s", base);
 }
 
-static int mkdirs(const char *path, mode_t mode)
+/* Refuse the node cache PATH because LEVEL (PATH or a directory above it) PROBLEM. */
+__attribute__((noreturn))
+static void refuse_dir(const char *path, const char *level, const char *problem)
 {
-    char p[PATH_MAX];
-    snprintf(p, sizeof p, "%s", path);
-    for (char *s = p + 1; *s; s++) {
-        if (*s != '/')
-            continue;
-        *s = '\0';
-        if (mkdir(p, mode) && errno != EEXIST)
-            return -1;
-        *s = '/';
+    static char hint[PATH_MAX + 200];
+    snprintf(hint, sizeof hint, "remove %s, or ask its owner or an admin to; or set node_cache "
+             "(HPCRUN_NODE_CACHE) to a directory you own that no one else can write (see "
+             "'Security' in the README)", level);
+    hint_text = hint;
+    if (!strcmp(path, level))
+        die(HPCRUN_EXIT_FAILED, "refusing to use the node cache %s: %s %s", path, path, problem);
+    die(HPCRUN_EXIT_FAILED, "refusing to use the node cache %s: %s (above it) %s", path, level,
+        problem);
+}
+
+/* Make (0700) and check the node cache PATH by hpcrun.fsutil.private_dir's rule (see
+ * there; the two must agree): each level is opened from its parent's descriptor
+ * (openat, O_NOFOLLOW) and checked on the opened directory (fstat). The cache itself
+ * must be ours; a level owned by us must not be writable by group or others; one above
+ * it owned by root may be only if sticky (/var/tmp); a symlink is followed only if root
+ * owns it; any other owner is refused. */
+static void private_dir(const char *path)
+{
+    char p[PATH_MAX], level[PATH_MAX] = "", why[160];
+    uid_t me = geteuid();
+    size_t ll = 0;
+    if (snprintf(p, sizeof p, "%s", path) >= (int)sizeof p)
+        die(HPCRUN_EXIT_FAILED, "node cache path too long: %s", path);
+    int fd = open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        die(HPCRUN_EXIT_FAILED, "can't open /: %s", strerror(errno));
+    char *save = NULL, *next;
+    for (char *name = strtok_r(p, "/", &save); name; name = next) {
+        next = strtok_r(NULL, "/", &save);
+        int last = next == NULL;    /* the cache itself: it must be ours */
+        ll += (size_t)snprintf(level + ll, sizeof level - ll, "/%s", name);
+        struct stat st;
+        if (fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) &&
+            (errno != ENOENT || (mkdirat(fd, name, 0700) && errno != EEXIST) ||
+             fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW)))
+            die(HPCRUN_EXIT_FAILED, "cannot create the node cache %s: %s: %s", path, level,
+                strerror(errno));
+        int flags = O_RDONLY | O_DIRECTORY | O_CLOEXEC;
+        if (S_ISLNK(st.st_mode)) {
+            if (st.st_uid != 0) {
+                snprintf(why, sizeof why, "is a symbolic link owned by uid %u (only root's "
+                         "are followed)", (unsigned)st.st_uid);
+                refuse_dir(path, level, why);
+            }
+        } else if (!S_ISDIR(st.st_mode)) {
+            refuse_dir(path, level, "is not a directory");
+        } else {
+            flags |= O_NOFOLLOW;
+        }
+        int nfd = openat(fd, name, flags);
+        if (nfd < 0 && errno == ELOOP)
+            refuse_dir(path, level, "was replaced by a symbolic link");
+        if (nfd < 0 || fstat(nfd, &st))
+            die(HPCRUN_EXIT_FAILED, "cannot use the node cache %s: %s: %s", path, level,
+                strerror(errno));
+        close(fd);
+        fd = nfd;
+        mode_t m = st.st_mode & 07777;
+        if (!S_ISDIR(st.st_mode))
+            refuse_dir(path, level, "is not a directory");
+        int rootdir = st.st_uid == 0 && !last;
+        if (rootdir ? (m & 022) && !(m & S_ISVTX) : st.st_uid != me || (m & 022)) {
+            if (rootdir)
+                snprintf(why, sizeof why, "is writable by group or others without the "
+                         "sticky bit (mode %04o)", (unsigned)m);
+            else if (st.st_uid == me)
+                snprintf(why, sizeof why, "is writable by group or others (mode %04o; chmod "
+                         "go-w it)", (unsigned)m);
+            else
+                snprintf(why, sizeof why, "is owned by uid %u, not by you",
+                         (unsigned)st.st_uid);
+            refuse_dir(path, level, why);
+        }
     }
-    return mkdir(p, mode) && errno != EEXIST ? -1 : 0;
+    close(fd);
 }
 
 /* Run `hpcrun task --unpack-only SQ` (Python) and wait for it. */
@@ -380,11 +577,14 @@ static const char *image_root(const struct plan *p, char *buf, char **cmd, int n
     if (snprintf(buf, PATH_MAX, "%s/sq-%llx-%llx-%llx-%llx", dir, (unsigned long long)st.st_dev,
                  (unsigned long long)st.st_ino, (unsigned long long)st.st_size, mt) >= PATH_MAX)
         die(HPCRUN_EXIT_FAILED, "node cache path too long: %s", dir);
+    /* The entry's name is computable by anyone who can stat the image: use it only in a
+     * private cache (no one else can have made it) and only if it is our directory. */
     struct stat d;
-    if (stat(buf, &d) == 0 && S_ISDIR(d.st_mode))
+    private_dir(dir);
+    if (lstat(buf, &d) == 0 && S_ISDIR(d.st_mode) && d.st_uid == geteuid())
         return buf;
     python_unpack(p);           /* once per node and image: the others wait on its lock */
-    if (stat(buf, &d) || !S_ISDIR(d.st_mode))
+    if (lstat(buf, &d) || !S_ISDIR(d.st_mode) || d.st_uid != geteuid())
         die(HPCRUN_EXIT_FAILED, "the unpacked image %s did not appear", buf);
     return buf;
 }
@@ -970,16 +1170,10 @@ static void node_container(const struct plan *p, struct hpcrun_spec *s, const ch
     const char *job = getenv("SLURM_JOB_ID"), *step = getenv("SLURM_STEP_ID");
     char dir[PATH_MAX], path[PATH_MAX + 160];
     cache_dir(p, dir);
-    if (mkdirs(dir, 0700))
-        die(HPCRUN_EXIT_FAILED, "cannot create the node cache %s: %s", dir, strerror(errno));
     struct stat ds;
-    if (lstat(dir, &ds))
-        die(HPCRUN_EXIT_FAILED, "can't read %s: %s", dir, strerror(errno));
-    own_or_die(dir, name, (long)ds.st_uid);
-    if (!S_ISDIR(ds.st_mode) || (ds.st_mode & 022)) {
-        hint_text = "the node cache must be a directory of yours that only you can write";
-        die(HPCRUN_EXIT_FAILED, "join key %s: %s is writable by others", name, dir);
-    }
+    if (!lstat(dir, &ds))        /* another user's: say which key (private_dir refuses too) */
+        own_or_die(dir, name, (long)ds.st_uid);
+    private_dir(dir);
     for (int tries = 0;; tries++) {
         snprintf(path, sizeof path, "%s/%s.lock", dir, base);
         int lock = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
@@ -1141,6 +1335,8 @@ int hpcrun_plan_exec(int argc, char **argv)
     char root[PATH_MAX], pmix[2][PATH_MAX], wd[PATH_MAX];
     struct hpcrun_spec s;
     memset(&s, 0, sizeof s);
+    if (p.pertask && !getenv("HPCRUN_TASK_FALLBACK"))
+        python_task(&p, argv + 3, argc - 3, p.image);   /* devices: planned on each node */
     s.image = image_root(&p, root, argv + 3, argc - 3);
     s.squashfuse = p.fuse;
     s.flags = p.flags;
@@ -1165,6 +1361,12 @@ int hpcrun_plan_exec(int argc, char **argv)
     s.workdir = p.wdcwd ? visible_cwd(&p, wd) : p.wd;
     s.workdir_required = p.wdreq;
     s.stop_signal = p.stop;
+    s.preserve_fds = p.pfds;
+    if (p.lim.tier) {
+        p.lim.cgroups = p.cg;
+        s.limits = &p.lim;
+    }
+    apply_binding(&p);
     char **words = argv + 3;
     int nc = argc - 3;
     if (nc == 0) {               /* no command: the image's CMD */

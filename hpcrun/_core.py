@@ -75,6 +75,20 @@ def enter(spec) -> int:
     s.argv = a.strv(spec.argv)
     s.envp = a.strv(spec.env)
     s.stop_signal = spec.stop_signal
+    s.preserve_fds = spec.preserve_fds
+    lim = spec.limits
+    if lim is not None:
+        cl = ffi.new("struct hpcrun_limits *")
+        a.keep.append(cl)
+        cl.tier = lim.tier
+        cl.cgroups = a.strv(lim.cgroups)
+        cl.memory_cgroup = a.str(lim.memory_cgroup)
+        cl.memory = lim.memory or 0
+        cl.memory_swap = lim.memory_swap if lim.memory_swap and lim.memory_swap > 0 else 0
+        cl.nproc = lim.pids if lim.tier == lib.HPCRUN_TIER_WATCHDOG else 0
+        cl.interval_ms = lim.interval_ms
+        cl.memory_shown = a.str(lim.memory_shown)
+        s.limits = cl
     err = ffi.new("char[]", ERRLEN)
     code = ffi.new("int *")
     r = lib.hpcrun_enter(s, err, ERRLEN, code)

@@ -256,19 +256,11 @@ def with_host_mpi(opts, image):
                         env=(lib,) + tuple(opts.env))
 
 
-def check_report(argv: list) -> tuple:
+def check_report(image: str, fmt: str = "text") -> tuple:
     """`hpcrun check --mpi IMAGE [--format json]`: (text, exit status): what --mpi=host
     would bind for IMAGE and why, or why it would refuse (status 1)."""
     import json
-    fmt = "json" if "--format=json" in argv or argv[-2:] == ["--format", "json"] else "text"
-    words = [a for a in argv if a not in ("--mpi", "--format", "json", "text")
-             and not a.startswith(("--format=", "--mpi="))]
-    if argv[0].startswith("--mpi="):
-        words.insert(0, argv[0].partition("=")[2])
-    if len(words) != 1:
-        from hpcrun.errors import UsageError
-        raise UsageError("check --mpi takes one IMAGE", "usage: hpcrun check --mpi IMAGE "
-                         "[--format json]")
+    words = [image]
     try:
         from hpcrun.runtime import image as img
         plan = host_plan(image_root(img.resolve(words[0])))

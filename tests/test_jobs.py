@@ -158,6 +158,26 @@ def test_wait_exits_with_the_jobs_exit_code(jobs, containers):
     assert (cp.returncode, cp.stdout) == (5, f"{jid} FAILED 5\n")
 
 
+def test_wait_format_json_keeps_the_exit_status(jobs, containers):
+    [jid] = jobs.submit("image: IMAGE\ncommand: sh -c 'exit 5'\n")
+    cp = jobs.hpcrun("wait", "--format", "json", "--timeout", "120", jid, timeout=150)
+    [j] = json.loads(cp.stdout)
+    assert (cp.returncode, j["id"], j["state"], j["exit_code"]) == (5, jid, "FAILED", 5)
+
+
+def test_shell_completes_job_ids(jobs, containers):
+    [jid] = jobs.submit("image: IMAGE\ncommand: sleep 30\nname: napper\n")
+    env = {**jobs.cluster.env, "_HPCRUN_COMPLETE": "zsh_complete",
+           "COMP_WORDS": "hpcrun cancel ", "COMP_CWORD": "2"}
+    try:
+        cp = jobs.hpcrun(env=env)
+        lines = cp.stdout.splitlines()
+        assert (cp.returncode, lines[lines.index(jid) - 1]) == (0, "plain"), cp
+        assert lines[lines.index(jid) + 1].startswith("napper ")
+    finally:
+        assert jobs.hpcrun("cancel", jid).returncode == 0
+
+
 def test_wait_exits_zero_for_completed_job(jobs, containers):
     [jid] = jobs.submit("image: IMAGE\ncommand: 'true'\n")
     cp = jobs.wait(jid)

@@ -21,7 +21,10 @@ from hpcrun.slurm import srun as pyxis
 # A valid value for every option that takes one (a new option needs one here).
 SAMPLES = {
     "env": "A=1", "env_files": "/etc/hostname", "volumes": "/tmp:/mnt:ro",
-    "workdir": "/tmp", "entrypoint": "/bin/sh", "hostname": "node1",
+    "workdir": "/tmp", "entrypoint": "/bin/sh", "hostname": "node1", "preserve_fds": "1",
+    "gpus": "all", "devices": "example.com/dev=a",
+    "cpus": "1", "cpuset_cpus": "0", "memory": "512m", "memory_swap": "1g",
+    "pids_limit": "100", "ulimits": "nofile=1024",
 }
 
 

@@ -187,3 +187,37 @@ def test_executor_parity(user, rt_config_image, user_tmp, executor):
     assert cp.returncode == 7, cp.stderr
     assert cp.stdout.splitlines() == ["env:from-image:e:h:/opt/app:/usr/bin:/bin", "cwd:/opt/app",
                                       "1", "/data"]
+
+
+def test_planted_plan_cache_is_refused(user, own_image):
+    """Another user's directory at the plan cache's place: refused, nothing run."""
+    import pwd
+    d = plans_dir(user)
+    shutil.rmtree(d, ignore_errors=True)
+    ok(util.hpcrun(user, "run", own_image, "true"))          # makes the parent
+    shutil.rmtree(d)
+    os.mkdir(d, 0o777)
+    os.chmod(d, 0o777)                                       # (root's, world-writable)
+    try:
+        cp = util.hpcrun(user, "run", own_image, "sh", "-c", "echo ran")
+        assert cp.returncode == 125 and "ran" not in cp.stdout, cp.stdout + cp.stderr
+        assert cp.stderr.startswith(f"hpcrun: error: refusing to use the plan cache {d}"), cp.stderr
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    ok(util.hpcrun(user, "run", own_image, "true"))          # made afresh, private
+    assert os.stat(d).st_uid == user.uid
+
+
+def test_a_planted_hpcrun_package_in_the_cwd_is_not_imported(user, user_tmp):
+    """The launcher's Python fallback must not import from the current directory."""
+    pkg = os.path.join(user_tmp, "hpcrun", "cli")
+    os.makedirs(pkg)
+    for d in (os.path.dirname(pkg), pkg):
+        open(os.path.join(d, "__init__.py"), "w").close()
+    with open(os.path.join(pkg, "main.py"), "w") as f:
+        f.write("def main():\n    print('PLANTED')\n    return 3\n")
+    for root, dirs, files in os.walk(user_tmp):
+        for n in dirs + files:
+            os.chmod(os.path.join(root, n), 0o755)
+    cp = util.as_user(user, [util.HPCRUN, "--version"], cwd=user_tmp)
+    assert cp.returncode == 0 and "PLANTED" not in cp.stdout and cp.stdout.startswith("hpcrun ")

@@ -87,3 +87,20 @@ def test_split_registry(s, host):
 def test_split_registry_refuses_garbage():
     with pytest.raises(ImageError):
         split_registry("not a host")
+
+
+def test_parse_name_refuses_digest_and_upper_case():
+    from hpcrun.image.reference import parse_name
+    assert str(parse_name("myimg:1")) == "docker.io/library/myimg:1"
+    for bad in ("x@sha256:" + "a" * 64, "Upper/Case:1", "UPPER"):
+        with pytest.raises(ImageError, match="invalid reference format"):
+            parse_name(bad)
+
+
+def test_parse_lookup_ids_and_names():
+    from hpcrun.image.reference import parse_lookup
+    assert parse_lookup("9c27f81ac5b8") is None
+    assert parse_lookup("sha256:" + "a" * 64) is None
+    assert parse_lookup("ubuntu:22.04").tag == "22.04"
+    with pytest.raises(ImageError, match="repository name must be lowercase"):
+        parse_lookup("Upper/Case")

@@ -40,7 +40,7 @@ def test_corrupt_squashfs(user, rt_corrupt_squashfs, rt_fuse_open, rt_unpack_cac
 
 def test_corrupt_squashfs_unpack(user, rt_corrupt_squashfs, rt_unpack_cache):
     bad(run(user, "--unpack", rt_corrupt_squashfs, "true", env=rt_unpack_cache), 125,
-        "unsquashfs failed")
+        f"cannot unpack squashfs image {rt_corrupt_squashfs}: ")
     cache = rt_unpack_cache["HPCRUN_UNPACK_CACHE"]
     assert [n for n in os.listdir(cache) if not n.endswith(".lock") and n != "config"] == []
 

@@ -248,7 +248,7 @@ def test_store_location_from_config_file(user, user_tmp, image_files):
 def test_unwritable_store_is_a_clear_error(user):
     cp = util.hpcrun(user, "images", env={"HPCRUN_STORE": "/proc/hpcrun-store"})
     assert cp.returncode == 1
-    assert cp.stderr.startswith("hpcrun: error: cannot use the image store /proc/hpcrun-store")
+    assert cp.stderr.startswith("hpcrun: error: cannot create the image store /proc/hpcrun-store")
     assert "hint: set 'store'" in cp.stderr
 
 

@@ -244,9 +244,9 @@ def test_device_nodes_in_image_are_skipped(user, user_tmp, task_image, node_cach
 
 def test_leftovers_of_a_killed_preparation_are_removed(user, task_image, node_cache):
     # A task killed while unpacking leaves <key>.tmp-<pid>; the next preparer removes it.
-    from hpcrun.slurm import prepare
+    from hpcrun.runtime import unpack
     node_dir = os.path.join(node_cache, os.uname().nodename)
-    key = prepare._key(os.stat(task_image.sqfs))
+    key = unpack.key(os.stat(task_image.sqfs))
     stale = os.path.join(node_dir, f"{key}.tmp-99999")
     os.makedirs(os.path.join(stale, "bin"))
     import subprocess

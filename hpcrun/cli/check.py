@@ -7,13 +7,13 @@ Exit status: 0 when containers can run here (user namespaces work), 1 otherwise.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 
-from hpcrun.errors import UsageError
+import click
 
-USAGE = ("usage: hpcrun check [--format text|json]\n"
-         "       hpcrun check --mpi IMAGE [--format json]   what --mpi=host would bind\n")
+from hpcrun.cli.app import format_option
 
 
 def _read(path: str):
@@ -88,22 +88,15 @@ def _fuse(results, userns_ok):
 
 
 def _cgroups(results):
-    own = _read("/proc/self/cgroup") or ""
-    if os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
-        path = next((l[3:] for l in own.splitlines() if l.startswith("0::")), "/")
-        d = os.path.join("/sys/fs/cgroup", path.lstrip("/"))
-        ctrl = _read(os.path.join(d, "cgroup.controllers")) or ""
-        ok = os.access(d, os.W_OK) and os.access(os.path.join(d, "cgroup.procs"), os.W_OK)
-        detail = f"v2 {d} ({ctrl or 'no controllers'})" + ("" if ok else ": not writable")
-    else:
-        path = next((l.split(":", 2)[2] for l in own.splitlines() if ":memory:" in l), "/")
-        d = os.path.join("/sys/fs/cgroup/memory", path.lstrip("/"))
-        ok = os.path.isdir(d) and os.access(d, os.W_OK)
-        detail = f"v1 {d}" + ("" if ok else ": not writable (cgroup v1 is not delegated)")
-    results.append(("cgroup delegation", ok, detail,
-                    None if ok else "delegate a cgroup v2 subtree to users (systemd "
-                    "Delegate=yes, or Slurm's cgroup plugin); only needed for CPU/memory "
-                    "limits inside hpcrun", False))
+    # The logic lives in hpcrun/cgroups.py (describe): which limit tiers work here.
+    from hpcrun import cgroups
+    d = cgroups.describe()
+    best = d["tiers"][0]
+    real = best["tier"] != "no cgroup"
+    results.append(("cgroup delegation", real, f"{best['tier']}: {best['where']}" if real else
+                    "no cgroup you may write", d["ask"], False))
+    results.append(("resource limits", True, "; ".join(
+        f"{t['tier']} ({', '.join(t['controllers'])})" for t in d["tiers"]), None, False))
 
 
 def _slurm_line() -> str:
@@ -131,37 +124,27 @@ def collect() -> list:
     return results
 
 
-def main(verb: str, argv: list) -> int:
-    if argv and (argv[0] == "--mpi" or argv[0].startswith("--mpi=")):
+@click.command("check", help="Check what this host lets you do without root. User, mount, "
+               "pid and network namespaces, FUSE, cgroups, Slurm, and what to ask the "
+               "admin for. Exit status 0 when containers can run here, 1 otherwise.")
+@format_option("text", "json")
+@click.option("--mpi", "mpi_image", metavar="IMAGE",
+              help="what --mpi=host would bind for IMAGE, and why (exit 1: refused)")
+def check(out, mpi_image) -> int:
+    if mpi_image:
         from hpcrun import mpi
-        text, code = mpi.check_report(argv)
+        text, code = mpi.check_report(mpi_image, out)
         sys.stdout.write(text)
         return code
-    fmt = "text"
-    i = 0
-    while i < len(argv):
-        a = argv[i]
-        if a in ("-h", "--help"):
-            sys.stdout.write(USAGE)
-            return 0
-        if a.startswith("--format="):
-            fmt = a.split("=", 1)[1]
-        elif a == "--format" and i + 1 < len(argv):
-            fmt = argv[i + 1]
-            i += 1
-        else:
-            raise UsageError(f"unknown argument {a!r} for check", USAGE.strip())
-        i += 1
-    if fmt not in ("text", "json"):
-        raise UsageError(f"unknown --format value {fmt!r}", "use --format text or --format json")
     results = collect()
     slurm = _slurm_line()
     tasks = _task_line()
     can_run = all(ok for _, ok, _, _, essential in results if essential)
-    if fmt == "json":
-        import json
+    from hpcrun.runtime import gpu
+    gpus = gpu.report()
+    if out == "json":
         doc = {"can_run": can_run, "slurm_backend": slurm.split(": ", 1)[1],
-               "slurm_tasks": tasks.split(": ", 1)[1],
+               "slurm_tasks": tasks.split(": ", 1)[1], "gpus": gpus,
                "checks": [{"name": n, "ok": ok, "detail": d, "ask_admin": a,
                            "essential": e} for n, ok, d, a, e in results]}
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
@@ -172,6 +155,10 @@ def main(verb: str, argv: list) -> int:
             if a:
                 sys.stdout.write(f"{'':<{w}}  {'':<5}  ask the admin: {a}\n")
         sys.stdout.write(slurm + "\n" + tasks + "\n")
+        sys.stdout.write("".join(line + "\n" for line in gpu.report_lines(gpus)))
         sys.stdout.write("containers can run here\n" if can_run else
                          "containers cannot run here: see 'ask the admin' above\n")
     return 0 if can_run else 1
+
+
+COMMANDS = {"check": check}

@@ -1,91 +1,113 @@
-"""`hpcrun cluster up [N] | down | status | env`: the local multi-node Slurm cluster."""
+"""`hpcrun cluster up [N] | down | status | env`: the local multi-node Slurm cluster.
+
+Thin click commands over hpcrun.slurm.cluster (imported inside them, see hpcrun.cli.app).
+"""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
-from hpcrun.errors import UsageError
+import click
 
-USAGE = """usage: hpcrun cluster up [N] [--name NAME] [--replace]
-       hpcrun cluster down [--name NAME]
-       hpcrun cluster status [--name NAME] [--format text|json]
-       hpcrun cluster env [--name NAME]
+from hpcrun.cli.app import format_option
+from hpcrun.errors import NotFound, UsageError
 
-A real Slurm cluster on this machine: N nodes (default 2), each a network namespace
-with its own address and hostname running slurmd, plus a controller. 'up' and 'down'
-need root; users then submit as themselves:
+HELP = """Run a local multi-node Slurm cluster.
 
+A real Slurm cluster on this machine: N nodes (default 2), each a network
+namespace with its own address and hostname running slurmd, plus a controller. 'up' and
+'down' need root; users then submit as themselves:
+
+\b
   sudo hpcrun cluster up 4
   eval "$(hpcrun cluster env)"
   srun -N4 hostname
 """
 
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one-line error + hint, exit 2, through the dispatcher
-        raise UsageError(f"cluster: {message}", "see 'hpcrun cluster --help'")
+_name = click.option("--name", default="hpcrun", show_default=True, help="cluster name")
 
 
-def _parser(sub: str) -> argparse.ArgumentParser:
-    p = _Parser(prog=f"hpcrun cluster {sub}", add_help=True)
-    p.add_argument("--name", default="hpcrun", help="cluster name (default hpcrun)")
-    if sub == "up":
-        p.add_argument("nodes", nargs="?", default="2", help="number of nodes (default 2)")
-        p.add_argument("--replace", action="store_true", help="tear down a running cluster first")
-    if sub == "status":
-        p.add_argument("--format", choices=("text", "json"), default="text")
-    return p
-
-
-def main(verb: str, argv: list[str]) -> int:
-    if not argv:
-        sys.stderr.write(USAGE)
-        return 2
-    if argv[0] in ("-h", "--help", "help"):
-        sys.stdout.write(USAGE)
-        return 0
-    sub, rest = argv[0], argv[1:]
-    if sub not in ("up", "down", "status", "env"):
-        import difflib
-        m = difflib.get_close_matches(sub, ["up", "down", "status", "env"], n=1)
-        raise UsageError(f"unknown cluster command {sub!r}",
-                         f"did you mean 'hpcrun cluster {m[0]}'?" if m else "use up, down, status or env")
-    args = _parser(sub).parse_args(rest)
+def _cluster(name: str):
     from hpcrun.slurm.cluster import LocalCluster
-    c = LocalCluster(args.name)
-    if sub == "up":
-        try:
-            n = int(args.nodes)
-        except ValueError:
-            raise UsageError(f"bad node count {args.nodes!r}", "give a number, e.g. 'hpcrun cluster up 4'")
-        started = c.up(n, replace=args.replace)
-        st = c.status()
-        nodes = list(st["nodes"])
-        if started:
-            sys.stderr.write(f"hpcrun: cluster {c.name} is up: {len(nodes)} nodes idle "
-                             f"({_span(nodes)}), controller {st['controller']}\n")
-        else:
-            sys.stderr.write(f"hpcrun: cluster {c.name} is already running with {len(nodes)} nodes "
-                             f"({_span(nodes)}); left as it is\n"
-                             f"hint: 'hpcrun cluster up {n} --replace"
-                             f"{'' if c.name == 'hpcrun' else ' --name ' + c.name}' starts a fresh one\n")
-        sys.stdout.write(f"export SLURM_CONF={c.conf_path}\n")
-        return 0
-    if sub == "down":
-        found = c.down()
-        sys.stderr.write(f"hpcrun: cluster {c.name} {'removed' if found else 'was not running'}\n")
-        return 0
-    if sub == "env":
-        if c.status()["conf"] is None:
-            from hpcrun.errors import NotFound
-            raise NotFound(f"no local cluster named {c.name!r}",
-                           f"start one with 'sudo hpcrun cluster up{'' if c.name == 'hpcrun' else ' --name ' + c.name}'")
-        for k, v in sorted(c.env().items()):
-            sys.stdout.write(f"export {k}={v}\n")
-        return 0
+    return LocalCluster(name)
+
+
+def _named(c) -> str:
+    return "" if c.name == "hpcrun" else " --name " + c.name
+
+
+@click.group("cluster", help=HELP, no_args_is_help=True)
+def cluster():
+    pass
+
+
+@cluster.command("help", hidden=True)
+@click.pass_context
+def help_(ctx: click.Context) -> int:
+    """(`hpcrun cluster help`, as before click: the group's help.)"""
+    sys.stdout.write(ctx.parent.get_help() + "\n")
+    return 0
+
+
+@cluster.command("up", help="Start the cluster (as root). N nodes, default 2; prints "
+                 "'export SLURM_CONF=...'.")
+@click.argument("nodes", metavar="[N]", default="2")
+@_name
+@click.option("--replace", is_flag=True, help="tear down a running cluster first")
+@click.option("--cgroup", is_flag=True,
+              help="Slurm with task/cgroup + proctrack/cgroup (cgroup v1): real job cgroups")
+def up(nodes: str, name: str, replace: bool, cgroup: bool) -> int:
+    try:
+        n = int(nodes)
+    except ValueError:
+        raise UsageError(f"bad node count {nodes!r}",
+                         "give a number, e.g. 'hpcrun cluster up 4'") from None
+    c = _cluster(name)
+    started = c.up(n, replace=replace, cgroup=cgroup)
     st = c.status()
-    if args.format == "json":
+    names = list(st["nodes"])
+    if started:
+        sys.stderr.write(f"hpcrun: cluster {c.name} is up: {len(names)} nodes idle "
+                         f"({_span(names)}), controller {st['controller']}\n")
+    else:
+        sys.stderr.write(f"hpcrun: cluster {c.name} is already running with {len(names)} "
+                         f"nodes ({_span(names)}); left as it is\n"
+                         f"hint: 'hpcrun cluster up {n} --replace{_named(c)}' starts a "
+                         "fresh one\n")
+    sys.stdout.write(f"export SLURM_CONF={c.conf_path}\n")
+    return 0
+
+
+@cluster.command("down", help="Stop the cluster and remove its state (as root).")
+@_name
+def down(name: str) -> int:
+    c = _cluster(name)
+    found = c.down()
+    sys.stderr.write(f"hpcrun: cluster {c.name} {'removed' if found else 'was not running'}\n")
+    return 0
+
+
+@cluster.command("env", help="Print the environment for Slurm commands. Use it as "
+                 "eval \"$(hpcrun cluster env)\".")
+@_name
+def env(name: str) -> int:
+    c = _cluster(name)
+    if c.status()["conf"] is None:
+        raise NotFound(f"no local cluster named {c.name!r}",
+                       f"start one with 'sudo hpcrun cluster up{_named(c)}'")
+    for k, v in sorted(c.env().items()):
+        sys.stdout.write(f"export {k}={v}\n")
+    return 0
+
+
+@cluster.command("status", help="Show the controller and the nodes. Exit status 1 when "
+                 "the cluster is not running or not healthy.")
+@_name
+@format_option("text", "json")
+def status(name: str, out: str) -> int:
+    c = _cluster(name)
+    st = c.status()
+    if out == "json":
         sys.stdout.write(json.dumps(st, indent=2, sort_keys=True) + "\n")
         return 0 if st["running"] else 1
     if st["conf"] is None:
@@ -101,7 +123,10 @@ def main(verb: str, argv: list[str]) -> int:
     return 0 if st["running"] else 1
 
 
-def _span(nodes: list[str]) -> str:
+def _span(nodes: list) -> str:
     if len(nodes) <= 2:
         return ", ".join(nodes)
     return f"{nodes[0]} .. {nodes[-1]}"
+
+
+COMMANDS = {"cluster": cluster}

@@ -1,141 +1,58 @@
 """Image verbs, spelled as Docker spells them: pull, push, login, logout, load, save,
 import, export, convert, images, inspect, history, tag, rmi, prune.
 
-Thin: parse flags, call hpcrun.image.*, print results (ids, tables, JSON) on stdout;
-progress and logs go to stderr. Errors are raised; the dispatcher prints them.
+Thin click commands: parse flags, call hpcrun.image.*, print results (ids, tables,
+JSON) on stdout; progress and logs go to stderr. Errors are raised; main.py prints
+them. Library modules are imported inside the commands (see hpcrun.cli.app).
 """
 from __future__ import annotations
 
-import argparse
+import functools
 import json
 import os
 import sys
 import time
 from contextlib import ExitStack, contextmanager
-from typing import List
 
-from hpcrun.errors import UsageError
+import click
 
-HELP = {
-    "pull": "Download an image from a registry into the store.",
-    "push": "Upload an image from the store to a registry.",
-    "login": "Log in to a registry (the credentials are checked before they are stored).",
-    "logout": "Forget the credentials for a registry.",
-    "load": "Load images from a docker-archive or oci-archive (stdin without -i).",
-    "save": "Write images as a docker-archive (stdout without -o).",
-    "import": "Make an image from a root filesystem tarball (FILE, or - for stdin).",
-    "export": "Write an image's flattened root filesystem as a tar (stdout without -o).",
-    "convert": "Store an image as a directory or as a single squashfs file.",
-    "images": "List the images in the store.",
-    "inspect": "Print images' details as a JSON array.",
-    "history": "Show the history of an image's layers.",
-    "tag": "Give an image another name.",
-    "rmi": "Remove names and images from the store.",
-    "prune": "Remove untagged images, unreferenced blobs and leftovers of interrupted "
-             "operations.",
-}
+from hpcrun.cli.app import complete_image, complete_image_or_path, format_option
+from hpcrun.errors import HpcrunError, UsageError
 
-FORMAT_HELP = "store the image as a directory (default), a squashfs file, or both (dir,squashfs)"
+STORE_FORMAT_HELP = "store the image as a directory, a squashfs file, or both (dir,squashfs)"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line + hint, through the dispatcher
-        raise UsageError(f"{self.prog}: {message}", f"see '{self.prog} --help'")
+def _command(name: str, help: str, **kw):
+    """A click command whose OSError (a full disk, a vanished file) is one line with a
+    hint, not a traceback."""
+    def deco(f):
+        @functools.wraps(f)
+        def wrapped(*a, **k):
+            try:
+                return f(*a, **k)
+            except OSError as e:
+                if isinstance(e, BrokenPipeError):
+                    raise
+                where = f"{e.filename}: " if e.filename else ""
+                raise HpcrunError(f"{name}: {where}{e.strerror or e}",
+                                  "check free space and permissions (the store is "
+                                  "HPCRUN_STORE)") from e
+        return click.command(name, help=help, **kw)(wrapped)
+    return deco
 
 
-def _parser(verb: str) -> argparse.ArgumentParser:
-    p = _Parser(prog=f"hpcrun {verb}", description=HELP[verb])
-    add = p.add_argument
-    if verb == "pull":
-        add("name", metavar="NAME[:TAG|@DIGEST]")
-        add("--platform", metavar="OS/ARCH[/VARIANT]", help="default: this machine's")
-        add("-q", "--quiet", action="store_true", help="no progress output")
-        add("--format", dest="fmt", default="dir", metavar="dir|squashfs", help=FORMAT_HELP)
-        add("--insecure", action="store_true",
-            help="plain HTTP or unverified TLS for this registry")
-    elif verb == "push":
-        add("name", metavar="IMAGE")
-        add("dest", metavar="DESTINATION", nargs="?",
-            help="registry reference to push to (default: the image's name)")
-        add("-q", "--quiet", action="store_true", help="no progress output")
-        add("--insecure", action="store_true",
-            help="plain HTTP or unverified TLS for this registry")
-    elif verb == "login":
-        add("registry", metavar="REGISTRY", nargs="?", default="docker.io")
-        add("-u", "--username", metavar="USER")
-        add("-p", "--password", metavar="PASSWORD",
-            help="insecure (visible in ps and shell history); prefer --password-stdin")
-        add("--password-stdin", action="store_true", help="read the password from stdin")
-        add("--insecure", action="store_true",
-            help="plain HTTP or unverified TLS for this registry")
-    elif verb == "logout":
-        add("registry", metavar="REGISTRY", nargs="?", default="docker.io")
-    elif verb == "load":
-        add("-i", "--input", metavar="FILE", help="read from FILE instead of stdin")
-        add("-q", "--quiet", action="store_true",
-            help="no progress output (for Docker compatibility; load shows none)")
-        add("--format", dest="fmt", default="dir", metavar="dir|squashfs", help=FORMAT_HELP)
-    elif verb == "save":
-        add("names", metavar="IMAGE", nargs="+")
-        add("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
-    elif verb == "import":
-        add("file", metavar="FILE|-")
-        add("name", metavar="REPOSITORY[:TAG]", nargs="?")
-        add("-c", "--change", action="append", default=[], metavar="INSTRUCTION",
-            help="Dockerfile instruction: ENV, CMD, ENTRYPOINT, WORKDIR, USER, LABEL, "
-                 "EXPOSE, VOLUME, STOPSIGNAL (repeatable)")
-        add("-m", "--message", default="", help="commit message (in the history)")
-        add("--format", dest="fmt", default="dir", metavar="dir|squashfs", help=FORMAT_HELP)
-    elif verb == "export":
-        add("name", metavar="IMAGE")
-        add("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
-    elif verb == "convert":
-        add("name", metavar="IMAGE")
-        add("--format", dest="fmt", required=True, metavar="dir|squashfs",
-            help="the format to store the image in")
-        add("--keep", action="store_true", help="keep the other format too")
-    elif verb == "images":
-        add("filter", metavar="REPOSITORY[:TAG]", nargs="?")
-        add("-a", "--all", action="store_true", help="(every image is listed; for Docker "
-            "compatibility)")
-        add("-q", "--quiet", action="store_true", help="only image ids")
-        add("--no-trunc", action="store_true", help="full image ids")
-        add("--digests", action="store_true", help="show repository digests")
-        add("--format", dest="out", default="table", choices=("table", "json"),
-            help="json: one JSON object per line")
-    elif verb == "inspect":
-        add("names", metavar="IMAGE", nargs="+")
-        add("-f", "--format", dest="out", default="json",
-            help="json (default), or a template with {{.Field.Sub}} / {{json .Field}}")
-    elif verb == "history":
-        add("name", metavar="IMAGE")
-        add("-q", "--quiet", action="store_true", help="only image ids")
-        add("--no-trunc", action="store_true", help="do not truncate output")
-        add("-H", "--human", default=True, action="store_true", help=argparse.SUPPRESS)
-        add("--format", dest="out", default="table", choices=("table", "json"))
-    elif verb == "tag":
-        add("src", metavar="SOURCE_IMAGE[:TAG]")
-        add("dst", metavar="TARGET_IMAGE[:TAG]")
-    elif verb == "rmi":
-        add("names", metavar="IMAGE", nargs="+")
-        add("-f", "--force", action="store_true",
-            help="remove an image that has several names (all of them)")
-    elif verb == "prune":
-        add("-a", "--all", action="store_true", help="remove every image, not only untagged")
-        add("-f", "--force", action="store_true", help="do not prompt (never prompts)")
-    return p
+def _image_arg(name: str = "name", metavar: str = "IMAGE", **kw):
+    return click.argument(name, metavar=metavar, shell_complete=complete_image, **kw)
 
 
-def main(verb: str, argv: List[str]) -> int:
-    a = _parser(verb).parse_args(argv)
-    try:
-        return globals()["_" + verb](a)
-    except OSError as e:  # a full disk, a vanished file: one line, not a traceback
-        from hpcrun.errors import HpcrunError
-        where = f"{e.filename}: " if e.filename else ""
-        raise HpcrunError(f"{verb}: {where}{e.strerror or e}",
-                          "check free space and permissions (the store is HPCRUN_STORE)"
-                          ) from e
+def _store_format():
+    return click.option("--format", "fmt", default="dir", show_default=True,
+                        metavar="dir|squashfs", help=STORE_FORMAT_HELP)
+
+
+_insecure = click.option("--insecure", is_flag=True,
+                         help="plain HTTP or unverified TLS for this registry")
+_quiet = click.option("-q", "--quiet", is_flag=True, help="no progress output")
 
 
 def _store():
@@ -147,36 +64,61 @@ def _out():
     return sys.stdout
 
 
+def _insecure_kw(insecure: bool) -> dict:
+    return {"insecure": True} if insecure else {}
+
+
 # ---------------------------------------------------------------- registry verbs
 
 
-def _insecure_kw(a) -> dict:
-    return {"insecure": True} if getattr(a, "insecure", False) else {}
-
-
-def _pull(a) -> int:
-    from hpcrun.image.pull import pull
+@_command("pull", "Download an image from a registry into the store.")
+@click.argument("name", metavar="NAME[:TAG|@DIGEST]")
+@click.option("--platform", metavar="OS/ARCH[/VARIANT]", help="default: this machine's")
+@_quiet
+@_store_format()
+@_insecure
+def pull(name: str, platform: str | None, quiet: bool, fmt: str, insecure: bool) -> int:
+    from hpcrun.image.pull import pull as do_pull
     from hpcrun.image.reference import parse
     from hpcrun.image.store import parse_formats
-    parse_formats(a.fmt)
-    ref = parse(a.name)
-    rec = pull(ref, store=_store(), platform=a.platform, fmt=a.fmt, quiet=a.quiet,
-               **_insecure_kw(a))
-    _out().write(f"{ref}\n" if not a.quiet else f"{rec.id}\n")
+    parse_formats(fmt)
+    ref = parse(name)
+    rec = do_pull(ref, store=_store(), platform=platform, fmt=fmt, quiet=quiet,
+                  **_insecure_kw(insecure))
+    _out().write(f"{ref}\n" if not quiet else f"{rec.id}\n")
     return 0
 
 
-def _push(a) -> int:
-    from hpcrun.image.push import push
-    push(_store(), a.name, dest=a.dest, quiet=a.quiet, **_insecure_kw(a))
+@_command("push", "Upload an image from the store to a registry.")
+@_image_arg()
+@click.argument("dest", metavar="[DESTINATION]", required=False)
+@_quiet
+@_insecure
+def push(name: str, dest: str | None, quiet: bool, insecure: bool) -> int:
+    """DESTINATION: the registry reference to push to (default: the image's name)."""
+    from hpcrun.image.push import push as do_push
+    _looked_up(name)
+    do_push(_store(), name, dest=dest, quiet=quiet, **_insecure_kw(insecure))
     return 0
 
 
-def _login(a) -> int:
-    from hpcrun.image import auth
-    user, password = a.username, a.password
-    if a.password_stdin:
-        if a.password:
+@_command("login", "Log in to a registry. The credentials are checked before they are "
+          "stored. REGISTRY defaults to docker.io.")
+@click.argument("registry", metavar="[REGISTRY]", default="docker.io")
+@click.option("-u", "--username", metavar="USER")
+@click.option("-p", "--password", metavar="PASSWORD",
+              help="insecure (visible in ps and shell history); prefer --password-stdin")
+@click.option("--password-stdin", is_flag=True, help="read the password from stdin")
+@_insecure
+def login(registry: str,
+          username: str | None,
+          password: str | None,
+          password_stdin: bool,
+          insecure: bool) -> int:
+    from hpcrun.image import registry as reg
+    user = username
+    if password_stdin:
+        if password:
             raise UsageError("--password and --password-stdin are mutually exclusive",
                              "use --password-stdin")
         if not user:
@@ -197,17 +139,19 @@ def _login(a) -> int:
         if not password:
             import getpass
             password = getpass.getpass("Password: ")
-    auth.login(a.registry, user, password, **_insecure_kw(a))
+    reg.login(registry, user, password, **_insecure_kw(insecure))
     _out().write("Login Succeeded\n")
     return 0
 
 
-def _logout(a) -> int:
+@_command("logout", "Forget the credentials for a registry (default docker.io).")
+@click.argument("registry", metavar="[REGISTRY]", default="docker.io")
+def logout(registry: str) -> int:
     from hpcrun.image import auth
     from hpcrun.image.reference import split_registry
-    host = split_registry(a.registry)
+    host = split_registry(registry)
     shown = "docker.io" if host == "registry-1.docker.io" else host
-    if auth.logout(a.registry):
+    if auth.logout(registry):
         _out().write(f"Removing login credentials for {shown}\n")
     else:
         _out().write(f"Not logged in to {shown}\n")
@@ -238,65 +182,126 @@ def _output(path: str | None, what: str):
         yield f
 
 
-def _load(a) -> int:
+
+@_command("load", "Load images from a docker-archive or oci-archive. Reads stdin without -i.")
+@click.option("-i", "--input", "input_", metavar="FILE", type=click.Path(),
+              help="read from FILE instead of stdin")
+@click.option("-q", "--quiet", is_flag=True,
+              help="no progress output (for Docker compatibility; load shows none)")
+@_store_format()
+def load(input_: str | None, quiet: bool, fmt: str) -> int:
     from hpcrun.image import archive
+    from hpcrun.image.reference import parse
     from hpcrun.image.store import parse_formats
-    parse_formats(a.fmt)
-    if a.input is None and sys.stdin.isatty():
+    parse_formats(fmt)
+    if input_ is None and sys.stdin.isatty():
         raise UsageError("requested load from stdin, but stdin is a terminal",
                          "use -i FILE or pipe the archive in")
-    src = a.input if a.input is not None else sys.stdin.buffer
+    src = input_ if input_ is not None else sys.stdin.buffer
     st = _store()
-    for rec, tags in archive.load(st, src, fmt=a.fmt):
+    for rec, tags in archive.load(st, src, fmt=fmt):
         if tags:
             for t in tags:
-                from hpcrun.image.reference import parse
                 _out().write(f"Loaded image: {parse(t).familiar}\n")
         else:
             _out().write(f"Loaded image ID: {rec.id}\n")
     return 0
 
 
-def _save(a) -> int:
+@_command("save", "Write images as a docker-archive. Writes to stdout without -o.")
+@_image_arg("names", nargs=-1, required=True)
+@click.option("-o", "--output", metavar="FILE", type=click.Path(),
+              help="write to FILE instead of stdout")
+def save(names: tuple[str, ...], output: str | None) -> int:
     from hpcrun.image import archive
+    _looked_up(*names)
     st = _store()
-    for n in a.names:
+    for n in names:
         st.require(n)  # fail before writing anything
-    with _output(a.output, "archive") as f:
-        archive.save(st, a.names, f)
+    with _output(output, "archive") as f:
+        archive.save(st, list(names), f)
     return 0
 
 
-def _import(a) -> int:
+@_command("import", "Make an image from a root filesystem tarball. FILE - reads stdin.")
+@click.argument("file", metavar="FILE|-", type=click.Path(allow_dash=True))
+@click.argument("name", metavar="[REPOSITORY[:TAG]]", required=False)
+@click.option("-c", "--change", multiple=True, metavar="INSTRUCTION",
+              help="Dockerfile instruction: ENV, CMD, ENTRYPOINT, WORKDIR, USER, LABEL, "
+                   "EXPOSE, VOLUME, STOPSIGNAL (repeatable)")
+@click.option("-m", "--message", default="", help="commit message (in the history)")
+@_store_format()
+def import_(file: str, name: str, change: tuple[str, ...], message: str, fmt: str) -> int:
     from hpcrun.image import archive
     from hpcrun.image.store import parse_formats
-    parse_formats(a.fmt)
-    archive.apply_changes({}, a.change)
-    if a.file == "-":
+    parse_formats(fmt)
+    if name is not None:
+        _new_name(name)
+    change = list(change)
+    archive.apply_changes({}, change)
+    if file == "-":
         if sys.stdin.isatty():
             raise UsageError("import from stdin, but stdin is a terminal",
                              "pipe a tarball in or give a FILE")
         src = sys.stdin.buffer
     else:
-        src = a.file
-    rec = archive.import_tar(_store(), src, a.name, a.change, fmt=a.fmt, message=a.message)
+        src = file
+    rec = archive.import_tar(_store(), src, name, change, fmt=fmt, message=message)
     _out().write(rec.id + "\n")
     return 0
 
 
-def _export(a) -> int:
+@_command("export", "Write an image's root filesystem as a tar. The layers are "
+          "flattened; the tar goes to stdout without -o.")
+@_image_arg()
+@click.option("-o", "--output", metavar="FILE", type=click.Path(),
+              help="write to FILE instead of stdout")
+def export(name: str, output: str | None) -> int:
     from hpcrun.image import archive
+    _looked_up(name)
     st = _store()
-    st.require(a.name)
-    with _output(a.output, "root filesystem tar") as f:
-        archive.export(st, a.name, f)
+    st.require(name)
+    with _output(output, "root filesystem tar") as f:
+        archive.export(st, name, f)
     return 0
 
 
-def _convert(a) -> int:
+@_command("convert", """Convert between a directory, a squashfs file, a tar and an image.
+
+'convert SRC DST': SRC and DST are each a root-filesystem directory, a squashfs file
+(*.sqfs), a tarball (*.tar) or an image name in the store; the format of DST is taken
+from DST, or from --format. Prints what was made.
+
+'convert --format dir|squashfs IMAGE': keep a store image in that format (or both,
+dir,squashfs); prints the image's paths.""")
+@click.argument("src", metavar="SRC", shell_complete=complete_image_or_path)
+@click.argument("dst", metavar="[DST]", required=False, type=click.Path())
+@click.option("--format", "fmt", metavar="FORMAT",
+              help="with DST: its format, where DST's name does not say; without DST: "
+                   "how the store keeps IMAGE (dir, squashfs or dir,squashfs)")
+@click.option("--keep", is_flag=True, help="store form: keep the other format too")
+def convert(src: str, dst: str | None, fmt: str | None, keep: bool) -> int:
+    if dst is not None:
+        if keep:
+            raise UsageError("--keep is for the store form (convert --format F IMAGE)",
+                             "drop --keep")
+        try:
+            # (not at the top: hpcrun.image.convert is the store helper's module)
+            from hpcrun.image.convert import convert as do_convert
+        except ImportError as e:
+            raise HpcrunError("convert SRC DST is not available in this build "
+                              f"(hpcrun.image.convert: {e})",
+                              "use 'hpcrun convert --format dir|squashfs IMAGE' for a "
+                              "store image") from e
+        _out().write(f"{do_convert(src, dst, fmt)}\n")
+        return 0
+    if not fmt:
+        raise UsageError("hpcrun convert IMAGE needs --format dir|squashfs",
+                         "or give a destination: hpcrun convert SRC DST")
     from hpcrun.image.store import parse_formats
-    parse_formats(a.fmt)
-    rec = _store().convert(a.name, a.fmt, keep=a.keep)
+    parse_formats(fmt)
+    _looked_up(src)
+    rec = _store().convert(src, fmt, keep=keep)
     for p in (rec.dir_path, rec.sqfs_path):
         if p:
             _out().write(p + "\n")
@@ -360,17 +365,31 @@ def _table(rows: list, headers: list) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _images(a) -> int:
+@_command("images", "List the images in the store.")
+@click.argument("filter_", metavar="[REPOSITORY[:TAG]]", required=False,
+                shell_complete=complete_image)
+@click.option("-a", "--all", "all_", is_flag=True,
+              help="(every image is listed; for Docker compatibility)")
+@click.option("-q", "--quiet", is_flag=True, help="only image ids")
+@click.option("--no-trunc", is_flag=True, help="full image ids")
+@click.option("--digests", is_flag=True, help="show repository digests")
+@format_option("table", "json", help="json: one JSON object per line")
+def images(filter_: str | None,
+           all_: bool,
+           quiet: bool,
+           no_trunc: bool,
+           digests: bool,
+           out: str) -> int:
     from hpcrun.image.layers import human_size
     from hpcrun.image.reference import try_parse
     recs = _store().images()
     want = None
-    if a.filter:
-        r = try_parse(a.filter)
+    if filter_:
+        r = try_parse(filter_)
         if r is None:
-            raise UsageError(f"invalid reference format: {a.filter!r}",
+            raise UsageError(f"invalid reference format: {filter_!r}",
                              "filter with REPOSITORY or REPOSITORY:TAG")
-        want = (r.name, r.tag if ":" in a.filter.rsplit("/", 1)[-1] else None)
+        want = (r.name, r.tag if ":" in filter_.rsplit("/", 1)[-1] else None)
     rows = []
     for rec in recs:
         names = list(rec.tags) or [None]
@@ -387,29 +406,29 @@ def _images(a) -> int:
                 if t and rd.split("@")[0] == try_parse(t).name:  # type: ignore[union-attr]
                     digest = rd.split("@")[1]
             rows.append((rec, repo, tag, digest))
-    if a.quiet:
+    if quiet:
         seen = []
         for rec, *_ in rows:
-            i = rec.id if a.no_trunc else rec.short_id
+            i = rec.id if no_trunc else rec.short_id
             if i not in seen:
                 seen.append(i)
         _out().write("".join(i + "\n" for i in seen))
         return 0
-    if a.out == "json":
+    if out == "json":
         for rec, repo, tag, digest in rows:
             _out().write(json.dumps({
-                "ID": rec.id if a.no_trunc else rec.short_id, "Repository": repo, "Tag": tag,
+                "ID": rec.id if no_trunc else rec.short_id, "Repository": repo, "Tag": tag,
                 "Digest": digest, "CreatedAt": rec.created, "CreatedSince": since(rec.created),
                 "Size": human_size(rec.size), "SizeBytes": rec.size,
                 "Formats": list(rec.formats), "Path": rec.path,
             }) + "\n")
         return 0
-    headers = ["REPOSITORY", "TAG"] + (["DIGEST"] if a.digests else []) + \
+    headers = ["REPOSITORY", "TAG"] + (["DIGEST"] if digests else []) + \
         ["IMAGE ID", "CREATED", "SIZE", "FORMAT"]
     table = []
     for rec, repo, tag, digest in rows:
-        table.append([repo, tag] + ([digest] if a.digests else []) +
-                     [rec.id if a.no_trunc else rec.short_id, since(rec.created),
+        table.append([repo, tag] + ([digest] if digests else []) +
+                     [rec.id if no_trunc else rec.short_id, since(rec.created),
                       human_size(rec.size), ",".join(rec.formats)])
     _out().write(_table(table, headers))
     return 0
@@ -474,29 +493,41 @@ def _template(tmpl: str, doc: dict) -> str:
     return out
 
 
-def _inspect(a) -> int:
-    st = _store()
+@_command("inspect", "Print images' details as a JSON array.")
+@_image_arg("names", nargs=-1, required=True)
+@click.option("-f", "--format", "out", default="json", show_default=True,
+              help="json, or a template with {{.Field.Sub}} / {{json .Field}}")
+def inspect(names: tuple[str, ...], out: str) -> int:
     from hpcrun.errors import NotFound
+    _looked_up(*names)
+    st = _store()
     docs, missing = [], []
-    for n in a.names:
+    for n in names:
         rec = st.get(n)
         if rec is None:
             missing.append(n)
         else:
             docs.append(inspect_doc(rec))
-    if a.out == "json":
+    if out == "json":
         _out().write(json.dumps(docs, indent=4) + "\n")
     else:
         for d in docs:
-            _out().write(_template(a.out, d) + "\n")
+            _out().write(_template(out, d) + "\n")
     if missing:
         raise NotFound(f"no such image: {missing[0]}", "see 'hpcrun images'")
     return 0
 
 
-def _history(a) -> int:
+@_command("history", "Show the history of an image's layers.")
+@_image_arg()
+@click.option("-q", "--quiet", is_flag=True, help="only image ids")
+@click.option("--no-trunc", is_flag=True, help="do not truncate output")
+@click.option("-H", "--human", is_flag=True, default=True, hidden=True)
+@format_option("table", "json", help="json: one JSON object per line")
+def history(name: str, quiet: bool, no_trunc: bool, human: bool, out: str) -> int:
     from hpcrun.image.layers import human_size
-    rec = _store().require(a.name)
+    _looked_up(name)
+    rec = _store().require(name)
     hist = list(rec.config.get("history") or [])
     # Docker shows what each layer adds once unpacked; older records only know the blobs
     sizes = list(rec.layer_sizes) or [d.get("size", 0) for d in rec.manifest.get("layers", [])]
@@ -511,24 +542,24 @@ def _history(a) -> int:
     if not hist:
         rows = [({"created": rec.created, "created_by": ""}, s) for s in sizes]
     rows.reverse()
-    out = []
+    lines = []
     for i, (h, size) in enumerate(rows):
-        img = (rec.id if a.no_trunc else rec.short_id) if i == 0 else "<missing>"
-        out.append((img, h, size))
-    if a.quiet:
-        _out().write("".join(o[0] + "\n" for o in out))
+        img = (rec.id if no_trunc else rec.short_id) if i == 0 else "<missing>"
+        lines.append((img, h, size))
+    if quiet:
+        _out().write("".join(o[0] + "\n" for o in lines))
         return 0
-    if a.out == "json":
-        for img, h, size in out:
+    if out == "json":
+        for img, h, size in lines:
             _out().write(json.dumps({"ID": img, "CreatedAt": h.get("created", ""),
                                      "CreatedSince": since(h.get("created", "")),
                                      "CreatedBy": h.get("created_by", ""), "Size": size,
                                      "Comment": h.get("comment", "")}) + "\n")
         return 0
     table = []
-    for img, h, size in out:
+    for img, h, size in lines:
         by = h.get("created_by", "")
-        if not a.no_trunc and len(by) > 45:
+        if not no_trunc and len(by) > 45:
             by = by[:44] + "…"
         table.append([img, since(h.get("created", "")), by, human_size(size),
                       h.get("comment", "")])
@@ -536,18 +567,42 @@ def _history(a) -> int:
     return 0
 
 
-def _tag(a) -> int:
-    _store().tag(a.src, a.dst)
+def _looked_up(*names: str) -> None:
+    """Refuse a name that is neither an image id nor a canonical reference, with the
+    reference parser's reason (one parser for every verb)."""
+    from hpcrun.image.reference import parse_lookup
+    for n in names:
+        parse_lookup(n)
+
+
+def _new_name(name: str):
+    """A name to give an image: a canonical REPOSITORY[:TAG] (lower-case repository, as
+    Docker requires), by the one reference parser; no digest."""
+    from hpcrun.image.reference import parse_name
+    return parse_name(name)
+
+
+@_command("tag", "Give an image another name (a lower-case REPOSITORY[:TAG]).")
+@_image_arg("src", metavar="SOURCE_IMAGE[:TAG]")
+@click.argument("dst", metavar="TARGET_IMAGE[:TAG]")
+def tag(src: str, dst: str | None) -> int:
+    _looked_up(src)
+    _new_name(dst)
+    _store().tag(src, dst)
     return 0
 
 
-def _rmi(a) -> int:
+@_command("rmi", "Remove names and images from the store.")
+@_image_arg("names", nargs=-1, required=True)
+@click.option("-f", "--force", is_flag=True,
+              help="remove an image that has several names (all of them)")
+def rmi(names: tuple[str, ...], force: bool) -> int:
     st = _store()
-    from hpcrun.errors import HpcrunError
     first_error = None
-    for n in a.names:
+    for n in names:
         try:
-            for line in st.remove(n, force=a.force):
+            _looked_up(n)
+            for line in st.remove(n, force=force):
                 _out().write(line + "\n")
         except HpcrunError as e:
             if first_error is None:
@@ -559,10 +614,35 @@ def _rmi(a) -> int:
     return 0
 
 
-def _prune(a) -> int:
+@_command("prune", "Remove untagged images and unused blobs. Also the leftovers of "
+          "interrupted operations; --repair checks and mends the store instead.")
+@click.option("-a", "--all", "all_", is_flag=True,
+              help="remove every image, not only untagged")
+@click.option("-f", "--force", is_flag=True, help="do not prompt (never prompts)")
+@click.option("--repair", is_flag=True,
+              help="only move damaged store files (image records, tags.json) aside; "
+                   "deletes no healthy image")
+def prune(all_: bool, force: bool, repair: bool) -> int:
     from hpcrun.image.layers import human_size
-    deleted, freed = _store().prune(all=a.all)
+    st = _store()
+    if repair:
+        if all_:
+            raise UsageError("--repair and --all do not go together",
+                             "run 'hpcrun prune --repair', then 'hpcrun prune -a'")
+        if not hasattr(st, "repair"):
+            raise HpcrunError("prune --repair is not available in this build (no "
+                              "Store.repair)", "update hpcrun")
+        # repair only: images that lost their names must not go with it
+        lines = st.repair()
+        _out().write("".join(f"Repaired: {line}\n" for line in lines)
+                     or "Nothing to repair\n")
+        return 0
+    deleted, freed = st.prune(all=all_)
     if deleted:
         _out().write("Deleted Images:\n" + "".join(f"deleted: {d}\n" for d in deleted) + "\n")
     _out().write(f"Total reclaimed space: {human_size(freed)}\n")
     return 0
+
+
+COMMANDS = {c.name: c for c in (pull, push, login, logout, load, save, import_, export,
+                                convert, images, inspect, history, tag, rmi, prune)}

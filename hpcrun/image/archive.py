@@ -19,8 +19,11 @@ from typing import BinaryIO, Optional, Sequence
 
 from ..errors import ImageError, UsageError
 from . import layers as L
+from . import ociconfig
+from .ociconfig import parse_signal
+from .fstree import rmtree
 from .store import (MT_DOCKER_MANIFEST, MT_OCI_MANIFEST, ImageRecord, Store, digest_hex,
-                    rmtree, sha256_bytes)
+                    sha256_bytes)
 
 MT_DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 MT_DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
@@ -155,10 +158,7 @@ def _load_docker(store: Store, tf, index: dict, what: str, fmt: str):
         except (KeyError, TypeError) as e:
             raise ImageError(f"{what}: manifest.json entry {n} is malformed ({e})") from e
         cfg = _member(tf, index, cfg_name, what).read()
-        try:
-            cfgd = json.loads(cfg)
-        except ValueError as e:
-            raise ImageError(f"{what}: image config {cfg_name!r} is not JSON") from e
+        cfgd = ociconfig.loads(cfg, f"{cfg_name} in {what}")
         diff_ids = (cfgd.get("rootfs") or {}).get("diff_ids") or []
         if len(diff_ids) != len(layer_names):
             raise ImageError(f"{what}: the config lists {len(diff_ids)} layers, manifest.json "
@@ -221,6 +221,7 @@ def _load_oci(store: Store, tf, index: dict, what: str, fmt: str):
         except (ValueError, KeyError, TypeError) as e:
             raise ImageError(f"{what}: image manifest {desc.get('digest')} is malformed") from e
         cfg = blob(cfg_desc)
+        ociconfig.loads(cfg, f"{cfg_desc.get('digest')} in {what}")
         for ld in layer_descs:
             dg = ld["digest"]
             if not store.has_blob(dg):
@@ -378,6 +379,11 @@ def apply_changes(conf: dict, changes: Sequence[str]) -> dict:
                 vols[v] = {}
             conf["Volumes"] = vols
         elif instr == "STOPSIGNAL":
+            try:
+                parse_signal(rest)
+            except ValueError as e:
+                raise UsageError(f"--change {ch!r}: {e}",
+                                 "e.g. --change 'STOPSIGNAL SIGINT' (a name or a number)") from None
             conf["StopSignal"] = rest
         else:
             raise UsageError(f"--change {ch!r}: unsupported instruction {instr!r}", _CHANGE_HINT)
@@ -420,10 +426,50 @@ def _exec_form(rest: str, ch: str) -> list[str]:
     return ["/bin/sh", "-c", rest]
 
 
+def _check_tar_input(f, what: str) -> None:
+    """Refuse what cannot be a tarball before storing any of it: a device (/dev/zero, a
+    terminal: endless or interactive input), or data that is neither compressed nor
+    starts with a tar header (an endless stream of zeros from a pipe is caught here)."""
+    import stat as S
+    try:
+        mode = os.fstat(f.fileno()).st_mode
+    except (OSError, AttributeError, ValueError, io.UnsupportedOperation):
+        mode = None
+    if mode is not None and not (S.S_ISREG(mode) or S.S_ISFIFO(mode) or S.S_ISSOCK(mode)):
+        kind = "a terminal" if S.S_ISCHR(mode) and os.isatty(f.fileno()) else \
+            "a device" if S.S_ISCHR(mode) or S.S_ISBLK(mode) else "not a regular file"
+        raise ImageError(f"cannot import {what}: it is {kind}",
+                         "give a root filesystem tarball (a file, or a pipe on stdin)")
+    head = f.peek(512)[:512] if hasattr(f, "peek") else b""
+    if len(head) == 512 and L.sniff(head[:8]) == "tar" and not is_tar_header(head):
+        raise ImageError(f"{what}: not a tar archive",
+                         "give a root filesystem tarball (tar, tar.gz or tar.zst)")
+
+
+class _Bounded:
+    """A reader that refuses to give more than LIMIT bytes (max_image_size): an endless
+    compressed or piped input ends with a clear error, not a full disk."""
+
+    def __init__(self, f, limit: int, what: str):
+        self.f, self.left, self.limit, self.what = f, limit, limit, what
+
+    def read(self, n: int = -1) -> bytes:
+        b = self.f.read(n)
+        self.left -= len(b)
+        if self.left < 0:
+            raise ImageError(f"cannot import {self.what}: larger than max_image_size "
+                             f"({self.limit} bytes)",
+                             "raise max_image_size (HPCRUN_MAX_IMAGE_SIZE) if the tarball "
+                             "is really that large")
+        return b
+
+
 def import_tar(store: Store, src, name: Optional[str] = None, changes: Sequence[str] = (),
-               *, fmt: str = "dir", message: str = "") -> ImageRecord:
-    """Make a one-layer image from a root filesystem tar (path, file object or stdin)."""
-    conf = apply_changes({}, changes)           # bad --change fails before any work
+               *, fmt: str = "dir", message: str = "", base: Optional[dict] = None,
+               created_by: str = "hpcrun import") -> ImageRecord:
+    """Make a one-layer image from a root filesystem tar (path, file object or stdin).
+    base: the runtime config (Env, Cmd, ...) to start from (convert keeps an image's)."""
+    conf = apply_changes(dict(base or {}), changes)   # bad --change fails before any work
     if name:
         from .store import normalize
         if normalize(name).digest:
@@ -431,7 +477,10 @@ def import_tar(store: Store, src, name: Optional[str] = None, changes: Sequence[
                              "give REPOSITORY[:TAG]")
     f = _open_input(src, "give a root filesystem tarball, or - for stdin")
     try:
-        dg, size = store.put_blob_file(f)
+        _check_tar_input(f, src if isinstance(src, str) else "stdin")
+        from .. import config as cfgmod
+        dg, size = store.put_blob_file(_Bounded(f, int(cfgmod.get("max_image_size")),  # type: ignore[arg-type]
+                                                src if isinstance(src, str) else "stdin"))
     finally:
         if isinstance(src, (str, os.PathLike)):
             f.close()
@@ -443,7 +492,7 @@ def import_tar(store: Store, src, name: Optional[str] = None, changes: Sequence[
     stream = L.open_layer(store.blob_path(dg), "the tarball")
     try:
         first = stream.read(512)
-        if len(first) < 512 or not _is_tar_header(first):
+        if len(first) < 512 or not is_tar_header(first):
             raise ImageError(f"{src if isinstance(src, str) else 'stdin'}: not a tar archive",
                              "give a root filesystem tarball (tar, tar.gz or tar.zst)")
         h.update(first)
@@ -459,9 +508,10 @@ def import_tar(store: Store, src, name: Optional[str] = None, changes: Sequence[
     cfg = {
         "architecture": arch, "os": os_, "created": now, "config": conf,
         "rootfs": {"type": "layers", "diff_ids": ["sha256:" + h.hexdigest()]},
-        "history": [{"created": now, "created_by": "hpcrun import",
+        "history": [{"created": now, "created_by": created_by,
                      **({"comment": message} if message else {})}],
     }
+    ociconfig.validate(cfg, "made by --change")
     cfg_bytes = json.dumps(cfg, sort_keys=True).encode()
     kind = L.sniff(head)
     oci = kind in ("zstd", "xz")
@@ -471,7 +521,7 @@ def import_tar(store: Store, src, name: Optional[str] = None, changes: Sequence[
                               source="import")
 
 
-def _is_tar_header(block: bytes) -> bool:
+def is_tar_header(block: bytes) -> bool:
     if block[257:262] == b"ustar":
         return True
     try:
@@ -498,14 +548,14 @@ def export(store: Store, name: str, out: BinaryIO) -> None:
         except L.NeedDirectory:
             pass
     if rec.dir_path:
-        _tar_dir(rec.dir_path, out)
+        tar_dir(rec.dir_path, out)
         return
     if rec.sqfs_path:
         tmp = store.tmp_path("export")
         try:
             from .squash import unsquash
             unsquash(rec.sqfs_path, tmp)
-            _tar_dir(tmp, out)
+            tar_dir(tmp, out)
         finally:
             rmtree(tmp)
         return
@@ -513,11 +563,14 @@ def export(store: Store, name: str, out: BinaryIO) -> None:
                      "pull or load it again")
 
 
-def _tar_dir(root: str, out: BinaryIO) -> None:
-    tarf = tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, bufsize=1 << 20)
+def tar_dir(root: str, out: BinaryIO, *, meta: bool = False, gzip: bool = False) -> None:
+    """A root filesystem directory as one tar stream, every entry owned by root;
+    .hpcrun/ (the image config) only with meta=True."""
+    tarf = tarfile.open(fileobj=out, mode="w|gz" if gzip else "w|",
+                        format=tarfile.PAX_FORMAT, bufsize=1 << 20)
 
     def owner(ti: tarfile.TarInfo):
-        if ti.name == ".hpcrun" or ti.name.startswith(".hpcrun/"):
+        if not meta and (ti.name == ".hpcrun" or ti.name.startswith(".hpcrun/")):
             return None
         ti.uid = ti.gid = 0
         ti.uname = ti.gname = "root"

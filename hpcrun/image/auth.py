@@ -1,4 +1,5 @@
-"""Registry credentials: `hpcrun login` / `logout`, and lookup for pull and push.
+"""Registry credentials: stored by `hpcrun login` (registry.login checks them first),
+forgotten by `logout`, and looked up for pull and push.
 
 hpcrun keeps its own logins in ``$XDG_CONFIG_HOME/hpcrun/auth.json`` (default
 ``~/.config/hpcrun/auth.json``), mode 0600, written atomically, in Docker's format::
@@ -20,7 +21,7 @@ import os
 from typing import Optional
 
 from .. import log
-from ..errors import HpcrunError, RegistryError
+from ..errors import HpcrunError
 from .reference import HUB_API, split_registry
 
 _HUB_KEYS = ("https://index.docker.io/v1/", "index.docker.io", "docker.io",
@@ -121,27 +122,9 @@ def _display(host: str) -> str:
     return "docker.io" if host == HUB_API else host
 
 
-def login(registry: str, user: str, password: str, *, insecure: Optional[bool] = None) -> str:
-    """Check the credentials against the registry, then store them. Returns the host."""
-    from .registry import Registry
-    host = split_registry(registry or "docker.io")
-    if not user:
-        raise RegistryError("login needs a user name", "pass -u USER")
-    if not password:
-        raise RegistryError("login needs a password", "pass it on stdin with --password-stdin")
-    if ":" in user:
-        raise RegistryError("a user name cannot contain ':'", "check the -u value")
-    reg = Registry(host, insecure=insecure, credentials=(user, password))
-    try:
-        reg.check_login()
-    except RegistryError as e:
-        if "unauthorized" in e.what:
-            raise RegistryError(f"login to {_display(host)} failed: unauthorized: "
-                                "incorrect username or password",
-                                "check the user name and password; nothing was stored") from e
-        raise
-    finally:
-        reg.close()
+def save(host: str, user: str, password: str) -> None:
+    """Store credentials for a registry host in hpcrun's file (registry.login checks
+    them against the registry first)."""
     path = auth_file()
     doc = _read(path)
     auths = doc.setdefault("auths", {})
@@ -150,7 +133,6 @@ def login(registry: str, user: str, password: str, *, insecure: Optional[bool] =
         del auths[old]
     auths[host] = {"auth": base64.b64encode(f"{user}:{password}".encode()).decode()}
     _write_atomic(path, doc)
-    return host
 
 
 def logout(registry: str) -> bool:

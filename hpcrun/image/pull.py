@@ -19,6 +19,7 @@ from typing import Optional, Union
 
 from .. import config, log
 from ..errors import ImageError, RegistryError
+from . import ociconfig
 from .progress import Progress, short
 from .reference import Reference, parse
 from .registry import (INDEX_TYPES, MANIFEST_TYPES, Registry, check_digest, parse_platform,
@@ -119,10 +120,7 @@ def pull(ref: Union[str, Reference], *, store=None, platform: Optional[str] = No
             if not store.has_blob(cd):
                 store.put_blob_bytes(reg.get_blob_bytes(r.repository, cd), cd)
         cfg_bytes = store.read_blob(cd)
-        try:
-            cfg = json.loads(cfg_bytes)
-        except ValueError as e:
-            raise ImageError(f"{r.familiar}: image config {cd} is not JSON", "the image is malformed") from e
+        cfg = ociconfig.loads(cfg_bytes, f"{cd} of {r.familiar}")
         if platform and cfg.get("architecture"):
             want, have = parse_platform(platform), _config_platform(cfg)
             if (want["os"], want["architecture"]) != (have["os"], have["architecture"]) or \

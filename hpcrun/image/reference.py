@@ -197,3 +197,27 @@ def split_registry(s: str) -> str:
         raise ImageError(f"invalid registry name: {s!r}",
                          "give a host name with an optional port, e.g. localhost:5000")
     return HUB_API if s in _HUB_ALIASES else s
+
+
+def parse_name(s: str) -> Reference:
+    """A name to give an image (tag, import, load): REPOSITORY[:TAG] with a lower-case
+    repository, as Docker requires, and no digest (a digest names content, it cannot
+    be given)."""
+    r = parse(s)
+    if r.digest is not None:
+        raise ImageError(f"invalid reference format: a new name cannot have a digest: {s!r}",
+                         "give REPOSITORY[:TAG], e.g. myimage:1")
+    return r
+
+
+_IMAGE_ID = re.compile(r"(?:sha256:)?[0-9a-f]{4,64}\Z")
+
+
+def parse_lookup(s: str) -> Reference | None:
+    """A name that looks an image up in the store: None for an image id (full or short
+    hex, optionally "sha256:"-prefixed), else the parsed reference. Anything else
+    raises parse()'s error, so `hpcrun rmi Upper/Case` says what is wrong with the
+    name (as Docker does) instead of "no such image"."""
+    if _IMAGE_ID.match(s):
+        return None
+    return parse(s)

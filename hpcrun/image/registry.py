@@ -43,9 +43,10 @@ from typing import Callable, Optional
 
 from .. import log
 from ..errors import NotFound, RegistryError
+from . import auth
 from .platform import (available_platforms, host_platform, match_platform,  # noqa: F401
                        parse_platform, platform_str)
-from .reference import HUB_API
+from .reference import HUB_API, split_registry
 
 # Media types
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
@@ -207,7 +208,6 @@ class Registry:
         self.host = host
         self.insecure = is_insecure(host) if insecure is None else insecure
         if credentials is None and use_stored_credentials:
-            from . import auth
             credentials = auth.lookup(host)
         self.credentials = credentials
         self._scheme: Optional[str] = None   # "https" or "http", decided by ping()
@@ -521,6 +521,14 @@ class Registry:
                 raise RegistryError(f"{what}: unsupported manifest type {mtype!r}")
         return body, mtype, digest
 
+    def has_manifest(self, repo: str, ref: str) -> Optional[bool]:
+        """True / False when the registry says (HEAD 200 / 404) whether the manifest or
+        index `ref` (tag or digest) exists; None when it does not say (401, 5xx...)."""
+        r = self.request("HEAD", f"/v2/{repo}/manifests/{ref}", scope=f"repository:{repo}:pull",
+                         headers={"Accept": ACCEPT})
+        r.close()
+        return True if r.status == 200 else False if r.status == 404 else None
+
     def put_manifest(self, repo: str, ref: str, body: bytes, media_type: str) -> str:
         r = self.request("PUT", f"/v2/{repo}/manifests/{ref}", scope=f"repository:{repo}:pull,push",
                          headers={"Content-Type": media_type, "Content-Length": str(len(body))},
@@ -734,6 +742,31 @@ class _Slice:
         if self.progress and data:
             self.progress(len(data))
         return data
+
+
+def login(registry: str, user: str, password: str, *, insecure: Optional[bool] = None) -> str:
+    """`hpcrun login`: check the credentials against the registry, then store them
+    (auth.save). Returns the host."""
+    host = split_registry(registry or "docker.io")
+    if not user:
+        raise RegistryError("login needs a user name", "pass -u USER")
+    if not password:
+        raise RegistryError("login needs a password", "pass it on stdin with --password-stdin")
+    if ":" in user:
+        raise RegistryError("a user name cannot contain ':'", "check the -u value")
+    reg = Registry(host, insecure=insecure, credentials=(user, password))
+    try:
+        reg.check_login()
+    except RegistryError as e:
+        if "unauthorized" in e.what:
+            raise RegistryError(f"login to {reg.display} failed: unauthorized: "
+                                "incorrect username or password",
+                                "check the user name and password; nothing was stored") from e
+        raise
+    finally:
+        reg.close()
+    auth.save(host, user, password)
+    return host
 
 
 def _add_query(url: str, **params) -> str:

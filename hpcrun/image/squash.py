@@ -1,10 +1,9 @@
 """Squashfs images: one file instead of a metadata storm on a parallel filesystem.
 
-Building prefers ``tar2sqfs`` (squashfs-tools-ng): the flattened layers are streamed
-into its stdin as one tar, so no intermediate directory is written (a single-layer
-image is checked and streamed in one pass). Without tar2sqfs, or when the layers cannot
-be flattened as a stream, the layers are unpacked into a temporary directory and packed
-with ``mksquashfs``. Every file is owned by root in the image (``-all-root``), setuid and
+The squashfs tools themselves (which format to build from what is formats.py):
+``tar2sqfs`` (squashfs-tools-ng) fed the flattened layers on its stdin as one tar, so no
+intermediate directory is written (a single-layer image is checked and streamed in one
+pass); ``mksquashfs`` from a directory; ``unsquashfs`` back into one. Every file is owned by root in the image (``-all-root``), setuid and
 setgid bits are dropped, as in the directory format.
 
 The compressor comes from the ``squashfs_compressor`` setting, ``NAME[:OPTIONS]`` in
@@ -16,11 +15,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-from typing import Sequence
+import tempfile
 
 from .. import log
 from ..errors import CommandError, ImageError, NotFound
 from ..proc import run, which
+from . import layers as L
 
 
 def compressor() -> tuple[str, str]:
@@ -60,33 +60,9 @@ def mksquashfs_argv(src: str, out: str) -> list[str]:
     return argv
 
 
-def build(layers: Sequence[str], out: str, config: bytes, *, max_size: int | None,
-          tmpdir: str):
-    """Make the squashfs file `out` from layer blobs; returns the layers.Tree (sizes)."""
-    from . import layers as L
-    if which("tar2sqfs"):
-        try:
-            return _stream(list(layers), out, config, max_size)
-        except L.NeedDirectory as e:
-            log.info(f"squashfs: streaming not possible ({e}); unpacking to a directory")
-        except CommandError as e:
-            # tar2sqfs refused something the layers checks accepted: the slower path
-            # through a directory and mksquashfs still gives the user an image
-            log.warning(f"squashfs: {e.what}; retrying through a directory and mksquashfs")
-    from .store import rmtree, unpack_dir
-    d = os.path.join(tmpdir, f"sqdir-{os.urandom(12).hex()}")
-    os.mkdir(d, 0o700)
-    try:
-        tree = unpack_dir(list(layers), d, config, max_size=max_size)
-        from_dir(d, out)
-        return tree
-    finally:
-        rmtree(d)
-
-
-def _stream(layers: list, out: str, config: bytes, max_size: int | None):
-    import tempfile
-    from . import layers as L
+def stream(layers: list, out: str, config: bytes, max_size: int | None):
+    """Flatten layer blobs straight into tar2sqfs; returns the layers.Tree (sizes).
+    Raises layers.NeedDirectory when the layers cannot be flattened as a stream."""
     argv = tar2sqfs_argv(out)
     log.debug("exec: " + " ".join(argv))
     errf = tempfile.TemporaryFile()  # not a pipe: a chatty tar2sqfs must not block us

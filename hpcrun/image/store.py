@@ -8,7 +8,10 @@ Layout under the root (``config.get("store")`` or HPCRUN_STORE; 0700)::
     records/<idhex>.json        the image record: THE commit point of an image
     tags.json                   {"tags": {"docker.io/library/x:tag": "sha256:<idhex>"}}
     locks/<name>.lock           flock(2) files
+    locks/lease-<idhex>.lock    the image's lease: shared by a starting `run`, exclusive
+                                for rmi / prune / convert (see Store.lease)
     tmp/                        everything is written here first, then renamed into place
+    damaged/                    what `hpcrun prune --repair` moved aside (Store.repair)
 
 Crash safety (SIGKILL at any moment): blobs, image formats and records are each
 written under tmp/ and renamed into place, in this order: blobs, image formats, record,
@@ -23,10 +26,18 @@ day so a pull can resume.
 Concurrency: per-image work runs under lock("image-<idhex>") and re-checks the record
 after taking the lock, so eight processes committing the same image build it once;
 tags.json changes under lock("tags"). The registry client takes lock("blob-<digest>")
-around each download.
+around each download. A `run` holds the image's lease from resolving it until its
+command's execve; rmi, prune and convert take the lease exclusively (waiting at most
+LEASE_WAIT) before they look for running containers in /proc, then delete.
 
-Test hook: HPCRUN_TEST_CRASH_AT=<step> makes the process SIGKILL itself at that step
-(steps: blob-written, extracted, format-renamed, record-written, tagged). Tests only.
+Damage: a store file that cannot be read, is not JSON or holds the wrong types is a
+StoreError naming the file, with REPAIR_HINT; Store.repair() moves such files aside.
+
+Test hooks: HPCRUN_TEST_CRASH_AT=<step> makes the process SIGKILL itself at that step
+(steps: blob-written, extracted, format-renamed, record-written, tagged);
+HPCRUN_TEST_STOP_AT=resolved / exclusive makes `run` SIGSTOP itself once it has
+resolved (and leased) the image, `rmi` once it holds the lease exclusively.
+Tests only.
 """
 from __future__ import annotations
 
@@ -41,14 +52,23 @@ from typing import Iterator, Optional, Sequence
 
 from .. import log
 from ..errors import ImageError, NotFound, StoreError
-
-FORMATS = ("dir", "squashfs")
+from ..fsutil import private_dir
+from .fstree import du, rmtree
+from .inuse import container_roots, running_containers
 _HEX = re.compile(r"[0-9a-f]{64}\Z")
 _SHORT = re.compile(r"[0-9a-f]{4,64}\Z")
 PARTIAL_MAX_AGE = 24 * 3600
+LEASE_WAIT = 2.0       # seconds rmi / prune / convert wait for a starting `run`
+
+FORMATS = ("dir", "squashfs")
 
 MT_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 MT_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+
+
+def entry_name(fmt: str) -> str:
+    """The name of a format inside images/<hex>/."""
+    return "rootfs" if fmt == "dir" else "image.sqfs"
 
 
 def crash_point(step: str) -> None:
@@ -56,6 +76,14 @@ def crash_point(step: str) -> None:
     if os.environ.get("HPCRUN_TEST_CRASH_AT") == step:
         import signal
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def stop_point(step: str) -> None:
+    """Test hook: SIGSTOP ourselves at `step` when HPCRUN_TEST_STOP_AT names it (a test
+    then acts in the window and sends SIGCONT). Tests only."""
+    if os.environ.get("HPCRUN_TEST_STOP_AT") == step:
+        import signal
+        os.kill(os.getpid(), signal.SIGSTOP)
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -69,31 +97,6 @@ def digest_hex(digest: str, what: str = "digest") -> str:
         raise ImageError(f"unsupported or malformed {what}: {digest!r}",
                          "only sha256 digests (64 lowercase hex digits) are supported")
     return hexpart
-
-
-def rmtree(path: str) -> None:
-    """shutil.rmtree that also removes read-only directories the caller owns."""
-    import shutil
-
-    def onerror(func, p, exc):
-        try:
-            os.chmod(os.path.dirname(p), 0o700)
-            if os.path.isdir(p) and not os.path.islink(p):
-                os.chmod(p, 0o700)
-            func(p)
-        except FileNotFoundError:
-            pass
-        except OSError:
-            if func is os.rmdir:
-                shutil.rmtree(p, ignore_errors=True)
-    if os.path.isdir(path) and not os.path.islink(path):
-        import sys
-        if sys.version_info >= (3, 12):
-            shutil.rmtree(path, onexc=onerror)
-        else:
-            shutil.rmtree(path, onerror=onerror)
-    elif os.path.lexists(path):
-        os.unlink(path)
 
 
 def _atomic_write(path: str, data: bytes, tmpdir: str) -> None:
@@ -177,13 +180,11 @@ class Store:
         self.locks = os.path.join(self.root, "locks")
         self.tmp = os.path.join(self.root, "tmp")
         self.tags_file = os.path.join(self.root, "tags.json")
+        # The root must be private (another user could pre-create a guessable path):
+        # then no one else can plant anything below it (see fsutil.private_dir).
+        private_dir(self.root, "the image store", "'store' in the configuration or HPCRUN_STORE")
         try:
-            old = os.umask(0o077)
-            try:
-                for d in (self.blobs, self.images_dir, self.records, self.locks, self.tmp):
-                    os.makedirs(d, exist_ok=True)
-            finally:
-                os.umask(old)
+            self._make_dirs()
             self._hold = open(os.path.join(self.locks, "store.lock"), "a+b")
         except OSError as e:
             raise StoreError(f"cannot use the image store {self.root}: {e.strerror}",
@@ -198,6 +199,31 @@ class Store:
                 self._clean()
             finally:
                 fcntl.flock(self._hold, fcntl.LOCK_SH)
+
+    @contextlib.contextmanager
+    def _alone(self) -> Iterator[bool]:
+        """The store lock exclusively, if no other Store is open (True), else False;
+        shared again afterwards."""
+        fcntl.flock(self._hold, fcntl.LOCK_UN)
+        try:
+            fcntl.flock(self._hold, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fcntl.flock(self._hold, fcntl.LOCK_SH)
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(self._hold, fcntl.LOCK_SH)
+
+    def _make_dirs(self) -> None:
+        """The store's root and its directories (private: 0700). Raises OSError."""
+        old = os.umask(0o077)
+        try:
+            for d in (self.blobs, self.images_dir, self.records, self.locks, self.tmp):
+                os.makedirs(d, exist_ok=True)
+        finally:
+            os.umask(old)
 
     def close(self) -> None:
         """Release the shared store lock (lets other processes clean leftovers)."""
@@ -240,7 +266,7 @@ class Store:
                 rec = self._read_record_raw(name) or {}
             except StoreError:
                 continue
-            keep = {"rootfs" if f == "dir" else "image.sqfs" for f in rec.get("formats", [])}
+            keep = {entry_name(f) for f in rec.get("formats", [])}
             for entry in entries:
                 if entry not in keep:
                     rmtree(os.path.join(d, entry))
@@ -260,6 +286,69 @@ class Store:
                 yield
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
+
+    # ------------------------------------------------------------------ leases
+    def lease_path(self, hexd: str) -> str:
+        return os.path.join(self.locks, f"lease-{hexd}.lock")
+
+    def _open_lease(self, hexd: str, how: int) -> int:
+        """open + flock of the image's lease file; the fd is O_CLOEXEC, so an execve
+        releases it. Retries when the file was unlinked (by a delete) while we waited,
+        so holders always share one inode."""
+        path = self.lease_path(hexd)
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            try:
+                fcntl.flock(fd, how)
+                st = os.fstat(fd)
+                try:
+                    cur = os.stat(path)
+                except FileNotFoundError:
+                    cur = None
+                if cur is not None and (cur.st_dev, cur.st_ino) == (st.st_dev, st.st_ino):
+                    return fd
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)
+
+    def lease(self, hexd: str) -> int:
+        """The shared lease `run` holds on an image from resolving it until the
+        container's root is pinned (the fd is closed by the execve, or stays with the
+        container's monitor): rmi, prune and convert do not take the image away
+        meanwhile. Returns the fd; blocks while a delete is under way."""
+        try:
+            return self._open_lease(hexd, fcntl.LOCK_SH)
+        except OSError as e:
+            raise StoreError(f"can't take the lease {self.lease_path(hexd)}: {e.strerror}",
+                             "the store must be yours and writable") from e
+
+    def _exclusive_lease(self, hexd: str, wait: float) -> int | None:
+        """The lease exclusively (no container is starting on the image), waiting at
+        most `wait` seconds; None if a `run` still holds it then."""
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                return self._open_lease(hexd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return None
+                time.sleep(0.02)
+
+    def _take_exclusive(self, rec: "ImageRecord", what: str, stack: contextlib.ExitStack,
+                        name: str = "", running: bool = True) -> None:
+        """Exclusive lease for rmi/convert (closed by the stack), or refuse, naming
+        the image; then (running=True) refuse if a running container uses its directory."""
+        fd = self._exclusive_lease(rec.hex, LEASE_WAIT)
+        if fd is None:
+            label = f"{name} ({rec.short_id})" if name and name != rec.short_id else rec.short_id
+            raise ImageError(f"unable to {what} {label} - a container is starting on it "
+                             "(or its monitor still runs)",
+                             "try again once the container has started or stopped")
+        stack.callback(os.close, fd)
+        stop_point("exclusive")
+        if running:
+            self._refuse_if_running(rec, what)
 
     def tmp_path(self, prefix: str = "t") -> str:
         return os.path.join(self.tmp, f"{prefix}-{os.urandom(12).hex()}")
@@ -362,35 +451,36 @@ class Store:
                 return f.read()
         except FileNotFoundError:
             raise StoreError(f"blob {digest} is missing from the store {self.root}",
-                             "pull or load the image again") from None
+                             "pull or load the image again, or run 'hpcrun prune --repair'"
+                             ) from None
 
     # ------------------------------------------------------------------ records
     def _record_path(self, hexd: str) -> str:
         return os.path.join(self.records, hexd + ".json")
 
     def _read_record_raw(self, hexd: str) -> dict | None:
-        try:
-            with open(self._record_path(hexd), "rb") as f:
-                return json.load(f)
-        except FileNotFoundError:
+        path = self._record_path(hexd)
+        doc = _load_json(path, "image record")
+        if doc is None:
             return None
-        except ValueError as e:
-            raise StoreError(f"image record {self._record_path(hexd)} is damaged ({e})",
-                             f"remove it with 'hpcrun rmi -f sha256:{hexd}'") from e
+        why = _record_problem(doc)
+        if why:
+            raise StoreError(f"image record {path} is damaged: {why}", REPAIR_HINT)
+        return doc
 
     def _write_record(self, hexd: str, rec: dict) -> None:
         _atomic_write(self._record_path(hexd),
                       json.dumps(rec, indent=1, sort_keys=True).encode(), self.tmp)
 
     def _tags(self) -> dict[str, str]:
-        try:
-            with open(self.tags_file, "rb") as f:
-                return json.load(f).get("tags", {})
-        except FileNotFoundError:
+        doc = _load_json(self.tags_file, "image store file")
+        if doc is None:
             return {}
-        except ValueError as e:
-            raise StoreError(f"{self.tags_file} is damaged ({e})",
-                             "remove it; images stay, their names are lost") from e
+        tags, why = _tags_of(doc)
+        if why:
+            raise StoreError(f"image store file {self.tags_file} is damaged: {why}",
+                             REPAIR_HINT)
+        return tags
 
     def _write_tags(self, tags: dict[str, str]) -> None:
         _atomic_write(self.tags_file,
@@ -404,14 +494,21 @@ class Store:
             tags_map = self._tags()
         img_id = "sha256:" + hexd
         tags = tuple(sorted(t for t, i in tags_map.items() if i == img_id))
-        try:
-            cfg = json.loads(self.read_blob(raw["config_digest"]))
-            man = json.loads(self.read_blob(raw["manifest_blob"]))
-        except ValueError as e:
-            raise StoreError(f"image sha256:{hexd[:12]}: damaged manifest or config ({e})",
-                             f"remove it with 'hpcrun rmi -f {hexd[:12]}'") from e
+        cfg = self._json_blob(hexd, raw["config_digest"], "config")
+        man = self._json_blob(hexd, raw["manifest_blob"], "manifest")
+        layers = man.get("layers", [])
+        if not isinstance(layers, list) or not all(
+                isinstance(x, dict) and isinstance(x.get("digest"), str) for x in layers):
+            raise StoreError(f"image sha256:{hexd[:12]} is damaged: its manifest blob "
+                             f"{self.blob_path(raw['manifest_blob'])} has malformed 'layers'",
+                             REPAIR_HINT)
         d = os.path.join(self.images_dir, hexd)
         formats = tuple(raw.get("formats", ()))
+        for f in formats:   # one lstat per format: a vanished rootfs is damage, not a FUSE issue
+            if not os.path.lexists(os.path.join(d, entry_name(f))):
+                raise StoreError(f"image sha256:{hexd[:12]} is damaged: its "
+                                 f"{'directory' if f == 'dir' else 'squashfs file'} "
+                                 f"{os.path.join(d, entry_name(f))} is missing", REPAIR_HINT)
         return ImageRecord(
             id=img_id, manifest_digest=raw.get("manifest_digest"), tags=tags,
             created=raw.get("created", ""), size=int(raw.get("size", 0)), config=cfg,
@@ -422,6 +519,93 @@ class Store:
             committed=raw.get("committed", ""), formats=formats,
             manifest_blob=raw.get("manifest_blob", ""),
             layer_sizes=tuple(raw.get("layer_sizes") or ()))
+
+    def _json_blob(self, hexd: str, digest: str, what: str) -> dict:
+        """A record's manifest or config blob, parsed; damage is a StoreError."""
+        try:
+            with open(self.blob_path(digest), "rb") as f:
+                doc = json.load(f)
+        except FileNotFoundError:
+            raise StoreError(f"image sha256:{hexd[:12]} is damaged: its {what} blob "
+                             f"{self.blob_path(digest)} is missing", REPAIR_HINT) from None
+        except OSError as e:
+            raise StoreError(f"can't read {self.blob_path(digest)}: {e.strerror}",
+                             "check the store's permissions (it must be yours)") from e
+        except (ValueError, RecursionError) as e:
+            raise StoreError(f"image sha256:{hexd[:12]} is damaged: its {what} blob "
+                             f"{self.blob_path(digest)} is not JSON ({e})", REPAIR_HINT) from e
+        if not isinstance(doc, dict):
+            raise StoreError(f"image sha256:{hexd[:12]} is damaged: its {what} blob "
+                             f"{self.blob_path(digest)} is not a JSON object", REPAIR_HINT)
+        return doc
+
+    # ------------------------------------------------------------------ repair
+    def repair(self) -> list[str]:
+        """`hpcrun prune --repair`: move damaged records and tags.json aside into
+        <root>/damaged/ so that every command works again; returns what was done, one
+        line each. A damaged image is lost (pull, load or import it again); a damaged
+        tags.json keeps the entries that were still well-formed and name an image, and
+        the images it no longer names stay (untagged). Deletes no healthy image."""
+        done: list[str] = []
+        with self.lock("tags"):
+            for name in sorted(os.listdir(self.records)):
+                hexd = name[:-5]
+                if not (name.endswith(".json") and _HEX.match(hexd)):
+                    continue
+                try:
+                    with self.lock("image-" + hexd):
+                        self._record(hexd, {})
+                except StoreError as e:
+                    if "is damaged" not in e.what and "can't read" not in e.what:
+                        raise
+                    dest = self._move_aside(self._record_path(hexd))
+                    done.append(f"moved {self._record_path(hexd)} aside to {dest}: {e.what}")
+            try:
+                tags = self._tags()
+            except StoreError as e:
+                tags = self._salvage_tags()
+                dest = self._move_aside(self.tags_file)
+                done.append(f"moved {self.tags_file} aside to {dest}: {e.what}; "
+                            f"kept {len(tags)} well-formed name(s)")
+                self._write_tags(tags)
+                named = set(tags.values())
+                for n in sorted(os.listdir(self.records)):
+                    if n.endswith(".json") and "sha256:" + n[:-5] not in named:
+                        done.append(f"image sha256:{n[:12]} has no name now: name it with "
+                                    f"'hpcrun tag {n[:12]} NAME' before a prune removes it")
+            known = {"sha256:" + n[:-5] for n in os.listdir(self.records) if n.endswith(".json")}
+            gone = sorted(t for t, i in tags.items() if i not in known)
+            if gone:
+                for t in gone:
+                    del tags[t]
+                    done.append(f"removed the name {_familiar(t)}: its image is gone")
+                self._write_tags(tags)
+        if done:
+            with self._alone() as alone:
+                if alone:               # else others use the store: the next Store() cleans
+                    self._clean()       # the images/<hex> of records moved aside
+        return done
+
+    def _move_aside(self, path: str) -> str:
+        d = os.path.join(self.root, "damaged")
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        dest = os.path.join(d, f"{os.path.basename(path)}.{time.strftime('%Y%m%dT%H%M%S')}"
+                               f".{os.urandom(3).hex()}")
+        os.rename(path, dest)
+        return dest
+
+    def _salvage_tags(self) -> dict[str, str]:
+        """The well-formed entries of a damaged tags.json (none if it can't be read)."""
+        try:
+            with open(self.tags_file, "rb") as f:
+                doc = json.load(f)
+        except (OSError, ValueError, RecursionError):
+            return {}
+        tm = doc.get("tags") if isinstance(doc, dict) else None
+        if not isinstance(tm, dict):
+            return {}
+        return {t: i for t, i in tm.items() if isinstance(t, str) and isinstance(i, str)
+                and _ID.match(i)}
 
     # ------------------------------------------------------------------ commit
     def commit_image(self, manifest: bytes, config: bytes, *, tags: Sequence[str] = (),
@@ -520,37 +704,24 @@ class Store:
                        exists: bool):
         """Build formats into tmp/, rename into images/<hex>/. Caller holds the image lock."""
         from .. import config as cfgmod
+        from .formats import build as build_format  # lazy: `run` never builds (tarfile)
         max_size = int(cfgmod.get("max_image_size"))  # type: ignore[arg-type]
         d = os.path.join(self.images_dir, hexd)
         os.makedirs(d, mode=0o700, exist_ok=True)
         tree = None
         for f in formats:
             log.info(f"unpacking image {hexd[:12]} ({f})")
-            final = os.path.join(d, "rootfs" if f == "dir" else "image.sqfs")
+            final = os.path.join(d, entry_name(f))
             if os.path.lexists(final):  # leftover of a killed commit (no record names it)
                 rmtree(final)
-            if f == "dir":
-                tmp = self.tmp_path("rootfs")
-                os.mkdir(tmp, 0o700)
-                try:
-                    tree = unpack_dir(layers, tmp, config, max_size=max_size)
-                    crash_point("extracted")
-                    os.rename(tmp, final)
-                except BaseException:
-                    rmtree(tmp)
-                    raise
-            else:
-                from . import squash
-                tmp = self.tmp_path("sqfs")
-                try:
-                    tree = squash.build(layers, tmp, config, max_size=max_size,
-                                        tmpdir=self.tmp)
-                    crash_point("extracted")
-                    os.rename(tmp, final)
-                except BaseException:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(tmp)
-                    raise
+            tmp = self.tmp_path(f)
+            tree = build_format(f, layers, tmp, config, max_size=max_size, tmpdir=self.tmp)
+            try:
+                crash_point("extracted")
+                os.rename(tmp, final)
+            except BaseException:
+                rmtree(tmp)
+                raise
             crash_point("format-renamed")
         return tree
 
@@ -559,12 +730,18 @@ class Store:
         rec = self.require(name_or_id)
         formats = parse_formats(fmt)
         hexd = rec.hex
-        with self.lock("image-" + hexd):
+        with contextlib.ExitStack() as leased, self.lock("image-" + hexd):
             raw = self._read_record_raw(hexd)
             if raw is None:
                 raise NotFound(f"image {name_or_id} was removed meanwhile")
             have = list(raw.get("formats", []))
             missing = [f for f in formats if f not in have]
+            new = [f for f in FORMATS if f in formats or (keep and f in have)]
+            dropped = [f for f in have if f not in new]
+            what = "drop the directory of" if "dir" in dropped else "drop the squashfs file of"
+            if dropped:     # fail early, before a long build; held again for the drop
+                with contextlib.ExitStack() as probe:
+                    self._take_exclusive(rec, what, probe, name_or_id, "dir" in dropped)
             if missing:
                 layers = [self.blob_path(dg) for dg in rec.layers]
                 lost = [dg for dg in rec.layers if not self.has_blob(dg)]
@@ -576,40 +753,33 @@ class Store:
                 else:
                     self._build_formats(hexd, layers, self.read_blob(raw["config_digest"]),
                                         missing, True)
-            new = [f for f in FORMATS if f in formats or (keep and f in have)]
-            if "dir" in have and "dir" not in new:
-                self._refuse_if_running(rec, "drop the directory of")
+            d = os.path.join(self.images_dir, hexd)
+            if dropped:
+                try:
+                    self._take_exclusive(rec, what, leased, name_or_id, "dir" in dropped)
+                except ImageError:
+                    for f in missing:   # not recorded: take back what this call built
+                        rmtree(os.path.join(d, entry_name(f)))
+                    raise
             raw["formats"] = new
             self._write_record(hexd, raw)
-            d = os.path.join(self.images_dir, hexd)
-            for f in have:
-                if f not in new:
-                    rmtree(os.path.join(d, "rootfs" if f == "dir" else "image.sqfs"))
+            for f in dropped:
+                rmtree(os.path.join(d, entry_name(f)))
         out = self._record(hexd)
         assert out is not None
         return out
 
     def _convert_from_existing(self, hexd: str, src_fmt: str, missing: list) -> None:
-        from . import squash
+        from .formats import transcode  # lazy: `run` never builds
         d = os.path.join(self.images_dir, hexd)
         for f in missing:
-            if f == "squashfs":
-                tmp = self.tmp_path("sqfs")
-                try:
-                    squash.from_dir(os.path.join(d, "rootfs"), tmp)
-                    os.rename(tmp, os.path.join(d, "image.sqfs"))
-                except BaseException:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(tmp)
-                    raise
-            else:
-                tmp = self.tmp_path("rootfs")
-                try:
-                    squash.unsquash(os.path.join(d, "image.sqfs"), tmp)
-                    os.rename(tmp, os.path.join(d, "rootfs"))
-                except BaseException:
-                    rmtree(tmp)
-                    raise
+            tmp = self.tmp_path(f)
+            transcode(os.path.join(d, entry_name(src_fmt)), src_fmt, tmp, f)
+            try:
+                os.rename(tmp, os.path.join(d, entry_name(f)))
+            except BaseException:
+                rmtree(tmp)
+                raise
 
     # ------------------------------------------------------------------ queries
     def images(self) -> list[ImageRecord]:
@@ -620,8 +790,8 @@ class Store:
                 try:
                     r = self._record(name[:-5], tm)
                 except StoreError as e:  # one damaged image does not hide the others
-                    log.warning(f"image {name[:12]} is damaged ({e.what}); remove it with "
-                                f"'hpcrun rmi -f {name[:12]}'")
+                    log.warning(f"{e.what}; run 'hpcrun prune --repair' (or "
+                                f"'hpcrun rmi -f {name[:12]}')")
                     continue
                 if r is not None:
                     out.append(r)
@@ -712,38 +882,46 @@ class Store:
         from .reference import try_parse
         ref = try_parse(name_or_id)
         by_name = ref is not None and ref.digest is None and str(ref) in rec.tags
-        with self.lock("tags"):
-            tm = self._tags()
-            if by_name:
-                del tm[str(ref)]
-                lines.append(f"Untagged: {ref.familiar}")  # type: ignore[union-attr]
-            else:
-                mine = sorted(t for t, i in tm.items() if i == rec.id)
-                if len(mine) > 1 and not force:
-                    raise ImageError(
-                        f"unable to delete {rec.short_id} (must be forced) - image is "
-                        f"referenced in multiple repositories",
-                        "remove the names one by one or use 'hpcrun rmi -f'")
-                for t in mine:
-                    del tm[t]
-                    lines.append(f"Untagged: {_familiar(t)}")
-            left = [t for t, i in tm.items() if i == rec.id]
+        with contextlib.ExitStack() as leased:
+            with self.lock("tags"):
+                tm = self._tags()
+                if by_name:
+                    del tm[str(ref)]
+                    lines.append(f"Untagged: {ref.familiar}")  # type: ignore[union-attr]
+                else:
+                    mine = sorted(t for t, i in tm.items() if i == rec.id)
+                    if len(mine) > 1 and not force:
+                        raise ImageError(
+                            f"unable to delete {rec.short_id} (must be forced) - image is "
+                            f"referenced in multiple repositories",
+                            "remove the names one by one or use 'hpcrun rmi -f'")
+                    for t in mine:
+                        del tm[t]
+                        lines.append(f"Untagged: {_familiar(t)}")
+                left = [t for t, i in tm.items() if i == rec.id]
+                if not left:   # before any name is removed
+                    self._take_exclusive(rec, "delete", leased, name_or_id)
+                self._write_tags(tm)
             if not left:
-                self._refuse_if_running(rec, "delete")   # before any name is removed
-            self._write_tags(tm)
-        if not left:
-            self._delete_image(rec.hex)
-            lines.append(f"Deleted: {rec.id}")
+                self._delete_image(rec.hex)
+                lines.append(f"Deleted: {rec.id}")
         return lines
 
     def _remove_damaged(self, name_or_id: str) -> list[str]:
-        """rmi -f of an image whose record or blobs are damaged: by id only."""
+        """rmi -f of an image whose record or blobs are damaged: by id, or by a name."""
         h = name_or_id[len("sha256:"):] if name_or_id.startswith("sha256:") else name_or_id
         hits = [n[:-5] for n in os.listdir(self.records) if n.endswith(".json")
                 and _SHORT.match(h) and n.startswith(h)]
+        if not hits:
+            from .reference import try_parse
+            ref = try_parse(name_or_id)
+            img_id = self._tags().get(str(ref)) if ref is not None else None
+            if img_id and os.path.lexists(self._record_path(digest_hex(img_id))):
+                hits = [digest_hex(img_id)]
         if len(hits) != 1:
             raise StoreError(f"cannot remove damaged image {name_or_id}",
-                             "give its id as 'hpcrun images' or the warning shows it")
+                             "give its id as 'hpcrun images' or the warning shows it, "
+                             "or run 'hpcrun prune --repair'")
         img = "sha256:" + hits[0]
         lines = []
         with self.lock("tags"):
@@ -764,14 +942,50 @@ class Store:
                 tmp = self.tmp_path("rm")
                 os.rename(d, tmp)
                 rmtree(tmp)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.lease_path(hexd))   # a waiting `run` reopens, finds no record
+
+    def _blobs_in_use(self) -> set | None:
+        """Hex digests of every blob a record needs; None if a record is damaged (then
+        what it needs cannot be known, and prune keeps every blob)."""
+        used = set()
+        for name in os.listdir(self.records):
+            if not (name.endswith(".json") and _HEX.match(name[:-5])):
+                continue
+            try:
+                raw = self._read_record_raw(name[:-5])
+                if raw is None:
+                    continue
+                man = self._json_blob(name[:-5], raw["manifest_blob"], "manifest")
+            except StoreError:
+                return None
+            used.add(digest_hex(raw["config_digest"]))
+            used.add(digest_hex(raw["manifest_blob"]))
+            layers = man.get("layers", [])
+            for x in layers if isinstance(layers, list) else ():
+                d = x.get("digest") if isinstance(x, dict) else None
+                if isinstance(d, str) and _ID.match(d):
+                    used.add(digest_hex(d))
+        return used
 
     def prune(self, all: bool = False) -> tuple[list[str], int]:
         """Remove untagged images (all images with all=True), unreferenced blobs and
         leftovers. Returns (deleted image ids, bytes reclaimed)."""
         deleted, freed = [], 0
-        roots = container_roots()
-        for r in self.images():
-            if all or not r.tags:
+        with contextlib.ExitStack() as leased:
+            # every candidate's lease first, then one /proc scan: a container that
+            # started before we held its image's lease is visible in the scan
+            candidates = []
+            for r in self.images():
+                if all or not r.tags:
+                    fd = self._exclusive_lease(r.hex, LEASE_WAIT)
+                    if fd is None:
+                        log.warning(f"kept {r.short_id}: a container is starting on it")
+                        continue
+                    leased.callback(os.close, fd)
+                    candidates.append(r)
+            roots = container_roots() if candidates else []
+            for r in candidates:
                 pids = running_containers(r.dir_path, roots) if r.dir_path else []
                 if pids:
                     log.warning(f"kept {r.short_id}: a running container uses it "
@@ -781,40 +995,91 @@ class Store:
                     with self.lock("tags"):
                         tm = {t: i for t, i in self._tags().items() if i != r.id}
                         self._write_tags(tm)
-                freed += _du(os.path.join(self.images_dir, r.hex))
+                freed += du(os.path.join(self.images_dir, r.hex))
                 self._delete_image(r.hex)
                 deleted.append(r.id)
         # Blobs and leftovers only when no other hpcrun process uses the store: a running
         # pull owns blobs that no record names yet.
-        fcntl.flock(self._hold, fcntl.LOCK_UN)
-        try:
-            fcntl.flock(self._hold, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            fcntl.flock(self._hold, fcntl.LOCK_SH)
-            log.warning("other hpcrun processes use the store: unreferenced blobs kept")
-            return deleted, freed
-        try:
+        with self._alone() as alone:
+            if not alone:
+                log.warning("other hpcrun processes use the store: unreferenced blobs kept")
+                return deleted, freed
             self._clean(partials=True)
-            used = set()
-            for name in os.listdir(self.records):
-                raw = self._read_record_raw(name[:-5]) if name.endswith(".json") else None
-                if raw is None:
-                    continue
-                used.add(digest_hex(raw["config_digest"]))
-                used.add(digest_hex(raw["manifest_blob"]))
-                try:
-                    man = json.loads(self.read_blob(raw["manifest_blob"]))
-                    used.update(digest_hex(x["digest"]) for x in man.get("layers", []))
-                except (StoreError, ValueError):
-                    pass
+            used = self._blobs_in_use()
+            if used is None:
+                log.warning("damaged image records: unreferenced blobs kept (run "
+                            "'hpcrun prune --repair' first)")
+                return deleted, freed
             for name in os.listdir(self.blobs):
                 if name not in used:
                     p = os.path.join(self.blobs, name)
                     freed += os.lstat(p).st_size
                     os.unlink(p)
-        finally:
-            fcntl.flock(self._hold, fcntl.LOCK_SH)
         return deleted, freed
+
+
+REPAIR_HINT = ("run 'hpcrun prune --repair' to move damaged store files aside (a damaged "
+               "image is then gone: pull, load or import it again)")
+_ID = re.compile(r"sha256:[0-9a-f]{64}\Z")
+
+
+def _load_json(path: str, what: str):
+    """A store file's JSON, None if the file does not exist; anything else that keeps it
+    from being read is a StoreError that names the file."""
+    try:
+        with open(path, "rb") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise StoreError(f"can't read {what} {path}: {e.strerror}",
+                         f"the store must be yours and readable (chmod 600 {path}), or "
+                         "run 'hpcrun prune --repair' to move it aside") from e
+    except (ValueError, RecursionError) as e:
+        raise StoreError(f"{what} {path} is damaged: not JSON ({e})", REPAIR_HINT) from e
+
+
+def _tags_of(doc) -> tuple[dict, str]:
+    """(tags, "") for a well-formed tags.json document, else ({}, what is wrong)."""
+    if not isinstance(doc, dict):
+        return {}, f"expected a JSON object, found {type(doc).__name__}"
+    tm = doc.get("tags", {})
+    if not isinstance(tm, dict):
+        return {}, f"'tags' is {type(tm).__name__}, not an object"
+    for t, i in tm.items():
+        if not isinstance(i, str) or not _ID.match(i):
+            return {}, f"the name {t!r} maps to {i!r}, not an image id"
+    return tm, ""
+
+
+def _record_problem(doc) -> str:
+    """What is wrong with an image record document ("" if nothing)."""
+    if not isinstance(doc, dict):
+        return f"expected a JSON object, found {type(doc).__name__}"
+    for k in ("config_digest", "manifest_blob"):
+        v = doc.get(k)
+        if not isinstance(v, str) or not _ID.match(v):
+            return f"'{k}' is {v!r}, not a sha256 digest"
+    formats = doc.get("formats", [])
+    if not isinstance(formats, list) or any(f not in FORMATS for f in formats):
+        return f"'formats' is {formats!r}, not a list of {' / '.join(FORMATS)}"
+    for k in ("repo_digests",):
+        v = doc.get(k, [])
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            return f"'{k}' is {v!r}, not a list of strings"
+    for k in ("size",):
+        v = doc.get(k, 0)
+        if not isinstance(v, int) or isinstance(v, bool):
+            return f"'{k}' is {v!r}, not a number"
+    ls = doc.get("layer_sizes")
+    if ls is not None and (not isinstance(ls, list)
+                           or not all(isinstance(x, int) for x in ls)):
+        return f"'layer_sizes' is {ls!r}, not a list of numbers"
+    for k in ("created", "source", "committed", "manifest_digest"):
+        v = doc.get(k, "")
+        if v is not None and not isinstance(v, str):
+            return f"'{k}' is {v!r}, not a string"
+    return ""
 
 
 def parse_formats(fmt: str) -> list[str]:
@@ -846,85 +1111,3 @@ def _familiar(canonical: str) -> str:
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def _du(path: str) -> int:
-    total = 0
-    for dp, dn, fn in os.walk(path):
-        for f in fn:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(dp, f)).st_blocks * 512
-    if os.path.isfile(path):
-        total += os.lstat(path).st_size
-    return total
-
-
-def unpack_dir(layers: list, dest: str, config: bytes, *, max_size: int | None):
-    """Unpack layers into dest and write dest/.hpcrun/config.json; returns the
-    layers.Tree (its .size and .layer_sizes are the content sizes)."""
-    from .layers import diff_ids_of, extract
-    tree = extract(layers, dest, max_size=max_size, diff_ids=diff_ids_of(config))
-    meta = os.path.join(dest, ".hpcrun")
-    if os.path.lexists(meta):
-        rmtree(meta)
-    os.mkdir(meta, 0o755)
-    with open(os.path.join(meta, "config.json"), "wb") as f:
-        f.write(config)
-    return tree
-
-
-def container_roots() -> list:
-    """(pid, (st_dev, st_ino) of its root, lower layers of its root overlay) of every
-    process in a root other than ours: running containers (this user's, or all as
-    root). Read once, matched against images by running_containers."""
-    try:
-        own = os.stat("/")
-    except OSError:
-        return []
-    out = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            r = os.stat(f"/proc/{name}/root")
-        except OSError:
-            continue                    # gone, or not ours to look at
-        if (r.st_dev, r.st_ino) != (own.st_dev, own.st_ino):
-            out.append((int(name), (r.st_dev, r.st_ino), _root_lowers(name)))
-    return out
-
-
-def running_containers(rootfs: str, roots=None) -> list[int]:
-    """Pids of running containers whose root file system is the image directory
-    `rootfs`: bound as the root, or the lower layer of the overlay hpcrun puts on it
-    (the C core mounts lowerdir=.../oldroot<rootfs>). `roots`: container_roots(), if
-    already read."""
-    try:
-        real = os.path.realpath(rootfs)
-        st = os.stat(real)
-    except OSError:
-        return []
-    lower = "/oldroot" + real
-    return sorted(pid for pid, root, lowers in (container_roots() if roots is None else roots)
-                  if root == (st.st_dev, st.st_ino) or lower in lowers)
-
-
-def _root_lowers(pid: str) -> set:
-    """The lower layers of the overlays mounted at process pid's root."""
-    lowers: set = set()
-    try:
-        with open(f"/proc/{pid}/mountinfo") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return lowers
-    for line in lines:
-        fields = line.split(" - ", 1)
-        if len(fields) != 2 or line.split()[4] != "/":
-            continue
-        opts = fields[1].split()
-        if len(opts) < 3 or opts[0] != "overlay":
-            continue
-        for opt in opts[2].split(","):
-            if opt.startswith("lowerdir="):
-                lowers.update(opt[len("lowerdir="):].split(":"))
-    return lowers

@@ -3,13 +3,14 @@ image name from the store; and read its OCI image config where there is one.
 
 Config convention for path images: `<rootfs>/.hpcrun/config.json` holds the OCI image
 config JSON (the image helpers write it when they unpack or convert), as Charliecloud
-keeps /ch/metadata.json. json is imported only when that file exists.
+keeps /ch/metadata.json. Every config read here is validated (hpcrun.image.ociconfig).
 """
 from __future__ import annotations
 
 import os
 
 from hpcrun.errors import ImageError, NotFound
+from hpcrun.image import ociconfig
 from hpcrun.runtime.spec import _Frozen
 
 CONFIG = ".hpcrun/config.json"
@@ -25,75 +26,77 @@ class Image(_Frozen):
     _defaults = {"config": None, "name": None}
 
 
-def _load_json(path: str, what: str):
-    import json
-    try:
-        with open(path, "rb") as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise ImageError(f"can't read the image config {what}: {e}",
-                         "the image's config JSON is malformed; re-pull or re-convert it") from None
-
-
 def _inner(conf) -> dict:
     """The OCI image config keeps Env/Cmd/... under "config"; accept that object too."""
-    if not isinstance(conf, dict):
-        return {}
-    inner = conf.get("config")
-    if isinstance(inner, dict):
-        return inner
-    return conf if ("Env" in conf or "Cmd" in conf or "Entrypoint" in conf) else {}
+    return ociconfig.inner(conf)
 
 
 def dir_config(root: str) -> dict:
     p = os.path.join(root, CONFIG)
     if not os.path.isfile(p):
         return {}
-    return _inner(_load_json(p, p))
+    return ociconfig.inner(ociconfig.read(p))
+
+
+UNPACK_SETTING = "HPCRUN_UNPACK_CACHE"
 
 
 def _cache_dir(kind: str) -> str:
+    """The private cache directory of --unpack trees (kind "unpack") or of squashfs files'
+    configs ("config"), made if missing (hpcrun.fsutil.private_dir)."""
+    from hpcrun.fsutil import private_dir
     base = os.environ.get("HPCRUN_UNPACK_CACHE") or os.path.join(
         "/var/tmp", f"hpcrun-{os.getuid()}", "unpack")
-    return base if kind == "unpack" else os.path.join(base, kind)
-
-
-def _identity(path: str) -> str:
-    """A squashfs file's identity: a changed or replaced file gets a new key."""
-    st = os.stat(path)
-    return f"{st.st_dev:x}-{st.st_ino:x}-{st.st_size:x}-{int(st.st_mtime_ns):x}"
+    path = base if kind == "unpack" else os.path.join(base, kind)
+    what = "the --unpack cache" if kind == "unpack" else "the image config cache"
+    return private_dir(path, what, UNPACK_SETTING)
 
 
 def squashfs_config(path: str) -> dict:
     """.hpcrun/config.json inside a squashfs file, without mounting it.
 
-    Read once with `unsquashfs -cat` and remembered in the node-local cache by the file's
-    identity, so later runs skip the subprocess (atomic rename: racing runs agree).
+    Read once with `unsquashfs -cat` and remembered in the private node-local cache by
+    the file's identity, so later runs skip the subprocess (atomic rename: racing runs
+    agree). The cached copy is validated like the original (hpcrun.image.ociconfig).
     """
-    import json
-    cache = os.path.join(_cache_dir("config"), _identity(path) + ".json")
+    from hpcrun.errors import HpcrunError
+    from hpcrun.fsutil import UnsafeDir
+    from hpcrun.runtime.unpack import key
     try:
-        with open(cache, "rb") as f:
-            return _inner(json.loads(f.read() or b"{}"))
-    except (OSError, ValueError):
-        pass
+        st = os.stat(path)
+    except OSError as e:
+        raise ImageError(f"cannot read squashfs image {path}: {e.strerror}") from None
+    what = f"{CONFIG} in {path}"
+    try:
+        cache: str | None = os.path.join(_cache_dir("config"), key(st) + ".json")
+    except UnsafeDir:
+        raise               # someone else's directory: never read from or write to it
+    except HpcrunError:
+        cache = None        # it cannot be made (read-only /var/tmp): read the file each run
+    try:
+        fd = os.open(cache, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW) if cache else -1
+    except OSError:
+        fd = -1
+    if fd >= 0:
+        with os.fdopen(fd, "rb") as f:
+            raw = f.read(ociconfig.MAX_BYTES + 1)
+        try:
+            return ociconfig.inner(ociconfig.loads(raw or b"{}", what))
+        except ImageError:
+            pass            # a damaged copy: the file itself decides, and replaces it
     from hpcrun import proc
     if not proc.which("unsquashfs"):
         return {}
     cp = proc.run(["unsquashfs", "-cat", path, CONFIG], check=False, text=False)
     raw = cp.stdout if cp.returncode == 0 and cp.stdout else b"{}"
+    conf = ociconfig.loads(raw, what)
     try:
-        conf = json.loads(raw)
-    except ValueError:
-        raise ImageError(f"can't read the image config in {path}: malformed JSON",
-                         "re-convert the image") from None
-    try:
-        os.makedirs(os.path.dirname(cache), mode=0o700, exist_ok=True)
-        from hpcrun.fsutil import atomic_write
-        atomic_write(cache, raw)
+        if cache:
+            from hpcrun.fsutil import atomic_write
+            atomic_write(cache, raw, mode=0o600)
     except OSError:
-        pass   # a read-only or full cache only costs the next run a subprocess
-    return _inner(conf)
+        pass   # a full cache only costs the next run a subprocess
+    return ociconfig.inner(conf)
 
 
 def is_squashfs(path: str) -> bool:
@@ -159,36 +162,14 @@ def _from_store(name: str) -> Image:
     path, conf = for_run(name)
     path = os.fspath(path)
     kind = "dir" if os.path.isdir(path) else "squashfs"
-    return Image(path=path, kind=kind, config=_inner(conf) if conf else {}, name=name)
+    conf = ociconfig.inner(ociconfig.validate(conf, f"of image {name}")) if conf else {}
+    return Image(path=path, kind=kind, config=conf, name=name)
 
 
 def unpack(path: str) -> str:
-    """--unpack: extract a squashfs file once into a node-local cache and reuse it.
-
-    Keyed by the file's identity (device, inode, size, mtime); concurrent callers are
-    serialised by flock on node-local storage and the result appears by atomic rename,
-    so a half-extracted tree is never used.
-    """
-    import fcntl
-    import shutil
-
-    from hpcrun import proc
-    key = _identity(path)
-    cache = _cache_dir("unpack")
-    os.makedirs(cache, mode=0o700, exist_ok=True)
-    dest = os.path.join(cache, key)
-    if os.path.isdir(dest):
-        return dest
-    with open(os.path.join(cache, key + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if os.path.isdir(dest):
-            return dest
-        tmp = os.path.join(cache, f".{key}.{os.getpid()}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            proc.run(["unsquashfs", "-no-progress", "-quiet", "-no-xattrs", "-d", tmp, path],
-                     hint="the squashfs file may be corrupt or truncated")
-            os.rename(tmp, dest)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return dest
+    """--unpack: the squashfs file extracted once into the private node-local cache and
+    reused (hpcrun.runtime.unpack, the same code as the Slurm node cache's)."""
+    from hpcrun.runtime import unpack as unpacker
+    base = os.environ.get("HPCRUN_UNPACK_CACHE") or os.path.join(
+        "/var/tmp", f"hpcrun-{os.getuid()}", "unpack")
+    return unpacker.unpack_once(path, base, what="the --unpack cache", setting=UNPACK_SETTING)

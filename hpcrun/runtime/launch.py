@@ -13,23 +13,20 @@ from hpcrun.runtime import mounts as mnt
 from hpcrun.runtime.spec import (F_FAKEROOT, F_IPC, F_MONITOR, F_NET, F_NO_OVERLAY, F_PID,
                                  F_SQUASH, F_UTS, F_WRITABLE, M_CONTENT, Spec)
 
-SIGNALS = {"HUP": 1, "INT": 2, "QUIT": 3, "KILL": 9, "USR1": 10, "USR2": 12, "TERM": 15,
-           "CONT": 18, "STOP": 19, "WINCH": 28, "PWR": 30}
-
-
 def stop_signal(value) -> int:
-    """STOPSIGNAL: SIGTERM, TERM, 15 or SIGRTMIN+3 -> number (0: keep SIGTERM)."""
+    """STOPSIGNAL: SIGTERM, TERM, 15 or SIGRTMIN+3 -> number (0: keep SIGTERM). The
+    config was validated when it was read; a bad value here is still refused, never
+    silently replaced by SIGTERM (hpcrun.image.ociconfig.parse_signal)."""
     if not value:
         return 0
-    v = str(value).upper()
-    if v.isdigit():
-        return int(v)
-    v = v[3:] if v.startswith("SIG") else v
-    if v.startswith("RTMIN"):
-        import signal
-        off = v[5:].lstrip("+") or "0"
-        return int(signal.SIGRTMIN) + int(off) if off.isdigit() else 0
-    n = SIGNALS.get(v, 0)
+    from hpcrun.errors import ImageError
+    from hpcrun.image.ociconfig import parse_signal
+    try:
+        n = parse_signal(str(value))
+    except ValueError as e:
+        raise ImageError(f"invalid STOPSIGNAL in the image config: {e}",
+                         "fix the image's StopSignal, or re-import it with "
+                         "--change 'STOPSIGNAL SIGTERM'") from None
     return 0 if n == 15 else n
 
 
@@ -76,11 +73,12 @@ def _image_user(value, rootfs):
 
 
 def _argv(value) -> list:
-    """A config's Entrypoint/Cmd: a list, or a string in shell form (sh -c)."""
+    """A config's Entrypoint/Cmd: a list; one string is the one-element list, as in
+    Docker's image config (hpcrun.image.ociconfig makes it a list when it is read)."""
     if not value:
         return []
     if isinstance(value, str):
-        return ["/bin/sh", "-c", value]
+        return [value]
     return [str(v) for v in value]
 
 
@@ -138,6 +136,15 @@ def plan(opts, image, environ=None) -> Spec:
 
     # -- mounts
     mounts = mnt.defaults() + mnt.user_files(passwd, group_line)
+    gpu_env, reads = (), ()
+    if opts.gpus or opts.devices or opts.nv:
+        from hpcrun.runtime import gpu     # only with devices: off the plain run's path
+        inj = gpu.plan(opts, image, environ, uid if not opts.fakeroot else os.getuid(),
+                       gid if not opts.fakeroot else os.getgid(), squashfuse)
+        i = next(k for k, m in enumerate(mounts) if m.dst == "/dev")
+        mounts[i:i + 1] = inj.dev                   # the container's own /dev
+        mounts += inj.mounts
+        gpu_env, reads = tuple(inj.env), tuple(inj.reads)
     if opts.ipc == "private":
         mounts.append(mnt.private_shm())
     if opts.home and home not in ("/", "") and os.path.isdir(home):
@@ -151,8 +158,8 @@ def plan(opts, image, environ=None) -> Spec:
     mounts += mnt.sort_binds([mnt.parse_volume(v) for v in opts.volumes])
 
     # -- environment
-    env = envpolicy.compose(environ, conf.get("Env") or (), opts.env_files, opts.env,
-                            opts.cleanenv)
+    env = envpolicy.compose(environ, list(conf.get("Env") or ()) + list(gpu_env),
+                            opts.env_files, opts.env, opts.cleanenv)
 
     # -- working directory: -w, else WORKDIR, else the caller's cwd if visible, else /
     if opts.workdir:
@@ -168,10 +175,39 @@ def plan(opts, image, environ=None) -> Spec:
     stopsig = stop_signal(conf.get("StopSignal"))
     if stopsig and not (flags & F_PID):
         flags |= F_MONITOR      # translating SIGTERM needs a process in between
+
+    # -- resource limits (imported only when asked for: the hot path stays small)
+    limits = None
+    if opts.cpus or opts.cpuset_cpus or opts.memory or opts.memory_swap or opts.pids_limit:
+        from hpcrun import cgroups
+        limits = cgroups.plan(opts, environ)
+        mounts += cgroups.view_mounts(limits)
+        if opts.limits_view:
+            mounts += cgroups.content_mounts(limits)
+        if limits.memory or limits.memory_swap or limits.cgroups or limits.pids:
+            flags |= F_MONITOR  # it watches, reports the OOM and removes the cgroup
+    if environ.get("SLURM_JOB_ID") and (limits is None or not limits.cgroups):
+        from hpcrun import cgroups  # a few /proc reads: the job's limits, seen inside
+        mounts += cgroups.job_view_mounts(environ)
     return Spec(image=image.path, squashfuse=squashfuse, flags=flags, hostname=opts.hostname,
                 uid=uid, gid=gid, mounts=tuple(mounts), workdir=workdir,
                 workdir_required=required, argv=tuple(argv), env=tuple(env),
-                stop_signal=stopsig)
+                stop_signal=stopsig, preserve_fds=preserve_fds(opts.preserve_fds),
+                limits=limits, extra_env=gpu_env, reads=reads)
+
+
+def preserve_fds(value) -> int:
+    """--preserve-fds N (Docker's, podman's): descriptors 3 .. 2+N stay open in the
+    command; the C core closes every other one above 2 at exec, but PMI_FD's."""
+    if value is None or value == "":
+        return 0
+    v = str(value)
+    if not v.isdigit() or int(v) > 256:
+        raise UsageError(f"--preserve-fds {value!r} is not a number of descriptors "
+                         "from 0 to 256",
+                         "give N >= 0: descriptors 3 .. 2+N are kept, e.g. --preserve-fds 1 "
+                         "keeps descriptor 3 (hpcrun's own descriptors sit at 512 and up)")
+    return int(v)
 
 
 def _visible_cwd(mounts) -> str:

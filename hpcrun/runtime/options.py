@@ -110,6 +110,38 @@ TABLE = (
            "host: the host's MPI and fabric libraries over the image's ABI-compatible MPI "
            "(see 'hpcrun check --mpi IMAGE')", choices=("image", "host"),
            where=frozenset((RUN, TASK)), pyxis=""),
+    Option("--preserve-fds", "preserve_fds", VALUE,
+           "keep descriptors 3 .. 2+N open in the command (the others above 2 are "
+           "closed; PMI_FD's always stays)", metavar="N", where=frozenset((RUN,)), pyxis=""),
+    Option("--gpus", "gpus", VALUE,
+           "GPUs: all, a number, or device=ID[,ID...] (Docker's spelling; of those "
+           "allocated: SLURM_STEP_GPUS, CUDA_VISIBLE_DEVICES)", metavar="all|N|device=ID"),
+    Option("--device", "devices", LIST, "a CDI device (repeatable; NAME may be all)",
+           metavar="VENDOR/CLASS=NAME"),
+    Option("--nv", "nv", FLAG, "all GPUs (Apptainer's spelling of --gpus all)"),
+    # Resource limits (hpcrun/cgroups.py): `hpcrun run` only. In a Slurm job the job's
+    # own resources (--mem, --cpus-per-task, a job file's resources:) are the limits,
+    # which Slurm's task/cgroup enforces and the container sees.
+    Option("--cpus", "cpus", VALUE, "CPU quota (1.5: one and a half CPUs; without a "
+           "writable cgroup: that many whole CPUs, by affinity)", metavar="N",
+           where=frozenset((RUN,)), pyxis=""),
+    Option("--cpuset-cpus", "cpuset_cpus", VALUE, "CPUs the container may use (0-3,5)",
+           metavar="LIST", where=frozenset((RUN,)), pyxis=""),
+    Option("--memory", "memory", VALUE, "memory limit (512m, 4g); at it the container is "
+           "killed: exit 137", short="-m", metavar="SIZE", where=frozenset((RUN,)), pyxis=""),
+    Option("--memory-swap", "memory_swap", VALUE, "memory plus swap (-1: unlimited swap)",
+           metavar="SIZE", where=frozenset((RUN,)), pyxis=""),
+    Option("--pids-limit", "pids_limit", VALUE, "most processes and threads (-1: unlimited)",
+           metavar="N", where=frozenset((RUN,)), pyxis=""),
+    Option("--limits", "limits", CHOICE, "strict: a limit this host can't enforce is an "
+           "error; best-effort: apply what it can, say what it did", choices=("strict",
+           "best-effort"), where=frozenset((RUN,)), pyxis=""),
+    Option("--ulimit", "ulimits", LIST, "a resource limit, as Docker's: NAME=SOFT[:HARD] "
+           "(nofile, nproc, core, stack, memlock, as; as only by name: it is address "
+           "space, not memory)", metavar="NAME=N[:N]", where=frozenset((RUN,)), pyxis=""),
+    Option("--limits-view", "limits_view", FLAG, "/proc/meminfo, /proc/cpuinfo and "
+           "/sys/devices/system/cpu/online show the limits (as lxcfs does)",
+           where=frozenset((RUN,)), pyxis=""),
     Option("--node-container", "node_container", FLAG,
            "one container per node and step, made by the node's first task and joined "
            "by the others", where=frozenset((TASK, PLAN)), pyxis="container-per-task"),

@@ -92,8 +92,15 @@ def prepare(opts, context: str = RUN, environ=None, *, python=(), task_args=()):
     if context != PLAN and not opts.command and not default:
         raise UsageError("no command given",
                          "give a command after the image: hpcrun run IMAGE -- CMD [ARG...]")
-    spec = launch.plan(opts.replace(command=opts.command or ("true",)), image, environ)
-    fixed, own = envpolicy.split(conf.get("Env") or (), opts.env_files, opts.env)
+    # Devices in a step plan: GPUs are allocated per node and step, so each task plans
+    # them on its own node (plan.py pertask); the plan made here has none. Once there
+    # (the executor's `hpcrun task`, which may plan the node container), they are planned.
+    pertask = (context == PLAN and bool(opts.gpus or opts.devices or opts.nv)
+               and not environ.get("HPCRUN_TASK_FALLBACK"))
+    popts = opts.replace(gpus=None, devices=(), nv=False) if pertask else opts
+    spec = launch.plan(popts.replace(command=opts.command or ("true",)), image, environ)
+    fixed, own = envpolicy.split(list(conf.get("Env") or ()) + list(spec.extra_env),
+                                 opts.env_files, opts.env)
     # The executor binds a PMIx server's directory (PMIX_SERVER_TMPDIR: mpirun's,
     # srun's) where an invocation has one; Slurm's per-step directory too in tasks.
     extra = {"pmix": True}
@@ -104,26 +111,39 @@ def prepare(opts, context: str = RUN, environ=None, *, python=(), task_args=()):
                      share=bool(opts.node_container) and context == PLAN)
     from hpcrun import mpi
     word = planfmt.make(opts, image, spec, fixed_env=fixed, own_env=own, sq=sq,
-                        python=python, task_args=task_args,
+                        python=python, task_args=task_args, pertask=pertask,
                         join=mpi.join_word(opts, context, extra.get("share", False)),
                         pmixv=mpi.pmix_word(image), **extra)
     return word, spec, image
 
 
 def execute(word: str, command) -> int:
-    """Run a plan with the C executor: the per-task program, exec'd in place of this
-    process (no interpreter left behind, no cffi import), or, where that program
-    cannot run on this platform, the same executor through the cffi module. Either
-    way this process becomes the command or stays as its monitor."""
+    """Run a plan with the C executor, in this process: through the cffi module (it is
+    cheaper than an exec into the per-task program: ~0.5 ms of CPU here), else, where
+    the module cannot load, by exec'ing that program. Either way this process becomes
+    the command or stays as its monitor (which drops the interpreter's memory)."""
     sys.stdout.flush()
     sys.stderr.flush()
-    from hpcrun.slurm import stepplan
-    # HPCRUN_EXECUTOR=cffi (a test hook) takes the cffi path where the program exists.
-    prog = stepplan.task_program() if os.environ.get("HPCRUN_EXECUTOR") != "cffi" else None
-    if prog is not None:
-        os.execv(prog, [prog, word, "--", *command])
-    from hpcrun import _core
-    return _core.plan_exec(word, list(command))
+    if os.environ.get("HPCRUN_EXECUTOR") != "program":    # (a test hook, as "cffi")
+        try:
+            from hpcrun import _core    # lazy: the cffi module, only to execute
+        except ImportError:
+            _core = None
+        if _core is not None:
+            return _core.plan_exec(word, list(command))
+    from hpcrun.slurm import stepplan   # lazy: only where the cffi module is missing
+    prog = stepplan.task_program()
+    if prog is None:
+        from hpcrun.errors import ContainerError
+        raise ContainerError("neither the C core nor the per-task program of hpcrun is "
+                             "built for this platform", "reinstall hpcrun: pip install .")
+    # A store image's lease (hpcrun.image.resolve) must last until the command's execve,
+    # when the container's root is pinned: it is handed on through the exec.
+    resolve = sys.modules.get("hpcrun.image.resolve")
+    if resolve is not None and resolve.held():
+        resolve.inherit()
+    os.execv(prog, [prog, word, "--", *command])
+    return 125      # not reached
 
 
 def run(opts, context: str = RUN, words=None) -> int:
@@ -134,7 +154,34 @@ def run(opts, context: str = RUN, words=None) -> int:
     if os.environ.get("HPCRUN_VERBOSE", "0") not in ("", "0", "1"):
         from hpcrun.runtime import launch
         launch._log_spec(spec)
-    if words is not None and context == RUN and not os.environ.get("HPCRUN_NO_PLAN_CACHE"):
+    lim = spec.limits
+    if lim is not None or opts.ulimits:
+        from hpcrun import cgroups, log
+        if lim is not None:
+            log.info(lim.summary())
+        if any(u.startswith("as=") for u in opts.ulimits):
+            log.warning("--ulimit as limits address space, not memory: CUDA, ASAN and JVMs "
+                        "reserve far more than they use and fail under it; --memory is the "
+                        "memory limit")
+    # A plan with its own cgroup is made for this run (hpcrun-<pid>): never cached. The
+    # other limits are words the C executor applies itself (affinity, rlimits, the
+    # watchdog), so such a plan is cached as any other. --ulimit as is not, so that
+    # its warning is never skipped.
+    # A Slurm job's cgroup view names this job's cgroup (the cache key has no job id).
+    cacheable = (lim is None or not lim.cgroups) and \
+        not any(u.startswith("as=") for u in opts.ulimits) and \
+        not any(m.dst.startswith("/sys/fs/cgroup") for m in spec.mounts)
+    if words is not None and context == RUN and cacheable and \
+            not os.environ.get("HPCRUN_NO_PLAN_CACHE"):
         from hpcrun.runtime import plancache
         plancache.store(words, word, plancache.checks(opts, image, spec))
-    return execute(word, opts.command)
+    if lim is None or not lim.cgroups:
+        return execute(word, opts.command)
+    # The cgroup is made here, just before the executor; its monitor moves the container
+    # in and removes it (and removes it too if entering fails).
+    cgroups.create(lim)
+    try:
+        return execute(word, opts.command)
+    except BaseException:
+        cgroups.remove(lim)
+        raise

@@ -27,6 +27,7 @@ any byte but letters, digits and "/._+@-". Keys (repeatable ones *):
                      a set= of the same name applies only where the caller has none)
   clean=1          --cleanenv: drop the rest of the caller's variables but ...
   always=PREFIX    * ... those starting with these
+  pfds=N           --preserve-fds: descriptors 3 .. 2+N stay open in the command
   pmix=1           bind Slurm's PMIx directories (tasks of a step)
   tmpfs=PATTERN    Slurm's TmpFS (%n, %h expanded by the executor), for those
   cache=DIR        node cache base (HPCRUN_NODE_CACHE wins)
@@ -38,6 +39,16 @@ any byte but letters, digits and "/._+@-". Keys (repeatable ones *):
                      own get MPI settings that work between them (hpcrun/mpi.py)
   pmixv=MAJOR.MINOR  the image's PMIx client version: a launcher's PMIx server it
                      can't reach is an error before the command starts
+  pertask=1        devices (--gpus, --device, --nv): the executor runs `hpcrun task ARGS`
+                   on each node, which plans them with that node's and step's GPUs
+  lim=T:M:S:N:I    resource limits (hpcrun/cgroups.py): tier, memory and memory+swap
+                     bytes for the watchdog, RLIMIT_NPROC, sampling interval in ms
+  limshow=TEXT     the memory limit as the OOM message shows it (512M)
+  aff=LIST         the CPUs to bind to (0-3,5): sched_setaffinity before entering
+  affn=N           only N of them: from the CPU the executor runs on, upwards, wrapping
+  rl=NAME:S:H      * setrlimit(NAME, soft S, hard H) before entering (-1: unlimited)
+  cg=PATH          * a cgroup directory the container joins (made already, removed at
+                     the end by the monitor)     cgmem=PATH  the one with memory
   py=ARG           * how to start `hpcrun task` (Python) for what the executor does not
   arg=ARG          * the `hpcrun task` options and IMAGE as given: where the image is
                      not on this node, `hpcrun task ARGS -- COMMAND` runs instead
@@ -71,7 +82,8 @@ def decode_args(word: str) -> list:
 
 
 def make(opts, image, spec, *, fixed_env, own_env, sq=None, pmix=False, tmpfs=None,
-         cache=None, share=False, python=(), task_args=(), join=None, pmixv=None) -> str:
+         cache=None, share=False, python=(), task_args=(), pertask=False, join=None,
+         pmixv=None) -> str:
     """The plan word for a planned container (runtime/pipeline.py calls this).
 
     spec: the launch.plan() Spec of (opts, image); fixed_env/own_env: the env policy
@@ -113,6 +125,8 @@ def make(opts, image, spec, *, fixed_env, own_env, sq=None, pmix=False, tmpfs=No
         from hpcrun.runtime import env as envpolicy
         words.append("clean=1")
         words += ["always=" + esc(p) for p in envpolicy.ALWAYS]
+    if spec.preserve_fds:
+        words.append(f"pfds={spec.preserve_fds}")
     if pmix:
         words.append("pmix=1")
     if tmpfs:
@@ -125,6 +139,27 @@ def make(opts, image, spec, *, fixed_env, own_env, sq=None, pmix=False, tmpfs=No
         words.append("join=" + esc(join))
     if pmixv:
         words.append("pmixv=" + esc(pmixv))
+    if pertask:
+        words.append("pertask=1")
+    lim = spec.limits
+    if lim is not None:
+        swap = lim.memory_swap if lim.memory_swap and lim.memory_swap > 0 else 0
+        nproc = lim.pids if lim.tier == 3 else 0      # cgroups.TIER_WATCHDOG
+        words.append(f"lim={lim.tier}:{lim.memory or 0}:{swap}:{nproc}:{lim.interval_ms}")
+        if lim.memory_shown:
+            words.append("limshow=" + esc(lim.memory_shown))
+        words += ["cg=" + esc(d) for d in lim.cgroups]
+        if lim.memory_cgroup:
+            words.append("cgmem=" + esc(lim.memory_cgroup))
+        if lim.affinity:
+            from hpcrun.cgroups import format_cpuset
+            words.append("aff=" + esc(format_cpuset(lim.affinity)))
+            if lim.affinity_count:
+                words.append(f"affn={lim.affinity_count}")
+    if opts.ulimits:
+        from hpcrun.cgroups import parse_ulimits
+        for name, soft, hard in parse_ulimits(opts.ulimits):
+            words.append(f"rl={name}:{soft}:{hard}")
     words += ["py=" + esc(a) for a in python]
     words += ["arg=" + esc(a) for a in task_args]
     return ",".join(words)

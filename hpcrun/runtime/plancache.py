@@ -18,7 +18,9 @@ import os
 
 from hpcrun.runtime import plan as planfmt
 
-HEAD = "hpcrun-plan-cache 1"
+HEAD = "hpcrun-plan-cache 2"
+_GPU_KEYS = ("CUDA_VISIBLE_DEVICES", "SLURM_STEP_GPUS", "SLURM_JOB_GPUS",
+             "NVIDIA_DRIVER_CAPABILITIES")
 _FNV0 = 1469598103934665603
 _FNVP = 1099511628211
 
@@ -41,6 +43,8 @@ def key(words, environ=None) -> str:
              "HOME=" + environ.get("HOME", ""),
              "XDG_CONFIG_HOME=" + environ.get("XDG_CONFIG_HOME", "")]
     parts += sorted(f"{k}={v}" for k, v in environ.items() if k.startswith("HPCRUN_"))
+    # What GPU planning reads (runtime/gpu.py; cext/launcher.c GPU_KEYS), where set
+    parts += [f"{k}={environ[k]}" for k in _GPU_KEYS if k in environ]
     parts += list(words)
     return "".join(planfmt.esc(p) + "," for p in parts)
 
@@ -64,7 +68,9 @@ def _resolves(path: str) -> str:
 
 def checks(opts, image, spec, environ=None) -> list:
     """What the plan depends on: `check` lines (a file's identity: its content
-    matters) and `real` lines (a path's resolution: where it leads matters)."""
+    matters) and `real` lines (a path's resolution: where it leads matters); before
+    them, a store image's `lease` line (the lease file the launcher holds shared from
+    before the checks until the command's execve, as `run` does in Python)."""
     environ = os.environ if environ is None else environ
     ident = [os.path.join(image.path, ".hpcrun", "config.json"),
              os.path.join(image.path, "etc", "passwd"), "/etc/passwd", "/etc/group"]
@@ -78,8 +84,9 @@ def checks(opts, image, spec, environ=None) -> list:
         from hpcrun import config
         root = os.path.abspath(os.path.expanduser(str(config.get("store"))))
         ident += [os.path.join(root, "tags.json"), os.path.join(root, "records")]
+    ident += list(spec.reads)     # devices: CDI specs, their directories, the ld.so.cache
     for m in spec.mounts:
-        if m.src and m.src.startswith("/") and not (m.flags & 0x20):   # not M_CONTENT
+        if m.src and m.src.startswith("/") and not (m.flags & 0x420):   # M_CONTENT, M_SYMLINK
             real.append(m.src)
     real += [os.path.abspath(v.split(":", 1)[0]) for v in opts.volumes]
     if environ.get("HOME"):
@@ -88,6 +95,11 @@ def checks(opts, image, spec, environ=None) -> list:
     from hpcrun import configfiles
     ident += configfiles.files() + [os.path.join(configfiles.sysdir(), "conf.d")]
     out, seen = [], set()
+    if image.name:
+        # first: the launcher takes a store image's lease before it checks the rest
+        import sys
+        resolve = sys.modules.get("hpcrun.image.resolve")
+        out += [f"lease {planfmt.esc(p)}" for p in (resolve.lease_paths() if resolve else [])]
     for kind, paths in (("check", ident), ("real", real)):
         for p in paths:
             if (kind, p) not in seen:
@@ -98,13 +110,20 @@ def checks(opts, image, spec, environ=None) -> list:
 
 def store(words, word: str, check_lines, environ=None) -> None:
     """Write the entry for `hpcrun run WORDS...` (atomic; errors only cost a miss)."""
-    d = cache_dir()
+    from hpcrun import fsutil
+    from hpcrun.errors import HpcrunError
     try:
-        _private(os.path.dirname(d))
-        _private(d)
+        d = fsutil.private_dir(cache_dir(), "the plan cache",
+                               "HPCRUN_NO_PLAN_CACHE=1 (no cache)")
+    except fsutil.UnsafeDir:
+        raise                  # a planted or foreign directory: say so, run nothing
+    except HpcrunError:
+        return                 # one that cannot be made (read-only /var/tmp): no cache
+    try:
         k = key(words, environ)
         body = f"{HEAD}\nkey {k}\n" + "".join(
-            c + "\n" if c.startswith("real ") else f"check {c}\n" for c in check_lines) + \
+            c + "\n" if c.startswith(("real ", "lease ")) else f"check {c}\n"
+            for c in check_lines) + \
             f"plan {word}\n"
         data = body.encode() + f"sum {_fnv(body.encode()):016x}\n".encode()
         name = os.path.join(d, f"{_fnv(k.encode()):016x}")
@@ -117,15 +136,3 @@ def store(words, word: str, check_lines, environ=None) -> None:
         os.replace(tmp, name)
     except (OSError, ValueError):
         pass
-
-
-def _private(path: str) -> None:
-    """A directory of the caller's own (made 0700); raises OSError otherwise."""
-    import stat
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
-    st = os.lstat(path)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
-        raise OSError(f"{path} is not a private directory of yours")

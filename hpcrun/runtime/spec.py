@@ -18,6 +18,8 @@ F_UTS = 0x20
 F_SQUASH = 0x40
 F_MONITOR = 0x80
 F_NO_OVERLAY = 0x100
+F_RW_ROOT = 0x4000        # hpcrun build: the root directory read-write, no overlay
+F_SECCOMP_FAKE = 0x8000   # hpcrun build: fake-root seccomp filter (cext/seccomp.c)
 
 # hpcrun_mount.flags (cext/core.h HPCRUN_M_*)
 M_RDONLY = 0x01
@@ -28,6 +30,9 @@ M_PROC = 0x10
 M_CONTENT = 0x20
 M_USERFILE = 0x40
 M_SYSFS = 0x80
+M_NOSKEL = 0x100
+M_SYMLINK = 0x400      # not a mount: a symlink dst -> src in the skeleton layer
+M_CLOSED = 0x800       # with M_TMPFS: mode 0755 (the container's own /dev), not 1777
 
 
 class _Frozen:
@@ -82,9 +87,13 @@ class Spec(_Frozen):
     """Everything the C core needs to enter a container and exec its command."""
 
     __slots__ = ("image", "squashfuse", "flags", "hostname", "uid", "gid", "mounts",
-                 "workdir", "workdir_required", "argv", "env", "stop_signal")
+                 "workdir", "workdir_required", "argv", "env", "stop_signal", "preserve_fds",
+                 "limits", "extra_env", "reads")
+    # extra_env: NAME=VALUE after the image's ENV (devices: runtime/gpu.py); reads: the
+    # files planning read beyond the usual ones (CDI specs: the plan cache checks them).
     _defaults = {"squashfuse": None, "flags": 0, "hostname": None, "mounts": (),
-                 "workdir": "/", "workdir_required": False, "stop_signal": 0}
+                 "workdir": "/", "workdir_required": False, "stop_signal": 0,
+                 "preserve_fds": 0, "limits": None, "extra_env": (), "reads": ()}
 
 
 class RunOptions(_Frozen):

@@ -223,15 +223,28 @@ class LocalCluster:
                           "remove unused network interfaces or routes")
 
     # ---------- up ----------
-    def up(self, nodes: int = 2, replace: bool = False, timeout: float = 60.0) -> bool:
+    def up(self, nodes: int = 2, replace: bool = False, timeout: float = 60.0,
+           cgroup: bool = False) -> bool:
         """Start the cluster and wait until every node is idle.
 
+        cgroup: run Slurm with task/cgroup + proctrack/cgroup (cgroup v1), as production
+        clusters do: each node's slurmd gets a cgroup of its own (nested in the caller's)
+        and a cgroup namespace rooted there, so jobs get real job cgroups carrying --mem
+        and --cpus-per-task without touching the host's hierarchy above ours.
         Returns False (and does nothing) if a healthy cluster of this name is already
         running and replace is false; True when it started one.
         """
+        self._cgroup = bool(cgroup)
         if not isinstance(nodes, int) or nodes < 1 or nodes > MAX_NODES:
             raise UsageError(f"bad node count {nodes!r}", f"give a number from 1 to {MAX_NODES}")
         self._preflight()
+        if self._cgroup:
+            from hpcrun import cgroups
+            missing = cgroups.nest_missing(CLUSTER_CONTROLLERS)
+            if missing:
+                raise HpcrunError(f"cluster up --cgroup needs the cgroup v1 {missing} "
+                                  "controller mounted and writable",
+                                  "this mode is for cgroup v1 hosts; see 'hpcrun check'")
         with _lock():
             return self._up(nodes, replace, timeout)
 
@@ -311,12 +324,22 @@ class LocalCluster:
                                     f"--socket={self.munge_socket}", f"--pid-file={mdir}/munged.pid",
                                     f"--log-file={self.dir}/log/munged.log",
                                     f"--seed-file={mdir}/munged.seed", "--num-threads=4"]})
+        node_cgroups = {}
+        if getattr(self, "_cgroup", False):
+            from hpcrun import cgroups
+            for nm in names:
+                node_cgroups[nm] = cgroups.nest_create(f"hpcrun-cluster-{nm}", CLUSTER_CONTROLLERS)
         st = {"name": self.name, "subnet": net, "nodes": names, "addrs": addrs,
+              "cgroup": bool(node_cgroups), "node_cgroups": node_cgroups,
               "controller": self.ctl_host, "controller_addr": ctl_addr, "host_addr": host_addr,
-              "cpus": NODE_CPUS, "memory_mb": mem, "conf": self.conf_path, "auth": auth,
+              # --cgroup: cpusets hold real CPUs, so a node claims no more than exist
+              "cpus": min(NODE_CPUS, len(os.sched_getaffinity(0))) if node_cgroups else NODE_CPUS,
+              "memory_mb": mem, "conf": self.conf_path, "auth": auth,
               "started": time.time()}
         self._write(self.state_path, json.dumps(st, indent=1) + "\n")
         self._write(self.conf_path, self._slurm_conf(st))
+        if node_cgroups:
+            self._write(os.path.join(self.dir, "cgroup.conf"), CGROUP_CONF)
         self._write(os.path.join(self.dir, "plugstack.conf"), "")
         hosts = "127.0.0.1 localhost\n" + f"{ctl_addr} {self.ctl_host}\n" + \
             "".join(f"{a} {nm}\n" for a, nm in zip(addrs, names))
@@ -326,7 +349,8 @@ class LocalCluster:
                                      [_which("slurmctld"), "-f", self.conf_path, "-i"]))
         for i, nm in enumerate(names, 1):
             launch.append(self._launcher(self.node_ns(i), nm,
-                                         [_which("slurmd"), "-f", self.conf_path, "-N", nm]))
+                                         [_which("slurmd"), "-f", self.conf_path, "-N", nm],
+                                         node_cgroups.get(nm)))
         self._start_all(launch)
 
     @staticmethod
@@ -355,16 +379,32 @@ class LocalCluster:
             _ip_batch(ns, ["link set lo up", f"addr add {addr}/24 dev eth0", "link set eth0 up"],
                       f"cannot configure {ns}")
 
-    def _launcher(self, ns: str, hostname: str, argv: list[str]) -> dict:
+    def _launcher(self, ns: str, hostname: str, argv: list[str], cgroups=None) -> dict:
         """How to start a daemon in netns `ns` with its own uts + mount namespaces.
 
         The daemon forks into the background itself (no -D); its launcher chain
-        (nsenter, unshare and sh exec into one another) then exits.
+        (nsenter, unshare and sh exec into one another) then exits. With cgroups
+        ({controller: dir}), it first moves into those, then takes a cgroup namespace
+        rooted there and mounts the v1 controllers from it over /sys/fs/cgroup/CTL:
+        Slurm's /slurm/uid_N/job_N tree then lies inside the node's own cgroup.
         """
         hosts = os.path.join(self.dir, "hosts")
         script = 'set -e; hostname "$1"; mount --bind "$2" /etc/hosts; shift 2; exec "$@"'
-        full = [_which("nsenter"), f"--net=/run/netns/{ns}", "--",
-                _which("unshare"), "--uts", "--mount", "--propagation", "slave", "--",
+        pre = []
+        cg = []
+        if cgroups:
+            script = ('set -e; hostname "$1"; mount --bind "$2" /etc/hosts; shift 2; '
+                      # the same superblock can't be mounted on itself (EBUSY): this
+                      # namespace's copy of the host's mount goes first (slave: only here)
+                      + "".join(f"umount -l /sys/fs/cgroup/{m}; "
+                                f"mount -t cgroup -o {c} cgroup /sys/fs/cgroup/{m}; "
+                                for c, m in sorted(cgroups["mounts"].items()))
+                      + 'exec "$@"')
+            move = "".join(f'echo $$ > "{d}/cgroup.procs"; ' for d in cgroups["dirs"].values())
+            pre = ["/bin/sh", "-c", f"set -e; {move}exec \"$@\"", "hpcrun-cg"]
+            cg = ["--cgroup"]
+        full = [_which("nsenter"), f"--net=/run/netns/{ns}", "--", *pre,
+                _which("unshare"), "--uts", "--mount", *cg, "--propagation", "slave", "--",
                 "/bin/sh", "-c", script, "hpcrun-node", hostname, hosts, *argv]
         log.debug("exec (via hpcrun-reaper): " + " ".join(full))
         return {"what": f"{os.path.basename(argv[0])} on {hostname}", "argv": full,
@@ -423,9 +463,11 @@ class LocalCluster:
             f"TmpFS={d}/tmp/%n",
             f"PlugStackConfig={d}/plugstack.conf",
             "SlurmctldParameters=enable_configless",
-            # No cgroup or systemd here: track processes through /proc.
-            "ProctrackType=proctrack/linuxproc",
-            "TaskPlugin=task/none",
+            # Default: no cgroup or systemd here: track processes through /proc. With
+            # --cgroup, Slurm's cgroup v1 plugins, as on production clusters.
+            *(["ProctrackType=proctrack/cgroup", "TaskPlugin=task/cgroup"]
+              if st.get("cgroup") else
+              ["ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none"]),
             "JobAcctGatherType=jobacct_gather/none",
             "AccountingStorageType=accounting_storage/none",
             "JobCompType=jobcomp/none",
@@ -452,7 +494,7 @@ class LocalCluster:
         ]
         for nm, addr in zip(st["nodes"], st["addrs"]):
             lines.append(f"NodeName={nm} NodeAddr={addr} NodeHostname={nm} "
-                         f"CPUs={NODE_CPUS} Boards=1 SocketsPerBoard=1 CoresPerSocket={NODE_CPUS} "
+                         f"CPUs={st['cpus']} Boards=1 SocketsPerBoard=1 CoresPerSocket={st['cpus']} "
                          f"ThreadsPerCore=1 RealMemory={mem} State=UNKNOWN")
         lines.append("PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP")
         return "\n".join(lines) + "\n"
@@ -504,6 +546,10 @@ class LocalCluster:
             _stop_reaper(reaper)
         for ns in nss:
             proc.run(["ip", "netns", "del", ns], check=False)
+        if st and st.get("node_cgroups"):
+            from hpcrun import cgroups
+            for nc in st["node_cgroups"].values():
+                cgroups.nest_remove(nc)
         if os.path.exists(f"/sys/class/net/{self.host_if}"):
             found = True
             proc.run(["ip", "link", "del", self.host_if], check=False)
@@ -546,6 +592,19 @@ class LocalCluster:
 # nearest subreaper instead of PID 1, which in containers often does not reap, so
 # without it every finished step would leave a zombie. It exits when its last
 # descendant is gone, i.e. after `down`. Self-contained (run with python -I).
+# `hpcrun cluster up --cgroup`: the controllers Slurm's cgroup v1 plugins use
+# (proctrack/cgroup: freezer; task/cgroup: cpuset for cores, memory for RAM).
+CLUSTER_CONTROLLERS = ("memory", "cpuset", "freezer")
+CGROUP_CONF = """# Written by 'hpcrun cluster up --cgroup'.
+CgroupPlugin=cgroup/v1
+CgroupMountpoint=/sys/fs/cgroup
+CgroupAutomount=no
+ConstrainCores=yes
+ConstrainRAMSpace=yes
+ConstrainSwapSpace=yes
+AllowedSwapSpace=0
+"""
+
 _REAPER = r"""
 import ctypes, json, os, subprocess, sys
 libc = ctypes.CDLL(None, use_errno=True)

@@ -107,14 +107,10 @@ def _registry_has(ref) -> Optional[bool]:
 
     def probe() -> None:
         try:
-            from ..image.registry import ACCEPT, Registry
+            from ..image.registry import Registry
             reg = Registry(ref.registry)
             try:
-                r = reg.request("HEAD", f"/v2/{ref.repository}/manifests/"
-                                f"{ref.digest or ref.tag}",
-                                scope=f"repository:{ref.repository}:pull",
-                                headers={"Accept": ACCEPT})
-                result[0] = True if r.status == 200 else False if r.status == 404 else None
+                result[0] = reg.has_manifest(ref.repository, ref.digest or ref.tag)
             finally:
                 reg.close()
         except Exception as e:                  # unreachable, TLS, auth: cannot tell

@@ -15,21 +15,18 @@ node-local storage, never a shared filesystem)::
 
 ``<node>`` is Slurm's node name (``SLURMD_NODENAME``) or the host name: on a real
 cluster it is redundant, on the one-machine local cluster (whose nodes share a
-filesystem) it keeps each node's cache apart. ``<key>`` is the image file's identity
-(device, inode, size, mtime), so a replaced file is prepared again while the hot path
-never reads the image's contents.
+filesystem) it keeps each node's cache apart. The unpacking itself, the key (the image
+file's identity) and the safety rules (a private directory, entries owned by the caller)
+are hpcrun.runtime.unpack's, shared with `hpcrun run --unpack`.
 
 A directory image needs nothing. ``hpcrun task`` resolves an image name through the
 runtime (hpcrun.runtime.image.resolve) and gives a squashfs file, named or not, to
-unpack_once(). This module is on the per-task hot path: it imports only os and fcntl
-at module level.
+unpack_once(). This module is on the per-task hot path: it imports only os at module
+level.
 """
 from __future__ import annotations
 
-import fcntl
 import os
-
-from ..errors import ImageError
 
 LOG_NAME = "prepare.log"
 
@@ -49,15 +46,6 @@ def _no_config_files() -> bool:
         os.path.join(xdg, "hpcrun", "hpcrun.conf")))
 
 
-def _make_cache_root(root: str) -> None:
-    try:
-        os.makedirs(root, mode=0o700, exist_ok=True)
-    except OSError as e:
-        raise ImageError(f"cannot create the node cache {root}: {e.strerror}",
-                         "set node_cache (HPCRUN_NODE_CACHE) to a writable node-local "
-                         "directory") from None
-
-
 def cache_base() -> str:
     """The node_cache setting (HPCRUN_NODE_CACHE wins): one directory per node below."""
     base = os.environ.get("HPCRUN_NODE_CACHE")
@@ -75,77 +63,17 @@ def cache_root() -> str:
     return os.path.join(cache_base(), node_name())
 
 
-def _key(st: os.stat_result) -> str:
-    # The file's identity, no hashing (hashlib costs milliseconds to import per task).
-    return f"sq-{st.st_dev:x}-{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}"
+NODE_CACHE_SETTING = "node_cache (HPCRUN_NODE_CACHE)"
 
 
 def unpack_once(path: str, st: os.stat_result | None = None) -> str:
     """The unpacked copy of squashfs file `path` on this node, made by the first caller
-    (under an flock; the others wait here) and logged in prepare.log."""
-    if st is None:
-        st = os.stat(path)
+    (under an flock; the others wait) and logged in prepare.log: hpcrun.runtime.unpack
+    in this node's private cache directory."""
+    from ..runtime import unpack
     root = cache_root()
-    key = _key(st)
-    dest = os.path.join(root, key)
-    if os.path.isdir(dest):             # fast path: another task (or job) prepared it
-        return dest
-    _make_cache_root(root)
-    fd = os.open(dest + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # the first task prepares, the others wait here
-        if os.path.isdir(dest):
-            return dest
-        seconds = _unpack(path, dest)
-        _log(root, path, dest, seconds)
-        return dest
-    finally:
-        os.close(fd)                     # closing releases the lock
-
-
-def _unpack(path: str, dest: str) -> float:
-    """Unpack the squashfs file into dest atomically; return the seconds it took."""
-    import time
-    from .. import proc
-    # We hold the lock: leftovers of a task killed while unpacking are ours to remove.
-    parent = os.path.dirname(dest)
-    stem = os.path.basename(dest) + ".tmp-"
-    for name in os.listdir(parent):
-        if name.startswith(stem):
-            _rmtree(os.path.join(parent, name))
-    tmp = f"{dest}.tmp-{os.getpid()}"
-    t0 = time.monotonic()
-    # -no-xattrs: an unprivileged user cannot set security.* xattrs. Exit status 2 is
-    # unsquashfs's "non-fatal errors": device nodes that only root may create, which a
-    # rootless container cannot use anyway. Status 1 (corrupt or truncated data) fails;
-    # never -ignore-errors, which would turn corruption into a partial image.
-    try:
-        cp = proc.run(["unsquashfs", "-no-progress", "-quiet", "-no-xattrs", "-d", tmp, path],
-                      check=False)
-        if cp.returncode not in (0, 2) or not os.path.isdir(tmp):
-            err = (cp.stderr or "").strip().splitlines()
-            raise ImageError(f"cannot unpack squashfs image {path}: "
-                             f"{err[-1] if err else f'unsquashfs exit status {cp.returncode}'}",
-                             f"the file may be truncated or corrupt; check it with "
-                             f"'unsquashfs -s {path}' and copy it again")
-    except BaseException:
-        _rmtree(tmp)
-        raise
-    os.rename(tmp, dest)                 # atomic: the directory is complete or absent
-    return time.monotonic() - t0
-
-
-def _rmtree(p: str) -> None:
-    import shutil
-
-    def onerror(func, path, exc):        # unpacked read-only dirs: make writable, retry
-        try:
-            os.chmod(os.path.dirname(path), 0o700)
-            os.chmod(path, 0o700)
-            func(path)
-        except OSError:
-            pass
-    shutil.rmtree(p, onerror=onerror)
+    return unpack.unpack_once(path, root, what="the node cache", setting=NODE_CACHE_SETTING,
+                              st=st, on_unpacked=lambda dest, s: _log(root, path, dest, s))
 
 
 def _log(root: str, path: str, dest: str, seconds: float) -> None:
@@ -156,7 +84,8 @@ def _log(root: str, path: str, dest: str, seconds: float) -> None:
             f"task={e.get('SLURM_PROCID', '-')} pid={os.getpid()} "
             f"seconds={seconds:.3f} image={path} dest={dest}\n")
     # O_APPEND writes of one short line are atomic with respect to each other.
-    fd = os.open(os.path.join(root, LOG_NAME), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    fd = os.open(os.path.join(root, LOG_NAME),
+                 os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     try:
         os.write(fd, line.encode())
     finally:

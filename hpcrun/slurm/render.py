@@ -74,6 +74,8 @@ def task_options(step: Step) -> List[str]:
         argv += ["-w", step.workdir]
     if step.scratch:
         argv.append("--scratch")
+    if step.resources.gpus and not {"--gpus", "--nv", "--device"} & set(step.options):
+        argv += ["--gpus", "all"]       # the task's container gets the GPUs Slurm allocated
     return argv + list(step.options) + [step.image]
 
 

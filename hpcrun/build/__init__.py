@@ -1,0 +1,1 @@
+"""Rootless Dockerfile builds (hpcrun build): parser, cache, executor."""

@@ -1,0 +1,217 @@
+"""Isolation checks inside a container, as the unprivileged user, modelled on
+Charliecloud's chtest: each test runs one check of tests/chtest.c (compiled static into
+a busybox image) and the kernel must refuse it. chtest prints DENIED/ESCAPED/ERROR and
+exits 0/1/2; a check that finds nothing to try here is an error, not a pass."""
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import subprocess
+import termios
+
+import pytest
+
+import chtest_image
+import util
+from fixtures_runtime import run
+
+pytestmark = [pytest.mark.userns, pytest.mark.root]
+
+
+@pytest.fixture(scope="module")
+def img(rt_userns) -> str:
+    d = util.shared_tmpdir("hpcrun-chtest-")
+    root = chtest_image.build(os.path.join(d, "img"))
+    yield root
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def check(user, img, *args, opts=(), **kw):
+    """Run `chtest ARGS` in img; return the completed process (stdout: its report)."""
+    return run(user, *opts, img, "--", "chtest", *args, **kw)
+
+
+def assert_denied(cp):
+    assert cp.returncode == 0 and cp.stdout.startswith(("DENIED", "refused")), \
+        (cp.returncode, cp.stdout, cp.stderr)
+    assert "ESCAPED" not in cp.stdout
+
+
+def test_chroot_escape_is_denied(user, img):
+    st = os.stat("/")
+    assert_denied(check(user, img, "chroot-escape", str(st.st_dev), str(st.st_ino)))
+
+
+def test_chroot_escape_with_fakeroot_reaches_only_the_container_root(user, img):
+    # With --fakeroot chroot(2) itself works (CAP_SYS_CHROOT in the user namespace), but
+    # the host's tree was detached: climbing out ends at the container's root.
+    st = os.stat("/")
+    cp = check(user, img, "chroot-escape", str(st.st_dev), str(st.st_ino), opts=["--fakeroot"])
+    assert_denied(cp)
+    assert "reaches only the container's root" in cp.stdout
+
+
+def test_dev_access_is_refused(user, img):
+    assert_denied(check(user, img, "dev"))
+
+
+def test_proc_access_is_refused(user, img):
+    assert_denied(check(user, img, "proc"))
+
+
+def test_sys_access_is_refused(user, img):
+    assert_denied(check(user, img, "sys"))
+
+
+def test_root_only_file_in_image_is_unreadable(user, img):
+    cp = check(user, img, "read", chtest_image.SECRET)
+    assert_denied(cp)
+    assert "Permission denied" in cp.stdout
+
+
+def test_root_only_directory_in_image_is_unreadable(user, img):
+    assert_denied(check(user, img, "read", "/secret-dir"))
+
+
+def test_mknod_is_denied(user, img):
+    assert_denied(check(user, img, "mknod"))
+
+
+def test_mknod_is_denied_with_fakeroot(user, img):
+    assert_denied(check(user, img, "mknod", opts=["--fakeroot"]))
+
+
+def _privileged_port() -> int:
+    with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as f:
+        start = int(f.read())
+    util.require(start > 1, f"every port is unprivileged here (ip_unprivileged_port_start={start})")
+    return start - 1
+
+
+def test_privileged_port_in_host_network_is_denied(user, img):
+    assert_denied(check(user, img, "bind-port", str(_privileged_port())))
+
+
+def test_privileged_port_with_fakeroot_is_denied(user, img):
+    # uid 0 of our user namespace holds CAP_NET_BIND_SERVICE only over namespaces that
+    # user namespace owns; the host's network namespace is not one of them.
+    assert_denied(check(user, img, "bind-port", str(_privileged_port()), opts=["--fakeroot"]))
+
+
+def test_remount_of_the_container_root_is_denied(user, img):
+    assert_denied(check(user, img, "remount", "/"))
+
+
+def test_remount_of_the_host_root_is_denied(user, img):
+    assert_denied(check(user, img, "remount", "/host", opts=["-v", "/:/host:ro"]))
+
+
+def test_unmounting_the_root_is_denied(user, img):
+    # The root and the mounts on it are locked together: none can be taken away to show
+    # what lies below.
+    assert_denied(check(user, img, "umount", "/", "/proc", "/tmp", "/etc/passwd"))
+
+
+def test_setuid_program_of_the_image_gains_nothing(user, img):
+    # nosuid: the setuid-root copy runs with the caller's ids.
+    cp = run(user, img, "--", chtest_image.SETUID, "ids")
+    assert cp.returncode == 0, cp.stderr
+    assert cp.stdout.split() == [str(user.uid), str(user.uid)]
+
+
+def test_setgroups_is_denied(user, img):
+    assert_denied(check(user, img, "setgroups"))
+
+
+def test_seteuid_to_another_uid_is_denied(user, img):
+    assert_denied(check(user, img, "seteuid", "0", str(user.uid + 1)))
+
+
+@pytest.fixture
+def host_sleeper(user):
+    """A process of the same user on the host, outside any container."""
+    p = subprocess.Popen(["sleep", "60"], user=user.uid, group=user.gid, extra_groups=[])
+    yield p
+    p.kill()
+    p.wait()
+
+
+def test_signal_outside_pid_private_container_is_denied(user, img, host_sleeper):
+    cp = check(user, img, "kill", str(host_sleeper.pid), opts=["--pid=private"])
+    assert_denied(cp)
+    assert host_sleeper.poll() is None      # still alive
+
+
+def test_signal_outside_reaches_without_pid_private(user, img, host_sleeper):
+    # The control: without --pid=private the host's pid namespace is shared (as with
+    # ch-run), so the same check does reach the process; the test above is not vacuous.
+    cp = check(user, img, "kill", str(host_sleeper.pid))
+    assert cp.returncode == 1 and cp.stdout.startswith("ESCAPED"), cp.stdout
+    assert host_sleeper.wait(timeout=10) == -9
+
+
+# ---------------------------------------------------------------- terminal injection
+
+def on_terminal(user, argv, env=None):
+    """Run argv as the user with a new pseudo-terminal as its controlling terminal and
+    standard input (as an interactive shell's command would be)."""
+    master, slave = os.openpty()
+    try:
+        def ctty():
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+        return util.as_user(user, argv, env=env, stdin=slave, start_new_session=True,
+                            preexec_fn=ctty, timeout=60)
+    finally:
+        os.close(slave)
+        os.close(master)
+
+
+def test_tiocsti_works_on_the_host(user, img):
+    # The control: outside a container the same helper does push a byte.
+    try:
+        with open("/proc/sys/dev/tty/legacy_tiocsti") as f:
+            util.require(f.read().strip() == "1", "TIOCSTI is disabled on this kernel")
+    except FileNotFoundError:
+        pass
+    cp = on_terminal(user, [os.path.join(img, chtest_image.IN_IMAGE.lstrip("/")), "tiocsti"])
+    assert cp.returncode == 1 and cp.stdout.startswith("ESCAPED"), cp.stdout
+
+
+def test_tiocsti_is_denied(user, img):
+    cp = on_terminal(user, [util.HPCRUN, "run", img, "--", "chtest", "tiocsti"])
+    assert_denied(cp)
+    assert "Operation not permitted" in cp.stdout
+
+
+def test_tiocsti_with_high_bits_is_denied(user, img):
+    # CVE-2019-10063: the kernel reads 32 bits of the request; a filter comparing 64
+    # would let TIOCSTI | 1 << 32 through.
+    cp = on_terminal(user, [util.HPCRUN, "run", img, "--", "chtest", "tiocsti", "high"])
+    assert_denied(cp)
+
+
+def test_tiocsti_is_denied_with_pid_private(user, img):
+    assert_denied(on_terminal(user, [util.HPCRUN, "run", "--pid=private", img, "--",
+                                     "chtest", "tiocsti"]))
+
+
+def test_tiocsti_is_denied_with_fakeroot(user, img):
+    # Capabilities in the user namespace do not lift a seccomp filter.
+    assert_denied(on_terminal(user, [util.HPCRUN, "run", "--fakeroot", img, "--",
+                                     "chtest", "tiocsti"]))
+
+
+def test_tioclinux_is_denied(user, img):
+    # On a pseudo-terminal TIOCLINUX fails anyway (ENOTTY); EPERM says the filter did it.
+    cp = on_terminal(user, [util.HPCRUN, "run", img, "--", "chtest", "tioclinux"])
+    assert cp.returncode == 0 and cp.stdout.startswith("DENIED"), cp.stdout
+
+
+def test_terminal_stays_the_controlling_terminal(user, img):
+    # No setsid: the command keeps the caller's terminal (job control, ^C).
+    cp = on_terminal(user, [util.HPCRUN, "run", img, "--", "sh", "-c",
+                            "test -t 0 && cat /proc/self/stat"])
+    assert cp.returncode == 0, cp.stderr
+    fields = cp.stdout.rsplit(")", 1)[1].split()
+    assert int(fields[4]) != 0          # tty_nr: a controlling terminal
