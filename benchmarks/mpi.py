@@ -164,6 +164,9 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 broken[key] = f"HANG: no result within {a.timeout} s"
                 _kill_ranks(b.work)
+                # and its job: left running, it holds the nodes and every later run
+                # would wait for them (a hang that is not its own)
+                b.run(["scancel", "--full", "-u", USER], timeout=30)
                 return
             line = [ln for ln in cp.stdout.splitlines() if ln.startswith("RESULT ")]
             if cp.returncode != 0 or not line:
