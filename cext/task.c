@@ -41,6 +41,11 @@
  *   tmpfs=PATTERN    Slurm's TmpFS (%n, %h expanded here), for PMIx's directories
  *   cache=DIR        node cache base (HPCRUN_NODE_CACHE wins)
  *   share=1          one container per node and step
+ *   join=auto|off|KEY  one container per node for the ranks of an MPI launch
+ *                      (`hpcrun run` under mpirun, mpiexec.hydra, srun): the
+ *                      launcher's job (auto; see launcher_key), KEY (--join=KEY), or
+ *                      none (off); ranks left alone get separate_vars
+ *   pmixv=M.N        the image's PMIx client version (pmix_check)
  *   pertask=1        devices (--gpus, --device): each task runs `hpcrun task ARGS`,
  *                    which plans them with its own node's allocation
  *   pfds=N           --preserve-fds: descriptors 3 .. 2+N stay open in the command
@@ -62,6 +67,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/resource.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -84,7 +90,7 @@ extern int hpcrun_trim_monitor;
 #define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 struct plan {
-    const char *image, *sq, *fuse, *host, *wd, *tmpfs, *cache;
+    const char *image, *sq, *fuse, *host, *wd, *tmpfs, *cache, *join, *pmixv;
     int flags, uid, gid, stop, wdreq, wdcwd, clean, share, pmix, pfds, version, pertask;
     struct hpcrun_mount m[MAX_ITEMS];
     int nm;
@@ -345,6 +351,8 @@ static int parse_plan(char *text, struct plan *p)
         else if (!strcmp(k, "wd")) p->wd = v;
         else if (!strcmp(k, "tmpfs")) p->tmpfs = v;
         else if (!strcmp(k, "cache")) p->cache = v;
+        else if (!strcmp(k, "join")) p->join = v;
+        else if (!strcmp(k, "pmixv")) p->pmixv = v;
         else if (!strcmp(k, "flags")) { if (num(v, &p->flags)) return -1; }
         else if (!strcmp(k, "uid")) { if (num(v, &p->uid)) return -1; }
         else if (!strcmp(k, "gid")) { if (num(v, &p->gid)) return -1; }
@@ -672,6 +680,30 @@ static int is_dir(const char *p)
     return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
+/* Slurm's TmpFS setting (%n, %h unexpanded) from slurm.conf ($SLURM_CONF), else
+ * /tmp: for plans made without it (`hpcrun run`, which need not be in Slurm). */
+static const char *slurm_tmpfs(char *out)
+{
+    const char *conf = getenv("SLURM_CONF");
+    snprintf(out, PATH_MAX, "/tmp");
+    FILE *f = fopen(conf && *conf ? conf : "/etc/slurm/slurm.conf", "re");
+    if (!f)
+        return out;
+    char line[PATH_MAX + 64];
+    while (fgets(line, sizeof line, f)) {
+        char *s = line + strspn(line, " \t");
+        if (strncasecmp(s, "tmpfs", 5) || s[5 + strspn(s + 5, " \t")] != '=')
+            continue;
+        s = strchr(s, '=') + 1;
+        s += strspn(s, " \t");
+        s[strcspn(s, "# \t\r\n")] = '\0';
+        if (*s)
+            snprintf(out, PATH_MAX, "%s", s);
+    }
+    fclose(f);
+    return out;
+}
+
 /* Slurm's PMIx directories, bound at the same paths (prepare.slurm_binds). */
 static void pmix_binds(struct plan *p, char bufs[2][PATH_MAX])
 {
@@ -693,7 +725,8 @@ static void pmix_binds(struct plan *p, char bufs[2][PATH_MAX])
         struct utsname u;
         uname(&u);
         size_t o = 0;
-        const char *pat = p->tmpfs && *p->tmpfs ? p->tmpfs : "/tmp";
+        char conf_tmpfs[PATH_MAX];
+        const char *pat = p->tmpfs && *p->tmpfs ? p->tmpfs : slurm_tmpfs(conf_tmpfs);
         for (const char *s = pat; *s && o < sizeof t - 1; s++) {
             const char *rep = NULL;
             if (s[0] == '%' && s[1] == 'n') rep = node_name();
@@ -865,12 +898,70 @@ static void keeper(struct hpcrun_spec *s, int rep, int watchfd,
     _exit(0);
 }
 
+/* How long a rank waits for the node's container (the lock, the keeper's start):
+ * HPCRUN_JOIN_TIMEOUT seconds, 60 by default. Every wait here has this bound. */
+static int join_timeout(void)
+{
+    const char *t = getenv("HPCRUN_JOIN_TIMEOUT");
+    int n;
+    return t && !num(t, &n) && n > 0 ? n : 60;
+}
+
+static int verbose(void)
+{
+    const char *v = getenv("HPCRUN_VERBOSE");
+    return v && *v && strcmp(v, "0");
+}
+
+/* Field 4 (ppid) and the command name of /proc/PID/stat; -1 if gone. */
+static pid_t parent_of(pid_t pid, char *comm, size_t len)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return -1;
+    buf[n] = '\0';
+    char *a = strchr(buf, '('), *b = strrchr(buf, ')');
+    if (!a || !b || b < a || !b[1] || !b[2])
+        return -1;
+    snprintf(comm, len, "%.*s", (int)(b - a - 1), a + 1);
+    int pp = 0;
+    return sscanf(b + 2, "%*c %d", &pp) == 1 ? (pid_t)pp : -1;
+}
+
+/* The process whose end ends the node's container: the launcher's daemon on this node
+ * (slurmstepd, Open MPI's orted or mpirun, PRRTE's prted, MPICH's hydra_pmi_proxy), the
+ * nearest one above this process; else the parent. A wrapper script between the
+ * launcher and hpcrun (`mpirun ./wrap.sh`) does not end the container with one rank. */
+static pid_t launcher_pid(void)
+{
+    static const char *const daemons[] = {"slurmstepd", "orted", "prted", "prterun", "mpirun",
+                                          "orterun", "mpiexec", "hydra_pmi_proxy", NULL};
+    pid_t pid = getppid();
+    char comm[64];
+    for (int depth = 0; depth < 16 && pid > 1; depth++) {
+        pid_t up = parent_of(pid, comm, sizeof comm);
+        if (up < 0)
+            break;
+        for (int i = 0; daemons[i]; i++)
+            if (!strncmp(comm, daemons[i], strlen(daemons[i])))
+                return pid;
+        pid = up;
+    }
+    return getppid();
+}
+
 /* Start the keeper (a grandchild, so that it is never the command's child) and return
- * its pid once it is inside the container. */
+ * its pid once it is inside the container (bounded: join_timeout()). */
 static pid_t start_keeper(struct hpcrun_spec *s, const char *dir,
                           const char *base)
 {
-    pid_t watch = getppid();    /* the step's slurmstepd */
+    pid_t watch = launcher_pid();    /* the step's slurmstepd, the launcher's daemon */
     int watchfd = (int)syscall(SYS_pidfd_open, watch, 0);
     int rep[2];
     if (pipe2(rep, O_CLOEXEC))
@@ -898,7 +989,17 @@ static pid_t start_keeper(struct hpcrun_spec *s, const char *dir,
     char msg[1100];
     size_t len = 0;
     ssize_t n;
-    while (len < sizeof msg - 1 && (n = read(rep[0], msg + len, sizeof msg - 1 - len)) != 0) {
+    int secs = join_timeout();
+    for (;;) {
+        struct pollfd pf = {rep[0], POLLIN, 0};
+        int r = poll(&pf, 1, secs * 1000);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r == 0)
+            die(HPCRUN_EXIT_FAILED, "the node container's keeper did not start within %d s "
+                "(HPCRUN_JOIN_TIMEOUT)", secs);
+        if (len >= sizeof msg - 1 || (n = read(rep[0], msg + len, sizeof msg - 1 - len)) == 0)
+            break;
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -913,6 +1014,22 @@ static pid_t start_keeper(struct hpcrun_spec *s, const char *dir,
     if (len > 2 && msg[0] == 'E')
         die(HPCRUN_EXIT_FAILED, "%s", msg + 2);
     die(HPCRUN_EXIT_FAILED, "the node container's keeper failed to start");
+}
+
+/* The real uid of PID, or -1. */
+static long uid_of(pid_t pid)
+{
+    char path[64], buf[2048];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    buf[n > 0 ? n : 0] = '\0';
+    const char *u = strstr(buf, "\nUid:");
+    long uid = -1;
+    return u && sscanf(u + 5, "%ld", &uid) == 1 ? uid : -1;
 }
 
 /* The live keeper a node plan names ("# hpcrun node-container plan 1 PID START KEY"),
@@ -938,8 +1055,8 @@ static int live_keeper(const char *path, char *key, size_t keylen)
     return pid;
 }
 
-/* Remove the plans (and locks) of other steps whose keeper is gone: a keeper killed
- * with its step (SIGKILL, e.g. by proctrack/cgroup) had no time to. */
+/* Remove the plans (and locks) of other steps or launches whose keeper is gone: a
+ * keeper killed with its step (SIGKILL, e.g. by proctrack/cgroup) had no time to. */
 static void sweep_stale(const char *dir, const char *base)
 {
     DIR *d = opendir(dir);
@@ -949,7 +1066,8 @@ static void sweep_stale(const char *dir, const char *base)
     size_t bl = strlen(base);
     for (struct dirent *e; (e = readdir(d));) {
         size_t l = strlen(e->d_name);
-        if (strncmp(e->d_name, "step-", 5) || l < 11 || strcmp(e->d_name + l - 5, ".plan") ||
+        if ((strncmp(e->d_name, "step-", 5) && strncmp(e->d_name, "join-", 5)) || l < 11 ||
+            strcmp(e->d_name + l - 5, ".plan") ||
             (!strncmp(e->d_name, base, bl) && e->d_name[bl] == '.'))
             continue;
         if (snprintf(path, sizeof path, "%s/%s", dir, e->d_name) >= (int)sizeof path ||
@@ -962,60 +1080,241 @@ static void sweep_stale(const char *dir, const char *base)
     closedir(d);
 }
 
-/* Run the command in this node's container of the step (made here if there is none),
- * or, if the node's container was planned otherwise (srun --multi-prog), in its own. */
-static void node_container(const struct plan *p, struct hpcrun_spec *s, const char *key)
+static void on_alarm(int sig)
+{
+    (void)sig;
+}
+
+/* flock(LOCK_EX), bounded: a rank stuck while making the node's container (it holds
+ * the lock) makes the others fail with this error, never wait for ever. A rank that
+ * died holding it released it (an flock ends with its holder: no state is left). */
+static void lock_bounded(int fd, const char *path)
+{
+    struct sigaction sa, old;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_alarm;    /* no SA_RESTART: flock returns EINTR */
+    sigaction(SIGALRM, &sa, &old);
+    int secs = join_timeout();
+    unsigned prev = alarm((unsigned)secs);
+    int r, e;
+    while ((r = flock(fd, LOCK_EX)) && (e = errno) == EINTR) {
+        if (!alarm(0)) {         /* ours went off */
+            hint_text = "a rank of this node is stuck making its container; see its "
+                        "error, or raise HPCRUN_JOIN_TIMEOUT";
+            die(HPCRUN_EXIT_FAILED, "timed out after %d s waiting for the node's container "
+                "(%s)", secs, path);
+        }
+        alarm((unsigned)secs);   /* another signal: go on */
+    }
+    alarm(0);
+    sigaction(SIGALRM, &old, NULL);
+    if (prev)
+        alarm(prev);
+    if (r)
+        die(HPCRUN_EXIT_FAILED, "can't lock %s: %s", path, strerror(e));
+}
+
+/* Refuse a node directory or keeper that is not the caller's: hpcrun never joins
+ * another user's container (a --join key they use, a shared HPCRUN_NODE_CACHE). */
+static void own_or_die(const char *what, const char *name, long uid)
+{
+    if (uid < 0 || uid == (long)getuid())
+        return;
+    hint_text = "pick another key (--join=KEY), or a node cache of your own "
+                "(HPCRUN_NODE_CACHE)";
+    die(HPCRUN_EXIT_FAILED, "join key %s: %s belongs to uid %ld, another user; hpcrun does "
+        "not join another user's container", name, what, uid);
+}
+
+/* Ranks in different user namespaces: Open MPI's cross-memory attach fails (and its
+ * fallback hangs at 64 KiB), and UCX (MPICH's ch4:ucx, Open MPI's pml ucx) can't open
+ * a peer's shared memory through /proc/PID/fd nor use CMA (without CMA, its rendezvous
+ * goes over TCP, whose close at MPI_Finalize sometimes hangs with UCX 1.13: eager
+ * messages only). Turn these off, unless the user set them. */
+static const char *const separate_vars[] = {"OMPI_MCA_btl_vader_single_copy_mechanism=none",
+                                            "UCX_POSIX_USE_PROC_LINK=n", "UCX_TLS=^cma",
+                                            "UCX_RNDV_THRESH=inf", NULL};
+
+static char **separate_env(char *const *env, const char *why)
+{
+    size_t n = 0;
+    while (env[n])
+        n++;
+    char **out = calloc(n + 5, sizeof *out);
+    if (!out)
+        die(HPCRUN_EXIT_FAILED, "out of memory");
+    memcpy(out, env, n * sizeof *out);
+    size_t k = n;
+    for (int v = 0; separate_vars[v]; v++) {
+        const char *kv = separate_vars[v];
+        size_t l = (size_t)(strchr(kv, '=') - kv);
+        int set = 0;
+        for (size_t i = 0; i < n && !set; i++)
+            set = !strncmp(env[i], kv, l) && env[i][l] == '=';
+        if (set)
+            continue;
+        out[k++] = (char *)kv;
+        if (verbose())
+            dprintf(2, "hpcrun: %s: this rank has a user namespace of its own, so %s\n",
+                    why, kv);
+    }
+    return out;
+}
+
+/* Run the command in this node's container of the step or launch `base` (made here
+ * if there is none), or, if the node's container was planned otherwise (srun
+ * --multi-prog), in its own. `name`: what to call it in messages. */
+static void node_container(const struct plan *p, struct hpcrun_spec *s, const char *key,
+                           const char *base, const char *name)
 {
     const char *job = getenv("SLURM_JOB_ID"), *step = getenv("SLURM_STEP_ID");
-    char dir[PATH_MAX], base[128], path[PATH_MAX + 160];
+    char dir[PATH_MAX], path[PATH_MAX + 160];
     cache_dir(p, dir);
-    snprintf(base, sizeof base, "step-%s.%s", job, step);
+    struct stat ds;
+    if (!lstat(dir, &ds))        /* another user's: say which key (private_dir refuses too) */
+        own_or_die(dir, name, (long)ds.st_uid);
     private_dir(dir);
-    snprintf(path, sizeof path, "%s/%s.lock", dir, base);
-    int lock = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
-    if (lock < 0)
-        die(HPCRUN_EXIT_FAILED, "can't open %s: %s", path, strerror(errno));
-    while (flock(lock, LOCK_EX) && errno == EINTR)
-        ;
-    snprintf(path, sizeof path, "%s/%s.plan", dir, base);
-    char hkey[256] = "", now[64];
-    int pid = live_keeper(path, hkey, sizeof hkey);     /* 0: none yet, or a stale plan */
-    if (pid > 0 && strcmp(hkey, key)) {
-        close(lock);             /* planned for other options: a container of our own */
-        char err[1024];
+    for (int tries = 0;; tries++) {
+        snprintf(path, sizeof path, "%s/%s.lock", dir, base);
+        int lock = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (lock < 0)
+            die(HPCRUN_EXIT_FAILED, "can't open %s: %s", path, strerror(errno));
+        lock_bounded(lock, path);
+        snprintf(path, sizeof path, "%s/%s.plan", dir, base);
+        char hkey[256] = "", now[64];
+        int pid = live_keeper(path, hkey, sizeof hkey);     /* 0: none yet, or a stale plan */
+        if (pid > 0)
+            own_or_die("its container", name, uid_of(pid));
+        if (pid > 0 && strcmp(hkey, key)) {
+            close(lock);         /* planned for other options: a container of our own */
+            char err[1024];
+            int code;
+            s->envp = separate_env(s->envp, "the node's container was made with "
+                                   "other options");
+            hpcrun_enter(s, err, sizeof err, &code);
+            die(code, "%s", err);
+        }
+        int made = pid <= 0;
+        if (!made)
+            starttime(pid, now, sizeof now);
+        if (made) {
+            pid = start_keeper(s, dir, base);    /* it changes its own copy of s only */
+            starttime(pid, now, sizeof now);
+            char tmp[PATH_MAX + 200];
+            snprintf(tmp, sizeof tmp, "%s.tmp-%d", path, (int)getpid());
+            int w = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+            if (w < 0 || dprintf(w, PLAN_HEAD " %d %s %s\n", pid, *now ? now : "0", key) < 0 ||
+                close(w) || rename(tmp, path)) {
+                unlink(tmp);
+                die(HPCRUN_EXIT_FAILED, "can't write %s: %s", path, strerror(errno));
+            }
+            sweep_stale(dir, base);  /* once per node and step */
+        }
+        close(lock);
+        if (getenv("HPCRUN_TASK_LOG") && !strcmp(getenv("HPCRUN_TASK_LOG"), "1")) {
+            snprintf(path, sizeof path, "%s/tasks.log", dir);
+            int l = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+            if (l >= 0) {
+                const char *t = getenv("SLURM_PROCID");
+                dprintf(l, "%s job=%s step=%s task=%s pid=%d base=%s\n",
+                        made ? "keeper" : "join", job ? job : "-", step ? step : "-",
+                        t ? t : "-", (int)getpid(), base);
+                close(l);
+            }
+        }
+        if (verbose() && p->join)
+            dprintf(2, "hpcrun: %s the node's container for %s (keeper %d)\n",
+                    made ? "made" : "joining", name, pid);
+        char err[1024], after[64];
         int code;
-        hpcrun_enter(s, err, sizeof err, &code);
+        hpcrun_join(pid, s->argv, s->envp, s->workdir, err, sizeof err, &code);
+        /* The keeper ended between the plan's check and the join (its launcher ended
+         * as we started): nothing was entered (its namespaces could not be opened), so
+         * elect again, once or twice, then say so. A command that fails is no reason. */
+        starttime(pid, after, sizeof after);
+        if (tries < 2 && code == HPCRUN_EXIT_FAILED && strcmp(after, now))
+            continue;
         die(code, "%s", err);
     }
-    int made = pid <= 0;
-    if (made) {
-        pid = start_keeper(s, dir, base);    /* it changes its own copy of s only */
-        starttime(pid, now, sizeof now);
-        char tmp[PATH_MAX + 200];
-        snprintf(tmp, sizeof tmp, "%s.tmp-%d", path, (int)getpid());
-        int w = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-        if (w < 0 || dprintf(w, PLAN_HEAD " %d %s %s\n", pid, *now ? now : "0", key) < 0 ||
-            close(w) || rename(tmp, path)) {
-            unlink(tmp);
-            die(HPCRUN_EXIT_FAILED, "can't write %s: %s", path, strerror(errno));
-        }
-        sweep_stale(dir, base);  /* once per node and step */
+}
+
+/* This rank's launch, for join=auto: whether it is one of several ranks on this node
+ * started by an MPI launcher or srun, and the launch's identity (written to `id`; the
+ * node is the directory). Open MPI's job id (or PMIx's namespace), Slurm's job.step;
+ * MPICH's hydra exports none, so its proxy on this node (pid and start time) names it.
+ * `who` names the launcher. 0: not under a launcher, or the only rank of this node. */
+static int launcher_key(char *id, size_t len, const char **who)
+{
+    const char *ls = NULL, *v;
+    char t[64];
+    id[0] = '\0';
+    if ((ls = getenv("OMPI_COMM_WORLD_LOCAL_SIZE"))) {
+        *who = "Open MPI";
+        v = getenv("OMPI_MCA_ess_base_jobid");
+        if (!v)
+            v = getenv("PMIX_NAMESPACE");
+        if (v)
+            snprintf(id, len, "ompi-%s", v);
+    } else if ((ls = getenv("MPI_LOCALNRANKS")) || getenv("PMI_FD") || getenv("HYDI_CONTROL_FD")) {
+        *who = "MPICH hydra";
+        if ((v = getenv("PMI_KVSNAME")))
+            snprintf(id, len, "pmi-%s", v);
+    } else if ((v = getenv("SLURM_JOB_ID")) && getenv("SLURM_STEP_ID")) {
+        *who = "srun";
+        snprintf(id, len, "slurm-%s.%s", v, getenv("SLURM_STEP_ID"));
+        ls = getenv("SLURM_STEP_NUM_TASKS");
+        const char *nn = getenv("SLURM_STEP_NUM_NODES");
+        if (!ls || !nn || !strcmp(ls, nn))
+            return 0;            /* not an srun step's task, or one task per node */
+    } else if ((v = getenv("PMIX_NAMESPACE")) && getenv("PMIX_RANK")) {
+        *who = "PMIx";
+        snprintf(id, len, "pmix-%s", v);
+    } else {
+        return 0;
     }
-    close(lock);
-    if (getenv("HPCRUN_TASK_LOG") && !strcmp(getenv("HPCRUN_TASK_LOG"), "1")) {
-        snprintf(path, sizeof path, "%s/tasks.log", dir);
-        int l = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
-        if (l >= 0) {
-            const char *t = getenv("SLURM_PROCID");
-            dprintf(l, "%s job=%s step=%s task=%s pid=%d\n", made ? "keeper" : "join", job,
-                    step, t ? t : "-", (int)getpid());
-            close(l);
-        }
+    if (ls && !strcmp(ls, "1"))
+        return 0;
+    if (!id[0]) {
+        pid_t d = launcher_pid();
+        starttime(d, t, sizeof t);
+        snprintf(id, len, "proxy-%d-%s", (int)d, t);
     }
-    char err[1024];
-    int code;
-    hpcrun_join(pid, s->argv, s->envp, s->workdir, err, sizeof err, &code);
-    die(code, "%s", err);
+    return 1;
+}
+
+/* The image's PMIx client (version `want`, "M.N") against the launcher's PMIx server:
+ * the server names where it listens in one variable per wire version it speaks; a
+ * client looks for its own version's and older ones, and one that finds none does not
+ * fail cleanly (it waits or retries). So: an error here, before the command starts. */
+static void pmix_check(const char *want)
+{
+    static const struct { const char *var; int v; } uris[] = {
+        {"PMIX_SERVER_URI41", 41}, {"PMIX_SERVER_URI4", 40}, {"PMIX_SERVER_URI3", 30},
+        {"PMIX_SERVER_URI21", 21}, {"PMIX_SERVER_URI2", 20}, {"PMIX_SERVER_URI", 10}};
+    int maj = 0, min = 0;
+    if (!getenv("PMIX_NAMESPACE") || sscanf(want, "%d.%d", &maj, &min) != 2)
+        return;
+    int client = maj * 10 + (min > 9 ? 9 : min);
+    char offered[256] = "", looks[256] = "";
+    size_t o = 0, l = 0;
+    for (size_t i = 0; i < sizeof uris / sizeof uris[0]; i++) {
+        int has = getenv(uris[i].var) != NULL;
+        if (has && uris[i].v <= client)
+            return;                  /* one it can use */
+        if (has && o < sizeof offered)
+            o += (size_t)snprintf(offered + o, sizeof offered - o, "%s%s", o ? ", " : "",
+                                  uris[i].var);
+        if (uris[i].v <= client && l < sizeof looks)
+            l += (size_t)snprintf(looks + l, sizeof looks - l, "%s%s", l ? " or " : "",
+                                  uris[i].var);
+    }
+    if (!*offered)
+        return;                      /* no PMIx server here: nothing to check */
+    const char *sv = getenv("PMIX_VERSION");
+    hint_text = "rebuild the image with a PMIx of version 2.1 or later (PMIx talks across "
+                "versions from there), or use --mpi=host";
+    die(HPCRUN_EXIT_FAILED, "PMIx mismatch: the image's PMIx %s looks for %s, the launcher's "
+        "PMIx server (%s) offers only %s", want, looks, sv ? sv : "newer", offered);
 }
 
 /* ---------------------------------------------------------------- main */
@@ -1089,10 +1388,33 @@ int hpcrun_plan_exec(int argc, char **argv)
     s.argv = cmd;
     s.envp = compose_env(&p);
     int shareable = !(p.flags & (HPCRUN_F_PID | HPCRUN_F_MONITOR | HPCRUN_F_SQUASH));
+    char key[32], base[128];
+    snprintf(key, sizeof key, "c%016llx", (unsigned long long)fnv(argv[1]));
     if (p.share && shareable && getenv("SLURM_JOB_ID") && getenv("SLURM_STEP_ID")) {
-        char key[32];
-        snprintf(key, sizeof key, "c%016llx", (unsigned long long)fnv(argv[1]));
-        node_container(&p, &s, key);
+        snprintf(base, sizeof base, "step-%s.%s", getenv("SLURM_JOB_ID"), getenv("SLURM_STEP_ID"));
+        node_container(&p, &s, key, base, base);
+    }
+    if (p.pmixv)
+        pmix_check(p.pmixv);
+    if (p.join) {
+        char id[256];
+        const char *who = "--join";
+        int off = !strcmp(p.join, "off");
+        int several = strcmp(p.join, "auto") && !off
+                          ? (snprintf(id, sizeof id, "%s", p.join), 1)
+                          : launcher_key(id, sizeof id, &who);
+        if (off)
+            who = p.npy ? "a container per task" : "--no-join";
+        /* A squashfs image mounted by squashfuse can be shared too: the FUSE server
+         * serves the keeper's mount namespace until its last process is gone. */
+        int joinable = !(p.flags & (HPCRUN_F_PID | HPCRUN_F_MONITOR));
+        if (several && joinable && !off) {
+            snprintf(base, sizeof base, "join-%016llx", (unsigned long long)fnv(id));
+            node_container(&p, &s, key, base, id);
+        }
+        if (several)
+            s.envp = separate_env(s.envp, joinable || off ? who
+                                                          : "--pid=private or a STOPSIGNAL");
     }
     char err[1024];
     int code;

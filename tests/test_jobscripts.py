@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.userns]
 HERE = os.path.dirname(os.path.abspath(__file__))
 JOBSCRIPTS = os.path.join(os.path.dirname(HERE), "jobscripts")
 TESTED = {"single.sh", "array.sh", "multistep.sh", "pipeline.sh", "scratch.sh", "mpi.sh",
-          "demo.sh"}
+          "demo.sh", "mpirun.sh"}    # mpirun.sh: tests/test_mpi_jobscript.py
 
 
 def test_every_jobscript_has_a_test():

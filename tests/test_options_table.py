@@ -29,8 +29,8 @@ SAMPLES = {
 
 
 def sample(o):
-    if o.kind == options.CHOICE:
-        return o.choices[-1]
+    if o.kind in (options.CHOICE, options.OPTIONAL):
+        return o.choices[-1]      # an optional value: what the bare spelling gives
     return SAMPLES[o.attr]
 
 

@@ -128,7 +128,14 @@ def collect() -> list:
                "pid and network namespaces, FUSE, cgroups, Slurm, and what to ask the "
                "admin for. Exit status 0 when containers can run here, 1 otherwise.")
 @format_option("text", "json")
-def check(out) -> int:
+@click.option("--mpi", "mpi_image", metavar="IMAGE",
+              help="what --mpi=host would bind for IMAGE, and why (exit 1: refused)")
+def check(out, mpi_image) -> int:
+    if mpi_image:
+        from hpcrun import mpi
+        text, code = mpi.check_report(mpi_image, out)
+        sys.stdout.write(text)
+        return code
     results = collect()
     slurm = _slurm_line()
     tasks = _task_line()

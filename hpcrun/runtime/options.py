@@ -21,8 +21,9 @@ ALL = frozenset((RUN, TASK, PLAN, SRUN, JOB))
 TASKS = frozenset((TASK, PLAN, SRUN, JOB))     # Slurm tasks only
 
 # Option kinds: flag (True), off (False), value (one argument), list (repeatable,
-# appends), choice (one of `choices`).
-FLAG, OFF, VALUE, LIST, CHOICE = "flag", "off", "value", "list", "choice"
+# appends), choice (one of `choices`), optional (`--NAME` alone gives choices[0],
+# `--NAME=VALUE` gives VALUE; never takes the next word).
+FLAG, OFF, VALUE, LIST, CHOICE, OPTIONAL = "flag", "off", "value", "list", "choice", "optional"
 
 
 class Option:
@@ -98,6 +99,17 @@ TABLE = (
     Option("--unpack", "unpack", FLAG,
            "squashfs: extract once to a node-local cache instead of FUSE "
            "(Slurm tasks always do)", where=frozenset((RUN,)), pyxis=""),
+    Option("--join", "join", OPTIONAL,
+           "one container per node for the ranks of an MPI launch (the default under "
+           "mpirun, mpiexec, srun); =KEY: join the node's container of KEY",
+           choices=("auto",), metavar="[=KEY]", where=frozenset((RUN,)), pyxis=""),
+    Option("--no-join", "no_join", FLAG,
+           "a container per rank (MPI then avoids cross-memory attach between them)",
+           where=frozenset((RUN,)), pyxis=""),
+    Option("--mpi", "mpi", CHOICE,
+           "host: the host's MPI and fabric libraries over the image's ABI-compatible MPI "
+           "(see 'hpcrun check --mpi IMAGE')", choices=("image", "host"),
+           where=frozenset((RUN, TASK)), pyxis=""),
     Option("--preserve-fds", "preserve_fds", VALUE,
            "keep descriptors 3 .. 2+N open in the command (the others above 2 are "
            "closed; PMI_FD's always stays)", metavar="N", where=frozenset((RUN,)), pyxis=""),
@@ -190,6 +202,12 @@ def parse(argv, entry: str = RUN):
         if opt is None or entry not in opt.where:
             where = "" if opt is None else f" (it applies to {', '.join(sorted(opt.where))})"
             raise UsageError(f"unknown option {a!r} for {entry}{where}", usage_hint(entry))
+        if opt.kind == OPTIONAL:
+            if eq and not inline:
+                raise UsageError(f"option {name}= needs a value", usage_hint(entry))
+            vals[opt.attr] = inline if eq else opt.choices[0]
+            i += 1
+            continue
         if not opt.takes_value:
             if eq:
                 raise UsageError(f"option {name} takes no value", usage_hint(entry))
@@ -249,6 +267,9 @@ def to_argv(values: dict) -> list:
         elif o.kind in (FLAG, OFF):
             if bool(v) != bool(o.default):
                 out.append(o.name)
+        elif o.kind == OPTIONAL:
+            if v is not None:
+                out.append(o.name if v == o.choices[0] else f"{o.name}={v}")
         elif v is not None and v != o.default:
             out.append(f"{o.name}={v}")
     return out
@@ -265,6 +286,8 @@ def help_text(entry: str, usage: str, about: str, extra: str = "") -> str:
             spell += ", " + ", ".join(o.aliases)
         if o.takes_value:
             spell += " " + o.metavar
+        elif o.kind == OPTIONAL:
+            spell += o.metavar
         if len(spell) > 28:
             lines.append(f"  {spell}")
             lines.append(f"  {'':28} {o.help}")

@@ -81,6 +81,9 @@ def prepare(opts, context: str = RUN, environ=None, *, python=(), task_args=()):
     if slurm and opts.scratch and not (environ.get("SLURM_TMPDIR") or environ.get("TMPDIR")):
         environ["TMPDIR"] = "/tmp"    # each task binds its own; Slurm's default
     image, sq = resolve(opts, context)
+    if opts.mpi == "host":
+        from hpcrun import mpi           # the host's MPI: read-only binds, LD_LIBRARY_PATH
+        opts = mpi.with_host_mpi(opts, image)
     conf = image.config or {}
     if opts.entrypoint is not None:
         default = [opts.entrypoint] if opts.entrypoint else []
@@ -98,15 +101,20 @@ def prepare(opts, context: str = RUN, environ=None, *, python=(), task_args=()):
     spec = launch.plan(popts.replace(command=opts.command or ("true",)), image, environ)
     fixed, own = envpolicy.split(list(conf.get("Env") or ()) + list(spec.extra_env),
                                  opts.env_files, opts.env)
-    extra = {}
+    # The executor binds a PMIx server's directory (PMIX_SERVER_TMPDIR: mpirun's,
+    # srun's) where an invocation has one; Slurm's per-step directory too in tasks.
+    extra = {"pmix": True}
     if slurm:
         # lazy: keeps hpcrun run's start-up small
         from hpcrun.slurm import prepare as slurmprep
         extra = dict(pmix=True, tmpfs=slurmprep.tmpfs_pattern(environ),
                      cache=slurmprep.cache_base(),
                      share=bool(opts.node_container) and context == PLAN)
+    from hpcrun import mpi
     word = planfmt.make(opts, image, spec, fixed_env=fixed, own_env=own, sq=sq,
-                        python=python, task_args=task_args, pertask=pertask, **extra)
+                        python=python, task_args=task_args, pertask=pertask,
+                        join=mpi.join_word(opts, context, extra.get("share", False)),
+                        pmixv=mpi.pmix_word(image), **extra)
     return word, spec, image
 
 

@@ -32,6 +32,13 @@ any byte but letters, digits and "/._+@-". Keys (repeatable ones *):
   tmpfs=PATTERN    Slurm's TmpFS (%n, %h expanded by the executor), for those
   cache=DIR        node cache base (HPCRUN_NODE_CACHE wins)
   share=1          one container per node and step
+  join=auto|off|KEY  the ranks of an MPI launch on a node (mpirun, mpiexec.hydra,
+                     srun; told by their variables) share one container: the
+                     launch's (auto), KEY's (--join=KEY), or none (off: --no-join,
+                     a container per task); ranks left in user namespaces of their
+                     own get MPI settings that work between them (hpcrun/mpi.py)
+  pmixv=MAJOR.MINOR  the image's PMIx client version: a launcher's PMIx server it
+                     can't reach is an error before the command starts
   pertask=1        devices (--gpus, --device, --nv): the executor runs `hpcrun task ARGS`
                    on each node, which plans them with that node's and step's GPUs
   lim=T:M:S:N:I    resource limits (hpcrun/cgroups.py): tier, memory and memory+swap
@@ -75,7 +82,8 @@ def decode_args(word: str) -> list:
 
 
 def make(opts, image, spec, *, fixed_env, own_env, sq=None, pmix=False, tmpfs=None,
-         cache=None, share=False, python=(), task_args=(), pertask=False) -> str:
+         cache=None, share=False, python=(), task_args=(), pertask=False, join=None,
+         pmixv=None) -> str:
     """The plan word for a planned container (runtime/pipeline.py calls this).
 
     spec: the launch.plan() Spec of (opts, image); fixed_env/own_env: the env policy
@@ -127,6 +135,10 @@ def make(opts, image, spec, *, fixed_env, own_env, sq=None, pmix=False, tmpfs=No
         words.append("cache=" + esc(cache))
     if share:
         words.append("share=1")
+    if join:
+        words.append("join=" + esc(join))
+    if pmixv:
+        words.append("pmixv=" + esc(pmixv))
     if pertask:
         words.append("pertask=1")
     lim = spec.limits
