@@ -101,13 +101,13 @@ def _read(path: str) -> bytes:
 
 
 def _glibc_versions(data: bytes) -> list:
-    import re
+    import re  # lazy: keeps hpcrun run's start-up small
     return sorted({int(m) for m in re.findall(rb"GLIBC_2\.(\d+)", data)})
 
 
 def _version(family: str, root: str, libpath: str) -> str:
     """The MPI's release (4.1.4, 4.0.2), read from its libraries' strings."""
-    import re
+    import re  # lazy: keeps hpcrun run's start-up small
     real = os.path.realpath(root + libpath) if root else os.path.realpath(libpath)
     d = os.path.dirname(real)
     if family == "Open MPI":
@@ -124,7 +124,7 @@ def _version(family: str, root: str, libpath: str) -> str:
 
 def _closure(paths) -> list:
     """The host libraries these ELF files need (ldd), less the C library's own."""
-    import subprocess
+    import subprocess  # lazy: keeps hpcrun run's start-up small
     out = []
     seen = set()
     for p in paths:
@@ -241,12 +241,12 @@ def with_host_mpi(opts, image):
     """opts with what --mpi=host adds (runtime/launch.py plan calls this): the host's
     libraries bound read-only, and LD_LIBRARY_PATH with their directory first (then the
     image's own LD_LIBRARY_PATH). Raises UsageError for an incompatible image."""
-    from hpcrun.errors import UsageError
+    from hpcrun.errors import UsageError  # lazy: keeps hpcrun run's start-up small
     try:
         plan = host_plan(image_root(image))
     except HostMPIError as e:
         raise UsageError(e.what, e.hint) from None
-    from hpcrun import log
+    from hpcrun import log  # lazy: keeps hpcrun run's start-up small
     log.info(f"--mpi=host: {plan['why']}; binding {len(plan['binds'])} host paths")
     old = next((kv.partition("=")[2] for kv in (image.config or {}).get("Env") or ()
                 if kv.startswith("LD_LIBRARY_PATH=")), "")
@@ -259,10 +259,10 @@ def with_host_mpi(opts, image):
 def check_report(image: str, fmt: str = "text") -> tuple:
     """`hpcrun check --mpi IMAGE [--format json]`: (text, exit status): what --mpi=host
     would bind for IMAGE and why, or why it would refuse (status 1)."""
-    import json
+    import json  # lazy: keeps hpcrun run's start-up small
     words = [image]
     try:
-        from hpcrun.runtime import image as img
+        from hpcrun.runtime import image as img  # lazy: keeps hpcrun run's start-up small
         plan = host_plan(image_root(img.resolve(words[0])))
     except HostMPIError as e:
         if fmt == "json":

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 from .errors import NotFound
 
 BUSYBOX = "/bin/busybox"
@@ -129,7 +130,6 @@ def make_python_tree(root: str, mpi4py: str = "") -> list:
     """The host's python3 interpreter, its standard library (without tests and idle) and
     mpi4py (Debian's, or the package directory given), copied to the same paths in root
     (mpi4py to Debian's); returns the ELF files whose libraries the image then needs."""
-    import sysconfig
     exe = os.path.realpath("/usr/bin/python3")
     os.makedirs(root + "/usr/bin", exist_ok=True)
     shutil.copy2(exe, root + exe)

@@ -132,7 +132,7 @@ def collect() -> list:
               help="what --mpi=host would bind for IMAGE, and why (exit 1: refused)")
 def check(out, mpi_image) -> int:
     if mpi_image:
-        from hpcrun import mpi
+        from hpcrun import mpi  # lazy: only this command needs it
         text, code = mpi.check_report(mpi_image, out)
         sys.stdout.write(text)
         return code

@@ -110,7 +110,7 @@ def prepare(opts, context: str = RUN, environ=None, *, python=(), task_args=()):
         extra = dict(pmix=True, tmpfs=slurmprep.tmpfs_pattern(environ),
                      cache=slurmprep.cache_base(),
                      share=bool(opts.node_container) and context == PLAN)
-    from hpcrun import mpi
+    from hpcrun import mpi  # lazy: keeps hpcrun run's start-up small
     word = planfmt.make(opts, image, spec, fixed_env=fixed, own_env=own, sq=sq,
                         python=python, task_args=task_args, pertask=pertask,
                         join=mpi.join_word(opts, context, extra.get("share", False)),
