@@ -152,3 +152,6 @@ def test_demo(slurm_cluster, user, user_tmp):
     assert len(nodes) == 2
     assert 'PRETTY_NAME="hpcrun example image (BusyBox' in cp.stdout
     assert len(prepare_log(os.path.join(user_tmp, "nodecache"))) == 2
+    # nothing of hpcrun's own in the job's output: the unpacking (once per node) used to
+    # print the node cache's path into it (issue 13)
+    assert "nodecache" not in cp.stdout and "/var/tmp/hpcrun" not in cp.stdout, cp.stdout

@@ -10,13 +10,18 @@ from __future__ import annotations
 import os
 
 from hpcrun.errors import ImageError, NotFound
-from hpcrun.image import ociconfig
 from hpcrun.runtime.spec import _Frozen
 
 CONFIG = ".hpcrun/config.json"
 SQUASHFS_MAGIC = b"hsqs"
 # A directory counts as a root file system when it holds one of these.
 ROOT_MARKERS = ("bin", "usr", "sbin", "lib")
+
+
+def _oci():
+    # lazy: only an image that has a config needs the validator (hpcrun run's hot path)
+    from hpcrun.image import ociconfig
+    return ociconfig
 
 
 class Image(_Frozen):
@@ -28,14 +33,14 @@ class Image(_Frozen):
 
 def _inner(conf) -> dict:
     """The OCI image config keeps Env/Cmd/... under "config"; accept that object too."""
-    return ociconfig.inner(conf)
+    return _oci().inner(conf)
 
 
 def dir_config(root: str) -> dict:
     p = os.path.join(root, CONFIG)
     if not os.path.isfile(p):
         return {}
-    return ociconfig.inner(ociconfig.read(p))
+    return _oci().inner(_oci().read(p))
 
 
 UNPACK_SETTING = "HPCRUN_UNPACK_CACHE"
@@ -79,9 +84,9 @@ def squashfs_config(path: str) -> dict:
         fd = -1
     if fd >= 0:
         with os.fdopen(fd, "rb") as f:
-            raw = f.read(ociconfig.MAX_BYTES + 1)
+            raw = f.read(_oci().MAX_BYTES + 1)
         try:
-            return ociconfig.inner(ociconfig.loads(raw or b"{}", what))
+            return _oci().inner(_oci().loads(raw or b"{}", what))
         except ImageError:
             pass            # a damaged copy: the file itself decides, and replaces it
     from hpcrun import proc  # lazy: keeps hpcrun run's start-up small
@@ -89,14 +94,14 @@ def squashfs_config(path: str) -> dict:
         return {}
     cp = proc.run(["unsquashfs", "-cat", path, CONFIG], check=False, text=False)
     raw = cp.stdout if cp.returncode == 0 and cp.stdout else b"{}"
-    conf = ociconfig.loads(raw, what)
+    conf = _oci().loads(raw, what)
     try:
         if cache:
             from hpcrun.fsutil import atomic_write  # lazy: keeps hpcrun run's start-up small
             atomic_write(cache, raw, mode=0o600)
     except OSError:
         pass   # a full cache only costs the next run a subprocess
-    return ociconfig.inner(conf)
+    return _oci().inner(conf)
 
 
 def is_squashfs(path: str) -> bool:
@@ -162,7 +167,7 @@ def _from_store(name: str) -> Image:
     path, conf = for_run(name)
     path = os.fspath(path)
     kind = "dir" if os.path.isdir(path) else "squashfs"
-    conf = ociconfig.inner(ociconfig.validate(conf, f"of image {name}")) if conf else {}
+    conf = _oci().inner(_oci().validate(conf, f"of image {name}")) if conf else {}
     return Image(path=path, kind=kind, config=conf, name=name)
 
 
