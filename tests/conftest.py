@@ -13,6 +13,22 @@ pytest_plugins = ["fixtures_runtime", "fixtures_image", "fixtures_registry", "fi
                   "fixtures_instance", "fixtures_workflow"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _default_signal_dispositions():
+    """Signals ignored by whoever started the suite (nohup, a background job of a
+    non-interactive shell) stay ignored in every child, and a shell cannot trap a signal
+    ignored on entry: the signal tests would fail for a reason of the caller's. Start
+    from the defaults."""
+    import signal
+    if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGQUIT) == signal.SIG_IGN:
+        signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+    yield
+
+
 @pytest.fixture(scope="session")
 def user() -> util.User:
     """The unprivileged user that hpcrun runs as in tests (created if missing; needs root)."""
