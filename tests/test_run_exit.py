@@ -61,8 +61,13 @@ def _start(user, *args):
 def test_signal_reaches_the_command(user, rt_image, pid, sig):
     p = _start(user, f"--pid={pid}", rt_image, "sh", "-c",
                f"trap 'echo got; exit 7' {sig}; echo ready; while :; do sleep 0.1; done")
-    p.send_signal(getattr(signal, "SIG" + sig))
-    rest, err = p.communicate(timeout=30)
+    try:
+        p.send_signal(getattr(signal, "SIG" + sig))
+        rest, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:      # a failure must not leave the container running
+            p.kill()
+            p.communicate()
     assert (p.returncode, rest.strip()) == (7, "got"), err
 
 
