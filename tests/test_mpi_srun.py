@@ -82,7 +82,12 @@ def _ranks(out: str) -> list:
     return [line.split()[1:] for line in out.splitlines() if line.startswith("RANK ")]
 
 
-@pytest.mark.parametrize("pmi,mpi", [("pmix", "openmpi"), ("pmi2", "mpich")])
+# MPICH under srun --mpi=pmi2 across the local cluster's nodes sometimes never ends
+# after every rank has printed its result (MPICH's UCX over TCP between the nodes'
+# containers, all on one machine); seen in 2 of 4 full CI runs, never alone. Until it
+# is understood it runs with the scale tests (-m slow), not in CI's default selection.
+@pytest.mark.parametrize("pmi,mpi", [("pmix", "openmpi"),
+                                     pytest.param("pmi2", "mpich", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("nodes", [2, 4])
 def test_srun_mpi4py_allreduce_across_nodes(slurm_cluster, user, user_tmp, py_images,
                                             pmi, mpi, nodes):
