@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from hpcrun.errors import UsageError
-from hpcrun.runtime import options
+from hpcrun.runtime import options, pipeline
 
 ABOUT = "Run CMD in IMAGE (a root directory, a squashfs file or an image name), rootless."
 EXIT = """Exit status: the command's; 125 hpcrun failed, 126 cannot execute, 127 not found,
@@ -24,20 +23,16 @@ def usage() -> str:
 
 
 def parse(argv: list, entry: str = options.RUN):
-    """argv after 'run' (or 'task') -> RunOptions; options stop at IMAGE."""
-    from hpcrun.runtime.spec import RunOptions  # lazy: keeps hpcrun run's start-up small
-    vals, image, command, help_asked = options.parse(argv, entry)
-    if help_asked:
+    """argv after 'run' (or 'task') -> RunOptions; options stop at IMAGE (the runtime's
+    run_options), and -h/--help prints this command's help."""
+    try:
+        return pipeline.run_options(argv, entry)
+    except pipeline.HelpAsked:
         sys.stdout.write(usage())
-        raise SystemExit(0)
-    if image is None:
-        raise UsageError("no image given",
-                         f"usage: hpcrun {entry} [OPTIONS] IMAGE [--] CMD [ARG...]")
-    return RunOptions(image=image, command=tuple(command), **vals)
+        raise SystemExit(0) from None
 
 
 def main(verb: str, argv: list) -> int:
-    from hpcrun.runtime import pipeline  # lazy: keeps hpcrun run's start-up small
     opts = parse(argv)
     i = options.image_index(argv, options.RUN)
     return pipeline.run(opts, words=argv[:i + 1] if i >= 0 else None)

@@ -23,17 +23,24 @@ import os
 import sys
 
 from hpcrun.errors import ImageError, UsageError
-from hpcrun.runtime import options
+from hpcrun.runtime import env as envpolicy
+from hpcrun.runtime import image as img
+from hpcrun.runtime import launch, options
+from hpcrun.runtime import plan as planfmt
+from hpcrun.runtime.spec import RunOptions
 
 RUN, TASK, PLAN = options.RUN, options.TASK, options.PLAN
 
 
+class HelpAsked(UsageError):
+    """-h/--help among the options: the command line (hpcrun/cli) prints its help."""
+
+
 def run_options(argv, entry: str = RUN):
     """Option words (+ IMAGE [--] CMD) -> RunOptions; UsageError for bad options."""
-    from hpcrun.runtime.spec import RunOptions  # lazy: keeps hpcrun run's start-up small
     vals, image, command, help_asked = options.parse(list(argv), entry)
     if help_asked:
-        raise UsageError(f"--help is not an option here", f"run 'hpcrun {entry} --help'")
+        raise HelpAsked("--help is not an option here", f"run 'hpcrun {entry} --help'")
     if image is None:
         raise UsageError("no IMAGE given" if entry != RUN else "no image given",
                          f"usage: hpcrun {entry} [OPTIONS] IMAGE [--] CMD [ARG...]")
@@ -43,8 +50,6 @@ def run_options(argv, entry: str = RUN):
 def resolve(opts, context: str = RUN):
     """The image to plan, as the context needs it: (Image, squashfs file the executor
     unpacks or None)."""
-    from hpcrun.runtime import image as img  # lazy: keeps hpcrun run's start-up small
-    from hpcrun.runtime import launch  # lazy: keeps hpcrun run's start-up small
     image = img.resolve(opts.image)
     if image.kind != "squashfs":
         return image, None
@@ -73,9 +78,6 @@ def resolve(opts, context: str = RUN):
 
 def prepare(opts, context: str = RUN, environ=None, *, python=(), task_args=()):
     """Plan the container of `opts` for `context`: (plan word, Spec, Image)."""
-    from hpcrun.runtime import env as envpolicy  # lazy: keeps hpcrun run's start-up small
-    from hpcrun.runtime import launch  # lazy: keeps hpcrun run's start-up small
-    from hpcrun.runtime import plan as planfmt  # lazy: keeps hpcrun run's start-up small
     environ = dict(os.environ if environ is None else environ)
     slurm = context in (TASK, PLAN)
     if slurm and opts.scratch and not (environ.get("SLURM_TMPDIR") or environ.get("TMPDIR")):
@@ -153,7 +155,6 @@ def run(opts, context: str = RUN, words=None) -> int:
     the C launcher (runtime/plancache.py) under them."""
     word, spec, image = prepare(opts, context)
     if os.environ.get("HPCRUN_VERBOSE", "0") not in ("", "0", "1"):
-        from hpcrun.runtime import launch  # lazy: keeps hpcrun run's start-up small
         launch._log_spec(spec)
     lim = spec.limits
     if lim is not None or opts.ulimits:
