@@ -57,6 +57,23 @@ def launcher_header(root: str) -> str:
     return out
 
 
+def _site_packages(python: str):
+    """Where this build installs hpcrun for `python` (its scheme's purelib, if the same
+    as platlib), for the launcher's start without `site` (cext/launcher.c); None where
+    it cannot be named safely."""
+    import subprocess
+    try:
+        out = subprocess.run([python, "-c", "import sysconfig; p = sysconfig.get_paths(); "
+                              "print(p['purelib']); print(p['platlib'])"],
+                             capture_output=True, text=True, check=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    pure, plat = (out.splitlines() + ["", ""])[:2]
+    if pure != plat or not pure.startswith("/") or any(c in pure for c in "'\\\"\n"):
+        return None
+    return pure
+
+
 def build_launcher(root: str, out: str, python: str, cc=None) -> str:
     """Compile the `hpcrun` command (cext/launcher.c + the plan executor) into `out`,
     for the interpreter `python` (its slow path)."""
@@ -65,7 +82,9 @@ def build_launcher(root: str, out: str, python: str, cc=None) -> str:
     launcher_header(root)
     cc = cc or (sysconfig.get_config_var("CC") or "cc").split()
     c = os.path.join(root, "cext")
-    cmd = cc + CFLAGS + ["-DHPCRUN_NO_TASK_ENTRY", f'-DHPCRUN_PYTHON="{python}"',
+    site = _site_packages(python)
+    defs = [f'-DHPCRUN_SITE="{site}"'] if site else []
+    cmd = cc + CFLAGS + defs + ["-DHPCRUN_NO_TASK_ENTRY", f'-DHPCRUN_PYTHON="{python}"',
                          "-I", c, "-o", out + ".new",
                          os.path.join(c, "launcher.c"), os.path.join(c, "task.c"),
                          os.path.join(c, "core.c"), os.path.join(c, "seccomp.c"),

@@ -70,6 +70,25 @@ static const char PY_MAIN[] =
     "import sys; sys.path[:] = [p for p in sys.path if p not in ('', '.')]; "
     "sys.argv[0] = sys.argv.pop(1); from hpcrun.cli.main import main; sys.exit(main())";
 
+/* `hpcrun run` planned by Python (a plan-cache miss) starts the interpreter without
+ * `site` (-S: its .pth files, sitecustomize and user site cost ~2 ms here), with the
+ * site-packages directory hpcrun was installed into (HPCRUN_SITE, from the build) put
+ * where site would put it. Only where hpcrun really is in that directory: an editable
+ * install (.pth), a --user install or a moved one takes the ordinary start. */
+#ifdef HPCRUN_SITE
+static const char PY_MAIN_NOSITE[] =
+    "import sys; sys.path[:] = [p for p in sys.path if p not in ('', '.')]; "
+    "sys.path.append(" "'" HPCRUN_SITE "'" "); "
+    "sys.argv[0] = sys.argv.pop(1); from hpcrun.cli.main import main; sys.exit(main())";
+
+static int nosite_ok(void)
+{
+    /* hpcrun and cffi (the C core's loader) both there: nothing else is on run's path */
+    return access(HPCRUN_SITE "/hpcrun/cli/main.py", R_OK) == 0 &&
+           access(HPCRUN_SITE "/cffi/__init__.py", R_OK) == 0;
+}
+#endif
+
 static uint64_t fnv_add(uint64_t h, const char *s, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
@@ -96,15 +115,24 @@ static void slow_path(int argc, char **argv)
                 python = py;
         }
     }
-    char **a = calloc((size_t)argc + 4, sizeof *a);
+    char **a = calloc((size_t)argc + 5, sizeof *a);
     if (!a) {
         dprintf(2, "hpcrun: error: out of memory\n");
         _exit(HPCRUN_EXIT_FAILED);
     }
     int k = 0;
     a[k++] = (char *)python;
-    a[k++] = "-c";
-    a[k++] = (char *)PY_MAIN;
+#ifdef HPCRUN_SITE
+    if (argc >= 2 && !strcmp(argv[1], "run") && nosite_ok() && !getenv("HPCRUN_WITH_SITE")) {
+        a[k++] = "-S";
+        a[k++] = "-c";
+        a[k++] = (char *)PY_MAIN_NOSITE;
+    } else
+#endif
+    {
+        a[k++] = "-c";
+        a[k++] = (char *)PY_MAIN;
+    }
     a[k++] = argv[0];
     for (int i = 1; i < argc; i++)
         a[k++] = argv[i];

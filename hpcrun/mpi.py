@@ -13,11 +13,14 @@ executor (cext/task.c) or by binds and variables in the plan.
 - pmix_word(): the image's PMIx client version, so that the executor can refuse a
   launcher's PMIx server the client can't reach (a clear error, not a hang).
 
-On the `hpcrun run` hot path (join_word, pmix_word): imports os only.
+The hot path's part (join_word, pmix_word) lives in hpcrun/runtime/mpiplan.py.
 """
 from __future__ import annotations
 
 import os
+
+from hpcrun.runtime.mpiplan import (LIB_DIRS, PMIX_LIBS, _find_lib, _inside,  # noqa: F401
+                                    _read, join_word, pmix_version, pmix_word)
 
 # For ranks in different user namespaces (the executor sets them, unless the user
 # did): Open MPI's cross-memory attach fails between user namespaces (and its
@@ -29,17 +32,6 @@ SEPARATE = ("OMPI_MCA_btl_vader_single_copy_mechanism=none", "UCX_POSIX_USE_PROC
             "UCX_TLS=^cma", "UCX_RNDV_THRESH=inf")
 
 
-def join_word(opts, context: str, share: bool) -> str | None:
-    """The plan's join= value for these options in this context (runtime/pipeline.py):
-    run: auto, KEY (--join=KEY) or off (--no-join); a Slurm task's own container
-    (not the step's node container): off."""
-    if context == "run":
-        if getattr(opts, "no_join", False):
-            return "off"
-        return getattr(opts, "join", None) or "auto"
-    return None if share else "off"
-
-
 # ---------------------------------------------------------------- --mpi=host
 #
 # The host's MPI library, its fabric libraries (libfabric, UCX, PMIx, hwloc) and their
@@ -47,8 +39,6 @@ def join_word(opts, context: str, share: bool) -> str | None:
 # same ABI: the MPICH ABI family (libmpi.so.12 / libmpich.so.12: MPICH, Intel MPI,
 # MVAPICH, Cray MPICH) or Open MPI of the same major version (libmpi.so.40).
 
-LIB_DIRS = ("/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu",
-            "/usr/lib64", "/lib64", "/usr/lib", "/usr/local/lib")
 # soname -> ABI family
 SONAMES = {"libmpi.so.40": "Open MPI", "libmpich.so.12": "MPICH ABI",
            "libmpi.so.12": "MPICH ABI"}
@@ -72,32 +62,6 @@ class HostMPIError(Exception):
     def __init__(self, what, hint):
         super().__init__(what)
         self.what, self.hint = what, hint
-
-
-def _find_lib(root: str, names) -> tuple:
-    """(soname, path inside root) of the first of `names` found under root's library
-    directories (and /opt/*/lib*), or (None, None)."""
-    dirs = list(LIB_DIRS)
-    try:
-        for o in sorted(os.listdir(root + "/opt")):
-            for sub in ("lib", "lib64"):
-                dirs.append(f"/opt/{o}/{sub}")
-    except OSError:
-        pass
-    for d in dirs:
-        for so in names:
-            p = d + "/" + so
-            if os.path.exists(root + p):
-                return so, p
-    return None, None
-
-
-def _read(path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError:
-        return b""
 
 
 def _glibc_versions(data: bytes) -> list:
@@ -289,44 +253,3 @@ def check_report(image: str, fmt: str = "text") -> tuple:
 # one that finds none does not fail cleanly. The plan carries the image's client
 # version (pmixv=); the executor (cext/task.c pmix_check) compares it with the
 # variables of each invocation.
-PMIX_LIBS = ("libpmix.so.2", "libpmix.so.1", "libpmix.so")
-
-
-def pmix_version(image_root: str) -> tuple | None:
-    """(major, minor, text) of the image's PMIx client library, or None (no PMIx, or
-    no version string found). Reads the library's bytes (no `re`: hot path)."""
-    _, path = _find_lib(image_root, PMIX_LIBS)
-    if path is None:
-        return None
-    data = _read(image_root + _inside(image_root, path))
-    for mark in (b"OpenPMIx ", b"PMIx v", b"pmix-"):
-        at = data.find(mark)
-        while at >= 0:
-            j = at + len(mark)
-            k = j
-            while k < len(data) and data[k:k + 1] in b"0123456789.abcrc":
-                k += 1
-            text = data[j:k].decode("ascii", "replace").rstrip(".")
-            parts = text.split(".")
-            if len(parts) >= 2 and parts[0].isdigit() and parts[1].isdigit():
-                return int(parts[0]), int(parts[1]), text
-            at = data.find(mark, k)
-    return None
-
-
-def _inside(root: str, path: str) -> str:
-    """path inside the image with its symlinks resolved within the image."""
-    for _ in range(16):
-        if not os.path.islink(root + path):
-            return path
-        t = os.readlink(root + path)
-        path = t if t.startswith("/") else os.path.normpath(os.path.join(os.path.dirname(path), t))
-    return path
-
-
-def pmix_word(image) -> str | None:
-    """The plan's pmixv= value: the image's PMIx client MAJOR.MINOR, where it has one."""
-    if image.kind != "dir" or not os.path.isdir(image.path):
-        return None
-    v = pmix_version(image.path)
-    return f"{v[0]}.{v[1]}" if v else None

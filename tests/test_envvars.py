@@ -11,7 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # C preprocessor names and generated tables, not environment variables
 NOT_ENV = re.compile(r"HPCRUN_(F|M|EXIT|PROBE|TIER)_[A-Z0-9_]*|HPCRUN_CORE_H|HPCRUN_NO_TASK_ENTRY|"
                      r"HPCRUN_PYTHON|HPCRUN_VALUE_OPTIONS|HPCRUN_F_|HPCRUN_M_|HPCRUN_EXIT_|"
-                     r"HPCRUN_INSTANCE_(STATE|UPPER)_FD")
+                     r"HPCRUN_INSTANCE_(STATE|UPPER)_FD|HPCRUN_SITE")
 
 
 def used() -> set:
