@@ -161,7 +161,8 @@ def measure(rounds: int, image: str, sqfs: str | None) -> None:
         print(f"{k:16} {med[k]:10.2f} {p10:7.2f} {p90:7.2f} {xch:>9} {med[k] / med['bare']:8.2f}")
     for k, why in skipped.items():
         print(f"{k:16} skipped: {why}")
-    for k, base in (("hpcrun", "baseline"), ("hpcrun pid", "baseline pid")):
+    for k, base in (("hpcrun", "baseline"), ("hpcrun cold", "baseline"),
+                    ("hpcrun pid", "baseline pid")):
         if k in med and base in med:
             print(f"{k} / {base}: median {med[k] / med[base]:.3f}, "
                   f"p10 {sorted(times[k])[len(times[k]) // 10] / sorted(times[base])[len(times[base]) // 10]:.3f}")
