@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -221,3 +222,50 @@ def test_a_planted_hpcrun_package_in_the_cwd_is_not_imported(user, user_tmp):
             os.chmod(os.path.join(root, n), 0o755)
     cp = util.as_user(user, [util.HPCRUN, "--version"], cwd=user_tmp)
     assert cp.returncode == 0 and "PLANTED" not in cp.stdout and cp.stdout.startswith("hpcrun ")
+
+
+def installed_in_site_packages() -> bool:
+    """Whether this venv's hpcrun is a real install (the launcher's -S start applies)."""
+    cp = subprocess.run([sys.executable, "-c",
+                         "import hpcrun, cffi, os, sysconfig; p = sysconfig.get_paths()['purelib'];"
+                         "print(all(os.path.realpath(m.__file__).startswith(os.path.realpath(p))"
+                         " for m in (hpcrun, cffi)))"],
+                        capture_output=True, text=True, check=True)
+    return cp.stdout.strip() == "True"
+
+
+@pytest.mark.parametrize("with_site", [False, True])
+def test_planned_run_starts_python_without_site_where_installed(user, own_image, user_tmp,
+                                                                with_site):
+    """A planned run skips `site` (its .pth files, sitecustomize) where hpcrun is a real
+    install; HPCRUN_WITH_SITE=1, an editable install and every other command keep it."""
+    marker = os.path.join(user_tmp, "site-ran")
+    with open(os.path.join(user_tmp, "sitecustomize.py"), "w") as f:
+        f.write(f"open({marker!r}, 'w').close()\n")
+    os.chmod(os.path.join(user_tmp, "sitecustomize.py"), 0o644)
+    env = {"PYTHONPATH": user_tmp, "HPCRUN_NO_PLAN_CACHE": "1"}
+    if with_site:
+        env["HPCRUN_WITH_SITE"] = "1"
+    cp = util.as_user(user, [util.HPCRUN, "run", own_image, "--", "echo", "ran"], env=env)
+    assert cp.returncode == 0 and cp.stdout == "ran\n", cp.stderr
+    assert os.path.exists(marker) == (with_site or not installed_in_site_packages())
+    if os.path.exists(marker):
+        os.unlink(marker)
+    ok(util.as_user(user, [util.HPCRUN, "images"], env=env))   # other commands: with site
+    assert os.path.exists(marker)
+
+
+def test_a_planted_hpcrun_package_in_the_cwd_is_not_imported_by_run(user, user_tmp, own_image):
+    """The same for a planned run, whose Python starts without site."""
+    pkg = os.path.join(user_tmp, "hpcrun", "cli")
+    os.makedirs(pkg)
+    for d in (os.path.dirname(pkg), pkg):
+        open(os.path.join(d, "__init__.py"), "w").close()
+    with open(os.path.join(pkg, "main.py"), "w") as f:
+        f.write("def main():\n    print('PLANTED')\n    return 3\n")
+    for root, dirs, files in os.walk(user_tmp):
+        for n in dirs + files:
+            os.chmod(os.path.join(root, n), 0o755)
+    cp = util.as_user(user, [util.HPCRUN, "run", own_image, "--", "echo", "real"], cwd=user_tmp,
+                      env={"HPCRUN_NO_PLAN_CACHE": "1"})
+    assert cp.returncode == 0 and cp.stdout == "real\n", (cp.stdout, cp.stderr)
