@@ -209,17 +209,22 @@ def test_planted_plan_cache_is_refused(user, own_image):
     assert os.stat(d).st_uid == user.uid
 
 
-def test_a_planted_hpcrun_package_in_the_cwd_is_not_imported(user, user_tmp):
-    """The launcher's Python fallback must not import from the current directory."""
-    pkg = os.path.join(user_tmp, "hpcrun", "cli")
+def plant_hpcrun_package(d: str) -> None:
+    """An `hpcrun` package in d whose main() prints PLANTED (readable by the user)."""
+    pkg = os.path.join(d, "hpcrun", "cli")
     os.makedirs(pkg)
-    for d in (os.path.dirname(pkg), pkg):
-        open(os.path.join(d, "__init__.py"), "w").close()
+    for p in (os.path.dirname(pkg), pkg):
+        open(os.path.join(p, "__init__.py"), "w").close()
     with open(os.path.join(pkg, "main.py"), "w") as f:
         f.write("def main():\n    print('PLANTED')\n    return 3\n")
-    for root, dirs, files in os.walk(user_tmp):
+    for root, dirs, files in os.walk(d):
         for n in dirs + files:
             os.chmod(os.path.join(root, n), 0o755)
+
+
+def test_a_planted_hpcrun_package_in_the_cwd_is_not_imported(user, user_tmp):
+    """The launcher's Python fallback must not import from the current directory."""
+    plant_hpcrun_package(user_tmp)
     cp = util.as_user(user, [util.HPCRUN, "--version"], cwd=user_tmp)
     assert cp.returncode == 0 and "PLANTED" not in cp.stdout and cp.stdout.startswith("hpcrun ")
 
@@ -257,15 +262,7 @@ def test_planned_run_starts_python_without_site_where_installed(user, own_image,
 
 def test_a_planted_hpcrun_package_in_the_cwd_is_not_imported_by_run(user, user_tmp, own_image):
     """The same for a planned run, whose Python starts without site."""
-    pkg = os.path.join(user_tmp, "hpcrun", "cli")
-    os.makedirs(pkg)
-    for d in (os.path.dirname(pkg), pkg):
-        open(os.path.join(d, "__init__.py"), "w").close()
-    with open(os.path.join(pkg, "main.py"), "w") as f:
-        f.write("def main():\n    print('PLANTED')\n    return 3\n")
-    for root, dirs, files in os.walk(user_tmp):
-        for n in dirs + files:
-            os.chmod(os.path.join(root, n), 0o755)
+    plant_hpcrun_package(user_tmp)
     cp = util.as_user(user, [util.HPCRUN, "run", own_image, "--", "echo", "real"], cwd=user_tmp,
                       env={"HPCRUN_NO_PLAN_CACHE": "1"})
     assert cp.returncode == 0 and cp.stdout == "real\n", (cp.stdout, cp.stderr)
