@@ -11,7 +11,10 @@
 # MPI's shared-memory transport uses cross-memory attach as on bare metal; nothing to
 # add to the command line. The image needs an Open MPI of the host's major version
 # (here the host's own: 4.1) and the program; PROGRAM (default /opt/mpi/hello) is its
-# path inside the image. A squashfs image is unpacked once per node.
+# path inside the image. `--unpack`: a squashfs image (a file, or a store image kept
+# as one) is extracted once per node into the node-local unpack cache, no FUSE needed
+# (drop it where users may use FUSE: squashfuse then mounts it); a directory is used
+# as it is.
 #SBATCH --job-name=hpcrun-mpirun
 #SBATCH --nodes=2
 #SBATCH --ntasks-per-node=2
@@ -22,7 +25,7 @@ IMAGE=${IMAGE:?set IMAGE to an image with Open MPI: a rootfs directory, a squash
 PROGRAM=${PROGRAM:-/opt/mpi/hello}
 
 # One rank per Slurm task; TCP between the nodes, shared memory within a node.
-mpirun --mca btl self,vader,tcp hpcrun run "$IMAGE" -- "$PROGRAM"
+mpirun --mca btl self,vader,tcp hpcrun run --unpack "$IMAGE" -- "$PROGRAM"
 # Each rank's node and user namespace: one namespace per node.
-mpirun hpcrun run "$IMAGE" -- /bin/sh -c \
+mpirun hpcrun run --unpack "$IMAGE" -- /bin/sh -c \
     'echo "userns ${SLURMD_NODENAME:-$(hostname)} $(stat -L -c %i /proc/self/ns/user)"'

@@ -379,7 +379,9 @@ def test_bad_target_and_undeclared_build_arg(user, bstore, ctx):
 # ------------------------------------------------------------------ more forms
 
 
-def test_add_url_squashfs_format_and_copy_from_an_image(user, bstore, ctx, tmp_path):
+def test_add_url_squashfs_format_and_copy_from_an_image(user, bstore, ctx, tmp_path, rt_fuse_open):
+    # The squashfs-format image runs mounted with squashfuse (rt_fuse_open: a node that
+    # lets users use FUSE; here /dev/fuse is root-only).
     import http.server
     import threading
     served = tmp_path / "www"

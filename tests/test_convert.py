@@ -38,7 +38,9 @@ def _leftovers(d: str) -> list:
     return sorted(n for n in os.listdir(d) if ".hpcrun-convert-" in n)
 
 
-def test_round_trip_through_every_format_keeps_the_config(user, store_env, work):
+def test_round_trip_through_every_format_keeps_the_config(user, store_env, work, rt_fuse_open):
+    # The squashfs files run mounted with squashfuse (rt_fuse_open: a node that lets users
+    # use FUSE; here /dev/fuse is root-only).
     env = store_env
     steps = [("test/conf:1", "img.sqfs"), ("img.sqfs", "./tree"), ("tree", "img.tar.gz"),
              ("img.tar.gz", "test/back:1"), ("test/back:1", "again.tar"),
