@@ -310,6 +310,10 @@ def main() -> int:
                 print(f"--- after round {r + 1}:", flush=True)
                 report(r + 1, names, cases, extras, results, warnings, broken)
         report(a.rounds, names, cases, extras, results, warnings, broken)
+        print("\nevery run, in the order of the rounds:")
+        for key, rs in results.items():
+            print(f"  {' '.join(map(str, key))}: " + "  ".join(
+                "/".join(f"{v:.6g}" for v in x) for x in rs))
         return 0 if not [v for v in broken.values() if v.startswith("HANG")] else 1
 
 
