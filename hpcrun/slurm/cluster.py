@@ -575,6 +575,7 @@ class LocalCluster:
             "conf": self.conf_path,
             "controller": st["controller"],
             "controller_addr": st["controller_addr"],
+            "host_addr": st.get("host_addr"),
             "subnet": st["subnet"] + ".0/24",
             "cpus_per_node": st["cpus"],
             "memory_mb_per_node": st["memory_mb"],
