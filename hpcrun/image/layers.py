@@ -415,6 +415,30 @@ class Tree:
         self.stream_ok = True      # False when a hardlink's target was replaced later
         self.links: list[tuple[str, Node, str]] = []  # (path, node, target path)
         self.last_target = ""      # target of the hardlink add() returned last
+        self.first = 0             # layers already on disk (a seeded tree): not read again
+        self.seed_mtimes: dict[str, int] = {}  # directories of the seed: their mtime (ns)
+
+    @classmethod
+    def seeded(cls, listing: Sequence, first: int, size: int, layer_sizes: Sequence,
+               max_size: int | None = None) -> "Tree":
+        """The tree of an image made of `first` layers, from the listing of its unpacked
+        directory (fstree.link_clone's), as if those layers had been added: extract()
+        then applies only the layers after them, with the same whiteout, safety and
+        size rules as a fresh unpack. Every entry counts as one of the lower layers."""
+        t = cls(max_size)
+        lower = first - 1
+        for rel, kind, mtime_ns in listing:
+            if rel == "":
+                t.nodes[""].layer = lower
+                t.seed_mtimes[""] = mtime_ns
+                continue
+            t._insert(rel, Node(kind, lower, 0, 0o755 if kind == "d" else 0o644))
+            if kind == "d":
+                t.seed_mtimes[rel] = mtime_ns
+        t.first = first
+        t.size = size
+        t.layer_sizes = {i: n for i, n in enumerate(layer_sizes[:first])}
+        return t
 
     # -- checks
     def check_parents(self, path: str, what: str, name: str) -> list[str]:
@@ -611,17 +635,21 @@ def _rm(p: str) -> None:
         os.unlink(p)
 
 
-def extract(layers: Iterable, dest: str, *, max_size: int | None = None,
-            diff_ids: list | None = None) -> Tree:
-    """Unpack layers (paths or binary files, lowest first) into the empty directory dest.
+def extract(layers: Sequence, dest: str, *, max_size: int | None = None,
+            diff_ids: list | None = None, onto: Tree | None = None) -> Tree:
+    """Unpack layers (paths or binary files, lowest first) into the empty directory dest,
+    or, with onto (Tree.seeded), into dest that already holds the first onto.first
+    layers: only the others are read, applied on top of what is there.
 
     Raises ImageError for a hostile or damaged layer; the caller removes dest then.
     Returns the tree (its .size is the content size).
     """
-    tree = Tree(max_size)
+    tree = onto if onto is not None else Tree(max_size)
     dirs: dict[str, tuple[int, float]] = {}
+    touched: set = set()    # seeded directories whose entries changed: their mtime back
     cur = ""
-    for li, layer in enumerate(layers):
+    for li in range(tree.first, len(layers)):
+        layer = layers[li]
         what = f"layer {li + 1}"
         stream = open_layer(layer, what)
         try:
@@ -634,6 +662,9 @@ def extract(layers: Iterable, dest: str, *, max_size: int | None = None,
                 for d in missing:
                     os.mkdir(os.path.join(dest, d), 0o700)
                     dirs[d] = (0o755, m.mtime)  # like tar2sqfs's implicit directories
+                if onto is not None:
+                    for p in removed + missing + ([path] if action != "skip" else []):
+                        touched.add(_parent(p))
                 if action in ("skip", "whiteout"):
                     continue
                 full = os.path.join(dest, path) if path else dest
@@ -677,7 +708,18 @@ def extract(layers: Iterable, dest: str, *, max_size: int | None = None,
         finally:
             stream.close()
     tree.finish()
-    dirs.setdefault("", (0o755, tree.nodes[""].mtime))
+    if onto is None:
+        dirs.setdefault("", (0o755, tree.nodes[""].mtime))
+    else:
+        # a seeded directory the new layers did not name keeps its mtime, as in a
+        # fresh unpack (where the last layer naming it set it)
+        for path in touched:
+            n = tree.nodes.get(path)
+            if path not in dirs and n is not None and n.kind == "d" \
+                    and path in tree.seed_mtimes:
+                t = tree.seed_mtimes[path]
+                os.utime(os.path.join(dest, path) if path else dest, ns=(t, t),
+                         follow_symlinks=False)
     # Directory modes and times last: children change a directory's mtime, and a
     # read-only directory would have blocked its children.
     for path in sorted(dirs, key=len, reverse=True):
