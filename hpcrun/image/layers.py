@@ -697,6 +697,7 @@ def extract(layers: Sequence, dest: str, *, max_size: int | None = None,
                 elif action == "fifo":
                     os.mkfifo(full, 0o600)
                     os.chmod(full, (m.mode & 0o1777) | 0o600)
+                    os.utime(full, (m.mtime, m.mtime), follow_symlinks=False)
             verify_diff_id(stream, li, diff_ids, what)
         except tarfile.TarError as e:
             raise _damaged(what, e, stream) from e
