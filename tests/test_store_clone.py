@@ -9,7 +9,6 @@ SIGKILL in the middle leaves no half image.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -19,7 +18,7 @@ import pytest
 
 import util
 from fixtures_image import (D, F, FIFO, H, OPQ, S, WH, busybox_entries, hp, make_image, ok,
-                            records, write_docker_archive)
+                            records, tree_of, write_docker_archive)
 
 pytestmark = [pytest.mark.userns, pytest.mark.root]
 
@@ -65,28 +64,6 @@ def _root(store: str, img) -> str:
     return os.path.join(store, "images", img.id.split(":")[1], "rootfs")
 
 
-def _tree(root: str) -> tuple[dict, list]:
-    """Every entry below root: kind, mode, mtime (not under .hpcrun, written at commit
-    time), size and content digest or link target; and the groups of hard-linked paths."""
-    out, inodes = {}, {}
-    for dp, dn, fn in os.walk(root):
-        for n in dn + fn:
-            p = os.path.join(dp, n)
-            rel = os.path.relpath(p, root)
-            st = os.lstat(p)
-            meta = rel == ".hpcrun" or rel.startswith(".hpcrun/")
-            item = [stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode),
-                    None if meta else st.st_mtime_ns]
-            if stat.S_ISREG(st.st_mode):
-                with open(p, "rb") as f:
-                    item += [st.st_size, hashlib.sha256(f.read()).hexdigest()]
-                inodes.setdefault(st.st_ino, []).append(rel)
-            elif stat.S_ISLNK(st.st_mode):
-                item.append(os.readlink(p))
-            out[rel] = item
-    return out, sorted(sorted(g) for g in inodes.values() if len(g) > 1)
-
-
 def _load(user, env, path):
     return ok(hp(user, dict(env, HPCRUN_VERBOSE="1"), "load", "-i", path))
 
@@ -105,8 +82,8 @@ def test_cloned_tree_equals_a_fresh_unpack(user, both, images, user_tmp):
     fresh_env = {"HPCRUN_STORE": os.path.join(user_tmp, "fresh-store")}
     cp = _load(user, fresh_env, images["child_tar"])
     assert "onto a clone" not in cp.stderr
-    cloned, cloned_links = _tree(_root(both, images["child"]))
-    fresh, fresh_links = _tree(_root(fresh_env["HPCRUN_STORE"], images["child"]))
+    cloned, cloned_links = tree_of(_root(both, images["child"]))
+    fresh, fresh_links = tree_of(_root(fresh_env["HPCRUN_STORE"], images["child"]))
     assert cloned == fresh
     assert cloned_links == fresh_links
     # the new layers' whiteouts, opaque directory and replacements are applied
@@ -140,24 +117,24 @@ def test_parent_files_are_shared_and_unchanged(user, both, images, busybox_rootf
 
 def test_removing_the_child_leaves_the_parent_whole(user, both, images, user_tmp):
     env = {"HPCRUN_STORE": both}
-    before = _tree(_root(both, images["parent"]))
+    before = tree_of(_root(both, images["parent"]))
     ok(hp(user, env, "rmi", "test/child:1"))
     assert not os.path.exists(os.path.join(both, "images", images["child"].id.split(":")[1]))
-    assert _tree(_root(both, images["parent"])) == before
+    assert tree_of(_root(both, images["parent"])) == before
     fresh_env = {"HPCRUN_STORE": os.path.join(user_tmp, "fresh-parent")}
     _load(user, fresh_env, images["parent_tar"])
-    assert _tree(_root(fresh_env["HPCRUN_STORE"], images["parent"]))[0] == before[0]
+    assert tree_of(_root(fresh_env["HPCRUN_STORE"], images["parent"]))[0] == before[0]
     assert ok(hp(user, env, "run", "test/parent:1", "--", "cat", "/data/replace")).stdout \
         == "old content"
 
 
 def test_pruning_the_parent_leaves_the_child_whole(user, both, images):
     env = {"HPCRUN_STORE": both}
-    before = _tree(_root(both, images["child"]))
+    before = tree_of(_root(both, images["child"]))
     ok(hp(user, env, "rmi", "test/parent:1"))
     ok(hp(user, env, "prune"))
     assert records(both) == [images["child"].id.split(":")[1] + ".json"]
-    assert _tree(_root(both, images["child"])) == before
+    assert tree_of(_root(both, images["child"])) == before
     assert ok(hp(user, env, "run", "test/child:1")).stdout == "layer three\n"
 
 
@@ -165,7 +142,7 @@ def test_pruning_the_parent_leaves_the_child_whole(user, both, images):
 def test_sigkill_while_cloning_leaves_no_half_image(step, user, store_env, images):
     _load(user, store_env, images["parent_tar"])
     store = store_env["HPCRUN_STORE"]
-    before = _tree(_root(store, images["parent"]))
+    before = tree_of(_root(store, images["parent"]))
     cp = hp(user, dict(store_env, HPCRUN_TEST_CRASH_AT=step), "load", "-i",
             images["child_tar"])
     assert cp.returncode == -9
@@ -174,7 +151,7 @@ def test_sigkill_while_cloning_leaves_no_half_image(step, user, store_env, image
     assert os.listdir(os.path.join(store, "tmp")) == []      # cleaned by that command
     assert sorted(os.listdir(os.path.join(store, "images"))) == \
         [images["parent"].id.split(":")[1]]
-    assert _tree(_root(store, images["parent"])) == before
+    assert tree_of(_root(store, images["parent"])) == before
     cp = _load(user, store_env, images["child_tar"])
     assert "onto a clone" in cp.stderr
     assert ok(hp(user, store_env, "run", "test/child:1")).stdout == "layer three\n"
