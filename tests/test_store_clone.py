@@ -52,7 +52,14 @@ def images(busybox_rootfs):
     child = make_image(ls, compress="", cmd=["/bin/cat", "/etc/motd"])
     assert child.layers[0] == parent.layers[0]
     d = util.shared_tmpdir("hpcrun-clone-")
-    yield {"parent": parent, "child": child, "dir": d,
+    # a sibling of the child: layers 1-2, then another layer 3 (a rebuild after its
+    # last step changed): the child donates identical files of layer 2
+    sib_l3 = [WH("opt/b/x"), S("opt/c", "/opt/a"), F("etc/motd", "sibling\n"),
+              F("deep/er/file", "implicit dirs", mode=0o600)]
+    sibling = make_image(ls[:2] + [sib_l3], compress="", cmd=["/bin/cat", "/etc/motd"])
+    yield {"parent": parent, "child": child, "sibling": sibling, "dir": d,
+           "sibling_tar": write_docker_archive(os.path.join(d, "sibling.tar"), sibling,
+                                               ["test/sibling:1"]),
            "parent_tar": write_docker_archive(os.path.join(d, "parent.tar"), parent,
                                               ["test/parent:1"]),
            "child_tar": write_docker_archive(os.path.join(d, "child.tar"), child,
@@ -169,3 +176,27 @@ def test_prune_reports_only_what_removing_a_clone_frees(user, both, images):
     freed = float(num) * {"B": 1, "kB": 1e3, "MB": 1e6, "GB": 1e9}[unit]
     busybox = os.lstat(os.path.join(_root(both, images["parent"]), "bin", "busybox"))
     assert freed < busybox.st_blocks * 512 / 4, out
+
+
+def test_a_sibling_links_the_identical_files_of_the_child(user, both, images, user_tmp):
+    """Layers 1-2 shared with the child, layer 3 not: the parent is cloned, and layer
+    2's files are linked from the child where size, mode, time and bytes agree."""
+    cp = _load(user, {"HPCRUN_STORE": both}, images["sibling_tar"])
+    child_hex = images["child"].id.split(":")[1]
+    assert f"identical files linked from {child_hex[:12]}" in cp.stderr, cp.stderr
+    s_root, c_root = _root(both, images["sibling"]), _root(both, images["child"])
+
+    def ino(root, rel):
+        return os.lstat(os.path.join(root, rel)).st_ino
+    for rel in ("new", "data/replace", "opt/a/3", "ro/added"):       # layer 2: linked
+        assert ino(s_root, rel) == ino(c_root, rel), rel
+    assert ino(s_root, "new2") == ino(s_root, "new")                   # its hard link too
+    assert ino(s_root, "etc/motd") != ino(c_root, "etc/motd")          # other bytes
+    assert ino(s_root, "deep/er/file") != ino(c_root, "deep/er/file")  # another mode
+    fresh_env = {"HPCRUN_STORE": os.path.join(user_tmp, "fresh-sibling")}
+    _load(user, fresh_env, images["sibling_tar"])
+    assert tree_of(s_root) == tree_of(_root(fresh_env["HPCRUN_STORE"], images["sibling"]))
+    assert ok(hp(user, {"HPCRUN_STORE": both}, "run", "test/sibling:1")).stdout == "sibling\n"
+    # the child's files are still the child's
+    with open(os.path.join(c_root, "etc", "motd")) as f:
+        assert f.read() == "layer three\n"

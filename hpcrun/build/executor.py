@@ -820,12 +820,12 @@ class Builder:
         doc = self.cache.get_entry(key)
         if doc is not None and self.store.has_blob(doc["digest"]):
             return doc
-        write, gone = T.diff(self.cache.get_fs(prev_fs) if prev_fs else {},
-                             self.cache.get_fs(fsid))
+        new = self.cache.get_fs(fsid)
+        write, gone = T.diff(self.cache.get_fs(prev_fs) if prev_fs else {}, new)
         tmp = self.cache.tmp_path("layer")
         try:
             with open(tmp, "wb") as f:
-                self.cache.write_tar(self.cache.get_fs(fsid), f, write, gone)
+                self.cache.write_tar(new, f, write, gone)
             with open(tmp, "rb") as f:
                 digest, size = self.store.put_blob_file(f)
         finally:

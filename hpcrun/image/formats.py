@@ -30,13 +30,15 @@ def unpack_dir(layers: Sequence[str], dest: str, config: bytes, *, max_size: int
 
 def clone_dir(parent: str, first: int, size: int, layer_sizes: Sequence,
               layers: Sequence[str], out: str, config: bytes, *, max_size: int | None,
-              cloned=None):
+              cloned=None, donor: str | None = None):
     """Make the directory format at the new path `out` from `parent`, the unpacked
     directory of an image whose layers are the first `first` of `layers`: a hard-link
     clone of it (fstree.link_clone), then only the other layers unpacked on top
     (whiteouts and opaque directories applied as in a fresh unpack), then the config.
     size and layer_sizes are the parent's (its record's). `cloned`: called once the
     clone is made (the store releases the parent's lease and has a crash point there).
+    donor: another image's directory whose identical files are linked, not written
+    (layers.extract).
     Returns the layers.Tree, as unpack_dir does. On failure nothing is left at `out`."""
     try:
         listing = link_clone(parent, out, skip=(META,))
@@ -44,7 +46,7 @@ def clone_dir(parent: str, first: int, size: int, layer_sizes: Sequence,
             cloned()
         tree = L.Tree.seeded(listing, first, size, layer_sizes, max_size)
         L.extract(list(layers), out, max_size=max_size, diff_ids=L.diff_ids_of(config),
-                  onto=tree)
+                  onto=tree, donor=donor)
         write_config(out, config)
         return tree
     except BaseException:

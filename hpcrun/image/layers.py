@@ -635,16 +635,76 @@ def _rm(p: str) -> None:
         os.unlink(p)
 
 
+DONOR_MAX = 4 << 20     # files up to this size are compared with a donor's (in memory)
+
+
+class _Donor:
+    """Another unpacked image's directory (the store's: never written in place) whose
+    files may stand in for a layer's: a regular file is hard-linked from it instead of
+    written when the donor has one at the same path with the same size, mode, mtime
+    and bytes (compared), so the result is what writing it would give. Paths are
+    looked up only through real directories of the donor (each checked once)."""
+
+    def __init__(self, root: str):
+        self.root = root
+        self.dirs: dict[str, bool] = {"": True}
+
+    def _dir(self, rel: str) -> bool:
+        ok = self.dirs.get(rel)
+        if ok is None:
+            ok = self._dir(_parent(rel))
+            if ok:
+                try:
+                    ok = stat.S_ISDIR(os.lstat(os.path.join(self.root, rel)).st_mode)
+                except OSError:
+                    ok = False
+            self.dirs[rel] = ok
+        return ok
+
+    def link(self, path: str, full: str, m: tarfile.TarInfo, data: bytes) -> bool:
+        if not self._dir(_parent(path)) or m.mtime != int(m.mtime):
+            return False
+        src = os.path.join(self.root, path)
+        try:
+            st = os.lstat(src)
+            if not stat.S_ISREG(st.st_mode) or st.st_size != len(data) or \
+                    stat.S_IMODE(st.st_mode) != (m.mode & 0o1777) | 0o600 or \
+                    st.st_mtime_ns != int(m.mtime) * 10**9:
+                return False
+            fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                same = os.read(fd, len(data) + 1) == data if data else True
+            finally:
+                os.close(fd)
+            if not same:
+                return False
+            os.link(src, full, follow_symlinks=False)
+        except OSError:
+            return False
+        return True
+
+
+def _member_bytes(tf: tarfile.TarFile, m: tarfile.TarInfo, what: str) -> bytes:
+    data = tf.extractfile(m).read(m.size) if m.size else b""  # type: ignore[union-attr]
+    if len(data) != m.size:
+        raise ImageError(f"{what}: {m.name!r} is truncated", "the layer is damaged; fetch it again")
+    return data
+
+
 def extract(layers: Sequence, dest: str, *, max_size: int | None = None,
-            diff_ids: list | None = None, onto: Tree | None = None) -> Tree:
+            diff_ids: list | None = None, onto: Tree | None = None,
+            donor: str | None = None) -> Tree:
     """Unpack layers (paths or binary files, lowest first) into the empty directory dest,
     or, with onto (Tree.seeded), into dest that already holds the first onto.first
-    layers: only the others are read, applied on top of what is there.
+    layers: only the others are read, applied on top of what is there. donor: an
+    unpacked image's directory whose identical files are hard-linked instead of
+    written (see _Donor).
 
     Raises ImageError for a hostile or damaged layer; the caller removes dest then.
     Returns the tree (its .size is the content size).
     """
     tree = onto if onto is not None else Tree(max_size)
+    giver = _Donor(donor) if donor else None
     dirs: dict[str, tuple[int, float]] = {}
     touched: set = set()    # seeded directories whose entries changed: their mtime back
     cur = ""
@@ -673,6 +733,19 @@ def extract(layers: Sequence, dest: str, *, max_size: int | None = None,
                         os.mkdir(full, 0o700)
                     dirs[path] = (m.mode, m.mtime)
                 elif action == "file":
+                    if giver is not None and m.size <= DONOR_MAX:
+                        data = _member_bytes(tf, m, what)
+                        if giver.link(path, full, m, data):
+                            continue
+                        fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                                     | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+                        try:
+                            _write_all(fd, data)
+                            os.fchmod(fd, (m.mode & 0o1777) | 0o600)
+                            os.utime(fd, (m.mtime, m.mtime))
+                        finally:
+                            os.close(fd)
+                        continue
                     fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                                  | os.O_CLOEXEC, 0o600)
                     try:

@@ -741,12 +741,16 @@ class Store:
         return tree
 
     def _clone_parent(self, hexd: str, digests: list, diff_ids) -> tuple | None:
-        """(hex, number of layers, layer sizes) of the recorded image with a directory
-        whose layers are the longest prefix of `digests` (all of them counts: the same
-        layers under another config), or None. Its diff_ids must be the new config's
-        for those layers (a fresh unpack would check them against the content, which
-        the parent's unpack did); its record must give its layers' sizes."""
+        """(hex, number of layers, layer sizes, donor hex or None) of the recorded image
+        with a directory whose layers are the longest prefix of `digests` (all of them
+        counts: the same layers under another config), or None. Its diff_ids must be
+        the new config's for those layers (a fresh unpack would check them against the
+        content, which the parent's unpack did); its record must give its layers'
+        sizes. The donor: the image with a directory that shares more leading layers
+        with `digests` than the parent without being a prefix (the previous build of
+        the same Dockerfile), whose identical files are linked, not written."""
         best = None
+        donor: tuple = (None, 0)
         for name in os.listdir(self.records):
             h = name[:-5]
             if not name.endswith(".json") or h == hexd or not _HEX.match(h):
@@ -760,8 +764,14 @@ class Store:
                 continue                # damaged: never a parent
             pl = [x.get("digest") for x in man.get("layers", []) if isinstance(x, dict)]
             ls = raw.get("layer_sizes")
-            if not pl or len(pl) > len(digests) or pl != digests[:len(pl)] or \
-                    not isinstance(ls, list) or len(ls) != len(pl):
+            common = 0
+            while common < min(len(pl), len(digests)) and pl[common] == digests[common]:
+                common += 1
+            if common < len(pl):
+                if common > donor[1]:
+                    donor = (h, common)
+                continue
+            if len(pl) > len(digests) or not isinstance(ls, list) or len(ls) != len(pl):
                 continue
             if best is not None and len(pl) <= best[1]:
                 continue
@@ -774,7 +784,9 @@ class Store:
                 if not isinstance(pids, list) or pids[:len(pl)] != diff_ids[:len(pl)]:
                     continue
             best = (h, len(pl), ls)
-        return best
+        if best is None:
+            return None
+        return best + ((donor[0] if donor[1] > best[1] else None),)
 
     def _clone_dir(self, hexd: str, layers: list, digests: list, config: bytes, out: str,
                    max_size: int):
@@ -785,17 +797,40 @@ class Store:
         and convert do not take it away meanwhile (they wait as for a starting `run`).
         Returns the layers.Tree, or None when there is no parent (or it is going away):
         then the caller unpacks every layer."""
-        from .formats import clone_dir  # lazy: `run` never builds (tarfile)
         from .layers import diff_ids_of  # lazy: `run` never builds (tarfile)
         found = self._clone_parent(hexd, digests, diff_ids_of(config))
         if found is None:
             return None
-        ph, first, sizes = found
+        ph, first, sizes, dh = found
         try:
             fd = self._open_lease(ph, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError:
             return None                 # being deleted or converted: unpack instead
         held = [fd]
+        donor = None
+        with contextlib.ExitStack() as stack:
+            if dh is not None:          # leased while its files are read and linked
+                try:
+                    dfd = self._open_lease(dh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except OSError:
+                    dh = None
+                else:
+                    stack.callback(os.close, dfd)
+                    try:
+                        draw = self._read_record_raw(dh)
+                    except StoreError:
+                        draw = None
+                    if draw is not None and "dir" in draw.get("formats", []):
+                        donor = os.path.join(self.images_dir, dh, "rootfs")
+            if donor is None:
+                dh = None
+            return self._clone_from(hexd, ph, first, sizes, layers, out, config, max_size,
+                                    held, donor, dh)
+
+    def _clone_from(self, hexd, ph, first, sizes, layers, out, config, max_size, held,
+                    donor, dh):
+        """_clone_dir's work once the parent (lease fd in held) and the donor are known."""
+        from .formats import clone_dir  # lazy: `run` never builds (tarfile)
 
         def release() -> None:
             if held:
@@ -809,11 +844,12 @@ class Store:
             if raw is None or "dir" not in raw.get("formats", []):
                 return None
             log.info(f"unpacking image {hexd[:12]} (dir) onto a clone of {ph[:12]}: "
-                     f"{len(layers) - first} of {len(layers)} layers to unpack")
+                     f"{len(layers) - first} of {len(layers)} layers to unpack"
+                     + (f", identical files linked from {dh[:12]}" if dh else ""))
             try:
                 return clone_dir(os.path.join(self.images_dir, ph, "rootfs"), first,
                                  sum(sizes), sizes, layers, out, config, max_size=max_size,
-                                 cloned=release)
+                                 cloned=release, donor=donor)
             except OSError as e:    # the clone itself (a full disk, a damaged parent)
                 log.info(f"cloning {ph[:12]}'s tree failed ({e}); unpacking every layer")
                 return None
