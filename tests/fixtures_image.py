@@ -14,6 +14,7 @@ import io
 import json
 import os
 import shutil
+import stat
 import subprocess
 import tarfile
 from dataclasses import dataclass, field
@@ -260,6 +261,29 @@ def hp(user, env, *args, **kw):
 def ok(cp: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     assert cp.returncode == 0, f"exit {cp.returncode}\nstdout: {cp.stdout}\nstderr: {cp.stderr}"
     return cp
+
+
+def tree_of(root: str) -> tuple[dict, list]:
+    """Every entry below root: kind, mode, mtime (not under .hpcrun, written at commit
+    time), size and content digest or link target; and the groups of hard-linked paths
+    (what a fresh unpack and a cloned one must agree on)."""
+    out, inodes = {}, {}
+    for dp, dn, fn in os.walk(root):
+        for n in dn + fn:
+            p = os.path.join(dp, n)
+            rel = os.path.relpath(p, root)
+            st = os.lstat(p)
+            meta = rel == ".hpcrun" or rel.startswith(".hpcrun/")
+            item = [stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode),
+                    None if meta else st.st_mtime_ns]
+            if stat.S_ISREG(st.st_mode):
+                with open(p, "rb") as f:
+                    item += [st.st_size, hashlib.sha256(f.read()).hexdigest()]
+                inodes.setdefault(st.st_ino, []).append(rel)
+            elif stat.S_ISLNK(st.st_mode):
+                item.append(os.readlink(p))
+            out[rel] = item
+    return out, sorted(sorted(g) for g in inodes.values() if len(g) > 1)
 
 
 def records(store: str) -> list:

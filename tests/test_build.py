@@ -18,7 +18,7 @@ import time
 import pytest
 
 import util
-from fixtures_image import hp, ok, records
+from fixtures_image import hp, ok, records, tree_of
 
 pytestmark = [pytest.mark.userns, pytest.mark.root]
 
@@ -422,6 +422,35 @@ def test_siblings_share_the_cached_contents(user, bstore, ctx):
     assert _steps(cp.stderr) == ["hit", "run"]
     assert len(os.listdir(objects)) == n + 1          # only /which's new content
     assert run(user, bstore, "sib:b", "cat", "/which") == "b\n"
+
+
+def test_rebuild_clones_the_base_tree_and_equals_a_fresh_unpack(user, bstore, ctx, user_tmp):
+    """The store makes the image from the base image's unpacked tree (hard links) plus
+    the build's layers: a RUN's whiteout applies on the clone, the base is untouched,
+    and a fresh store loading the same image unpacks the same tree."""
+    ctx("app.txt", "v1\n")
+    ctx("Dockerfile", "FROM test/busybox:1\nRUN rm /bin/vi && echo made > /made\n"
+                      "COPY app.txt /app.txt\n")
+    ok(build(user, bstore, ctx.dir, "-t", "cl:1"))
+    ctx("app.txt", "v2\n")
+    env = dict(bstore, HPCRUN_VERBOSE="1")
+    cp = ok(build(user, env, ctx.dir, "-t", "cl:2"))
+    base, img = inspect(user, bstore, "test/busybox:1"), inspect(user, bstore, "cl:2")
+    assert f"onto a clone of {base['Id'].split(':')[1][:12]}: 2 of 3 layers" in cp.stderr
+    store = bstore["HPCRUN_STORE"]
+    b_root = os.path.join(store, "images", base["Id"].split(":")[1], "rootfs")
+    i_root = os.path.join(store, "images", img["Id"].split(":")[1], "rootfs")
+    assert os.stat(os.path.join(b_root, "bin", "busybox")).st_ino == \
+        os.stat(os.path.join(i_root, "bin", "busybox")).st_ino
+    assert os.path.lexists(os.path.join(b_root, "bin", "vi"))
+    assert not os.path.lexists(os.path.join(i_root, "bin", "vi"))
+    assert run(user, bstore, "cl:2", "cat", "/app.txt", "/made") == "v2\nmade\n"
+    archive = os.path.join(user_tmp, "cl.tar")
+    ok(hp(user, bstore, "save", "-o", archive, "cl:2"))
+    fresh = {"HPCRUN_STORE": os.path.join(user_tmp, "fresh")}
+    ok(hp(user, fresh, "load", "-i", archive))
+    assert tree_of(i_root) == tree_of(os.path.join(fresh["HPCRUN_STORE"], "images",
+                                                    img["Id"].split(":")[1], "rootfs"))
 
 
 def test_files_a_run_removes_are_gone_from_the_image(user, bstore, ctx):

@@ -61,6 +61,7 @@ class Cache:
         self.tmp = os.path.join(self.root, "tmp")
         self.work = os.path.join(self.root, "work")
         self.locks = os.path.join(self.root, "locks")
+        self._fs_memo: dict = {}
         old = os.umask(0o077)
         try:
             for d in (self.objects, self.fs_dir, self.entries, self.tmp, self.work, self.locks):
@@ -124,8 +125,14 @@ class Cache:
         return fsid
 
     def get_fs(self, fsid: str) -> dict:
-        with open(os.path.join(self.fs_dir, fsid + ".json"), "rb") as f:
-            return json.loads(f.read())
+        """A manifest, read once per build (a Debian base's is 1 MB of JSON, and a
+        step and the layer made from it read the same ones): callers must not change
+        the dict they get (copy it first)."""
+        doc = self._fs_memo.get(fsid)
+        if doc is None:
+            with open(os.path.join(self.fs_dir, fsid + ".json"), "rb") as f:
+                doc = self._fs_memo[fsid] = json.loads(f.read())
+        return doc
 
     def put_entry(self, key: str, doc: dict) -> None:
         self._write(os.path.join(self.entries, key + ".json"),

@@ -21,7 +21,6 @@ import subprocess
 import sys
 import tarfile
 import time
-import urllib.request
 
 from hpcrun.build import parser as P
 from hpcrun.build import tree as T
@@ -34,7 +33,6 @@ from hpcrun.runtime.spec import (F_FAKEROOT, F_NET, F_RW_ROOT, F_SECCOMP_FAKE, M
 from hpcrun.errors import ContainerError
 from hpcrun.errors import HpcrunError
 from hpcrun.image.progress import Progress
-from hpcrun.image.pull import pull
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PROXY_ARGS = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_PROXY",
@@ -281,6 +279,8 @@ class Builder:
         rec = self.store.get(ref)
         if rec is not None:
             return rec
+        # lazy: the registry client is needed only for a base not in the store (30 ms)
+        from hpcrun.image.pull import pull
         try:
             return pull(ref, store=self.store, progress=Progress(quiet=self.opts.quiet))
         except HpcrunError as e:
@@ -820,12 +820,12 @@ class Builder:
         doc = self.cache.get_entry(key)
         if doc is not None and self.store.has_blob(doc["digest"]):
             return doc
-        write, gone = T.diff(self.cache.get_fs(prev_fs) if prev_fs else {},
-                             self.cache.get_fs(fsid))
+        new = self.cache.get_fs(fsid)
+        write, gone = T.diff(self.cache.get_fs(prev_fs) if prev_fs else {}, new)
         tmp = self.cache.tmp_path("layer")
         try:
             with open(tmp, "wb") as f:
-                self.cache.write_tar(self.cache.get_fs(fsid), f, write, gone)
+                self.cache.write_tar(new, f, write, gone)
             with open(tmp, "rb") as f:
                 digest, size = self.store.put_blob_file(f)
         finally:
@@ -1114,6 +1114,7 @@ def _extract(src: str, out: str, ins) -> None:
 
 
 def _download(url: str, target: str) -> None:
+    import urllib.request  # lazy: only ADD of a URL needs it (30 ms of every build's start)
     tmp = target + ".part"
     with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
         shutil.copyfileobj(r, f)

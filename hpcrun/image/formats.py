@@ -15,7 +15,7 @@ from ..errors import CommandError
 from ..proc import which
 from . import layers as L
 from . import squash
-from .fstree import rmtree
+from .fstree import link_clone, rmtree
 
 META = ".hpcrun"            # rootfs/.hpcrun/config.json: the image config, in every format
 
@@ -26,6 +26,32 @@ def unpack_dir(layers: Sequence[str], dest: str, config: bytes, *, max_size: int
     tree = L.extract(list(layers), dest, max_size=max_size, diff_ids=L.diff_ids_of(config))
     write_config(dest, config)
     return tree
+
+
+def clone_dir(parent: str, first: int, size: int, layer_sizes: Sequence,
+              layers: Sequence[str], out: str, config: bytes, *, max_size: int | None,
+              cloned=None, donor: str | None = None):
+    """Make the directory format at the new path `out` from `parent`, the unpacked
+    directory of an image whose layers are the first `first` of `layers`: a hard-link
+    clone of it (fstree.link_clone), then only the other layers unpacked on top
+    (whiteouts and opaque directories applied as in a fresh unpack), then the config.
+    size and layer_sizes are the parent's (its record's). `cloned`: called once the
+    clone is made (the store releases the parent's lease and has a crash point there).
+    donor: another image's directory whose identical files are linked, not written
+    (layers.extract).
+    Returns the layers.Tree, as unpack_dir does. On failure nothing is left at `out`."""
+    try:
+        listing = link_clone(parent, out, skip=(META,))
+        if cloned is not None:
+            cloned()
+        tree = L.Tree.seeded(listing, first, size, layer_sizes, max_size)
+        L.extract(list(layers), out, max_size=max_size, diff_ids=L.diff_ids_of(config),
+                  onto=tree, donor=donor)
+        write_config(out, config)
+        return tree
+    except BaseException:
+        rmtree(out)
+        raise
 
 
 def write_config(rootfs: str, config: bytes) -> None:

@@ -415,6 +415,30 @@ class Tree:
         self.stream_ok = True      # False when a hardlink's target was replaced later
         self.links: list[tuple[str, Node, str]] = []  # (path, node, target path)
         self.last_target = ""      # target of the hardlink add() returned last
+        self.first = 0             # layers already on disk (a seeded tree): not read again
+        self.seed_mtimes: dict[str, int] = {}  # directories of the seed: their mtime (ns)
+
+    @classmethod
+    def seeded(cls, listing: Sequence, first: int, size: int, layer_sizes: Sequence,
+               max_size: int | None = None) -> "Tree":
+        """The tree of an image made of `first` layers, from the listing of its unpacked
+        directory (fstree.link_clone's), as if those layers had been added: extract()
+        then applies only the layers after them, with the same whiteout, safety and
+        size rules as a fresh unpack. Every entry counts as one of the lower layers."""
+        t = cls(max_size)
+        lower = first - 1
+        for rel, kind, mtime_ns in listing:
+            if rel == "":
+                t.nodes[""].layer = lower
+                t.seed_mtimes[""] = mtime_ns
+                continue
+            t._insert(rel, Node(kind, lower, 0, 0o755 if kind == "d" else 0o644))
+            if kind == "d":
+                t.seed_mtimes[rel] = mtime_ns
+        t.first = first
+        t.size = size
+        t.layer_sizes = {i: n for i, n in enumerate(layer_sizes[:first])}
+        return t
 
     # -- checks
     def check_parents(self, path: str, what: str, name: str) -> list[str]:
@@ -611,17 +635,81 @@ def _rm(p: str) -> None:
         os.unlink(p)
 
 
-def extract(layers: Iterable, dest: str, *, max_size: int | None = None,
-            diff_ids: list | None = None) -> Tree:
-    """Unpack layers (paths or binary files, lowest first) into the empty directory dest.
+DONOR_MAX = 4 << 20     # files up to this size are compared with a donor's (in memory)
+
+
+class _Donor:
+    """Another unpacked image's directory (the store's: never written in place) whose
+    files may stand in for a layer's: a regular file is hard-linked from it instead of
+    written when the donor has one at the same path with the same size, mode, mtime
+    and bytes (compared), so the result is what writing it would give. Paths are
+    looked up only through real directories of the donor (each checked once)."""
+
+    def __init__(self, root: str):
+        self.root = root
+        self.dirs: dict[str, bool] = {"": True}
+
+    def _dir(self, rel: str) -> bool:
+        ok = self.dirs.get(rel)
+        if ok is None:
+            ok = self._dir(_parent(rel))
+            if ok:
+                try:
+                    ok = stat.S_ISDIR(os.lstat(os.path.join(self.root, rel)).st_mode)
+                except OSError:
+                    ok = False
+            self.dirs[rel] = ok
+        return ok
+
+    def link(self, path: str, full: str, m: tarfile.TarInfo, data: bytes) -> bool:
+        if not self._dir(_parent(path)) or m.mtime != int(m.mtime):
+            return False
+        src = os.path.join(self.root, path)
+        try:
+            st = os.lstat(src)
+            if not stat.S_ISREG(st.st_mode) or st.st_size != len(data) or \
+                    stat.S_IMODE(st.st_mode) != (m.mode & 0o1777) | 0o600 or \
+                    st.st_mtime_ns != int(m.mtime) * 10**9:
+                return False
+            fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                same = os.read(fd, len(data) + 1) == data if data else True
+            finally:
+                os.close(fd)
+            if not same:
+                return False
+            os.link(src, full, follow_symlinks=False)
+        except OSError:
+            return False
+        return True
+
+
+def _member_bytes(tf: tarfile.TarFile, m: tarfile.TarInfo, what: str) -> bytes:
+    data = tf.extractfile(m).read(m.size) if m.size else b""  # type: ignore[union-attr]
+    if len(data) != m.size:
+        raise ImageError(f"{what}: {m.name!r} is truncated", "the layer is damaged; fetch it again")
+    return data
+
+
+def extract(layers: Sequence, dest: str, *, max_size: int | None = None,
+            diff_ids: list | None = None, onto: Tree | None = None,
+            donor: str | None = None) -> Tree:
+    """Unpack layers (paths or binary files, lowest first) into the empty directory dest,
+    or, with onto (Tree.seeded), into dest that already holds the first onto.first
+    layers: only the others are read, applied on top of what is there. donor: an
+    unpacked image's directory whose identical files are hard-linked instead of
+    written (see _Donor).
 
     Raises ImageError for a hostile or damaged layer; the caller removes dest then.
     Returns the tree (its .size is the content size).
     """
-    tree = Tree(max_size)
+    tree = onto if onto is not None else Tree(max_size)
+    giver = _Donor(donor) if donor else None
     dirs: dict[str, tuple[int, float]] = {}
+    touched: set = set()    # seeded directories whose entries changed: their mtime back
     cur = ""
-    for li, layer in enumerate(layers):
+    for li in range(tree.first, len(layers)):
+        layer = layers[li]
         what = f"layer {li + 1}"
         stream = open_layer(layer, what)
         try:
@@ -634,6 +722,9 @@ def extract(layers: Iterable, dest: str, *, max_size: int | None = None,
                 for d in missing:
                     os.mkdir(os.path.join(dest, d), 0o700)
                     dirs[d] = (0o755, m.mtime)  # like tar2sqfs's implicit directories
+                if onto is not None:
+                    for p in removed + missing + ([path] if action != "skip" else []):
+                        touched.add(_parent(p))
                 if action in ("skip", "whiteout"):
                     continue
                 full = os.path.join(dest, path) if path else dest
@@ -642,6 +733,19 @@ def extract(layers: Iterable, dest: str, *, max_size: int | None = None,
                         os.mkdir(full, 0o700)
                     dirs[path] = (m.mode, m.mtime)
                 elif action == "file":
+                    if giver is not None and m.size <= DONOR_MAX:
+                        data = _member_bytes(tf, m, what)
+                        if giver.link(path, full, m, data):
+                            continue
+                        fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL
+                                     | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+                        try:
+                            _write_all(fd, data)
+                            os.fchmod(fd, (m.mode & 0o1777) | 0o600)
+                            os.utime(fd, (m.mtime, m.mtime))
+                        finally:
+                            os.close(fd)
+                        continue
                     fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                                  | os.O_CLOEXEC, 0o600)
                     try:
@@ -666,6 +770,7 @@ def extract(layers: Iterable, dest: str, *, max_size: int | None = None,
                 elif action == "fifo":
                     os.mkfifo(full, 0o600)
                     os.chmod(full, (m.mode & 0o1777) | 0o600)
+                    os.utime(full, (m.mtime, m.mtime), follow_symlinks=False)
             verify_diff_id(stream, li, diff_ids, what)
         except tarfile.TarError as e:
             raise _damaged(what, e, stream) from e
@@ -677,7 +782,18 @@ def extract(layers: Iterable, dest: str, *, max_size: int | None = None,
         finally:
             stream.close()
     tree.finish()
-    dirs.setdefault("", (0o755, tree.nodes[""].mtime))
+    if onto is None:
+        dirs.setdefault("", (0o755, tree.nodes[""].mtime))
+    else:
+        # a seeded directory the new layers did not name keeps its mtime, as in a
+        # fresh unpack (where the last layer naming it set it)
+        for path in touched:
+            n = tree.nodes.get(path)
+            if path not in dirs and n is not None and n.kind == "d" \
+                    and path in tree.seed_mtimes:
+                t = tree.seed_mtimes[path]
+                os.utime(os.path.join(dest, path) if path else dest, ns=(t, t),
+                         follow_symlinks=False)
     # Directory modes and times last: children change a directory's mtime, and a
     # read-only directory would have blocked its children.
     for path in sorted(dirs, key=len, reverse=True):

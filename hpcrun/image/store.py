@@ -33,8 +33,15 @@ LEASE_WAIT) before they look for running containers in /proc, then delete.
 Damage: a store file that cannot be read, is not JSON or holds the wrong types is a
 StoreError naming the file, with REPAIR_HINT; Store.repair() moves such files aside.
 
+A new image whose layers extend those of an image already unpacked here (a build on
+its base, a pull that shares the lower layers) gets its directory as a hard-link clone
+of that parent's tree with only the other layers unpacked on top (Store._clone_dir):
+the same tree as a fresh unpack, made in tmp/ and renamed in like one. Sharing inodes
+is safe because nothing writes a store tree in place (fstree.link_clone says why);
+removing either image only unlinks its names.
+
 Test hooks: HPCRUN_TEST_CRASH_AT=<step> makes the process SIGKILL itself at that step
-(steps: blob-written, extracted, format-renamed, record-written, tagged);
+(steps: blob-written, cloned, extracted, format-renamed, record-written, tagged);
 HPCRUN_TEST_STOP_AT=resolved / exclusive makes `run` SIGSTOP itself once it has
 resolved (and leased) the image, `rmi` once it holds the lease exclusively.
 Tests only.
@@ -668,7 +675,8 @@ class Store:
             if missing:
                 layers = [self.blob_path(dg) for dg in layer_digests]
                 try:
-                    tree = self._build_formats(hexd, layers, config, missing, rec is not None)
+                    tree = self._build_formats(hexd, layers, config, missing, rec is not None,
+                                               layer_digests)
                     size = tree.size
                     layer_sizes = [tree.layer_sizes.get(i, 0) for i in range(len(layers))]
                 except BaseException:
@@ -701,8 +709,10 @@ class Store:
         return out
 
     def _build_formats(self, hexd: str, layers: list, config: bytes, formats: list,
-                       exists: bool):
-        """Build formats into tmp/, rename into images/<hex>/. Caller holds the image lock."""
+                       exists: bool, digests: Sequence[str] = ()):
+        """Build formats into tmp/, rename into images/<hex>/. Caller holds the image lock.
+        The directory format is cloned from a parent's tree where one has a prefix of
+        the layers (digests; see _clone_dir), else unpacked from every layer."""
         from .. import config as cfgmod  # lazy: keeps hpcrun run's start-up small
         from .formats import build as build_format  # lazy: `run` never builds (tarfile)
         max_size = int(cfgmod.get("max_image_size"))  # type: ignore[arg-type]
@@ -710,12 +720,17 @@ class Store:
         os.makedirs(d, mode=0o700, exist_ok=True)
         tree = None
         for f in formats:
-            log.info(f"unpacking image {hexd[:12]} ({f})")
             final = os.path.join(d, entry_name(f))
             if os.path.lexists(final):  # leftover of a killed commit (no record names it)
                 rmtree(final)
             tmp = self.tmp_path(f)
-            tree = build_format(f, layers, tmp, config, max_size=max_size, tmpdir=self.tmp)
+            tree = None
+            if f == "dir" and digests:
+                tree = self._clone_dir(hexd, layers, list(digests), config, tmp, max_size)
+            if tree is None:
+                log.info(f"unpacking image {hexd[:12]} ({f})")
+                tree = build_format(f, layers, tmp, config, max_size=max_size,
+                                    tmpdir=self.tmp)
             try:
                 crash_point("extracted")
                 os.rename(tmp, final)
@@ -724,6 +739,123 @@ class Store:
                 raise
             crash_point("format-renamed")
         return tree
+
+    def _clone_parent(self, hexd: str, digests: list, diff_ids) -> tuple | None:
+        """(hex, number of layers, layer sizes, donor hex or None) of the recorded image
+        with a directory whose layers are the longest prefix of `digests` (all of them
+        counts: the same layers under another config), or None. Its diff_ids must be
+        the new config's for those layers (a fresh unpack would check them against the
+        content, which the parent's unpack did); its record must give its layers'
+        sizes. The donor: the image with a directory that shares more leading layers
+        with `digests` than the parent without being a prefix (the previous build of
+        the same Dockerfile), whose identical files are linked, not written."""
+        best = None
+        donor: tuple = (None, 0)
+        for name in os.listdir(self.records):
+            h = name[:-5]
+            if not name.endswith(".json") or h == hexd or not _HEX.match(h):
+                continue
+            try:
+                raw = self._read_record_raw(h)
+                if raw is None or "dir" not in raw.get("formats", []):
+                    continue
+                man = self._json_blob(h, raw["manifest_blob"], "manifest")
+            except StoreError:
+                continue                # damaged: never a parent
+            pl = [x.get("digest") for x in man.get("layers", []) if isinstance(x, dict)]
+            ls = raw.get("layer_sizes")
+            common = 0
+            while common < min(len(pl), len(digests)) and pl[common] == digests[common]:
+                common += 1
+            if common < len(pl):
+                if common > donor[1]:
+                    donor = (h, common)
+                continue
+            if len(pl) > len(digests) or not isinstance(ls, list) or len(ls) != len(pl):
+                continue
+            if best is not None and len(pl) <= best[1]:
+                continue
+            if isinstance(diff_ids, list):
+                try:
+                    pcfg = self._json_blob(h, raw["config_digest"], "config")
+                except StoreError:
+                    continue
+                pids = (pcfg.get("rootfs") or {}).get("diff_ids")
+                if not isinstance(pids, list) or pids[:len(pl)] != diff_ids[:len(pl)]:
+                    continue
+            best = (h, len(pl), ls)
+        if best is None:
+            return None
+        return best + ((donor[0] if donor[1] > best[1] else None),)
+
+    def _clone_dir(self, hexd: str, layers: list, digests: list, config: bytes, out: str,
+                   max_size: int):
+        """The directory format of image hexd at `out`, from a parent image's tree
+        (_clone_parent) when there is one: its files hard-linked (a store tree is never
+        written in place: see fstree.link_clone), only the layers it lacks unpacked on
+        top. The parent's lease is held shared while its tree is read, so rmi, prune
+        and convert do not take it away meanwhile (they wait as for a starting `run`).
+        Returns the layers.Tree, or None when there is no parent (or it is going away):
+        then the caller unpacks every layer."""
+        from .layers import diff_ids_of  # lazy: `run` never builds (tarfile)
+        found = self._clone_parent(hexd, digests, diff_ids_of(config))
+        if found is None:
+            return None
+        ph, first, sizes, dh = found
+        try:
+            fd = self._open_lease(ph, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return None                 # being deleted or converted: unpack instead
+        held = [fd]
+        donor = None
+        with contextlib.ExitStack() as stack:
+            if dh is not None:          # leased while its files are read and linked
+                try:
+                    dfd = self._open_lease(dh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except OSError:
+                    dh = None
+                else:
+                    stack.callback(os.close, dfd)
+                    try:
+                        draw = self._read_record_raw(dh)
+                    except StoreError:
+                        draw = None
+                    if draw is not None and "dir" in draw.get("formats", []):
+                        donor = os.path.join(self.images_dir, dh, "rootfs")
+            if donor is None:
+                dh = None
+            return self._clone_from(hexd, ph, first, sizes, layers, out, config, max_size,
+                                    held, donor, dh)
+
+    def _clone_from(self, hexd, ph, first, sizes, layers, out, config, max_size, held,
+                    donor, dh):
+        """_clone_dir's work once the parent (lease fd in held) and the donor are known."""
+        from .formats import clone_dir  # lazy: `run` never builds (tarfile)
+
+        def release() -> None:
+            if held:
+                os.close(held.pop())
+            crash_point("cloned")
+        try:
+            try:
+                raw = self._read_record_raw(ph)   # still there, with its directory?
+            except StoreError:
+                return None
+            if raw is None or "dir" not in raw.get("formats", []):
+                return None
+            log.info(f"unpacking image {hexd[:12]} (dir) onto a clone of {ph[:12]}: "
+                     f"{len(layers) - first} of {len(layers)} layers to unpack"
+                     + (f", identical files linked from {dh[:12]}" if dh else ""))
+            try:
+                return clone_dir(os.path.join(self.images_dir, ph, "rootfs"), first,
+                                 sum(sizes), sizes, layers, out, config, max_size=max_size,
+                                 cloned=release, donor=donor)
+            except OSError as e:    # the clone itself (a full disk, a damaged parent)
+                log.info(f"cloning {ph[:12]}'s tree failed ({e}); unpacking every layer")
+                return None
+        finally:
+            if held:
+                os.close(held.pop())
 
     def convert(self, name_or_id: str, fmt: str, keep: bool = False) -> ImageRecord:
         """Add format `fmt` to an image; remove the other formats unless keep."""
@@ -752,7 +884,7 @@ class Store:
                     self._convert_from_existing(hexd, have[0], missing)
                 else:
                     self._build_formats(hexd, layers, self.read_blob(raw["config_digest"]),
-                                        missing, True)
+                                        missing, True, rec.layers)
             d = os.path.join(self.images_dir, hexd)
             if dropped:
                 try:
