@@ -116,8 +116,8 @@ def prepare(opts, context: str = RUN, environ=None, *, python=(), task_args=()):
         if not affn:
             pertask = True
         log.info(f"limits: in a step plan: cpus {affn} of each task's CPUs by affinity" if affn
-                 else "limits: in a step plan: planned by each task on its node ('-v' there "
-                      "says the tier)")
+                 else "limits: in a step plan: planned by each task on its node, under "
+                      "its own cgroup (each says its tier)")
         popts = popts.replace(cpus=None, cpuset_cpus=None, memory=None, memory_swap=None,
                               pids_limit=None, limits_view=False)
     spec = launch.plan(popts.replace(command=opts.command or ("true",)), image, environ)
