@@ -378,6 +378,35 @@ def _plan_watchdog(kw, mode, allowed, host, view=False) -> Limits:
                   notes=tuple(notes), view=_view(kw, affinity or allowed), **kw)
 
 
+def affinity_of(lim: Limits):
+    """The CPUs to bind to for the no-cgroup tier's CPU limits, chosen now (the C
+    executor chooses N of a pool itself, from the CPU it starts on: plan word affn=;
+    a caller without it takes the first N), or None."""
+    if not lim.affinity:
+        return None
+    pool = sorted(lim.affinity)
+    return frozenset(pool[:lim.affinity_count] if lim.affinity_count else pool)
+
+
+def join(limits: dict) -> None:
+    """`hpcrun exec` into an instance with limits (its record's "limits"): this process
+    takes them before it joins, so what it starts there is held to them too: the
+    instance's cgroups, its CPUs, its process limit (RLIMIT_NPROC counts the instance's
+    user namespace, which it joins)."""
+    for d in limits.get("cgroups") or ():
+        try:
+            with open(os.path.join(d, "cgroup.procs"), "w") as f:
+                f.write(str(os.getpid()))
+        except OSError as e:
+            raise LimitsError(f"can't join the instance's cgroup {d}: {e.strerror}",
+                              "the instance may have ended; see 'hpcrun instance list'") from None
+    if limits.get("cpus"):
+        os.sched_setaffinity(0, limits["cpus"])
+    if limits.get("nproc"):
+        import resource  # lazy: only exec into an instance with --pids-limit
+        resource.setrlimit(resource.RLIMIT_NPROC, (limits["nproc"], limits["nproc"]))
+
+
 def _plan_cgroup(kw, tier, host, allowed, view, environ) -> Limits:
     name = f"hpcrun-{os.getpid()}"
     writes = []          # (dir, file, value), in order
