@@ -66,8 +66,12 @@ def test_exec_is_counted_and_killed(inst, rt_image, lim_tools):
 
 
 def test_stop_ends_the_monitor(inst, rt_image):
+    import json
     inst.ok("instance", "start", "--name", "s", "--memory", "64m", rt_image)
     assert monitors() != []
+    st = json.loads(inst.ok("stats", "--no-stream", "--format", "json", "s").stdout)
+    assert st["MemUsage"].endswith("/ 64MiB"), st
+    assert st["Limits"].startswith("no cgroup") and "memory 64M" in st["Limits"], st
     inst.ok("instance", "stop", "s")
     assert _gone(lambda: monitors() == []), monitors()
     assert not os.path.exists(inst.state("s"))

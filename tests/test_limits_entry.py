@@ -164,3 +164,22 @@ def test_plan_cgroup_v1_as_root(rt_image, lim_tools):
     assert "limits: cgroup v1" in cp.stderr and OOM.search(cp.stderr), cp.stderr
     assert cp.stdout.split()[0] == "50000", cp.stdout
     assert hpcrun_cgroups() == before
+
+
+def test_job_file_limit_keys_take_numbers_and_resources_map(tmp_path):
+    """container: {cpus: 1, pids-limit: 50} (numbers, as YAML writes them) and
+    resources.cpus_per_task -> --cpus on each task, unless container: sets the CPUs."""
+    from hpcrun.runtime import options
+    from hpcrun.runtime.pipeline import run_options
+    from hpcrun.slurm import jobfile, render
+
+    def opts(text):
+        step = jobfile.parse(text, str(tmp_path / "j.yaml")).steps[0]
+        return run_options(render.task_options(step), options.PLAN)
+
+    o = opts("image: /tmp\ncommand: [x]\ncontainer: {cpus: 1, pids-limit: 50, memory: 64m}\n")
+    assert (o.cpus, o.pids_limit, o.memory) == ("1", "50", "64m")
+    assert opts("image: /tmp\ncommand: [x]\nresources: {cpus_per_task: 2}\n").cpus == "2"
+    o = opts("image: /tmp\ncommand: [x]\nresources: {cpus_per_task: 2, mem: 1G}\n"
+             "container: {cpuset-cpus: '0'}\n")
+    assert o.cpus is None and o.cpuset_cpus == "0" and o.memory is None

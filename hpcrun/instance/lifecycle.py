@@ -89,7 +89,7 @@ def start(opts, name: str | None = None, environ=None) -> state.Record:
             # launcher leaves an exec into an instance with this file to Python).
             with open(os.path.join(d, "limits"), "w") as f:
                 json.dump({"tier": cgroups.TIER_NAMES[lim.tier], "notes": list(lim.notes),
-                           "cgroups": list(lim.cgroups),
+                           "cgroups": list(lim.cgroups), "memory": lim.memory or 0,
                            "cpus": sorted(cpus) if cpus else None,
                            "nproc": lim.pids if lim.tier == cgroups.TIER_WATCHDOG else 0}, f)
         with open(os.path.join(d, "record.json"), "w") as f:
