@@ -9,6 +9,8 @@
              (bare time / hpcrun time) at least 0.99.
   watchdog   the monitor's own CPU time while a container with --memory runs (tier 2:
              it samples /proc every 100 ms), as a share of one core. Target: < 0.5%.
+  step plan  a step plan's task with no limit, a bare --cpus 1 (the C executor's) and
+             --memory 1G (planned by each task in Python): what a limit costs per task.
   peers      whether `systemd-run --user --scope -p MemoryMax=...` or Apptainer's
              --memory could run here, to set beside the figures.
 
@@ -85,6 +87,29 @@ def startup(img, pw, rounds):
         print(f"start-up {tier:<18} plain {ma:6.2f} ms   limited {mb:6.2f} ms   "
               f"added {mb - ma:+5.2f} ms   (plain without the plan cache {mc:6.2f} ms)")
     return rows
+
+
+def stepplan(img, pw, rounds):
+    """A step plan's task (`hpcrun task --plan ...` executed by the per-task program, as
+    srun starts it; here outside a job, as the user): no limit, a bare --cpus 1 (a plan
+    word the C executor applies), and --memory 1G (each task plans it in Python)."""
+    kw = as_user_kw(pw)
+    words = {}
+    for name, opts in (("plain", []), ("--cpus 1", ["--cpus", "1"]),
+                       ("--memory 1G", ["--memory", "1G"])):
+        cp = subprocess.run([HPCRUN, "task", "--plan", *opts, img], capture_output=True,
+                            text=True, check=True, cwd="/", **kw)
+        words[name] = cp.stdout.split()
+    cases = [(name, w + ["--", "/bin/true"], []) for name, w in words.items()]
+    for _, argv, _ in cases:
+        timed(argv, **kw)
+    for i in range(rounds):
+        for _, argv, out in cases[i % 3:] + cases[:i % 3]:
+            out.append(timed(argv, **kw))
+    base = statistics.median(cases[0][2])
+    for name, _, out in cases:
+        m = statistics.median(out)
+        print(f"step plan task {name:<12} {m:6.2f} ms   added {m - base:+6.2f} ms")
 
 
 def kernel(img, tools, pw, rounds):
@@ -179,6 +204,7 @@ def main():
         subprocess.run(["cc", "-O2", "-static", "-o", os.path.join(tools, "kernel"),
                         os.path.join(tools, "kernel.c")], check=True)
         startup(img, pw, rounds)
+        stepplan(img, pw, rounds)
         kernel(img, tools, pw, max(4, rounds // 4))
         watchdog(img, tools, pw, regime="far below the limit: a sample every 250 ms")
         watchdog(img, tools, pw, eat=70, limit="100m",

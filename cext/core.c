@@ -1917,6 +1917,13 @@ static int limits_child(struct ctx *c, const struct hpcrun_limits *L)
     return 0;
 }
 
+/* An instance's monitor (instance_monitor): the OOM message goes to the instance's
+ * log as a stderr line, and the exit code to its state, instead of to stderr. */
+static int watch_logfd = -1;
+static int watch_statefd = -1;
+static void log_line(int logfd, char stream, const char *text, size_t len);
+static void write_exit(int statefd, int code);
+
 static void watch_init(struct watch *w, const struct hpcrun_limits *L, pid_t child, int pidns)
 {
     char path[64];
@@ -1937,6 +1944,8 @@ static void watch_kill(struct watch *w)
 {
     long long m, s;
     w->oom = 1;
+    if (watch_statefd >= 0)
+        write_exit(watch_statefd, 128 + SIGKILL);   /* an instance: before its PID 1 dies */
     kill(w->child, SIGKILL);    /* with a pid namespace, its init: the kernel kills the rest */
     if (w->L->tier != HPCRUN_TIER_WATCHDOG) {
         for (int i = 0; w->L->cgroups && w->L->cgroups[i]; i++)
@@ -2047,7 +2056,10 @@ static int watch_end(struct watch *w, int code)
         memcpy(msg + n, parts[i], l);
         n += l;
     }
-    if (write(2, msg, n) < 0) { /* nowhere to report */ }
+    if (watch_logfd >= 0) {
+        log_line(watch_logfd, '2', msg, n - 1);     /* without its newline */
+        write_exit(watch_statefd, 128 + SIGKILL);
+    } else if (write(2, msg, n) < 0) { /* nowhere to report */ }
     return 128 + SIGKILL;
 }
 
@@ -2638,6 +2650,10 @@ static void instance_child(struct ctx *c, const struct hpcrun_spec *s, int state
     if (read(go, &b, 1) != 1)
         _exit(HPCRUN_EXIT_FAILED);    /* the parent failed to map us: it reports */
     close(go);
+    /* In its cgroups already (the monitor moved us before "go"): the cgroup namespace
+     * and the process limit, for every process of the instance. */
+    if (s->limits && limits_child(c, s->limits))
+        report_and_exit(c, rep);
     if (setsid() < 0) {
         fail(c, "can't start a session for the instance");
         report_and_exit(c, rep);
@@ -2721,8 +2737,8 @@ static void instance_child(struct ctx *c, const struct hpcrun_spec *s, int state
     _exit(instance_supervise(cmd, stopsig, lb, logfd, statefd, anchor));
 }
 
-int hpcrun_instance(const struct hpcrun_spec *s, int state_dir, int anchor, int *pid_out,
-                    char *err, size_t errlen, int *code)
+static int instance_start(const struct hpcrun_spec *s, int state_dir, int anchor, int *pid_out,
+                          char *err, size_t errlen, int *code)
 {
     struct ctx c = {err, errlen, code, -1, -1, -1, -1, 0, 0};
     sigset_t fwd, orig;
@@ -2753,6 +2769,8 @@ int hpcrun_instance(const struct hpcrun_spec *s, int state_dir, int anchor, int 
     char procdir[32];
     snprintf(procdir, sizeof procdir, "/proc/%d", (int)pid);
     int r = write_maps(&c, procdir, s->uid, s->gid, geteuid(), getegid());
+    if (r == 0 && s->limits && s->limits->tier != HPCRUN_TIER_WATCHDOG)
+        r = limits_attach(&c, s->limits, pid);      /* PID 1: all of the instance */
     if (r == 0 && write(go[1], "g", 1) != 1)
         r = fail(&c, "can't start the instance");
     close(go[1]);
@@ -2769,6 +2787,123 @@ int hpcrun_instance(const struct hpcrun_spec *s, int state_dir, int anchor, int 
         return -1;
     }
     *pid_out = (int)pid;
+    return 0;
+}
+
+/* What an instance's monitor tells hpcrun_instance: the supervisor's pid, or why not. */
+struct monitor_report {
+    int r, pid, code, err;
+    char msg[1024];
+};
+
+/* The monitor of an instance with limits (a memory limit or a cgroup): a detached
+ * process outside the instance's namespaces, its supervisor's parent, doing for the
+ * instance what run's monitor does for a container (supervise_limited): the watchdog
+ * (it sums the memory of the instance's user namespace, `hpcrun exec` processes
+ * included) or the cgroup's OOM count, the kill, the message (a stderr line of the
+ * instance's log, and exit 137 in its state) and the cgroups' removal, with a reaper
+ * if it is itself killed. Outside, so an OOM in the instance cannot take it along. */
+__attribute__((noreturn))
+static void instance_monitor(const struct hpcrun_spec *s, int state_dir, int anchor, int rep)
+{
+    struct monitor_report m;
+    struct limits_copy k;
+    memset(&m, 0, sizeof m);
+    prctl(PR_SET_NAME, "hpcrun:monitor");
+    setsid();
+    /* Hold nothing of the caller's but what the start needs (its output pipes: a
+     * caller reading them to EOF must not wait for the instance's end). */
+    int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (null >= 0) {
+        dup2(null, 0);
+        dup2(null, 1);
+        dup2(null, 2);
+        close(null);
+    }
+    int keep[3] = {state_dir, anchor, rep};
+    for (int i = 0; i < 3; i++)          /* ascending, for close_range between them */
+        for (int j = i + 1; j < 3; j++)
+            if (keep[j] < keep[i]) {
+                int t = keep[i];
+                keep[i] = keep[j];
+                keep[j] = t;
+            }
+    unsigned lo = 3;
+    for (int i = 0; i < 3; i++) {
+        if (keep[i] < 0 || (unsigned)keep[i] < lo)
+            continue;
+        if ((unsigned)keep[i] > lo)
+            syscall(SYS_close_range, lo, (unsigned)keep[i] - 1, 0u);
+        lo = (unsigned)keep[i] + 1;
+    }
+    syscall(SYS_close_range, lo, ~0u, 0u);
+    const struct hpcrun_limits *L = limits_copy(&k, s->limits);
+    m.r = instance_start(s, state_dir, anchor, &m.pid, m.msg, sizeof m.msg, &m.code);
+    m.err = errno;
+    if (write(rep, &m, sizeof m) < 0) { /* the caller is gone: it reports nothing */ }
+    close(rep);
+    if (m.r)
+        _exit(HPCRUN_EXIT_FAILED);
+    if (anchor >= 0)
+        close(anchor);                  /* the supervisor watches the Slurm step */
+    watch_statefd = state_dir;
+    watch_logfd = openat(state_dir, "log", O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+    sigset_t fwd;
+    forwarded_set(&fwd);
+    sigprocmask(SIG_BLOCK, &fwd, NULL);
+    trim_memory();
+    /* No stop signal here: `instance stop` signals the supervisor, which stops its
+     * command; this only watches. */
+    supervise_limited(m.pid, 0, L, 1);
+    _exit(0);
+}
+
+int hpcrun_instance(const struct hpcrun_spec *s, int state_dir, int anchor, int *pid_out,
+                    char *err, size_t errlen, int *code)
+{
+    const struct hpcrun_limits *L = s->limits;
+    if (!L || (L->tier == HPCRUN_TIER_WATCHDOG && !L->memory && !L->memory_swap))
+        return instance_start(s, state_dir, anchor, pid_out, err, errlen, code);
+    /* The monitor is a grandchild, so that it is never the caller's child (an API
+     * caller lives on; it would be its zombie). */
+    struct ctx c = {err, errlen, code, -1, -1, -1, -1, 0, 0};
+    int rep[2];
+    *code = HPCRUN_EXIT_FAILED;
+    if (errlen) err[0] = '\0';
+    if (pipe2(rep, O_CLOEXEC))
+        return fail(&c, "can't create pipe");
+    pid_t mid = fork();
+    if (mid == 0) {
+        close(rep[0]);
+        pid_t mon = fork();
+        if (mon == 0)
+            instance_monitor(s, state_dir, anchor, rep[1]);
+        _exit(mon < 0 ? HPCRUN_EXIT_FAILED : 0);
+    }
+    int e = errno;
+    close(rep[1]);
+    if (mid < 0) {
+        close(rep[0]);
+        errno = e;
+        return fail(&c, "can't start the instance's monitor");
+    }
+    while (waitpid(mid, NULL, 0) < 0 && errno == EINTR)
+        ;
+    struct monitor_report m;
+    ssize_t n;
+    do
+        n = read(rep[0], &m, sizeof m);
+    while (n < 0 && errno == EINTR);
+    close(rep[0]);
+    if (n != (ssize_t)sizeof m)
+        return fail(&c, "the instance's monitor ended before the instance started");
+    if (m.r) {
+        snprintf(err, errlen, "%s", m.msg);
+        *code = m.code;
+        errno = m.err;
+        return -1;
+    }
+    *pid_out = m.pid;
     return 0;
 }
 

@@ -594,6 +594,12 @@ static void exec_fast(int argc, char **argv)
     }
     if (snprintf(dir, sizeof dir, "%s/%s", base, name) >= (int)sizeof dir || !exec_private(dir))
         return;
+    /* An instance with limits: Python puts what exec starts under them (its cgroups,
+     * CPUs, process limit: hpcrun/cgroups.py join). */
+    char limf[PATH_MAX + 8];
+    snprintf(limf, sizeof limf, "%s/limits", dir);
+    if (access(limf, F_OK) == 0)
+        return;
     /* pid + start time: the supervisor, not a process that reused its pid. */
     char *pidtext = exec_slurp(dir, "pid", NULL), start[32];
     if (!pidtext)

@@ -46,8 +46,9 @@
  *                      launcher's job (auto; see launcher_key), KEY (--join=KEY), or
  *                      none (off); ranks left alone get separate_vars
  *   pmixv=M.N        the image's PMIx client version (pmix_check)
- *   pertask=1        devices (--gpus, --device): each task runs `hpcrun task ARGS`,
- *                    which plans them with its own node's allocation
+ *   pertask=1        devices (--gpus, --device) or limits (--memory, --cpuset-cpus,
+ *                    ...): each task runs `hpcrun task ARGS`, which plans them with its
+ *                    own node's allocation, CPUs and cgroup
  *   pfds=N           --preserve-fds: descriptors 3 .. 2+N stay open in the command
  *   py=ARG           * how to start `hpcrun task` (Python) for what is not done here
  *   arg=ARG          * the step's `hpcrun task` options and IMAGE as given: where the
@@ -233,10 +234,13 @@ static void apply_binding(const struct plan *p)
         {"memlock", "MEMLOCK", RLIMIT_MEMLOCK}, {"as", "AS", RLIMIT_AS},
         {"cpu", "CPU", RLIMIT_CPU}, {"fsize", "FSIZE", RLIMIT_FSIZE},
     };
-    if (p->aff) {
+    if (p->aff || p->affn > 0) {
         cpu_set_t want, have;
         CPU_ZERO(&want);
-        const char *q = p->aff;
+        const char *q = p->aff ? p->aff : "";
+        /* affn= alone (a step plan's --cpus N): N of the CPUs this task may use. */
+        if (!p->aff && sched_getaffinity(0, sizeof want, &want))
+            die(HPCRUN_EXIT_FAILED, "can't read this task's CPUs: %s", strerror(errno));
         while (*q) {
             char *end;
             long a = strtol(q, &end, 10), b = a;
@@ -276,7 +280,8 @@ static void apply_binding(const struct plan *p)
             want = pick;
         }
         if (sched_setaffinity(0, sizeof want, &want))
-            die(HPCRUN_EXIT_FAILED, "can't bind to CPUs %s: %s", p->aff, strerror(errno));
+            die(HPCRUN_EXIT_FAILED, "can't bind to CPUs %s: %s", p->aff ? p->aff : "(some)",
+                strerror(errno));
     }
     for (int i = 0; i < p->nrl; i++) {
         char name[16];

@@ -235,25 +235,20 @@ def wanted(opts) -> bool:
                 or opts.pids_limit)
 
 
-def plan(opts, environ=None, host: Host | None = None) -> Limits | None:
-    """RunOptions -> Limits (validated, tier chosen), or None if no limit was asked for.
-    Raises UsageError (bad value, exit 125) or LimitsError (cannot be enforced here)."""
-    if not wanted(opts):
-        return None
-    mode = opts.limits or "strict"
-    allowed = allowed_cpus()
-    n_allowed = len(allowed)
-    shown = format_cpuset(allowed)
-
+def _values(opts, allowed):
+    """The limits asked for, parsed and checked: (cpus, cpuset, memory, memory_swap,
+    pids). allowed: the CPUs this process may use, or None where they are not known
+    yet (a step plan: each task checks its own CPUs)."""
+    shown = format_cpuset(allowed) if allowed is not None else ""
     cpus = cpuset = None
     if opts.cpuset_cpus:
         cpuset = parse_cpuset(opts.cpuset_cpus)
-        outside = cpuset - allowed
+        outside = cpuset - allowed if allowed is not None else ()
         if outside:
             raise UsageError(f"--cpuset-cpus {opts.cpuset_cpus}: CPU {format_cpuset(outside)} "
                              f"is not allowed here (allowed: {shown})",
                              "pick CPUs from the allowed list (nproc, taskset -p $$)", 125)
-    limit = len(cpuset) if cpuset else n_allowed
+    limit = len(cpuset) if cpuset else len(allowed) if allowed is not None else 1 << 20
     if opts.cpus:
         try:
             cpus = float(opts.cpus)
@@ -296,6 +291,36 @@ def plan(opts, environ=None, host: Host | None = None) -> Limits | None:
                              "(allowed: 1 or more, or -1 for unlimited)",
                              "e.g. --pids-limit 512", 125)
 
+    return cpus, cpuset, memory, memory_swap, pids
+
+
+def check(opts) -> None:
+    """The values of the limits asked for, checked where they are planned for tasks
+    elsewhere (a step plan): exit 125 at once for a bad one. The CPUs allowed and the
+    tier are each task's own and are checked there."""
+    if wanted(opts):
+        _values(opts, None)
+
+
+def whole_cpus_only(opts) -> int:
+    """N for a bare --cpus N (a whole number, no other limit, no --limits-view): what a
+    step plan applies itself, as N of each task's own CPUs by affinity (plan word affn=);
+    0 otherwise (the limits are planned by each task on its node)."""
+    if opts.cpuset_cpus or opts.memory or opts.memory_swap or opts.pids_limit or \
+            opts.limits_view or not opts.cpus:
+        return 0
+    cpus = _values(opts, None)[0]
+    return int(cpus) if cpus == int(cpus) else 0
+
+
+def plan(opts, environ=None, host: Host | None = None) -> Limits | None:
+    """RunOptions -> Limits (validated, tier chosen), or None if no limit was asked for.
+    Raises UsageError (bad value, exit 125) or LimitsError (cannot be enforced here)."""
+    if not wanted(opts):
+        return None
+    mode = opts.limits or "strict"
+    allowed = allowed_cpus()
+    cpus, cpuset, memory, memory_swap, pids = _values(opts, allowed)
     needed = set()
     if memory:
         needed.add("memory")
@@ -351,6 +376,35 @@ def _plan_watchdog(kw, mode, allowed, host, view=False) -> Limits:
         kw["memory_swap"] = 0
     return Limits(tier=TIER_WATCHDOG, affinity=affinity, affinity_count=count,
                   notes=tuple(notes), view=_view(kw, affinity or allowed), **kw)
+
+
+def affinity_of(lim: Limits):
+    """The CPUs to bind to for the no-cgroup tier's CPU limits, chosen now (the C
+    executor chooses N of a pool itself, from the CPU it starts on: plan word affn=;
+    a caller without it takes the first N), or None."""
+    if not lim.affinity:
+        return None
+    pool = sorted(lim.affinity)
+    return frozenset(pool[:lim.affinity_count] if lim.affinity_count else pool)
+
+
+def join(limits: dict) -> None:
+    """`hpcrun exec` into an instance with limits (its record's "limits"): this process
+    takes them before it joins, so what it starts there is held to them too: the
+    instance's cgroups, its CPUs, its process limit (RLIMIT_NPROC counts the instance's
+    user namespace, which it joins)."""
+    for d in limits.get("cgroups") or ():
+        try:
+            with open(os.path.join(d, "cgroup.procs"), "w") as f:
+                f.write(str(os.getpid()))
+        except OSError as e:
+            raise LimitsError(f"can't join the instance's cgroup {d}: {e.strerror}",
+                              "the instance may have ended; see 'hpcrun instance list'") from None
+    if limits.get("cpus"):
+        os.sched_setaffinity(0, limits["cpus"])
+    if limits.get("nproc"):
+        import resource  # lazy: only exec into an instance with --pids-limit
+        resource.setrlimit(resource.RLIMIT_NPROC, (limits["nproc"], limits["nproc"]))
 
 
 def _plan_cgroup(kw, tier, host, allowed, view, environ) -> Limits:

@@ -136,8 +136,11 @@ def test_exec_without_command(inst, rt_image):
     _one_error(cp, "no command given")
 
 
-def test_start_with_resource_limits_is_refused_not_ignored(inst, rt_image):
-    cp = inst("instance", "start", "--name", "lim", "--memory", "1G", rt_image)
-    assert cp.returncode == 2
-    _one_error(cp, "resource limits")
+@pytest.mark.parametrize("opts, what", [(["--memory", "1k"], "--memory 1k is below"),
+                                        (["--cpuset-cpus", "99"], "is not allowed here"),
+                                        (["--cpus", "0.5"], "needs a CPU quota")])
+def test_start_with_bad_limits_leaves_nothing(inst, rt_image, opts, what):
+    cp = inst("instance", "start", "--name", "lim", *opts, rt_image)
+    assert cp.returncode == 125, cp.stderr
+    _one_error(cp, what)
     assert not os.path.exists(inst.state("lim"))

@@ -8,13 +8,15 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import time
 
 import pytest
 
 import util
 from fixtures_slurm import CLUSTER_NAME, slurm_prereqs
-from limits_helpers import lim_tools, monitors  # noqa: F401
+from hpcrun import cgroups
+from limits_helpers import hpcrun_cgroups, lim_tools, monitors  # noqa: F401
 
 pytestmark = [pytest.mark.slurm, pytest.mark.root, pytest.mark.userns]
 
@@ -127,3 +129,92 @@ def test_container_in_job_sees_the_jobs_limit(user, cg_cluster, rt_image):
             "sh", "-c", "cat /sys/fs/cgroup/memory/memory.limit_in_bytes; nproc")
     assert cp.returncode == 0, cp.stderr
     assert cp.stdout.split() == [str(64 << 20), "1"], cp.stdout
+
+
+# ---------------------------------------------------------------- the other entry points
+
+OOM64 = re.compile(r"hpcrun: container killed: out of memory \(limit 64M, peak \d+M\)")
+JOB_MEM_CGROUP = re.compile(r"memory:/slurm\S*/job_\d+/step_\d+")
+
+
+def test_srun_container_memory_stays_in_job_cgroup(user, cg_cluster, rt_image, lim_tools):
+    """`hpcrun srun --container-memory`: a step plan; each task plans the limit on its
+    node, in its own (Slurm's, not writable) cgroup: the watchdog, never leaving it."""
+    cp = util.hpcrun(user, "-v", "srun", f"--container-image={rt_image}",
+                     f"--container-mounts={lim_tools}:/t", "--container-memory=64m",
+                     "--mem=256M", "-n1", "--", "sh", "-c",
+                     "grep memory /proc/self/cgroup; /t/eat 400", env=cg_cluster, cwd="/tmp",
+                     timeout=120)
+    assert cp.returncode == 137, cp.stderr
+    assert "limits: no cgroup" in cp.stderr and OOM64.search(cp.stderr), cp.stderr
+    assert JOB_MEM_CGROUP.search(cp.stdout), cp.stdout
+
+
+def _submit(user, env, user_tmp, text):
+    p = os.path.join(user_tmp, f"job{time.monotonic_ns()}.yaml")
+    with open(p, "w") as f:
+        f.write(text)
+    os.chown(p, user.uid, user.gid)
+    cp = util.hpcrun(user, "submit", p, env=env, cwd=user_tmp)
+    assert cp.returncode == 0, cp.stderr
+    jid = cp.stdout.split()[0]
+    job = wait_done(user, env, jid)
+    logs = util.hpcrun(user, "logs", jid, env=env, cwd=user_tmp)
+    return job, logs.stdout + logs.stderr
+
+
+def test_job_file_resources_seen_inside_without_flags(user, cg_cluster, rt_image, user_tmp):
+    """resources: {mem, cpus_per_task}: the job's cgroup carries them (Slurm's
+    task/cgroup), and the container reads them there: no container option needed."""
+    job, out = _submit(user, cg_cluster, user_tmp,
+                       f"image: {rt_image}\nresources: {{mem: 64M, cpus_per_task: 1}}\n"
+                       "command: [sh, -c, 'echo mem=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes)"
+                       " cpus=$(cat /sys/fs/cgroup/cpuset/cpuset.cpus) nproc=$(nproc)']\n")
+    assert job["state"] == "COMPLETED", (job, out)
+    m = re.search(r"mem=(\d+) cpus=(\S+) nproc=(\d+)", out)
+    assert m, out
+    assert int(m.group(1)) == 64 << 20, out
+    assert len(cgroups.parse_cpuset(m.group(2))) == 1 and m.group(3) == "1", out
+
+
+def test_job_file_container_memory_in_job(user, cg_cluster, rt_image, lim_tools, user_tmp):
+    """container: {memory: 64m} in a job of 256M: each task's container is limited to
+    64M (the watchdog here), inside the job's cgroup; exit 137 and the one line."""
+    job, out = _submit(user, cg_cluster, user_tmp,
+                       f"image: {rt_image}\nmounts: ['{lim_tools}:/t']\n"
+                       "resources: {mem: 256M}\ncontainer: {memory: 64m}\n"
+                       "command: [sh, -c, 'grep memory /proc/self/cgroup; /t/eat 400']\n")
+    assert job["state"] == "FAILED", (job, out)
+    assert OOM64.search(out) and JOB_MEM_CGROUP.search(out), out
+    assert "oom-kill" not in out, out          # hpcrun's limit, not the job's
+
+
+def _as_root(env, argv, timeout=120):
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd="/tmp",
+                          env=dict(os.environ, **env))
+
+
+@pytest.mark.parametrize("entry", ["run", "srun"])
+def test_cgroup_tier_is_a_child_of_the_step(cg_cluster, rt_image, lim_tools, entry):
+    """Where the job's cgroup is writable (root here), the limit's cgroup is made under
+    the step's own: a child of it, removed at the end; the job's cgroup is never left."""
+    before = hpcrun_cgroups()
+    show = "grep memory /proc/self/cgroup; cat /sys/fs/cgroup/memory/memory.limit_in_bytes"
+    if entry == "run":
+        cp = _as_root(cg_cluster, ["srun", "--mem=256M", "sh", "-c",
+                                   f"grep memory /proc/self/cgroup; {util.HPCRUN} -v run "
+                                   f"--memory 64m -v {lim_tools}:/t {rt_image} sh -c "
+                                   f"'{show}; /t/eat 400'"])
+    else:
+        cp = _as_root(cg_cluster, [util.HPCRUN, "-v", "srun", f"--container-image={rt_image}",
+                                   f"--container-mounts={lim_tools}:/t",
+                                   "--container-memory=64m", "--mem=256M", "-n1", "--",
+                                   "sh", "-c", f"{show}; /t/eat 400"])
+    assert cp.returncode == 137, cp.stderr
+    assert OOM64.search(cp.stderr), cp.stderr
+    m = re.search(r"limits: cgroup v1: .* in \S+/job_\d+/step_\d+(/task_\d+)?/hpcrun-\d+$",
+                  cp.stderr, re.M)
+    assert m, cp.stderr
+    # inside: a cgroup namespace rooted at the limit's cgroup, which carries 64M
+    assert "memory:/\n" in cp.stdout and str(64 << 20) in cp.stdout.split(), cp.stdout
+    assert hpcrun_cgroups() == before

@@ -115,5 +115,9 @@ def main(verb: str, argv: list) -> int:
         if not os.path.isdir(f"/proc/{r.pid}/root{workdir}"):
             raise state.InstanceError(f"can't chdir to {workdir} in instance {name}: "
                                       "no such directory", "create it first, or pick another -w")
+    limits = r.limits()
+    if limits:
+        from hpcrun import cgroups  # lazy: only an instance with limits
+        cgroups.join(limits)
     from hpcrun import _core  # lazy: keeps hpcrun run's start-up small
     return _core.join(r.pid, cmd, environment(r.env(), extra), workdir or default_wd)

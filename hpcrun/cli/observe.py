@@ -63,7 +63,8 @@ def stats(no_stream, fmt, names):
                     "Name": s["name"], "CPUPerc": f"{s['cpu_percent']:.2f}%",
                     "MemUsage": f"{observe.human(s['mem_bytes'])} / {observe.human(s['mem_limit'])}",
                     "MemPerc": f"{s['mem_percent']:.2f}%", "PIDs": str(s["pids"]),
-                    "MemBytes": s["mem_bytes"], "CPU": s["cpu_percent"]}) + "\n")
+                    "MemBytes": s["mem_bytes"], "CPU": s["cpu_percent"],
+                    "Limits": s["limits"]}) + "\n")
         else:
             if not first and sys.stdout.isatty():
                 sys.stdout.write("\033[2J\033[H")

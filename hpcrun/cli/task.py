@@ -83,7 +83,10 @@ def main(verb: str, argv: list[str]) -> int:
             # be, executed by the same C executor in this process.
             i = options.image_index(argv, options.TASK)
             from hpcrun.slurm import srun, stepplan  # lazy: keeps hpcrun run's start-up small
-            word = stepplan.make(argv[:i + 1], srun.hpcrun_command(), share=True)
-            return pipeline.execute(word, opts.command)
+            word, spec = stepplan.prepare(argv[:i + 1], srun.hpcrun_command(), share=True)
+            if spec.limits is not None:
+                log.info(spec.limits.summary())
+            # Limits planned here (a step plan's pertask): a cgroup of this task's own.
+            return pipeline.execute_limited(word, spec, opts.command)
         log.info("--node-container: not in a Slurm step; a container of its own")
     return pipeline.run(opts, options.TASK)

@@ -11,7 +11,6 @@ import os
 import signal
 import time
 
-from hpcrun.errors import UsageError
 from hpcrun.instance import state
 from hpcrun.instance.state import InstanceError
 from hpcrun.runtime.spec import F_MONITOR, F_PID
@@ -66,10 +65,9 @@ def start(opts, name: str | None = None, environ=None) -> state.Record:
         opts = opts.replace(command=("true",))     # plan() wants a command; none runs
     spec = launch.plan(opts, image, environ)
     argv = () if idle else spec.argv
-    if getattr(spec, "limits", None) is not None:
-        raise UsageError("instance start: resource limits (--memory, --cpus, --pids-limit, "
-                         "...) are not applied to instances yet",
-                         "start the instance without them, or use hpcrun run")
+    lim = spec.limits
+    # With a memory limit or a cgroup the C core starts a monitor beside the supervisor
+    # (cext/core.c instance_monitor); F_MONITOR is run's way of asking for one.
     spec = spec.replace(flags=(spec.flags | F_PID) & ~F_MONITOR, argv=argv)
     name = name or _free_name(base)
     d = _claim(base, name)
@@ -82,13 +80,38 @@ def start(opts, name: str | None = None, environ=None) -> state.Record:
                 "image_kind": image.kind, "command": list(argv), "workdir": spec.workdir,
                 "uid": spec.uid, "gid": spec.gid, "writable": bool(opts.writable_tmpfs),
                 "created": time.time(), "slurm_job": os.environ.get("SLURM_JOB_ID")}
+        cpus = None
+        if lim is not None:
+            from hpcrun import cgroups, log  # lazy: only an instance with limits
+            log.info(lim.summary())
+            cpus = cgroups.affinity_of(lim)
+            # What `hpcrun exec` applies to what it starts in the instance (the C
+            # launcher leaves an exec into an instance with this file to Python).
+            with open(os.path.join(d, "limits"), "w") as f:
+                json.dump({"tier": cgroups.TIER_NAMES[lim.tier], "notes": list(lim.notes),
+                           "cgroups": list(lim.cgroups), "memory": lim.memory or 0,
+                           "cpus": sorted(cpus) if cpus else None,
+                           "nproc": lim.pids if lim.tier == cgroups.TIER_WATCHDOG else 0}, f)
         with open(os.path.join(d, "record.json"), "w") as f:
             json.dump(info, f)
         fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         anchor = _slurm_anchor()
+        before = os.sched_getaffinity(0) if cpus else None
+        made = False
         try:
+            if lim is not None and lim.cgroups:
+                cgroups.create(lim)     # removed by the instance's monitor at its end
+                made = True
+            if cpus:
+                os.sched_setaffinity(0, cpus)     # inherited by the supervisor
             pid = _core.instance(spec, fd, anchor)
+        except BaseException:
+            if made:
+                cgroups.remove(lim)
+            raise
         finally:
+            if before:
+                os.sched_setaffinity(0, before)
             os.close(fd)
             if anchor >= 0:
                 os.close(anchor)

@@ -119,9 +119,11 @@ def stats(r: state.Record, interval: float = 0.5) -> dict:
     pids = members(r)
     c1, rss, n = _usage(pids)
     dt = time.monotonic() - t0
-    total = mem_total()
+    lim = r.limits()
+    total = lim.get("memory") or mem_total()      # its --memory, else the host's
     return {"name": r.name, "cpu_percent": max(0.0, (c1 - c0) / dt * 100), "mem_bytes": rss,
-            "mem_limit": total, "mem_percent": rss / total * 100 if total else 0.0, "pids": n}
+            "mem_limit": total, "mem_percent": rss / total * 100 if total else 0.0, "pids": n,
+            "limits": "; ".join([lim["tier"]] + lim.get("notes", [])) if lim else "none"}
 
 
 def human(n: float) -> str:

@@ -110,6 +110,16 @@ class Record:
             pass
         return None
 
+    def limits(self) -> dict:
+        """The limits it was started with (file "limits", written by lifecycle.start),
+        or {}."""
+        import json  # lazy: keeps hpcrun run's start-up small
+        try:
+            with open(os.path.join(self.dir, "limits")) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}
+
     def info(self) -> dict:
         import json  # lazy: keeps hpcrun run's start-up small
         try:

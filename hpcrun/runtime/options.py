@@ -119,29 +119,29 @@ TABLE = (
     Option("--device", "devices", LIST, "a CDI device (repeatable; NAME may be all)",
            metavar="VENDOR/CLASS=NAME"),
     Option("--nv", "nv", FLAG, "all GPUs (Apptainer's spelling of --gpus all)"),
-    # Resource limits (hpcrun/cgroups.py): `hpcrun run` only. In a Slurm job the job's
-    # own resources (--mem, --cpus-per-task, a job file's resources:) are the limits,
-    # which Slurm's task/cgroup enforces and the container sees.
+    # Resource limits (hpcrun/cgroups.py), on every entry point. In a Slurm job they are
+    # applied under the task's own cgroup, never by leaving it; the job's own resources
+    # (--mem, --cpus-per-task, a job file's resources:) are Slurm's limits, which its
+    # task/cgroup enforces and the container sees. A step plan hands the per-node ones
+    # to each task (runtime/pipeline.py prepare).
     Option("--cpus", "cpus", VALUE, "CPU quota (1.5: one and a half CPUs; without a "
-           "writable cgroup: that many whole CPUs, by affinity)", metavar="N",
-           where=frozenset((RUN,)), pyxis=""),
+           "writable cgroup: that many whole CPUs, by affinity)", metavar="N"),
     Option("--cpuset-cpus", "cpuset_cpus", VALUE, "CPUs the container may use (0-3,5)",
-           metavar="LIST", where=frozenset((RUN,)), pyxis=""),
+           metavar="LIST"),
     Option("--memory", "memory", VALUE, "memory limit (512m, 4g); at it the container is "
-           "killed: exit 137", short="-m", metavar="SIZE", where=frozenset((RUN,)), pyxis=""),
+           "killed: exit 137", short="-m", metavar="SIZE"),
     Option("--memory-swap", "memory_swap", VALUE, "memory plus swap (-1: unlimited swap)",
-           metavar="SIZE", where=frozenset((RUN,)), pyxis=""),
+           metavar="SIZE"),
     Option("--pids-limit", "pids_limit", VALUE, "most processes and threads (-1: unlimited)",
-           metavar="N", where=frozenset((RUN,)), pyxis=""),
+           metavar="N"),
     Option("--limits", "limits", CHOICE, "strict: a limit this host can't enforce is an "
            "error; best-effort: apply what it can, say what it did", choices=("strict",
-           "best-effort"), where=frozenset((RUN,)), pyxis=""),
+           "best-effort")),
     Option("--ulimit", "ulimits", LIST, "a resource limit, as Docker's: NAME=SOFT[:HARD] "
            "(nofile, nproc, core, stack, memlock, as; as only by name: it is address "
-           "space, not memory)", metavar="NAME=N[:N]", where=frozenset((RUN,)), pyxis=""),
+           "space, not memory)", metavar="NAME=N[:N]"),
     Option("--limits-view", "limits_view", FLAG, "/proc/meminfo, /proc/cpuinfo and "
-           "/sys/devices/system/cpu/online show the limits (as lxcfs does)",
-           where=frozenset((RUN,)), pyxis=""),
+           "/sys/devices/system/cpu/online show the limits (as lxcfs does)"),
     Option("--node-container", "node_container", FLAG,
            "one container per node and step, made by the node's first task and joined "
            "by the others", where=frozenset((TASK, PLAN)), pyxis="container-per-task"),
@@ -313,6 +313,8 @@ def job_schema() -> dict:
             s = {"type": "boolean"}
         elif o.kind == CHOICE:
             s = {"type": "string", "enum": list(o.choices)}
+        elif o.metavar in ("N", "SIZE"):
+            s = {"type": ["string", "number"]}       # cpus: 2, memory: 512m
         else:
             s = {"type": "string"}
         s["description"] = f"{o.help} (hpcrun run {o.name})"

@@ -100,6 +100,26 @@ def prepare(opts, context: str = RUN, environ=None, *, python=(), task_args=()):
     pertask = (context == PLAN and bool(opts.gpus or opts.devices or opts.nv)
                and not environ.get("HPCRUN_TASK_FALLBACK"))
     popts = opts.replace(gpus=None, devices=(), nv=False) if pertask else opts
+    # Limits in a step plan: the tier (a cgroup this node lets the user write under the
+    # task's own, else the watchdog) and the CPUs allowed are each node's and task's
+    # (Slurm binds every task to CPUs of its own), not the planning node's. The plan
+    # checks the values now; a bare --cpus N it carries itself (affn=: N of each task's
+    # CPUs, by affinity, in the C executor); the others each task plans on its node, as
+    # for devices. Once there (HPCRUN_TASK_FALLBACK), they are planned here.
+    affn = 0
+    if context == PLAN and not environ.get("HPCRUN_TASK_FALLBACK") and \
+            (opts.cpus or opts.cpuset_cpus or opts.memory or opts.memory_swap
+             or opts.pids_limit):
+        from hpcrun import cgroups, log  # lazy: keeps hpcrun run's start-up small
+        cgroups.check(opts)
+        affn = cgroups.whole_cpus_only(opts)
+        if not affn:
+            pertask = True
+        log.info(f"limits: in a step plan: cpus {affn} of each task's CPUs by affinity" if affn
+                 else "limits: in a step plan: planned by each task on its node, under "
+                      "its own cgroup (each says its tier)")
+        popts = popts.replace(cpus=None, cpuset_cpus=None, memory=None, memory_swap=None,
+                              pids_limit=None, limits_view=False)
     spec = launch.plan(popts.replace(command=opts.command or ("true",)), image, environ)
     fixed, own = envpolicy.split(list(conf.get("Env") or ()) + list(spec.extra_env),
                                  opts.env_files, opts.env)
@@ -116,7 +136,7 @@ def prepare(opts, context: str = RUN, environ=None, *, python=(), task_args=()):
     word = planfmt.make(opts, image, spec, fixed_env=fixed, own_env=own, sq=sq,
                         python=python, task_args=task_args, pertask=pertask,
                         join=mpi.join_word(opts, context, extra.get("share", False)),
-                        pmixv=mpi.pmix_word(image), **extra)
+                        pmixv=mpi.pmix_word(image), affn=affn, **extra)
     return word, spec, image
 
 
@@ -182,13 +202,21 @@ def run(opts, context: str = RUN, words=None) -> int:
             not os.environ.get("HPCRUN_NO_PLAN_CACHE"):
         from hpcrun.runtime import plancache  # lazy: keeps hpcrun run's start-up small
         plancache.store(words, word, plancache.checks(opts, image, spec))
+    return execute_limited(word, spec, opts.command)
+
+
+def execute_limited(word: str, spec, command) -> int:
+    """execute(), making the plan's cgroups first where its limits have any (the
+    hpcrun-<pid> of this process, which becomes the container's monitor)."""
+    lim = spec.limits
     if lim is None or not lim.cgroups:
-        return execute(word, opts.command)
+        return execute(word, command)
+    from hpcrun import cgroups  # lazy: keeps hpcrun run's start-up small
     # The cgroup is made here, just before the executor; its monitor moves the container
     # in and removes it (and removes it too if entering fails).
     cgroups.create(lim)
     try:
-        return execute(word, opts.command)
+        return execute(word, command)
     except BaseException:
         cgroups.remove(lim)
         raise

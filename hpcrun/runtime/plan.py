@@ -39,13 +39,15 @@ any byte but letters, digits and "/._+@-". Keys (repeatable ones *):
                      own get MPI settings that work between them (hpcrun/mpi.py)
   pmixv=MAJOR.MINOR  the image's PMIx client version: a launcher's PMIx server it
                      can't reach is an error before the command starts
-  pertask=1        devices (--gpus, --device, --nv): the executor runs `hpcrun task ARGS`
-                   on each node, which plans them with that node's and step's GPUs
+  pertask=1        devices (--gpus, --device, --nv) or limits (--memory, --cpuset-cpus,
+                   ...): the executor runs `hpcrun task ARGS` on each node, which plans
+                   them with that node's and step's GPUs, the task's CPUs and cgroup
   lim=T:M:S:N:I    resource limits (hpcrun/cgroups.py): tier, memory and memory+swap
                      bytes for the watchdog, RLIMIT_NPROC, sampling interval in ms
   limshow=TEXT     the memory limit as the OOM message shows it (512M)
   aff=LIST         the CPUs to bind to (0-3,5): sched_setaffinity before entering
-  affn=N           only N of them: from the CPU the executor runs on, upwards, wrapping
+  affn=N           only N of them: from the CPU the executor runs on, upwards, wrapping;
+                     without aff=, N of the CPUs the task may use (a step plan's --cpus N)
   rl=NAME:S:H      * setrlimit(NAME, soft S, hard H) before entering (-1: unlimited)
   cg=PATH          * a cgroup directory the container joins (made already, removed at
                      the end by the monitor)     cgmem=PATH  the one with memory
@@ -83,7 +85,7 @@ def decode_args(word: str) -> list:
 
 def make(opts, image, spec, *, fixed_env, own_env, sq=None, pmix=False, tmpfs=None,
          cache=None, share=False, python=(), task_args=(), pertask=False, join=None,
-         pmixv=None) -> str:
+         pmixv=None, affn=0) -> str:
     """The plan word for a planned container (runtime/pipeline.py calls this).
 
     spec: the launch.plan() Spec of (opts, image); fixed_env/own_env: the env policy
@@ -160,6 +162,8 @@ def make(opts, image, spec, *, fixed_env, own_env, sq=None, pmix=False, tmpfs=No
         from hpcrun.cgroups import parse_ulimits  # lazy: keeps hpcrun run's start-up small
         for name, soft, hard in parse_ulimits(opts.ulimits):
             words.append(f"rl={name}:{soft}:{hard}")
+    if affn:
+        words.append(f"affn={affn}")          # of the task's own CPUs (no aff=)
     words += ["py=" + esc(a) for a in python]
     words += ["arg=" + esc(a) for a in task_args]
     return ",".join(words)

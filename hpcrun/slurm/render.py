@@ -77,6 +77,13 @@ def task_options(step: Step) -> List[str]:
         argv.append("--scratch")
     if step.resources.gpus and not {"--gpus", "--nv", "--device"} & set(step.options):
         argv += ["--gpus", "all"]       # the task's container gets the GPUs Slurm allocated
+    if step.resources.cpus_per_task and not any(
+            o.split("=")[0] in ("--cpus", "--cpuset-cpus") for o in step.options):
+        # A per-task limit: each task's container gets that many of its CPUs, by
+        # affinity (a no-op where Slurm's task/affinity or task/cgroup bound it already).
+        # resources.mem is the job's memory per node, Slurm's to enforce (its cgroup,
+        # which the container sees); `container: {memory: ...}` is one container's.
+        argv += ["--cpus", str(step.resources.cpus_per_task)]
     return argv + list(step.options) + [step.image]
 
 

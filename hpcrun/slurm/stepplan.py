@@ -69,6 +69,11 @@ def make(task_args: list, hpcrun: list, environ=None, share: bool = False) -> st
     """The step plan for `hpcrun task [run options] IMAGE` (task_args: the words before
     `--`; the command comes after the plan). `hpcrun`: how to start hpcrun (Python) on
     a node. Raises HpcrunError (UsageError, NotFound, ...) for bad options or images."""
+    return prepare(task_args, hpcrun, environ, share)[0]
+
+
+def prepare(task_args: list, hpcrun: list, environ=None, share: bool = False):
+    """make(), and the Spec it was planned from: (plan word, Spec)."""
     from hpcrun.runtime import options, pipeline  # lazy: keeps hpcrun run's start-up small
     opts = pipeline.run_options(list(task_args), options.PLAN)
     if opts.command:
@@ -84,9 +89,9 @@ def make(task_args: list, hpcrun: list, environ=None, share: bool = False) -> st
     i = options.image_index(args, options.PLAN)
     if i >= 0 and os.path.exists(args[i]):
         args[i] = os.path.abspath(args[i])     # tasks may start elsewhere
-    word, _, _ = pipeline.prepare(opts, options.PLAN, environ,
-                               python=list(hpcrun) + ["task"], task_args=args)
-    return word
+    word, spec, _ = pipeline.prepare(opts, options.PLAN, environ,
+                                     python=list(hpcrun) + ["task"], task_args=args)
+    return word, spec
 
 
 def srun_argv(srun_opts, task_args, command, hpcrun: list, share: bool,
