@@ -231,7 +231,7 @@ def report(u: User, base_name: str, base: str, root: str, a) -> None:
     print(f"{'':10s}{'hpcrun':>10s}{'ch-image':>10s}{'ratio':>8s}  target")
     for k, target in (("cold", ">= 1x"), ("cached", ">= 3x"), ("touched", ">= 2x")):
         h, c = med("hpcrun", k), med("ch-image", k)
-        print(f"{k:10s}{h:9.2f}s{c:9.2f}s{c / h:7.1f}x  {target}")
+        print(f"{k:10s}{h:9.2f}s{c:9.2f}s{c / h:7.2f}x  {target}")
     h, c = med("hpcrun", "disk"), med("ch-image", "disk")
     print(f"{'A+B disk':10s}{h / 2**20:7.1f}MiB{c / 2**20:7.1f}MiB{c / max(h, 1):7.1f}x  "
           "(storage grown beyond the imported base, images and cache)")
