@@ -98,8 +98,10 @@ struct plan {
     const char *entry[MAX_ITEMS], *cmd[MAX_ITEMS], *args[MAX_ITEMS], *set[MAX_ITEMS], *own[MAX_ITEMS], *always[64], *py[64];
     int nentry, ncmd, nargs, nset, nown, nalways, npy;
     struct hpcrun_limits lim;          /* lim= (tier 0: none) */
-    char *cg[9];                       /* cg=, NULL-terminated */
+    char *cg[9];                       /* cg= (or made from cgmk=), NULL-terminated */
     int ncg;
+    const char *cgmk[8], *cgw[64];     /* cgmk=CTL:POINT:ROOT, cgw=I:FILE:VALUE */
+    int ncgmk, ncgw;
     const char *aff;                   /* aff=: CPUs to bind to */
     int affn;                          /* affn=: only so many of them */
     const char *rl[16];                /* rl=NAME:SOFT:HARD */
@@ -311,6 +313,169 @@ static void apply_binding(const struct plan *p)
     }
 }
 
+/* cgmk= and cgw= (hpcrun/cgroups.py chose the tier; runtime/plan.py): the container's
+ * cgroups, made here, so that a plan with a cgroup of its own needs no Python and can be
+ * cached. For each cgmk=CTL:POINT:ROOT, the caller's own cgroup of controller CTL (""
+ * for cgroup v2) is read from /proc/self/cgroup, as seen from the hierarchy mounted at
+ * POINT whose root is ROOT, and hpcrun-<this pid> is made in it: a job's cgroup is never
+ * left, wherever the cached plan is run. Stale hpcrun-<pid> siblings (their launcher
+ * gone, so empty) are removed first. Then each cgw=I:FILE:VALUE is written into the I-th
+ * (VALUE @parent: the parent's FILE, as cpuset.mems needs). Any failure removes what was
+ * made. The monitor (cext/core.c) moves the container in and removes them at the end. */
+static char cg_made[8][PATH_MAX];
+
+static int own_cgroup(const char *ctl, char *out, size_t len)
+{
+    char buf[4096];
+    int fd = open("/proc/self/cgroup", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return -1;
+    buf[n] = '\0';
+    size_t cl = strlen(ctl);
+    for (char *line = buf, *next; line && *line; line = next) {
+        next = strchr(line, '\n');
+        if (next)
+            *next++ = '\0';
+        char *a = strchr(line, ':'), *b = a ? strchr(a + 1, ':') : NULL;
+        if (!b)
+            continue;
+        *b = '\0';
+        int hit = 0;
+        if (!cl)
+            hit = !strcmp(line, "0:");         /* "0::/path" */
+        else
+            for (char *c = a + 1; c && *c; c = strchr(c, ',') ? strchr(c, ',') + 1 : NULL)
+                if (!strncmp(c, ctl, cl) && (c[cl] == ',' || c[cl] == '\0'))
+                    hit = 1;
+        if (hit && (size_t)snprintf(out, len, "%s", b + 1) < len)
+            return 0;
+    }
+    return -1;
+}
+
+static void cgroups_undo(int n)
+{
+    while (n-- > 0)
+        rmdir(cg_made[n]);
+}
+
+static void make_cgroups(struct plan *p)
+{
+    char own[PATH_MAX], spec[PATH_MAX], parent[PATH_MAX], path[PATH_MAX];
+    int made = 0;
+    pid_t me = getpid();
+    hint_text = "see 'hpcrun check' for what this host allows";
+    for (int i = 0; i < p->ncgmk; i++) {
+        snprintf(spec, sizeof spec, "%s", p->cgmk[i]);
+        char *point = strchr(spec, ':'), *root = point ? strchr(point + 1, ':') : NULL;
+        if (!root)
+            die(HPCRUN_EXIT_FAILED, "the plan's cgroup %s is malformed", p->cgmk[i]);
+        *point++ = '\0';
+        *root++ = '\0';
+        if (own_cgroup(spec, own, sizeof own)) {
+            cgroups_undo(made);
+            die(HPCRUN_EXIT_FAILED, "can't find this process's %s cgroup in /proc/self/cgroup",
+                *spec ? spec : "v2");
+        }
+        const char *rel = own;
+        size_t rl = strlen(root);
+        while (rl > 1 && root[rl - 1] == '/')
+            rl--;
+        if (strcmp(root, "/") && !strncmp(own, root, rl) && (own[rl] == '/' || !own[rl]))
+            rel = own + rl;
+        while (*rel == '/')
+            rel++;
+        if ((size_t)snprintf(parent, sizeof parent, "%s%s%s", point, *rel ? "/" : "", rel)
+                >= sizeof parent) {
+            cgroups_undo(made);
+            die(HPCRUN_EXIT_FAILED, "the cgroup path under %s is too long", point);
+        }
+        /* stale siblings: hpcrun-<pid> of launchers that are gone (rmdir fails on any
+         * cgroup that still holds a process) */
+        DIR *d = opendir(parent);
+        for (struct dirent *e; d && (e = readdir(d));) {
+            char *end;
+            long pid = strncmp(e->d_name, "hpcrun-", 7) ? 0 : strtol(e->d_name + 7, &end, 10);
+            if (pid > 0 && !*end && pid != me && kill((pid_t)pid, 0) && errno == ESRCH &&
+                (size_t)snprintf(path, sizeof path, "%s/%s", parent, e->d_name) < sizeof path)
+                rmdir(path);
+        }
+        if (d)
+            closedir(d);
+        if ((size_t)snprintf(cg_made[made], sizeof cg_made[made], "%s/hpcrun-%d", parent,
+                             (int)me) >= sizeof cg_made[made]) {
+            cgroups_undo(made);
+            die(HPCRUN_EXIT_FAILED, "the cgroup path under %s is too long", parent);
+        }
+        if (mkdir(cg_made[made], 0755) && (errno != EEXIST || rmdir(cg_made[made]) ||
+                                           mkdir(cg_made[made], 0755))) {
+            int e = errno;
+            cgroups_undo(made);
+            die(HPCRUN_EXIT_FAILED, "can't create cgroup %s: %s", cg_made[made], strerror(e));
+        }
+        p->cg[made] = cg_made[made];
+        made++;
+    }
+    p->cg[made] = NULL;
+    p->ncg = made;
+    for (int i = 0; i < p->ncgw; i++) {
+        char w[512], val[256];
+        snprintf(w, sizeof w, "%s", p->cgw[i]);
+        char *file = strchr(w, ':'), *v = file ? strchr(file + 1, ':') : NULL, *end;
+        long k = strtol(w, &end, 10);
+        if (!v || end != file || k < 0 || k >= made || memchr(file + 1, '/', (size_t)(v - file - 1))) {
+            cgroups_undo(made);
+            die(HPCRUN_EXIT_FAILED, "the plan's cgroup setting %s is malformed", p->cgw[i]);
+        }
+        *file++ = '\0';
+        *v++ = '\0';
+        if (!strcmp(v, "@parent")) {
+            char *slash = strrchr(cg_made[k], '/');
+            snprintf(path, sizeof path, "%.*s/%s", (int)(slash - cg_made[k]), cg_made[k], file);
+            int fd = open(path, O_RDONLY | O_CLOEXEC);
+            ssize_t n = fd < 0 ? -1 : read(fd, val, sizeof val - 1);
+            if (fd >= 0)
+                close(fd);
+            val[n > 0 ? n : 0] = '\0';
+            val[strcspn(val, "\n")] = '\0';
+            v = val;
+        }
+        snprintf(path, sizeof path, "%s/%s", cg_made[k], file);
+        int fd = open(path, O_WRONLY | O_CLOEXEC);
+        size_t vl = strlen(v);
+        if (fd < 0 || write(fd, v, vl) != (ssize_t)vl) {
+            int e = errno;
+            if (fd >= 0)
+                close(fd);
+            cgroups_undo(made);
+            hint_text = "see 'hpcrun check' for what this host allows; --limits=best-effort "
+                        "is no help for a cgroup that refuses a value";
+            die(HPCRUN_EXIT_FAILED, "can't set %s to %s in %s: %s", file, v, cg_made[k],
+                strerror(e));
+        }
+        close(fd);
+    }
+    hint_text = NULL;
+    /* @cgI: the I-th made cgroup (the view mounted at /sys/fs/cgroup/..., cgmem=) */
+    for (int i = 0; i < p->nm; i++)
+        if (p->m[i].src && !strncmp(p->m[i].src, "@cg", 3)) {
+            long k = strtol(p->m[i].src + 3, NULL, 10);
+            if (k < 0 || k >= made) {
+                cgroups_undo(made);
+                die(HPCRUN_EXIT_FAILED, "the plan's cgroup mount %s is malformed", p->m[i].src);
+            }
+            p->m[i].src = cg_made[k];
+        }
+    if (p->lim.memory_cgroup && !strncmp(p->lim.memory_cgroup, "@cg", 3)) {
+        long k = strtol(p->lim.memory_cgroup + 3, NULL, 10);
+        p->lim.memory_cgroup = k >= 0 && k < made ? cg_made[k] : NULL;
+    }
+}
+
 /* Parse the plan (a writable copy: values are decoded in place). */
 static int parse_plan(char *text, struct plan *p)
 {
@@ -378,6 +543,8 @@ static int parse_plan(char *text, struct plan *p)
         else if (!strcmp(k, "lim")) { if (parse_limits(v, &p->lim)) return -1; }
         else if (!strcmp(k, "limshow")) p->lim.memory_shown = v;
         else if (!strcmp(k, "cg")) PUSH(p->cg, p->ncg, 8, v);
+        else if (!strcmp(k, "cgmk")) PUSH(p->cgmk, p->ncgmk, 8, v);
+        else if (!strcmp(k, "cgw")) PUSH(p->cgw, p->ncgw, 64, v);
         else if (!strcmp(k, "cgmem")) p->lim.memory_cgroup = v;
         else if (!strcmp(k, "aff")) p->aff = v;
         else if (!strcmp(k, "affn")) { if (num(v, &p->affn)) return -1; }
@@ -1368,6 +1535,8 @@ int hpcrun_plan_exec(int argc, char **argv)
     s.stop_signal = p.stop;
     s.preserve_fds = p.pfds;
     if (p.lim.tier) {
+        if (p.ncgmk)
+            make_cgroups(&p);
         p.lim.cgroups = p.cg;
         s.limits = &p.lim;
     }

@@ -49,11 +49,11 @@ class Limits(_Frozen):
     __slots__ = ("tier", "cpus", "cpuset", "memory", "memory_swap", "pids", "affinity",
                  "affinity_count",
                  "cgroups", "writes", "memory_cgroup", "view", "mounts", "notes",
-                 "interval_ms", "memory_shown")
+                 "interval_ms", "memory_shown", "makers")
     _defaults = {"cpus": None, "cpuset": None, "memory": 0, "memory_swap": 0, "pids": 0,
                  "interval_ms": WATCH_INTERVAL_MS, "memory_shown": None,
                  "affinity": None, "affinity_count": 0, "cgroups": (), "writes": (), "memory_cgroup": None,
-                 "view": (), "mounts": (), "notes": ()}
+                 "view": (), "mounts": (), "notes": (), "makers": ()}
 
     def summary(self) -> str:
         """One line for -v: the tier and how each limit is applied."""
@@ -189,8 +189,8 @@ class Host(_Frozen):
     """What the kernel offers this user: the cgroup v2 directory and the v1 ones."""
 
     __slots__ = ("v2_dir", "v2_controllers", "v2_enabled", "v2_writable", "v1_dirs",
-                 "v1_writable", "v1_names", "slurm_job")
-    _defaults = {}
+                 "v1_writable", "v1_names", "slurm_job", "mounts")
+    _defaults = {"mounts": {}}     # _cgroup_mounts(): {controller or "": (point, root)}
 
 
 def detect() -> Host:
@@ -215,7 +215,8 @@ def detect() -> Host:
             v1w[c] = os.access(d, os.W_OK) and os.access(os.path.join(d, "cgroup.procs"),
                                                          os.W_OK)
     return Host(v2_dir=v2, v2_controllers=ctl, v2_enabled=enabled, v2_writable=writable,
-                v1_dirs=v1, v1_writable=v1w, v1_names=names, slurm_job=os.environ.get("SLURM_JOB_ID"))
+                v1_dirs=v1, v1_writable=v1w, v1_names=names, slurm_job=os.environ.get("SLURM_JOB_ID"),
+                mounts=mounts)
 
 
 def _tier(host: Host, needed: set):
@@ -414,9 +415,11 @@ def _plan_cgroup(kw, tier, host, allowed, view, environ) -> Limits:
     notes = []
     mounts = []
     mem, swap = kw["memory"], kw["memory_swap"]
+    makers = []          # (controller or "" for v2, mount point, mount root), as dirs
     if tier == TIER_CGROUP2:
         d = os.path.join(host.v2_dir, name)
         dirs.append(d)
+        makers.append(("",) + tuple(host.mounts.get("") or ("", "")))
         if mem:
             writes += [(d, "memory.max", str(mem)), (d, "memory.oom.group", "1")]
             if swap:
@@ -437,6 +440,7 @@ def _plan_cgroup(kw, tier, host, allowed, view, environ) -> Limits:
                            "pids" if kw["pids"] else None} - {None}):
             d = os.path.join(host.v1_dirs[ctl], name)
             dirs.append(d)
+            makers.append((ctl,) + tuple(host.mounts.get(ctl) or ("", "")))
             if ctl == "memory":
                 memdir = d
                 writes.append((d, "memory.limit_in_bytes", str(mem)))
@@ -468,8 +472,11 @@ def _plan_cgroup(kw, tier, host, allowed, view, environ) -> Limits:
     notes.append(f"in {where}")
     if swap < 0:
         kw["memory_swap"] = 0
+    # The C executor can make them itself (plan words cgmk=, cgw=: runtime/plan.py) where
+    # every mount is known: the caller's own cgroup under each is found when it runs.
+    makers = tuple(makers) if all(m[1] for m in makers) else ()
     return Limits(tier=tier, cgroups=tuple(dirs), writes=tuple(writes), memory_cgroup=memdir,
-                  mounts=tuple(mounts), notes=tuple(notes),
+                  mounts=tuple(mounts), notes=tuple(notes), makers=makers,
                   view=_view(kw, kw["cpuset"] or allowed), **kw)
 
 
@@ -551,6 +558,17 @@ def create(lim: Limits) -> None:
         remove(lim, made)
         raise LimitsError(f"can't create cgroup {e.filename}: {e.strerror}",
                           "see 'hpcrun check'") from None
+
+
+def prepare(lim: Limits) -> None:
+    """Before an executor that makes the cgroups itself (lim.makers: plan words cgmk=,
+    cext/task.c make_cgroups): cgroup v2's controllers enabled for our child."""
+    if lim.tier == TIER_CGROUP2:
+        try:
+            _v2_enable(os.path.dirname(lim.cgroups[0]), lim)
+        except OSError as e:
+            raise LimitsError(f"can't enable the controllers in {os.path.dirname(lim.cgroups[0])}: "
+                              f"{e.strerror}", "see 'hpcrun check'") from None
 
 
 def _sweep(parent: str) -> None:

@@ -245,6 +245,90 @@ def test_stale_cgroup_of_a_dead_launcher_is_removed(rt_image):
             os.rmdir(stale)
 
 
+# ---------------------------------------------------------------- the plan cache
+
+def _execs_root(*args, **kw):
+    """`hpcrun run ARGS` as root under strace: (completed process, programs exec'd)."""
+    import shutil
+    import tempfile
+    util.require(shutil.which("strace") is not None, "strace is not installed")
+    with tempfile.TemporaryDirectory() as d:
+        log = os.path.join(d, "log")
+        cp = subprocess.run(["strace", "-f", "-qq", "-e", "trace=execve", "-e", "signal=none",
+                             "-o", log, util.HPCRUN, "run", *args], capture_output=True,
+                            text=True, timeout=120, cwd="/", **kw)
+        with open(log) as f:
+            progs = [ln.split('"')[1] for ln in f if "execve(" in ln and "= 0" in ln]
+    return cp, progs
+
+
+def test_cgroup_v1_run_is_cached_and_its_cgroup_made_by_the_executor(rt_image, lim_tools):
+    """A run with a cgroup of its own is planned once: warm, the C executor makes
+    hpcrun-<pid> (plan words cgmk=, cgw=), the limit holds, the OOM is reported, and the
+    cgroup is gone at the end. No Python starts."""
+    args = ("-v", f"{lim_tools}:/t", "--memory", "48m", "--pids-limit", "40", rt_image)
+    before = hpcrun_cgroups()
+    cold = run_root(*args, "true")                        # plans it, fills the cache
+    assert cold.returncode == 0, cold.stderr
+    cp, progs = _execs_root(*args, "sh", "-c", "cat /sys/fs/cgroup/memory/memory.limit_in_bytes"
+                            " /sys/fs/cgroup/pids/pids.max; grep memory /proc/self/cgroup")
+    assert cp.returncode == 0, cp.stderr
+    assert not any("python" in p for p in progs), progs
+    out = cp.stdout.split()
+    assert out[:2] == [str(48 << 20), "40"], cp.stdout
+    assert out[2].endswith(":memory:/"), cp.stdout               # its cgroup namespace
+    cp, progs = _execs_root(*args, "/t/eat", "400")
+    assert not any("python" in p for p in progs), progs
+    assert cp.returncode == 137, cp.stderr
+    assert "hpcrun: container killed: out of memory (limit 48M, peak" in cp.stderr, cp.stderr
+    assert hpcrun_cgroups() == before
+
+
+def test_cached_cgroup_plan_is_made_under_the_callers_cgroup_of_the_moment(rt_image):
+    """A cached plan names no cgroup: run from another cgroup (as a Slurm job's task
+    would be), the container's is made under that one, never where the plan was made."""
+    args = ("--memory", "40m", rt_image)
+    assert run_root(*args, "true").returncode == 0        # planned here, cached
+    mem = cgroups.detect().v1_dirs["memory"]
+    child = os.path.join(mem, f"hpcrun-test-job-{os.getpid()}")
+    os.mkdir(child)
+    try:
+        p = subprocess.Popen(["sh", "-c", f'echo $$ > {child}/cgroup.procs && '
+                              f'exec {util.HPCRUN} run "$@"', "-", *args, "sleep", "3"],
+                             cwd="/", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        seen = []
+        for _ in range(100):
+            seen = [n for n in os.listdir(child) if n.startswith("hpcrun-")]
+            if seen:
+                break
+            time.sleep(0.05)
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+        assert seen == [f"hpcrun-{p.pid}"], (seen, os.listdir(mem))
+        with open(os.path.join(child, "cgroup.procs")) as f:
+            assert f.read() == ""                       # everything gone with it
+        assert not [n for n in os.listdir(child) if n.startswith("hpcrun-")]
+    finally:
+        os.rmdir(child)
+
+
+def test_cached_cgroup_plan_removes_a_stale_cgroup_of_a_dead_launcher(rt_image):
+    p = subprocess.Popen(["true"])
+    p.wait()
+    args = ("--memory", "44m", rt_image, "true")
+    assert run_root(*args).returncode == 0                # cached from here on
+    mem = cgroups.detect().v1_dirs["memory"]
+    stale = os.path.join(mem, f"hpcrun-{p.pid}")
+    os.mkdir(stale)
+    try:
+        cp, progs = _execs_root(*args)
+        assert cp.returncode == 0 and not any("python" in x for x in progs), (cp.stderr, progs)
+        assert not os.path.exists(stale)
+    finally:
+        if os.path.exists(stale):
+            os.rmdir(stale)
+
+
 # ---------------------------------------------------------------- hpcrun check
 
 def _check(argv_user=None):

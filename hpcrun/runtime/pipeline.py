@@ -190,14 +190,17 @@ def run(opts, context: str = RUN, words=None) -> int:
             log.warning("--ulimit as limits address space, not memory: CUDA, ASAN and JVMs "
                         "reserve far more than they use and fail under it; --memory is the "
                         "memory limit")
-    # A plan with its own cgroup is made for this run (hpcrun-<pid>): never cached. The
-    # other limits are words the C executor applies itself (affinity, rlimits, the
-    # watchdog), so such a plan is cached as any other. --ulimit as is not, so that
-    # its warning is never skipped.
+    # Limits are words the C executor applies itself (affinity, rlimits, the watchdog;
+    # a cgroup v1 of its own it makes: cgmk=, under the caller's cgroups of the moment),
+    # so such a plan is cached as any other. Not: a cgroup v2 plan (Python enables the
+    # controllers for it first), one with cgroups Python must make (no mount known),
+    # and --ulimit as, so that its warning is never skipped.
     # A Slurm job's cgroup view names this job's cgroup (the cache key has no job id).
-    cacheable = (lim is None or not lim.cgroups) and \
+    own = set(lim.cgroups) if lim is not None and lim.makers else set()
+    v1_own = bool(own) and lim.tier == 1        # cgroups.TIER_CGROUP1
+    cacheable = (lim is None or not lim.cgroups or v1_own) and \
         not any(u.startswith("as=") for u in opts.ulimits) and \
-        not any(m.dst.startswith("/sys/fs/cgroup") for m in spec.mounts)
+        not any(m.dst.startswith("/sys/fs/cgroup") and m.src not in own for m in spec.mounts)
     if words is not None and context == RUN and cacheable and \
             not os.environ.get("HPCRUN_NO_PLAN_CACHE"):
         from hpcrun.runtime import plancache  # lazy: keeps hpcrun run's start-up small
@@ -206,12 +209,16 @@ def run(opts, context: str = RUN, words=None) -> int:
 
 
 def execute_limited(word: str, spec, command) -> int:
-    """execute(), making the plan's cgroups first where its limits have any (the
-    hpcrun-<pid> of this process, which becomes the container's monitor)."""
+    """execute(), making the plan's cgroups first where its limits have any and the
+    executor does not make them itself (the hpcrun-<pid> of this process, which becomes
+    the container's monitor); for cgroup v2, enabling the controllers they need."""
     lim = spec.limits
     if lim is None or not lim.cgroups:
         return execute(word, command)
     from hpcrun import cgroups  # lazy: keeps hpcrun run's start-up small
+    if lim.makers:
+        cgroups.prepare(lim)        # the executor makes them (plan words cgmk=, cgw=)
+        return execute(word, command)
     # The cgroup is made here, just before the executor; its monitor moves the container
     # in and removes it (and removes it too if entering fails).
     cgroups.create(lim)

@@ -51,6 +51,13 @@ any byte but letters, digits and "/._+@-". Keys (repeatable ones *):
   rl=NAME:S:H      * setrlimit(NAME, soft S, hard H) before entering (-1: unlimited)
   cg=PATH          * a cgroup directory the container joins (made already, removed at
                      the end by the monitor)     cgmem=PATH  the one with memory
+  cgmk=CTL:POINT:ROOT  * a cgroup the executor makes itself and the container joins:
+                     hpcrun-<its pid> in the caller's own cgroup of controller CTL
+                     ("" for v2; /proc/self/cgroup) under the hierarchy mounted at POINT
+                     whose root is ROOT (cext/task.c make_cgroups); so a run with a
+                     cgroup of its own is cached like any other
+  cgw=I:FILE:VALUE * write VALUE into FILE of the I-th cgmk= cgroup, in order (VALUE
+                     @parent: the parent's FILE)     cgmem=@cgI, m=FLAGS:@cgI:DST  it
   py=ARG           * how to start `hpcrun task` (Python) for what the executor does not
   arg=ARG          * the `hpcrun task` options and IMAGE as given: where the image is
                      not on this node, `hpcrun task ARGS -- COMMAND` runs instead
@@ -102,10 +109,14 @@ def make(opts, image, spec, *, fixed_env, own_env, sq=None, pmix=False, tmpfs=No
         words.append("fuse=" + esc(spec.squashfuse))
     if spec.hostname:
         words.append("host=" + esc(spec.hostname))
+    lim = spec.limits
+    made = list(lim.cgroups) if lim is not None and lim.makers else []
     for m in spec.mounts:
         src = esc(m.src) if m.src else ""
         if opts.scratch and m.dst == "/scratch":
             src = SCRATCH
+        elif m.src in made:
+            src = f"@cg{made.index(m.src)}"     # the cgroup the executor makes (cgmk=)
         words.append(f"m={m.flags}:{src}:{esc(m.dst)}")
     if opts.workdir or conf.get("WorkingDir"):
         words += ["wd=" + esc(spec.workdir), f"wdreq={1 if spec.workdir_required else 0}"]
@@ -143,16 +154,22 @@ def make(opts, image, spec, *, fixed_env, own_env, sq=None, pmix=False, tmpfs=No
         words.append("pmixv=" + esc(pmixv))
     if pertask:
         words.append("pertask=1")
-    lim = spec.limits
     if lim is not None:
         swap = lim.memory_swap if lim.memory_swap and lim.memory_swap > 0 else 0
         nproc = lim.pids if lim.tier == 3 else 0      # cgroups.TIER_WATCHDOG
         words.append(f"lim={lim.tier}:{lim.memory or 0}:{swap}:{nproc}:{lim.interval_ms}")
         if lim.memory_shown:
             words.append("limshow=" + esc(lim.memory_shown))
-        words += ["cg=" + esc(d) for d in lim.cgroups]
-        if lim.memory_cgroup:
-            words.append("cgmem=" + esc(lim.memory_cgroup))
+        if made:
+            # the executor makes them (hpcrun-<its pid>, under its own cgroups)
+            words += ["cgmk=" + ":".join(esc(x) for x in mk) for mk in lim.makers]
+            words += [f"cgw={made.index(d)}:{esc(f)}:{esc(v)}" for d, f, v in lim.writes]
+            if lim.memory_cgroup:
+                words.append(f"cgmem=@cg{made.index(lim.memory_cgroup)}")
+        else:
+            words += ["cg=" + esc(d) for d in lim.cgroups]
+            if lim.memory_cgroup:
+                words.append("cgmem=" + esc(lim.memory_cgroup))
         if lim.affinity:
             from hpcrun.cgroups import format_cpuset  # lazy: keeps hpcrun run's start-up small
             words.append("aff=" + esc(format_cpuset(lim.affinity)))

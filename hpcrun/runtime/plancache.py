@@ -89,6 +89,8 @@ def checks(opts, image, spec, environ=None) -> list:
         if m.src and m.src.startswith("/") and not (m.flags & 0x420):   # M_CONTENT, M_SYMLINK
             real.append(m.src)
     real += [os.path.abspath(v.split(":", 1)[0]) for v in opts.volumes]
+    if spec.limits is not None:
+        real += [mk[1] for mk in spec.limits.makers]    # cgroup mounts (plan word cgmk=)
     if environ.get("HOME"):
         real.append(environ["HOME"])
     ident += [os.path.abspath(f) for f in opts.env_files]
