@@ -102,6 +102,8 @@ struct plan {
     int ncg;
     const char *cgmk[8], *cgw[64];     /* cgmk=CTL:POINT:ROOT, cgw=I:FILE:VALUE */
     int ncgmk, ncgw;
+    const char *limnode[8], *limsay;   /* limnode=CTL:POINT:ROOT, limsay=TEXT */
+    int nlimnode;
     const char *aff;                   /* aff=: CPUs to bind to */
     int affn;                          /* affn=: only so many of them */
     const char *rl[16];                /* rl=NAME:SOFT:HARD */
@@ -363,36 +365,49 @@ static void cgroups_undo(int n)
         rmdir(cg_made[n]);
 }
 
+/* The caller's own cgroup named by CTL:POINT:ROOT (cgmk=, limnode=) into out: 0, or
+ * -1 with the reason in out. */
+static int own_cgroup_dir(const char *mk, char *out, size_t len)
+{
+    char own[PATH_MAX], spec[PATH_MAX];
+    snprintf(spec, sizeof spec, "%s", mk);
+    char *point = strchr(spec, ':'), *root = point ? strchr(point + 1, ':') : NULL;
+    if (!root) {
+        snprintf(out, len, "the plan's cgroup %s is malformed", mk);
+        return -1;
+    }
+    *point++ = '\0';
+    *root++ = '\0';
+    if (own_cgroup(spec, own, sizeof own)) {
+        snprintf(out, len, "can't find this process's %s cgroup in /proc/self/cgroup",
+                 *spec ? spec : "v2");
+        return -1;
+    }
+    const char *rel = own;
+    size_t rl = strlen(root);
+    while (rl > 1 && root[rl - 1] == '/')
+        rl--;
+    if (strcmp(root, "/") && !strncmp(own, root, rl) && (own[rl] == '/' || !own[rl]))
+        rel = own + rl;
+    while (*rel == '/')
+        rel++;
+    if ((size_t)snprintf(out, len, "%s%s%s", point, *rel ? "/" : "", rel) >= len) {
+        snprintf(out, len, "the cgroup path under %s is too long", point);
+        return -1;
+    }
+    return 0;
+}
+
 static void make_cgroups(struct plan *p)
 {
-    char own[PATH_MAX], spec[PATH_MAX], parent[PATH_MAX], path[PATH_MAX];
+    char parent[PATH_MAX], path[PATH_MAX];
     int made = 0;
     pid_t me = getpid();
     hint_text = "see 'hpcrun check' for what this host allows";
     for (int i = 0; i < p->ncgmk; i++) {
-        snprintf(spec, sizeof spec, "%s", p->cgmk[i]);
-        char *point = strchr(spec, ':'), *root = point ? strchr(point + 1, ':') : NULL;
-        if (!root)
-            die(HPCRUN_EXIT_FAILED, "the plan's cgroup %s is malformed", p->cgmk[i]);
-        *point++ = '\0';
-        *root++ = '\0';
-        if (own_cgroup(spec, own, sizeof own)) {
+        if (own_cgroup_dir(p->cgmk[i], parent, sizeof parent)) {
             cgroups_undo(made);
-            die(HPCRUN_EXIT_FAILED, "can't find this process's %s cgroup in /proc/self/cgroup",
-                *spec ? spec : "v2");
-        }
-        const char *rel = own;
-        size_t rl = strlen(root);
-        while (rl > 1 && root[rl - 1] == '/')
-            rl--;
-        if (strcmp(root, "/") && !strncmp(own, root, rl) && (own[rl] == '/' || !own[rl]))
-            rel = own + rl;
-        while (*rel == '/')
-            rel++;
-        if ((size_t)snprintf(parent, sizeof parent, "%s%s%s", point, *rel ? "/" : "", rel)
-                >= sizeof parent) {
-            cgroups_undo(made);
-            die(HPCRUN_EXIT_FAILED, "the cgroup path under %s is too long", point);
+            die(HPCRUN_EXIT_FAILED, "%s", parent);
         }
         /* stale siblings: hpcrun-<pid> of launchers that are gone (rmdir fails on any
          * cgroup that still holds a process) */
@@ -476,6 +491,30 @@ static void make_cgroups(struct plan *p)
     }
 }
 
+/* limnode= (a step plan's limits, runtime/pipeline.py): the plan carries them as the
+ * no-cgroup tier applies them (lim=, limshow=, affn=), which this node uses unless it
+ * gives this task a writable cgroup: its own cgroup v2 (limnode=:POINT:ROOT), or every
+ * one of the v1 controllers needed. Then the task plans its cgroup in Python (`hpcrun
+ * task`, as for devices), which chooses the tier as `hpcrun run` does. */
+static int node_has_cgroup(const struct plan *p)
+{
+    char dir[PATH_MAX], procs[PATH_MAX + 16];
+    int v1 = 0, v1w = 0;
+    for (int i = 0; i < p->nlimnode; i++) {
+        int w = !own_cgroup_dir(p->limnode[i], dir, sizeof dir) && !access(dir, W_OK) &&
+                (size_t)snprintf(procs, sizeof procs, "%s/cgroup.procs", dir) < sizeof procs &&
+                !access(procs, W_OK);
+        if (p->limnode[i][0] == ':') {
+            if (w)
+                return 1;
+        } else {
+            v1++;
+            v1w += w;
+        }
+    }
+    return v1 && v1w == v1;
+}
+
 /* Parse the plan (a writable copy: values are decoded in place). */
 static int parse_plan(char *text, struct plan *p)
 {
@@ -545,6 +584,8 @@ static int parse_plan(char *text, struct plan *p)
         else if (!strcmp(k, "cg")) PUSH(p->cg, p->ncg, 8, v);
         else if (!strcmp(k, "cgmk")) PUSH(p->cgmk, p->ncgmk, 8, v);
         else if (!strcmp(k, "cgw")) PUSH(p->cgw, p->ncgw, 64, v);
+        else if (!strcmp(k, "limnode")) PUSH(p->limnode, p->nlimnode, 8, v);
+        else if (!strcmp(k, "limsay")) p->limsay = v;
         else if (!strcmp(k, "cgmem")) p->lim.memory_cgroup = v;
         else if (!strcmp(k, "aff")) p->aff = v;
         else if (!strcmp(k, "affn")) { if (num(v, &p->affn)) return -1; }
@@ -1509,6 +1550,8 @@ int hpcrun_plan_exec(int argc, char **argv)
     memset(&s, 0, sizeof s);
     if (p.pertask && !getenv("HPCRUN_TASK_FALLBACK"))
         python_task(&p, argv + 3, argc - 3, p.image);   /* devices: planned on each node */
+    if (p.nlimnode && !getenv("HPCRUN_TASK_FALLBACK") && node_has_cgroup(&p))
+        python_task(&p, argv + 3, argc - 3, p.image);   /* a cgroup of the task's own */
     s.image = image_root(&p, root, argv + 3, argc - 3);
     s.squashfuse = p.fuse;
     s.flags = p.flags;
@@ -1534,6 +1577,8 @@ int hpcrun_plan_exec(int argc, char **argv)
     s.workdir_required = p.wdreq;
     s.stop_signal = p.stop;
     s.preserve_fds = p.pfds;
+    if (p.limsay && verbose())
+        dprintf(2, "hpcrun: %s\n", p.limsay);
     if (p.lim.tier) {
         if (p.ncgmk)
             make_cgroups(&p);

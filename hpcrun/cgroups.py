@@ -314,6 +314,39 @@ def whole_cpus_only(opts) -> int:
     return int(cpus) if cpus == int(cpus) else 0
 
 
+def step_watchdog(opts):
+    """A step plan's limits as the no-cgroup tier applies them, where the C executor
+    can do that itself on each node (--memory, --memory-swap, --pids-limit, with or
+    without a whole --cpus N, which it takes as N of the task's CPUs): (Limits, N,
+    probes), probes being (controller or "" for v2, mount point, root) of the cgroups
+    whose being writable on a node gives its tasks a cgroup tier instead (plan word
+    limnode=: those tasks plan it in Python). None where each task must plan the
+    limits (--cpuset-cpus, a fractional --cpus, --limits-view)."""
+    if opts.cpuset_cpus or opts.limits_view:
+        return None
+    cpus, _, memory, memory_swap, pids = _values(opts, None)
+    if (cpus and cpus != int(cpus)) or not (memory or pids):
+        return None
+    mounts = _cgroup_mounts()
+    needed = {"memory" if memory else None, "cpu" if cpus else None,
+              "pids" if pids else None} - {None}
+    probes = [("",) + mounts[""]] if "" in mounts else []
+    probes += [(c,) + mounts[c] for c in sorted(needed) if c in mounts]
+    notes = []
+    if cpus:
+        notes.append(f"cpus: {int(cpus)} of the task's CPUs by affinity")
+    if memory:
+        notes.append(f"memory {format_size(memory)} by the watchdog (every {WATCH_INTERVAL_MS} ms)")
+    if memory_swap and memory_swap > 0:
+        notes.append(f"memory+swap {format_size(memory_swap)} by the watchdog")
+    if pids:
+        notes.append(f"pids {pids} by RLIMIT_NPROC in the user namespace")
+    lim = Limits(tier=TIER_WATCHDOG, cpus=None, cpuset=None, memory=memory,
+                 memory_swap=max(memory_swap, 0), pids=pids,
+                 memory_shown=format_size(memory) if memory else None, notes=tuple(notes))
+    return lim, int(cpus or 0), tuple(probes)
+
+
 def plan(opts, environ=None, host: Host | None = None) -> Limits | None:
     """RunOptions -> Limits (validated, tier chosen), or None if no limit was asked for.
     Raises UsageError (bad value, exit 125) or LimitsError (cannot be enforced here)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 
 import pytest
@@ -54,15 +55,50 @@ def test_task_cpuset_and_pids(user, rt_image):
     assert cp.stdout.split()[0] == "1" and cp.stdout.split()[-1] == "0", cp.stdout
 
 
-def test_plan_memory_is_planned_by_each_task(user, rt_image, lim_tools):
+def _execs(user, prog, word, *cmd, env=None):
+    """_exec under strace: (completed process, programs exec'd)."""
+    util.require(shutil.which("strace") is not None, "strace is not installed")
+    d = util.shared_tmpdir("hpcrun-strace-")
+    os.chmod(d, 0o777)
+    log = os.path.join(d, "log")
+    cp = util.as_user(user, ["strace", "-f", "-qq", "-e", "trace=execve", "-e", "signal=none",
+                             "-o", log, prog, word, "--", *cmd], env=env)
+    with open(log) as f:
+        progs = [ln.split('"')[1] for ln in f if "execve(" in ln and "= 0" in ln]
+    shutil.rmtree(d, ignore_errors=True)
+    return cp, progs
+
+
+def test_plan_memory_by_the_executor_where_the_node_has_no_writable_cgroup(user, rt_image,
+                                                                           lim_tools):
+    """--memory in a step plan: the no-cgroup tier's words (lim=), applied by the C
+    executor with no Python per task, since this node gives the user no writable cgroup
+    (limnode= names the cgroups it checks); -v says the tier."""
     prog, word = _plan(user, "-v", f"{lim_tools}:/t", "--memory", "64m", rt_image)
-    assert "pertask=1" in word.split(","), word     # the tier is the task's node's
-    assert not any(w.startswith(("lim=", "cg=")) for w in word.split(",")), word
-    cp = _exec(user, prog, word, "/t/eat", "400", env={"HPCRUN_VERBOSE": "1"})
+    words = word.split(",")
+    assert "pertask=1" not in words and "lim=3:67108864:0:0:100" in words, word
+    assert any(w.startswith("limnode=memory:") for w in words), word
+    cp, progs = _execs(user, prog, word, "/t/eat", "400", env={"HPCRUN_VERBOSE": "1"})
+    assert progs[0] == prog and not any("python" in p for p in progs[1:]), progs
     assert cp.returncode == 137, cp.stderr
     assert OOM.search(cp.stderr), cp.stderr
-    assert "limits: no cgroup" in cp.stderr, cp.stderr
+    assert "hpcrun: limits: no cgroup (affinity, watchdog, RLIMIT_NPROC): memory 64M by the " \
+        "watchdog" in cp.stderr, cp.stderr
     assert monitors() == []
+
+
+def test_plan_memory_pids_and_whole_cpus_by_the_executor(user, rt_image, tmp_path, lim_tools):
+    out = util.shared_tmpdir("hpcrun-limplan-", owner=user)
+    prog, word = _plan(user, "-v", f"{lim_tools}:/t", "-v", f"{out}:/o", "--memory", "64m",
+                       "--pids-limit", "20", "--cpus", "1", rt_image)
+    words = word.split(",")
+    assert "affn=1" in words and "pertask=1" not in words, word
+    cp, progs = _execs(user, prog, word, "sh", "-c", "nproc; /t/forks.sh 100 /o/started")
+    assert progs[0] == prog and not any("python" in p for p in progs[1:]), progs
+    assert cp.stdout.split()[0] == "1", cp.stdout
+    with open(os.path.join(out, "started")) as f:
+        started = len(f.read().split())
+    assert 0 < started < 20, (started, cp.stderr)
 
 
 def test_plan_memory_under_limit_runs(user, rt_image, lim_tools):

@@ -106,21 +106,36 @@ def prepare(opts, context: str = RUN, environ=None, *, python=(), task_args=()):
     # checks the values now; a bare --cpus N it carries itself (affn=: N of each task's
     # CPUs, by affinity, in the C executor); the others each task plans on its node, as
     # for devices. Once there (HPCRUN_TASK_FALLBACK), they are planned here.
+    # --memory, --memory-swap and --pids-limit (with a whole --cpus N or none) the plan
+    # carries as the no-cgroup tier applies them, which the C executor does itself on a
+    # node that gives the task no writable cgroup (most clusters, for users); where one
+    # does, that task plans its cgroup in Python (plan word limnode=).
     affn = 0
+    step = None
     if context == PLAN and not environ.get("HPCRUN_TASK_FALLBACK") and \
             (opts.cpus or opts.cpuset_cpus or opts.memory or opts.memory_swap
              or opts.pids_limit):
         from hpcrun import cgroups, log  # lazy: keeps hpcrun run's start-up small
         cgroups.check(opts)
         affn = cgroups.whole_cpus_only(opts)
-        if not affn:
+        step = None if affn else cgroups.step_watchdog(opts)
+        if step is not None:
+            affn = step[1]
+            log.info("limits: in a step plan: on a node with no writable cgroup, "
+                     + "; ".join(step[0].notes) + " (the C executor); where a node has one, "
+                     "its tasks plan a cgroup of their own (each says its tier)")
+        elif affn:
+            log.info(f"limits: in a step plan: cpus {affn} of each task's CPUs by affinity")
+        else:
             pertask = True
-        log.info(f"limits: in a step plan: cpus {affn} of each task's CPUs by affinity" if affn
-                 else "limits: in a step plan: planned by each task on its node, under "
-                      "its own cgroup (each says its tier)")
+            log.info("limits: in a step plan: planned by each task on its node, under "
+                     "its own cgroup (each says its tier)")
         popts = popts.replace(cpus=None, cpuset_cpus=None, memory=None, memory_swap=None,
                               pids_limit=None, limits_view=False)
     spec = launch.plan(popts.replace(command=opts.command or ("true",)), image, environ)
+    if step is not None:
+        # it watches and reports the OOM (as launch.plan sets for limits of a run)
+        spec = spec.replace(limits=step[0], flags=spec.flags | launch.F_MONITOR)
     fixed, own = envpolicy.split(list(conf.get("Env") or ()) + list(spec.extra_env),
                                  opts.env_files, opts.env)
     # The executor binds a PMIx server's directory (PMIX_SERVER_TMPDIR: mpirun's,
@@ -136,7 +151,8 @@ def prepare(opts, context: str = RUN, environ=None, *, python=(), task_args=()):
     word = planfmt.make(opts, image, spec, fixed_env=fixed, own_env=own, sq=sq,
                         python=python, task_args=task_args, pertask=pertask,
                         join=mpi.join_word(opts, context, extra.get("share", False)),
-                        pmixv=mpi.pmix_word(image), affn=affn, **extra)
+                        pmixv=mpi.pmix_word(image), affn=affn,
+                        limnode=step[2] if step is not None else (), **extra)
     return word, spec, image
 
 

@@ -58,6 +58,11 @@ any byte but letters, digits and "/._+@-". Keys (repeatable ones *):
                      cgroup of its own is cached like any other
   cgw=I:FILE:VALUE * write VALUE into FILE of the I-th cgmk= cgroup, in order (VALUE
                      @parent: the parent's FILE)     cgmem=@cgI, m=FLAGS:@cgI:DST  it
+  limnode=CTL:POINT:ROOT  * a step plan's limits: lim= (and affn=) are the no-cgroup
+                     tier's, which apply unless this node gives the task a writable
+                     cgroup (its own v2 one, CTL empty, or all of the v1 ones named):
+                     then `hpcrun task ARGS` plans one in Python
+  limsay=TEXT      the tier line `-v` prints (HPCRUN_VERBOSE) where lim= applies
   py=ARG           * how to start `hpcrun task` (Python) for what the executor does not
   arg=ARG          * the `hpcrun task` options and IMAGE as given: where the image is
                      not on this node, `hpcrun task ARGS -- COMMAND` runs instead
@@ -92,7 +97,7 @@ def decode_args(word: str) -> list:
 
 def make(opts, image, spec, *, fixed_env, own_env, sq=None, pmix=False, tmpfs=None,
          cache=None, share=False, python=(), task_args=(), pertask=False, join=None,
-         pmixv=None, affn=0) -> str:
+         pmixv=None, affn=0, limnode=()) -> str:
     """The plan word for a planned container (runtime/pipeline.py calls this).
 
     spec: the launch.plan() Spec of (opts, image); fixed_env/own_env: the env policy
@@ -181,6 +186,9 @@ def make(opts, image, spec, *, fixed_env, own_env, sq=None, pmix=False, tmpfs=No
             words.append(f"rl={name}:{soft}:{hard}")
     if affn:
         words.append(f"affn={affn}")          # of the task's own CPUs (no aff=)
+    if limnode:
+        words += ["limnode=" + ":".join(esc(x) for x in mk) for mk in limnode]
+        words.append("limsay=" + esc(lim.summary()))
     words += ["py=" + esc(a) for a in python]
     words += ["arg=" + esc(a) for a in task_args]
     return ",".join(words)
