@@ -9,13 +9,14 @@
              (bare time / hpcrun time) at least 0.99.
   watchdog   the monitor's own CPU time while a container with --memory runs (tier 2:
              it samples /proc every 100 ms), as a share of one core. Target: < 0.5%.
-  step plan  a step plan's task with no limit, a bare --cpus 1 (the C executor's) and
-             --memory 1G (planned by each task in Python): what a limit costs per task.
+  step plan  a step plan's task with no limit, a bare --cpus 1 and --memory 1G (both
+             applied by the C executor: for --memory, the no-cgroup tier's words on a
+             node that gives the user no writable cgroup): what a limit costs per task.
   peers      whether `systemd-run --user --scope -p MemoryMax=...` or Apptainer's
              --memory could run here, to set beside the figures.
 
 Run as root (it drops to HPCRUN_TEST_USER, default hpcuser, for the user tier).
-Usage: benchmarks/limits.py [--rounds N]
+Usage: benchmarks/limits.py [--rounds N] [--startup-only]
 """
 from __future__ import annotations
 
@@ -67,9 +68,8 @@ def timed(argv, **kw) -> float:
 
 
 def startup(img, pw, rounds):
-    """plain and limited as they run (the C launcher's plan cache: warm where the plan
-    can be cached; a plan with its own cgroup never is), plus plain cold (no cache) to
-    show which part of a cgroup run is planning and which is the cgroup."""
+    """plain and limited as they run (the C launcher's plan cache: warm, a cgroup v1
+    plan too: the C executor makes its cgroup), plus plain cold (no cache) beside."""
     rows = []
     for tier, kw in (("cgroup v1 (root)", {"env": dict(os.environ)}),
                      ("no cgroup (user)", as_user_kw(pw))):
@@ -91,8 +91,8 @@ def startup(img, pw, rounds):
 
 def stepplan(img, pw, rounds):
     """A step plan's task (`hpcrun task --plan ...` executed by the per-task program, as
-    srun starts it; here outside a job, as the user): no limit, a bare --cpus 1 (a plan
-    word the C executor applies), and --memory 1G (each task plans it in Python)."""
+    srun starts it; here outside a job, as the user): no limit, a bare --cpus 1 and
+    --memory 1G (plan words the C executor applies)."""
     kw = as_user_kw(pw)
     words = {}
     for name, opts in (("plain", []), ("--cpus 1", ["--cpus", "1"]),
@@ -205,6 +205,8 @@ def main():
                         os.path.join(tools, "kernel.c")], check=True)
         startup(img, pw, rounds)
         stepplan(img, pw, rounds)
+        if "--startup-only" in sys.argv:
+            return
         kernel(img, tools, pw, max(4, rounds // 4))
         watchdog(img, tools, pw, regime="far below the limit: a sample every 250 ms")
         watchdog(img, tools, pw, eat=70, limit="100m",
