@@ -208,6 +208,54 @@ def test_tioclinux_is_denied(user, img):
     assert cp.returncode == 0 and cp.stdout.startswith("DENIED"), cp.stdout
 
 
+def _seccomp(cp) -> str:
+    assert cp.returncode == 0, cp.stderr
+    return [ln.split()[1] for ln in cp.stdout.splitlines() if ln.startswith("Seccomp:")][0]
+
+
+STATUS = [util.HPCRUN, "run", "IMG", "--", "cat", "/proc/self/status"]
+
+
+def test_no_filter_where_no_terminal_is_reachable(user, img):
+    """Batch work (no controlling terminal, no terminal among its descriptors) gets no
+    filter: it could type into no terminal, and a filter costs every system call."""
+    argv = [img if a == "IMG" else a for a in STATUS]
+    cp = util.as_user(user, argv, stdin=subprocess.DEVNULL, start_new_session=True)
+    assert _seccomp(cp) == "0"
+
+
+def test_filter_where_only_an_output_is_a_terminal(user, img):
+    master, slave = os.openpty()
+    try:
+        argv = [img if a == "IMG" else a for a in STATUS]
+        cp = util.as_user(user, argv, stdin=subprocess.DEVNULL, stderr=slave,
+                          start_new_session=True)
+        assert _seccomp(cp) == "2"
+    finally:
+        os.close(slave)
+        os.close(master)
+
+
+def test_filter_where_only_the_controlling_terminal_is_reachable(user, img):
+    """No terminal among the descriptors, but a controlling one (/dev/tty opens)."""
+    master, slave = os.openpty()
+    name = os.ttyname(slave)
+    os.chown(name, user.uid, -1)
+
+    def ctty():
+        fd = os.open(name, os.O_RDWR)
+        fcntl.ioctl(fd, termios.TIOCSCTTY, 0)
+        os.close(fd)
+    try:
+        argv = [img if a == "IMG" else a for a in STATUS]
+        cp = util.as_user(user, argv, stdin=subprocess.DEVNULL, start_new_session=True,
+                          preexec_fn=ctty)
+        assert _seccomp(cp) == "2"
+    finally:
+        os.close(slave)
+        os.close(master)
+
+
 def test_terminal_stays_the_controlling_terminal(user, img):
     # No setsid: the command keeps the caller's terminal (job control, ^C).
     cp = on_terminal(user, [util.HPCRUN, "run", img, "--", "sh", "-c",
