@@ -146,7 +146,7 @@ static const char *const HINTS[][2] = {
      "--fakeroot, from images with the same USER"},
     {"the instance is gone", "see 'hpcrun ps'; start the instance again with 'hpcrun "
      "instance start --name N ...'"},
-    {"namespace of instance process", "the instance must be yours and still running "
+    {"of instance process", "the instance must be yours and still running "
      "(see 'hpcrun ps')"},
     {"command not found", "check the command name and the image's PATH "
      "(e.g. 'hpcrun run IMAGE -- ls /bin')"},
