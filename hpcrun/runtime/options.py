@@ -96,8 +96,7 @@ TABLE = (
            choices=("host", "private")),
     Option("--ipc", "ipc", CHOICE, "private: own ipc namespace", choices=("host", "private")),
     Option("--network", "network", CHOICE, "none: own network namespace with only lo; "
-           "container:NAME: share the network namespace of your instance NAME (its "
-           "interfaces, its 127.0.0.1; not with --hostname)",
+           "container:NAME: your instance NAME's (not with --hostname)",
            aliases=("--net",), choices=("host", "none"), prefixes=("container:",)),
     Option("--hostname", "hostname", VALUE, "own uts namespace with this host name",
            metavar="NAME"),
