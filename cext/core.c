@@ -840,11 +840,13 @@ static int do_mounts(struct ctx *c, const struct hpcrun_spec *s, const char *low
                 return fail(c, "can't mount tmpfs on %s", m->dst);
             continue;
         }
-        if ((m->flags & HPCRUN_M_SYSFS) && (s->flags & HPCRUN_F_NET) &&
+        if ((m->flags & HPCRUN_M_SYSFS) && ((s->flags & HPCRUN_F_NET) || s->net_pid) &&
             mount("sysfs", dst, "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, NULL) == 0) {
             /* With its own network namespace, a fresh sysfs shows only its interfaces
-             * (allowed: our user namespace owns that network namespace). Where the kernel
-             * refuses, the host's is bound below. */
+             * (allowed: our user namespace owns that network namespace; with --network
+             * container:N, the instance's owns the instance's, which we joined). Where
+             * the kernel refuses (an instance on the host's network), the host's is
+             * bound below. */
             continue;
         }
         if ((m->flags & HPCRUN_M_PROC) && c->in_pidns) {
@@ -2290,6 +2292,101 @@ static int read_report(struct ctx *c, int fd)
     return -1;
 }
 
+/* ---------------------------------------------------------------- --network container:N */
+
+/* Field 22 of /proc/PID/stat (start time in clock ticks since boot), through an open
+ * /proc/PID directory; -1 if the process is gone or a zombie. */
+static int proc_start_time(int dirfd, unsigned long long *out)
+{
+    char buf[1024];
+    int fd = openat(dirfd, "stat", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return -1;
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')');     /* the command name may hold spaces and ')' */
+    if (!p || p[1] != ' ' || p[2] == 'Z' || p[2] == 'X')
+        return -1;
+    p += 2;
+    for (int field = 3; field < 22; field++) {
+        p = strchr(p, ' ');
+        if (!p)
+            return -1;
+        p++;
+    }
+    char *end;
+    errno = 0;
+    *out = strtoull(p, &end, 10);
+    return errno || end == p ? -1 : 0;
+}
+
+/* Share the network namespace of an instance (s->net_pid, started at s->net_start).
+ * That namespace is owned by the instance's user namespace, and setns(2) into a
+ * network namespace needs CAP_SYS_ADMIN in the user namespace that owns it: we join
+ * that user namespace first (its owner's uid in the parent has every capability in it,
+ * user_namespaces(7)), then the network namespace. The caller then makes its own
+ * mount (and pid, ipc, uts) namespaces inside it, owned by it, instead of a user
+ * namespace of its own: a process of a child user namespace could not join the
+ * network namespace, nor could a later rank of the node join this container (cext/
+ * task.c node containers, hpcrun_join). So the ids inside are those the instance maps,
+ * which must be the ones planned (s->uid, s->gid). The pid is checked by its start
+ * time through an open /proc/PID directory, which keeps naming that process even if
+ * the pid is reused afterwards. Single-threaded callers only (setns(CLONE_NEWUSER)). */
+static int join_instance_net(struct ctx *c, const struct hpcrun_spec *s)
+{
+    char p[64];
+    unsigned long long start = 0;
+    int pid = s->net_pid;
+    if (count_threads() > 1) {
+        errno = EINVAL;
+        return failx(c, HPCRUN_EXIT_FAILED, "can't share the network of instance process %d "
+                     "from a multi-threaded process", pid);
+    }
+    snprintf(p, sizeof p, "/proc/%d", pid);
+    int dir = open(p, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dir < 0 || proc_start_time(dir, &start) || start != s->net_start) {
+        if (dir >= 0)
+            close(dir);
+        errno = ESRCH;
+        return failx(c, HPCRUN_EXIT_FAILED, "can't share the network of instance process "
+                     "%d: the instance is gone", pid);
+    }
+    int fu = openat(dir, "ns/user", O_RDONLY | O_CLOEXEC);
+    int fn = fu < 0 ? -1 : openat(dir, "ns/net", O_RDONLY | O_CLOEXEC);
+    int e = errno;
+    close(dir);
+    if (fu < 0 || fn < 0) {
+        if (fu >= 0)
+            close(fu);
+        errno = e;
+        return fail(c, "can't open the namespaces of instance process %d", pid);
+    }
+    struct stat a, b;
+    int r = 0;
+    /* setns into one's own user namespace is EINVAL (and there is nothing to join). */
+    if (!(fstat(fu, &a) == 0 && stat("/proc/self/ns/user", &b) == 0 &&
+          a.st_ino == b.st_ino && a.st_dev == b.st_dev) && setns(fu, CLONE_NEWUSER))
+        r = fail(c, "can't join the user namespace of instance process %d", pid);
+    unsigned int uid = geteuid(), gid = getegid();
+    if (r == 0 && (uid != s->uid || gid != s->gid)) {
+        errno = EPERM;
+        r = failx(c, HPCRUN_EXIT_FAILED, "can't share the network of instance process %d: "
+                  "its user namespace maps you to uid %u gid %u, this container is planned "
+                  "for uid %u gid %u", pid, uid, gid, s->uid, s->gid);
+    }
+    if (r == 0 && !(fstat(fn, &a) == 0 && stat("/proc/self/ns/net", &b) == 0 &&
+                    a.st_ino == b.st_ino && a.st_dev == b.st_dev) && setns(fn, CLONE_NEWNET))
+        r = fail(c, "can't join the network namespace of instance process %d", pid);
+    e = errno;
+    close(fu);
+    close(fn);
+    errno = e;
+    return r;
+}
+
 /* The default: this (single-threaded) process enters and becomes the command. */
 static int enter_in_place(struct ctx *c, const struct hpcrun_spec *s)
 {
@@ -2298,13 +2395,15 @@ static int enter_in_place(struct ctx *c, const struct hpcrun_spec *s)
     sigprocmask(SIG_SETMASK, NULL, &cur);
     if ((s->flags & HPCRUN_F_SQUASH) && fuse_spawn(c, s))
         return -1;
-    if (unshare(CLONE_NEWUSER)) {
-        fail(c, "can't create a user namespace");
+    if (s->net_pid ? join_instance_net(c, s) : unshare(CLONE_NEWUSER)) {
+        if (!s->net_pid)
+            fail(c, "can't create a user namespace");
         if (c->fuse_pid > 0)
             kill(c->fuse_pid, SIGKILL);
         return -1;
     }
-    if (write_maps(c, "/proc/self", s->uid, s->gid, ouid, ogid) || enter_rest(c, s) || chdir_work(c, s)) {
+    if ((!s->net_pid && write_maps(c, "/proc/self", s->uid, s->gid, ouid, ogid)) ||
+        enter_rest(c, s) || chdir_work(c, s)) {
         if (c->fuse_pid > 0)
             kill(c->fuse_pid, SIGKILL);
         return -1;
@@ -2337,12 +2436,21 @@ static int enter_monitored(struct ctx *c, const struct hpcrun_spec *s)
         close(rep[0]); close(rep[1]); close(go[0]); close(go[1]);
         return -1;
     }
+    /* --network container:N: this process joins the instance's user and network
+     * namespaces (single-threaded only), and the child is made inside them. */
+    if (s->net_pid && join_instance_net(c, s)) {
+        limits_close();
+        if (c->fuse_pid > 0)
+            kill(c->fuse_pid, SIGKILL);
+        close(rep[0]); close(rep[1]); close(go[0]); close(go[1]);
+        return -1;
+    }
     if (threaded)
         forward_from_other_threads(old);
     sigprocmask(SIG_BLOCK, &fwd, &orig);
     /* clone(2) without a new stack behaves like fork(2), plus the namespace flags. */
-    pid_t pid = (pid_t)syscall(SYS_clone, SIGCHLD | CLONE_NEWUSER | (pidns ? CLONE_NEWPID : 0),
-                               NULL, NULL, NULL, NULL);
+    pid_t pid = (pid_t)syscall(SYS_clone, SIGCHLD | (s->net_pid ? 0 : CLONE_NEWUSER) |
+                               (pidns ? CLONE_NEWPID : 0), NULL, NULL, NULL, NULL);
     if (pid != 0)
         limits_close();         /* the child's copies are the ones written */
     if (pid < 0) {
@@ -2354,6 +2462,8 @@ static int enter_monitored(struct ctx *c, const struct hpcrun_spec *s)
         if (c->fuse_pid > 0)
             kill(c->fuse_pid, SIGKILL);
         errno = e;
+        if (s->net_pid)
+            return fail(c, pidns ? "can't create a pid namespace" : "can't fork");
         return fail(c, "can't create user%s namespace", pidns ? " and pid" : "");
     }
     if (pid == 0) {
@@ -2400,7 +2510,7 @@ static int enter_monitored(struct ctx *c, const struct hpcrun_spec *s)
         forward_to(pid, pidns ? 0 : s->stop_signal);
     char procdir[32];
     snprintf(procdir, sizeof procdir, "/proc/%d", (int)pid);
-    int r = write_maps(c, procdir, s->uid, s->gid, geteuid(), getegid());
+    int r = s->net_pid ? 0 : write_maps(c, procdir, s->uid, s->gid, geteuid(), getegid());
     if (r == 0 && s->limits)
         r = limits_attach(c, s->limits, pid);
     if (r == 0 && write(go[1], "g", 1) != 1)
@@ -2968,6 +3078,15 @@ int hpcrun_instance(const struct hpcrun_spec *s, int state_dir, int anchor, int 
                     char *err, size_t errlen, int *code)
 {
     const struct hpcrun_limits *L = s->limits;
+    if (s->net_pid) {
+        /* Not done: the supervisor would live in the other instance's user namespace,
+         * and `exec` would join that one (hpcrun/instance/lifecycle.py refuses first). */
+        struct ctx c = {err, errlen, code, -1, -1, -1, -1, 0, 0};
+        *code = HPCRUN_EXIT_FAILED;
+        errno = EINVAL;
+        return failx(&c, HPCRUN_EXIT_FAILED, "an instance can't share another instance's "
+                     "network (--network container:N)");
+    }
     if (!L || (L->tier == HPCRUN_TIER_WATCHDOG && !L->memory && !L->memory_swap))
         return instance_start(s, state_dir, anchor, pid_out, err, errlen, code);
     /* The monitor is a grandchild, so that it is never the caller's child (an API

@@ -86,6 +86,12 @@ struct hpcrun_spec {
     int preserve_fds;        /* --preserve-fds N: keep descriptors 3 .. 2+N open in the command;
                               * the others above 2 are closed at exec (PMI_FD's is kept) */
     const struct hpcrun_limits *limits;  /* NULL: none; else needs HPCRUN_F_MONITOR or _PID */
+    int net_pid;             /* --network container:N: the instance's supervisor (0: none). Its
+                              * user namespace is joined instead of making one (it owns the
+                              * network namespace, which is joined next), so the ids inside are
+                              * the instance's and must equal uid/gid; no HPCRUN_F_NET */
+    unsigned long long net_start; /* its start time (field 22 of /proc/PID/stat): a pid that
+                              * was reused is refused */
 };
 
 /* Enter the container described by spec and exec its command.

@@ -50,6 +50,8 @@
  *                    ...): each task runs `hpcrun task ARGS`, which plans them with its
  *                    own node's allocation, CPUs and cgroup
  *   pfds=N           --preserve-fds: descriptors 3 .. 2+N stay open in the command
+ *   netns=PID:START  --network container:N: the instance supervisor whose user and
+ *                    network namespaces are joined (its start time checked)
  *   py=ARG           * how to start `hpcrun task` (Python) for what is not done here
  *   arg=ARG          * the step's `hpcrun task` options and IMAGE as given: where the
  *                      image is not on this node, `hpcrun task ARGS -- COMMAND` runs
@@ -93,6 +95,8 @@ extern int hpcrun_trim_monitor;
 struct plan {
     const char *image, *sq, *fuse, *host, *wd, *tmpfs, *cache, *join, *pmixv;
     int flags, uid, gid, stop, wdreq, wdcwd, clean, share, pmix, pfds, version, pertask;
+    int net_pid;                       /* netns=PID:START (0: none) */
+    unsigned long long net_start;
     struct hpcrun_mount m[MAX_ITEMS];
     int nm;
     const char *entry[MAX_ITEMS], *cmd[MAX_ITEMS], *args[MAX_ITEMS], *set[MAX_ITEMS], *own[MAX_ITEMS], *always[64], *py[64];
@@ -137,6 +141,13 @@ static const char *const HINTS[][2] = {
      "create it in the image, or give -w on a writable mount (/tmp, a -v bind)"},
     {"can't create working directory", "the working directory must exist in the image or "
      "lie on a writable mount (/tmp, a -v bind, or use --writable-tmpfs)"},
+    {"its user namespace maps you to", "--network container:N runs in the instance's user "
+     "namespace, so the ids inside are the instance's: start both with (or both without) "
+     "--fakeroot, from images with the same USER"},
+    {"the instance is gone", "see 'hpcrun ps'; start the instance again with 'hpcrun "
+     "instance start --name N ...'"},
+    {"of instance process", "the instance must be yours and still running "
+     "(see 'hpcrun ps')"},
     {"command not found", "check the command name and the image's PATH "
      "(e.g. 'hpcrun run IMAGE -- ls /bin')"},
     {"can't execute", "the file is not executable, or not a program for this machine"},
@@ -590,6 +601,16 @@ static int parse_plan(char *text, struct plan *p)
         else if (!strcmp(k, "aff")) p->aff = v;
         else if (!strcmp(k, "affn")) { if (num(v, &p->affn)) return -1; }
         else if (!strcmp(k, "rl")) PUSH(p->rl, p->nrl, 16, v);
+        else if (!strcmp(k, "netns")) {
+            char *colon = strchr(v, ':'), *end;
+            if (!colon)
+                return -1;
+            *colon = '\0';
+            errno = 0;
+            p->net_start = strtoull(colon + 1, &end, 10);
+            if (num(v, &p->net_pid) || !p->net_pid || errno || end == colon + 1 || *end)
+                return -1;
+        }
         else return -1;     /* a key of a newer plan: refuse rather than guess */
     }
     return p->version == PLAN_VERSION && (p->image || p->sq) ? 0 : -1;
@@ -1579,6 +1600,8 @@ int hpcrun_plan_exec(int argc, char **argv)
     s.preserve_fds = p.pfds;
     if (p.limsay && verbose())
         dprintf(2, "hpcrun: %s\n", p.limsay);
+    s.net_pid = p.net_pid;
+    s.net_start = p.net_start;
     if (p.lim.tier) {
         if (p.ncgmk)
             make_cgroups(&p);

@@ -68,6 +68,8 @@ def _cspec(a: _Arena, spec):
     s.envp = a.strv(spec.env)
     s.stop_signal = spec.stop_signal
     s.preserve_fds = spec.preserve_fds
+    s.net_pid = spec.net_pid
+    s.net_start = spec.net_start
     lim = spec.limits
     if lim is not None:
         cl = ffi.new("struct hpcrun_limits *")

@@ -53,7 +53,9 @@ RUN_FLAGS = [["--rm"], ["--pid", "private"], ["--pid", "x"], ["--network", "none
              ["--env-file", "/etc/passwd"], ["--cpus", "-1"], ["--cpus", "x"],
              ["--entrypoint", "nosuchprog"], ["--entrypoint", ""], ["--unpack"],
              ["--name", "a/b"], ["--ulimit", "nofile=1:2"], ["--ulimit", "junk"], ["-u", "x"],
-             ["--writable"], ["--fakeroot"], ["--bogus"], ["-"]]
+             ["--writable"], ["--fakeroot"], ["--bogus"], ["-"],
+             ["--network", "container:"], ["--network", "container:nofz"],
+             ["--net=container:a/b"]]
 COMMANDS = [(["true"], 0), (["false"], 1), (["sh", "-c", "exit 3"], 3),
             (["nosuchprog-fz"], 127), ([], 0)]
 

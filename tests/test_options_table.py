@@ -170,3 +170,43 @@ def test_empty_bind_destination_is_refused(arg):
     with pytest.raises(UsageError, match="empty destination"):
         pyxis.plan([f"--container-image=/tmp", f"--container-mounts={arg}", "--", "true"],
                    environ={}, cwd="/")
+
+
+# Choices with open-ended values (--network container:NAME): the same walk.
+OPEN = [(o, p + "web") for o in options.TABLE for p in o.prefixes]
+
+
+@pytest.mark.parametrize("o,value", OPEN, ids=lambda x: getattr(x, "name", x))
+def test_open_choice_on_every_entry_point(o, value, tmp_path):
+    for entry in (options.RUN, options.TASK, options.PLAN):
+        tail = ["/img", "--", "cmd"] if entry != options.PLAN else ["/img"]
+        for spelling in o.spellings:
+            assert getattr(run_options([spelling, value] + tail, entry), o.attr) == value
+            assert getattr(run_options([f"{spelling}={value}"] + tail, entry),
+                           o.attr) == value
+        assert getattr(run_options(options.to_argv({o.attr: value}) + tail, entry),
+                       o.attr) == value
+    name = o.pyxis or "container-" + o.key
+    plan = pyxis.plan(["--container-image=/tmp", f"--{name}={value}", "-N1", "--", "true"],
+                      environ={}, cwd="/")
+    assert getattr(run_options(list(plan.run_opts) + ["/img"], options.PLAN), o.attr) == value
+    import json
+    text = json.dumps({"image": "/tmp", "command": ["x"], "container": {o.key: value}})
+    step = jobfile.parse(text, str(tmp_path / "j.yaml")).steps[0]
+    assert getattr(run_options(render.task_options(step), options.PLAN), o.attr) == value
+    assert value.split(":")[0] + ":NAME" in o.metavar
+
+
+@pytest.mark.parametrize("value,what", [("container:", "needs the name of an instance"),
+                                         ("container:-x", "invalid instance name"),
+                                         ("containers:web", "unknown --network value")])
+def test_bad_network_container_values(value, what, tmp_path):
+    with pytest.raises(UsageError, match=what):
+        run_options(["--network", value, "/img", "cmd"], options.RUN)
+    from hpcrun.errors import JobFileError
+    import json
+    if value == "containers:web":
+        with pytest.raises(JobFileError, match="network"):
+            jobfile.parse(json.dumps({"image": "/tmp", "command": ["x"],
+                                      "container": {"network": value}}),
+                          str(tmp_path / "j.yaml"))

@@ -182,7 +182,8 @@ def _fast_options(verb: str) -> list:
             continue
         if o.takes_value:
             out.append(click.Option(list(o.spellings), multiple=True, metavar=o.metavar,
-                                    type=click.Choice(o.choices) if o.choices else None))
+                                    type=click.Choice(o.choices)
+                                    if o.choices and not o.prefixes else None))
         else:
             out.append(click.Option(list(o.spellings), is_flag=True))
     if verb == "task":

@@ -11,6 +11,7 @@ import os
 import signal
 import time
 
+from hpcrun.errors import UsageError
 from hpcrun.instance import state
 from hpcrun.instance.state import InstanceError
 from hpcrun.runtime.spec import F_MONITOR, F_PID
@@ -53,6 +54,11 @@ def start(opts, name: str | None = None, environ=None) -> state.Record:
     from hpcrun import _core  # lazy: keeps hpcrun run's start-up small
     from hpcrun.runtime import image as img  # lazy: keeps hpcrun run's start-up small
     from hpcrun.runtime import launch  # lazy: keeps hpcrun run's start-up small
+    if opts.network.startswith("container:"):
+        raise UsageError(f"instance start can't take --network {opts.network}",
+                         "an instance's exec joins its user namespace, which would be the "
+                         "other instance's; use 'hpcrun run --network container:N', or "
+                         "'hpcrun exec N' into that instance")
     base = state.root()
     if name is not None:
         state.check_name(name)

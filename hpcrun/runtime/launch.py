@@ -123,6 +123,14 @@ def plan(opts, image, environ=None) -> Spec:
         flags |= F_IPC
     if opts.network == "none":
         flags |= F_NET
+    net_pid = net_start = 0
+    if opts.network.startswith("container:"):
+        # Docker's rule: the network (and its host name) is the other container's.
+        if opts.hostname:
+            raise UsageError(f"--hostname conflicts with --network {opts.network}",
+                             "the container shares the instance's network; drop --hostname "
+                             "(Docker refuses it too)")
+        net_pid, net_start = net_instance(opts.network[len("container:"):], environ)
     if opts.hostname:
         flags |= F_UTS
     if opts.writable_tmpfs:
@@ -186,6 +194,14 @@ def plan(opts, image, environ=None) -> Spec:
             mounts += cgroups.content_mounts(limits)
         if limits.memory or limits.memory_swap or limits.cgroups or limits.pids:
             flags |= F_MONITOR  # it watches, reports the OOM and removes the cgroup
+            if net_pid:
+                # The watchdog and RLIMIT_NPROC count the processes of the container's
+                # user namespace, which is the instance's here; cgroup tiers: not done.
+                raise UsageError(f"--network {opts.network} can't be combined with "
+                                 "--memory, --memory-swap or --pids-limit",
+                                 "this container runs in the instance's user namespace; "
+                                 "give the limits to the instance (hpcrun instance start "
+                                 "--memory ...), or use --cpus/--cpuset-cpus")
     if environ.get("SLURM_JOB_ID") and (limits is None or not limits.cgroups):
         from hpcrun import cgroups  # a few /proc reads: the job's limits, seen inside
         mounts += cgroups.job_view_mounts(environ)
@@ -193,7 +209,30 @@ def plan(opts, image, environ=None) -> Spec:
                 uid=uid, gid=gid, mounts=tuple(mounts), workdir=workdir,
                 workdir_required=required, argv=tuple(argv), env=tuple(env),
                 stop_signal=stopsig, preserve_fds=preserve_fds(opts.preserve_fds),
-                limits=limits, extra_env=gpu_env, reads=reads)
+                limits=limits, extra_env=gpu_env, reads=reads, net_pid=net_pid,
+                net_start=net_start)
+
+
+def net_instance(name: str, environ) -> tuple:
+    """--network container:NAME: (pid, start time) of the supervisor of the caller's
+    running instance NAME (hpcrun.instance.state; the C core checks both again when it
+    joins). Under Slurm, names are the job's and the instance must be on this node."""
+    from hpcrun.errors import HpcrunError  # lazy: only --network container:N
+    from hpcrun.instance import state  # lazy: only --network container:N
+    try:
+        r = state.get_running(name)
+        start = state.start_time(r.pid)
+        if start is None or not start.isdigit():
+            raise state.InstanceError(f"instance {name} is gone", "see 'hpcrun ps'")
+    except HpcrunError as e:
+        hint = e.hint
+        if environ.get("SLURM_JOB_ID"):
+            node = environ.get("SLURMD_NODENAME") or os.uname().nodename
+            hint = (f"under Slurm the instance must run on every node of the step, in "
+                    f"this job (none here, on {node}): start it with 'srun "
+                    f"--ntasks-per-node=1 hpcrun instance start --name {name} ...' first")
+        raise type(e)(f"--network container:{name}: {e.what}", hint) from None
+    return r.pid, int(start)
 
 
 def preserve_fds(value) -> int:

@@ -21,7 +21,8 @@ ALL = frozenset((RUN, TASK, PLAN, SRUN, JOB))
 TASKS = frozenset((TASK, PLAN, SRUN, JOB))     # Slurm tasks only
 
 # Option kinds: flag (True), off (False), value (one argument), list (repeatable,
-# appends), choice (one of `choices`), optional (`--NAME` alone gives choices[0],
+# appends), choice (one of `choices`, or a word starting with one of `prefixes`:
+# container:NAME), optional (`--NAME` alone gives choices[0],
 # `--NAME=VALUE` gives VALUE; never takes the next word).
 FLAG, OFF, VALUE, LIST, CHOICE, OPTIONAL = "flag", "off", "value", "list", "choice", "optional"
 
@@ -33,23 +34,25 @@ class Option:
     spellings; attr: the RunOptions attribute; default: its value when not given;
     where: the entry points that accept it; pyxis: the `hpcrun srun` spelling where it
     is not the generic `--container-NAME` (None: generic; "": not on srun's line);
-    job: the job file's shorthand key that sets it, where there is one.
+    job: the job file's shorthand key that sets it, where there is one; prefixes: a
+    choice's open-ended values (`container:` takes `container:NAME`).
     """
 
     __slots__ = ("name", "short", "aliases", "attr", "kind", "choices", "default",
-                 "metavar", "help", "where", "pyxis", "job")
+                 "metavar", "help", "where", "pyxis", "job", "prefixes")
 
     def __init__(self, name, attr, kind, help, *, short=None, aliases=(), choices=(),
-                 default=None, metavar=None, where=ALL, pyxis=None, job=None):
+                 default=None, metavar=None, where=ALL, pyxis=None, job=None, prefixes=()):
         self.name, self.short, self.aliases, self.attr = name, short, tuple(aliases), attr
         self.kind, self.choices, self.help, self.where = kind, tuple(choices), help, where
-        self.pyxis, self.job = pyxis, job
+        self.pyxis, self.job, self.prefixes = pyxis, job, tuple(prefixes)
         if default is None:
             default = {FLAG: False, OFF: True, LIST: ()}.get(kind)
             if kind == CHOICE:
                 default = choices[0]
         self.default = default
-        self.metavar = metavar or ("|".join(choices) if kind == CHOICE else "VALUE")
+        self.metavar = metavar or ("|".join(self.choices + tuple(p + "NAME" for p in self.prefixes))
+                                   if kind == CHOICE else "VALUE")
 
     @property
     def takes_value(self) -> bool:
@@ -92,8 +95,9 @@ TABLE = (
     Option("--pid", "pid", CHOICE, "private: own pid namespace with a small init as PID 1",
            choices=("host", "private")),
     Option("--ipc", "ipc", CHOICE, "private: own ipc namespace", choices=("host", "private")),
-    Option("--network", "network", CHOICE, "none: own network namespace with only lo",
-           aliases=("--net",), choices=("host", "none")),
+    Option("--network", "network", CHOICE, "none: own network namespace with only lo; "
+           "container:NAME: your instance NAME's (not with --hostname)",
+           aliases=("--net",), choices=("host", "none"), prefixes=("container:",)),
     Option("--hostname", "hostname", VALUE, "own uts namespace with this host name",
            metavar="NAME"),
     Option("--unpack", "unpack", FLAG,
@@ -162,9 +166,18 @@ def usage_hint(entry: str) -> str:
 
 
 def _check_value(opt: Option, value: str) -> str:
-    if opt.kind == CHOICE and value not in opt.choices:
+    prefix = next((p for p in opt.prefixes if value.startswith(p)), None)
+    if opt.kind == CHOICE and value not in opt.choices and prefix is None:
         raise UsageError(f"unknown {opt.name} value {value!r}",
-                         f"use {' or '.join(opt.name + ' ' + c for c in opt.choices)}")
+                         f"use {' or '.join(opt.name + ' ' + c for c in opt.choices + tuple(p + 'NAME' for p in opt.prefixes))}")
+    if prefix == "container:":
+        name = value[len(prefix):]
+        if not name:
+            raise UsageError(f"{opt.name} container: needs the name of an instance",
+                             f"e.g. {opt.name} container:web (see 'hpcrun ps')")
+        # lazy: only this value needs the instance name rule (hpcrun.instance.state: os only)
+        from hpcrun.instance.state import check_name
+        check_name(name)
     if opt.attr == "hostname" and not value:
         raise UsageError("--hostname needs a non-empty name", "e.g. --hostname node1")
     return value
@@ -311,6 +324,9 @@ def job_schema() -> dict:
             s = {"type": "array", "items": {"type": "string"}}
         elif o.kind in (FLAG, OFF):
             s = {"type": "boolean"}
+        elif o.kind == CHOICE and o.prefixes:
+            alts = "|".join(list(o.choices) + [p + ".+" for p in o.prefixes])
+            s = {"type": "string", "pattern": f"^({alts})$"}
         elif o.kind == CHOICE:
             s = {"type": "string", "enum": list(o.choices)}
         elif o.metavar in ("N", "SIZE"):

@@ -100,6 +100,12 @@ def prepare(opts, context: str = RUN, environ=None, *, python=(), task_args=()):
     pertask = (context == PLAN and bool(opts.gpus or opts.devices or opts.nv)
                and not environ.get("HPCRUN_TASK_FALLBACK"))
     popts = opts.replace(gpus=None, devices=(), nv=False) if pertask else opts
+    # --network container:N in a step plan: the instance is each node's own (a pid on
+    # that node), so each task looks it up and plans on its node, as for devices.
+    if context == PLAN and opts.network.startswith("container:") and \
+            not environ.get("HPCRUN_TASK_FALLBACK"):
+        pertask = True
+        popts = popts.replace(network="host")
     # Limits in a step plan: the tier (a cgroup this node lets the user write under the
     # task's own, else the watchdog) and the CPUs allowed are each node's and task's
     # (Slurm binds every task to CPUs of its own), not the planning node's. The plan
@@ -214,7 +220,9 @@ def run(opts, context: str = RUN, words=None) -> int:
     # A Slurm job's cgroup view names this job's cgroup (the cache key has no job id).
     own = set(lim.cgroups) if lim is not None and lim.makers else set()
     v1_own = bool(own) and lim.tier == 1        # cgroups.TIER_CGROUP1
-    cacheable = (lim is None or not lim.cgroups or v1_own) and \
+    # --network container:N names an instance's pid: planned again every run, so that
+    # an instance started again under the same name is found.
+    cacheable = (lim is None or not lim.cgroups or v1_own) and not spec.net_pid and \
         not any(u.startswith("as=") for u in opts.ulimits) and \
         not any(m.dst.startswith("/sys/fs/cgroup") and m.src not in own for m in spec.mounts)
     if words is not None and context == RUN and cacheable and \

@@ -28,6 +28,11 @@ any byte but letters, digits and "/._+@-". Keys (repeatable ones *):
   clean=1          --cleanenv: drop the rest of the caller's variables but ...
   always=PREFIX    * ... those starting with these
   pfds=N           --preserve-fds: descriptors 3 .. 2+N stay open in the command
+  netns=PID:START  --network container:N: join the user and network namespaces of the
+                     instance's supervisor PID, if its start time (field 22 of
+                     /proc/PID/stat) is still START; such a plan is never cached
+                     (runtime/pipeline.py run), and a step plan leaves it to each
+                     node (pertask=1), where the instance is looked up
   pmix=1           bind Slurm's PMIx directories (tasks of a step)
   tmpfs=PATTERN    Slurm's TmpFS (%n, %h expanded by the executor), for those
   cache=DIR        node cache base (HPCRUN_NODE_CACHE wins)
@@ -145,6 +150,8 @@ def make(opts, image, spec, *, fixed_env, own_env, sq=None, pmix=False, tmpfs=No
         words += ["always=" + esc(p) for p in envpolicy.ALWAYS]
     if spec.preserve_fds:
         words.append(f"pfds={spec.preserve_fds}")
+    if spec.net_pid:
+        words.append(f"netns={spec.net_pid}:{spec.net_start}")
     if pmix:
         words.append("pmix=1")
     if tmpfs:

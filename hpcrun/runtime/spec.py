@@ -88,12 +88,15 @@ class Spec(_Frozen):
 
     __slots__ = ("image", "squashfuse", "flags", "hostname", "uid", "gid", "mounts",
                  "workdir", "workdir_required", "argv", "env", "stop_signal", "preserve_fds",
-                 "limits", "extra_env", "reads")
+                 "limits", "extra_env", "reads", "net_pid", "net_start")
     # extra_env: NAME=VALUE after the image's ENV (devices: runtime/gpu.py); reads: the
     # files planning read beyond the usual ones (CDI specs: the plan cache checks them).
+    # net_pid, net_start: --network container:N, the instance's supervisor and its start
+    # time (cext/core.h hpcrun_spec; 0: none).
     _defaults = {"squashfuse": None, "flags": 0, "hostname": None, "mounts": (),
                  "workdir": "/", "workdir_required": False, "stop_signal": 0,
-                 "preserve_fds": 0, "limits": None, "extra_env": (), "reads": ()}
+                 "preserve_fds": 0, "limits": None, "extra_env": (), "reads": (),
+                 "net_pid": 0, "net_start": 0}
 
 
 class RunOptions(_Frozen):
