@@ -927,6 +927,52 @@ static int rw_root_mountpoints(struct ctx *c, const struct hpcrun_spec *s, const
     return 0;
 }
 
+/* HPCRUN_F_RW_ROOT with overlay_lower (a build's RUN): the root is an overlay of the
+ * build's read-only layers (the store's unpacked base, then the earlier steps' upper
+ * directories) under this step's own upper directory, so nothing is copied before the
+ * RUN and what it changed is exactly the upper directory (hpcrun/build/executor.py reads
+ * it). userxattr: in a user namespace overlayfs can't write trusted.* (it needs
+ * CAP_SYS_ADMIN in the initial namespace; without it a lower directory that was removed
+ * can't be made again: EIO), so its opaque-directory marks go to user.overlay.*
+ * (overlayfs.rst, "Permission model"; Linux 5.11). Each layer is reached through a short
+ * symlink in our tmpfs (/L/N): mount(2) takes one page of options, and the store's
+ * paths are long. */
+static int overlay_root(struct ctx *c, const struct hpcrun_spec *s)
+{
+    char opts[4096], p[PATH_MAX], esc_u[2 * PATH_MAX], esc_w[2 * PATH_MAX], link[32];
+    size_t n = (size_t)snprintf(opts, sizeof opts, "lowerdir=");
+    if (!s->overlay_work) {
+        errno = EINVAL;
+        return fail(c, "the build's overlay has no work directory");
+    }
+    if (mkdir("/L", 0755))
+        return fail(c, "can't create /L");
+    for (int i = 0; s->overlay_lower[i]; i++) {
+        snprintf(link, sizeof link, "/L/%d", i);
+        if (pjoin(c, p, OLDROOT, s->overlay_lower[i]))
+            return -1;
+        if (symlink(p, link))
+            return fail(c, "can't create %s", link);
+        int k = snprintf(opts + n, sizeof opts - n, "%s%s", i ? ":" : "", link);
+        if (k < 0 || (size_t)k >= sizeof opts - n) {
+            errno = E2BIG;
+            return fail(c, "too many layers for the build's overlay (%d)", i + 1);
+        }
+        n += (size_t)k;
+    }
+    if (pjoin(c, p, OLDROOT, s->image) || ovl_escape(c, esc_u, sizeof esc_u, p) ||
+        pjoin(c, p, OLDROOT, s->overlay_work) || ovl_escape(c, esc_w, sizeof esc_w, p))
+        return -1;
+    int k = snprintf(opts + n, sizeof opts - n, ",upperdir=%s,workdir=%s,userxattr", esc_u, esc_w);
+    if (k < 0 || (size_t)k >= sizeof opts - n) {
+        errno = E2BIG;
+        return fail(c, "the build's overlay options are too long");
+    }
+    if (mount("overlay", NEWROOT, "overlay", MS_NOSUID, opts))
+        return fail(c, "can't mount the build's overlay on %s", s->image);
+    return 0;
+}
+
 static int setup_fs(struct ctx *c, const struct hpcrun_spec *s)
 {
     char lower[PATH_MAX], opts[3 * PATH_MAX + 64], esc1[2 * PATH_MAX], p[PATH_MAX];
@@ -961,6 +1007,13 @@ static int setup_fs(struct ctx *c, const struct hpcrun_spec *s)
     /* Mount points the image lacks go into a skeleton layered above it, so the image is
      * never changed on disk (it may be read-only, shared, owned by root). */
     int skeleton = 0, underlaid = 0;
+    int ovl_root = (s->flags & HPCRUN_F_RW_ROOT) && s->overlay_lower && s->overlay_lower[0];
+    if (ovl_root) {
+        /* mounted first: the mount points a RUN lacks are made through it, in its upper */
+        if (overlay_root(c, s))
+            return -1;
+        snprintf(lower, sizeof lower, "%s", NEWROOT);
+    }
     if ((s->flags & HPCRUN_F_RW_ROOT) && rw_root_mountpoints(c, s, lower))
         return -1;
     for (int i = 0; !(s->flags & HPCRUN_F_RW_ROOT) && i < s->n_mounts; i++) {
@@ -991,7 +1044,9 @@ static int setup_fs(struct ctx *c, const struct hpcrun_spec *s)
 
     if (ovl_escape(c, esc1, sizeof esc1, lower))
         return -1;
-    if (writable) {
+    if (ovl_root) {
+        /* mounted above */
+    } else if (writable) {
         snprintf(opts, sizeof opts, "lowerdir=%s,upperdir=%s,workdir=%s", esc1, UPPER, WORK);
         if (s->flags & HPCRUN_F_NO_OVERLAY)
             errno = EPERM;
@@ -3306,10 +3361,10 @@ int hpcrun_serve(int pid, int in_fd, int out_fd, char *err, size_t errlen, int *
 /* ---------------------------------------------------------------- probes */
 
 /* One probe in a forked child (the caller's namespaces never change). */
-static int probe_child(struct ctx *c, int what)
+static int probe_child(struct ctx *c, int what, const char *dir)
 {
     unsigned int ouid = geteuid(), ogid = getegid();
-    char opts[256];
+    char opts[6 * PATH_MAX + 64];
     if (unshare(CLONE_NEWUSER))
         return fail(c, "can't create a user namespace");
     if (write_maps(c, "/proc/self", ouid, ogid, ouid, ogid))
@@ -3322,6 +3377,34 @@ static int probe_child(struct ctx *c, int what)
         return net_lo_up(c);
     if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL))
         return fail(c, "can't make / private");
+    if (what == HPCRUN_PROBE_OVERLAY_BUILD) {
+        /* as overlay_root mounts a build's RUN root, in dir (the build's work directory,
+         * on the file system its upper directories will be on: it must keep user.*
+         * xattrs, or a removed lower directory can't be made again) */
+        char l[PATH_MAX], u[PATH_MAX], w[PATH_MAX], m[PATH_MAX], d[PATH_MAX];
+        if (!dir || snprintf(l, sizeof l, "%s/l", dir) >= (int)sizeof l ||
+            snprintf(d, sizeof d, "%s/l/d", dir) >= (int)sizeof d ||
+            snprintf(u, sizeof u, "%s/u", dir) >= (int)sizeof u ||
+            snprintf(w, sizeof w, "%s/w", dir) >= (int)sizeof w ||
+            snprintf(m, sizeof m, "%s/m", dir) >= (int)sizeof m) {
+            errno = EINVAL;
+            return fail(c, "the overlay probe needs a directory");
+        }
+        if (mkdir(l, 0755) || mkdir(d, 0755) || mkdir(u, 0755) || mkdir(w, 0755) ||
+            mkdir(m, 0755))
+            return fail(c, "can't create directories in %s", dir);
+        char esc[2 * PATH_MAX];
+        if (ovl_escape(c, esc, sizeof esc, dir))
+            return -1;
+        snprintf(opts, sizeof opts, "lowerdir=%s/l,upperdir=%s/u,workdir=%s/w,userxattr",
+                 esc, esc, esc);
+        if (mount("overlay", m, "overlay", 0, opts))
+            return fail(c, "can't mount overlayfs with userxattr in a user namespace");
+        snprintf(d, sizeof d, "%s/m/d", dir);
+        if (rmdir(d) || mkdir(d, 0755))
+            return fail(c, "can't make a removed lower directory again in an overlay on %s", dir);
+        return 0;
+    }
     if (mount("probe", BASE, "tmpfs", 0, NULL))
         return fail(c, "can't mount tmpfs in a user namespace");
     if (what == HPCRUN_PROBE_MOUNT)
@@ -3363,6 +3446,11 @@ static int probe_child(struct ctx *c, int what)
 
 int hpcrun_probe(int what, char *err, size_t errlen)
 {
+    return hpcrun_probe_at(what, NULL, err, errlen);
+}
+
+int hpcrun_probe_at(int what, const char *dir, char *err, size_t errlen)
+{
     int code;
     struct ctx c = {err, errlen, &code, -1, -1, -1, -1, 0, 0};
     int rep[2];
@@ -3374,7 +3462,7 @@ int hpcrun_probe(int what, char *err, size_t errlen)
         return fail(&c, "can't fork");
     if (pid == 0) {
         close(rep[0]);
-        if (probe_child(&c, what))
+        if (probe_child(&c, what, dir))
             report_and_exit(&c, rep[1]);
         _exit(0);
     }

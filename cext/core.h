@@ -26,7 +26,8 @@
 #define HPCRUN_F_MONITOR  0x80  /* keep a host-side monitor even without a pid namespace */
 #define HPCRUN_F_NO_OVERLAY 0x100 /* do not use overlayfs (HPCRUN_NO_OVERLAY=1): underlay */
 #define HPCRUN_F_RW_ROOT  0x4000 /* bind the image directory read-write, no overlay or
-                                  * skeleton: missing mount points are made in it (build) */
+                                  * skeleton: missing mount points are made in it (build);
+                                  * with overlay_lower: an overlay whose upper is the image */
 #define HPCRUN_F_SECCOMP_FAKE 0x8000 /* fake-root seccomp filter (cext/seccomp.c) before exec */
 
 /* hpcrun_mount.flags: the default-bind table (hpcrun/runtime/mounts.py) is data. */
@@ -92,6 +93,11 @@ struct hpcrun_spec {
                               * the instance's and must equal uid/gid; no HPCRUN_F_NET */
     unsigned long long net_start; /* its start time (field 22 of /proc/PID/stat): a pid that
                               * was reused is refused */
+    char *const *overlay_lower; /* with HPCRUN_F_RW_ROOT (a build's RUN): NULL, or the read-only
+                              * layers of an overlay root, topmost first, NULL-terminated;
+                              * image is then its upper directory, written through the
+                              * overlay (userxattr: user.overlay.* marks, char 0/0 whiteouts) */
+    const char *overlay_work; /* the overlay's work directory (same file system as image) */
 };
 
 /* Enter the container described by spec and exec its command.
@@ -145,8 +151,12 @@ int hpcrun_serve(int pid, int in_fd, int out_fd, char *err, size_t errlen, int *
 #define HPCRUN_PROBE_FUSE 4
 #define HPCRUN_PROBE_PID 5
 #define HPCRUN_PROBE_NET 6
+#define HPCRUN_PROBE_OVERLAY_BUILD 7 /* overlayfs with userxattr (a build's RUN root) */
 /* 0 if it works; -1 with errno and err filled otherwise. */
 int hpcrun_probe(int what, char *err, size_t errlen);
+/* The same, for probes that work in a directory of the caller's (OVERLAY_BUILD: an
+ * empty directory it may fill; the caller removes it). */
+int hpcrun_probe_at(int what, const char *dir, char *err, size_t errlen);
 
 /* Execute a container plan (hpcrun/runtime/plan.py states its grammar): argv is
  * {PROGRAM, PLAN, "--", COMMAND...}. The one executor of plans: the per-task program

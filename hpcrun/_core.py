@@ -70,6 +70,9 @@ def _cspec(a: _Arena, spec):
     s.preserve_fds = spec.preserve_fds
     s.net_pid = spec.net_pid
     s.net_start = spec.net_start
+    if spec.overlay_lower:
+        s.overlay_lower = a.strv(list(spec.overlay_lower))
+        s.overlay_work = a.str(spec.overlay_work)
     lim = spec.limits
     if lim is not None:
         cl = ffi.new("struct hpcrun_limits *")
@@ -145,7 +148,8 @@ def version() -> str:
 
 PROBES = {"userns": lib.HPCRUN_PROBE_USERNS, "mount": lib.HPCRUN_PROBE_MOUNT,
           "overlay": lib.HPCRUN_PROBE_OVERLAY, "fuse": lib.HPCRUN_PROBE_FUSE,
-          "pid": lib.HPCRUN_PROBE_PID, "net": lib.HPCRUN_PROBE_NET}
+          "pid": lib.HPCRUN_PROBE_PID, "net": lib.HPCRUN_PROBE_NET,
+          "overlay-build": lib.HPCRUN_PROBE_OVERLAY_BUILD}
 
 
 def probe(what: str):
@@ -153,6 +157,15 @@ def probe(what: str):
     (True, "") or (False, "can't ...: reason")."""
     err = ffi.new("char[]", ERRLEN)
     r = lib.hpcrun_probe(PROBES[what], err, ERRLEN)
+    return r == 0, ffi.string(err).decode("utf-8", "replace")
+
+
+def probe_at(what: str, directory: str):
+    """probe() for a probe that works in an empty directory of the caller's
+    ("overlay-build": a build's RUN root as an overlay, on that directory's file
+    system); the caller removes the directory afterwards."""
+    err = ffi.new("char[]", ERRLEN)
+    r = lib.hpcrun_probe_at(PROBES[what], os.fsencode(directory), err, ERRLEN)
     return r == 0, ffi.string(err).decode("utf-8", "replace")
 
 

@@ -23,11 +23,13 @@ import fcntl
 import hashlib
 import json
 import os
+import posixpath
 import shutil
 import stat
 import tarfile
 import time
 
+from hpcrun.build import tree as T
 from hpcrun.image.store import rmtree
 
 _CHUNK = 1 << 20
@@ -280,6 +282,108 @@ class Cache:
                 out[rel] = n
         return out
 
+    # ---------------------------------------------------------- overlay layers
+    # A RUN's root can be an overlay (cext/core.c overlay_root): the store's unpacked
+    # base, then read-only layer directories, then the step's own upper directory. A
+    # layer directory is made once and never written again (a later RUN's writes go to
+    # its own upper, by copy-up), so the base's and earlier layers' files are never
+    # changed in place. Whiteouts are what overlayfs itself makes: character devices
+    # 0/0 (mknod(2) allows those without privilege, Linux 5.8), and opaque directories
+    # carry user.overlay.opaque=y (the userxattr mount option; overlayfs.rst).
+
+    def layer_dir(self, path: str, old: dict, new: dict, hide=(), root_mode: int = 0o755) -> None:
+        """Make the new directory path a layer taking a tree that matches manifest old
+        to manifest new (contents copied from objects/), with whiteouts for what new
+        lacks and for the top-level names in hide."""
+        write, gone = T.diff(old, new)
+        os.mkdir(path, 0o700)
+        dirs = [(path, root_mode)]
+        made = set()
+
+        def parent_of(rel):
+            # a directory a whiteout or a new entry needs in the layer: with new's mode
+            # (the topmost layer's directory is what the merged tree shows)
+            d = posixpath.dirname(rel)
+            if not d or d in made:
+                return
+            parent_of(d)
+            p = os.path.join(path, d)
+            if not os.path.isdir(p):
+                os.mkdir(p, 0o700)
+                dirs.append((p, new[d][1] if d in new else 0o755))
+            made.add(d)
+        for rel in list(hide) + gone:
+            parent_of(rel)
+            os.mknod(os.path.join(path, rel), stat.S_IFCHR | 0o600, os.makedev(0, 0))
+        for rel in write:
+            e = new[rel]
+            parent_of(rel)
+            p = os.path.join(path, rel)
+            kind = e[0]
+            if kind == "d":
+                if rel not in made:
+                    os.mkdir(p, 0o700)
+                    dirs.append((p, e[1]))
+                    made.add(rel)
+            elif kind == "l":
+                os.symlink(e[4], p)
+            elif kind == "f":
+                shutil.copyfile(self.object_path(e[4]), p)
+                os.chmod(p, e[1])
+            elif kind == "p":
+                os.mkfifo(p, e[1])
+        for p, mode in reversed(dirs):
+            os.chmod(p, mode | 0o700)   # we must be able to read it back (root could)
+
+    def snapshot_upper(self, upper: str, prev: dict, default_owner=(0, 0)) -> dict:
+        """The manifest of an overlay's merged tree after a RUN: prev (the tree before
+        it) with the upper directory's entries applied. Every file there was written or
+        copied up by the RUN, so each is hashed (the rest of the tree is not even
+        listed); a whiteout removes its path, an opaque directory what lay below it. A
+        path that keeps an entry keeps its recorded owner; new ones get default_owner.
+        (overlayfs only ever makes character-device whiteouts in an upper directory;
+        the xattr whiteouts of Linux 6.7 exist in prepared lower layers only.)"""
+        out = dict(prev)
+        root = upper.rstrip("/")
+        n = len(root) + 1
+        for dirpath, dirnames, filenames in os.walk(root):
+            rel_dir = dirpath[n:]
+            if rel_dir == "":
+                if ".hpcrun" in dirnames:
+                    dirnames.remove(".hpcrun")
+                if ".hpcrun" in filenames:
+                    filenames.remove(".hpcrun")
+            for name in dirnames + filenames:
+                full = os.path.join(dirpath, name)
+                rel = os.path.join(rel_dir, name) if rel_dir else name
+                st = os.lstat(full)
+                m = st.st_mode
+                old = prev.get(rel)
+                own = old[3] if old else list(default_owner)
+                cur = out.get(rel)
+                if stat.S_ISCHR(m) and st.st_rdev == 0:
+                    T.remove(out, rel)              # a whiteout
+                    continue
+                if stat.S_ISDIR(m):
+                    if cur is not None and (cur[0] != "d" or _opaque(full)):
+                        T.remove(out, rel)          # what lay below is hidden
+                    out[rel] = ["d", stat.S_IMODE(m), 0, own, None, 0]
+                    continue
+                if cur is not None and cur[0] == "d":
+                    T.remove(out, rel)              # a file over a directory hides it
+                if stat.S_ISREG(m):
+                    dg = sha256_file(full)
+                    self.put_object(full, dg)
+                    out[rel] = ["f", stat.S_IMODE(m), st.st_size, own, dg,
+                                [st.st_size, st.st_mtime_ns, st.st_ino]]
+                elif stat.S_ISLNK(m):
+                    out[rel] = ["l", 0o777, 0, own, os.readlink(full), 0]
+                elif stat.S_ISFIFO(m):
+                    out[rel] = ["p", stat.S_IMODE(m), 0, own, None, 0]
+                else:
+                    out.pop(rel, None)      # sockets, device nodes: not kept in an image
+        return out
+
     def write_tar(self, entries: dict, out, paths=None, whiteouts=()) -> None:
         """A layer tar: the entries named in paths (all when None), owners as recorded,
         stable mtimes, and an OCI whiteout (.wh.NAME) for each path in whiteouts."""
@@ -355,6 +459,13 @@ class Cache:
                     os.unlink(p)
         fcntl.flock(self._hold, fcntl.LOCK_SH)
         return removed, freed
+
+
+def _opaque(path: str) -> bool:
+    try:
+        return os.getxattr(path, "user.overlay.opaque", follow_symlinks=False) == b"y"
+    except OSError:
+        return False
 
 
 def du(path: str) -> int:

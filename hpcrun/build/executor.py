@@ -10,6 +10,7 @@ succeeded; then one layer holding the final tree is committed (store.commit_imag
 """
 from __future__ import annotations
 
+import fcntl
 import fnmatch
 import json
 import os
@@ -27,7 +28,9 @@ from hpcrun.build import tree as T
 from hpcrun.build.cache import Cache, sha256_file, sha256_text
 from hpcrun.build.parser import BuildError, Instruction
 from hpcrun.image import archive
+from hpcrun.image.fstree import rmtree
 from hpcrun.image.store import Store
+from hpcrun import log
 from hpcrun.runtime.spec import (F_FAKEROOT, F_NET, F_RW_ROOT, F_SECCOMP_FAKE, M_CONTENT,
                                  M_FILE, M_OPTIONAL, M_PROC, M_RDONLY, M_SYSFS, Mount, Spec)
 from hpcrun.errors import ContainerError
@@ -40,6 +43,7 @@ PROXY_ARGS = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_PRO
 FS_STEPS = {"RUN", "COPY", "ADD", "WORKDIR"}
 CACHE_VERSION = "hpcrun-build-3"   # bump when what an entry means changes
 APT_CONF = "/etc/apt/apt.conf.d/00hpcrun-build-sandbox"
+MAX_LAYERS = 120   # a RUN's overlay: more read-only layers than this are merged into one
 
 
 class Options:
@@ -74,6 +78,9 @@ class State:
         self.config = config            # the image's "config" object
         self.meta = meta                # author, etc. (top level of the image config)
         self.tree = None                # path of the materialized root, when there is one
+        self.layers = None              # or: the overlay's read-only layers, bottom first
+        self.layers_dir = None          # the work directory holding those layers
+        self.layers_made = 0            # names of the layers made there: 0, 1, ...
         self.entries = None             # manifest of the tree as it is now
         self.args: dict = {}            # ARGs declared in the stage -> value
         self.cmd_set = False
@@ -82,6 +89,7 @@ class State:
         # the store image the stage grew from (None: scratch)
         self.base_fs = None
         self.base_dir = None
+        self.base_hex = None
         self.base_layers = None
         self.base_diff_ids = None
         self.base_history = 0
@@ -135,11 +143,18 @@ class Builder:
         self.states: dict = {}
         self.hits = 0
         self.misses = 0
+        self.overlay = None             # RUN roots are overlays (decided at the first RUN)
+        self.leases: list = []          # fds of the base images' leases the layers need
 
     def close(self):
         for st in self.states.values():
             if st.tree:
-                shutil.rmtree(os.path.dirname(st.tree), ignore_errors=True)
+                rmtree(os.path.dirname(st.tree))
+            if st.layers_dir:
+                rmtree(st.layers_dir)
+        for fd in self.leases:
+            os.close(fd)
+        self.leases = []
         self.cache.close()
 
     # -------------------------------------------------------------- messages
@@ -252,6 +267,7 @@ class Builder:
             st = State(src.key, src.fs, json.loads(json.dumps(src.config)), dict(src.meta))
             st.history = list(src.history)
             st.base_fs, st.base_dir, st.base_layers = src.base_fs, src.base_dir, src.base_layers
+            st.base_hex = src.base_hex
             st.base_diff_ids, st.base_history = src.base_diff_ids, src.base_history
             self.say(" ---> stage " + ref.lower())
         elif ref == "scratch":
@@ -312,7 +328,7 @@ class Builder:
         self.say(f" ---> {rec.short_id}")
         st = State(key, doc["fs"], json.loads(json.dumps(doc["config"])), {})
         st.history = list(rec.config.get("history") or [])
-        st.base_fs, st.base_dir = doc["fs"], rec.dir_path
+        st.base_fs, st.base_dir, st.base_hex = doc["fs"], rec.dir_path, rec.hex
         st.base_layers = [dict(d) for d in rec.manifest.get("layers", [])]
         st.base_diff_ids = list((rec.config.get("rootfs") or {}).get("diff_ids") or [])
         if len(st.base_diff_ids) != len(st.base_layers):
@@ -498,14 +514,18 @@ class Builder:
             if c == "WORKDIR":
                 st.config["WorkingDir"] = desc[8:]
             st.history.append({"created_by": ins.original, "_fs": st.fs})
-            if st.tree is not None:
-                st.stale = True     # brought up to date (sync) by the next RUN that misses
+            if st.tree is not None or st.layers is not None:
+                st.stale = True     # brought up to date by the next RUN that misses
             return
         self.misses += 1
         if c == "RUN":
-            self._ensure_tree(st)
-            uid_gid = list(self._run(st, ins, argv, net))
-            entries = self.cache.snapshot(st.tree, st.entries, None, uid_gid)
+            if self._use_overlay():
+                self._ensure_layers(st)
+                entries = self._run_layered(st, ins, argv, net)
+            else:
+                self._ensure_tree(st)
+                uid_gid = list(self._run(st, ins, argv, net))
+                entries = self.cache.snapshot(st.tree, st.entries, None, uid_gid)
             st.entries = entries
         else:
             try:
@@ -517,7 +537,7 @@ class Builder:
                     self._copy(entries, ins, *srcs)
             except T.TreeError as e:
                 raise ins_error(ins, str(e)) from e
-            if st.tree is not None:
+            if st.tree is not None or st.layers is not None:
                 st.stale = True
         fsid = self.cache.put_fs(entries)
         st.key, st.fs = key, fsid
@@ -548,8 +568,99 @@ class Builder:
         st.tree = root
         st.stale = False
 
+    # -------------------------------------------------------------- RUN on an overlay
+    def _use_overlay(self) -> bool:
+        """RUN roots are overlays where overlayfs with userxattr works in a user
+        namespace on the cache's file system (asked once per build, in a child:
+        cext/core.c HPCRUN_PROBE_OVERLAY_BUILD); else each stage's tree is a copy."""
+        if self.overlay is None:
+            if os.environ.get("HPCRUN_NO_OVERLAY") == "1":
+                self.overlay = False
+            else:
+                from hpcrun import _core     # lazy: as in run_in
+                d = self.cache.work_dir()
+                try:
+                    self.overlay, why = _core.probe_at("overlay-build", d)
+                finally:
+                    rmtree(d)
+                if not self.overlay:
+                    log.info(f"build: RUN roots are copies ({why})")
+        return self.overlay
+
+    def _ensure_layers(self, st: State) -> None:
+        """The stage's tree as overlay layers matching st.fs: the store's unpacked base
+        (leased, so rmi waits for the build) when the stage grew from one, then a layer
+        taking it to st.fs (the .hpcrun directory whited out); later, a layer per
+        catch-up (COPY, cache hits) and the upper directory of each RUN. Nothing is
+        copied that did not change."""
+        want = self.cache.get_fs(st.fs)
+        if st.layers is None:
+            st.layers_dir = self.cache.work_dir()
+            st.layers = []
+            st.entries = {}
+            hide = ()
+            if st.base_dir and st.base_hex and self._lease(st.base_hex) and \
+                    os.path.isdir(st.base_dir):
+                st.layers.append(st.base_dir)
+                st.entries = self.cache.get_fs(st.base_fs)
+                if os.path.lexists(os.path.join(st.base_dir, ".hpcrun")):
+                    hide = (".hpcrun",)
+            self._push_layer(st, want, hide, always=True)
+        elif st.stale:
+            self._push_layer(st, want)
+        st.stale = False
+
+    def _lease(self, hexd: str) -> bool:
+        try:
+            self.leases.append(self.store._open_lease(hexd, fcntl.LOCK_SH | fcntl.LOCK_NB))
+        except OSError:
+            return False                # being deleted: the layers are made from objects
+        return True
+
+    def _root_mode(self, st: State) -> int:
+        """The merged root shows the upper's own mode: the base's root's (0755 without)."""
+        try:
+            return stat.S_IMODE(os.lstat(st.layers[-1] if st.layers else "").st_mode)
+        except OSError:
+            return 0o755
+
+    def _push_layer(self, st: State, want: dict, hide=(), always=False) -> None:
+        if not always and not hide and T.diff(st.entries, want) == ([], []):
+            st.entries = want
+            return
+        if len(st.layers) >= MAX_LAYERS:
+            # a stage of hundreds of steps: one layer with all the changes since the base
+            old = self.cache.get_fs(st.base_fs) if st.layers[0] == st.base_dir else {}
+            st.layers = st.layers[:1] if old else []
+            st.entries = old
+            hide = (".hpcrun",) if old and os.path.lexists(
+                os.path.join(st.base_dir, ".hpcrun")) else ()
+        path = os.path.join(st.layers_dir, str(st.layers_made))
+        st.layers_made += 1
+        self.cache.layer_dir(path, st.entries, want, hide, self._root_mode(st))
+        st.layers.append(path)
+        st.entries = want
+
+    def _run_layered(self, st: State, ins: Instruction, argv, net) -> dict:
+        """RUN in a fresh upper directory over the stage's layers; it becomes the next
+        layer, and its entries give the step's manifest (cache.snapshot_upper)."""
+        upper = os.path.join(st.layers_dir, str(st.layers_made))
+        work = upper + ".work"
+        st.layers_made += 1
+        os.mkdir(upper, self._root_mode(st))
+        os.mkdir(work, 0o700)
+        try:
+            uid_gid = list(self._run(st, ins, argv, net, upper=upper, work=work))
+        finally:
+            rmtree(work)            # its work/ is mode 000: fstree.rmtree handles that
+        entries = self.cache.snapshot_upper(upper, st.entries, uid_gid)
+        st.layers.append(upper)
+        return entries
+
     # -------------------------------------------------------------- RUN
-    def _run(self, st: State, ins: Instruction, argv, net) -> tuple:
+    def _run(self, st: State, ins: Instruction, argv, net, upper=None, work=None) -> tuple:
+        """Run the step as (fake) root in st.tree, or (upper given) on an overlay of the
+        stage's layers with upper as its upper directory."""
         cfg = st.config
         env = dict(_env_pairs(cfg.get("Env") or []))
         for k, v in st.args.items():
@@ -562,8 +673,15 @@ class Builder:
         env.setdefault("HOME", "/root")
         uid, gid, flags = 0, 0, F_FAKEROOT | F_RW_ROOT | F_SECCOMP_FAKE
         user = cfg.get("User")
+        if upper is not None:
+            want = st.entries
+
+            def read(rel):
+                return self._read_file(want, rel)
+        else:
+            read = _tree_reader(st.tree)
         if user and user.split(":")[0] not in ("0", "root"):
-            ids = _resolve_owner(_tree_reader(st.tree), user)
+            ids = _resolve_owner(read, user)
             if ids is None:
                 raise ins_error(ins, f"USER {user} is not in the image's /etc/passwd",
                                 "create the user in an earlier RUN (useradd), or give a uid")
@@ -580,15 +698,26 @@ class Builder:
         # apt drops to its _apt user for downloads and then checks that the switch
         # happened, which the filter only pretends: keep apt as (fake) root, through a
         # config file bound for this step only, so the image is not changed.
-        apt_conf = os.path.join(st.tree, APT_CONF.lstrip("/"))
         apt_made = False
-        if os.path.isdir(os.path.dirname(apt_conf)) and not os.path.lexists(apt_conf):
+        if upper is not None:
+            # the merged tree is st.entries; the mount point would be made in upper
+            apt_conf = os.path.join(upper, APT_CONF.lstrip("/"))
+            rel = APT_CONF.lstrip("/")
+            have_dir = T.is_dir(st.entries, T.resolve(st.entries, os.path.dirname(rel)))
+            have_file = T.resolve(st.entries, rel, follow_last=False) in st.entries
+        else:
+            apt_conf = os.path.join(st.tree, APT_CONF.lstrip("/"))
+            have_dir = os.path.isdir(os.path.dirname(apt_conf))
+            have_file = os.path.lexists(apt_conf)
+        if have_dir and not have_file:
             mounts.append(Mount(src='APT::Sandbox::User "root";\n', dst=APT_CONF,
                                 flags=M_CONTENT))
             apt_made = True
-        spec = Spec(image=st.tree, flags=flags, uid=uid, gid=gid, mounts=tuple(mounts),
+        spec = Spec(image=upper or st.tree, flags=flags, uid=uid, gid=gid, mounts=tuple(mounts),
                     workdir=cfg.get("WorkingDir") or "/", workdir_required=True,
-                    argv=tuple(argv), env=tuple(f"{k}={v}" for k, v in env.items()))
+                    argv=tuple(argv), env=tuple(f"{k}={v}" for k, v in env.items()),
+                    overlay_lower=tuple(reversed(st.layers)) if upper is not None else (),
+                    overlay_work=work)
         try:
             status, last = run_in(spec, None if self.opts.quiet else self.opts.out)
         finally:

@@ -22,6 +22,11 @@ def rmtree(path: str) -> None:
             os.chmod(os.path.dirname(p), 0o700)
             if os.path.isdir(p) and not os.path.islink(p):
                 os.chmod(p, 0o700)
+                if func in (os.open, os.scandir) and os.access(p, os.R_OK | os.X_OK):
+                    # a directory we could not list (an overlay's work/ is mode 000):
+                    # now we can, and its parent is removed after it
+                    rmtree(p)
+                    return
             func(p)
         except FileNotFoundError:
             pass

@@ -88,15 +88,18 @@ class Spec(_Frozen):
 
     __slots__ = ("image", "squashfuse", "flags", "hostname", "uid", "gid", "mounts",
                  "workdir", "workdir_required", "argv", "env", "stop_signal", "preserve_fds",
-                 "limits", "extra_env", "reads", "net_pid", "net_start")
+                 "limits", "extra_env", "reads", "net_pid", "net_start", "overlay_lower",
+                 "overlay_work")
     # extra_env: NAME=VALUE after the image's ENV (devices: runtime/gpu.py); reads: the
     # files planning read beyond the usual ones (CDI specs: the plan cache checks them).
     # net_pid, net_start: --network container:N, the instance's supervisor and its start
     # time (cext/core.h hpcrun_spec; 0: none).
+    # overlay_lower, overlay_work: with F_RW_ROOT, a build's RUN root as an overlay of
+    # these read-only layers (topmost first) with image as its upper (cext/core.h).
     _defaults = {"squashfuse": None, "flags": 0, "hostname": None, "mounts": (),
                  "workdir": "/", "workdir_required": False, "stop_signal": 0,
                  "preserve_fds": 0, "limits": None, "extra_env": (), "reads": (),
-                 "net_pid": 0, "net_start": 0}
+                 "net_pid": 0, "net_start": 0, "overlay_lower": (), "overlay_work": None}
 
 
 class RunOptions(_Frozen):
