@@ -333,7 +333,7 @@ class Cache:
             elif kind == "p":
                 os.mkfifo(p, e[1])
         for p, mode in reversed(dirs):
-            os.chmod(p, mode | 0o700)   # we must be able to read it back (root could)
+            os.chmod(p, mode)       # last, deepest first: a read-only one blocks its children
 
     def snapshot_upper(self, upper: str, prev: dict, default_owner=(0, 0)) -> dict:
         """The manifest of an overlay's merged tree after a RUN: prev (the tree before
@@ -346,7 +346,11 @@ class Cache:
         out = dict(prev)
         root = upper.rstrip("/")
         n = len(root) + 1
-        for dirpath, dirnames, filenames in os.walk(root):
+        opened = []                 # directories the RUN left unreadable to us: read, then restored
+
+        def fail(e):
+            raise e
+        for dirpath, dirnames, filenames in os.walk(root, onerror=fail):
             rel_dir = dirpath[n:]
             if rel_dir == "":
                 if ".hpcrun" in dirnames:
@@ -368,6 +372,9 @@ class Cache:
                     if cur is not None and (cur[0] != "d" or _opaque(full)):
                         T.remove(out, rel)          # what lay below is hidden
                     out[rel] = ["d", stat.S_IMODE(m), 0, own, None, 0]
+                    if m & 0o500 != 0o500:
+                        os.chmod(full, stat.S_IMODE(m) | 0o700)
+                        opened.append((full, stat.S_IMODE(m)))
                     continue
                 if cur is not None and cur[0] == "d":
                     T.remove(out, rel)              # a file over a directory hides it
@@ -382,6 +389,8 @@ class Cache:
                     out[rel] = ["p", stat.S_IMODE(m), 0, own, None, 0]
                 else:
                     out.pop(rel, None)      # sockets, device nodes: not kept in an image
+        for p, mode in reversed(opened):
+            os.chmod(p, mode)
         return out
 
     def write_tar(self, entries: dict, out, paths=None, whiteouts=()) -> None:
