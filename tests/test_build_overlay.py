@@ -18,6 +18,7 @@ import pytest
 
 import util
 from fixtures_image import hp, ok, tree_of
+from hpcrun.build.executor import MAX_LAYERS
 from test_build import _steps, bstore, build, ctx, inspect, run  # noqa: F401 (fixtures)
 
 pytestmark = [pytest.mark.userns, pytest.mark.root]
@@ -179,3 +180,17 @@ def test_the_base_cannot_be_removed_while_a_run_uses_it(user, bstore, ctx):
             raise
     assert p.returncode == 0, err
     assert "busybox-test" in run(user, bstore, "held:1", "cat", "/os")
+
+
+def test_a_stage_deeper_than_the_layer_limit_is_merged_and_whole(user, bstore, ctx):
+    """More RUN steps in a stage than MAX_LAYERS: the overlay takes 120 layers (through
+    the C core's short links), then the stage's layers are merged into one made from
+    the manifest, and the last RUN still sees every earlier step."""
+    n = MAX_LAYERS + 4
+    lines = ["FROM test/busybox:1", "RUN rm /bin/vi && echo 0 > /f0"]
+    lines += [f"RUN echo {i} > /f{i} && rm /f{i - 1}" for i in range(1, n)]
+    lines += [f"RUN test ! -e /bin/vi && test ! -e /f{n - 2} && cat /f{n - 1} > /last "
+              "&& ls / | grep -c '^f' > /count"]
+    ctx("Dockerfile", "\n".join(lines) + "\n")
+    ok(build(user, bstore, ctx.dir, "-q", "-t", "deep:1", timeout=600))
+    assert run(user, bstore, "deep:1", "cat", "/last", "/count") == f"{n - 1}\n1\n"

@@ -577,7 +577,7 @@ class Builder:
             if os.environ.get("HPCRUN_NO_OVERLAY") == "1":
                 self.overlay = False
             else:
-                from hpcrun import _core     # lazy: as in run_in
+                from hpcrun import _core     # lazy: the compiled module, only once a RUN misses
                 d = self.cache.work_dir()
                 try:
                     self.overlay, why = _core.probe_at("overlay-build", d)
@@ -606,7 +606,7 @@ class Builder:
                 if os.path.lexists(os.path.join(st.base_dir, ".hpcrun")):
                     hide = (".hpcrun",)
             self._push_layer(st, want, hide, always=True)
-        elif st.stale:
+        elif st.stale or len(st.layers) >= MAX_LAYERS:
             self._push_layer(st, want)
         st.stale = False
 
@@ -625,16 +625,18 @@ class Builder:
             return 0o755
 
     def _push_layer(self, st: State, want: dict, hide=(), always=False) -> None:
+        """A layer taking the stage's layers (st.entries) to want, when they differ."""
+        if len(st.layers) >= MAX_LAYERS:
+            # a stage of very many steps: one layer with every change since the base
+            on_base = st.layers[0] == st.base_dir
+            st.layers = st.layers[:1] if on_base else []
+            st.entries = self.cache.get_fs(st.base_fs) if on_base else {}
+            hide = (".hpcrun",) if on_base and os.path.lexists(
+                os.path.join(st.base_dir, ".hpcrun")) else ()
+            always = True
         if not always and not hide and T.diff(st.entries, want) == ([], []):
             st.entries = want
             return
-        if len(st.layers) >= MAX_LAYERS:
-            # a stage of hundreds of steps: one layer with all the changes since the base
-            old = self.cache.get_fs(st.base_fs) if st.layers[0] == st.base_dir else {}
-            st.layers = st.layers[:1] if old else []
-            st.entries = old
-            hide = (".hpcrun",) if old and os.path.lexists(
-                os.path.join(st.base_dir, ".hpcrun")) else ()
         path = os.path.join(st.layers_dir, str(st.layers_made))
         st.layers_made += 1
         self.cache.layer_dir(path, st.entries, want, hide, self._root_mode(st))
@@ -647,7 +649,9 @@ class Builder:
         upper = os.path.join(st.layers_dir, str(st.layers_made))
         work = upper + ".work"
         st.layers_made += 1
-        os.mkdir(upper, self._root_mode(st))
+        mode = self._root_mode(st)
+        os.mkdir(upper, 0o700)
+        os.chmod(upper, mode)           # not the umask's: the merged root shows this mode
         os.mkdir(work, 0o700)
         try:
             uid_gid = list(self._run(st, ins, argv, net, upper=upper, work=work))
