@@ -934,9 +934,11 @@ static int rw_root_mountpoints(struct ctx *c, const struct hpcrun_spec *s, const
  * it). userxattr: in a user namespace overlayfs can't write trusted.* (it needs
  * CAP_SYS_ADMIN in the initial namespace; without it a lower directory that was removed
  * can't be made again: EIO), so its opaque-directory marks go to user.overlay.*
- * (overlayfs.rst, "Permission model"; Linux 5.11). Each layer is reached through a short
- * symlink in our tmpfs (/L/N): mount(2) takes one page of options, and the store's
- * paths are long. */
+ * (overlayfs.rst, "Permission model"; Linux 5.11). userxattr also keeps metacopy and
+ * redirect_dir off, so every file in the upper directory is whole and a renamed lower
+ * directory was copied (EXDEV): the upper directory alone says what changed. Each
+ * layer is reached through a short symlink in our tmpfs (/L/N): mount(2) takes one
+ * page of options, and the store's paths are long. */
 static int overlay_root(struct ctx *c, const struct hpcrun_spec *s)
 {
     char opts[4096], p[PATH_MAX], esc_u[2 * PATH_MAX], esc_w[2 * PATH_MAX], link[32];
