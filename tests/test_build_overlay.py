@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -194,3 +195,21 @@ def test_a_stage_deeper_than_the_layer_limit_is_merged_and_whole(user, bstore, c
     ctx("Dockerfile", "\n".join(lines) + "\n")
     ok(build(user, bstore, ctx.dir, "-q", "-t", "deep:1", timeout=600))
     assert run(user, bstore, "deep:1", "cat", "/last", "/count") == f"{n - 1}\n1\n"
+
+
+def test_trees_are_made_in_directories_marked_top_of_hierarchy(user, bstore, ctx, user_tmp):
+    """The store's tmp/ and the build cache's work/ carry chattr's T flag where the
+    file system has it (ext4): each image tree or build tree made there starts in a
+    block group of its own (fstree.mark_top says why)."""
+    probe = os.path.join(user_tmp, "probe-T")
+    os.mkdir(probe)
+    util.require(shutil.which("lsattr") is not None and subprocess.run(
+        ["chattr", "+T", probe], capture_output=True).returncode == 0,
+        "this file system has no T flag (chattr +T)")
+    ctx("Dockerfile", "FROM test/busybox:1\nRUN echo x > /x\n")
+    ok(build(user, bstore, ctx.dir, "-t", "top:1"))
+    store = bstore["HPCRUN_STORE"]
+    for d in (os.path.join(store, "tmp"), os.path.join(store, "build-cache", "work")):
+        flags = subprocess.run(["lsattr", "-d", d], capture_output=True, text=True,
+                               check=True).stdout.split()[0]
+        assert "T" in flags, (d, flags)

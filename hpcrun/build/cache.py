@@ -30,6 +30,7 @@ import tarfile
 import time
 
 from hpcrun.build import tree as T
+from hpcrun.image.fstree import mark_top
 from hpcrun.image.store import rmtree
 
 _CHUNK = 1 << 20
@@ -70,6 +71,7 @@ class Cache:
                 os.makedirs(d, exist_ok=True)
         finally:
             os.umask(old)
+        mark_top(self.work)     # each build's trees start a block group of their own
         self._hold = open(os.path.join(self.locks, "cache.lock"), "a+b")
         try:
             fcntl.flock(self._hold, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -8,10 +8,44 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import shutil
 import stat
 import sys
+
+
+# <linux/fs.h>: the flags chattr(1) sets; _IOR/_IOW of a long, though the kernel reads
+# and writes an int at the start of the buffer
+FS_IOC_GETFLAGS = 0x80086601
+FS_IOC_SETFLAGS = 0x40086602
+FS_TOPDIR_FL = 0x00020000
+
+
+def mark_top(path: str) -> bool:
+    """Mark the directory path "top of directory hierarchies" (chattr +T): ext4's Orlov
+    allocator then places each directory made in it (a tree being unpacked or cloned,
+    a build's work directory) in a block group with few directories, and the tree's
+    own entries follow it there, instead of in path's group. That group is where the
+    trees removed lately were: on an ext4 without a journal, every inode allocation
+    first skips the inodes freed in the last minute or more (ext4 ialloc.c,
+    recently_deleted), and after an rmi or a build's clean-up a clone's 800 mkdirs
+    took 0.7 ms each instead of 0.1. False where the file system has no such flag."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        buf = fcntl.ioctl(fd, FS_IOC_GETFLAGS, bytes(8))
+        flags = int.from_bytes(buf[:4], sys.byteorder)
+        if not flags & FS_TOPDIR_FL:
+            fcntl.ioctl(fd, FS_IOC_SETFLAGS, (flags | FS_TOPDIR_FL).to_bytes(4, sys.byteorder)
+                        + bytes(4))
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def rmtree(path: str) -> None:

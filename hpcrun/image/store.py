@@ -60,7 +60,7 @@ from typing import Iterator, Optional, Sequence
 from .. import log
 from ..errors import ImageError, NotFound, StoreError
 from ..fsutil import private_dir
-from .fstree import du, rmtree
+from .fstree import du, mark_top, rmtree
 from .inuse import container_roots, running_containers
 _HEX = re.compile(r"[0-9a-f]{64}\Z")
 _SHORT = re.compile(r"[0-9a-f]{4,64}\Z")
@@ -716,6 +716,7 @@ class Store:
         from .. import config as cfgmod  # lazy: keeps hpcrun run's start-up small
         from .formats import build as build_format  # lazy: `run` never builds (tarfile)
         max_size = int(cfgmod.get("max_image_size"))  # type: ignore[arg-type]
+        mark_top(self.tmp)      # each tree made there starts a block group of its own
         d = os.path.join(self.images_dir, hexd)
         os.makedirs(d, mode=0o700, exist_ok=True)
         tree = None
