@@ -2,11 +2,14 @@
 
 Each stage keeps a state: the cache key of its last step, the file-system manifest
 that step produced, and the image config. A step whose key is in the cache costs a
-lookup; a miss materializes the stage's tree once (in the cache's work/) and runs
-there. RUN enters the tree with the C core as fake root: a user namespace mapping the
-caller to 0, the tree bound read-write (F_RW_ROOT), the fake-root seccomp filter
-(F_SECCOMP_FAKE). Nothing is recorded in the image store before the last step
-succeeded; then one layer holding the final tree is committed (store.commit_image).
+lookup; a RUN that misses runs on the stage's tree, kept in the cache's work/: layers
+of an overlay (the store's base, a layer per catch-up, each earlier RUN's upper
+directory), or where overlayfs can't be mounted so, a copy made once and synced. RUN
+enters it with the C core as fake root: a user namespace mapping the caller to 0, the
+root read-write (F_RW_ROOT; an overlay with overlay_lower), the fake-root seccomp
+filter (F_SECCOMP_FAKE). Nothing is recorded in the image store before the last step
+succeeded; then the image, the base's layers plus one per step that changed files, is
+committed (store.commit_image).
 """
 from __future__ import annotations
 

@@ -106,8 +106,9 @@ def link_clone(src: str, dst: str, skip: tuple = ()) -> list:
     entry copied, kind 'd', 'f', 'l' or 'p' (what layers.Tree.seeded reads).
 
     Only for trees nothing writes in place (the store's unpacked images: containers
-    see them read-only, writes go to an overlay's copy-up, a build's RUN works in a
-    copy, and unpacking a layer replaces a file by unlink + O_EXCL create): sharing
+    see them read-only, writes go to an overlay's copy-up, a build's RUN has the
+    base as an overlay's lower layer or works in a copy, and unpacking a layer
+    replaces a file by unlink + O_EXCL create): sharing
     inodes is then safe. A file with too many links already (EMLINK) is copied. Raises
     OSError (src vanished, a full disk): the caller removes dst.
     """
