@@ -592,7 +592,7 @@ class Builder:
 
     def _ensure_layers(self, st: State) -> None:
         """The stage's tree as overlay layers matching st.fs: the store's unpacked base
-        (leased, so rmi waits for the build) when the stage grew from one, then a layer
+        (leased: rmi refuses it while the build runs) when the stage grew from one, then a layer
         taking it to st.fs (the .hpcrun directory whited out); later, a layer per
         catch-up (COPY, cache hits) and the upper directory of each RUN. Nothing is
         copied that did not change."""
@@ -622,10 +622,9 @@ class Builder:
 
     def _root_mode(self, st: State) -> int:
         """The merged root shows the upper's own mode: the base's root's (0755 without)."""
-        try:
-            return stat.S_IMODE(os.lstat(st.layers[-1] if st.layers else "").st_mode)
-        except OSError:
+        if not st.layers:
             return 0o755
+        return stat.S_IMODE(os.lstat(st.layers[-1]).st_mode)
 
     def _push_layer(self, st: State, want: dict, hide=(), always=False) -> None:
         """A layer taking the stage's layers (st.entries) to want, when they differ."""
@@ -708,10 +707,10 @@ class Builder:
         apt_made = False
         if upper is not None:
             # the merged tree is st.entries; the mount point would be made in upper
-            apt_conf = os.path.join(upper, APT_CONF.lstrip("/"))
-            rel = APT_CONF.lstrip("/")
-            have_dir = T.is_dir(st.entries, T.resolve(st.entries, os.path.dirname(rel)))
-            have_file = T.resolve(st.entries, rel, follow_last=False) in st.entries
+            rel = T.resolve(st.entries, APT_CONF.lstrip("/"), follow_last=False)
+            apt_conf = os.path.join(upper, rel)
+            have_dir = T.is_dir(st.entries, os.path.dirname(rel))
+            have_file = rel in st.entries
         else:
             apt_conf = os.path.join(st.tree, APT_CONF.lstrip("/"))
             have_dir = os.path.isdir(os.path.dirname(apt_conf))
