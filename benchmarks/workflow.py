@@ -12,13 +12,20 @@ Configurations (Makeflow drives all but `api`):
   shared      an instance, tasks entered with exec: --wrapper 'hpcrun exec -w /mnt NAME'
   api         the same DAG run by a small scheduler here through hpcrun.api
               (Instance.batch: one joined process per slot, a fork+exec per task)
-Variants: the half-second workload (--lines, default 40000 reads per generated file: about 0.4 s a task here) and a
-short-task one (--short-lines, default 200: tens of milliseconds).
+Variants: the half-second workload (--lines, default 12000 reads per generated file:
+about 0.5 s of CPU a task on average here, gen 1.4 s, compress 0.15 s, sort and merge
+less) and a short-task one (--short-lines, default 200: about 10 ms a task). By default
+the DAG has about 500 tasks (--tasks 500: 161 chains, 501 tasks), the issue's size;
+`--tasks 100` is the quick one (101 tasks).
 
 Makespan is wall time; on a shared machine it moves with everyone else's load, so the
 CPU time of each run (user + system of every process it waited for: tasks, wrappers,
 workers, exec servers) is reported beside it, and the CPU each configuration adds per
-task over bare.
+task over bare. And the machine's: the CPU time all processes used meanwhile (from
+/proc/stat) less the run's own is "other CPU", what other sessions (and processes the
+run did not wait for: an instance's supervisor, kernel threads) took from the same two
+CPUs. A run with much other CPU is slower for that reason alone: compare makespans of
+runs whose other CPU is near 0.
 
 Then the per-command entry cost, interleaved: hpcrun.api exec, hpcrun exec, ch-run,
 hpcrun run (each runs /bin/true in the same image).
@@ -27,7 +34,7 @@ Writes OUT/workflow.md (the Markdown table) and OUT/makespan.png, OUT/overhead.p
 (matplotlib). Progress on a terminal; one line per run otherwise.
 
 Run as root (it drops to HPCRUN_TEST_USER, default hpcuser) or as a user:
-  benchmarks/workflow.py [--tasks 500] [--rounds 1] [--jobs 2] [--out DIR]
+  benchmarks/workflow.py [--tasks 500] [--lines 12000] [--rounds 1] [--jobs 2] [--out DIR]
 """
 from __future__ import annotations
 
@@ -178,9 +185,25 @@ def cpu_children() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def machine_cpu() -> float:
+    """CPU seconds every process of the machine has used (busy time in /proc/stat)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    # user nice system (idle iowait) irq softirq steal
+    return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu() -> float:
+    """This process's CPU seconds and its waited-for children's."""
+    import resource
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime + cpu_children()
+
+
 def run_config(cfg: str, u: User, work: str, image: str, args, chains: int, lines: int,
                label: str, runtime_dir: str) -> tuple:
-    """(makespan, {task: seconds}, outputs, number of tasks, CPU seconds of the run)."""
+    """(makespan, {task: seconds}, outputs, number of tasks, CPU seconds of the run,
+    CPU seconds the rest of the machine used during the makespan)."""
     cpu0 = cpu_children()
     d = tempfile.mkdtemp(prefix=f"{cfg}-", dir=work)
     os.chmod(d, 0o755)
@@ -197,6 +220,7 @@ def run_config(cfg: str, u: User, work: str, image: str, args, chains: int, line
         u.run([HPCRUN, "instance", "start", "--name", "bench-shared", "-v", f"{d}:/mnt", image])
         wrap = f"{HPCRUN} exec -w /mnt bench-shared"
     times: dict = {}
+    m0, o0 = machine_cpu(), own_cpu()
     try:
         if cfg == "api":
             span, tl = run_api(u, d, image, args.jobs, chains, lines, runtime_dir)
@@ -213,12 +237,13 @@ def run_config(cfg: str, u: User, work: str, image: str, args, chains: int, line
                 env = dict(u.env, PATH=f"{image}/bin:{image}/usr/bin:" + u.env["PATH"])
             span = run_makeflow(u, d, argv, label, total, env)
             times = task_times(d)
+        other = max(0.0, (machine_cpu() - m0) - (own_cpu() - o0))
     finally:
         if cfg == "shared":
             u.run([HPCRUN, "instance", "stop", "bench-shared"], check=False)
     outputs = dag.text_outputs(d)
     shutil.rmtree(d, ignore_errors=True)
-    return span, times, outputs, total, cpu_children() - cpu0
+    return span, times, outputs, total, cpu_children() - cpu0, other
 
 
 def run_workers(u: User, d: str, image: str, args, label: str, total: int) -> float:
@@ -323,8 +348,10 @@ def plots(out: str, results: dict, overheads: dict) -> list:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--tasks", type=int, default=500, help="about this many tasks (default 500)")
-    ap.add_argument("--lines", type=int, default=40000, help="reads per generated file")
+    ap.add_argument("--tasks", type=int, default=500,
+                    help="about this many tasks (default 500: 501; 100: 101)")
+    ap.add_argument("--lines", type=int, default=12000,
+                    help="reads per generated file, half-second variant (default 12000)")
     ap.add_argument("--short-lines", type=int, default=200, help="reads, short-task variant")
     ap.add_argument("--rounds", type=int, default=1, help="rounds of every configuration")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="tasks at once")
@@ -356,6 +383,8 @@ def main() -> int:
     results: dict = {v: {c: [] for c in configs} for v in variants}
     task_t: dict = {v: {c: [] for c in configs} for v in variants}
     cpu_s: dict = {v: {c: [] for c in configs} for v in variants}
+    other_s: dict = {v: {c: [] for c in configs} for v in variants}
+    runs: list = []
     overheads: dict = {v: {c: [] for c in configs if c != "bare"} for v in variants}
     ntasks = 0
     try:
@@ -365,17 +394,19 @@ def main() -> int:
                 order = configs[r % len(configs):] + configs[:r % len(configs)]
                 for c in order:
                     label = f"{v} round {r + 1}/{args.rounds} {c}"
-                    span, times, outs, ntasks, cpu = run_config(c, u, work, image, args,
-                                                                chains, lines, label, runtime)
+                    span, times, outs, ntasks, cpu, other = run_config(
+                        c, u, work, image, args, chains, lines, label, runtime)
                     if ref is None:
                         ref = outs
                     if outs != ref:
                         sys.exit(f"benchmarks/workflow.py: {label}: outputs differ")
                     results[v][c].append(span)
                     cpu_s[v][c].append(cpu)
+                    other_s[v][c].append(other)
                     task_t[v][c].append(times)
-                    say(f"{label}: {span:.2f} s, CPU {cpu:.2f} s, {ntasks} tasks, "
-                        "outputs identical")
+                    runs.append((v, r + 1, c, span, cpu, other))
+                    say(f"{label}: {span:.2f} s, CPU {cpu:.2f} s, other CPU {other:.2f} s, "
+                        f"{ntasks} tasks, outputs identical")
             bare_t = task_t[v].get("bare") or []
             if bare_t:
                 med = {}
@@ -405,8 +436,9 @@ def main() -> int:
         ch = statistics.median(results[v]["ch-run"]) if "ch-run" in results[v] else None
         lines_md += [f"**{v}** ({variants[v]} reads per generated file)", "",
                      "| configuration | makespan (s) | vs bare | vs ch-run | CPU (s) | CPU vs bare "
-                     "| CPU per task over bare (ms) | per-task wall over bare, median (ms) |",
-                     "|---|---:|---:|---:|---:|---:|---:|---:|"]
+                     "| CPU per task over bare (ms) | per-task wall over bare, median (ms) "
+                     "| other CPU (s) |",
+                     "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         bc = statistics.median(cpu_s[v]["bare"]) if "bare" in cpu_s[v] else None
         for c in configs:
             m = statistics.median(results[v][c])
@@ -418,8 +450,16 @@ def main() -> int:
             row += f" {cm:.2f} |"
             row += f" {cm / bc:.3f}x | {(cm - bc) / ntasks * 1000:.1f} |" if bc else " - | - |"
             row += f" {statistics.median(oh) * 1000:.1f} |" if oh else " - |"
+            row += f" {statistics.median(other_s[v][c]):.2f} |"
             lines_md.append(row)
         lines_md.append("")
+    lines_md += ["**Every run**, in the order run (other CPU: what the rest of the machine "
+                 "used meanwhile, /proc/stat less the run's own)", "",
+                 "| variant | round | configuration | makespan (s) | CPU (s) | other CPU (s) |",
+                 "|---|---:|---|---:|---:|---:|"]
+    lines_md += [f"| {v} | {r} | {c} | {sp:.2f} | {cp:.2f} | {ot:.2f} |"
+                 for v, r, c, sp, cp, ot in runs]
+    lines_md.append("")
     lines_md += ["**Per-command entry** (median of %d, /bin/true)" % args.entry_rounds, "",
                  "| entry | ms | vs ch-run |", "|---|---:|---:|"]
     for k, ms in entry.items():

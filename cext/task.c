@@ -1472,16 +1472,34 @@ static void node_container(const struct plan *p, struct hpcrun_spec *s, const ch
     }
 }
 
+/* A job of one process: Open MPI's singleton (a program that called MPI_Init with no
+ * launcher above it: ess "singleton", its own orted started below it), or a launch of
+ * one process. What such a process starts inherits PMIX_NAMESPACE and PMIX_RANK (and
+ * OMPI_*) without being a rank: Debian's makeflow calls MPI_Init, so every task it ran
+ * looked like rank 0 of a PMIx launch, and each `--wrapper 'hpcrun run ...'` task made
+ * a node container with a keeper (whose launcher, the nearest daemon above, was the
+ * task's own shell) or joined one, under the node's lock, and got separate_vars. */
+static int one_process_job(void)
+{
+    const char *v;
+    return ((v = getenv("OMPI_MCA_ess")) && !strcmp(v, "singleton")) ||
+           ((v = getenv("OMPI_MCA_orte_ess_num_procs")) && !strcmp(v, "1")) ||
+           ((v = getenv("OMPI_COMM_WORLD_SIZE")) && !strcmp(v, "1"));
+}
+
 /* This rank's launch, for join=auto: whether it is one of several ranks on this node
  * started by an MPI launcher or srun, and the launch's identity (written to `id`; the
  * node is the directory). Open MPI's job id (or PMIx's namespace), Slurm's job.step;
  * MPICH's hydra exports none, so its proxy on this node (pid and start time) names it.
- * `who` names the launcher. 0: not under a launcher, or the only rank of this node. */
+ * `who` names the launcher. 0: not under a launcher, the only rank of this node, or a
+ * job of one process (one_process_job). */
 static int launcher_key(char *id, size_t len, const char **who)
 {
     const char *ls = NULL, *v;
     char t[64];
     id[0] = '\0';
+    if (one_process_job())
+        return 0;
     if ((ls = getenv("OMPI_COMM_WORLD_LOCAL_SIZE"))) {
         *who = "Open MPI";
         v = getenv("OMPI_MCA_ess_base_jobid");

@@ -62,6 +62,39 @@ def test_makeflow_container_per_task(user, wf_dir, wf_image, bare):
     _no_hpcrun_left(user, wf_image)
 
 
+def test_makeflow_tasks_are_not_taken_for_mpi_ranks(user, wf_dir, wf_image):
+    """Debian's makeflow calls MPI_Init (an Open MPI singleton, ess "singleton"): every
+    task it runs inherits PMIX_NAMESPACE and PMIX_RANK. `hpcrun run` per task must not
+    take them for ranks of a launch: each task gets a container of its own, as outside
+    Makeflow (no node container with a keeper, under the node's lock), and the task's
+    environment is not given the MPI transport variables of separate ranks."""
+    cache = util.shared_tmpdir("hpcrun-wfcache-", owner=user)
+    try:
+        with open(os.path.join(wf_dir, "env.mf"), "w") as f:
+            f.write("a.env:\n\tenv > a.env\n\nb.env:\n\tenv > b.env\n")
+        os.chown(os.path.join(wf_dir, "env.mf"), user.uid, user.gid)
+        cp = sh(user, wf_dir, "makeflow -j 2 env.mf && cat a.env && makeflow -c env.mf")
+        assert cp.returncode == 0, cp.stdout + cp.stderr
+        host = dict(line.split("=", 1) for line in cp.stdout.splitlines() if "=" in line)
+        util.require(host.get("OMPI_MCA_ess") == "singleton" and "PMIX_RANK" in host,
+                     "this makeflow is not an Open MPI singleton (no PMIX_RANK in its tasks)")
+        cp = sh(user, wf_dir, f"makeflow -j 2 --wrapper 'hpcrun run -v {wf_dir}:/mnt -w /mnt "
+                              f"{wf_image}' env.mf",
+                env={"HPCRUN_NODE_CACHE": cache, "HPCRUN_TASK_LOG": "1"})
+        assert cp.returncode == 0, cp.stdout + cp.stderr
+        for name in ("a.env", "b.env"):
+            with open(os.path.join(wf_dir, name)) as f:
+                env = dict(line.split("=", 1) for line in f.read().splitlines() if "=" in line)
+            assert env.get("PMIX_RANK") == host["PMIX_RANK"]       # the task's own, passed on
+            assert "OMPI_MCA_btl_vader_single_copy_mechanism" not in env
+            assert "UCX_TLS" not in env
+        # A node container (keeper or join) logs itself in the node cache's tasks.log.
+        assert [os.path.join(d, n) for d, _, files in os.walk(cache) for n in files] == []
+        _no_hpcrun_left(user, wf_image)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
 def test_makeflow_container_per_worker(user, wf_dir, wf_image, bare, user_tmp):
     script = f"""
 makeflow -T wq -p 0 -Z port.txt wf.mf > mf.log 2>&1 &
