@@ -132,9 +132,13 @@ def watch(p, d: str, label: str, total: int) -> None:
 
 def run_makeflow(u: User, d: str, argv: list, label: str, total: int, env=None) -> float:
     t = time.perf_counter()
-    p = u.popen(argv, d, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    watch(p, d, label, total)
-    out = p.stdout.read()
+    # Output to a file, not a pipe: watch() does not read while it waits, and 500 tasks'
+    # lines fill a pipe (64 KiB): makeflow then blocks in write() and never reaps a task.
+    with open(os.path.join(d, "makeflow.out"), "w+") as log:
+        p = u.popen(argv, d, env=env, stdout=log, stderr=subprocess.STDOUT)
+        watch(p, d, label, total)
+        log.seek(0)
+        out = log.read()
     dt = time.perf_counter() - t
     if p.returncode != 0 or "failed" in out.split("nothing left to do")[0][-2000:]:
         sys.exit(f"benchmarks/workflow.py: {label} failed:\n{out[-2000:]}")
@@ -251,8 +255,9 @@ def run_workers(u: User, d: str, image: str, args, label: str, total: int) -> fl
     os.chmod(wdir, 0o755)
     u.chown(wdir)
     t = time.perf_counter()
+    mflog = open(os.path.join(d, "makeflow.out"), "w+")     # not a pipe: see run_makeflow
     mf = u.popen(["makeflow", "-T", "wq", "-p", "0", "-Z", "port.txt", "wf.mf"], d,
-                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 stdout=mflog, stderr=subprocess.STDOUT)
     port_file = os.path.join(d, "port.txt")
     while not (os.path.exists(port_file) and os.path.getsize(port_file)):
         if mf.poll() is not None:
@@ -265,7 +270,9 @@ def run_workers(u: User, d: str, image: str, args, label: str, total: int) -> fl
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                for _ in range(args.jobs)]
     watch(mf, d, label, total)
-    out = mf.stdout.read()
+    mflog.seek(0)
+    out = mflog.read()
+    mflog.close()
     span = time.perf_counter() - t
     for w in workers:
         w.terminate()
