@@ -1297,19 +1297,16 @@ static int tty_filter_done;   /* once per process: a fork inherits the filter */
  * steps, workflow tools, pipes) reaches none, and goes without the filter: a filter
  * costs every system call of the job 50-100 ns on this machine (the seccomp entry
  * path), and protects nothing there. Unsure (no /proc): yes. */
+static ssize_t read_small(const char *path, char *buf, size_t len);
+
 static int reaches_terminal(const struct hpcrun_spec *s)
 {
     for (int fd = 0; fd <= 2 + (s->preserve_fds > 0 ? s->preserve_fds : 0); fd++)
         if (isatty(fd))
             return 1;
     char buf[1024];
-    int fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
-    ssize_t n = fd < 0 ? -1 : read(fd, buf, sizeof buf - 1);
-    if (fd >= 0)
-        close(fd);
-    if (n <= 0)
+    if (read_small("/proc/self/stat", buf, sizeof buf) <= 0)
         return 1;
-    buf[n] = '\0';
     char *p = strrchr(buf, ')');     /* comm may hold anything but ends before the last ) */
     long tty = 1;
     /* ") state ppid pgrp session tty_nr" */

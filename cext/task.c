@@ -337,17 +337,25 @@ static void apply_binding(const struct plan *p)
  * made. The monitor (cext/core.c) moves the container in and removes them at the end. */
 static char cg_made[8][PATH_MAX];
 
+/* The start of a small file (/proc, cgroupfs, a node plan), NUL-terminated: the bytes
+ * one read gave, or -1 if it can't be opened or read. */
+static ssize_t read_text(const char *path, char *buf, size_t len)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t n = read(fd, buf, len - 1);
+    close(fd);
+    buf[n > 0 ? n : 0] = '\0';
+    return n;
+}
+
+
 static int own_cgroup(const char *ctl, char *out, size_t len)
 {
     char buf[4096];
-    int fd = open("/proc/self/cgroup", O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
+    if (read_text("/proc/self/cgroup", buf, sizeof buf) <= 0)
         return -1;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0)
-        return -1;
-    buf[n] = '\0';
     size_t cl = strlen(ctl);
     for (char *line = buf, *next; line && *line; line = next) {
         next = strchr(line, '\n');
@@ -462,11 +470,8 @@ static void make_cgroups(struct plan *p)
         if (!strcmp(v, "@parent")) {
             char *slash = strrchr(cg_made[k], '/');
             snprintf(path, sizeof path, "%.*s/%s", (int)(slash - cg_made[k]), cg_made[k], file);
-            int fd = open(path, O_RDONLY | O_CLOEXEC);
-            ssize_t n = fd < 0 ? -1 : read(fd, val, sizeof val - 1);
-            if (fd >= 0)
-                close(fd);
-            val[n > 0 ? n : 0] = '\0';
+            if (read_text(path, val, sizeof val) < 0)
+                val[0] = '\0';
             val[strcspn(val, "\n")] = '\0';
             v = val;
         }
@@ -1029,14 +1034,8 @@ static void starttime(pid_t pid, char *out, size_t len)
     char path[64], buf[1024];
     out[0] = '\0';
     snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
+    if (read_text(path, buf, sizeof buf) <= 0)
         return;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0)
-        return;
-    buf[n] = '\0';
     char *s = strrchr(buf, ')');
     if (!s || !s[1] || !s[2] || s[2] == 'Z' || s[2] == 'X')
         return;
@@ -1152,14 +1151,8 @@ static pid_t parent_of(pid_t pid, char *comm, size_t len)
 {
     char path[64], buf[1024];
     snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
+    if (read_text(path, buf, sizeof buf) <= 0)
         return -1;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0)
-        return -1;
-    buf[n] = '\0';
     char *a = strchr(buf, '('), *b = strrchr(buf, ')');
     if (!a || !b || b < a || !b[1] || !b[2])
         return -1;
@@ -1255,12 +1248,8 @@ static long uid_of(pid_t pid)
 {
     char path[64], buf[2048];
     snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
+    if (read_text(path, buf, sizeof buf) < 0)
         return -1;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    buf[n > 0 ? n : 0] = '\0';
     const char *u = strstr(buf, "\nUid:");
     long uid = -1;
     return u && sscanf(u + 5, "%ld", &uid) == 1 ? uid : -1;
@@ -1271,12 +1260,8 @@ static long uid_of(pid_t pid)
 static int live_keeper(const char *path, char *key, size_t keylen)
 {
     char head[512], start[64], hkey[256], now[64];
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
+    if (read_text(path, head, sizeof head) < 0)
         return 0;
-    ssize_t n = read(fd, head, sizeof head - 1);
-    close(fd);
-    head[n > 0 ? n : 0] = '\0';
     int pid = 0;
     if (strncmp(head, PLAN_HEAD " ", sizeof PLAN_HEAD) ||
         sscanf(head + sizeof PLAN_HEAD, "%d %63s %255s", &pid, start, hkey) != 3 || pid <= 0)
