@@ -287,6 +287,24 @@ RUN cat /two.txt > /after-two
     assert _steps(after.stderr) == ["run"] * 5
 
 
+def build_until_started(user, bstore, tag, ctxdir):
+    """`hpcrun build -t TAG CTXDIR` as the user in a session of its own, returned once a
+    RUN step has printed "started" (its output streamed to stderr)."""
+    e = util.user_env(user)
+    e.update(bstore)
+    p = subprocess.Popen([util.HPCRUN, "build", "-t", tag, ctxdir], user=user.uid,
+                         group=user.gid, extra_groups=[], env=e, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    seen = ""
+    deadline = time.time() + 120
+    while "started" not in seen and time.time() < deadline:
+        line = p.stderr.readline()
+        if not line:
+            break
+        seen += line
+    assert "started" in seen, seen
+    return p
+
 def test_sigkill_mid_run_then_rebuild_gives_the_same_result(user, bstore, ctx):
     hold = f"/dev/shm/hpcrun-test-build-hold-{os.getpid()}"
     with open(hold, "w"):
@@ -298,19 +316,7 @@ RUN echo started; while [ -e {hold} ]; do sleep 0.1; done; echo finished > /fini
 RUN echo after > /after
 """)
         before = records(bstore["HPCRUN_STORE"])
-        e = util.user_env(user)
-        e.update(bstore)
-        p = subprocess.Popen([util.HPCRUN, "build", "-t", "k:1", ctx.dir], user=user.uid,
-                             group=user.gid, extra_groups=[], env=e, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, start_new_session=True)
-        seen = ""
-        deadline = time.time() + 120
-        while "started" not in seen and time.time() < deadline:
-            line = p.stderr.readline()
-            if not line:
-                break
-            seen += line
-        assert "started" in seen, seen
+        p = build_until_started(user, bstore, "k:1", ctx.dir)
         os.killpg(p.pid, signal.SIGKILL)
         p.wait(timeout=30)
         p.stdout.close()

@@ -13,14 +13,14 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 
 import pytest
 
 import util
 from fixtures_image import hp, ok, tree_of
 from hpcrun.build.executor import MAX_LAYERS
-from test_build import _steps, bstore, build, ctx, inspect, run  # noqa: F401 (fixtures)
+from test_build import (_steps, bstore, build, build_until_started, ctx,  # noqa: F401
+                        inspect, run)
 
 pytestmark = [pytest.mark.userns, pytest.mark.root]
 
@@ -155,20 +155,8 @@ def test_the_base_cannot_be_removed_while_a_run_uses_it(user, bstore, ctx):
         pass
     ctx("Dockerfile", f"FROM test/busybox:1\nRUN echo started; while [ -e {hold} ]; "
                       "do sleep 0.1; done; cat /etc/os-release > /os\n")
-    e = util.user_env(user)
-    e.update(bstore)
-    p = subprocess.Popen([util.HPCRUN, "build", "-t", "held:1", ctx.dir], user=user.uid,
-                         group=user.gid, extra_groups=[], env=e, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    p = build_until_started(user, bstore, "held:1", ctx.dir)
     try:
-        seen = ""
-        deadline = time.time() + 120
-        while "started" not in seen and time.time() < deadline:
-            line = p.stderr.readline()
-            if not line:
-                break
-            seen += line
-        assert "started" in seen, seen
         rmi = hp(user, bstore, "rmi", "test/busybox:1")
         assert rmi.returncode != 0
         assert "a container is starting on it" in rmi.stderr

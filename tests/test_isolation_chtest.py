@@ -4,6 +4,7 @@ a busybox image) and the kernel must refuse it. chtest prints DENIED/ESCAPED/ERR
 exits 0/1/2; a check that finds nothing to try here is an error, not a pass."""
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
@@ -153,18 +154,25 @@ def test_signal_outside_reaches_without_pid_private(user, img, host_sleeper):
 
 # ---------------------------------------------------------------- terminal injection
 
+@contextlib.contextmanager
+def pseudo_terminal():
+    """A new pseudo-terminal: its slave descriptor, both ends closed afterwards."""
+    master, slave = os.openpty()
+    try:
+        yield slave
+    finally:
+        os.close(slave)
+        os.close(master)
+
+
 def on_terminal(user, argv, env=None):
     """Run argv as the user with a new pseudo-terminal as its controlling terminal and
     standard input (as an interactive shell's command would be)."""
-    master, slave = os.openpty()
-    try:
+    with pseudo_terminal() as slave:
         def ctty():
             fcntl.ioctl(0, termios.TIOCSCTTY, 0)
         return util.as_user(user, argv, env=env, stdin=slave, start_new_session=True,
                             preexec_fn=ctty, timeout=60)
-    finally:
-        os.close(slave)
-        os.close(master)
 
 
 def test_tiocsti_works_on_the_host(user, img):
@@ -213,47 +221,38 @@ def _seccomp(cp) -> str:
     return [ln.split()[1] for ln in cp.stdout.splitlines() if ln.startswith("Seccomp:")][0]
 
 
-STATUS = [util.HPCRUN, "run", "IMG", "--", "cat", "/proc/self/status"]
+def status(user, img, **kw) -> str:
+    """The Seccomp: field of /proc/self/status in `hpcrun run IMG`, started as the user
+    in a session of its own (no controlling terminal unless kw's preexec_fn gives one),
+    standard input /dev/null."""
+    cp = util.as_user(user, [util.HPCRUN, "run", img, "--", "cat", "/proc/self/status"],
+                      stdin=subprocess.DEVNULL, start_new_session=True, **kw)
+    assert cp.returncode == 0, cp.stderr
+    return [ln.split()[1] for ln in cp.stdout.splitlines() if ln.startswith("Seccomp:")][0]
 
 
 def test_no_filter_where_no_terminal_is_reachable(user, img):
     """Batch work (no controlling terminal, no terminal among its descriptors) gets no
     filter: it could type into no terminal, and a filter costs every system call."""
-    argv = [img if a == "IMG" else a for a in STATUS]
-    cp = util.as_user(user, argv, stdin=subprocess.DEVNULL, start_new_session=True)
-    assert _seccomp(cp) == "0"
+    assert status(user, img) == "0"
 
 
 def test_filter_where_only_an_output_is_a_terminal(user, img):
-    master, slave = os.openpty()
-    try:
-        argv = [img if a == "IMG" else a for a in STATUS]
-        cp = util.as_user(user, argv, stdin=subprocess.DEVNULL, stderr=slave,
-                          start_new_session=True)
-        assert _seccomp(cp) == "2"
-    finally:
-        os.close(slave)
-        os.close(master)
+    with pseudo_terminal() as slave:
+        assert status(user, img, stderr=slave) == "2"
 
 
 def test_filter_where_only_the_controlling_terminal_is_reachable(user, img):
     """No terminal among the descriptors, but a controlling one (/dev/tty opens)."""
-    master, slave = os.openpty()
-    name = os.ttyname(slave)
-    os.chown(name, user.uid, -1)
+    with pseudo_terminal() as slave:
+        name = os.ttyname(slave)
+        os.chown(name, user.uid, -1)
 
-    def ctty():
-        fd = os.open(name, os.O_RDWR)
-        fcntl.ioctl(fd, termios.TIOCSCTTY, 0)
-        os.close(fd)
-    try:
-        argv = [img if a == "IMG" else a for a in STATUS]
-        cp = util.as_user(user, argv, stdin=subprocess.DEVNULL, start_new_session=True,
-                          preexec_fn=ctty)
-        assert _seccomp(cp) == "2"
-    finally:
-        os.close(slave)
-        os.close(master)
+        def ctty():
+            fd = os.open(name, os.O_RDWR)
+            fcntl.ioctl(fd, termios.TIOCSCTTY, 0)
+            os.close(fd)
+        assert status(user, img, preexec_fn=ctty) == "2"
 
 
 def test_terminal_stays_the_controlling_terminal(user, img):
