@@ -6,6 +6,7 @@
  * errno, and returns -1. Only a failed execve in a child process exits. */
 #define _GNU_SOURCE
 #include "core.h"
+#include "procfs.h"
 #include "seccomp.h"
 
 #include <dirent.h>
@@ -1297,22 +1298,16 @@ static int tty_filter_done;   /* once per process: a fork inherits the filter */
  * steps, workflow tools, pipes) reaches none, and goes without the filter: a filter
  * costs every system call of the job 50-100 ns on this machine (the seccomp entry
  * path), and protects nothing there. Unsure (no /proc): yes. */
-static ssize_t read_small(const char *path, char *buf, size_t len);
-
 static int reaches_terminal(const struct hpcrun_spec *s)
 {
     for (int fd = 0; fd <= 2 + (s->preserve_fds > 0 ? s->preserve_fds : 0); fd++)
         if (isatty(fd))
             return 1;
     char buf[1024];
-    if (read_small("/proc/self/stat", buf, sizeof buf) <= 0)
+    if (hpcrun_read_small("/proc/self/stat", buf, sizeof buf) <= 0)
         return 1;
-    char *p = strrchr(buf, ')');     /* comm may hold anything but ends before the last ) */
-    long tty = 1;
-    /* ") state ppid pgrp session tty_nr" */
-    if (!p || sscanf(p + 1, " %*c %*d %*d %*d %ld", &tty) != 1)
-        return 1;
-    return tty != 0;
+    const char *tty = hpcrun_stat_field(buf, 7);     /* tty_nr */
+    return !tty || strtol(tty, NULL, 10) != 0;
 }
 
 static int block_tty_injection(struct ctx *c, const struct hpcrun_spec *s)
@@ -1680,17 +1675,33 @@ static void cat_num(char *buf, size_t len, const char *a, unsigned long n, const
     buf[i] = '\0';
 }
 
-static ssize_t read_small(const char *path, char *buf, size_t len)
+ssize_t hpcrun_read_small(const char *path, char *buf, size_t len)
 {
+    buf[0] = '\0';
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return -1;
-    ssize_t n, got = 0;
+    ssize_t n = 0, got = 0;
     while ((size_t)got < len - 1 && (n = read(fd, buf + got, len - 1 - (size_t)got)) > 0)
         got += n;
     close(fd);
     buf[got] = '\0';
-    return got;
+    return got == 0 && n < 0 ? -1 : got;
+}
+
+const char *hpcrun_stat_field(const char *stat, int field)
+{
+    const char *p = strrchr(stat, ')');
+    if (!p || p[1] != ' ' || !p[2] || p[2] == 'Z' || p[2] == 'X')
+        return NULL;
+    p += 2;                          /* field 3 */
+    for (int f = 3; f < field; f++) {
+        p = strchr(p, ' ');
+        if (!p)
+            return NULL;
+        p++;
+    }
+    return *p ? p : NULL;
 }
 
 /* The number after "key" at the start of a line of buf (e.g. "oom_kill ", "Pss:"). */
@@ -1717,7 +1728,7 @@ static unsigned long file_num(const char *dir, const char *leaf, const char *key
     memcpy(p, dir, n);
     p[n] = '/';
     memcpy(p + n + 1, leaf, strlen(leaf) + 1);
-    if (read_small(p, buf, sizeof buf) <= 0)
+    if (hpcrun_read_small(p, buf, sizeof buf) <= 0)
         return 0;
     if (key)
         return key_num(buf, key);
@@ -1758,7 +1769,7 @@ static int watch_reread(struct watch *w, long long *mem, long long *swap)
             data[got] = '\0';
         } else {
             cat_num(path, sizeof path, "/proc/", (unsigned long)w->prev[j], "/statm");
-            if ((got = read_small(path, data, sizeof data)) <= 0)
+            if ((got = hpcrun_read_small(path, data, sizeof data)) <= 0)
                 continue;
         }
         unsigned long rss = 0;
@@ -1768,7 +1779,7 @@ static int watch_reread(struct watch *w, long long *mem, long long *swap)
         if (w->L->memory_swap) {
             char st[2048];
             cat_num(path, sizeof path, "/proc/", (unsigned long)w->prev[j], "/status");
-            if (read_small(path, st, sizeof st) > 0)
+            if (hpcrun_read_small(path, st, sizeof st) > 0)
                 *swap += (long long)key_num(st, "VmSwap:") * 1024;
         }
     }
@@ -1855,7 +1866,7 @@ static int watch_scan(struct watch *w, int pss, int kill_them, long long *mem, l
             }
             if (pss) {
                 cat_num(path, sizeof path, "/proc/", pid, "/smaps_rollup");
-                if (read_small(path, data, sizeof data) > 0) {
+                if (hpcrun_read_small(path, data, sizeof data) > 0) {
                     *mem += (long long)key_num(data, "Pss:") * 1024;
                     *swap += (long long)key_num(data, "SwapPss:") * 1024;
                 }
@@ -1863,7 +1874,7 @@ static int watch_scan(struct watch *w, int pss, int kill_them, long long *mem, l
             }
             cat_num(path, sizeof path, "/proc/", pid, "/statm");
             unsigned long rss = 0;
-            ssize_t got = fd >= 0 ? pread(fd, data, sizeof data - 1, 0) : read_small(path, data, sizeof data);
+            ssize_t got = fd >= 0 ? pread(fd, data, sizeof data - 1, 0) : hpcrun_read_small(path, data, sizeof data);
             if (fd >= 0 && got >= 0)
                 data[got] = '\0';
             if (got > 0) {
@@ -1873,7 +1884,7 @@ static int watch_scan(struct watch *w, int pss, int kill_them, long long *mem, l
             }
             if (w->L->memory_swap) {
                 cat_num(path, sizeof path, "/proc/", pid, "/status");
-                if (read_small(path, data, sizeof data) > 0)
+                if (hpcrun_read_small(path, data, sizeof data) > 0)
                     *swap += (long long)key_num(data, "VmSwap:") * 1024;
             }
         }
@@ -2361,16 +2372,9 @@ static int proc_start_time(int dirfd, unsigned long long *out)
     if (n <= 0)
         return -1;
     buf[n] = '\0';
-    char *p = strrchr(buf, ')');     /* the command name may hold spaces and ')' */
-    if (!p || p[1] != ' ' || p[2] == 'Z' || p[2] == 'X')
+    const char *p = hpcrun_stat_field(buf, 22);
+    if (!p)
         return -1;
-    p += 2;
-    for (int field = 3; field < 22; field++) {
-        p = strchr(p, ' ');
-        if (!p)
-            return -1;
-        p++;
-    }
     char *end;
     errno = 0;
     *out = strtoull(p, &end, 10);

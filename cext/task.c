@@ -58,6 +58,7 @@
  */
 #define _GNU_SOURCE
 #include "core.h"
+#include "procfs.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -337,24 +338,10 @@ static void apply_binding(const struct plan *p)
  * made. The monitor (cext/core.c) moves the container in and removes them at the end. */
 static char cg_made[8][PATH_MAX];
 
-/* The start of a small file (/proc, cgroupfs, a node plan), NUL-terminated: the bytes
- * one read gave, or -1 if it can't be opened or read. */
-static ssize_t read_text(const char *path, char *buf, size_t len)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    ssize_t n = read(fd, buf, len - 1);
-    close(fd);
-    buf[n > 0 ? n : 0] = '\0';
-    return n;
-}
-
-
 static int own_cgroup(const char *ctl, char *out, size_t len)
 {
     char buf[4096];
-    if (read_text("/proc/self/cgroup", buf, sizeof buf) <= 0)
+    if (hpcrun_read_small("/proc/self/cgroup", buf, sizeof buf) <= 0)
         return -1;
     size_t cl = strlen(ctl);
     for (char *line = buf, *next; line && *line; line = next) {
@@ -470,7 +457,7 @@ static void make_cgroups(struct plan *p)
         if (!strcmp(v, "@parent")) {
             char *slash = strrchr(cg_made[k], '/');
             snprintf(path, sizeof path, "%.*s/%s", (int)(slash - cg_made[k]), cg_made[k], file);
-            if (read_text(path, val, sizeof val) < 0)
+            if (hpcrun_read_small(path, val, sizeof val) < 0)
                 val[0] = '\0';
             val[strcspn(val, "\n")] = '\0';
             v = val;
@@ -1034,16 +1021,9 @@ static void starttime(pid_t pid, char *out, size_t len)
     char path[64], buf[1024];
     out[0] = '\0';
     snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    if (read_text(path, buf, sizeof buf) <= 0)
+    if (hpcrun_read_small(path, buf, sizeof buf) <= 0)
         return;
-    char *s = strrchr(buf, ')');
-    if (!s || !s[1] || !s[2] || s[2] == 'Z' || s[2] == 'X')
-        return;
-    s += 2;                      /* field 3 */
-    for (int f = 3; f < 22 && s; f++) {
-        s = strchr(s, ' ');
-        if (s) s++;
-    }
+    const char *s = hpcrun_stat_field(buf, 22);
     if (!s)
         return;
     size_t l = strcspn(s, " ");
@@ -1146,19 +1126,19 @@ static int verbose(void)
     return v && *v && strcmp(v, "0");
 }
 
-/* Field 4 (ppid) and the command name of /proc/PID/stat; -1 if gone. */
+/* Field 4 (ppid) and the command name of /proc/PID/stat; -1 if gone or a zombie. */
 static pid_t parent_of(pid_t pid, char *comm, size_t len)
 {
     char path[64], buf[1024];
     snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    if (read_text(path, buf, sizeof buf) <= 0)
+    if (hpcrun_read_small(path, buf, sizeof buf) <= 0)
         return -1;
     char *a = strchr(buf, '('), *b = strrchr(buf, ')');
-    if (!a || !b || b < a || !b[1] || !b[2])
+    const char *pp = hpcrun_stat_field(buf, 4);
+    if (!a || !b || b < a || !pp)
         return -1;
     snprintf(comm, len, "%.*s", (int)(b - a - 1), a + 1);
-    int pp = 0;
-    return sscanf(b + 2, "%*c %d", &pp) == 1 ? (pid_t)pp : -1;
+    return (pid_t)strtol(pp, NULL, 10);
 }
 
 /* The process whose end ends the node's container: the launcher's daemon on this node
@@ -1248,7 +1228,7 @@ static long uid_of(pid_t pid)
 {
     char path[64], buf[2048];
     snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
-    if (read_text(path, buf, sizeof buf) < 0)
+    if (hpcrun_read_small(path, buf, sizeof buf) < 0)
         return -1;
     const char *u = strstr(buf, "\nUid:");
     long uid = -1;
@@ -1260,7 +1240,7 @@ static long uid_of(pid_t pid)
 static int live_keeper(const char *path, char *key, size_t keylen)
 {
     char head[512], start[64], hkey[256], now[64];
-    if (read_text(path, head, sizeof head) < 0)
+    if (hpcrun_read_small(path, head, sizeof head) < 0)
         return 0;
     int pid = 0;
     if (strncmp(head, PLAN_HEAD " ", sizeof PLAN_HEAD) ||

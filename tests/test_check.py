@@ -35,6 +35,21 @@ def test_overlay_in_userns_reported(user, rt_userns):
     assert by_name(d)["overlayfs in user namespace"]["ok"] is True
 
 
+def test_overlay_builds_reported(user, rt_userns, store_env):
+    # The probe `hpcrun build` asks at its first RUN, on the build cache's file system;
+    # it leaves no work directory behind. HPCRUN_NO_OVERLAY=1 (builds copy) says so.
+    cp = util.hpcrun(user, "check", "--format", "json", env=store_env)
+    row = by_name(json.loads(cp.stdout))["overlay builds (RUN roots)"]
+    assert (row["ok"], row["detail"]) == (True, "overlayfs with userxattr on the build cache")
+    work = os.path.join(store_env["HPCRUN_STORE"], "build-cache", "work")
+    assert os.listdir(work) == []
+    cp = util.hpcrun(user, "check", "--format", "json",
+                     env={**store_env, "HPCRUN_NO_OVERLAY": "1"})
+    row = by_name(json.loads(cp.stdout))["overlay builds (RUN roots)"]
+    assert row["ok"] is False and "HPCRUN_NO_OVERLAY=1" in row["detail"]
+    assert cp.returncode == 0
+
+
 def test_fuse_closed_says_what_to_ask(user, rt_userns, rt_fuse_closed):
     _, d = doc(user)
     fuse = by_name(d)["FUSE in user namespace"]
@@ -84,6 +99,7 @@ def test_userns_disabled_says_what_to_ask(user):
     ns = by_name(d)["user namespaces"]
     assert (d["can_run"], ns["ok"]) == (False, False)
     assert "max_user_namespaces" in ns["ask_admin"]
+    assert by_name(d)["overlay builds (RUN roots)"]["detail"] == "needs user namespaces"
 
 
 def test_bad_format(user):
