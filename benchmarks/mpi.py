@@ -335,15 +335,18 @@ def _kill_ranks(work: str) -> None:
 
 
 def report(rounds, names, cases, extras, results, warnings, broken) -> None:
-    print(f"MPI ping-pong, 2 ranks, as {USER}, {rounds} interleaved rounds, medians "
-          "(ratios: x bare; targets for hpcrun: latency <= 1.05, bandwidth >= 0.97):")
+    print(f"MPI ping-pong, 2 ranks, as {USER}, {rounds} interleaved rounds, medians and "
+          "best runs (lowest latency, highest bandwidth) (ratios: x bare; targets for "
+          "hpcrun: latency <= 1.05, bandwidth >= 0.97):")
     for launcher, nodes in cases:
         print(f"\n{launcher}, {nodes} node{'s' if nodes > 1 else ''}:")
-        print(f"  {'variant':<14} {'latency us':>11} {'x bare':>7} {'MB/s (1 MiB)':>13} "
-              f"{'x bare':>7}  runs  notes")
+        print(f"  {'variant':<14} {'latency us':>11} {'x bare':>7} {'best':>8} {'x bare':>7} "
+              f"{'MB/s (1 MiB)':>13} {'x bare':>7} {'best':>9} {'x bare':>7}  runs  notes")
         base = results.get((launcher, nodes, "bare"))
         bl = statistics.median(x for x, _ in base) if base else None
         bb = statistics.median(y for _, y in base) if base else None
+        bl1 = min(x for x, _ in base) if base else None
+        bb1 = max(y for _, y in base) if base else None
         for name in names:
             key = (launcher, nodes, name)
             if broken.get(key) == "-":
@@ -354,11 +357,16 @@ def report(rounds, names, cases, extras, results, warnings, broken) -> None:
             rs = results[key]
             lat = statistics.median(x for x, _ in rs)
             bw = statistics.median(y for _, y in rs)
+            lat1 = min(x for x, _ in rs)
+            bw1 = max(y for _, y in rs)
             note = (f"Open MPI warned about CMA in {warnings[key]} of {len(rs)} runs"
                     if key in warnings else "")
             rl = f"{lat / bl:7.2f}" if bl else "      -"
             rb = f"{bw / bb:7.2f}" if bb else "      -"
-            print(f"  {name:<14} {lat:11.2f} {rl} {bw:13.1f} {rb}  {len(rs):4}  {note}")
+            rl1 = f"{lat1 / bl1:7.2f}" if bl1 else "      -"
+            rb1 = f"{bw1 / bb1:7.2f}" if bb1 else "      -"
+            print(f"  {name:<14} {lat:11.2f} {rl} {lat1:8.2f} {rl1} {bw:13.1f} {rb} "
+                  f"{bw1:9.1f} {rb1}  {len(rs):4}  {note}")
     if "allreduce" in extras:
         print("\nallreduce of 1 MiB, 4 nodes x 2 ranks, srun --mpi=pmix, yield_when_idle "
               "(time per call, median; speed = bare/variant, target >= 0.97):")
