@@ -9,6 +9,9 @@ Configurations (Makeflow drives all but `api`):
   per-task    a container per task:  makeflow --wrapper 'hpcrun run -v DIR:/mnt -w /mnt IMG'
   ch-run      a container per task:  makeflow --wrapper 'ch-run -b DIR:/mnt -c /mnt IMG --'
   per-worker  a container per worker: makeflow -T wq, work_queue_worker inside hpcrun run
+  wq-bare     the same Work Queue run with the workers on the host: what Work Queue
+              itself costs against makeflow's local mode, so that per-worker / wq-bare
+              is the container's share
   shared      an instance, tasks entered with exec: --wrapper 'hpcrun exec -w /mnt NAME'
   api         the same DAG run by a small scheduler here through hpcrun.api
               (Instance.batch: one joined process per slot, a fork+exec per task)
@@ -26,6 +29,13 @@ task over bare. And the machine's: the CPU time all processes used meanwhile (fr
 run did not wait for: an instance's supervisor, kernel threads) took from the same two
 CPUs. A run with much other CPU is slower for that reason alone: compare makespans of
 runs whose other CPU is near 0.
+
+This machine is a virtual machine whose CPUs change speed under it: the same 501 tasks
+took 261 to 338 CPU-seconds in one quiet run (other CPU under 1.5 s). So each run is
+timed between two speed probes (the image's busybox awk counting to a fixed number,
+one on each CPU at once, about 0.3 s) and is also reported "at common speed": its
+makespan times the median probe over the probes around it. The raw makespans stay in
+the tables beside it.
 
 Then the per-command entry cost, interleaved: hpcrun.api exec, hpcrun exec, ch-run,
 hpcrun run (each runs /bin/true in the same image).
@@ -56,7 +66,7 @@ from hpcrun.workflow import dag  # noqa: E402
 VENV_BIN = os.path.dirname(sys.executable)
 HPCRUN = os.path.join(VENV_BIN, "hpcrun")
 USER = os.environ.get("HPCRUN_TEST_USER", "hpcuser")
-CONFIGS = ("bare", "per-task", "ch-run", "per-worker", "shared", "api")
+CONFIGS = ("bare", "per-task", "ch-run", "per-worker", "wq-bare", "shared", "api")
 TTY = sys.stderr.isatty()
 
 
@@ -229,8 +239,8 @@ def run_config(cfg: str, u: User, work: str, image: str, args, chains: int, line
         if cfg == "api":
             span, tl = run_api(u, d, image, args.jobs, chains, lines, runtime_dir)
             times = {str(i): t for i, t in enumerate(tl)}
-        elif cfg == "per-worker":
-            span = run_workers(u, d, image, args, label, total)
+        elif cfg in ("per-worker", "wq-bare"):
+            span = run_workers(u, d, image, args, label, total, container=cfg == "per-worker")
             times = task_times(d)
         else:
             argv = mf + (["--wrapper", wrap] if wrap else []) + ["wf.mf"]
@@ -250,7 +260,8 @@ def run_config(cfg: str, u: User, work: str, image: str, args, chains: int, line
     return span, times, outputs, total, cpu_children() - cpu0, other
 
 
-def run_workers(u: User, d: str, image: str, args, label: str, total: int) -> float:
+def run_workers(u: User, d: str, image: str, args, label: str, total: int,
+                container: bool = True) -> float:
     wdir = tempfile.mkdtemp(prefix="workers-", dir=os.path.dirname(d))
     os.chmod(wdir, 0o755)
     u.chown(wdir)
@@ -261,12 +272,18 @@ def run_workers(u: User, d: str, image: str, args, label: str, total: int) -> fl
     port_file = os.path.join(d, "port.txt")
     while not (os.path.exists(port_file) and os.path.getsize(port_file)):
         if mf.poll() is not None:
-            sys.exit(f"benchmarks/workflow.py: makeflow -T wq ended: {mf.stdout.read()[-1000:]}")
+            mflog.seek(0)
+            sys.exit(f"benchmarks/workflow.py: makeflow -T wq ended: {mflog.read()[-1000:]}")
         time.sleep(0.05)
     with open(port_file) as f:
         port = f.read().strip()
-    workers = [u.popen([HPCRUN, "run", "-v", f"{wdir}:/work", image, "work_queue_worker",
-                        "-s", "/work", "--cores", "1", "-t", "10", "localhost", port], "/",
+    if container:
+        argv = [HPCRUN, "run", "-v", f"{wdir}:/work", image, "work_queue_worker", "-s", "/work"]
+        env = None
+    else:       # the host's worker, the image's tools first on PATH (as bare)
+        argv = ["work_queue_worker", "-s", wdir]
+        env = dict(u.env, PATH=f"{image}/bin:{image}/usr/bin:" + u.env["PATH"])
+    workers = [u.popen(argv + ["--cores", "1", "-t", "10", "localhost", port], "/", env=env,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                for _ in range(args.jobs)]
     watch(mf, d, label, total)
@@ -281,6 +298,18 @@ def run_workers(u: User, d: str, image: str, args, label: str, total: int) -> fl
     if mf.returncode != 0:
         sys.exit(f"benchmarks/workflow.py: {label} failed:\n{out[-2000:]}")
     return span
+
+
+def speed_probe(image: str, jobs: int) -> float:
+    """Seconds `jobs` copies of a fixed CPU-bound loop take at once (the image's static
+    busybox awk, as the tasks use): the machine's speed of the moment."""
+    argv = [os.path.join(image, "bin", "busybox"), "awk",
+            "BEGIN { for (i = 0; i < 400000; i++) s += i % 7; print s }"]
+    t = time.perf_counter()
+    ps = [subprocess.Popen(argv, stdout=subprocess.DEVNULL) for _ in range(jobs)]
+    for p in ps:
+        p.wait()
+    return time.perf_counter() - t
 
 
 def entry_cost(u: User, image: str, rounds: int, work: str) -> dict:
@@ -316,7 +345,7 @@ print(json.dumps(res))
     return {k: statistics.median(v) for k, v in json.loads(cp.stdout).items()}
 
 
-def plots(out: str, results: dict, overheads: dict) -> list:
+def plots(out: str, results: dict, at_common: dict, overheads: dict) -> list:
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -329,8 +358,14 @@ def plots(out: str, results: dict, overheads: dict) -> list:
     fig, axes = plt.subplots(1, len(variants), figsize=(6 * len(variants), 4), squeeze=False)
     for ax, v in zip(axes[0], variants):
         cfgs = list(results[v])
-        ax.bar(cfgs, [statistics.median(results[v][c]) for c in cfgs], color="#4477aa")
-        ax.set_title(f"makespan, {v}")
+        x = range(len(cfgs))
+        ax.bar([i - 0.2 for i in x], [statistics.median(results[v][c]) for c in cfgs], 0.4,
+               color="#4477aa", label="measured")
+        ax.bar([i + 0.2 for i in x], [at_common[v][c] for c in cfgs], 0.4,
+               color="#88ccee", label="at common CPU speed")
+        ax.set_xticks(list(x), cfgs)
+        ax.legend(fontsize="small")
+        ax.set_title(f"makespan, {v} (median)")
         ax.set_ylabel("seconds")
         ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
@@ -392,6 +427,7 @@ def main() -> int:
     cpu_s: dict = {v: {c: [] for c in configs} for v in variants}
     other_s: dict = {v: {c: [] for c in configs} for v in variants}
     runs: list = []
+    probe_s: dict = {v: {c: [] for c in configs} for v in variants}
     overheads: dict = {v: {c: [] for c in configs if c != "bare"} for v in variants}
     ntasks = 0
     try:
@@ -401,8 +437,10 @@ def main() -> int:
                 order = configs[r % len(configs):] + configs[:r % len(configs)]
                 for c in order:
                     label = f"{v} round {r + 1}/{args.rounds} {c}"
+                    before = min(speed_probe(image, args.jobs) for _ in range(2))
                     span, times, outs, ntasks, cpu, other = run_config(
                         c, u, work, image, args, chains, lines, label, runtime)
+                    probe = (before + min(speed_probe(image, args.jobs) for _ in range(2))) / 2
                     if ref is None:
                         ref = outs
                     if outs != ref:
@@ -411,9 +449,10 @@ def main() -> int:
                     cpu_s[v][c].append(cpu)
                     other_s[v][c].append(other)
                     task_t[v][c].append(times)
-                    runs.append((v, r + 1, c, span, cpu, other))
+                    probe_s[v][c].append(probe)
+                    runs.append((v, r + 1, c, span, cpu, other, probe))
                     say(f"{label}: {span:.2f} s, CPU {cpu:.2f} s, other CPU {other:.2f} s, "
-                        f"{ntasks} tasks, outputs identical")
+                        f"speed probe {probe:.3f} s, {ntasks} tasks, outputs identical")
             bare_t = task_t[v].get("bare") or []
             if bare_t:
                 med = {}
@@ -438,14 +477,19 @@ def main() -> int:
     os.makedirs(args.out, exist_ok=True)
     lines_md = [f"Sample DAG: {ntasks} tasks ({chains} chains), {args.jobs} at once, "
                 f"{args.rounds} round(s), interleaved; {os.cpu_count()} CPUs.", ""]
+    at_common: dict = {}
     for v in variants:
+        common = statistics.median([x for c in configs for x in probe_s[v][c]])
+        at = {c: statistics.median([sp * common / pr for sp, pr in
+                                    zip(results[v][c], probe_s[v][c])]) for c in configs}
+        at_common[v] = at
         b = statistics.median(results[v]["bare"]) if "bare" in results[v] else None
         ch = statistics.median(results[v]["ch-run"]) if "ch-run" in results[v] else None
         lines_md += [f"**{v}** ({variants[v]} reads per generated file)", "",
                      "| configuration | makespan (s) | vs bare | vs ch-run | CPU (s) | CPU vs bare "
                      "| CPU per task over bare (ms) | per-task wall over bare, median (ms) "
-                     "| other CPU (s) |",
-                     "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                     "| other CPU (s) | at common speed (s) | vs bare | vs ch-run |",
+                     "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         bc = statistics.median(cpu_s[v]["bare"]) if "bare" in cpu_s[v] else None
         for c in configs:
             m = statistics.median(results[v][c])
@@ -457,15 +501,19 @@ def main() -> int:
             row += f" {cm:.2f} |"
             row += f" {cm / bc:.3f}x | {(cm - bc) / ntasks * 1000:.1f} |" if bc else " - | - |"
             row += f" {statistics.median(oh) * 1000:.1f} |" if oh else " - |"
-            row += f" {statistics.median(other_s[v][c]):.2f} |"
+            row += f" {statistics.median(other_s[v][c]):.2f} | {at[c]:.2f} |"
+            row += f" {at[c] / at['bare']:.3f}x |" if "bare" in at else " - |"
+            row += f" {at[c] / at['ch-run']:.3f}x |" if "ch-run" in at else " - |"
             lines_md.append(row)
         lines_md.append("")
     lines_md += ["**Every run**, in the order run (other CPU: what the rest of the machine "
-                 "used meanwhile, /proc/stat less the run's own)", "",
-                 "| variant | round | configuration | makespan (s) | CPU (s) | other CPU (s) |",
-                 "|---|---:|---|---:|---:|---:|"]
-    lines_md += [f"| {v} | {r} | {c} | {sp:.2f} | {cp:.2f} | {ot:.2f} |"
-                 for v, r, c, sp, cp, ot in runs]
+                 "used meanwhile, /proc/stat less the run's own; speed probe: seconds of "
+                 "the fixed loop around the run, lower is faster)", "",
+                 "| variant | round | configuration | makespan (s) | CPU (s) | other CPU (s) "
+                 "| speed probe (s) |",
+                 "|---|---:|---|---:|---:|---:|---:|"]
+    lines_md += [f"| {v} | {r} | {c} | {sp:.2f} | {cp:.2f} | {ot:.2f} | {pr:.3f} |"
+                 for v, r, c, sp, cp, ot, pr in runs]
     lines_md.append("")
     lines_md += ["**Per-command entry** (median of %d, /bin/true)" % args.entry_rounds, "",
                  "| entry | ms | vs ch-run |", "|---|---:|---:|"]
@@ -475,7 +523,7 @@ def main() -> int:
     with open(os.path.join(args.out, "workflow.md"), "w") as f:
         f.write(md)
     sys.stdout.write(md)
-    for p in plots(args.out, results, overheads):
+    for p in plots(args.out, results, at_common, overheads):
         say(f"wrote {p}")
     return 0
 
