@@ -47,6 +47,7 @@ def test_overlay_builds_reported(user, rt_userns, store_env):
                      env={**store_env, "HPCRUN_NO_OVERLAY": "1"})
     row = by_name(json.loads(cp.stdout))["overlay builds (RUN roots)"]
     assert row["ok"] is False and "HPCRUN_NO_OVERLAY=1" in row["detail"]
+    assert row["ask_admin"] is None          # the user's own choice, nothing to ask for
     assert cp.returncode == 0
 
 

@@ -55,6 +55,9 @@ def sha256_text(*parts: str) -> str:
     return h.hexdigest()
 
 
+NO_OVERLAY = "off: HPCRUN_NO_OVERLAY=1"     # Cache.overlay_roots's why, the user's choice
+
+
 class Cache:
     def __init__(self, store_root: str):
         self.root = os.path.join(store_root, "build-cache")
@@ -97,6 +100,19 @@ class Cache:
         d = os.path.join(self.work, os.urandom(8).hex())
         os.mkdir(d, 0o700)
         return d
+
+    def overlay_roots(self) -> tuple[bool, str]:
+        """Whether RUN roots can be overlays here: overlayfs with userxattr in a user
+        namespace on this cache's file system (asked in a child: cext/core.c
+        HPCRUN_PROBE_OVERLAY_BUILD), and why not. HPCRUN_NO_OVERLAY=1 says no."""
+        if os.environ.get("HPCRUN_NO_OVERLAY") == "1":
+            return False, NO_OVERLAY
+        from hpcrun import _core     # lazy: the compiled module, only once a RUN misses
+        d = self.work_dir()
+        try:
+            return _core.probe_at("overlay-build", d)
+        finally:
+            rmtree(d)
 
     # ------------------------------------------------------------------ objects
     def object_path(self, digest: str) -> str:

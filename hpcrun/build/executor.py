@@ -573,21 +573,12 @@ class Builder:
 
     # -------------------------------------------------------------- RUN on an overlay
     def _use_overlay(self) -> bool:
-        """RUN roots are overlays where overlayfs with userxattr works in a user
-        namespace on the cache's file system (asked once per build, in a child:
-        cext/core.c HPCRUN_PROBE_OVERLAY_BUILD); else each stage's tree is a copy."""
+        """RUN roots are overlays where the cache allows them (Cache.overlay_roots,
+        asked once per build); else each stage's tree is a copy."""
         if self.overlay is None:
-            if os.environ.get("HPCRUN_NO_OVERLAY") == "1":
-                self.overlay = False
-            else:
-                from hpcrun import _core     # lazy: the compiled module, only once a RUN misses
-                d = self.cache.work_dir()
-                try:
-                    self.overlay, why = _core.probe_at("overlay-build", d)
-                finally:
-                    rmtree(d)
-                if not self.overlay:
-                    log.info(f"build: RUN roots are copies ({why})")
+            self.overlay, why = self.cache.overlay_roots()
+            if not self.overlay:
+                log.info(f"build: RUN roots are copies ({why})")
         return self.overlay
 
     def _ensure_layers(self, st: State) -> None:

@@ -94,32 +94,23 @@ def _builds(results, userns_ok):
     if not userns_ok:
         results.append((label, False, "needs user namespaces", None, False))
         return
-    if os.environ.get("HPCRUN_NO_OVERLAY") == "1":
-        results.append((label, False, "off: HPCRUN_NO_OVERLAY=1; RUN roots will be copies",
-                        None, False))
-        return
-    from hpcrun import _core  # lazy: only this command needs it
-    from hpcrun.build.cache import Cache  # lazy: only this command needs it
+    from hpcrun.build.cache import NO_OVERLAY, Cache  # lazy: only this command needs it
     from hpcrun.errors import HpcrunError  # lazy: only this command needs it
-    from hpcrun.image.fstree import rmtree  # lazy: only this command needs it
     from hpcrun.image.store import Store  # lazy: only this command needs it
     try:
         with Store() as store:
             c = Cache(store.root)
             try:
-                d = c.work_dir()
-                try:
-                    ok, why = _core.probe_at("overlay-build", d)
-                finally:
-                    rmtree(d)
+                ok, why = c.overlay_roots()
             finally:
                 c.close()
     except (HpcrunError, OSError) as e:
         ok, why = False, str(e)
     results.append((label, ok, "overlayfs with userxattr on the build cache" if ok else
                     f"{why}; RUN roots will be copies (slower builds)",
-                    None if ok else "a kernel >= 5.11 and a local file system with user "
-                    "extended attributes (ext4, xfs, tmpfs >= 6.6) for the image store",
+                    None if ok or why == NO_OVERLAY else "a kernel >= 5.11 and a local "
+                    "file system with user extended attributes (ext4, xfs, tmpfs >= 6.6) "
+                    "for the image store",
                     False))
 
 
