@@ -305,6 +305,7 @@ def build_until_started(user, bstore, tag, ctxdir):
     assert "started" in seen, seen
     return p
 
+
 def test_sigkill_mid_run_then_rebuild_gives_the_same_result(user, bstore, ctx):
     hold = f"/dev/shm/hpcrun-test-build-hold-{os.getpid()}"
     with open(hold, "w"):

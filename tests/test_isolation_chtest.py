@@ -216,11 +216,6 @@ def test_tioclinux_is_denied(user, img):
     assert cp.returncode == 0 and cp.stdout.startswith("DENIED"), cp.stdout
 
 
-def _seccomp(cp) -> str:
-    assert cp.returncode == 0, cp.stderr
-    return [ln.split()[1] for ln in cp.stdout.splitlines() if ln.startswith("Seccomp:")][0]
-
-
 def status(user, img, **kw) -> str:
     """The Seccomp: field of /proc/self/status in `hpcrun run IMG`, started as the user
     in a session of its own (no controlling terminal unless kw's preexec_fn gives one),
