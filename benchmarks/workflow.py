@@ -214,6 +214,13 @@ def own_cpu() -> float:
     return r.ru_utime + r.ru_stime + cpu_children()
 
 
+def host_env(u: User, image: str) -> dict:
+    """The user's environment with the image's own tools (static busybox) first on PATH,
+    for tasks on the host: the containers' cost is then the only difference, not
+    busybox awk against mawk."""
+    return dict(u.env, PATH=f"{image}/bin:{image}/usr/bin:" + u.env["PATH"])
+
+
 def run_config(cfg: str, u: User, work: str, image: str, args, chains: int, lines: int,
                label: str, runtime_dir: str) -> tuple:
     """(makespan, {task: seconds}, outputs, number of tasks, CPU seconds of the run,
@@ -246,9 +253,7 @@ def run_config(cfg: str, u: User, work: str, image: str, args, chains: int, line
             argv = mf + (["--wrapper", wrap] if wrap else []) + ["wf.mf"]
             env = None
             if cfg == "bare":
-                # The image's own tools (static busybox) on the host: the containers'
-                # cost is then the only difference, not busybox awk against mawk.
-                env = dict(u.env, PATH=f"{image}/bin:{image}/usr/bin:" + u.env["PATH"])
+                env = host_env(u, image)
             span = run_makeflow(u, d, argv, label, total, env)
             times = task_times(d)
         other = max(0.0, (machine_cpu() - m0) - (own_cpu() - o0))
@@ -280,9 +285,9 @@ def run_workers(u: User, d: str, image: str, args, label: str, total: int,
     if container:
         argv = [HPCRUN, "run", "-v", f"{wdir}:/work", image, "work_queue_worker", "-s", "/work"]
         env = None
-    else:       # the host's worker, the image's tools first on PATH (as bare)
+    else:       # the host's worker, with the image's tools (as bare)
         argv = ["work_queue_worker", "-s", wdir]
-        env = dict(u.env, PATH=f"{image}/bin:{image}/usr/bin:" + u.env["PATH"])
+        env = host_env(u, image)
     workers = [u.popen(argv + ["--cores", "1", "-t", "10", "localhost", port], "/", env=env,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                for _ in range(args.jobs)]
