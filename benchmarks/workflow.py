@@ -37,6 +37,15 @@ one on each CPU at once, about 0.3 s) and is also reported "at common speed": it
 makespan times the median probe over the probes around it. The raw makespans stay in
 the tables beside it.
 
+--paired A:B[,C:D...] measures differently, for drift: configuration A and configuration
+B run the same DAG at the same time, one task at a time each, each pinned to one of the
+two CPUs (every process of a run inherits its CPU: makeflow, wrappers, workers, an
+instance's supervisor and its exec'd tasks), and the next round swaps the CPUs. Both
+see the machine's speed of the same minutes, so B/A of one round holds what drift does
+to both alike; the geometric mean of the rounds' B/A cancels a CPU that is steadily
+faster than the other. `bare:bare` is the A/A control: how far from 1.000 a pair of
+identical runs lands is this method's noise floor. Writes OUT/paired.md.
+
 Then the per-command entry cost, interleaved: hpcrun.api exec, hpcrun exec, ch-run,
 hpcrun run (each runs /bin/true in the same image).
 
@@ -137,7 +146,7 @@ def watch(p, d: str, label: str, total: int) -> None:
         if TTY:
             done = len(task_times(d))
             say(f"{label}: {done}/{total} tasks", transient=True)
-        time.sleep(0.5)
+        time.sleep(0.1)
 
 
 def run_makeflow(u: User, d: str, argv: list, label: str, total: int, env=None) -> float:
@@ -222,7 +231,7 @@ def host_env(u: User, image: str) -> dict:
 
 
 def run_config(cfg: str, u: User, work: str, image: str, args, chains: int, lines: int,
-               label: str, runtime_dir: str) -> tuple:
+               label: str, runtime_dir: str, instance: str = "bench-shared") -> tuple:
     """(makespan, {task: seconds}, outputs, number of tasks, CPU seconds of the run,
     CPU seconds the rest of the machine used during the makespan)."""
     cpu0 = cpu_children()
@@ -238,8 +247,8 @@ def run_config(cfg: str, u: User, work: str, image: str, args, chains: int, line
     elif cfg == "ch-run":
         wrap = f"ch-run -b {d}:/mnt -c /mnt {image} --"
     elif cfg == "shared":
-        u.run([HPCRUN, "instance", "start", "--name", "bench-shared", "-v", f"{d}:/mnt", image])
-        wrap = f"{HPCRUN} exec -w /mnt bench-shared"
+        u.run([HPCRUN, "instance", "start", "--name", instance, "-v", f"{d}:/mnt", image])
+        wrap = f"{HPCRUN} exec -w /mnt {instance}"
     times: dict = {}
     m0, o0 = machine_cpu(), own_cpu()
     try:
@@ -259,7 +268,7 @@ def run_config(cfg: str, u: User, work: str, image: str, args, chains: int, line
         other = max(0.0, (machine_cpu() - m0) - (own_cpu() - o0))
     finally:
         if cfg == "shared":
-            u.run([HPCRUN, "instance", "stop", "bench-shared"], check=False)
+            u.run([HPCRUN, "instance", "stop", instance], check=False)
     outputs = dag.text_outputs(d)
     shutil.rmtree(d, ignore_errors=True)
     return span, times, outputs, total, cpu_children() - cpu0, other
@@ -350,6 +359,72 @@ print(json.dumps(res))
     return {k: statistics.median(v) for k, v in json.loads(cp.stdout).items()}
 
 
+def paired(u: User, work: str, image: str, args, chains: int, runtime: str) -> int:
+    """--paired: each pair's configurations at once, one CPU each, CPUs swapped every
+    round; writes OUT/paired.md."""
+    import math
+    import threading
+    pairs = [tuple(x.split(":")) for x in args.paired.split(",")]
+    for pr in pairs:
+        if len(pr) != 2 or any(c not in CONFIGS or c == "api" for c in pr):
+            sys.exit(f"benchmarks/workflow.py: --paired {':'.join(pr)}: want A:B of "
+                     f"{', '.join(c for c in CONFIGS if c != 'api')}")
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        sys.exit("benchmarks/workflow.py: --paired needs two CPUs")
+    one = argparse.Namespace(**dict(vars(args), jobs=1))
+    rows, ratios = [], {pr: [] for pr in pairs}
+    ref = None
+    for r in range(args.rounds):
+        for a, b in pairs:
+            res: dict = {}
+            cpu_of = {0: cpus[r % 2], 1: cpus[(r + 1) % 2]}
+
+            def go(i, cfg):
+                os.sched_setaffinity(0, {cpu_of[i]})     # this thread: its children inherit
+                try:
+                    res[i] = run_config(cfg, u, work, image, one, chains, args.lines,
+                                        f"round {r + 1} {a}:{b} {cfg}@cpu{cpu_of[i]}",
+                                        runtime, instance=f"bench-shared-{i}")
+                except SystemExit as e:
+                    res[i] = e
+            ts = [threading.Thread(target=go, args=(i, c)) for i, c in enumerate((a, b))]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
+            for i in (0, 1):
+                if isinstance(res[i], SystemExit):
+                    sys.exit(res[i].code)
+                outs = res[i][2]
+                ref = ref if ref is not None else outs
+                if outs != ref:
+                    sys.exit(f"benchmarks/workflow.py: round {r + 1} {(a, b)[i]}: outputs differ")
+            sa, sb = res[0][0], res[1][0]
+            ratios[(a, b)].append(sb / sa)
+            rows.append((r + 1, a, cpu_of[0], sa, b, cpu_of[1], sb, sb / sa))
+            say(f"round {r + 1}/{args.rounds} {a}@cpu{cpu_of[0]} {sa:.2f} s, "
+                f"{b}@cpu{cpu_of[1]} {sb:.2f} s: {b}/{a} {sb / sa:.4f}, outputs identical")
+    ntasks = res[0][3]
+    md = [f"Paired: {ntasks} tasks ({chains} chains, {args.lines} reads per generated "
+          f"file), each configuration of a pair one task at a time on its own CPU, both "
+          f"at once, CPUs swapped every round; {args.rounds} round(s).", "",
+          "| pair B:A | B/A, geometric mean | rounds (B/A) |", "|---|---:|---|"]
+    for (a, b), v in ratios.items():
+        gm = math.exp(sum(math.log(x) for x in v) / len(v))
+        md.append(f"| {b} : {a} | {gm:.4f} | {', '.join(f'{x:.4f}' for x in v)} |")
+    md += ["", "| round | A | CPU | makespan (s) | B | CPU | makespan (s) | B/A |",
+           "|---:|---|---:|---:|---|---:|---:|---:|"]
+    md += [f"| {r} | {a} | {ca} | {sa:.2f} | {b} | {cb} | {sb:.2f} | {x:.4f} |"
+           for r, a, ca, sa, b, cb, sb, x in rows]
+    os.makedirs(args.out, exist_ok=True)
+    text = "\n".join(md) + "\n"
+    with open(os.path.join(args.out, "paired.md"), "w") as f:
+        f.write(text)
+    sys.stdout.write(text)
+    return 0
+
+
 def plots(out: str, results: dict, at_common: dict, overheads: dict) -> list:
     try:
         import matplotlib
@@ -406,6 +481,9 @@ def main() -> int:
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--variants", default="half-second,short")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "workflow"))
+    ap.add_argument("--paired", metavar="A:B[,C:D]",
+                    help="run A and B at once, one CPU each, CPUs swapped every round "
+                         "(half-second variant only), e.g. bare:bare,bare:shared")
     args = ap.parse_args()
     configs = args.configs.split(",")
     for c in configs:
@@ -425,6 +503,14 @@ def main() -> int:
     image = os.path.join(work, "image")
     from hpcrun.workflow.images import make_workflow_rootfs
     make_workflow_rootfs(image)
+    if args.paired:
+        try:
+            return paired(u, work, image, args, chains, runtime)
+        finally:
+            subprocess.run([HPCRUN, "instance", "stop", "--all"], env=u.env,
+                           capture_output=True,
+                           **({"user": u.pw.pw_uid, "group": u.pw.pw_gid} if u.root else {}))
+            shutil.rmtree(work, ignore_errors=True)
     variants = {"half-second": args.lines, "short": args.short_lines}
     variants = {k: variants[k] for k in args.variants.split(",")}
     results: dict = {v: {c: [] for c in configs} for v in variants}
