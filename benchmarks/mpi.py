@@ -27,7 +27,11 @@ for each of:
 
 and an allreduce of 1 MiB across 4 nodes x 2 ranks (srun --mpi=pmix): bare, hpcrun,
 ch-run; and a compiled CPU-bound kernel without MPI (a matrix multiply, gcc -O2 on the
-host, the same binary bare, in `hpcrun run` and in `ch-run`), timed inside the program.
+host, the same binary bare, in `hpcrun run` and in `ch-run`), timed inside the program,
+run one at a time (`kernel`) and paired (`kernel-paired`: bare and the variant at the
+same time, each pinned to its own CPU, the CPUs swapped every other pair). This VM's
+CPUs change speed under it (the same kernel takes 0.94 s or 1.6 s, minutes apart), so
+runs one at a time compare different moments; a pair sees the same moment on both CPUs.
 Every run has a timeout (a hang is reported, never waited for). Rounds are interleaved
 (each round starts at another variant); medians (and for the kernel and the allreduce
 best runs) and ratios to bare are printed; Open MPI's CMA warnings counted.
@@ -35,16 +39,18 @@ best runs) and ratios to bare are printed; Open MPI's CMA warnings counted.
 Run as root (it starts its own 4-node cluster "mpibench" and removes it afterwards):
 
     /opt/hpcrun/venv/bin/python benchmarks/mpi.py [--rounds 5] [--launchers srun,mpirun,hydra]
-        [--extras allreduce,kernel]
+        [--extras allreduce,kernel,kernel-paired]
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 from _local import USER, local_cluster
@@ -178,8 +184,9 @@ def main() -> int:
     ap.add_argument("--timeout", type=int, default=60, help="seconds per run (default 60)")
     ap.add_argument("--launchers", default="srun,mpirun,hydra",
                     help="ping-pong launchers (srun,mpirun,hydra; 'none' for none)")
-    ap.add_argument("--extras", default="allreduce,kernel",
-                    help="allreduce (4 x 2 ranks), kernel (CPU-bound, no MPI); 'none'")
+    ap.add_argument("--extras", default="allreduce,kernel,kernel-paired",
+                    help="allreduce (4 x 2 ranks), kernel (CPU-bound, no MPI), kernel-paired "
+                         "(the kernel bare and inside at once, one CPU each); 'none'")
     a = ap.parse_args()
     if shutil.which("mpicc") is None:
         sys.exit("benchmarks/mpi.py: mpicc is not installed (libopenmpi-dev)")
@@ -275,6 +282,34 @@ def main() -> int:
             if key in results and len(results[key][-1]) == 1:
                 results[key][-1] = (results[key][-1][0], time.perf_counter() - t0)
 
+        def kernel_pair(key, bare_argv, argv):
+            """bare and a variant at the same time, each pinned to its own CPU: both
+            see the machine's speed of the same second. Records bare/variant."""
+            out: dict = {}
+
+            def go(i, av):
+                try:
+                    out[i] = b.run(av, timeout=a.timeout)
+                except subprocess.TimeoutExpired:
+                    out[i] = None
+            ts = [threading.Thread(target=go, args=(i, av))
+                  for i, av in enumerate((bare_argv, argv))]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
+            got = []
+            for cp in (out[0], out[1]):
+                line = [ln for ln in (cp.stdout if cp else "").splitlines()
+                        if ln.startswith("RESULT ")]
+                if not cp or cp.returncode != 0 or not line:
+                    broken[key] = ("HANG: no result" if not cp else
+                                   ((cp.stderr + cp.stdout).strip().splitlines() or
+                                    [f"exit {cp.returncode}"])[-1][:100])
+                    return
+                got.append(float(dict(w.split("=") for w in line[0].split()[1:])["kernel_s"]))
+            results.setdefault(key, []).append((got[0] / got[1], got[0], got[1]))
+
         names = list(variants("srun", 1, ""))
         knames = ("bare", "hpcrun", "ch-run")
         for r in range(a.rounds):
@@ -306,6 +341,14 @@ def main() -> int:
                         key = ("kernel", 0, name)
                         if key not in broken:
                             kernel(key, vs[name])
+            if "kernel-paired" in extras:
+                vs = variants("srun", 1, "/opt/mpi/kernel")
+                for name in ("hpcrun", "ch-run"):
+                    for j in range(2):    # each side on each CPU once a round
+                        cpu = (r + j) % 2
+                        kernel_pair(("kernel-paired", 0, name),
+                                    ["taskset", "-c", str(cpu), *vs["bare"]],
+                                    ["taskset", "-c", str(1 - cpu), *vs[name]])
             if r + 1 < a.rounds:          # what there is so far, in case it is stopped
                 print(f"--- after round {r + 1}:", flush=True)
                 report(r + 1, names, cases, extras, results, warnings, broken)
@@ -375,6 +418,19 @@ def report(rounds, names, cases, extras, results, warnings, broken) -> None:
         print("\nCPU-bound kernel (384x384 matrix multiply x40, gcc -O2, no MPI; time "
               "inside the program, median and best; speed = bare/variant, target >= 0.99):")
         _speeds(results, broken, "kernel", 0, "s", 1)
+    if "kernel-paired" in extras:
+        print("\nThe same kernel paired: bare and the variant at the same time, each pinned "
+              "to its own CPU, CPUs swapped every other pair (speed = bare/variant of each "
+              "pair; target >= 0.99):")
+        for name in ("hpcrun", "ch-run"):
+            key = ("kernel-paired", 0, name)
+            if key in broken or key not in results:
+                print(f"  {name:<8} unavailable: {broken.get(key, 'no result')}")
+                continue
+            rs = [x[0] for x in results[key]]
+            gm = math.exp(sum(math.log(x) for x in rs) / len(rs))
+            print(f"  {name:<8} speed median {statistics.median(rs):5.3f}  geometric mean "
+                  f"{gm:5.3f}  min {min(rs):5.3f}  max {max(rs):5.3f}  pairs {len(rs)}")
 
 
 def _speeds(results, broken, what, n, unit, scale) -> None:
