@@ -448,6 +448,10 @@ def _speeds(results, broken, what, n, unit, scale) -> None:
                 f"best {best * scale:10.3f} {unit}  speed {bbest / best:5.3f}   runs {len(rs)}")
         if len(rs[0]) > 1:
             line += f"   wall median {statistics.median(x[1] for x in rs):.3f} s"
+        if name != "bare" and base and len(rs) == len(base):
+            # run i of each variant came from the same round, minutes apart at most
+            line += (f"   paired by round: median speed "
+                     f"{statistics.median(b[0] / x[0] for b, x in zip(base, rs)):5.3f}")
         print(line)
 
 
