@@ -397,6 +397,15 @@ def test_cli_missing_job_file(user):
     assert cp.stderr.startswith("hpcrun: error: job file /nonexistent/job.yaml does not exist")
 
 
+def test_cli_job_file_name_too_long(user):
+    # found by test_fuzz (HPCRUN_FUZZ_SEED=570197718): ENAMETOOLONG was a traceback
+    cp = util.hpcrun(user, "render", "x" * 300)
+    assert cp.returncode == 1
+    assert cp.stderr.splitlines()[0] == (
+        f"hpcrun: error: cannot read job file {'x' * 80}...: File name too long")
+    assert "Traceback" not in cp.stderr and cp.stdout == ""
+
+
 def test_unquoted_true_as_command_suggests_quotes():
     e = _err("""\
         image: /img

@@ -603,4 +603,7 @@ def load(path: str) -> JobFile:
         raise JobFileError(f"cannot read job file {path}: permission denied") from e
     except UnicodeDecodeError as e:
         raise JobFileError(f"{path}: not a text file ({e.reason})") from e
+    except OSError as e:        # a name too long, a loop of links, an I/O error
+        raise JobFileError(f"cannot read job file {path[:80]}{'...' if len(path) > 80 else ''}: "
+                           f"{e.strerror or e}") from e
     return parse(text, path)
