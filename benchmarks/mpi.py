@@ -44,7 +44,6 @@ Run as root (it starts its own 4-node cluster "mpibench" and removes it afterwar
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import shutil
 import statistics
@@ -428,9 +427,8 @@ def report(rounds, names, cases, extras, results, warnings, broken) -> None:
                 print(f"  {name:<8} unavailable: {broken.get(key, 'no result')}")
                 continue
             rs = [x[0] for x in results[key]]
-            gm = math.exp(sum(math.log(x) for x in rs) / len(rs))
             print(f"  {name:<8} speed median {statistics.median(rs):5.3f}  geometric mean "
-                  f"{gm:5.3f}  min {min(rs):5.3f}  max {max(rs):5.3f}  pairs {len(rs)}")
+                  f"{statistics.geometric_mean(rs):5.3f}  min {min(rs):5.3f}  max {max(rs):5.3f}  pairs {len(rs)}")
 
 
 def _speeds(results, broken, what, n, unit, scale) -> None:

@@ -362,7 +362,6 @@ print(json.dumps(res))
 def paired(u: User, work: str, image: str, args, chains: int, runtime: str) -> int:
     """--paired: each pair's configurations at once, one CPU each, CPUs swapped every
     round; writes OUT/paired.md."""
-    import math
     import threading
     pairs = [tuple(x.split(":")) for x in args.paired.split(",")]
     for pr in pairs:
@@ -411,8 +410,7 @@ def paired(u: User, work: str, image: str, args, chains: int, runtime: str) -> i
           f"at once, CPUs swapped every round; {args.rounds} round(s).", "",
           "| pair B:A | B/A, geometric mean | rounds (B/A) |", "|---|---:|---|"]
     for (a, b), v in ratios.items():
-        gm = math.exp(sum(math.log(x) for x in v) / len(v))
-        md.append(f"| {b} : {a} | {gm:.4f} | {', '.join(f'{x:.4f}' for x in v)} |")
+        md.append(f"| {b} : {a} | {statistics.geometric_mean(v):.4f} | {', '.join(f'{x:.4f}' for x in v)} |")
     md += ["", "| round | A | CPU | makespan (s) | B | CPU | makespan (s) | B/A |",
            "|---:|---|---:|---:|---|---:|---:|---:|"]
     md += [f"| {r} | {a} | {ca} | {sa:.2f} | {b} | {cb} | {sb:.2f} | {x:.4f} |"
@@ -503,14 +501,6 @@ def main() -> int:
     image = os.path.join(work, "image")
     from hpcrun.workflow.images import make_workflow_rootfs
     make_workflow_rootfs(image)
-    if args.paired:
-        try:
-            return paired(u, work, image, args, chains, runtime)
-        finally:
-            subprocess.run([HPCRUN, "instance", "stop", "--all"], env=u.env,
-                           capture_output=True,
-                           **({"user": u.pw.pw_uid, "group": u.pw.pw_gid} if u.root else {}))
-            shutil.rmtree(work, ignore_errors=True)
     variants = {"half-second": args.lines, "short": args.short_lines}
     variants = {k: variants[k] for k in args.variants.split(",")}
     results: dict = {v: {c: [] for c in configs} for v in variants}
@@ -522,6 +512,8 @@ def main() -> int:
     overheads: dict = {v: {c: [] for c in configs if c != "bare"} for v in variants}
     ntasks = 0
     try:
+        if args.paired:
+            return paired(u, work, image, args, chains, runtime)
         for v, lines in variants.items():
             ref = None
             for r in range(args.rounds):
