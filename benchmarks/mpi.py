@@ -180,6 +180,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--keep", action="store_true", help="leave the cluster running")
+    ap.add_argument("--logs", metavar="DIR",
+                    help="write the whole output of every run that fails or hangs to DIR "
+                         "(the report keeps only its last line)")
     ap.add_argument("--timeout", type=int, default=60, help="seconds per run (default 60)")
     ap.add_argument("--launchers", default="srun,mpirun,hydra",
                     help="ping-pong launchers (srun,mpirun,hydra; 'none' for none)")
@@ -253,25 +256,56 @@ def main() -> int:
         results: dict = {}
         warnings: dict = {}
         broken: dict = {}
+        # A run that exits with an error (not a hang) is counted and the variant stays
+        # in: Open MPI's TCP BTL here now and then loses a connection between the
+        # nodes and a rank dies of SIGSEGV, bare as well as inside (see the README).
+        # FAILS_IN_A_ROW failures in a row take a variant out.
+        failed: dict = {}
+        # which round (and which run of it) each result came from: pairs by round
+        slots: dict = {}
+        now = {"slot": (0, 0)}
+
+        def keep_log(key, argv, text):
+            if not a.logs:
+                return
+            os.makedirs(a.logs, exist_ok=True)
+            name = "-".join(str(k) for k in key).replace(" ", "_")
+            path = os.path.join(a.logs, f"{name}.{time.strftime('%H%M%S')}.log")
+            with open(path, "w") as f:
+                f.write(f"# {time.strftime('%F %T')} {' '.join(argv)}\n{text}")
+            print(f"  {' '.join(str(k) for k in key)}: failed, output in {path}", flush=True)
 
         def one(key, argv, field, timeout=a.timeout, slurm=True):
             try:
                 cp = b.run(argv, timeout=timeout)
-            except subprocess.TimeoutExpired:
+            except subprocess.TimeoutExpired as e:
                 broken[key] = f"HANG: no result within {timeout} s"
+                keep_log(key, argv, f"# timed out after {timeout} s\n" + "\n".join(
+                    x.decode(errors="replace") if isinstance(x, bytes) else (x or "")
+                    for x in (e.stdout, e.stderr)))
                 _kill_ranks(b.work)
                 # and its job: left running, it holds the nodes and every later run
                 # would wait for them (a hang that is not its own)
                 if slurm:
                     b.run(["scancel", "--full", "-u", USER], timeout=30)
                 return
-            line = [ln for ln in cp.stdout.splitlines() if ln.startswith("RESULT ")]
-            if cp.returncode != 0 or not line:
-                err = (cp.stderr + cp.stdout).strip().splitlines()
-                broken[key] = err[-1][:100] if err else f"exit {cp.returncode}"
+            got = _result(cp, field)
+            if got is None:
+                # the job ended: nothing of it may be left on any node (the nodes are
+                # this machine's processes), the containers' processes included
+                left = _leftovers()
+                why = _why(cp) + (f"; {len(left)} processes left: {left}" if left
+                                  else "; nothing left running")
+                failed.setdefault(key, []).append((now["slot"], why))
+                keep_log(key, argv, f"# exit {cp.returncode}\n# stdout\n{cp.stdout}\n"
+                         f"# stderr\n{cp.stderr}")
+                fails = [sl for sl, _ in failed[key][-FAILS_IN_A_ROW:]]
+                ok = [sl for sl in slots.get(key, []) if sl > fails[0]]
+                if len(fails) == FAILS_IN_A_ROW and not ok:
+                    broken[key] = f"failed {FAILS_IN_A_ROW} runs in a row: {why}"
                 return
-            kv = dict(w.split("=") for w in line[0].split()[1:])
-            results.setdefault(key, []).append(tuple(float(kv[f]) for f in field))
+            results.setdefault(key, []).append(got)
+            slots.setdefault(key, []).append(now["slot"])
             if "CMA" in cp.stderr or "cma-" in cp.stderr:
                 warnings[key] = warnings.get(key, 0) + 1
 
@@ -297,17 +331,14 @@ def main() -> int:
                 t.start()
             for t in ts:
                 t.join()
-            got = []
-            for cp in (out[0], out[1]):
-                line = [ln for ln in (cp.stdout if cp else "").splitlines()
-                        if ln.startswith("RESULT ")]
-                if not cp or cp.returncode != 0 or not line:
-                    broken[key] = ("HANG: no result" if not cp else
-                                   ((cp.stderr + cp.stdout).strip().splitlines() or
-                                    [f"exit {cp.returncode}"])[-1][:100])
-                    return
-                got.append(float(dict(w.split("=") for w in line[0].split()[1:])["kernel_s"]))
-            results.setdefault(key, []).append((got[0] / got[1], got[0], got[1]))
+            got = [_result(cp, ("kernel_s",)) if cp else None for cp in (out[0], out[1])]
+            if None in got:
+                cp = out[got.index(None)]
+                broken[key] = "HANG: no result" if not cp else _why(cp)
+                return
+            (t0,), (t1,) = got
+            results.setdefault(key, []).append((t0 / t1, t0, t1))
+            slots.setdefault(key, []).append(now["slot"])
 
         names = list(variants("srun", 1, ""))
         knames = ("bare", "hpcrun", "ch-run")
@@ -315,6 +346,7 @@ def main() -> int:
             k = r % len(names)
             for launcher, nodes in cases:
                 vs = variants(launcher, nodes, "/opt/mpi/pingpong")
+                now["slot"] = (r, 0)
                 for name in names[k:] + names[:k]:
                     key = (launcher, nodes, name)
                     if vs[name] is None:
@@ -326,6 +358,7 @@ def main() -> int:
                         ("latency_us", "bandwidth_MBps"))
             if "allreduce" in extras:
                 vs = variants("srun", 4, "/opt/mpi/allreduce")
+                now["slot"] = (r, 0)
                 for name in knames[r % 3:] + knames[:r % 3]:
                     key = ("allreduce", 4, name)
                     if key not in broken:
@@ -336,6 +369,7 @@ def main() -> int:
                 vs = variants("srun", 1, "/opt/mpi/kernel")
                 for j in range(3):        # short runs: three interleaved per round
                     q = (3 * r + j) % 3
+                    now["slot"] = (r, j)
                     for name in knames[q:] + knames[:q]:
                         key = ("kernel", 0, name)
                         if key not in broken:
@@ -345,18 +379,38 @@ def main() -> int:
                 for name in ("hpcrun", "ch-run"):
                     for j in range(2):    # each side on each CPU once a round
                         cpu = (r + j) % 2
+                        now["slot"] = (r, j)
                         kernel_pair(("kernel-paired", 0, name),
                                     ["taskset", "-c", str(cpu), *vs["bare"]],
                                     ["taskset", "-c", str(1 - cpu), *vs[name]])
             if r + 1 < a.rounds:          # what there is so far, in case it is stopped
                 print(f"--- after round {r + 1}:", flush=True)
-                report(r + 1, names, cases, extras, results, warnings, broken)
-        report(a.rounds, names, cases, extras, results, warnings, broken)
+                report(r + 1, names, cases, extras, results, warnings, broken, failed, slots)
+        report(a.rounds, names, cases, extras, results, warnings, broken, failed, slots)
         print("\nevery run, in the order of the rounds:")
         for key, rs in results.items():
             print(f"  {' '.join(map(str, key))}: " + "  ".join(
                 "/".join(f"{v:.6g}" for v in x) for x in rs))
         return 0 if not [v for v in broken.values() if v.startswith("HANG")] else 1
+
+
+def _leftovers(grace: float = 5.0) -> list:
+    """The bench user's processes still alive GRACE seconds after a run ended (no other
+    run is in flight then): what a failed job left behind, as 'pid:comm'."""
+    uid = __import__("pwd").getpwnam(USER).pw_uid
+    end = time.monotonic() + grace
+    while True:
+        left = []
+        for p in os.listdir("/proc"):
+            try:
+                if p.isdigit() and os.stat(f"/proc/{p}").st_uid == uid:
+                    with open(f"/proc/{p}/comm") as f:
+                        left.append(f"{p}:{f.read().strip()}")
+            except OSError:
+                continue
+        if not left or time.monotonic() > end:
+            return left
+        time.sleep(0.2)
 
 
 def _kill_ranks(work: str) -> None:
@@ -376,10 +430,31 @@ def _kill_ranks(work: str) -> None:
             continue
 
 
-def report(rounds, names, cases, extras, results, warnings, broken) -> None:
-    print(f"MPI ping-pong, 2 ranks, as {USER}, {rounds} interleaved rounds, medians and "
-          "best runs (lowest latency, highest bandwidth) (ratios: x bare; targets for "
-          "hpcrun: latency <= 1.05, bandwidth >= 0.97):")
+FAILS_IN_A_ROW = 3
+
+
+def _result(cp, field):
+    """The FIELD values of a run's RESULT line, or None if it failed or printed none."""
+    line = [ln for ln in cp.stdout.splitlines() if ln.startswith("RESULT ")]
+    if cp.returncode != 0 or not line:
+        return None
+    kv = dict(w.split("=") for w in line[0].split()[1:])
+    return tuple(float(kv[f]) for f in field)
+
+
+def _why(cp) -> str:
+    """A failed run in one line: srun's first error (which task died, of what), or
+    the last line of the output."""
+    lines = (cp.stderr + cp.stdout).strip().splitlines()
+    first = [ln for ln in lines if ln.startswith("srun: error:")]
+    return (first or lines or [f"exit {cp.returncode}"])[0 if first else -1][:100]
+
+
+def report(rounds, names, cases, extras, results, warnings, broken, failed, slots) -> None:
+    if cases:
+        print(f"MPI ping-pong, 2 ranks, as {USER}, {rounds} interleaved rounds, medians and "
+              "best runs (lowest latency, highest bandwidth) (ratios: x bare; targets for "
+              "hpcrun: latency <= 1.05, bandwidth >= 0.97):")
     for launcher, nodes in cases:
         print(f"\n{launcher}, {nodes} node{'s' if nodes > 1 else ''}:")
         print(f"  {'variant':<14} {'latency us':>11} {'x bare':>7} {'best':>8} {'x bare':>7} "
@@ -403,6 +478,18 @@ def report(rounds, names, cases, extras, results, warnings, broken) -> None:
             bw1 = max(y for _, y in rs)
             note = (f"Open MPI warned about CMA in {warnings[key]} of {len(rs)} runs"
                     if key in warnings else "")
+            if name != "bare" and base:
+                # ratios of the runs of the same round, medians: drift between rounds
+                # moves bare and the variant together
+                mine = dict(zip(slots[key], rs))
+                pairs = [(mine[sl][0] / b[0], mine[sl][1] / b[1])
+                         for sl, b in zip(slots[(launcher, nodes, "bare")], base) if sl in mine]
+                if pairs:
+                    note += (f"{'; ' if note else ''}paired by round x bare: latency "
+                             f"{statistics.median(x for x, _ in pairs):.2f}, bandwidth "
+                             f"{statistics.median(y for _, y in pairs):.2f}")
+            if key in failed:
+                note += f"{'; ' if note else ''}{_failures(failed[key], len(rs))}"
             rl = f"{lat / bl:7.2f}" if bl else "      -"
             rb = f"{bw / bb:7.2f}" if bb else "      -"
             rl1 = f"{lat1 / bl1:7.2f}" if bl1 else "      -"
@@ -412,11 +499,11 @@ def report(rounds, names, cases, extras, results, warnings, broken) -> None:
     if "allreduce" in extras:
         print("\nallreduce of 1 MiB, 4 nodes x 2 ranks, srun --mpi=pmix, yield_when_idle "
               "(time per call, median; speed = bare/variant, target >= 0.97):")
-        _speeds(results, broken, "allreduce", 4, "us", 1)
+        _speeds(results, broken, failed, slots, "allreduce", 4, "us", 1)
     if "kernel" in extras:
         print("\nCPU-bound kernel (384x384 matrix multiply x40, gcc -O2, no MPI; time "
               "inside the program, median and best; speed = bare/variant, target >= 0.99):")
-        _speeds(results, broken, "kernel", 0, "s", 1)
+        _speeds(results, broken, failed, slots, "kernel", 0, "s", 1)
     if "kernel-paired" in extras:
         print("\nThe same kernel paired: bare and the variant at the same time, each pinned "
               "to its own CPU, CPUs swapped every other pair (speed = bare/variant of each "
@@ -431,7 +518,12 @@ def report(rounds, names, cases, extras, results, warnings, broken) -> None:
                   f"{statistics.geometric_mean(rs):5.3f}  min {min(rs):5.3f}  max {max(rs):5.3f}  pairs {len(rs)}")
 
 
-def _speeds(results, broken, what, n, unit, scale) -> None:
+def _failures(fails, good) -> str:
+    whys = sorted({w for _, w in fails})
+    return f"{len(fails)} of {len(fails) + good} runs failed ({' | '.join(whys)[:160]})"
+
+
+def _speeds(results, broken, failed, slots, what, n, unit, scale) -> None:
     base = results.get((what, n, "bare"))
     bmed = statistics.median(x[0] for x in base) if base else None
     bbest = min(x[0] for x in base) if base else None
@@ -446,10 +538,16 @@ def _speeds(results, broken, what, n, unit, scale) -> None:
                 f"best {best * scale:10.3f} {unit}  speed {bbest / best:5.3f}   runs {len(rs)}")
         if len(rs[0]) > 1:
             line += f"   wall median {statistics.median(x[1] for x in rs):.3f} s"
-        if name != "bare" and base and len(rs) == len(base):
-            # run i of each variant came from the same round, minutes apart at most
-            line += (f"   paired by round: median speed "
-                     f"{statistics.median(b[0] / x[0] for b, x in zip(base, rs)):5.3f}")
+        if name != "bare" and base:
+            # the runs of bare and of the variant from the same round (and run of it),
+            # minutes apart at most; a round where either failed has no pair
+            mine = dict(zip(slots[key], rs))
+            pairs = [b[0] / mine[sl][0] for sl, b in zip(slots[(what, n, "bare")], base)
+                     if sl in mine]
+            if pairs:
+                line += f"   paired by round: median speed {statistics.median(pairs):5.3f}"
+        if key in failed:
+            line += f"\n           {_failures(failed[key], len(rs))}"
         print(line)
 
 
